@@ -1,0 +1,140 @@
+"""The `tunesmith` command: a table of verbs, each a thin wrapper over one function.
+
+Errors the user can fix are one line on stderr and exit code 2; --debug shows tracebacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from tunesmith.errors import TrainingDiverged, UserError
+
+
+def _quiet_libraries() -> None:
+    # Offline first: never wait on the network for telemetry, and keep library chatter
+    # (weight-loading reports, "you should train this model" notes) out of the user's way.
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import warnings
+
+    import transformers
+
+    warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation notes, not the user's concern
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def _cmd_check(args) -> int:
+    from tunesmith.commands.check import check
+
+    check(args.data, args.val_data, args.test_data, args.text_col, args.label_col, args.model,
+          args.max_length, args.encoding, as_json=args.json)
+    return 0
+
+
+def _cmd_train(args) -> int:
+    from tunesmith.commands.train import train
+    from tunesmith.config import TrainConfig, load_config
+
+    overrides = {name: getattr(args, name) for name in TrainConfig.model_fields}
+    cfg = load_config(args.config, overrides)
+    run = train(cfg)
+    print(f"finished: {run.path} (report: {run.report_file})")
+    return 0
+
+
+def _cmd_eval(args) -> int:
+    from tunesmith.commands.evaluate import evaluate
+
+    evaluate(args.run, args.data, args.text_col, args.label_col, args.encoding)
+    return 0
+
+
+def _cmd_predict(args) -> int:
+    from tunesmith.commands.predict import predict
+
+    predict(args.run, args.input, args.output, args.text_col, args.encoding, args.batch_size)
+    return 0
+
+
+def _cmd_quickstart(args) -> int:
+    from tunesmith.commands.quickstart import quickstart
+
+    quickstart(args.output)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from tunesmith.config import add_config_flags
+
+    parser = argparse.ArgumentParser(prog="tunesmith", description="Fine-tune pretrained models on your labeled data.")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="COMMAND")
+
+    p = verbs.add_parser("quickstart", help="fine-tune MiniLM on tweet sentiment, offline, in minutes")
+    p.add_argument("--output", default="runs", help="folder for the run folder (default: runs)")
+    p.set_defaults(func=_cmd_quickstart)
+
+    p = verbs.add_parser("check", help="validate data before spending compute")
+    p.add_argument("data", help="CSV/TSV/JSONL/Parquet file or built-in dataset name")
+    p.add_argument("--val-data"); p.add_argument("--test-data")
+    p.add_argument("--text-col"); p.add_argument("--label-col")
+    p.add_argument("--model", default="minilm", help="tokenizer for the length check (default: minilm)")
+    p.add_argument("--max-length", type=int, default=128, help="truncation length to check against (default: 128)")
+    p.add_argument("--encoding", default="utf-8")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=_cmd_check)
+
+    p = verbs.add_parser("train", help="fine-tune a model; writes a run folder")
+    p.add_argument("config", nargs="?", help="YAML config file; flags override its values")
+    add_config_flags(p)
+    p.set_defaults(func=_cmd_train)
+
+    p = verbs.add_parser("eval", help="metrics and report of a run on a test set")
+    p.add_argument("run", help="run folder")
+    p.add_argument("data", nargs="?", help="test data (default: the run's own held-out test split)")
+    p.add_argument("--text-col"); p.add_argument("--label-col"); p.add_argument("--encoding", default="utf-8")
+    p.set_defaults(func=_cmd_eval)
+
+    p = verbs.add_parser("predict", help="batch predictions to CSV/JSONL")
+    p.add_argument("run", help="run folder")
+    p.add_argument("input", help="CSV/TSV/JSONL/Parquet/TXT file of texts")
+    p.add_argument("-o", "--output", required=True, help="output file (.csv, .tsv or .jsonl)")
+    p.add_argument("--text-col"); p.add_argument("--encoding", default="utf-8")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.set_defaults(func=_cmd_predict)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _quiet_libraries()
+    try:
+        return args.func(args)
+    except UserError as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except TrainingDiverged as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        resume = getattr(args, "resume", None) or "RUN"
+        print(f"\ninterrupted; the last checkpoint is kept: tunesmith train --resume {resume}", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug in tunesmith, not the user's input
+        if args.debug:
+            raise
+        print(f"internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""One module per CLI verb; `tunesmith.cli` maps verbs to them."""

@@ -1,0 +1,180 @@
+"""`tunesmith train`: data -> checks -> model -> fine-tuning -> saved, evaluated run folder.
+
+Everything that can fail because of the user's input (config, data, model name) is done
+before the run folder is created, so bad input never leaves a folder behind. A folder that
+exists without `metrics.json` is an interrupted run: `--resume` continues it.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import shutil
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import torch
+
+from tunesmith import models
+from tunesmith.config import TrainConfig, build_config, config_to_yaml_dict
+from tunesmith.data.checks import check_splits
+from tunesmith.data.labeled import Examples
+from tunesmith.data.sources import read_table
+from tunesmith.data.splits import Splits
+from tunesmith.data.tokens import tokenize
+from tunesmith.errors import UserError
+from tunesmith.evaluate import report
+from tunesmith.evaluate.baseline import linear_probe
+from tunesmith.inference import Predictor, predict_probs
+from tunesmith.io import replace_dir, write_json, write_text, write_yaml
+from tunesmith.methods import METHODS, count_parameters
+from tunesmith.runs import Run
+from tunesmith.tasks import TASKS
+from tunesmith.train import checkpoint
+from tunesmith.train.loop import fit
+
+
+def train(cfg: TrainConfig, log=print) -> Run:
+    resuming = cfg.resume is not None
+    if resuming:
+        cfg, run = _config_of_interrupted_run(cfg.resume)
+    task, method = TASKS[cfg.task], METHODS[cfg.method]
+
+    # 1. Data and model, validated before anything is written.
+    splits = _saved_splits(run, cfg) if resuming else task.load_data(cfg)
+    for note in splits.notes:
+        log(note)
+    source = models.resolve(cfg.model)
+    tokenizer = models.load_tokenizer(cfg.model)
+    findings = check_splits(splits, tokenizer, cfg.max_length)
+    for warning in findings.warnings:
+        log(f"warning: {warning}")
+    torch.manual_seed(cfg.seed)  # the head's initialisation is part of what the seed fixes
+    model = task.build_model(source, splits.labels)
+
+    # 2. The run folder, with the resolved config that re-runs it and the exact splits.
+    if not resuming:
+        run = _new_run_folder(cfg)
+        try:
+            write_yaml(run.config_file, config_to_yaml_dict(cfg))
+            write_json(run.labels_file, splits.labels)
+            for name in ("train", "val", "test"):
+                _write_split(run.data_dir / f"{name}.jsonl", getattr(splits, name))
+        except BaseException:
+            shutil.rmtree(run.path, ignore_errors=True)
+            raise
+        log(f"run folder: {run.path}")
+
+    # 3. Token ids (cached on disk) and class ids.
+    class_id = {label: i for i, label in enumerate(splits.labels)}
+    ids = {name: tokenize(tokenizer, getattr(splits, name).texts, cfg.max_length) for name in ("train", "val", "test")}
+    y = {name: [class_id[label] for label in getattr(splits, name).labels] for name in ("train", "val", "test")}
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    # 4. The untuned baseline, from the pristine pretrained encoder (once per run).
+    if cfg.baseline and not run.baseline_file.is_file():
+        log("baseline: fitting a linear head on frozen pretrained features ...")
+        encoder = getattr(model, model.base_model_prefix)
+        baseline = linear_probe(encoder, ids["train"], y["train"], ids["test"], y["test"],
+                                splits.labels, pad_id, task.metrics, cfg.seed)
+        write_json(run.baseline_file, baseline)
+
+    # 5. Fine-tune.
+    model = method.apply(model, cfg)
+    params = count_parameters(model)
+    log(f"method {cfg.method}: {params['trainable']:,} of {params['total']:,} parameters train "
+        f"({params['trainable_pct']:.2f}%), lr {cfg.resolved_lr():g}")
+
+    def evaluate(m) -> dict:
+        return task.metrics(y["val"], predict_probs(m, ids["val"], pad_id), splits.labels)
+
+    result = fit(model, ids["train"], y["train"], evaluate, cfg, run.path, pad_id, resume=resuming, log=log)
+
+    # 6. Keep the best checkpoint (chosen on validation, never on test) as a plain HF model.
+    best = checkpoint.find(run.checkpoints / "best")
+    checkpoint.load_weights(best, model)
+    _export_model(method, model, tokenizer, run)
+
+    # 7. Test metrics from the saved model, exactly as `eval` and `predict` will load it.
+    predictor = Predictor.from_run(run)
+    started = time.perf_counter()
+    test_probs = predictor.predict(splits.test.texts)
+    predict_seconds = time.perf_counter() - started
+    metrics = {
+        "test": task.metrics(y["test"], test_probs, splits.labels),
+        "val_best": {cfg.metric: result.state.best_metric, "step": result.state.best_step},
+        "baseline": json.loads(run.baseline_file.read_text()) if run.baseline_file.is_file() else None,
+        "training": {
+            "train_seconds": result.state.train_seconds,
+            "samples_per_second": result.state.samples / max(result.state.train_seconds, 1e-9),
+            "steps": result.state.step,
+            "total_steps": result.total_steps,
+            "epochs_completed": result.state.epoch,
+            "stopped_early": result.state.stopped_early,
+            "best_step": result.state.best_step,
+            "precision": "fp32" if result.precision == "no" else result.precision,
+        },
+        "predict_samples_per_second": len(splits.test) / max(predict_seconds, 1e-9),
+        "parameters": params,
+        "peak_memory_mb": peak_memory_mb(),
+    }
+    write_text(run.report_file, report.render(f"tunesmith run {run.path.name}", run.config(), metrics,
+                                              run.history(), splits.labels))
+    write_json(run.metrics_file, metrics)  # last: its presence marks the run finished
+    return run
+
+
+def peak_memory_mb() -> float:
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    # Linux reports ru_maxrss in KiB: the peak resident memory of the whole process.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _config_of_interrupted_run(path: str) -> tuple[TrainConfig, Run]:
+    run = Run(Path(path))
+    if not run.config_file.is_file():
+        raise UserError(f"--resume {path}: not a run folder (no config.yaml)")
+    if run.finished:
+        raise UserError(f"--resume {path}: the run already finished; see {run.report_file}")
+    values = run.config()
+    cfg = build_config(values, str(run.config_file))
+    return cfg, run
+
+
+def _new_run_folder(cfg: TrainConfig) -> Run:
+    name = cfg.name or f"{cfg.task.split('-')[0]}-{cfg.method}-{datetime.now():%Y%m%d-%H%M%S}"
+    run = Run(Path(cfg.output) / name)
+    if run.path.exists():
+        raise UserError(f"{run.path}: already exists; choose another --name, or continue it with --resume {run.path}")
+    run.path.mkdir(parents=True)
+    return run
+
+
+def _write_split(path: Path, examples: Examples) -> None:
+    lines = (json.dumps({"text": t, "label": l}, ensure_ascii=False) for t, l in zip(examples.texts, examples.labels))
+    write_text(path, "".join(line + "\n" for line in lines))
+
+
+def _saved_splits(run: Run, cfg: TrainConfig) -> Splits:
+    """The splits exactly as the interrupted run used them (not re-read from the source)."""
+    parts = {}
+    for name in ("train", "val", "test"):
+        frame = read_table(run.data_dir / f"{name}.jsonl").frame
+        parts[name] = Examples(frame["text"].tolist(), frame["label"].tolist(), str(run.data_dir / name))
+    return Splits(parts["train"], parts["val"], parts["test"], run.labels(), "text", "label")
+
+
+def _export_model(method, model, tokenizer, run: Run) -> None:
+    tmp = run.path / ".model.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    plain = method.export(model, run.path)
+    plain.save_pretrained(str(tmp))  # safetensors by default
+    tokenizer.save_pretrained(str(tmp))
+    replace_dir(tmp, run.model_dir)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit("use: tunesmith train")

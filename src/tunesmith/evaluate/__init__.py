@@ -1,0 +1,1 @@
+"""Metrics, the untuned baseline, and the run report."""

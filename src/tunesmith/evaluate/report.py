@@ -1,0 +1,116 @@
+"""report.html: one self-contained page per run (plots embedded as PNG, no external assets)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on servers and CI
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def _png(fig) -> str:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def loss_plot(history: list[dict]) -> str | None:
+    train = [(h["step"], h["loss"]) for h in history if "loss" in h]
+    if not train:
+        return None
+    steps, losses = zip(*train)
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    ax.plot(steps, losses, alpha=0.3, label="train loss (step)")
+    window = max(1, len(losses) // 20)
+    smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
+    ax.plot(steps[window - 1 :], smooth, label=f"train loss ({window}-step mean)")
+    val = [(h["step"], h["val_loss"]) for h in history if "val_loss" in h]
+    if val:
+        ax.plot(*zip(*val), "o-", label="validation loss")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss")
+    ax.legend()
+    return _png(fig)
+
+
+def validation_plot(history: list[dict], metric: str) -> str | None:
+    points = [(h["step"], h[f"val_{metric}"]) for h in history if f"val_{metric}" in h]
+    if not points or metric == "loss":
+        return None
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    ax.plot(*zip(*points), "o-")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel(f"validation {metric}")
+    return _png(fig)
+
+
+def confusion_plot(matrix: list[list[int]], labels: list[str]) -> str:
+    m = np.asarray(matrix)
+    size = min(12, 2 + 0.5 * len(labels))
+    fig, ax = plt.subplots(figsize=(size, size * 0.85))
+    ax.imshow(m, cmap="Blues")
+    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if len(labels) <= 20:
+        for i in range(len(labels)):
+            for j in range(len(labels)):
+                ax.text(j, i, str(m[i, j]), ha="center", va="center",
+                        color="white" if m[i, j] > m.max() / 2 else "black", fontsize=8)
+    return _png(fig)
+
+
+def render(title: str, config: dict, metrics: dict, history: list[dict], labels: list[str]) -> str:
+    e = html.escape
+    test = metrics["test"]
+    baseline = metrics.get("baseline")
+    rows = []
+    for key in ("accuracy", "macro_f1", "weighted_f1"):
+        base = f"{baseline[key]:.4f}" if baseline else "n/a"
+        gain = f"{test[key] - baseline[key]:+.4f}" if baseline else ""
+        rows.append(f"<tr><td>{key}</td><td>{base}</td><td><b>{test[key]:.4f}</b></td><td>{gain}</td></tr>")
+    per_class = "".join(
+        f"<tr><td>{e(label)}</td><td>{v['precision']:.3f}</td><td>{v['recall']:.3f}</td>"
+        f"<td>{v['f1']:.3f}</td><td>{v['support']}</td></tr>"
+        for label, v in test["per_class"].items()
+    )
+    training = metrics.get("training", {})
+    params = metrics.get("parameters", {})
+    facts = {
+        "task": config.get("task"), "model": config.get("model"), "method": config.get("method"),
+        "test examples": test.get("count"),
+        "train time (s)": f"{training.get('train_seconds', 0):.1f}" if training else None,
+        "train samples/s": f"{training.get('samples_per_second', 0):.1f}" if training else None,
+        "trainable parameters": f"{params['trainable']:,} of {params['total']:,} ({params['trainable_pct']:.2f}%)" if params else None,
+        "peak memory (MB)": f"{metrics.get('peak_memory_mb', 0):.0f}" if metrics.get("peak_memory_mb") else None,
+        "best step": training.get("best_step"),
+    }
+    facts_html = "".join(f"<tr><td>{e(k)}</td><td>{e(str(v))}</td></tr>" for k, v in facts.items() if v is not None)
+    images = [
+        ("Loss", loss_plot(history)),
+        (f"Validation {config.get('metric', '')}", validation_plot(history, config.get("metric", "macro_f1"))),
+        ("Confusion matrix (test)", confusion_plot(test["confusion_matrix"], labels)),
+    ]
+    figures = "".join(f"<h2>{e(t)}</h2><img src='{src}' alt='{e(t)}'>" for t, src in images if src)
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>{e(title)}</title>
+<style>body{{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem}}
+table{{border-collapse:collapse;margin:1rem 0}}td,th{{border:1px solid #ccc;padding:.3rem .6rem;text-align:left}}
+img{{max-width:100%}}</style></head><body>
+<h1>{e(title)}</h1>
+<h2>Test set: untuned baseline vs fine-tuned</h2>
+<p>Baseline: the pretrained encoder frozen, with only a linear head fitted on its features.</p>
+<table><tr><th>metric</th><th>baseline</th><th>fine-tuned</th><th>gain</th></tr>{''.join(rows)}</table>
+<h2>Run</h2><table>{facts_html}</table>
+{figures}
+<h2>Per class (test)</h2>
+<table><tr><th>label</th><th>precision</th><th>recall</th><th>F1</th><th>support</th></tr>{per_class}</table>
+</body></html>
+"""

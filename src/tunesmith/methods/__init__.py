@@ -1,0 +1,34 @@
+"""Fine-tuning methods, registered by name (one module each, like PEFT's tuners/).
+
+A method decides which parameters train (`apply`), its default learning rate, and how the
+tuned model becomes a plain `transformers` model for the run folder (`export`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+METHODS: dict[str, "Method"] = {}
+
+
+class Method(Protocol):
+    name: str
+    default_lr: float
+
+    def apply(self, model, cfg): ...  # -> the model to train (possibly wrapped)
+    def export(self, model, folder: Path): ...  # -> plain transformers model; may save extras in folder
+
+
+def register_method(method: "Method") -> "Method":
+    METHODS[method.name] = method
+    return method
+
+
+def count_parameters(model) -> dict:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return {"trainable": trainable, "total": total, "trainable_pct": 100.0 * trainable / total}
+
+
+from tunesmith.methods import freeze, full, lora  # noqa: E402,F401  (register themselves)

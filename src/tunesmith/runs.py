@@ -1,0 +1,72 @@
+"""The run folder: where everything about one fine-tuning run lives.
+
+    runs/<name>/
+      config.yaml      fully resolved config (re-runnable as is)
+      labels.json      label names, position = class id
+      data/            the train / val / test splits exactly as used (JSONL)
+      checkpoints/     last/ and best/ (resumable; safetensors + JSON)
+      history.jsonl    one line per logged step and evaluation
+      model/           the tuned model in Hugging Face format (LoRA merged in)
+      adapter/         LoRA runs: the PEFT adapter alone
+      baseline.json    the untuned baseline (linear head on frozen features)
+      metrics.json     final metrics; written last, so its presence means "finished"
+      report.html      curves, confusion matrix, per-class table, baseline vs tuned
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from tunesmith.errors import UserError
+
+
+@dataclass(frozen=True)
+class Run:
+    path: Path
+
+    config_file = property(lambda self: self.path / "config.yaml")
+    labels_file = property(lambda self: self.path / "labels.json")
+    data_dir = property(lambda self: self.path / "data")
+    checkpoints = property(lambda self: self.path / "checkpoints")
+    history_file = property(lambda self: self.path / "history.jsonl")
+    model_dir = property(lambda self: self.path / "model")
+    baseline_file = property(lambda self: self.path / "baseline.json")
+    metrics_file = property(lambda self: self.path / "metrics.json")
+    report_file = property(lambda self: self.path / "report.html")
+
+    @property
+    def finished(self) -> bool:
+        return self.metrics_file.is_file()
+
+    def config(self) -> dict:
+        return yaml.safe_load(self.config_file.read_text(encoding="utf-8"))
+
+    def labels(self) -> list[str]:
+        return json.loads(self.labels_file.read_text(encoding="utf-8"))
+
+    def history(self) -> list[dict]:
+        if not self.history_file.is_file():
+            return []
+        rows = []
+        for line in self.history_file.read_text(encoding="utf-8").splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                break  # a line cut short by a crash: everything before it is good
+        return rows
+
+
+def open_finished(path: str) -> Run:
+    """A run that `eval` / `predict` can use, or one clear error saying why not."""
+    run = Run(Path(path))
+    if not run.path.is_dir():
+        raise UserError(f"{path}: no such run folder; runs are under runs/ by default")
+    if not run.config_file.is_file():
+        raise UserError(f"{path}: not a tunesmith run (no config.yaml)")
+    if not (run.model_dir / "config.json").is_file():
+        raise UserError(f"{path}: the run has no saved model yet; finish it with `tunesmith train --resume {path}`")
+    return run

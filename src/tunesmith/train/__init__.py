@@ -1,0 +1,1 @@
+"""The one training loop (plain PyTorch + accelerate) and its parts."""

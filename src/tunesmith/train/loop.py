@@ -1,0 +1,210 @@
+"""The training loop: plain PyTorch, with `accelerate` for device placement and precision.
+
+It knows nothing about tasks or methods: it gets a model whose trainable parameters are
+already chosen, token ids with class ids, and an `evaluate(model) -> metrics` callback.
+
+Resumability is by construction: the batch order of every epoch is a pure function of
+(seed, epoch), and a checkpoint stores the weights that train, the optimizer, the schedule,
+the RNG and the position in the epoch. Replaying from a checkpoint therefore gives the same
+batches, the same dropout masks, and the same final metrics as a run never interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from tunesmith.data.batching import collate, train_batches
+from tunesmith.errors import TrainingDiverged, UserError
+from tunesmith.evaluate.metrics import HIGHER_IS_BETTER
+from tunesmith.io import write_text
+from tunesmith.train import checkpoint
+from tunesmith.train.optim import build_optimizer, build_scheduler
+
+
+@dataclass
+class LoopState:
+    """Where training is; saved in every checkpoint."""
+
+    step: int = 0  # optimizer steps done
+    epoch: int = 0
+    group_in_epoch: int = 0  # next step-group (grad_accum micro-batches) to run in this epoch
+    samples: int = 0
+    train_seconds: float = 0.0
+    best_metric: float | None = None
+    best_step: int | None = None
+    evals_without_improvement: int = 0
+    stopped_early: bool = False
+
+
+@dataclass
+class FitResult:
+    state: LoopState
+    total_steps: int
+    precision: str
+    history: list[dict] = field(default_factory=list)
+
+
+def choose_precision(requested: str) -> str:
+    """accelerate's mixed_precision value for the requested precision on this machine."""
+    cuda = torch.cuda.is_available()
+    if requested == "auto":
+        if cuda:
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "no"  # CPU: fp32 (bf16 autocast on CPUs without AMX is slower, not faster)
+    if requested == "fp16" and not cuda:
+        raise UserError("--precision fp16 needs a CUDA GPU; use bf16 or fp32 on this machine")
+    return {"fp32": "no"}.get(requested, requested)
+
+
+def fit(
+    model,
+    token_ids: list[list[int]],
+    targets: list[int],
+    evaluate: Callable[[object], dict],
+    cfg,
+    run_dir: Path,
+    pad_id: int,
+    resume: bool = False,
+    log: Callable[[str], None] = print,
+) -> FitResult:
+    from accelerate import Accelerator
+
+    precision = choose_precision(cfg.precision)
+    accelerator = Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available())
+    log(f"device {accelerator.device}, precision {'fp32' if precision == 'no' else precision}")
+
+    lengths = [len(ids) for ids in token_ids]
+    batches_per_epoch = math.ceil(len(token_ids) / cfg.batch_size)
+    steps_per_epoch = math.ceil(batches_per_epoch / cfg.grad_accum)
+    total_steps = cfg.max_steps or max(1, math.ceil(steps_per_epoch * cfg.epochs))
+    eval_every = cfg.eval_every or steps_per_epoch
+
+    optimizer = build_optimizer(model, cfg.resolved_lr(), cfg.weight_decay)
+    scheduler = build_scheduler(optimizer, cfg.scheduler, total_steps, cfg.warmup_ratio)
+    model, optimizer = accelerator.prepare(model, optimizer)
+
+    ckpt_dir = run_dir / "checkpoints"
+    history_file = run_dir / "history.jsonl"
+    state = LoopState()
+    if resume:
+        last = checkpoint.find(ckpt_dir / "last")
+        if last is not None:
+            state = LoopState(**checkpoint.load(last, accelerator.unwrap_model(model), optimizer, scheduler))
+            log(f"resumed from step {state.step} of {total_steps}")
+        _truncate_history(history_file, state.step)
+    elif history_file.exists():
+        history_file.unlink()
+
+    higher_better = HIGHER_IS_BETTER[cfg.metric]
+    model.train()
+    # In a terminal the bar redraws often; in a log file (CI, nohup) every redraw is a
+    # line, so it updates twice a minute there.
+    interactive = sys.stderr.isatty()
+    bar = tqdm(total=total_steps, initial=state.step, desc="train", unit="step", dynamic_ncols=True,
+               mininterval=0.5 if interactive else 30.0)
+    recent_loss: list[float] = []
+
+    while state.step < total_steps and not state.stopped_early:
+        batches = train_batches(lengths, cfg.batch_size, cfg.seed, state.epoch)
+        groups = [batches[i : i + cfg.grad_accum] for i in range(0, len(batches), cfg.grad_accum)]
+        while state.group_in_epoch < len(groups) and state.step < total_steps:
+            started = time.perf_counter()
+            group = groups[state.group_in_epoch]
+            group_size = sum(len(b) for b in group)
+            step_loss = 0.0
+            for indices in group:
+                batch = collate([token_ids[i] for i in indices], pad_id, [targets[i] for i in indices])
+                batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+                loss = model(**batch).loss
+                if not torch.isfinite(loss):
+                    bar.close()
+                    raise TrainingDiverged(
+                        f"loss became {loss.item()} at step {state.step + 1}; the last good checkpoint is kept in "
+                        f"{ckpt_dir}; lower --lr (now {cfg.resolved_lr():g}) or set --max-grad-norm"
+                    )
+                # Weight each micro-batch by its share of the step's examples: the
+                # gradient is then exactly the mean over the step, however it is cut.
+                accelerator.backward(loss * (len(indices) / group_size))
+                step_loss += loss.item() * len(indices) / group_size
+            if cfg.max_grad_norm:
+                accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+
+            state.step += 1
+            state.group_in_epoch += 1
+            state.samples += group_size
+            state.train_seconds += time.perf_counter() - started
+            recent_loss.append(step_loss)
+            bar.update(1)
+            bar.set_postfix(loss=f"{sum(recent_loss[-20:]) / len(recent_loss[-20:]):.4f}",
+                            samples_s=f"{state.samples / max(state.train_seconds, 1e-9):.1f}")
+            _append_history(history_file, {"step": state.step, "epoch": state.epoch, "loss": step_loss,
+                                           "lr": scheduler.get_last_lr()[0]})
+
+            end_of_epoch = state.group_in_epoch == len(groups)
+            if state.step % eval_every == 0 or state.step == total_steps or (cfg.eval_every is None and end_of_epoch):
+                if end_of_epoch:  # the checkpoint must point at the start of the next epoch
+                    state.epoch += 1
+                    state.group_in_epoch = 0
+                _evaluate_and_checkpoint(model, accelerator, evaluate, cfg, state, optimizer, scheduler,
+                                         ckpt_dir, history_file, higher_better, bar)
+                if end_of_epoch:
+                    break
+        else:
+            if state.group_in_epoch >= len(groups):
+                state.epoch += 1
+                state.group_in_epoch = 0
+    bar.close()
+    return FitResult(state, total_steps, precision)
+
+
+def _evaluate_and_checkpoint(model, accelerator, evaluate, cfg, state, optimizer, scheduler,
+                             ckpt_dir, history_file, higher_better, bar) -> None:
+    plain = accelerator.unwrap_model(model)
+    metrics = evaluate(plain)
+    value = metrics[cfg.metric]
+    _append_history(history_file, {"step": state.step, "epoch": state.epoch,
+                                   **{f"val_{k}": v for k, v in metrics.items() if isinstance(v, float)}})
+    improved = state.best_metric is None or (value > state.best_metric if higher_better else value < state.best_metric)
+    if improved:
+        state.best_metric, state.best_step = value, state.step
+        state.evals_without_improvement = 0
+        checkpoint.save(ckpt_dir / "best", plain, state={"step": state.step, cfg.metric: value})
+    else:
+        state.evals_without_improvement += 1
+        if cfg.early_stopping and state.evals_without_improvement >= cfg.early_stopping:
+            state.stopped_early = True
+    bar.write(f"step {state.step}: val {cfg.metric} {value:.4f}" + (" (best)" if improved else "")
+              + (" - early stopping" if state.stopped_early else ""))
+    checkpoint.save(ckpt_dir / "last", plain, optimizer, scheduler, asdict(state))
+
+
+def _append_history(path: Path, row: dict) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def _truncate_history(path: Path, step: int) -> None:
+    """On resume, drop history logged after the checkpoint: those steps run again."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            break
+        if row["step"] <= step:
+            keep.append(line)
+    write_text(path, "".join(line + "\n" for line in keep))

@@ -1,0 +1,74 @@
+"""Shared fixtures: a tiny BERT built from a config (2 layers, hidden 32) and toy data.
+
+The toy data is learnable by design (each class has its own cue words), so "loss goes
+down" and "accuracy beats chance" are assertions that can fail when training is broken.
+"""
+
+from __future__ import annotations
+
+import csv
+import random
+
+import pytest
+
+CUES = {"negative": ["bad", "awful", "sad", "terrible"], "neutral": ["okay", "fine", "average", "plain"],
+        "positive": ["good", "great", "happy", "wonderful"]}
+FILLER = ["the", "a", "movie", "film", "was", "is", "really", "quite", "plot", "actor", "story", "and", "very"]
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    # Each test session gets its own token cache; tests never touch ~/.cache.
+    monkeypatch.setenv("TUNESMITH_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> str:
+    """A folder with a randomly initialised 2-layer BERT and a word-level tokenizer."""
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizer
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    words = sorted({w for cues in CUES.values() for w in cues} | set(FILLER) | {"unknownword"})
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words
+    tokenizer = BertTokenizer(vocab={word: i for i, word in enumerate(vocab)})
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64)
+    BertModel(config).save_pretrained(str(folder))
+    tokenizer.save_pretrained(str(folder))
+    return str(folder)
+
+
+def make_rows(n_per_class: int, seed: int = 0) -> list[dict]:
+    rng = random.Random(seed)
+    rows = []
+    for label, cues in CUES.items():
+        for _ in range(n_per_class):
+            words = rng.sample(FILLER, rng.randint(2, 8)) + [rng.choice(cues)]
+            rng.shuffle(words)
+            rows.append({"text": " ".join(words), "label": label})
+    rng.shuffle(rows)
+    return rows
+
+
+def write_csv(path, rows, fields=("text", "label")) -> str:
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(fields))
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: row[k] for k in fields})
+    return str(path)
+
+
+@pytest.fixture
+def toy_csv(tmp_path) -> str:
+    return write_csv(tmp_path / "toy.csv", make_rows(60))
+
+
+def train_args(data: str, model: str, out, name: str = "run", *extra: str) -> list[str]:
+    """CLI args for a fast tiny-model run."""
+    return ["train", "--data", data, "--model", model, "--output", str(out), "--name", name,
+            "--max-length", "16", "--batch-size", "8", "--epochs", "3", "--lr", "3e-3", "--no-baseline",
+            "--seed", "0", *extra]

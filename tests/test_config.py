@@ -1,0 +1,59 @@
+import pytest
+
+from tunesmith.config import TrainConfig, build_config, config_to_yaml_dict, load_config
+from tunesmith.errors import UserError
+
+
+def test_flag_overrides_file(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("data: a.csv\nepochs: 5\nmethod: full\n")
+    cfg = load_config(path, {"epochs": 2.0, "data": None})
+    assert cfg.epochs == 2.0  # the flag wins
+    assert cfg.data == "a.csv"  # an unset flag (None) leaves the file's value
+    assert cfg.method == "full"
+
+
+def test_unknown_key_names_key_and_suggests(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("data: a.csv\nlerning_rate: 0.1\n")
+    with pytest.raises(UserError, match=r"c.yaml: unknown config key 'lerning_rate'.*"):
+        load_config(path, {})
+
+
+def test_close_typo_gets_suggestion():
+    with pytest.raises(UserError, match=r"did you mean 'epochs'"):
+        build_config({"epoch": 3}, "flags")
+
+
+def test_bad_value_names_the_key():
+    with pytest.raises(UserError, match=r"'batch_size'"):
+        build_config({"batch_size": 0}, "cfg.yaml")
+    with pytest.raises(UserError, match=r"unknown method 'lorra'.*full"):
+        build_config({"method": "lorra"}, "flags")
+
+
+def test_yaml_that_is_not_a_mapping(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("- just\n- a list\n")
+    with pytest.raises(UserError, match="mapping"):
+        load_config(path, {})
+
+
+def test_resolved_config_fills_method_default_lr_and_reloads():
+    cfg = TrainConfig(data="x.csv", method="lora")
+    values = config_to_yaml_dict(cfg)
+    assert values["lr"] == 5e-4
+    assert build_config(values, "config.yaml") .resolved_lr() == 5e-4
+
+
+def test_every_field_has_a_flag_and_help():
+    import argparse
+
+    from tunesmith.config import add_config_flags
+
+    parser = argparse.ArgumentParser()
+    add_config_flags(parser)
+    args = parser.parse_args(["--lora-targets", "query,value", "--no-baseline", "--epochs", "1.5"])
+    assert args.lora_targets == ["query", "value"] and args.baseline is False and args.epochs == 1.5
+    for field in TrainConfig.model_fields.values():
+        assert field.description, "every setting needs a description: it becomes --help"

@@ -1,0 +1,63 @@
+import os
+
+import pytest
+import torch
+
+from tunesmith.io import atomic_path, write_json
+from tunesmith.train import checkpoint
+from tunesmith.train.optim import build_optimizer, build_scheduler, lr_factor
+
+
+def test_atomic_write_leaves_old_file_on_crash(tmp_path):
+    target = tmp_path / "metrics.json"
+    write_json(target, {"ok": 1})
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text('{"half": ')
+            raise RuntimeError("crash mid-write")
+    assert target.read_text().strip().startswith('{\n  "ok": 1')
+    assert os.listdir(tmp_path) == ["metrics.json"]  # no temporary file left behind
+
+
+def test_checkpoint_round_trip_restores_training_exactly(tmp_path):
+    def setup():
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Dropout(0.5), torch.nn.Linear(8, 2))
+        opt = build_optimizer(model, 1e-2, 0.01)
+        return model, opt, build_scheduler(opt, "cosine", 20, 0.1)
+
+    def step(model, opt, sched):
+        loss = model(torch.randn(16, 4)).pow(2).mean()  # randn + dropout: the RNG matters
+        loss.backward(); opt.step(); sched.step(); opt.zero_grad()
+
+    model, opt, sched = setup()
+    for _ in range(3):
+        step(model, opt, sched)
+    checkpoint.save(tmp_path / "last", model, opt, sched, {"step": 3})
+    for _ in range(3):
+        step(model, opt, sched)
+    expected = [p.detach().clone() for p in model.parameters()]
+
+    model2, opt2, sched2 = setup()
+    assert checkpoint.load(checkpoint.find(tmp_path / "last"), model2, opt2, sched2) == {"step": 3}
+    for _ in range(3):
+        step(model2, opt2, sched2)
+    for a, b in zip(expected, model2.parameters()):
+        assert torch.equal(a, b)
+    assert not any(p.suffix == ".pkl" or p.suffix == ".pt" for p in (tmp_path / "last").iterdir())
+
+
+def test_find_falls_back_to_previous_checkpoint(tmp_path):
+    model = torch.nn.Linear(2, 2)
+    checkpoint.save(tmp_path / "last", model, state={"step": 1})
+    os.replace(tmp_path / "last", tmp_path / "last.old")  # crash between the two renames
+    assert checkpoint.find(tmp_path / "last") == tmp_path / "last.old"
+
+
+def test_schedules():
+    assert lr_factor(0, 100, 10, "linear") == pytest.approx(0.1)
+    assert lr_factor(9, 100, 10, "linear") == pytest.approx(1.0)
+    assert lr_factor(55, 100, 10, "linear") == pytest.approx(0.5)
+    assert lr_factor(55, 100, 10, "cosine") == pytest.approx(0.5)
+    assert lr_factor(99, 100, 10, "cosine") < 0.01
+    assert lr_factor(80, 100, 10, "constant") == 1.0
