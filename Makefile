@@ -30,6 +30,7 @@ test: $(VENV)/.dev
 	$(PY) -m pytest
 
 bench: $(VENV)/.dev
+	$(PIP) install -q -e ".[bench]"
 	$(PY) bench/text_classification.py
 
 clean:

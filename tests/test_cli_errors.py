@@ -82,3 +82,23 @@ def test_check_passes_on_good_data_with_exit_0(tmp_path, capsys, tiny_model):
     assert main(["check", path, "--model", tiny_model]) == 0
     out = capsys.readouterr().out
     assert "rows: train" in out and "token lengths" in out and "0 errors" in out
+
+
+def test_model_folder_without_config(tmp_path, capsys, toy_csv):
+    (tmp_path / "not-a-model").mkdir()
+    _expect_error(["train", "--data", toy_csv, "--model", str(tmp_path / "not-a-model"),
+                   "--output", str(tmp_path / "r")], capsys, "not-a-model", "no config.json")
+    assert not (tmp_path / "r").exists()
+
+
+def test_ctrl_c_names_the_resume_command(tmp_path, capsys, toy_csv, tiny_model, monkeypatch):
+    import tunesmith.commands.train as train_module
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "fit", interrupt)
+    code = main(["train", "--data", toy_csv, "--model", tiny_model, "--output", str(tmp_path / "runs"),
+                 "--name", "x", "--no-baseline"])
+    assert code == 130
+    assert f"tunesmith train --resume {tmp_path / 'runs' / 'x'}" in capsys.readouterr().err

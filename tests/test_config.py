@@ -23,6 +23,8 @@ def test_unknown_key_names_key_and_suggests(tmp_path):
 def test_close_typo_gets_suggestion():
     with pytest.raises(UserError, match=r"did you mean 'epochs'"):
         build_config({"epoch": 3}, "flags")
+    with pytest.raises(UserError, match=r"unknown config key 'learning_rate' \(did you mean 'lr'\?\)"):
+        build_config({"learning_rate": 3e-5}, "flags")
 
 
 def test_bad_value_names_the_key():

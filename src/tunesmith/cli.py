@@ -9,7 +9,7 @@ import argparse
 import os
 import sys
 
-from tunesmith.errors import TrainingDiverged, UserError
+from tunesmith.errors import Interrupted, TrainingDiverged, UserError
 
 
 def _quiet_libraries() -> None:
@@ -67,6 +67,15 @@ def _cmd_quickstart(args) -> int:
     return 0
 
 
+def _cmd_serve(args) -> int:
+    from tunesmith.serve.server import serve
+    from tunesmith.serve.settings import ServeSettings
+
+    values = {name: getattr(args, name) for name in ServeSettings.model_fields if getattr(args, name, None) is not None}
+    serve(ServeSettings(**values))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from tunesmith.config import add_config_flags
 
@@ -106,6 +115,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text-col"); p.add_argument("--encoding", default="utf-8")
     p.add_argument("--batch-size", type=int, default=64)
     p.set_defaults(func=_cmd_predict)
+
+    from tunesmith.serve.settings import ServeSettings
+
+    p = verbs.add_parser("serve", help="serve a run over HTTP (API keys, limits, metrics, micro-batching)")
+    p.add_argument("run", help="run folder")
+    add_config_flags(p, ServeSettings, skip=("run",))
+    p.set_defaults(func=_cmd_serve)
     return parser
 
 
@@ -120,14 +136,13 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except TrainingDiverged as exc:
+    except (TrainingDiverged, Interrupted) as exc:
         if args.debug:
             raise
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        resume = getattr(args, "resume", None) or "RUN"
-        print(f"\ninterrupted; the last checkpoint is kept: tunesmith train --resume {resume}", file=sys.stderr)
+        print("\ninterrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # a bug in tunesmith, not the user's input
         if args.debug:

@@ -155,11 +155,22 @@ def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
     return values
 
 
+# Names users bring from the Hugging Face Trainer and other tools.
+FAMILIAR_NAMES = {
+    "learning_rate": "lr", "lerning_rate": "lr", "num_train_epochs": "epochs", "num_epochs": "epochs",
+    "per_device_train_batch_size": "batch_size", "gradient_accumulation_steps": "grad_accum",
+    "model_name_or_path": "model", "model_name": "model", "train_file": "data", "validation_file": "val_data",
+    "test_file": "test_data", "output_dir": "output", "max_seq_length": "max_length", "lr_scheduler_type": "scheduler",
+    "early_stopping_patience": "early_stopping", "metric_for_best_model": "metric", "eval_steps": "eval_every",
+    "text_column": "text_col", "label_column": "label_col", "r": "lora_r",
+}
+
+
 def build_config(values: dict[str, Any], source: str) -> TrainConfig:
     known = set(TrainConfig.model_fields)
     for key in values:
         if key not in known:
-            hint = difflib.get_close_matches(str(key), known, n=1)
+            hint = [FAMILIAR_NAMES[key]] if key in FAMILIAR_NAMES else difflib.get_close_matches(str(key), known, n=1)
             suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
             raise UserError(f"{source}: unknown config key '{key}'{suggestion}; see `tunesmith train --help`")
     try:
@@ -179,13 +190,17 @@ def config_to_yaml_dict(cfg: TrainConfig) -> dict[str, Any]:
     return values
 
 
-def add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """One `--flag` per TrainConfig field, typed, with the field description as help."""
-    for name, field in TrainConfig.model_fields.items():
+def add_config_flags(parser: argparse.ArgumentParser, model: type[BaseModel] = None, skip: tuple = ()) -> None:
+    """One `--flag` per field of `model` (TrainConfig by default), typed, with its description as help."""
+    for name, field in (model or TrainConfig).model_fields.items():
+        if name in skip:
+            continue
         flag = "--" + name.replace("_", "-")
         kind, choices = _flag_type(field.annotation)
         help_text = f"{field.description} (default: {field.default})"
-        if kind is bool:
+        if kind is bool and field.default is False:  # an opt-in switch: --no-auth, not --no-no-auth
+            parser.add_argument(flag, dest=name, action="store_true", default=None, help=help_text)
+        elif kind is bool:
             parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         elif kind is list:
             parser.add_argument(flag, dest=name, type=_comma_list, default=None, metavar="A,B", help=help_text)

@@ -18,3 +18,12 @@ class TrainingDiverged(Exception):
     """The loss became NaN or infinite. The last good checkpoint is kept."""
 
     exit_code = 3
+
+
+class Interrupted(Exception):
+    """Ctrl-C during training; the run folder holds the last checkpoint."""
+
+    exit_code = 130
+
+    def __init__(self, run_path):
+        super().__init__(f"interrupted; the last checkpoint is kept: tunesmith train --resume {run_path}")

@@ -24,7 +24,7 @@ from tunesmith.data.labeled import Examples
 from tunesmith.data.sources import read_table
 from tunesmith.data.splits import Splits
 from tunesmith.data.tokens import tokenize
-from tunesmith.errors import UserError
+from tunesmith.errors import Interrupted, UserError
 from tunesmith.evaluate import report
 from tunesmith.evaluate.baseline import linear_probe
 from tunesmith.inference import Predictor, predict_probs
@@ -67,6 +67,13 @@ def train(cfg: TrainConfig, log=print) -> Run:
             raise
         log(f"run folder: {run.path}")
 
+    try:
+        return _train_in(run, cfg, task, method, splits, tokenizer, model, resuming, log)
+    except KeyboardInterrupt:
+        raise Interrupted(run.path) from None
+
+
+def _train_in(run: Run, cfg: TrainConfig, task, method, splits: Splits, tokenizer, model, resuming: bool, log) -> Run:
     # 3. Token ids (cached on disk) and class ids.
     class_id = {label: i for i, label in enumerate(splits.labels)}
     ids = {name: tokenize(tokenizer, getattr(splits, name).texts, cfg.max_length) for name in ("train", "val", "test")}

@@ -148,7 +148,7 @@ def fit(
             recent_loss.append(step_loss)
             bar.update(1)
             bar.set_postfix(loss=f"{sum(recent_loss[-20:]) / len(recent_loss[-20:]):.4f}",
-                            samples_s=f"{state.samples / max(state.train_seconds, 1e-9):.1f}")
+                            samples_s=f"{state.samples / max(state.train_seconds, 1e-9):.1f}", refresh=False)
             _append_history(history_file, {"step": state.step, "epoch": state.epoch, "loss": step_loss,
                                            "lr": scheduler.get_last_lr()[0]})
 

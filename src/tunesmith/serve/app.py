@@ -1,0 +1,232 @@
+"""The HTTP API. Routes stay thin: auth and limits are dependencies and middleware,
+inference is the micro-batcher's job, and the shapes are pydantic models (so /openapi.json
+documents them).
+
+    POST /v1/predict   {"inputs": "text" | ["text", ...], "parameters": {"top_k": 3}}
+    GET  /v1/model     task, labels, base model, metrics of the run
+    GET  /healthz      the process is up (no auth: for liveness probes)
+    GET  /readyz       the model is loaded and warm, and not draining (no auth)
+    GET  /metrics      Prometheus text format
+    GET  /openapi.json the schema
+"""
+
+# No `from __future__ import annotations` here: FastAPI resolves the dependency aliases
+# defined inside create_app from real annotation objects.
+
+import logging
+import time
+from contextlib import asynccontextmanager
+from typing import Annotated, Optional, Union
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from tunesmith.serve.batcher import MicroBatcher
+from tunesmith.serve.security import KeyRing, RateLimiter, mask_pii
+from tunesmith.serve.settings import ServeSettings
+from tunesmith.serve.telemetry import JsonLog, Metrics
+
+OPEN_ROUTES = {"/healthz", "/readyz", "/openapi.json"}
+
+
+class PredictParameters(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    top_k: Optional[int] = Field(None, ge=1, description="Return only the k most likely labels in `scores`.")
+
+
+class PredictRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    inputs: Union[str, list[str]] = Field(description="One text or a list of texts.")
+    parameters: PredictParameters = Field(default_factory=PredictParameters)
+
+
+class ClassificationOutput(BaseModel):
+    label: str
+    score: float
+    scores: dict[str, float]
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, field: Optional[str] = None, headers: Optional[dict] = None):
+        self.status, self.message, self.field, self.headers = status, message, field, headers or {}
+
+
+def create_app(predictor, settings: ServeSettings, keys: KeyRing, run_info: dict) -> FastAPI:
+    """An app serving `predictor` (anything with .predict(texts) -> probs and .labels)."""
+    log = JsonLog()
+    metrics = Metrics({"task": run_info.get("task", ""), "base_model": run_info.get("base_model", ""),
+                       "run": run_info.get("run", ""), "backend": settings.backend})
+    limiter = RateLimiter(settings.rate_limit, settings.rate_burst)
+    batcher = MicroBatcher(predictor.predict, settings.batch_max_size, settings.batch_max_wait_ms,
+                           on_batch=metrics.batch_size.observe)
+    metrics.queue_depth = lambda: batcher.depth
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        batcher.start()
+        await batcher.submit(["warm-up"])  # first call pays one-off costs; do it before ready
+        app.state.ready = True
+        log.event("ready", run=run_info.get("run"), auth=bool(keys), workers=settings.workers)
+        yield
+        app.state.draining = True
+        await batcher.stop()
+        log.event("stopped")
+
+    app = FastAPI(title="tunesmith", version="1", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.ready = False
+    app.state.draining = False
+
+    # --- dependencies ----------------------------------------------------------------
+
+    def client_id(request: Request) -> str:
+        """The caller: an API key's id, or (with auth off) its address."""
+        if not keys:
+            return request.client.host if request.client else "local"
+        header = request.headers.get("authorization", "")
+        key = header[7:].strip() if header.lower().startswith("bearer ") else request.headers.get("x-api-key", "")
+        if not key:
+            raise ApiError(401, "missing API key: send 'Authorization: Bearer KEY' or 'X-API-Key: KEY'",
+                           headers={"WWW-Authenticate": "Bearer"})
+        identity = keys.identify(key)
+        if identity is None:
+            raise ApiError(403, "API key not accepted")
+        return identity
+
+    def rate_limited(client: Annotated[str, Depends(client_id)]) -> str:
+        wait = limiter.check(client)
+        if wait > 0:
+            raise ApiError(429, f"rate limit of {settings.rate_limit:g} requests/s exceeded",
+                           headers={"Retry-After": str(max(1, int(wait + 0.999)))})
+        return client
+
+    Caller = Annotated[str, Depends(rate_limited)]
+
+    # --- routes ------------------------------------------------------------------------
+
+    @app.post("/v1/predict", response_model=list[ClassificationOutput])
+    async def predict(body: PredictRequest, client: Caller) -> list[dict]:
+        texts = [body.inputs] if isinstance(body.inputs, str) else body.inputs
+        if not texts:
+            raise ApiError(422, "inputs: give at least one text", "inputs")
+        if len(texts) > settings.max_inputs:
+            raise ApiError(422, f"inputs: {len(texts)} texts, the limit is {settings.max_inputs} per request", "inputs")
+        for i, text in enumerate(texts):
+            if len(text) > settings.max_text_chars:
+                raise ApiError(422, f"inputs[{i}]: {len(text)} characters, the limit is {settings.max_text_chars}",
+                               f"inputs[{i}]")
+        if settings.log_text:
+            log.event("predict_text", client=client, texts=[mask_pii(t) for t in texts])
+        probs = await batcher.submit(texts)
+        return [_classification(row, predictor.labels, body.parameters.top_k) for row in probs]
+
+    @app.get("/v1/model")
+    async def model(client: Caller) -> dict:
+        return run_info
+
+    @app.get("/healthz")
+    async def healthz() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz() -> JSONResponse:
+        ready = app.state.ready and not app.state.draining
+        return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    async def prometheus(client: Caller) -> str:
+        return metrics.render()
+
+    # --- errors: one JSON shape, {"error": ..., "field": ...} ----------------------------
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError) -> JSONResponse:
+        body = {"error": exc.message} | ({"field": exc.field} if exc.field else {})
+        return JSONResponse(body, status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {"loc": ("body",), "msg": "invalid request"}
+        field = ".".join(str(p) for p in first["loc"] if p != "body") or "body"
+        return JSONResponse({"error": f"{field}: {first['msg']}", "field": field}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def crash(request: Request, exc: Exception) -> JSONResponse:  # never leak internals
+        log.event("error", logging.ERROR, route=request.url.path, error=type(exc).__name__)
+        return JSONResponse({"error": "internal error"}, status_code=500)
+
+    # --- middleware: body size (ASGI), then draining, metrics and access log ------------------------
+
+    known_routes = {route.path for route in app.routes}
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)  # inside `observe`, so 413s are counted
+
+    @app.middleware("http")
+    async def observe(request: Request, call_next):
+        started = time.perf_counter()
+        path = request.url.path
+        route = path if path in known_routes else "other"  # bounded label cardinality
+        if app.state.draining and path != "/healthz":
+            response = JSONResponse({"error": "server is shutting down; retry on another instance"}, status_code=503)
+        else:
+            response = await call_next(request)
+        seconds = time.perf_counter() - started
+        metrics.record(route, response.status_code, seconds)
+        if route not in OPEN_ROUTES:
+            log.event("request", method=request.method, route=route, status=response.status_code,
+                      ms=round(seconds * 1000, 2))
+        return response
+
+    app.state.metrics = metrics
+    app.state.batcher = batcher
+    return app
+
+
+class BodyTooLarge(StarletteHTTPException):
+    def __init__(self, limit: int):
+        super().__init__(413, f"request body over the limit of {limit} bytes")
+
+
+class BodyLimit:
+    """Pure ASGI middleware: refuse bodies over `limit` bytes, declared or streamed.
+
+    A declared Content-Length over the limit is refused before a byte is read; a chunked
+    body is counted as the app reads it, and reading past the limit raises a 413.
+    """
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
+            status = 413 if declared.isdigit() else 400
+            message = BodyTooLarge(self.limit).detail if status == 413 else "invalid Content-Length"
+            return await JSONResponse({"error": message}, status_code=status)(scope, receive, send)
+        received = 0
+
+        async def counted_receive():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    raise BodyTooLarge(self.limit)
+            return message
+
+        await self.app(scope, counted_receive, send)
+
+
+def _classification(row, labels: list[str], top_k: int | None) -> dict:
+    order = row.argsort()[::-1]
+    best = int(order[0])
+    keep = order[:top_k] if top_k else order
+    return {"label": labels[best], "score": float(row[best]),
+            "scores": {labels[int(i)]: float(row[int(i)]) for i in keep}}

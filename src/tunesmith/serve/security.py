@@ -1,0 +1,87 @@
+"""API keys, rate limits, and masking of personal data in logs."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import time
+from dataclasses import dataclass, field
+
+
+class KeyRing:
+    """API keys kept only as SHA-256 hashes and compared in constant time.
+
+    Every stored hash is compared (no early exit), so timing reveals neither which key
+    matched nor how many characters did.
+    """
+
+    def __init__(self, keys: list[str]):
+        self._hashes = [hashlib.sha256(k.encode()).digest() for k in keys]
+
+    def __bool__(self) -> bool:
+        return bool(self._hashes)
+
+    def identify(self, key: str) -> str | None:
+        """A short, non-reversible id of the matching key (for logs and rate limits), or None."""
+        digest = hashlib.sha256(key.encode()).digest()
+        match = None
+        for stored in self._hashes:
+            if hmac.compare_digest(digest, stored):
+                match = stored
+        return match.hex()[:12] if match is not None else None
+
+
+@dataclass
+class RateLimiter:
+    """Token bucket per client: `burst` requests at once, refilled at `rate` per second."""
+
+    rate: float
+    burst: int
+    clock: callable = time.monotonic
+    _buckets: dict = field(default_factory=dict)
+
+    def check(self, client: str) -> float:
+        """0 if the request may go ahead, else the seconds until it may (Retry-After)."""
+        now = self.clock()
+        tokens, last = self._buckets.get(client, (float(self.burst), now))
+        tokens = min(float(self.burst), tokens + (now - last) * self.rate)
+        if tokens >= 1.0:
+            self._buckets[client] = (tokens - 1.0, now)
+            return 0.0
+        self._buckets[client] = (tokens, now)
+        return (1.0 - tokens) / self.rate
+
+
+# --- masking of personal data, for the opt-in text logging ---------------------------
+
+EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
+CARD = re.compile(r"\b\d(?:[ -]?\d){12,18}\b")
+SSN = re.compile(r"\b\d{3}-\d{2}-\d{4}\b")
+IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?:[ ]?[A-Z0-9]{4}){2,7}(?:[ ]?[A-Z0-9]{1,3})?\b")
+PHONE = re.compile(r"(?<![\w])(?:\+\d{1,3}[ .-]?)?(?:\(\d{2,4}\)[ .-]?)?\d{2,4}(?:[ .-]?\d{2,4}){2,4}(?![\w])")
+
+
+def _luhn_ok(digits: str) -> bool:
+    total, parity = 0, len(digits) % 2
+    for i, ch in enumerate(digits):
+        d = int(ch)
+        if i % 2 == parity:
+            d = d * 2 - 9 if d > 4 else d * 2
+        total += d
+    return total % 10 == 0
+
+
+def _mask_card(match: re.Match) -> str:
+    digits = re.sub(r"\D", "", match.group())
+    return "[CARD]" if _luhn_ok(digits) else match.group()
+
+
+def mask_pii(text: str) -> str:
+    """Mask e-mail addresses, card numbers (Luhn-valid), ID numbers (US SSN, IBAN) and phones."""
+    text = EMAIL.sub("[EMAIL]", text)
+    text = CARD.sub(_mask_card, text)
+    text = SSN.sub("[ID]", text)
+    text = IBAN.sub("[ID]", text)
+    text = PHONE.sub(lambda m: "[PHONE]" if sum(c.isdigit() for c in m.group()) >= 7 else m.group(), text)
+    return text

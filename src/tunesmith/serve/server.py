@@ -1,0 +1,86 @@
+"""`tunesmith serve RUN`: refuse unsafe settings, load the run once, run uvicorn.
+
+Shutdown is graceful: on SIGTERM/SIGINT the server stops accepting connections, answers
+requests that arrive on open connections with 503 (and /readyz with 503, so a load
+balancer stops routing here), lets in-flight requests finish, then exits.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from tunesmith.errors import UserError
+from tunesmith.runs import Run, open_finished
+from tunesmith.serve.security import KeyRing
+from tunesmith.serve.settings import ServeSettings, api_keys_from
+from tunesmith.serve.telemetry import JsonLog
+
+SETTINGS_ENV = "TUNESMITH_SERVE_SETTINGS"  # how worker processes receive the settings
+
+
+def run_info(run: Run) -> dict:
+    cfg = run.config()
+    info = {"run": run.path.name, "task": cfg["task"], "labels": run.labels(), "base_model": cfg["model"],
+            "method": cfg["method"], "max_length": cfg["max_length"]}
+    if run.metrics_file.is_file():
+        metrics = json.loads(run.metrics_file.read_text())
+        keep = ("accuracy", "macro_f1", "weighted_f1", "count")
+        info["metrics"] = {"test": {k: metrics["test"][k] for k in keep if k in metrics["test"]}}
+        if metrics.get("baseline"):
+            info["metrics"]["baseline"] = {k: metrics["baseline"][k] for k in keep if k in metrics["baseline"]}
+    return info
+
+
+def check_settings(settings: ServeSettings) -> tuple[Run, KeyRing]:
+    """Every reason not to start, as one clear error, before anything loads."""
+    run = open_finished(settings.run)
+    if settings.backend == "onnx" and not (run.path / "model" / "model.onnx").is_file():
+        raise UserError(f"--backend onnx: {run.path} has no ONNX export (model/model.onnx); serve it with --backend torch")
+    keys = api_keys_from(settings)
+    if settings.no_auth and keys:
+        raise UserError("--no-auth given but API keys are set (TUNESMITH_API_KEYS or --api-keys-file); choose one")
+    if not keys and not settings.no_auth and not settings.loopback:
+        raise UserError(
+            f"--host {settings.host} is reachable from the network: set TUNESMITH_API_KEYS (comma-separated) "
+            "or --api-keys-file, or pass --no-auth to serve without authentication"
+        )
+    return run, KeyRing(keys)
+
+
+def build_app(settings: ServeSettings):
+    from tunesmith.inference import Predictor
+    from tunesmith.serve.app import create_app
+
+    run, keys = check_settings(settings)
+    log = JsonLog()
+    if settings.no_auth:
+        log.event("auth_disabled", 30, message=f"serving {run.path} WITHOUT authentication on {settings.host}")
+    elif not keys:
+        log.event("auth_disabled", 30, message="no API keys set: serving without authentication on loopback only")
+    return create_app(Predictor.from_run(run), settings, keys, run_info(run))
+
+
+def app_from_env():
+    """Factory for uvicorn worker processes (--workers N)."""
+    return build_app(ServeSettings.model_validate_json(os.environ[SETTINGS_ENV]))
+
+
+def serve(settings: ServeSettings) -> None:
+    import uvicorn
+
+    check_settings(settings)  # fail fast, before uvicorn starts workers
+    common = dict(host=settings.host, port=settings.port, log_level="warning", access_log=False,
+                  timeout_graceful_shutdown=30, limit_concurrency=2048)
+    if settings.workers > 1:
+        os.environ[SETTINGS_ENV] = settings.model_dump_json()
+        uvicorn.run("tunesmith.serve.server:app_from_env", factory=True, workers=settings.workers, **common)
+        return
+    app = build_app(settings)
+
+    class DrainingServer(uvicorn.Server):
+        def handle_exit(self, sig, frame):
+            app.state.draining = True  # requests on kept-alive connections now get 503
+            super().handle_exit(sig, frame)
+
+    DrainingServer(uvicorn.Config(app, **common)).run()

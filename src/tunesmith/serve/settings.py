@@ -1,0 +1,56 @@
+"""Serving settings: one typed object, filled from flags and TUNESMITH_* environment variables."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from typing import Literal, Optional
+
+from pydantic import BaseModel, Field
+
+LOOPBACK_NAMES = {"localhost", "localhost.localdomain"}
+
+
+class ServeSettings(BaseModel):
+    run: str = Field(description="Run folder to serve.")
+    host: str = Field("127.0.0.1", description="Interface to listen on; anything but loopback requires API keys.")
+    port: int = Field(8000, ge=1, le=65535, description="TCP port.")
+    workers: int = Field(1, ge=1, description="Worker processes (each loads the model).")
+    backend: Literal["torch", "onnx"] = Field("torch", description="Inference backend.")
+    api_keys_file: Optional[str] = Field(None, description="File with one API key per line (else TUNESMITH_API_KEYS).")
+    no_auth: bool = Field(False, description="Serve without API keys (logged loudly).")
+    max_body_bytes: int = Field(1_000_000, gt=0, description="Largest request body (413 above).")
+    max_inputs: int = Field(64, gt=0, description="Most texts in one request (422 above).")
+    max_text_chars: int = Field(10_000, gt=0, description="Longest text in characters (422 above).")
+    rate_limit: float = Field(20.0, gt=0, description="Sustained requests per second per API key (429 above).")
+    rate_burst: int = Field(100, gt=0, description="Requests a key may send at once before the rate limit applies.")
+    batch_max_size: int = Field(32, gt=0, description="Most texts run in one micro-batch.")
+    batch_max_wait_ms: float = Field(5.0, ge=0, description="How long the first request of a batch waits for company.")
+    log_text: bool = Field(False, description="Log request texts, with e-mails, phones, cards and ID numbers masked.")
+
+    @property
+    def loopback(self) -> bool:
+        if self.host in LOOPBACK_NAMES:
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+
+def api_keys_from(settings: ServeSettings) -> list[str]:
+    """Keys from --api-keys-file, else the comma-separated TUNESMITH_API_KEYS."""
+    from tunesmith.errors import UserError
+
+    if settings.api_keys_file:
+        try:
+            text = open(settings.api_keys_file, encoding="utf-8").read()
+        except OSError as exc:
+            raise UserError(f"--api-keys-file {settings.api_keys_file}: cannot read ({exc.strerror})") from None
+        keys = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    else:
+        keys = [k.strip() for k in os.environ.get("TUNESMITH_API_KEYS", "").split(",") if k.strip()]
+    short = [k for k in keys if len(k) < 16]
+    if short:
+        raise UserError("API keys must be at least 16 characters (use e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`)")
+    return keys

@@ -1,0 +1,267 @@
+"""The HTTP API, in-process: auth, every limit, output shapes, metrics, masking, draining."""
+
+import asyncio
+import io
+import json
+import logging
+
+import numpy as np
+import pytest
+
+from conftest import make_rows, train_args, write_csv
+from tunesmith.cli import main
+from tunesmith.errors import UserError
+
+fastapi = pytest.importorskip("fastapi")
+from fastapi.testclient import TestClient  # noqa: E402
+
+from tunesmith.inference import Predictor  # noqa: E402
+from tunesmith.runs import Run  # noqa: E402
+from tunesmith.serve.app import create_app  # noqa: E402
+from tunesmith.serve.batcher import MicroBatcher  # noqa: E402
+from tunesmith.serve.security import KeyRing, RateLimiter, mask_pii  # noqa: E402
+from tunesmith.serve.server import check_settings, run_info  # noqa: E402
+from tunesmith.serve.settings import ServeSettings  # noqa: E402
+
+KEY = "k" * 20 + "-secret"
+OTHER = "o" * 20 + "-secret"
+
+
+@pytest.fixture(scope="module")
+def run_path(tmp_path_factory, tiny_model):
+    base = tmp_path_factory.mktemp("serve")
+    data = write_csv(base / "toy.csv", make_rows(30))
+    assert main(train_args(data, tiny_model, base / "runs", "r", "--method", "full", "--epochs", "2")) == 0
+    return base / "runs" / "r"
+
+
+@pytest.fixture(scope="module")
+def predictor(run_path):
+    return Predictor.from_run(Run(run_path))
+
+
+def make_client(run_path, predictor, keys=(KEY,), **overrides) -> TestClient:
+    settings = ServeSettings(run=str(run_path), **overrides)
+    return TestClient(create_app(predictor, settings, KeyRing(list(keys)), run_info(Run(run_path))))
+
+
+AUTH = {"Authorization": f"Bearer {KEY}"}
+
+
+def test_auth(run_path, predictor):
+    with make_client(run_path, predictor) as client:
+        missing = client.post("/v1/predict", json={"inputs": "good"})
+        assert missing.status_code == 401 and missing.headers["www-authenticate"] == "Bearer"
+        assert "missing API key" in missing.json()["error"]
+        assert client.post("/v1/predict", json={"inputs": "good"}, headers={"Authorization": "Bearer wrong-key-123456789"}).status_code == 403
+        assert client.post("/v1/predict", json={"inputs": "good"}, headers=AUTH).status_code == 200
+        assert client.post("/v1/predict", json={"inputs": "good"}, headers={"X-API-Key": KEY}).status_code == 200
+        assert client.get("/v1/model").status_code == 401
+        assert client.get("/metrics").status_code == 401
+        # Probes and the schema stay open: they reveal nothing about the model or data.
+        assert client.get("/healthz").status_code == 200 and client.get("/readyz").status_code == 200
+        assert client.get("/openapi.json").status_code == 200
+
+
+def test_several_keys_each_work(run_path, predictor):
+    with make_client(run_path, predictor, keys=(KEY, OTHER)) as client:
+        for key in (KEY, OTHER):
+            assert client.post("/v1/predict", json={"inputs": "x"}, headers={"X-API-Key": key}).status_code == 200
+
+
+def test_output_shapes(run_path, predictor):
+    labels = Run(run_path).labels()
+    with make_client(run_path, predictor) as client:
+        one = client.post("/v1/predict", json={"inputs": "good happy film"}, headers=AUTH).json()
+        assert len(one) == 1 and set(one[0]) == {"label", "score", "scores"}
+        assert set(one[0]["scores"]) == set(labels) and abs(sum(one[0]["scores"].values()) - 1) < 1e-4
+        assert one[0]["score"] == max(one[0]["scores"].values())
+        texts = ["good happy film", "awful sad plot", "okay plain story"]
+        many = client.post("/v1/predict", json={"inputs": texts}, headers=AUTH).json()
+        expected = predictor.predict(texts)  # the same numbers `tunesmith predict` writes
+        assert [m["label"] for m in many] == [labels[i] for i in expected.argmax(1)]
+        assert np.allclose([m["score"] for m in many], expected.max(1), atol=1e-5)
+        top = client.post("/v1/predict", json={"inputs": "x", "parameters": {"top_k": 1}}, headers=AUTH).json()
+        assert len(top[0]["scores"]) == 1
+        info = client.get("/v1/model", headers=AUTH).json()
+        assert info["task"] == "text-classification" and info["labels"] == labels
+        assert "accuracy" in info["metrics"]["test"]
+
+
+def test_limits(run_path, predictor):
+    with make_client(run_path, predictor, max_body_bytes=2000, max_inputs=3, max_text_chars=50) as client:
+        big = client.post("/v1/predict", content=json.dumps({"inputs": "x" * 3000}), headers={**AUTH, "content-type": "application/json"})
+        assert big.status_code == 413 and "2000 bytes" in big.json()["error"]
+
+        def chunks():  # no Content-Length: the limit must still hold
+            yield b'{"inputs": "'
+            yield b"x" * 3000
+            yield b'"}'
+
+        chunked = client.post("/v1/predict", content=chunks(), headers={**AUTH, "content-type": "application/json"})
+        assert chunked.status_code == 413
+        many = client.post("/v1/predict", json={"inputs": ["a"] * 4}, headers=AUTH)
+        assert many.status_code == 422 and many.json()["field"] == "inputs" and "limit is 3" in many.json()["error"]
+        long = client.post("/v1/predict", json={"inputs": ["ok", "y" * 51]}, headers=AUTH)
+        assert long.status_code == 422 and long.json()["field"] == "inputs[1]" and "limit is 50" in long.json()["error"]
+        bad = client.post("/v1/predict", json={"text": "wrong field"}, headers=AUTH)
+        assert bad.status_code == 422 and bad.json()["field"] == "inputs"
+        assert client.post("/v1/predict", json={"inputs": []}, headers=AUTH).status_code == 422
+
+
+def test_rate_limit_per_key(run_path, predictor):
+    with make_client(run_path, predictor, keys=(KEY, OTHER), rate_limit=0.5, rate_burst=2) as client:
+        codes = [client.post("/v1/predict", json={"inputs": "x"}, headers=AUTH).status_code for _ in range(3)]
+        assert codes == [200, 200, 429]
+        limited = client.post("/v1/predict", json={"inputs": "x"}, headers=AUTH)
+        assert limited.status_code == 429 and int(limited.headers["retry-after"]) >= 1
+        # Another key has its own bucket.
+        assert client.post("/v1/predict", json={"inputs": "x"}, headers={"X-API-Key": OTHER}).status_code == 200
+
+
+def test_rate_limiter_refills():
+    now = [0.0]
+    limiter = RateLimiter(rate=2.0, burst=1, clock=lambda: now[0])
+    assert limiter.check("a") == 0.0
+    assert limiter.check("a") == pytest.approx(0.5)
+    now[0] = 0.5
+    assert limiter.check("a") == 0.0
+
+
+def test_metrics_move(run_path, predictor):
+    with make_client(run_path, predictor) as client:
+        for _ in range(3):
+            client.post("/v1/predict", json={"inputs": ["a", "b"]}, headers=AUTH)
+        client.post("/v1/predict", json={"inputs": "a"})  # 401
+        text = client.get("/metrics", headers=AUTH).text
+    assert 'tunesmith_requests_total{route="/v1/predict",status="200"} 3' in text
+    assert 'tunesmith_requests_total{route="/v1/predict",status="401"} 1' in text
+    assert 'tunesmith_request_duration_seconds_count{route="/v1/predict"} 4' in text
+    assert "tunesmith_batch_size_count 4" in text  # 3 requests + the warm-up
+    assert "tunesmith_queue_depth 0" in text
+    assert 'tunesmith_model_info{backend="torch"' in text
+
+
+def test_draining_returns_503(run_path, predictor):
+    with make_client(run_path, predictor) as client:
+        client.app.state.draining = True
+        assert client.post("/v1/predict", json={"inputs": "x"}, headers=AUTH).status_code == 503
+        assert client.get("/readyz").status_code == 503
+        assert client.get("/healthz").status_code == 200  # alive, just not taking work
+
+
+def test_a_failing_batch_does_not_take_the_server_down(run_path, predictor):
+    class Flaky:
+        labels = predictor.labels
+
+        def predict(self, texts):
+            if "boom" in texts:
+                raise RuntimeError("inference failed")
+            return predictor.predict(texts)
+
+    settings = ServeSettings(run=str(run_path))
+    app = create_app(Flaky(), settings, KeyRing([KEY]), run_info(Run(run_path)))
+    with TestClient(app, raise_server_exceptions=False) as client:
+        failed = client.post("/v1/predict", json={"inputs": "boom"}, headers=AUTH)
+        assert failed.status_code == 500 and failed.json() == {"error": "internal error"}
+        assert client.post("/v1/predict", json={"inputs": "fine"}, headers=AUTH).status_code == 200
+
+
+def test_logs_never_hold_raw_text_by_default(run_path, predictor):
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    logger = logging.getLogger("tunesmith.serve")
+    logger.addHandler(handler)
+    try:
+        secret = "mail jane.doe@example.com about card 4111 1111 1111 1111"
+        with make_client(run_path, predictor) as client:
+            client.post("/v1/predict", json={"inputs": secret}, headers=AUTH)
+        assert "jane.doe" not in stream.getvalue() and "4111" not in stream.getvalue()
+        assert '"event": "request"' in stream.getvalue()
+        with make_client(run_path, predictor, log_text=True) as client:
+            client.post("/v1/predict", json={"inputs": secret}, headers=AUTH)
+        logged = stream.getvalue()
+        assert "[EMAIL]" in logged and "[CARD]" in logged and "jane.doe" not in logged and "4111" not in logged
+        assert KEY not in logged
+    finally:
+        logger.removeHandler(handler)
+
+
+@pytest.mark.parametrize("text,masked", [
+    ("write to ana.b+x@mail.co.uk today", "write to [EMAIL] today"),
+    ("card 4111-1111-1111-1111 expired", "card [CARD] expired"),
+    ("call +44 20 7946 0958 now", "call [PHONE] now"),
+    ("call (555) 123-4567", "call [PHONE]"),
+    ("ssn 123-45-6789 on file", "ssn [ID] on file"),
+    ("iban GB82 WEST 1234 5698 7654 32 please", "iban [ID] please"),
+])
+def test_mask_each_pii_kind(text, masked):
+    assert mask_pii(text) == masked
+
+
+def test_masking_leaves_ordinary_text_and_non_card_numbers():
+    assert mask_pii("order 12 of 2024, 3 items") == "order 12 of 2024, 3 items"
+    assert "[CARD]" not in mask_pii("ref 1234 5678 9012 3456")  # fails the Luhn check
+
+
+def test_micro_batcher_groups_concurrent_requests():
+    seen = []
+
+    def predict(texts):
+        seen.append(len(texts))
+        return np.tile(np.array([[0.25, 0.75]]), (len(texts), 1))
+
+    async def scenario():
+        batcher = MicroBatcher(predict, max_size=16, max_wait_ms=50)
+        batcher.start()
+        results = await asyncio.gather(*(batcher.submit([f"t{i}"]) for i in range(10)))
+        big = await batcher.submit([f"u{i}" for i in range(20)])  # larger than max_size: runs alone
+        await batcher.stop()
+        return results, big
+
+    results, big = asyncio.run(scenario())
+    assert seen[0] == 10 and len(results) == 10 and all(r.shape == (1, 2) for r in results)
+    assert big.shape == (20, 2) and seen[-1] == 20
+
+
+def test_start_checks(run_path, monkeypatch):
+    monkeypatch.delenv("TUNESMITH_API_KEYS", raising=False)
+    with pytest.raises(UserError, match="--host 0.0.0.0 is reachable from the network: set TUNESMITH_API_KEYS"):
+        check_settings(ServeSettings(run=str(run_path), host="0.0.0.0"))
+    check_settings(ServeSettings(run=str(run_path), host="0.0.0.0", no_auth=True))  # explicit opt-out works
+    check_settings(ServeSettings(run=str(run_path), host="127.0.0.1"))  # loopback may go without keys
+    monkeypatch.setenv("TUNESMITH_API_KEYS", f"{KEY}, {OTHER}")
+    _, keys = check_settings(ServeSettings(run=str(run_path), host="0.0.0.0"))
+    assert keys.identify(KEY) and keys.identify(OTHER) and not keys.identify("nope")
+    with pytest.raises(UserError, match="--no-auth given but API keys are set"):
+        check_settings(ServeSettings(run=str(run_path), host="0.0.0.0", no_auth=True))
+    monkeypatch.setenv("TUNESMITH_API_KEYS", "short")
+    with pytest.raises(UserError, match="at least 16 characters"):
+        check_settings(ServeSettings(run=str(run_path)))
+    monkeypatch.delenv("TUNESMITH_API_KEYS")
+    with pytest.raises(UserError, match="no ONNX export"):
+        check_settings(ServeSettings(run=str(run_path), backend="onnx"))
+
+
+def test_keys_from_file(run_path, tmp_path, monkeypatch):
+    monkeypatch.delenv("TUNESMITH_API_KEYS", raising=False)
+    keyfile = tmp_path / "keys.txt"
+    keyfile.write_text(f"# production keys\n{KEY}\n")
+    _, keys = check_settings(ServeSettings(run=str(run_path), host="0.0.0.0", api_keys_file=str(keyfile)))
+    assert keys.identify(KEY)
+
+
+def test_serve_cli_refuses_unsafe_start(run_path, capsys, monkeypatch):
+    monkeypatch.delenv("TUNESMITH_API_KEYS", raising=False)
+    assert main(["serve", str(run_path), "--host", "0.0.0.0"]) == 2
+    assert "reachable from the network" in capsys.readouterr().err
+
+
+def test_chunked_body_under_the_limit_is_served(run_path, predictor):
+    def chunks():
+        yield b'{"inputs": '
+        yield b'"good happy film"}'
+
+    with make_client(run_path, predictor) as client:
+        response = client.post("/v1/predict", content=chunks(), headers={**AUTH, "content-type": "application/json"})
+        assert response.status_code == 200 and len(response.json()) == 1
