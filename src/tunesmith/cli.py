@@ -68,6 +68,11 @@ def _cmd_quickstart(args) -> int:
 
 
 def _cmd_serve(args) -> int:
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError:
+        raise UserError("tunesmith serve needs FastAPI and uvicorn: pip install 'tunesmith[serve]'") from None
     from tunesmith.serve.server import serve
     from tunesmith.serve.settings import ServeSettings
 
