@@ -3,7 +3,8 @@
 Each server runs alone (one after the other) on loopback, serving the same run's model; an
 async client sends single-text requests (tweets from the run's held-out test split) from 1, 8
 and 32 concurrent clients for a fixed time and reports requests/s, p50 and p99 latency and
-errors. tunesmith runs with API keys on (the naive server has no auth at all).
+errors. tunesmith runs with API keys on (the naive server has no auth at all) and its per-key
+rate limit lifted (one client key generates all the load).
 
     python bench/serve_load.py --run runs/quickstart-...      # default: the newest quickstart run
 """
@@ -15,7 +16,9 @@ import asyncio
 import json
 import os
 import platform
+import shutil
 import subprocess
+import tempfile
 import sys
 import time
 from pathlib import Path
@@ -75,11 +78,47 @@ async def load(url: str, texts: list[str], concurrency: int, seconds: float, hea
             "p99_ms": float(np.percentile(lat, 99)), "errors": errors}
 
 
-def run_server(cmd: list[str], env: dict, ready_url: str, texts, levels, seconds, headers, predict_url) -> dict:
+WRK_SCRIPT = """
+bodies = {%s}
+headers = {%s}
+counter = 0
+request = function()
+  counter = counter + 1
+  return wrk.format("POST", nil, headers, bodies[(counter %% #bodies) + 1])
+end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("RESULT %%d %%d %%f %%f %%d\\n", summary.requests, summary.duration,
+    latency:percentile(50), latency:percentile(99), e.connect + e.read + e.write + e.status + e.timeout))
+end
+"""
+
+
+def load_wrk(url: str, texts: list[str], concurrency: int, seconds: float, headers: dict, workdir: Path) -> dict:
+    """The same load from wrk (C, event-driven): the client takes far less of the CPU it shares."""
+    bodies = [json.dumps({"inputs": t}) for t in texts if "]==]" not in t]
+    all_headers = {"Content-Type": "application/json", **headers}
+    script = workdir / "load.lua"
+    script.write_text(WRK_SCRIPT % (",".join(f"[==[{b}]==]" for b in bodies),
+                                    ",".join(f'["{k}"]="{v}"' for k, v in all_headers.items())))
+    threads = min(2, concurrency)
+    out = subprocess.run(["wrk", f"-t{threads}", f"-c{concurrency}", f"-d{int(seconds)}s", "--timeout", "30s",
+                          "-s", str(script), url], capture_output=True, text=True, check=True).stdout
+    line = next(l for l in out.splitlines() if l.startswith("RESULT"))
+    requests, micros, p50, p99, errors = line.split()[1:]
+    return {"requests": int(requests), "rps": int(requests) / (int(micros) / 1e6), "p50_ms": float(p50) / 1000,
+            "p99_ms": float(p99) / 1000, "errors": int(errors)}
+
+
+def run_server(cmd: list[str], env: dict, ready_url: str, texts, levels, seconds, headers, predict_url,
+               client: str) -> dict:
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         asyncio.run(wait_ready(ready_url))
         asyncio.run(load(predict_url, texts, 4, 3, headers))  # warm-up, not counted
+        if client == "wrk":
+            with tempfile.TemporaryDirectory() as tmp:
+                return {c: load_wrk(predict_url, texts, c, seconds, headers, Path(tmp)) for c in levels}
         return {c: asyncio.run(load(predict_url, texts, c, seconds, headers)) for c in levels}
     finally:
         proc.terminate()
@@ -91,6 +130,8 @@ def main() -> None:
     parser.add_argument("--run", help="run folder (default: newest runs/quickstart-*)")
     parser.add_argument("--seconds", type=float, default=15.0, help="duration of each concurrency level")
     parser.add_argument("--levels", default="1,8,32")
+    parser.add_argument("--client", choices=["wrk", "httpx"], default="wrk" if shutil.which("wrk") else "httpx",
+                        help="load generator: wrk (apt-get install wrk; default when present) or the async httpx client")
     parser.add_argument("--out", help="also write the results as JSON here")
     args = parser.parse_args()
     run = args.run or newest_quickstart()
@@ -99,14 +140,17 @@ def main() -> None:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TUNESMITH_API_KEYS": KEY}
     py = sys.executable
 
-    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs; run {run}; {args.seconds:.0f} s per level")
+    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs; run {run}; {args.seconds:.0f} s per level; "
+          f"client {args.client}")
     results = {
-        "tunesmith": run_server([py, "-m", "tunesmith", "serve", run, "--port", "8731"], env,
+        # The per-key rate limit is policy, not capacity: lifted here so one key can load the server.
+        "tunesmith": run_server([py, "-m", "tunesmith", "serve", run, "--port", "8731", "--rate-limit", "1000000",
+                                 "--rate-burst", "1000000"], env,
                                 "http://127.0.0.1:8731/readyz", texts, levels, args.seconds,
-                                {"Authorization": f"Bearer {KEY}"}, "http://127.0.0.1:8731/v1/predict"),
+                                {"Authorization": f"Bearer {KEY}"}, "http://127.0.0.1:8731/v1/predict", args.client),
         "naive": run_server([py, str(ROOT / "bench" / "naive_server.py"), run, "8732"], env,
                             "http://127.0.0.1:8732/healthz", texts, levels, args.seconds, {},
-                            "http://127.0.0.1:8732/v1/predict"),
+                            "http://127.0.0.1:8732/v1/predict", args.client),
     }
     print("\n| clients | tunesmith req/s | naive req/s | ratio | tunesmith p50 / p99 ms | naive p50 / p99 ms | errors (t / n) |")
     print("|---|---|---|---|---|---|---|")

@@ -75,3 +75,12 @@ def train_args(data: str, model: str, out, name: str = "run", *extra: str) -> li
     return ["train", "--data", data, "--model", model, "--output", str(out), "--name", name,
             "--max-length", "16", "--batch-size", "8", "--epochs", "5", "--lr", "3e-3", "--no-baseline",
             "--seed", "0", *extra]
+
+
+def train_tiny_run(base, tiny_model: str, method: str = "freeze", epochs: str = "1", per_class: int = 20):
+    """Train a run of the tiny model on toy data under `base`; returns its folder."""
+    from tunesmith.cli import main
+
+    data = write_csv(base / "toy.csv", make_rows(per_class))
+    assert main(train_args(data, tiny_model, base / "runs", "r", "--method", method, "--epochs", epochs)) == 0
+    return base / "runs" / "r"

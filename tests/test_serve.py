@@ -8,7 +8,7 @@ import logging
 import numpy as np
 import pytest
 
-from conftest import make_rows, train_args, write_csv
+from conftest import train_tiny_run
 from tunesmith.cli import main
 from tunesmith.errors import UserError
 
@@ -30,9 +30,7 @@ OTHER = "o" * 20 + "-secret"
 @pytest.fixture(scope="module")
 def run_path(tmp_path_factory, tiny_model):
     base = tmp_path_factory.mktemp("serve")
-    data = write_csv(base / "toy.csv", make_rows(30))
-    assert main(train_args(data, tiny_model, base / "runs", "r", "--method", "full", "--epochs", "2")) == 0
-    return base / "runs" / "r"
+    return train_tiny_run(base, tiny_model, "full", "2", 30)
 
 
 @pytest.fixture(scope="module")

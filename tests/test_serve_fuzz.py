@@ -7,7 +7,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from conftest import make_rows, train_args, write_csv  # noqa: E402
+from conftest import train_tiny_run  # noqa: E402
 from tunesmith.cli import main  # noqa: E402
 from tunesmith.inference import Predictor  # noqa: E402
 from tunesmith.runs import Run  # noqa: E402
@@ -22,9 +22,7 @@ KEY = "fuzz-key-0123456789abcdef"
 @pytest.fixture(scope="module")
 def live_client(tmp_path_factory, tiny_model):
     base = tmp_path_factory.mktemp("fuzz")
-    data = write_csv(base / "toy.csv", make_rows(20))
-    assert main(train_args(data, tiny_model, base / "runs", "r", "--method", "freeze", "--epochs", "1")) == 0
-    run = Run(base / "runs" / "r")
+    run = Run(train_tiny_run(base, tiny_model, "freeze", "1", 20))
     # Small limits, so the fuzzer reaches them; a high rate limit, so it reaches the model.
     app = create_app(Predictor.from_run(run), ServeSettings(run=str(run.path), max_inputs=8, max_text_chars=200,
                                                            max_body_bytes=5000, rate_limit=1e6, rate_burst=10**6),

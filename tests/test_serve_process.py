@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import make_rows, train_args, write_csv
+from conftest import train_tiny_run
 from tunesmith.cli import main
 
 httpx = pytest.importorskip("httpx")
@@ -22,9 +22,7 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 @pytest.fixture(scope="module")
 def run_path(tmp_path_factory, tiny_model):
     base = tmp_path_factory.mktemp("proc")
-    data = write_csv(base / "toy.csv", make_rows(20))
-    assert main(train_args(data, tiny_model, base / "runs", "r", "--method", "freeze", "--epochs", "1")) == 0
-    return base / "runs" / "r"
+    return train_tiny_run(base, tiny_model, "freeze", "1", 20)
 
 
 def free_port() -> int:

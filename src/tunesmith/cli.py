@@ -118,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input", help="CSV/TSV/JSONL/Parquet/TXT file of texts")
     p.add_argument("-o", "--output", required=True, help="output file (.csv, .tsv or .jsonl)")
     p.add_argument("--text-col"); p.add_argument("--encoding", default="utf-8")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=32, help="texts per inference batch (default: 32)")
     p.set_defaults(func=_cmd_predict)
 
     from tunesmith.serve.settings import ServeSettings

@@ -98,22 +98,16 @@ class TrainConfig(BaseModel):
     name: Optional[str] = Field(None, description="Run folder name (default: from task, model and method).")
     resume: Optional[str] = Field(None, description="Continue the interrupted run in this folder.")
 
-    @field_validator("task")
+    @field_validator("task", "method")
     @classmethod
-    def _known_task(cls, value: str) -> str:
+    def _registered(cls, value: str, info) -> str:
+        """Tasks and methods are plug-ins: the valid names are whatever is registered."""
+        from tunesmith.methods import METHODS
         from tunesmith.tasks import TASKS
 
-        if value not in TASKS:
-            raise ValueError(f"unknown task {value!r}; available: {', '.join(sorted(TASKS))}")
-        return value
-
-    @field_validator("method")
-    @classmethod
-    def _known_method(cls, value: str) -> str:
-        from tunesmith.methods import METHODS
-
-        if value not in METHODS:
-            raise ValueError(f"unknown method {value!r}; available: {', '.join(sorted(METHODS))}")
+        registry = TASKS if info.field_name == "task" else METHODS
+        if value not in registry:
+            raise ValueError(f"unknown {info.field_name} {value!r}; available: {', '.join(sorted(registry))}")
         return value
 
     def resolved_lr(self) -> float:

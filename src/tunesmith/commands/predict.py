@@ -11,7 +11,7 @@ from tunesmith.inference import Predictor, write_predictions
 from tunesmith.runs import open_finished
 
 
-def predict(run_path: str, input_path: str, output: str, text_col=None, encoding="utf-8", batch_size=64, out=print) -> Path:
+def predict(run_path: str, input_path: str, output: str, text_col=None, encoding="utf-8", batch_size=32, out=print) -> Path:
     run = open_finished(run_path)
     output_path = Path(output)
     if output_path.suffix.lower() not in (".csv", ".tsv", ".jsonl", ".json"):

@@ -22,10 +22,12 @@ class ServeSettings(BaseModel):
     max_body_bytes: int = Field(1_000_000, gt=0, description="Largest request body (413 above).")
     max_inputs: int = Field(64, gt=0, description="Most texts in one request (422 above).")
     max_text_chars: int = Field(10_000, gt=0, description="Longest text in characters (422 above).")
-    rate_limit: float = Field(20.0, gt=0, description="Sustained requests per second per API key (429 above).")
+    rate_limit: float = Field(50.0, gt=0, description="Sustained requests per second per API key (429 above).")
     rate_burst: int = Field(100, gt=0, description="Requests a key may send at once before the rate limit applies.")
     batch_max_size: int = Field(32, gt=0, description="Most texts run in one micro-batch.")
     batch_max_wait_ms: float = Field(5.0, ge=0, description="How long the first request of a batch waits for company.")
+    threads: Optional[int] = Field(
+        None, gt=0, description="Torch threads for inference (default: torch's, one per core).")
     log_text: bool = Field(False, description="Log request texts, with e-mails, phones, cards and ID numbers masked.")
 
     @property
