@@ -30,7 +30,8 @@ def evaluate(run_path: str, data: str | None = None, text_col=None, label_col=No
     else:
         source = data
         target = run.path / "eval" / Path(data).stem
-    table = read_source(source, encoding).get("all") or read_source(source, encoding).get("test")
+    tables = read_source(source, encoding)
+    table = tables.get("all") or tables.get("test")  # a file, or a dataset's test split
     if table is None:
         raise UserError(f"{source}: no test split found")
     text_col = pick_column(table, text_col or cfg.get("text_col"), ("text", "sentence"), "text", "--text-col")

@@ -40,6 +40,8 @@ def train(cfg: TrainConfig, log=print) -> Run:
     resuming = cfg.resume is not None
     if resuming:
         cfg, run = _config_of_interrupted_run(cfg.resume)
+    else:
+        run = _unused_run_folder(cfg)  # a taken name fails now, not after loading everything
     task, method = TASKS[cfg.task], METHODS[cfg.method]
 
     # 1. Data and model, validated before anything is written.
@@ -56,7 +58,7 @@ def train(cfg: TrainConfig, log=print) -> Run:
 
     # 2. The run folder, with the resolved config that re-runs it and the exact splits.
     if not resuming:
-        run = _new_run_folder(cfg)
+        run.path.mkdir(parents=True)
         try:
             write_yaml(run.config_file, config_to_yaml_dict(cfg))
             write_json(run.labels_file, splits.labels)
@@ -68,12 +70,14 @@ def train(cfg: TrainConfig, log=print) -> Run:
         log(f"run folder: {run.path}")
 
     try:
-        return _train_in(run, cfg, task, method, splits, tokenizer, model, resuming, log)
+        return _fine_tune_and_evaluate(run, cfg, task, method, splits, tokenizer, model, resuming, log)
     except KeyboardInterrupt:
         raise Interrupted(run.path) from None
 
 
-def _train_in(run: Run, cfg: TrainConfig, task, method, splits: Splits, tokenizer, model, resuming: bool, log) -> Run:
+def _fine_tune_and_evaluate(run: Run, cfg: TrainConfig, task, method, splits: Splits, tokenizer, model,
+                            resuming: bool, log) -> Run:
+    """Steps 3-7: everything that happens inside the run folder."""
     # 3. Token ids (cached on disk) and class ids.
     class_id = {label: i for i, label in enumerate(splits.labels)}
     ids = {name: tokenize(tokenizer, getattr(splits, name).texts, cfg.max_length) for name in ("train", "val", "test")}
@@ -151,12 +155,11 @@ def _config_of_interrupted_run(path: str) -> tuple[TrainConfig, Run]:
     return cfg, run
 
 
-def _new_run_folder(cfg: TrainConfig) -> Run:
+def _unused_run_folder(cfg: TrainConfig) -> Run:
     name = cfg.name or f"{cfg.task.split('-')[0]}-{cfg.method}-{datetime.now():%Y%m%d-%H%M%S}"
     run = Run(Path(cfg.output) / name)
     if run.path.exists():
         raise UserError(f"{run.path}: already exists; choose another --name, or continue it with --resume {run.path}")
-    run.path.mkdir(parents=True)
     return run
 
 
