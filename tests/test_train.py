@@ -201,3 +201,10 @@ def test_kill_9_then_resume_reaches_the_same_metrics(tiny_model, tmp_path, toy_c
 def test_resume_of_finished_run_is_refused(finished_run, capsys):
     assert main(["train", "--resume", str(finished_run)]) == 2
     assert "already finished" in capsys.readouterr().err
+
+
+def test_eval_detects_the_same_columns_as_train(finished_run, tmp_path):
+    external = tmp_path / "reviews.csv"
+    external.write_text("review,sentiment\ngood happy film,positive\nawful sad plot,negative\n")
+    assert main(["eval", str(finished_run), str(external)]) == 0
+    assert (finished_run / "eval" / "reviews" / "metrics.json").is_file()

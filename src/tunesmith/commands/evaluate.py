@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tunesmith.data.labeled import pick_column, to_examples
+from tunesmith.data.labeled import LABEL_COLUMNS, TEXT_COLUMNS, pick_column, to_examples
 from tunesmith.data.sources import read_source
 from tunesmith.errors import UserError
 from tunesmith.evaluate import report
@@ -34,8 +34,8 @@ def evaluate(run_path: str, data: str | None = None, text_col=None, label_col=No
     table = tables.get("all") or tables.get("test")  # a file, or a dataset's test split
     if table is None:
         raise UserError(f"{source}: no test split found")
-    text_col = pick_column(table, text_col or cfg.get("text_col"), ("text", "sentence"), "text", "--text-col")
-    label_col = pick_column(table, label_col or cfg.get("label_col"), ("label", "category"), "labels", "--label-col")
+    text_col = pick_column(table, text_col or cfg.get("text_col"), TEXT_COLUMNS, "text", "--text-col")
+    label_col = pick_column(table, label_col or cfg.get("label_col"), LABEL_COLUMNS, "labels", "--label-col")
     examples = to_examples(table, text_col, label_col)
     unseen = sorted(set(examples.labels) - set(labels))
     if unseen:

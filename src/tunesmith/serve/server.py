@@ -75,14 +75,14 @@ def app_from_env():
 def serve(settings: ServeSettings) -> None:
     import uvicorn
 
-    check_settings(settings)  # fail fast, before uvicorn starts workers
     common = dict(host=settings.host, port=settings.port, log_level="warning", access_log=False,
                   timeout_graceful_shutdown=30, limit_concurrency=2048)
     if settings.workers > 1:
+        check_settings(settings)  # fail fast here, not once per worker process after uvicorn starts
         os.environ[SETTINGS_ENV] = settings.model_dump_json()
         uvicorn.run("tunesmith.serve.server:app_from_env", factory=True, workers=settings.workers, **common)
         return
-    app = build_app(settings)
+    app = build_app(settings)  # checks the settings first
 
     class DrainingServer(uvicorn.Server):
         def handle_exit(self, sig, frame):
