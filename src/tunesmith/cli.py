@@ -31,7 +31,7 @@ def _cmd_check(args) -> int:
     from tunesmith.commands.check import check
 
     check(args.data, args.val_data, args.test_data, args.text_col, args.label_col, args.model,
-          args.max_length, args.encoding, as_json=args.json)
+          args.max_length, args.encoding, as_json=args.json, task=args.task)
     return 0
 
 
@@ -93,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_quickstart)
 
     p = verbs.add_parser("check", help="validate data before spending compute")
-    p.add_argument("data", help="CSV/TSV/JSONL/Parquet file or built-in dataset name")
+    p.add_argument("data", help="CSV/TSV/JSONL/Parquet file, CoNLL file or folder, or built-in dataset name")
+    p.add_argument("--task", default="text-classification", help="task the data is for (default: text-classification)")
     p.add_argument("--val-data"); p.add_argument("--test-data")
     p.add_argument("--text-col"); p.add_argument("--label-col")
     p.add_argument("--model", default="minilm", help="tokenizer for the length check (default: minilm)")

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tunesmith.errors import UserError
 
@@ -83,8 +83,10 @@ class TrainConfig(BaseModel):
     eval_every: Optional[int] = Field(
         None, gt=0, description="Evaluate and checkpoint every N optimizer steps (default: each epoch)."
     )
-    metric: Literal["accuracy", "macro_f1", "weighted_f1", "loss"] = Field(
-        "macro_f1", description="Validation metric that picks the best checkpoint and drives early stopping."
+    metric: Optional[str] = Field(
+        None,
+        description="Validation metric that picks the best checkpoint and drives early stopping "
+        "(default: the task's: macro_f1 for classification, f1 (entity) for token-classification).",
     )
     early_stopping: Optional[int] = Field(
         None, gt=0, description="Stop after this many evaluations without improvement."
@@ -109,6 +111,20 @@ class TrainConfig(BaseModel):
         if value not in registry:
             raise ValueError(f"unknown {info.field_name} {value!r}; available: {', '.join(sorted(registry))}")
         return value
+
+    @model_validator(mode="after")
+    def _metric_of_task(self) -> "TrainConfig":
+        from tunesmith.tasks import TASKS
+
+        known = TASKS[self.task].metrics_higher_is_better
+        if self.metric is not None and self.metric not in known:
+            raise ValueError(f"metric {self.metric!r} is not reported by task {self.task}; choose one of: {', '.join(known)}")
+        return self
+
+    def resolved_metric(self) -> str:
+        from tunesmith.tasks import TASKS
+
+        return self.metric or TASKS[self.task].default_metric
 
     def resolved_lr(self) -> float:
         from tunesmith.methods import METHODS
@@ -180,6 +196,7 @@ def config_to_yaml_dict(cfg: TrainConfig) -> dict[str, Any]:
     """The fully resolved config, as written to a run's config.yaml (re-runnable as is)."""
     values = cfg.model_dump()
     values["lr"] = cfg.resolved_lr()
+    values["metric"] = cfg.resolved_metric()
     values["resume"] = None
     return values
 

@@ -13,7 +13,6 @@ import numpy as np
 import torch
 
 from tunesmith.data.batching import collate, inference_batches
-from tunesmith.data.tokens import tokenize
 
 INFERENCE_BATCH = 32  # sorted batches of 16-32 measured fastest on a 2-core CPU (cache-sized); 64+ is slower
 
@@ -43,6 +42,7 @@ class Predictor:
     tokenizer: object
     labels: list[str]
     max_length: int
+    task: object
 
     @classmethod
     def from_run(cls, run) -> "Predictor":
@@ -54,13 +54,12 @@ class Predictor:
         task = TASKS[cfg["task"]]
         model = task.load_model(str(run.model_dir))
         tokenizer = AutoTokenizer.from_pretrained(str(run.model_dir))
-        return cls(model, tokenizer, run.labels(), int(cfg["max_length"]))
+        return cls(model, tokenizer, run.labels(), int(cfg["max_length"]), task)
 
-    def token_ids(self, texts: list[str], use_cache: bool = False) -> list[list[int]]:
-        return tokenize(self.tokenizer, texts, self.max_length, use_cache=use_cache)
-
-    def predict(self, texts: list[str], batch_size: int = INFERENCE_BATCH) -> np.ndarray:
-        return predict_probs(self.model, self.token_ids(texts), self.tokenizer.pad_token_id, batch_size)
+    def predict(self, inputs: list, batch_size: int = INFERENCE_BATCH):
+        """The task's outputs for raw inputs (class probabilities for text classification)."""
+        features = self.task.encode(self.tokenizer, inputs, None, self.labels, self.max_length, use_cache=False)
+        return self.task.predict(self.model, features, batch_size)
 
 
 def write_predictions(path: Path, rows: list[dict], probs: np.ndarray, labels: list[str]) -> None:

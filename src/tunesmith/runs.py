@@ -48,6 +48,15 @@ class Run:
     def labels(self) -> list[str]:
         return json.loads(self.labels_file.read_text(encoding="utf-8"))
 
+    def split(self, name: str):
+        """The run's own train / val / test examples, exactly as it used them."""
+        from tunesmith.data.labeled import Examples
+
+        path = self.data_dir / f"{name}.jsonl"
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        where = [f"{path} line {i + 1}" for i in range(len(rows))]
+        return Examples([r["text"] for r in rows], [r["label"] for r in rows], str(path), where)
+
     def history(self) -> list[dict]:
         if not self.history_file.is_file():
             return []

@@ -1,6 +1,8 @@
 """`tunesmith check DATA`: validate data before any compute is spent.
 
 Exit 0 with warnings printed; exit 2 (via UserError) on errors that would stop training.
+The checks are the task's own (label balance and leakage for classifiers, tag sequences
+and sub-word lengths for NER), the same ones `train` runs before it starts.
 """
 
 from __future__ import annotations
@@ -8,20 +10,24 @@ from __future__ import annotations
 import json
 
 from tunesmith import models
-from tunesmith.data.checks import CheckReport, check_splits
-from tunesmith.data.splits import load_splits
+from tunesmith.config import build_config
+from tunesmith.data.checks import CheckReport
 from tunesmith.errors import UserError
+from tunesmith.tasks import TASKS
 
 
 def check(data: str, val_data=None, test_data=None, text_col=None, label_col=None, model="minilm",
-          max_length=128, encoding="utf-8", seed=42, as_json=False, out=print) -> CheckReport:
-    splits = load_splits(data, val_data, test_data, text_col, label_col, encoding, seed=seed)
+          max_length=128, encoding="utf-8", seed=42, as_json=False, task="text-classification", out=print) -> CheckReport:
+    values = dict(task=task, data=data, val_data=val_data, test_data=test_data, text_col=text_col,
+                  label_col=label_col, model=model, max_length=max_length, encoding=encoding, seed=seed)
+    cfg = build_config({k: v for k, v in values.items() if v is not None}, "flags")
+    splits = TASKS[cfg.task].load_data(cfg)
     try:
         tokenizer = models.load_tokenizer(model)
     except UserError as exc:
         tokenizer = None
         out(f"note: token lengths not checked ({exc})")
-    report = check_splits(splits, tokenizer, max_length)
+    report = TASKS[cfg.task].check(splits, tokenizer, max_length)
     if as_json:
         out(json.dumps({"facts": report.facts, "warnings": report.warnings}, indent=2))
     else:

@@ -1,13 +1,12 @@
-"""`tunesmith predict RUN INPUT -o OUTPUT`: batch predictions (label + per-class scores)."""
+"""`tunesmith predict RUN INPUT -o OUTPUT`: batch predictions written beside the input rows
+(label + per-class scores for classifiers, entities with character offsets for NER)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from tunesmith.data.labeled import TEXT_COLUMNS, pick_column
-from tunesmith.data.sources import read_source
 from tunesmith.errors import UserError
-from tunesmith.inference import Predictor, write_predictions
+from tunesmith.inference import Predictor
 from tunesmith.runs import open_finished
 
 
@@ -16,13 +15,9 @@ def predict(run_path: str, input_path: str, output: str, text_col=None, encoding
     output_path = Path(output)
     if output_path.suffix.lower() not in (".csv", ".tsv", ".jsonl", ".json"):
         raise UserError(f"-o {output}: give an output file ending in .csv, .tsv or .jsonl")
-    table = read_source(input_path, encoding).get("all")
-    if table is None:
-        raise UserError(f"{input_path}: give a CSV, TSV, JSONL, Parquet or text file")
-    column = pick_column(table, text_col, TEXT_COLUMNS, "text", "--text-col")
-    texts = table.frame[column].tolist()
     predictor = Predictor.from_run(run)
-    probs = predictor.predict(texts, batch_size=batch_size)
-    write_predictions(output_path, table.frame.to_dict("records"), probs, predictor.labels)
-    out(f"wrote {len(texts)} predictions to {output_path}")
+    rows, inputs = predictor.task.read_inputs(input_path, encoding, text_col)
+    outputs = predictor.predict(inputs, batch_size=batch_size)
+    predictor.task.write_predictions(output_path, rows, outputs, predictor.labels)
+    out(f"wrote {len(inputs)} predictions to {output_path}")
     return output_path

@@ -19,15 +19,11 @@ import torch
 
 from tunesmith import models
 from tunesmith.config import TrainConfig, build_config, config_to_yaml_dict
-from tunesmith.data.checks import check_splits
 from tunesmith.data.labeled import Examples
-from tunesmith.data.sources import read_table
 from tunesmith.data.splits import Splits
-from tunesmith.data.tokens import tokenize
 from tunesmith.errors import Interrupted, UserError
 from tunesmith.evaluate import report
-from tunesmith.evaluate.baseline import linear_probe
-from tunesmith.inference import Predictor, predict_probs
+from tunesmith.inference import Predictor
 from tunesmith.io import replace_dir, write_json, write_text, write_yaml
 from tunesmith.methods import METHODS, count_parameters
 from tunesmith.runs import Run
@@ -50,7 +46,7 @@ def train(cfg: TrainConfig, log=print) -> Run:
         log(note)
     source = models.resolve(cfg.model)
     tokenizer = models.load_tokenizer(cfg.model)
-    findings = check_splits(splits, tokenizer, cfg.max_length)
+    findings = task.check(splits, tokenizer, cfg.max_length)
     for warning in findings.warnings:
         log(f"warning: {warning}")
     torch.manual_seed(cfg.seed)  # the head's initialisation is part of what the seed fixes
@@ -78,18 +74,15 @@ def train(cfg: TrainConfig, log=print) -> Run:
 def _fine_tune_and_evaluate(run: Run, cfg: TrainConfig, task, method, splits: Splits, tokenizer, model,
                             resuming: bool, log) -> Run:
     """Steps 3-7: everything that happens inside the run folder."""
-    # 3. Token ids (cached on disk) and class ids.
-    class_id = {label: i for i, label in enumerate(splits.labels)}
-    ids = {name: tokenize(tokenizer, getattr(splits, name).texts, cfg.max_length) for name in ("train", "val", "test")}
-    y = {name: [class_id[label] for label in getattr(splits, name).labels] for name in ("train", "val", "test")}
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    # 3. Features (token ids cached on disk) with targets, for every split.
+    features = {name: task.encode(tokenizer, getattr(splits, name).texts, getattr(splits, name).labels,
+                                  splits.labels, cfg.max_length) for name in ("train", "val", "test")}
 
     # 4. The untuned baseline, from the pristine pretrained encoder (once per run).
-    if cfg.baseline and not run.baseline_file.is_file():
+    if cfg.baseline and task.has_baseline and not run.baseline_file.is_file():
         log("baseline: fitting a linear head on frozen pretrained features ...")
-        encoder = getattr(model, model.base_model_prefix)
-        baseline = linear_probe(encoder, ids["train"], y["train"], ids["test"], y["test"],
-                                splits.labels, pad_id, task.metrics, cfg.seed)
+        baseline = task.baseline(model, features["train"], features["test"], splits.train.labels,
+                                 splits.test.labels, splits.labels, cfg.seed)
         write_json(run.baseline_file, baseline)
 
     # 5. Fine-tune.
@@ -99,9 +92,11 @@ def _fine_tune_and_evaluate(run: Run, cfg: TrainConfig, task, method, splits: Sp
         f"({params['trainable_pct']:.2f}%), lr {cfg.resolved_lr():g}")
 
     def evaluate(m) -> dict:
-        return task.metrics(y["val"], predict_probs(m, ids["val"], pad_id), splits.labels)
+        return task.metrics(splits.val.labels, task.predict(m, features["val"]), splits.labels)
 
-    result = fit(model, ids["train"], y["train"], evaluate, cfg, run.path, pad_id, resume=resuming, log=log)
+    metric = cfg.resolved_metric()
+    result = fit(model, features["train"], evaluate, cfg, run.path, metric, task.metrics_higher_is_better[metric],
+                 resume=resuming, log=log)
 
     # 6. Keep the best checkpoint (chosen on validation, never on test) as a plain HF model.
     best = checkpoint.find(run.checkpoints / "best")
@@ -111,11 +106,11 @@ def _fine_tune_and_evaluate(run: Run, cfg: TrainConfig, task, method, splits: Sp
     # 7. Test metrics from the saved model, exactly as `eval` and `predict` will load it.
     predictor = Predictor.from_run(run)
     started = time.perf_counter()
-    test_probs = predictor.predict(splits.test.texts)
+    test_outputs = predictor.predict(splits.test.texts)
     predict_seconds = time.perf_counter() - started
     metrics = {
-        "test": task.metrics(y["test"], test_probs, splits.labels),
-        "val_best": {cfg.metric: result.state.best_metric, "step": result.state.best_step},
+        "test": task.metrics(splits.test.labels, test_outputs, splits.labels),
+        "val_best": {metric: result.state.best_metric, "step": result.state.best_step},
         "baseline": json.loads(run.baseline_file.read_text()) if run.baseline_file.is_file() else None,
         "training": {
             "train_seconds": result.state.train_seconds,
@@ -164,16 +159,15 @@ def _unused_run_folder(cfg: TrainConfig) -> Run:
 
 
 def _write_split(path: Path, examples: Examples) -> None:
+    # Inputs and targets are whatever the task uses (a text, a list of words, a number...):
+    # JSON keeps them exactly, and `Run.split` reads them back.
     lines = (json.dumps({"text": t, "label": l}, ensure_ascii=False) for t, l in zip(examples.texts, examples.labels))
     write_text(path, "".join(line + "\n" for line in lines))
 
 
 def _saved_splits(run: Run, cfg: TrainConfig) -> Splits:
     """The splits exactly as the interrupted run used them (not re-read from the source)."""
-    parts = {}
-    for name in ("train", "val", "test"):
-        frame = read_table(run.data_dir / f"{name}.jsonl").frame
-        parts[name] = Examples(frame["text"].tolist(), frame["label"].tolist(), str(run.data_dir / name))
+    parts = {name: run.split(name) for name in ("train", "val", "test")}
     return Splits(parts["train"], parts["val"], parts["test"], run.labels(), "text", "label")
 
 

@@ -9,6 +9,8 @@ what lets a resumed run replay exactly the batches an uninterrupted run would se
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import numpy as np
 import torch
 
@@ -45,4 +47,55 @@ def collate(token_ids: list[list[int]], pad_id: int, labels: list[int] | None = 
     batch = {"input_ids": input_ids, "attention_mask": attention_mask}
     if labels is not None:
         batch["labels"] = torch.tensor(labels, dtype=torch.long)
+    return batch
+
+
+IGNORE = -100  # label of positions the loss skips (padding, special tokens, non-first sub-words)
+
+
+@dataclass
+class Features:
+    """Model inputs of a list of examples, ready to batch; what the training loop consumes.
+
+    Each row holds `input_ids` and, for pairs, `token_type_ids`; with targets, `labels`:
+    an int (class), a float (regression), a list of floats (multi-hot) or, when
+    `token_labels` is set, one int per token (padded with IGNORE). `meta` keeps what a
+    task needs to map outputs back to its examples (word positions, sentence index).
+    """
+
+    rows: list[dict]
+    pad_id: int
+    token_labels: bool = False
+    meta: list[dict] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def lengths(self) -> list[int]:
+        return [len(row["input_ids"]) for row in self.rows]
+
+    def batch(self, indices) -> dict[str, torch.Tensor]:
+        return collate_rows([self.rows[i] for i in indices], self.pad_id, self.token_labels)
+
+
+def collate_rows(rows: list[dict], pad_id: int, token_labels: bool = False) -> dict[str, torch.Tensor]:
+    width = max(len(row["input_ids"]) for row in rows)
+    pad = {"input_ids": pad_id, "token_type_ids": 0, "labels": IGNORE}
+    batch = {}
+    for key in rows[0]:
+        values = [row[key] for row in rows]
+        if key in ("input_ids", "token_type_ids") or (key == "labels" and token_labels):
+            tensor = torch.full((len(rows), width), pad[key], dtype=torch.long)
+            for i, seq in enumerate(values):
+                tensor[i, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+            batch[key] = tensor
+        elif isinstance(values[0], int):
+            batch[key] = torch.tensor(values, dtype=torch.long)
+        else:  # floats: regression targets, multi-hot vectors
+            batch[key] = torch.tensor(values, dtype=torch.float32)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        mask[i, : len(row["input_ids"])] = 1
+    batch["attention_mask"] = mask
     return batch

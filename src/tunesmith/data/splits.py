@@ -23,6 +23,7 @@ class Splits:
     text_col: str
     label_col: str
     notes: list[str] = field(default_factory=list)  # what was done to the data, for the log
+    warnings: list[str] = field(default_factory=list)  # problems found (and repaired) while reading
 
 
 def load_splits(

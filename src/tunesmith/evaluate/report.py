@@ -67,19 +67,26 @@ def confusion_plot(matrix: list[list[int]], labels: list[str]) -> str:
     return _png(fig)
 
 
+# Metrics shown in the headline table, where the task reports them.
+HEADLINE = ("accuracy", "macro_f1", "weighted_f1", "precision", "recall", "f1", "micro_f1", "subset_accuracy",
+            "mse", "mae", "pearson", "spearman")
+
+
 def render(title: str, config: dict, metrics: dict, history: list[dict], labels: list[str]) -> str:
     e = html.escape
     test = metrics["test"]
     baseline = metrics.get("baseline")
     rows = []
-    for key in ("accuracy", "macro_f1", "weighted_f1"):
-        base = f"{baseline[key]:.4f}" if baseline else "n/a"
-        gain = f"{test[key] - baseline[key]:+.4f}" if baseline else ""
+    for key in HEADLINE:
+        if not isinstance(test.get(key), float):
+            continue  # each task reports its own subset
+        base = f"{baseline[key]:.4f}" if baseline and key in baseline else "n/a"
+        gain = f"{test[key] - baseline[key]:+.4f}" if baseline and key in baseline else ""
         rows.append(f"<tr><td>{key}</td><td>{base}</td><td><b>{test[key]:.4f}</b></td><td>{gain}</td></tr>")
     per_class = "".join(
         f"<tr><td>{e(label)}</td><td>{v['precision']:.3f}</td><td>{v['recall']:.3f}</td>"
         f"<td>{v['f1']:.3f}</td><td>{v['support']}</td></tr>"
-        for label, v in test["per_class"].items()
+        for label, v in test.get("per_class", {}).items()
     )
     training = metrics.get("training", {})
     params = metrics.get("parameters", {})
@@ -96,7 +103,7 @@ def render(title: str, config: dict, metrics: dict, history: list[dict], labels:
     images = [
         ("Loss", loss_plot(history)),
         (f"Validation {config.get('metric', '')}", validation_plot(history, config.get("metric", "macro_f1"))),
-        ("Confusion matrix (test)", confusion_plot(test["confusion_matrix"], labels)),
+        ("Confusion matrix (test)", confusion_plot(test["confusion_matrix"], labels) if "confusion_matrix" in test else None),
     ]
     figures = "".join(f"<h2>{e(t)}</h2><img src='{src}' alt='{e(t)}'>" for t, src in images if src)
     return f"""<!doctype html>
@@ -110,7 +117,7 @@ img{{max-width:100%}}</style></head><body>
 <table><tr><th>metric</th><th>baseline</th><th>fine-tuned</th><th>gain</th></tr>{''.join(rows)}</table>
 <h2>Run</h2><table>{facts_html}</table>
 {figures}
-<h2>Per class (test)</h2>
+<h2>Per class or entity type (test)</h2>
 <table><tr><th>label</th><th>precision</th><th>recall</th><th>F1</th><th>support</th></tr>{per_class}</table>
 </body></html>
 """

@@ -10,6 +10,9 @@ from pathlib import Path
 from tunesmith.methods import register_method
 
 
+HEADS = ["classifier", "score"]  # the head names PEFT's task types train in full
+
+
 class Lora:
     name = "lora"
     default_lr = 5e-4  # adapters start at zero (B = 0) and need ~10x the full fine-tuning rate
@@ -17,14 +20,19 @@ class Lora:
     def apply(self, model, cfg):
         from peft import LoraConfig, TaskType, get_peft_model
 
+        from tunesmith.tasks import TASKS
+
         config = LoraConfig(
-            task_type=TaskType.SEQ_CLS,  # also keeps the classification head trainable
+            task_type=TaskType[TASKS[cfg.task].peft_task_type],  # also keeps the task head trainable
             r=cfg.lora_r,
             lora_alpha=cfg.lora_alpha,
             lora_dropout=cfg.lora_dropout,
             # "all-linear": every linear layer except the output head, for any architecture;
             # adapting only query/value (the paper's choice) costs ~1-2 points here.
             target_modules=cfg.lora_targets or "all-linear",
+            # The task head trains in full (modules_to_save); it must not also get an adapter,
+            # which "all-linear" would give a token-classification head.
+            exclude_modules=None if cfg.lora_targets else HEADS,
         )
         return get_peft_model(model, config)
 

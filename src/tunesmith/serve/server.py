@@ -45,7 +45,16 @@ def check_settings(settings: ServeSettings) -> tuple[Run, KeyRing]:
             f"--host {settings.host} is reachable from the network: set TUNESMITH_API_KEYS (comma-separated) "
             "or --api-keys-file, or pass --no-auth to serve without authentication"
         )
+    task = run.config().get("task", "text-classification")
+    if task not in SERVABLE_TASKS:
+        raise UserError(f"{settings.run}: serving {task} runs is not supported yet (served: {', '.join(SERVABLE_TASKS)}); "
+                        "use `tunesmith predict` for batch predictions")
     return run, KeyRing(keys)
+
+
+# The API's output schema (label + scores) is the classification one; other tasks need
+# their own response models before they can be served.
+SERVABLE_TASKS = ("text-classification",)
 
 
 def build_app(settings: ServeSettings):

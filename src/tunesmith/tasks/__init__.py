@@ -1,24 +1,49 @@
 """Tasks, registered by name. A task knows its data, its model head, its metrics and how
-to decode predictions; the training loop knows none of that.
+to decode predictions; the training loop and the commands know none of that.
 
 Adding a task = one module that calls `register_task` (and an import below). The loop and
-the commands look tasks up here and never branch on a task's name.
+the commands look tasks up here and never branch on a task's name. Names follow the
+Hugging Face pipeline names users already know.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from pathlib import Path
+from typing import Any, Protocol
 
 TASKS: dict[str, "Task"] = {}
 
 
 class Task(Protocol):
     name: str
+    peft_task_type: str  # PEFT's TaskType for this head (keeps the head trainable under LoRA)
+    metrics_higher_is_better: dict[str, bool]  # metrics that can select the best checkpoint
+    default_metric: str
+    has_baseline: bool  # whether `baseline` (an untuned linear probe) is meaningful for the task
 
+    # Data: validated examples, and the task's own checks (run before any compute).
     def load_data(self, cfg): ...  # -> Splits
-    def build_model(self, source: str, labels: list[str]): ...  # -> torch.nn.Module
-    def load_model(self, folder: str): ...  # a saved run's model, safetensors only
-    def metrics(self, y_true: list[int], probs, labels: list[str]) -> dict: ...
+    def read_labeled(self, source: str, cfg: dict, labels: list[str], text_col=None, label_col=None,
+                     encoding: str = "utf-8"): ...  # -> Examples (for `eval RUN DATA`)
+    def check(self, splits, tokenizer, max_length: int): ...  # -> CheckReport
+
+    # Model: a fresh head on a pretrained body, or a saved run's model (safetensors only).
+    def build_model(self, source: str, labels: list[str]): ...
+    def load_model(self, folder: str): ...
+
+    # Inputs -> Features the loop batches; model -> outputs; outputs -> metrics.
+    def encode(self, tokenizer, inputs: list, targets: list | None, labels: list[str], max_length: int,
+               use_cache: bool = True): ...  # -> Features
+    def predict(self, model, features, batch_size: int = 32) -> Any: ...
+    def metrics(self, targets: list, outputs, labels: list[str]) -> dict: ...
+    def summary(self, metrics: dict) -> str: ...  # one line for the terminal
+
+    # The untuned baseline (a linear probe on frozen features), when has_baseline.
+    def baseline(self, model, train, test, train_targets, test_targets, labels, seed) -> dict: ...
+
+    # `predict` on a file: the inputs it holds, and predictions written beside its rows.
+    def read_inputs(self, path: str, encoding: str, text_col: str | None) -> tuple[list[dict], list]: ...
+    def write_predictions(self, path: Path, rows: list[dict], outputs, labels: list[str]) -> None: ...
 
 
 def register_task(task: "Task") -> "Task":
@@ -26,4 +51,4 @@ def register_task(task: "Task") -> "Task":
     return task
 
 
-from tunesmith.tasks import text_classification  # noqa: E402,F401  (registers itself)
+from tunesmith.tasks import text_classification, token_classification  # noqa: E402,F401  (register themselves)

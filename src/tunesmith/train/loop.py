@@ -1,7 +1,9 @@
 """The training loop: plain PyTorch, with `accelerate` for device placement and precision.
 
 It knows nothing about tasks or methods: it gets a model whose trainable parameters are
-already chosen, token ids with class ids, and an `evaluate(model) -> metrics` callback.
+already chosen, the training `Features` (batches of tensors the model's forward takes,
+labels included, so the model computes its own loss) and an `evaluate(model) -> metrics`
+callback.
 
 Resumability is by construction: the batch order of every epoch is a pure function of
 (seed, epoch), and a checkpoint stores the weights that train, the optimizer, the schedule,
@@ -22,9 +24,8 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from tunesmith.data.batching import collate, train_batches
+from tunesmith.data.batching import Features, train_batches
 from tunesmith.errors import TrainingDiverged, UserError
-from tunesmith.evaluate.metrics import HIGHER_IS_BETTER
 from tunesmith.io import write_text
 from tunesmith.train import checkpoint
 from tunesmith.train.optim import build_optimizer, build_scheduler
@@ -67,12 +68,12 @@ def choose_precision(requested: str) -> str:
 
 def fit(
     model,
-    token_ids: list[list[int]],
-    targets: list[int],
+    train: Features,
     evaluate: Callable[[object], dict],
     cfg,
     run_dir: Path,
-    pad_id: int,
+    metric: str,
+    higher_better: bool,
     resume: bool = False,
     log: Callable[[str], None] = print,
 ) -> FitResult:
@@ -82,8 +83,8 @@ def fit(
     accelerator = Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available())
     log(f"device {accelerator.device}, precision {'fp32' if precision == 'no' else precision}")
 
-    lengths = [len(ids) for ids in token_ids]
-    batches_per_epoch = math.ceil(len(token_ids) / cfg.batch_size)
+    lengths = train.lengths
+    batches_per_epoch = math.ceil(len(train) / cfg.batch_size)
     steps_per_epoch = math.ceil(batches_per_epoch / cfg.grad_accum)
     total_steps = cfg.max_steps or max(1, math.ceil(steps_per_epoch * cfg.epochs))
     eval_every = cfg.eval_every or steps_per_epoch
@@ -104,7 +105,6 @@ def fit(
     elif history_file.exists():
         history_file.unlink()
 
-    higher_better = HIGHER_IS_BETTER[cfg.metric]
     model.train()
     # In a terminal the bar redraws often; in a log file (CI, nohup) every redraw is a
     # line, so it updates twice a minute there.
@@ -122,8 +122,7 @@ def fit(
             group_size = sum(len(b) for b in group)
             step_loss = 0.0
             for indices in group:
-                batch = collate([token_ids[i] for i in indices], pad_id, [targets[i] for i in indices])
-                batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+                batch = {k: v.to(accelerator.device) for k, v in train.batch(indices).items()}
                 loss = model(**batch).loss
                 if not torch.isfinite(loss):
                     bar.close()
@@ -158,7 +157,7 @@ def fit(
                     state.epoch += 1
                     state.group_in_epoch = 0
                 _evaluate_and_checkpoint(model, accelerator, evaluate, cfg, state, optimizer, scheduler,
-                                         ckpt_dir, history_file, higher_better, bar)
+                                         ckpt_dir, history_file, metric, higher_better, bar)
                 if end_of_epoch:
                     break
         else:
@@ -170,22 +169,22 @@ def fit(
 
 
 def _evaluate_and_checkpoint(model, accelerator, evaluate, cfg, state, optimizer, scheduler,
-                             ckpt_dir, history_file, higher_better, bar) -> None:
+                             ckpt_dir, history_file, metric, higher_better, bar) -> None:
     plain = accelerator.unwrap_model(model)
     metrics = evaluate(plain)
-    value = metrics[cfg.metric]
+    value = metrics[metric]
     _append_history(history_file, {"step": state.step, "epoch": state.epoch,
                                    **{f"val_{k}": v for k, v in metrics.items() if isinstance(v, float)}})
     improved = state.best_metric is None or (value > state.best_metric if higher_better else value < state.best_metric)
     if improved:
         state.best_metric, state.best_step = value, state.step
         state.evals_without_improvement = 0
-        checkpoint.save(ckpt_dir / "best", plain, state={"step": state.step, cfg.metric: value})
+        checkpoint.save(ckpt_dir / "best", plain, state={"step": state.step, metric: value})
     else:
         state.evals_without_improvement += 1
         if cfg.early_stopping and state.evals_without_improvement >= cfg.early_stopping:
             state.stopped_early = True
-    bar.write(f"step {state.step}: val {cfg.metric} {value:.4f}" + (" (best)" if improved else "")
+    bar.write(f"step {state.step}: val {metric} {value:.4f}" + (" (best)" if improved else "")
               + (" - early stopping" if state.stopped_early else ""))
     checkpoint.save(ckpt_dir / "last", plain, optimizer, scheduler, asdict(state))
 
