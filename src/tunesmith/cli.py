@@ -56,7 +56,8 @@ def _cmd_eval(args) -> int:
 def _cmd_predict(args) -> int:
     from tunesmith.commands.predict import predict
 
-    predict(args.run, args.input, args.output, args.text_col, args.encoding, args.batch_size)
+    predict(args.run, args.input, args.output, args.text_col, args.encoding, args.batch_size, args.rank,
+            args.positive_label)
     return 0
 
 
@@ -116,10 +117,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verbs.add_parser("predict", help="batch predictions to CSV/JSONL")
     p.add_argument("run", help="run folder")
-    p.add_argument("input", help="CSV/TSV/JSONL/Parquet/TXT file of texts")
+    p.add_argument("input", help="CSV/TSV/JSONL/Parquet/TXT file of texts (pairs: two text columns; NER: also CoNLL)")
     p.add_argument("-o", "--output", required=True, help="output file (.csv, .tsv or .jsonl)")
     p.add_argument("--text-col"); p.add_argument("--encoding", default="utf-8")
     p.add_argument("--batch-size", type=int, default=32, help="texts per inference batch (default: 32)")
+    p.add_argument("--rank", action="store_true",
+                   help="pair runs: sort candidates best first within each query / user profile, with a rank column")
+    p.add_argument("--positive-label", help="with --rank on a pair classifier: the label that means a good match")
     p.set_defaults(func=_cmd_predict)
 
     from tunesmith.serve.settings import ServeSettings

@@ -26,7 +26,11 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     # --- what to learn --------------------------------------------------------------
-    task: str = Field("text-classification", description="Task to fine-tune for.")
+    task: str = Field(
+        "text-classification",
+        description="Task: text-classification, text-pair-classification, regression, "
+        "multi-label-classification or token-classification (NER).",
+    )
     data: Optional[str] = Field(
         None,
         description="Training data: a CSV/TSV/JSONL/Parquet file, a built-in dataset "
@@ -37,6 +41,11 @@ class TrainConfig(BaseModel):
     test_data: Optional[str] = Field(None, description="Test file (else split from --data).")
     text_col: Optional[str] = Field(None, description="Text column (default: detected: text, sentence, ...).")
     label_col: Optional[str] = Field(None, description="Label column (default: detected: label, category, ...).")
+    text_pair_col: Optional[str] = Field(
+        None, description="Second text column of pair tasks (default: detected: text_b, sentence2, question2, ...)."
+    )
+    label_sep: str = Field("|", min_length=1, description="multi-label-classification: separator of labels in a cell "
+                           "(JSON lists like [\"a\", \"b\"] are read as they are).")
     encoding: str = Field("utf-8", description="Text encoding of CSV/TSV/JSONL files.")
     val_fraction: float = Field(0.1, gt=0, lt=0.5, description="Share of --data held out for validation.")
     test_fraction: float = Field(0.1, gt=0, lt=0.5, description="Share of --data held out for the test.")

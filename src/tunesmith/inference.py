@@ -34,6 +34,24 @@ def predict_probs(model, token_ids: list[list[int]], pad_id: int, batch_size: in
     return probs
 
 
+def predict_logits(model, features, batch_size: int = INFERENCE_BATCH) -> np.ndarray:
+    """Raw head outputs (one row per example, input order) for any sequence-level task."""
+    from tunesmith.data.batching import collate_rows
+
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    out = np.zeros((len(features), model.config.num_labels), dtype=np.float32)
+    with torch.inference_mode():
+        for indices in inference_batches(features.lengths, batch_size):
+            rows = [{k: v for k, v in features.rows[i].items() if k != "labels"} for i in indices]
+            batch = collate_rows(rows, features.pad_id)
+            out[indices] = model(**{k: v.to(device) for k, v in batch.items()}).logits.float().cpu().numpy()
+    if was_training:
+        model.train()
+    return out
+
+
 @dataclass
 class Predictor:
     """A finished run's model, loaded once for inference (safetensors only, never pickle)."""

@@ -55,7 +55,12 @@ class Run:
         path = self.data_dir / f"{name}.jsonl"
         rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
         where = [f"{path} line {i + 1}" for i in range(len(rows))]
-        return Examples([r["text"] for r in rows], [r["label"] for r in rows], str(path), where)
+        # JSON has no tuples: pairs, word lists and label sets come back as lists; as
+        # tuples they are hashable again, as they were when the run first read them.
+        def restore(value):
+            return tuple(value) if isinstance(value, list) else value
+
+        return Examples([restore(r["text"]) for r in rows], [restore(r["label"]) for r in rows], str(path), where)
 
     def history(self) -> list[dict]:
         if not self.history_file.is_file():

@@ -1,23 +1,61 @@
 """`tunesmith predict RUN INPUT -o OUTPUT`: batch predictions written beside the input rows
-(label + per-class scores for classifiers, entities with character offsets for NER)."""
+(label + per-class scores for classifiers, a score for regression, labels over their tuned
+thresholds for multi-label, entities with character offsets for NER).
+
+`--rank` is the recommendation helper for pair runs (a user profile or query beside
+candidate item texts): rows are grouped by their first text and sorted best first within
+each group, with a `rank` column (1 = best). The score is the regression output, or the
+probability of the positive class of a pair classifier.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from tunesmith.errors import UserError
 from tunesmith.inference import Predictor
 from tunesmith.runs import open_finished
 
+POSITIVE_NAMES = ("1", "true", "yes", "positive", "match", "relevant", "clicked", "entailment")
 
-def predict(run_path: str, input_path: str, output: str, text_col=None, encoding="utf-8", batch_size=32, out=print) -> Path:
+
+def predict(run_path: str, input_path: str, output: str, text_col=None, encoding="utf-8", batch_size=32,
+            rank: bool = False, positive_label: str | None = None, out=print) -> Path:
     run = open_finished(run_path)
     output_path = Path(output)
     if output_path.suffix.lower() not in (".csv", ".tsv", ".jsonl", ".json"):
         raise UserError(f"-o {output}: give an output file ending in .csv, .tsv or .jsonl")
+    cfg = run.config()
+    if rank and not cfg.get("text_pair_col"):
+        raise UserError(f"--rank: {run_path} is not a pair run; train with --task text-pair-classification or "
+                        "regression on two text columns (query or profile, candidate)")
     predictor = Predictor.from_run(run)
-    rows, inputs = predictor.task.read_inputs(input_path, encoding, text_col)
+    rows, inputs = predictor.task.read_inputs(input_path, encoding, text_col, cfg.get("text_pair_col"))
     outputs = predictor.predict(inputs, batch_size=batch_size)
+    if rank:
+        rows, outputs = _ranked(rows, inputs, outputs, predictor.labels, cfg["task"], positive_label)
     predictor.task.write_predictions(output_path, rows, outputs, predictor.labels)
-    out(f"wrote {len(inputs)} predictions to {output_path}")
+    out(f"wrote {len(inputs)} predictions to {output_path}" + (" (ranked within each query)" if rank else ""))
     return output_path
+
+
+def _ranked(rows, inputs, outputs, labels, task: str, positive_label: str | None):
+    outputs = np.asarray(outputs)
+    if outputs.ndim == 1:  # regression: the score itself
+        score = outputs
+    else:
+        positive = positive_label or next((l for l in labels if l.lower() in POSITIVE_NAMES), None)
+        if positive not in labels:
+            raise UserError(f"--positive-label: which of {', '.join(labels)} means a good match? pass --positive-label NAME")
+        score = outputs[:, labels.index(positive)]
+    order, ranks = [], {}
+    groups: dict[str, list[int]] = {}
+    for i, (query, _candidate) in enumerate(inputs):
+        groups.setdefault(query, []).append(i)
+    for members in groups.values():  # groups in order of first appearance
+        for position, i in enumerate(sorted(members, key=lambda i: -score[i]), start=1):
+            order.append(i)
+            ranks[i] = position
+    return [{**rows[i], "rank": ranks[i]} for i in order], outputs[order]

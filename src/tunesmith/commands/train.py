@@ -42,6 +42,8 @@ def train(cfg: TrainConfig, log=print) -> Run:
 
     # 1. Data and model, validated before anything is written.
     splits = _saved_splits(run, cfg) if resuming else task.load_data(cfg)
+    if splits.pair_col and not cfg.text_pair_col:
+        cfg.text_pair_col = splits.pair_col  # recorded, so eval and predict read pairs the same way
     for note in splits.notes:
         log(note)
     source = models.resolve(cfg.model)
@@ -101,6 +103,7 @@ def _fine_tune_and_evaluate(run: Run, cfg: TrainConfig, task, method, splits: Sp
     # 6. Keep the best checkpoint (chosen on validation, never on test) as a plain HF model.
     best = checkpoint.find(run.checkpoints / "best")
     checkpoint.load_weights(best, model)
+    tuned = task.tune_on_validation(model, features["val"], splits.val.labels, splits.labels)
     _export_model(method, model, tokenizer, run)
 
     # 7. Test metrics from the saved model, exactly as `eval` and `predict` will load it.
@@ -111,6 +114,7 @@ def _fine_tune_and_evaluate(run: Run, cfg: TrainConfig, task, method, splits: Sp
     metrics = {
         "test": task.metrics(splits.test.labels, test_outputs, splits.labels),
         "val_best": {metric: result.state.best_metric, "step": result.state.best_step},
+        **({"tuned_on_validation": tuned} if tuned else {}),
         "baseline": json.loads(run.baseline_file.read_text()) if run.baseline_file.is_file() else None,
         "training": {
             "train_seconds": result.state.train_seconds,

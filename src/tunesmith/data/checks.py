@@ -26,8 +26,12 @@ class CheckReport:
     def to_text(self) -> str:
         f = self.facts
         lines = [f"rows: train {f['rows']['train']}, val {f['rows']['val']}, test {f['rows']['test']}"]
-        lines.append(f"labels ({len(f['label_counts'])}): " + ", ".join(f"{k} {v}" for k, v in f["label_counts"].items()))
-        lines.append(f"imbalance ratio (largest / smallest class in train): {f['imbalance_ratio']:.1f}")
+        if "label_counts" in f:
+            lines.append(f"labels ({len(f['label_counts'])}): " + ", ".join(f"{k} {v}" for k, v in f["label_counts"].items()))
+            lines.append(f"imbalance ratio (largest / smallest class in train): {f['imbalance_ratio']:.1f}")
+        if "target" in f:
+            t = f["target"]
+            lines.append(f"target (train): min {t['min']:g}, p50 {t['p50']:g}, max {t['max']:g}, mean {t['mean']:g}, std {t['std']:g}")
         if "token_lengths" in f:
             t = f["token_lengths"]
             lines.append(
@@ -42,24 +46,31 @@ class CheckReport:
         return "\n".join(lines)
 
 
-def check_splits(splits: Splits, tokenizer=None, max_length: int = 128) -> CheckReport:
+def check_splits(splits: Splits, tokenizer=None, max_length: int = 128, count_labels=Counter) -> CheckReport:
+    """`count_labels(train labels)` counts examples per class (labels per example for
+    multi-label); None for numeric targets, which get their spread reported instead."""
     report = CheckReport()
     parts = {"train": splits.train, "val": splits.val, "test": splits.test}
     report.facts["rows"] = {name: len(ex) for name, ex in parts.items()}
-    counts = Counter(splits.train.labels)
-    report.facts["label_counts"] = dict(counts.most_common())
-    report.facts["imbalance_ratio"] = max(counts.values()) / min(counts.values())
     report.facts["notes"] = list(splits.notes)
-    if report.facts["imbalance_ratio"] >= 10:
-        report.warnings.append(
-            f"labels are imbalanced ({report.facts['imbalance_ratio']:.0f}:1); watch macro-F1, not only accuracy"
-        )
-    for label, count in counts.items():
-        if count < 5:
-            report.warnings.append(f"label '{label}' has only {count} training example(s)")
+    counts = count_labels(splits.train.labels)
+    if counts is None:
+        values = np.asarray(splits.train.labels, dtype=float)
+        report.facts["target"] = {"min": float(values.min()), "p50": float(np.median(values)), "max": float(values.max()),
+                                  "mean": float(values.mean()), "std": float(values.std())}
+    else:
+        report.facts["label_counts"] = dict(counts.most_common())
+        report.facts["imbalance_ratio"] = max(counts.values()) / min(counts.values())
+        if report.facts["imbalance_ratio"] >= 10:
+            report.warnings.append(
+                f"labels are imbalanced ({report.facts['imbalance_ratio']:.0f}:1); watch macro-F1, not only accuracy"
+            )
+        for label, count in counts.items():
+            if count < 5:
+                report.warnings.append(f"label '{label}' has only {count} training example(s)")
 
     for name, ex in parts.items():
-        empty = [i for i, t in enumerate(ex.texts) if not t.strip()]
+        empty = [i for i, t in enumerate(ex.texts) if not all(part.strip() for part in (t if isinstance(t, tuple) else (t,)))]
         if empty:
             report.warnings.append(f"{name}: {len(empty)} empty or whitespace-only texts ({_where(ex, empty)})")
         dup, conflicting = _duplicates(ex)
@@ -81,7 +92,11 @@ def check_splits(splits: Splits, tokenizer=None, max_length: int = 128) -> Check
 
     if tokenizer is not None:
         all_texts = splits.train.texts + splits.val.texts + splits.test.texts
-        lengths = np.array([len(ids) for ids in tokenizer(all_texts, add_special_tokens=True)["input_ids"]])
+        if all_texts and isinstance(all_texts[0], tuple):  # pairs: both texts, as the model sees them
+            encoded = tokenizer([a for a, _ in all_texts], [b for _, b in all_texts], add_special_tokens=True)
+        else:
+            encoded = tokenizer(all_texts, add_special_tokens=True)
+        lengths = np.array([len(ids) for ids in encoded["input_ids"]])
         truncated = int((lengths > max_length).sum())
         report.facts["token_lengths"] = {
             "count": int(len(lengths)),

@@ -13,6 +13,9 @@ from tunesmith.errors import UserError
 
 # Checked in order; the first column present wins.
 TEXT_COLUMNS = ("text", "sentence", "review", "content", "document", "utterance", "query", "question", "tweet", "body", "text_a")
+# Text pairs (paraphrase, NLI, query-item): the first and second text of each pair.
+PAIR_FIRST_COLUMNS = ("text_a", "sentence1", "question1", "premise", "query", "question", "profile", "user", "text", "sentence")
+PAIR_SECOND_COLUMNS = ("text_b", "sentence2", "question2", "hypothesis", "answer", "passage", "candidate", "item", "text_pair")
 LABEL_COLUMNS = ("label", "labels", "category", "class", "sentiment", "intent", "target", "topic", "y")
 
 
@@ -51,18 +54,22 @@ def pick_column(table: Table, given: str | None, candidates: tuple[str, ...], ro
     )
 
 
-def to_examples(table: Table, text_col: str, label_col: str | None) -> Examples:
-    """Validated examples. Without `label_col` (prediction input) labels are empty strings."""
+def to_examples(table: Table, text_col: str, label_col: str | None, target=None, pair_col: str | None = None) -> Examples:
+    """Validated examples: a text (or a (text, text) pair) and its parsed target.
+
+    Without `label_col` (prediction input) labels are empty strings; `target` parses the
+    label cells (one class by default; see data/targets.py).
+    """
+    from tunesmith.data.targets import ClassTarget
+
+    target = target or ClassTarget()
     frame = table.frame
     texts = frame[text_col].tolist()
+    if pair_col is not None:
+        texts = list(zip(texts, frame[pair_col].tolist()))
     if label_col is None:
         labels = [""] * len(texts)
     else:
-        labels = [str(v).strip() for v in frame[label_col].tolist()]
-        for index, label in enumerate(labels):
-            if label == "" or label.lower() == "nan":
-                raise UserError(
-                    f"{table.where(index)}: label is empty in column '{label_col}'; fill it in or remove the row"
-                )
+        labels = [target.parse(str(v), table.where(i), label_col) for i, v in enumerate(frame[label_col].tolist())]
     where = [table.where(i) for i in range(len(texts))]
     return Examples(texts, labels, table.source, where)

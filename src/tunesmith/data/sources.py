@@ -132,6 +132,10 @@ def _as_strings(frame: pd.DataFrame) -> pd.DataFrame:
     def cell(value: object) -> str:
         if value is None or (isinstance(value, float) and value != value):
             return ""
+        if isinstance(value, (list, tuple, dict)):
+            return json.dumps(list(value) if isinstance(value, tuple) else value, ensure_ascii=False)  # label lists
+        if hasattr(value, "tolist"):  # numpy arrays from Parquet / datasets list columns
+            return json.dumps(value.tolist(), ensure_ascii=False)
         if isinstance(value, float) and value.is_integer():
             return str(int(value))  # 1.0 -> "1": pandas turns int columns with gaps into floats
         return str(value)

@@ -50,9 +50,9 @@ def stratified_indices(labels: list[str], fractions: list[float], seed: int) -> 
     return [sorted(g) for g in groups]
 
 
-def sample(examples: Examples, limit: int | None, seed: int) -> Examples:
+def sample(examples: Examples, limit: int | None, seed: int, strata=lambda labels: labels) -> Examples:
     """A stratified sample of at most `limit` examples (all of them when under the limit)."""
     if limit is None or len(examples) <= limit:
         return examples
-    chosen, _rest = stratified_indices(examples.labels, [limit / len(examples)], seed)
+    chosen, _rest = stratified_indices(strata(examples.labels), [limit / len(examples)], seed)
     return examples.subset(chosen)

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from tunesmith.data.labeled import LABEL_COLUMNS, TEXT_COLUMNS, Examples, pick_column, to_examples
+from tunesmith.data.labeled import (LABEL_COLUMNS, PAIR_FIRST_COLUMNS, PAIR_SECOND_COLUMNS, TEXT_COLUMNS, Examples,
+                                    pick_column, to_examples)
 from tunesmith.data.sources import Table, read_source
 from tunesmith.data.split import dedupe, sample, stratified_indices
+from tunesmith.data.targets import ClassTarget
 from tunesmith.errors import UserError
 
 
@@ -24,6 +26,7 @@ class Splits:
     label_col: str
     notes: list[str] = field(default_factory=list)  # what was done to the data, for the log
     warnings: list[str] = field(default_factory=list)  # problems found (and repaired) while reading
+    pair_col: str | None = None  # the second text column, for pair tasks
 
 
 def load_splits(
@@ -38,22 +41,34 @@ def load_splits(
     seed: int = 42,
     max_train_samples: int | None = None,
     max_eval_samples: int | None = None,
+    target=None,
+    text_pair_col: str | None = None,
+    pairs: bool | None = False,
+    label_sep: str | None = None,
 ) -> Splits:
+    """`target` parses the label cells (one class by default); `pairs`: True needs two text
+    columns, None takes a second one when --text-pair-col is given or a known name is present."""
+    target = target or ClassTarget()
+    if label_sep is not None and hasattr(target, "separator"):
+        target = type(target)(label_sep)
     if not data:
         raise UserError("no training data: pass --data FILE (or set 'data:' in the config)")
     tables = read_source(data, encoding)
     train_table = tables.get("train", tables.get("all"))
     if train_table is None:
         raise UserError(f"--data {data!r}: has no 'train' split (splits: {', '.join(tables)})")
-    text_col = pick_column(train_table, text_col, TEXT_COLUMNS, "text", "--text-col")
+    pair_col = _pair_column(train_table, text_pair_col, pairs)
+    text_col = pick_column(train_table, text_col, PAIR_FIRST_COLUMNS if pair_col else TEXT_COLUMNS, "text", "--text-col")
     label_col = pick_column(train_table, label_col, LABEL_COLUMNS, "labels", "--label-col")
-    if text_col == label_col:
-        raise UserError(f"{train_table.source}: text and label columns are both '{text_col}'; pass --text-col and --label-col")
+    if len({text_col, label_col, pair_col or text_col}) < (3 if pair_col else 2):
+        raise UserError(f"{train_table.source}: the text, pair and label columns must differ; pass --text-col, "
+                        "--text-pair-col and --label-col")
 
     def examples_from(table: Table) -> Examples:
-        pick_column(table, text_col, (), "text", "--text-col")
-        pick_column(table, label_col, (), "labels", "--label-col")
-        return to_examples(table, text_col, label_col)
+        for column, flag in ((text_col, "--text-col"), (label_col, "--label-col"), (pair_col, "--text-pair-col")):
+            if column is not None:
+                pick_column(table, column, (), "text", flag)
+        return to_examples(table, text_col, label_col, target, pair_col)
 
     notes: list[str] = []
     train = examples_from(train_table)
@@ -68,7 +83,7 @@ def load_splits(
         if removed:
             notes.append(f"removed {removed} exact duplicate texts before splitting")
         fractions = [val_fraction if name == "val" else test_fraction for name in missing]
-        groups = stratified_indices(train.labels, fractions, seed)
+        groups = stratified_indices(target.strata(train.labels), fractions, seed)
         carved = {name: train.subset(groups[k]) for k, name in enumerate(missing)}
         train = train.subset(groups[-1])
         val = carved.get("val", val)
@@ -79,12 +94,9 @@ def load_splits(
             ) + f" (stratified, seed {seed})"
         )
 
-    labels = sorted(set(train.labels))
-    if len(labels) < 2:
-        only = f" ('{labels[0]}')" if labels else ""
-        raise UserError(f"{train_table.source}: column '{label_col}' has a single class{only}; a classifier needs at least two")
+    labels = target.names(train.labels, train_table.source, label_col)
     for name, split in (("validation", val), ("test", test)):
-        unseen = sorted(set(split.labels) - set(labels))
+        unseen = target.unseen(split.labels, labels)
         if unseen:
             shown = ", ".join(repr(u) for u in unseen[:5])
             raise UserError(
@@ -93,15 +105,28 @@ def load_splits(
             )
 
     sizes = (len(train), len(val), len(test))
-    train = sample(train, max_train_samples, seed)
-    val = sample(val, max_eval_samples, seed)
-    test = sample(test, max_eval_samples, seed)
+    train = sample(train, max_train_samples, seed, target.strata)
+    val = sample(val, max_eval_samples, seed, target.strata)
+    test = sample(test, max_eval_samples, seed, target.strata)
     if (len(train), len(val), len(test)) != sizes:
         notes.append(f"sampled train {len(train)}/val {len(val)}/test {len(test)} (max_train_samples, max_eval_samples)")
     for name, split in (("train", train), ("validation", val), ("test", test)):
         if len(split) == 0:
             raise UserError(f"{data}: the {name} split is empty; add data or give --{'val' if name == 'validation' else name}-data")
-    return Splits(train, val, test, labels, text_col, label_col, notes)
+    return Splits(train, val, test, labels, text_col, label_col, notes, pair_col=pair_col)
+
+
+def _pair_column(table: Table, given: str | None, pairs: bool | None) -> str | None:
+    if given is not None:
+        return pick_column(table, given, (), "second text", "--text-pair-col")
+    if pairs is False:
+        return None
+    columns = {str(c).lower(): c for c in table.frame.columns}
+    found = next((columns[name] for name in PAIR_SECOND_COLUMNS if name in columns), None)
+    if found is None and pairs:
+        raise UserError(f"{table.source}: cannot tell which column holds the second text of each pair; columns are: "
+                        f"{', '.join(map(str, table.frame.columns))}; pass --text-pair-col NAME")
+    return found
 
 
 def _split_table(tables: dict[str, Table], key: str, convert) -> Examples | None:

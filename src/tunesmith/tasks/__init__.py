@@ -38,11 +38,16 @@ class Task(Protocol):
     def metrics(self, targets: list, outputs, labels: list[str]) -> dict: ...
     def summary(self, metrics: dict) -> str: ...  # one line for the terminal
 
+    # After training, on the validation split: decision settings saved with the model
+    # (per-label thresholds for multi-label); returns what was chosen, for metrics.json.
+    def tune_on_validation(self, model, features, targets: list, labels: list[str]) -> dict: ...
+
     # The untuned baseline (a linear probe on frozen features), when has_baseline.
     def baseline(self, model, train, test, train_targets, test_targets, labels, seed) -> dict: ...
 
     # `predict` on a file: the inputs it holds, and predictions written beside its rows.
-    def read_inputs(self, path: str, encoding: str, text_col: str | None) -> tuple[list[dict], list]: ...
+    def read_inputs(self, path: str, encoding: str, text_col: str | None,
+                    text_pair_col: str | None = None) -> tuple[list[dict], list]: ...
     def write_predictions(self, path: Path, rows: list[dict], outputs, labels: list[str]) -> None: ...
 
 
@@ -51,4 +56,4 @@ def register_task(task: "Task") -> "Task":
     return task
 
 
-from tunesmith.tasks import text_classification, token_classification  # noqa: E402,F401  (register themselves)
+from tunesmith.tasks import multi_label, regression, text_classification, token_classification  # noqa: E402,F401,I001

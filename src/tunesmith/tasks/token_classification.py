@@ -201,11 +201,14 @@ class TokenClassification:
         return (f"entity F1 {metrics['f1']:.4f} (precision {metrics['precision']:.4f}, recall {metrics['recall']:.4f}), "
                 f"{metrics['entities']} entities")
 
+    def tune_on_validation(self, model, features, targets, labels) -> dict:
+        return {}  # argmax over tags needs no threshold
+
     def baseline(self, model, train, test, train_targets, test_targets, labels, seed):
         raise NotImplementedError("token-classification has no baseline (has_baseline is False)")
 
     # ---- `predict` on a file ------------------------------------------------------------
-    def read_inputs(self, path: str, encoding: str, text_col: str | None):
+    def read_inputs(self, path: str, encoding: str, text_col: str | None, text_pair_col: str | None = None):
         """Rows with a `text` (raw, or the given words joined by spaces) and the words of each."""
         if _looks_tagged(Path(path)):
             sentences = _read_words(Path(path), encoding)

@@ -1,0 +1,128 @@
+"""Multi-label classification: any number of labels per text (topics of an article, the
+issues a support ticket raises). One sigmoid per label, binary cross-entropy loss.
+
+After training, each label gets its own decision threshold, the one that maximises its F1
+on the validation split (never the test split). Rare labels usually want a threshold well
+below 0.5. The thresholds are saved in the model's config.json (`tunesmith_thresholds`), so
+every later `eval` and `predict` decides the same way.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tunesmith.data.targets import LabelSetTarget
+from tunesmith.tasks import register_task
+from tunesmith.tasks.regression import write_scores
+from tunesmith.tasks.sequence import SequenceTask
+
+GRID = np.round(np.arange(0.05, 0.951, 0.05), 2)  # candidate thresholds
+
+
+@dataclass
+class LabelScores:
+    probs: np.ndarray  # examples x labels, each in [0, 1]
+    thresholds: np.ndarray  # one per label
+
+    def __len__(self) -> int:
+        return len(self.probs)
+
+    @property
+    def predicted(self) -> np.ndarray:
+        return self.probs >= self.thresholds
+
+
+def multi_hot(targets, labels: list[str]) -> np.ndarray:
+    index = {label: i for i, label in enumerate(labels)}
+    out = np.zeros((len(targets), len(labels)), dtype=bool)
+    for row, names in enumerate(targets):
+        out[row, [index[n] for n in names]] = True
+    return out
+
+
+def multilabel_metrics(y_true: np.ndarray, y_pred: np.ndarray, labels: list[str], thresholds) -> dict:
+    tp = (y_true & y_pred).sum(axis=0)
+    pred = y_pred.sum(axis=0)
+    gold = y_true.sum(axis=0)
+
+    def f1(t, p, g):
+        return 2 * t / (p + g) if p + g else 0.0
+
+    per_class = {
+        label: {"precision": float(tp[i] / pred[i]) if pred[i] else 0.0,
+                "recall": float(tp[i] / gold[i]) if gold[i] else 0.0,
+                "f1": float(f1(tp[i], pred[i], gold[i])), "support": int(gold[i]),
+                "threshold": float(thresholds[i])}
+        for i, label in enumerate(labels)
+    }
+    present = [i for i in range(len(labels)) if gold[i]]
+    return {
+        "micro_f1": float(f1(tp.sum(), pred.sum(), gold.sum())),
+        "macro_f1": float(np.mean([per_class[labels[i]]["f1"] for i in present])) if present else 0.0,
+        "subset_accuracy": float((y_true == y_pred).all(axis=1).mean()),  # every label of the example right
+        "hamming_accuracy": float((y_true == y_pred).mean()),
+        "count": int(len(y_true)),
+        "per_class": per_class,
+    }
+
+
+class MultiLabelHead:
+    problem_type = "multi_label_classification"
+    metrics_higher_is_better = {"micro_f1": True, "macro_f1": True, "subset_accuracy": True, "hamming_accuracy": True}
+    default_metric = "micro_f1"
+    has_baseline = False
+
+    @staticmethod
+    def count_labels(values):
+        return Counter(label for labels in values for label in labels)
+
+    def target_value(self, names, labels: list[str]) -> list[float]:
+        return multi_hot([names], labels)[0].astype(float).tolist()
+
+    def outputs(self, logits: np.ndarray, model) -> LabelScores:
+        thresholds = getattr(model.config, "tunesmith_thresholds", None) or [0.5] * logits.shape[1]
+        return LabelScores(1.0 / (1.0 + np.exp(-logits)), np.asarray(thresholds, dtype=np.float32))
+
+    def metrics(self, targets, scores: LabelScores, labels) -> dict:
+        return multilabel_metrics(multi_hot(targets, labels), scores.predicted, labels, scores.thresholds)
+
+    def summary(self, metrics: dict) -> str:
+        return (f"micro-F1 {metrics['micro_f1']:.4f}, macro-F1 {metrics['macro_f1']:.4f}, "
+                f"subset accuracy {metrics['subset_accuracy']:.4f}")
+
+    def tune(self, model, scores: LabelScores, targets, labels) -> dict:
+        thresholds = tune_thresholds(multi_hot(targets, labels), scores.probs)
+        model.config.tunesmith_thresholds = [float(t) for t in thresholds]
+        return {"thresholds": dict(zip(labels, model.config.tunesmith_thresholds))}
+
+    def baseline(self, *args):
+        raise NotImplementedError("multi-label classification has no baseline (has_baseline is False)")
+
+    def write_predictions(self, path: Path, rows, scores: LabelScores, labels) -> None:
+        extra = []
+        for chosen, probs in zip(scores.predicted, scores.probs):
+            extra.append({"labels": "|".join(l for l, c in zip(labels, chosen) if c),
+                          **{f"score_{l}": round(float(p), 6) for l, p in zip(labels, probs)}})
+        write_scores(path, rows, extra)
+
+
+def tune_thresholds(y_true: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """Per label, the grid threshold with the best F1 on these examples (ties: the one nearest 0.5).
+    Labels without a positive example keep 0.5: there is nothing to tune on."""
+    thresholds = np.full(y_true.shape[1], 0.5)
+    for j in range(y_true.shape[1]):
+        if not y_true[:, j].any():
+            continue
+        predicted = probs[:, j][:, None] >= GRID[None, :]
+        tp = (predicted & y_true[:, j][:, None]).sum(axis=0)
+        f1 = 2 * tp / (predicted.sum(axis=0) + y_true[:, j].sum())
+        best = np.flatnonzero(f1 == f1.max())
+        thresholds[j] = GRID[best[np.argmin(np.abs(GRID[best] - 0.5))]]
+    return thresholds
+
+
+register_task(SequenceTask("multi-label-classification", LabelSetTarget(), MultiLabelHead(), pairs=False))

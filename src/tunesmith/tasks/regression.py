@@ -1,0 +1,83 @@
+"""Regression: a number per text or per text pair (a rating, how likely a user is to click an
+item from its description). One linear output, mean-squared-error loss."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from tunesmith.data.targets import NumberTarget
+from tunesmith.io import atomic_path
+from tunesmith.tasks import register_task
+from tunesmith.tasks.sequence import SequenceTask
+
+
+def regression_metrics(y_true, y_pred) -> dict:
+    from scipy.stats import pearsonr, spearmanr
+
+    y_true, y_pred = np.asarray(y_true, dtype=np.float64), np.asarray(y_pred, dtype=np.float64)
+    error = y_pred - y_true
+    mse = float(np.mean(error**2))
+    variance = float(np.var(y_true))
+    constant = np.ptp(y_pred) == 0 or np.ptp(y_true) == 0  # correlation is undefined; report 0
+    return {
+        "mse": mse,
+        "rmse": float(np.sqrt(mse)),
+        "mae": float(np.mean(np.abs(error))),
+        "r2": 1.0 - mse / variance if variance > 0 else 0.0,
+        "pearson": 0.0 if constant else float(pearsonr(y_true, y_pred)[0]),
+        "spearman": 0.0 if constant else float(spearmanr(y_true, y_pred)[0]),
+        "count": int(len(y_true)),
+    }
+
+
+class RegressionHead:
+    problem_type = "regression"
+    metrics_higher_is_better = {"mse": False, "rmse": False, "mae": False, "r2": True, "pearson": True, "spearman": True}
+    default_metric = "mse"  # what the loss optimises; pick spearman when only the ranking matters
+    has_baseline = False
+
+    @staticmethod
+    def count_labels(values):
+        return None  # numbers have no class balance; checks report their spread instead
+
+    def target_value(self, value: float, labels: list[str]) -> float:
+        return float(value)
+
+    def outputs(self, logits: np.ndarray, model) -> np.ndarray:
+        return logits[:, 0]
+
+    def metrics(self, targets, scores, labels) -> dict:
+        return regression_metrics(targets, scores)
+
+    def summary(self, metrics: dict) -> str:
+        return (f"RMSE {metrics['rmse']:.4f}, MAE {metrics['mae']:.4f}, Pearson {metrics['pearson']:.4f}, "
+                f"Spearman {metrics['spearman']:.4f}")
+
+    def tune(self, model, scores, targets, labels) -> dict:
+        return {}
+
+    def baseline(self, *args):
+        raise NotImplementedError("regression has no baseline (has_baseline is False)")
+
+    def write_predictions(self, path: Path, rows, scores, labels) -> None:
+        write_scores(path, rows, [{"score": round(float(s), 6)} for s in scores])
+
+
+def write_scores(path: Path, rows: list[dict], extra: list[dict]) -> None:
+    """Input rows with extra columns, as CSV/TSV or JSONL, atomically."""
+    import pandas as pd
+
+    with atomic_path(path) as tmp:
+        if path.suffix.lower() in (".jsonl", ".json"):
+            with open(tmp, "w", encoding="utf-8") as f:
+                for row, more in zip(rows, extra):
+                    f.write(json.dumps({**row, **more}, ensure_ascii=False) + "\n")
+        else:
+            frame = pd.concat([pd.DataFrame(rows), pd.DataFrame(extra)], axis=1)
+            frame.to_csv(tmp, index=False, sep="\t" if path.suffix.lower() == ".tsv" else ",")
+
+
+register_task(SequenceTask("regression", NumberTarget(), RegressionHead(), pairs=None))

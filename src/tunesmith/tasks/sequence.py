@@ -1,0 +1,126 @@
+"""One text or a text pair in, one output per example: the shared body of the sequence tasks.
+
+Text classification, pair classification, regression and multi-label classification
+differ only in what a label cell holds (a target kind, data/targets.py) and in their head:
+how targets become tensors, how logits become outputs, metrics and written predictions.
+`SequenceTask` composes the two; each task module registers one with its own head.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tunesmith.data.batching import Features
+from tunesmith.data.checks import check_splits
+from tunesmith.data.labeled import LABEL_COLUMNS, PAIR_FIRST_COLUMNS, TEXT_COLUMNS, Examples, pick_column, to_examples
+from tunesmith.data.sources import read_source
+from tunesmith.data.splits import Splits, _pair_column, load_splits
+from tunesmith.data.tokens import tokenize, tokenize_pairs
+from tunesmith.errors import UserError
+from tunesmith.inference import INFERENCE_BATCH, predict_logits
+
+
+class SequenceTask:
+    peft_task_type = "SEQ_CLS"
+
+    def __init__(self, name: str, target, head, pairs: bool | None):
+        self.name = name
+        self.target = target  # parses label cells: ClassTarget, NumberTarget, LabelSetTarget
+        self.head = head  # targets -> tensors, logits -> outputs, metrics, written predictions
+        self.pairs = pairs  # True: two texts per example; None: two when a second column is given or found
+        self.metrics_higher_is_better = head.metrics_higher_is_better
+        self.default_metric = head.default_metric
+        self.has_baseline = head.has_baseline
+
+    # ---- data ---------------------------------------------------------------------------
+    def load_data(self, cfg) -> Splits:
+        return load_splits(
+            cfg.data, cfg.val_data, cfg.test_data, cfg.text_col, cfg.label_col, cfg.encoding,
+            cfg.val_fraction, cfg.test_fraction, cfg.seed, cfg.max_train_samples, cfg.max_eval_samples,
+            target=self.target, text_pair_col=cfg.text_pair_col, pairs=self.pairs, label_sep=cfg.label_sep,
+        )
+
+    def read_labeled(self, source, cfg, labels, text_col=None, label_col=None, encoding="utf-8") -> Examples:
+        tables = read_source(source, encoding)
+        table = tables.get("all") or tables.get("test")  # a file, or a dataset's test split
+        if table is None:
+            raise UserError(f"{source}: no test split found")
+        first, second = self._text_columns(table, text_col or cfg.get("text_col"), cfg.get("text_pair_col"))
+        label_col = pick_column(table, label_col or cfg.get("label_col"), LABEL_COLUMNS, "labels", "--label-col")
+        target = type(self.target)(cfg["label_sep"]) if hasattr(self.target, "separator") and cfg.get("label_sep") else self.target
+        examples = to_examples(table, first, label_col, target, second)
+        unseen = self.target.unseen(examples.labels, labels)
+        if unseen:
+            raise UserError(f"{source}: labels the run was not trained on: {', '.join(map(repr, unseen[:5]))}")
+        return examples
+
+    def check(self, splits: Splits, tokenizer, max_length: int):
+        return check_splits(splits, tokenizer, max_length, self.head.count_labels)
+
+    # ---- model --------------------------------------------------------------------------
+    def build_model(self, source: str, labels: list[str]):
+        from transformers import AutoModelForSequenceClassification
+
+        try:
+            return AutoModelForSequenceClassification.from_pretrained(
+                source, num_labels=len(labels), problem_type=self.head.problem_type,
+                id2label=dict(enumerate(labels)), label2id={label: i for i, label in enumerate(labels)},
+            )
+        except OSError as exc:
+            raise UserError(f"--model {source}: cannot load weights ({str(exc).splitlines()[0]})") from None
+
+    def load_model(self, folder: str):
+        from transformers import AutoModelForSequenceClassification
+
+        # use_safetensors: a run folder may come from someone else; never unpickle it.
+        return AutoModelForSequenceClassification.from_pretrained(folder, use_safetensors=True)
+
+    # ---- features, outputs, metrics ---------------------------------------------------------
+    def encode(self, tokenizer, inputs, targets, labels, max_length, use_cache=True) -> Features:
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        if inputs and isinstance(inputs[0], (tuple, list)):
+            ids, types = tokenize_pairs(tokenizer, [tuple(x) for x in inputs], max_length, use_cache=use_cache)
+            rows = [{"input_ids": i, "token_type_ids": t} for i, t in zip(ids, types)] if types else \
+                [{"input_ids": i} for i in ids]
+        else:
+            rows = [{"input_ids": i} for i in tokenize(tokenizer, list(inputs), max_length, use_cache=use_cache)]
+        if targets is not None:
+            for row, value in zip(rows, targets):
+                row["labels"] = self.head.target_value(value, labels)
+        return Features(rows, pad_id)
+
+    def predict(self, model, features: Features, batch_size: int = INFERENCE_BATCH):
+        return self.head.outputs(predict_logits(model, features, batch_size), model)
+
+    def metrics(self, targets, outputs, labels) -> dict:
+        return self.head.metrics(targets, outputs, labels)
+
+    def summary(self, metrics: dict) -> str:
+        return self.head.summary(metrics)
+
+    def tune_on_validation(self, model, features: Features, targets, labels) -> dict:
+        return self.head.tune(model, self.predict(model, features), targets, labels)
+
+    def baseline(self, model, train, test, train_targets, test_targets, labels, seed):
+        return self.head.baseline(model, train, test, train_targets, test_targets, labels, seed)
+
+    # ---- `predict` on a file ------------------------------------------------------------------
+    def read_inputs(self, path: str, encoding: str, text_col: str | None, text_pair_col: str | None = None):
+        table = read_source(path, encoding).get("all")
+        if table is None:
+            raise UserError(f"{path}: give a CSV, TSV, JSONL, Parquet or text file")
+        first, second = self._text_columns(table, text_col, text_pair_col)
+        texts = table.frame[first].tolist()
+        inputs = list(zip(texts, table.frame[second].tolist())) if second else texts
+        return table.frame.to_dict("records"), inputs
+
+    def write_predictions(self, path: Path, rows, outputs, labels) -> None:
+        self.head.write_predictions(path, rows, outputs, labels)
+
+    def _text_columns(self, table, text_col, pair_col) -> tuple[str, str | None]:
+        # A finished run records its second column (text_pair_col) when it used pairs, so
+        # eval and predict follow the run rather than guessing from the new file.
+        second = _pair_column(table, pair_col, bool(pair_col or self.pairs))
+        first = pick_column(table, text_col, PAIR_FIRST_COLUMNS if second else TEXT_COLUMNS, "text", "--text-col")
+        return first, second
+
