@@ -241,6 +241,10 @@ def test_ner_predict_gives_entities_with_character_offsets(ner_run, tmp_path, ca
 
     frame = pd.read_csv(out_csv)
     assert frame.loc[0, "text"] == "mary visited london"
+    words_only = tmp_path / "words.conll"
+    words_only.write_text("mary\nvisited\nlondon\n", encoding="utf-8")  # CoNLL without a tag column
+    assert main(["predict", str(ner_run), str(words_only), "-o", str(tmp_path / "w.jsonl")]) == 0
+    assert json.loads((tmp_path / "w.jsonl").read_text())["text"] == "mary visited london"
     assert {(e["type"], e["text"]) for e in json.loads(frame.loc[0, "entities"])} == {("PER", "mary"), ("LOC", "london")}
 
 

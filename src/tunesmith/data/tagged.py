@@ -59,20 +59,22 @@ def read_tagged_source(path: str, encoding: str = "utf-8") -> dict[str, list[Sen
     return found
 
 
-def read_tagged_file(path: Path, encoding: str = "utf-8") -> list[Sentence]:
+def read_tagged_file(path: Path, encoding: str = "utf-8", need_tags: bool = True) -> list[Sentence]:
+    """Sentences of a CoNLL or JSONL file. `need_tags=False` (prediction input) also accepts
+    CoNLL lines holding only the word; their tags read as O."""
     try:
         text = path.read_bytes().decode("utf-8-sig" if encoding.lower().replace("_", "-") == "utf-8" else encoding)
     except UnicodeDecodeError as exc:
         raise UserError(f"{path}: not valid {encoding} (byte {exc.start}); re-save as UTF-8 or pass --encoding") from None
     except LookupError:
         raise UserError(f"--encoding {encoding!r}: unknown encoding; try utf-8 or latin-1") from None
-    sentences = _read_jsonl(path, text) if path.suffix.lower() in (".jsonl", ".json") else _read_conll(path, text)
+    sentences = _read_jsonl(path, text) if path.suffix.lower() in (".jsonl", ".json") else _read_conll(path, text, need_tags)
     if not sentences:
         raise UserError(f"{path}: no sentences found; expected CoNLL columns (word ... tag) or JSONL with tokens and tags")
     return sentences
 
 
-def _read_conll(path: Path, text: str) -> list[Sentence]:
+def _read_conll(path: Path, text: str, need_tags: bool = True) -> list[Sentence]:
     sentences: list[Sentence] = []
     words: list[str] = []
     tags: list[str] = []
@@ -92,13 +94,13 @@ def _read_conll(path: Path, text: str) -> list[Sentence]:
         if parts[0] == "-DOCSTART-":
             close()
             continue
-        if len(parts) < 2:
+        if len(parts) < 2 and need_tags:
             raise UserError(f"{path} line {number}: expected a word and its tag separated by a space or tab, "
                             f"got {line.strip()[:40]!r}")
         if not words:
             start = number
         words.append(parts[0])
-        tags.append(parts[-1])
+        tags.append(parts[-1] if len(parts) > 1 else "O")
     close()
     return sentences
 

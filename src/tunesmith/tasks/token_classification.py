@@ -353,7 +353,7 @@ def _read_words(path: Path, encoding: str) -> list[list[str]]:
                     raise UserError(f"{path} line {number}: expected {{\"tokens\": [...]}}")
                 out.append([str(w) for w in words])
         return out
-    return [s.words for s in read_tagged_file(path, encoding)]
+    return [s.words for s in read_tagged_file(path, encoding, need_tags=False)]
 
 
 register_task(TokenClassification())
