@@ -28,9 +28,9 @@ def test_ner_on_conll_subset_beats_floor(tmp_path, capsys):
     assert code == 0
     metrics = json.loads((tmp_path / "runs" / "ner" / "metrics.json").read_text())
     assert metrics["test"]["count"] == 1000
-    # 2,000 sentences, two epochs: measured FLOOR_MEASURED (seed 42, 2-core CPU). The full
-    # training set reaches the docs/benchmarks.md number.
-    assert metrics["test"]["f1"] >= FLOOR
+    # 2,000 sentences, two epochs: measured 0.720 entity F1 (seed 42, 2-core CPU). The full
+    # training set, 4 epochs, reaches 0.872 on the whole test set (docs/benchmarks.md).
+    assert metrics["test"]["f1"] >= 0.68
 
     out = tmp_path / "entities.jsonl"
     (tmp_path / "news.txt").write_text("Angela Merkel met Emmanuel Macron in Paris on Tuesday .\n")
