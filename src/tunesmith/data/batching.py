@@ -67,15 +67,18 @@ class Features:
     pad_id: int
     token_labels: bool = False
     meta: list[dict] = field(default_factory=list)
+    collate: object = None  # rows -> batch, for inputs that are not token ids (images)
 
     def __len__(self) -> int:
         return len(self.rows)
 
     @property
     def lengths(self) -> list[int]:
-        return [len(row["input_ids"]) for row in self.rows]
+        return [len(row["input_ids"]) if "input_ids" in row else 1 for row in self.rows]
 
     def batch(self, indices) -> dict[str, torch.Tensor]:
+        if self.collate is not None:
+            return self.collate([self.rows[i] for i in indices])
         return collate_rows([self.rows[i] for i in indices], self.pad_id, self.token_labels)
 
 

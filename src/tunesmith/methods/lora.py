@@ -19,11 +19,19 @@ class Lora:
 
     def apply(self, model, cfg):
         from peft import LoraConfig, TaskType, get_peft_model
+        from transformers import PreTrainedModel
 
+        from tunesmith.errors import UserError
         from tunesmith.tasks import TASKS
 
+        if not isinstance(model, PreTrainedModel):
+            raise UserError(f"--method lora: needs a transformer backbone; {cfg.resolved_model()} is not one "
+                            "(use full or freeze, or a Hugging Face model such as a ViT)")
+        task_type = TASKS[cfg.task].peft_task_type
         config = LoraConfig(
-            task_type=TaskType[TASKS[cfg.task].peft_task_type],  # also keeps the task head trainable
+            # The task type keeps the task head trainable; tasks PEFT has no type for name it.
+            task_type=TaskType[task_type] if task_type else None,
+            modules_to_save=None if task_type else HEADS,
             r=cfg.lora_r,
             lora_alpha=cfg.lora_alpha,
             lora_dropout=cfg.lora_dropout,

@@ -27,13 +27,17 @@ class Task(Protocol):
                      encoding: str = "utf-8"): ...  # -> Examples (for `eval RUN DATA`)
     def check(self, splits, tokenizer, max_length: int): ...  # -> CheckReport
 
-    # Model: a fresh head on a pretrained body, or a saved run's model (safetensors only).
+    # Model: a fresh head on a pretrained body, or a saved run's model (safetensors only);
+    # the processor turns raw inputs into model inputs (a tokenizer, or image preprocessing)
+    # and is saved beside the model.
+    default_model: str
+    def load_processor(self, source: str, cfg: dict | None = None): ...
     def build_model(self, source: str, labels: list[str]): ...
     def load_model(self, folder: str): ...
 
     # Inputs -> Features the loop batches; model -> outputs; outputs -> metrics.
     def encode(self, tokenizer, inputs: list, targets: list | None, labels: list[str], max_length: int,
-               use_cache: bool = True): ...  # -> Features
+               use_cache: bool = True, augment: bool = False): ...  # -> Features; augment: training split only
     def predict(self, model, features, batch_size: int = 32) -> Any: ...
     def metrics(self, targets: list, outputs, labels: list[str]) -> dict: ...
     def summary(self, metrics: dict) -> str: ...  # one line for the terminal
@@ -56,4 +60,6 @@ def register_task(task: "Task") -> "Task":
     return task
 
 
-from tunesmith.tasks import multi_label, regression, text_classification, token_classification  # noqa: E402,F401,I001
+from tunesmith.tasks import (  # noqa: E402,F401,I001  (each registers itself)
+    image_classification, multi_label, regression, text_classification, token_classification,
+)

@@ -22,6 +22,7 @@ from tunesmith.inference import INFERENCE_BATCH, predict_logits
 
 class SequenceTask:
     peft_task_type = "SEQ_CLS"
+    default_model = "minilm"
 
     def __init__(self, name: str, target, head, pairs: bool | None):
         self.name = name
@@ -76,7 +77,12 @@ class SequenceTask:
         return AutoModelForSequenceClassification.from_pretrained(folder, use_safetensors=True)
 
     # ---- features, outputs, metrics ---------------------------------------------------------
-    def encode(self, tokenizer, inputs, targets, labels, max_length, use_cache=True) -> Features:
+    def load_processor(self, source: str, cfg: dict | None = None):
+        from tunesmith import models
+
+        return models.load_tokenizer(source)
+
+    def encode(self, tokenizer, inputs, targets, labels, max_length, use_cache=True, augment=False) -> Features:
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         if inputs and isinstance(inputs[0], (tuple, list)):
             ids, types = tokenize_pairs(tokenizer, [tuple(x) for x in inputs], max_length, use_cache=use_cache)

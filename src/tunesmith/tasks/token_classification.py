@@ -36,6 +36,7 @@ from tunesmith.tasks import register_task
 class TokenClassification:
     name = "token-classification"
     peft_task_type = "TOKEN_CLS"
+    default_model = "minilm"
     metrics_higher_is_better = HIGHER_IS_BETTER
     has_baseline = False  # a per-word linear probe says little about entity spans
     default_metric = "f1"
@@ -154,7 +155,12 @@ class TokenClassification:
         return AutoModelForTokenClassification.from_pretrained(folder, use_safetensors=True)
 
     # ---- features, prediction, metrics ------------------------------------------------
-    def encode(self, tokenizer, inputs, targets, labels, max_length, use_cache=True) -> Features:
+    def load_processor(self, source: str, cfg: dict | None = None):
+        from tunesmith import models
+
+        return models.load_tokenizer(source)
+
+    def encode(self, tokenizer, inputs, targets, labels, max_length, use_cache=True, augment=False) -> Features:
         pieces = _WordPieces(tokenizer)
         tag_id = {label: i for i, label in enumerate(labels)}
         rows, meta = [], []

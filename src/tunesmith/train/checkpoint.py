@@ -19,7 +19,16 @@ from tunesmith.io import replace_dir
 
 
 def trainable_state(model) -> dict[str, torch.Tensor]:
-    return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+    state = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+    state.update({n: b.detach().cpu().contiguous() for n, b in running_statistics(model).items()})
+    return state
+
+
+def running_statistics(model) -> dict[str, torch.Tensor]:
+    """Buffers that training changes without a gradient: batch-norm running means and
+    variances (image backbones). Transformers have none; their checkpoints stay as small."""
+    return {n: b for n, b in model.named_buffers()
+            if n.rsplit(".", 1)[-1] in ("running_mean", "running_var", "num_batches_tracked")}
 
 
 def save(folder: Path, model, optimizer=None, scheduler=None, state: dict | None = None) -> None:
@@ -53,7 +62,7 @@ def load_weights(folder: Path, model) -> None:
     missing = [n for n, p in model.named_parameters() if p.requires_grad and n not in weights]
     if missing:
         raise RuntimeError(f"{folder}: checkpoint lacks {len(missing)} trainable tensors (first: {missing[0]})")
-    params = dict(model.named_parameters())
+    params = {**dict(model.named_parameters()), **running_statistics(model)}
     with torch.no_grad():
         for name, tensor in weights.items():
             params[name].copy_(tensor)

