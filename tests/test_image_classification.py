@@ -136,3 +136,18 @@ def test_lora_on_a_vision_transformer(tiny_vit, tmp_path):
     data = make_folder(tmp_path / "photos", per_class=12, corrupt=False)
     assert main(_args(data, tiny_vit, tmp_path, "vit", "--method", "lora", "--lora-r", "2", "--epochs", "1")) == 0
     assert (tmp_path / "vit" / "adapter").is_dir() and (tmp_path / "vit" / "metrics.json").is_file()
+
+
+def test_task_is_inferred_only_where_the_data_is_unambiguous(tmp_path, toy_csv):
+    from tunesmith.config import build_config
+
+    photos = make_folder(tmp_path / "photos", per_class=1, corrupt=False)
+    conll = tmp_path / "ner"
+    conll.mkdir()
+    (conll / "train.txt").write_text("-DOCSTART- -X- O\n\nJohn NNP B-PER\nruns VBZ O\n", encoding="utf-8")
+    assert build_config({"data": photos}, "flags").task == "image-classification"
+    assert build_config({"data": "digits"}, "flags").task == "image-classification"
+    assert build_config({"data": str(conll)}, "flags").task == "token-classification"
+    assert build_config({"data": str(conll / "train.txt")}, "flags").task == "token-classification"
+    assert build_config({"data": toy_csv}, "flags").task == "text-classification"
+    assert build_config({"data": photos, "task": "text-classification"}, "flags").task == "text-classification"

@@ -95,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verbs.add_parser("check", help="validate data before spending compute")
     p.add_argument("data", help="CSV/TSV/JSONL/Parquet file, CoNLL file or folder, or built-in dataset name")
-    p.add_argument("--task", default="text-classification", help="task the data is for (default: text-classification)")
+    p.add_argument("--task", default=None, help="task the data is for (default: inferred from the data: image "
+                   "folder -> image-classification, CoNLL -> token-classification, else text-classification)")
     p.add_argument("--val-data"); p.add_argument("--test-data")
     p.add_argument("--text-col"); p.add_argument("--label-col")
     p.add_argument("--model", default=None, help="tokenizer for the length check (default: the task's, minilm for text)")

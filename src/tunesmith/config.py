@@ -29,7 +29,8 @@ class TrainConfig(BaseModel):
     task: str = Field(
         "text-classification",
         description="Task: text-classification, text-pair-classification, regression, "
-        "multi-label-classification or token-classification (NER).",
+        "multi-label-classification, token-classification (NER) or image-classification. Without it, "
+        "an image folder means image-classification, CoNLL/JSONL tokens token-classification.",
     )
     data: Optional[str] = Field(
         None,
@@ -207,6 +208,10 @@ def build_config(values: dict[str, Any], source: str) -> TrainConfig:
             hint = [FAMILIAR_NAMES[key]] if key in FAMILIAR_NAMES else difflib.get_close_matches(str(key), known, n=1)
             suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
             raise UserError(f"{source}: unknown config key '{key}'{suggestion}; see `tunesmith train --help`")
+    if "task" not in values and values.get("data"):
+        from tunesmith.tasks import infer_task
+
+        values = {**values, "task": infer_task(str(values["data"]))}  # only where the data is unambiguous
     try:
         return TrainConfig(**values)
     except ValidationError as exc:

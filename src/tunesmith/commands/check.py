@@ -17,7 +17,7 @@ from tunesmith.tasks import TASKS
 
 
 def check(data: str, val_data=None, test_data=None, text_col=None, label_col=None, model=None,
-          max_length=128, encoding="utf-8", seed=42, as_json=False, task="text-classification", out=print) -> CheckReport:
+          max_length=128, encoding="utf-8", seed=42, as_json=False, task=None, out=print) -> CheckReport:
     values = dict(task=task, data=data, val_data=val_data, test_data=test_data, text_col=text_col,
                   label_col=label_col, model=model, max_length=max_length, encoding=encoding, seed=seed)
     cfg = build_config({k: v for k, v in values.items() if v is not None}, "flags")
