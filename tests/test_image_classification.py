@@ -151,3 +151,30 @@ def test_task_is_inferred_only_where_the_data_is_unambiguous(tmp_path, toy_csv):
     assert build_config({"data": str(conll / "train.txt")}, "flags").task == "token-classification"
     assert build_config({"data": toy_csv}, "flags").task == "text-classification"
     assert build_config({"data": photos, "task": "text-classification"}, "flags").task == "text-classification"
+
+
+def test_image_run_interrupted_then_resumed_matches_a_straight_run(tiny_resnet, tmp_path, monkeypatch, capsys):
+    """Resume replays the same augmentation draws and batch-norm statistics as a run never cut."""
+    data = make_folder(tmp_path / "photos", per_class=12, corrupt=False)
+    common = ("--method", "freeze", "--eval-every", "3", "--epochs", "2")
+    assert main(_args(data, tiny_resnet, tmp_path, "straight", *common)) == 0
+
+    calls = {"n": 0}
+    original = type(IMAGES).metrics
+
+    def interrupting(self, *args):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return original(self, *args)
+
+    monkeypatch.setattr(type(IMAGES), "metrics", interrupting)
+    assert main(_args(data, tiny_resnet, tmp_path, "cut", *common)) == 130
+    monkeypatch.setattr(type(IMAGES), "metrics", original)
+    assert main(["train", "--resume", str(tmp_path / "cut")]) == 0
+    straight = json.loads((tmp_path / "straight" / "metrics.json").read_text())
+    resumed = json.loads((tmp_path / "cut" / "metrics.json").read_text())
+    assert resumed["test"] == straight["test"] and resumed["val_best"] == straight["val_best"]
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "cut")]) == 0
+    assert "accuracy" in capsys.readouterr().out

@@ -103,6 +103,10 @@ def test_regression_learns_a_score_and_predicts_it(tiny_model, tmp_path, capsys)
     metrics = json.loads((tmp_path / "reg" / "metrics.json").read_text())
     assert metrics["test"]["pearson"] > 0.8 and metrics["test"]["rmse"] < 0.5, metrics["test"]
     assert "metric: mse" in (tmp_path / "reg" / "config.yaml").read_text()
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "reg")]) == 0  # rescoring the held-out split gives the same numbers
+    assert json.loads((tmp_path / "reg" / "metrics.json").read_text())["test"] == metrics["test"]
+    assert "Spearman" in capsys.readouterr().out
 
     texts = _write(tmp_path / "new.csv", [{"text": "great wonderful film"}, {"text": "awful bad plot"}], ["text"])
     out = tmp_path / "scored.csv"
@@ -130,6 +134,8 @@ def test_pair_classification_uses_segments_and_ranks_candidates(tiny_model, tmp_
     assert "text_pair_col: question2" in (run / "config.yaml").read_text()
     saved = json.loads((run / "data" / "train.jsonl").read_text().splitlines()[0])
     assert isinstance(saved["text"], list) and len(saved["text"]) == 2
+    assert main(["eval", str(run), data]) == 0  # a new file: pairs read through the recorded column
+    assert json.loads((run / "eval" / "pairs" / "metrics.json").read_text())["test"]["count"] == 150
 
     from transformers import AutoTokenizer
 
@@ -175,6 +181,8 @@ def test_multilabel_tunes_thresholds_on_validation_and_saves_them(tiny_model, tm
     assert set(thresholds) == set(CUES)
     config = json.loads((run / "model" / "config.json").read_text())
     assert config["problem_type"] == "multi_label_classification"
+    assert main(["eval", str(run)]) == 0  # eval decides with the saved thresholds: same numbers
+    assert json.loads((run / "metrics.json").read_text())["test"] == metrics["test"]
     assert config["tunesmith_thresholds"] == [thresholds[label] for label in sorted(CUES)]
 
     texts = _write(tmp_path / "new.csv", [{"text": "good sad film"}, {"text": "okay"}], ["text"])
