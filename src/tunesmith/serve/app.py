@@ -3,6 +3,8 @@ inference is the micro-batcher's job, and the shapes are pydantic models (so /op
 documents them).
 
     POST /v1/predict   {"inputs": "text" | ["text", ...], "parameters": {"top_k": 3}}
+                       (pair runs: {"text": ..., "text_pair": ...} per input; the answer's shape is
+                       the task's: label + scores, score, labels + scores, or entities)
     GET  /v1/model     task, labels, base model, metrics of the run
     GET  /healthz      the process is up (no auth: for liveness probes)
     GET  /readyz       the model is loaded and warm, and not draining (no auth)
@@ -37,9 +39,16 @@ class PredictParameters(BaseModel):
     top_k: Optional[int] = Field(None, ge=1, description="Return only the k most likely labels in `scores`.")
 
 
+class TextPair(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    text: str
+    text_pair: str
+
+
 class PredictRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    inputs: Union[str, list[str]] = Field(description="One text or a list of texts.")
+    inputs: Union[str, TextPair, list[Union[str, TextPair]]] = Field(
+        description="One input or a list: texts, or {text, text_pair} objects for pair runs (see GET /v1/model 'input').")
     parameters: PredictParameters = Field(default_factory=PredictParameters)
 
 
@@ -49,25 +58,51 @@ class ClassificationOutput(BaseModel):
     scores: dict[str, float]
 
 
+class RegressionOutput(BaseModel):
+    score: float
+
+
+class MultiLabelOutput(BaseModel):
+    labels: list[str]
+    scores: dict[str, float]
+
+
+class Entity(BaseModel):
+    type: str
+    text: str
+    start: int
+    end: int
+    score: float
+
+
+class EntitiesOutput(BaseModel):
+    entities: list[Entity]
+
+
 class ApiError(Exception):
     def __init__(self, status: int, message: str, field: Optional[str] = None, headers: Optional[dict] = None):
         self.status, self.message, self.field, self.headers = status, message, field, headers or {}
 
 
 def create_app(predictor, settings: ServeSettings, keys: KeyRing, run_info: dict) -> FastAPI:
-    """An app serving `predictor` (anything with .predict(texts) -> probs and .labels)."""
+    """An app serving `predictor` (anything with .predict(inputs) and .labels) of the run's task."""
+    from tunesmith.tasks import TASKS
+
+    task = TASKS[run_info.get("task", "text-classification")]
+    pairs = run_info.get("input") == "text_pair"
     log = JsonLog()
     metrics = Metrics({"task": run_info.get("task", ""), "base_model": run_info.get("base_model", ""),
                        "run": run_info.get("run", ""), "backend": settings.backend})
     limiter = RateLimiter(settings.rate_limit, settings.rate_burst)
-    batcher = MicroBatcher(predictor.predict, settings.batch_max_size, settings.batch_max_wait_ms,
+    batcher = MicroBatcher(lambda inputs: task.output_rows(predictor.predict(inputs)), settings.batch_max_size, settings.batch_max_wait_ms,
                            on_batch=metrics.batch_size.observe)
     metrics.queue_depth = lambda: batcher.depth
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         batcher.start()
-        await batcher.submit(["warm-up"])  # first call pays one-off costs; do it before ready
+        # The first call pays one-off costs; do it before ready.
+        await batcher.submit([task.serve_input({"text": "warm-up", "text_pair": "warm-up"} if pairs else "warm-up", pairs)])
         app.state.ready = True
         log.event("ready", run=run_info.get("run"), auth=bool(keys), workers=settings.workers)
         yield
@@ -106,23 +141,35 @@ def create_app(predictor, settings: ServeSettings, keys: KeyRing, run_info: dict
 
     # --- routes ------------------------------------------------------------------------
 
-    @app.post("/v1/predict", response_model=list[ClassificationOutput])
+    Output = Union[ClassificationOutput, RegressionOutput, MultiLabelOutput, EntitiesOutput]
+
+    @app.post("/v1/predict", response_model=list[Output])
     async def predict(body: PredictRequest, client: Caller) -> JSONResponse:
-        texts = [body.inputs] if isinstance(body.inputs, str) else body.inputs
-        if not texts:
+        values = body.inputs if isinstance(body.inputs, list) else [body.inputs]
+        if not values:
             raise ApiError(422, "inputs: give at least one text", "inputs")
-        if len(texts) > settings.max_inputs:
-            raise ApiError(422, f"inputs: {len(texts)} texts, the limit is {settings.max_inputs} per request", "inputs")
-        for i, text in enumerate(texts):
-            if len(text) > settings.max_text_chars:
-                raise ApiError(422, f"inputs[{i}]: {len(text)} characters, the limit is {settings.max_text_chars}",
-                               f"inputs[{i}]")
+        if len(values) > settings.max_inputs:
+            raise ApiError(422, f"inputs: {len(values)} texts, the limit is {settings.max_inputs} per request", "inputs")
+        raw, inputs = [], []
+        for i, value in enumerate(values):
+            value = value.model_dump() if isinstance(value, TextPair) else value
+            for text in (value.values() if isinstance(value, dict) else [value]):
+                if len(text) > settings.max_text_chars:
+                    raise ApiError(422, f"inputs[{i}]: {len(text)} characters, the limit is {settings.max_text_chars}",
+                                   f"inputs[{i}]")
+            try:
+                inputs.append(task.serve_input(value, pairs))
+            except ValueError as exc:
+                raise ApiError(422, f"inputs[{i}]: {exc}", f"inputs[{i}]") from None
+            raw.append(value)
         if settings.log_text:
+            texts = [t for v in raw for t in (v.values() if isinstance(v, dict) else [v])]
             log.event("predict_text", client=client, texts=[mask_pii(t) for t in texts])
-        probs = await batcher.submit(texts)
+        rows = await batcher.submit(inputs)
         # Built here and returned as-is: re-validating our own output through the
         # response_model would cost more than the serialisation (the model documents it).
-        return JSONResponse([_classification(row, predictor.labels, body.parameters.top_k) for row in probs])
+        top_k = body.parameters.top_k
+        return JSONResponse([task.serve_output(v, row, predictor.labels, top_k) for v, row in zip(raw, rows)])
 
     @app.get("/v1/model")
     async def model(client: Caller) -> dict:
@@ -245,10 +292,3 @@ class BodyLimit:
 
         await self.app(scope, counted_receive, send)
 
-
-def _classification(row, labels: list[str], top_k: int | None) -> dict:
-    order = row.argsort()[::-1]
-    best = int(order[0])
-    keep = order[:top_k] if top_k else order
-    return {"label": labels[best], "score": float(row[best]),
-            "scores": {labels[int(i)]: float(row[int(i)]) for i in keep}}

@@ -22,10 +22,12 @@ SETTINGS_ENV = "TUNESMITH_SERVE_SETTINGS"  # how worker processes receive the se
 def run_info(run: Run) -> dict:
     cfg = run.config()
     info = {"run": run.path.name, "task": cfg["task"], "labels": run.labels(), "base_model": cfg["model"],
-            "method": cfg["method"], "max_length": cfg["max_length"]}
+            "method": cfg["method"], "max_length": cfg["max_length"],
+            "input": "text_pair" if cfg.get("text_pair_col") else "text"}
     if run.metrics_file.is_file():
         metrics = json.loads(run.metrics_file.read_text())
-        keep = ("accuracy", "macro_f1", "weighted_f1", "count")
+        keep = ("accuracy", "macro_f1", "weighted_f1", "f1", "precision", "recall", "micro_f1", "subset_accuracy",
+                "rmse", "mae", "pearson", "spearman", "count")
         info["metrics"] = {"test": {k: metrics["test"][k] for k in keep if k in metrics["test"]}}
         if metrics.get("baseline"):
             info["metrics"]["baseline"] = {k: metrics["baseline"][k] for k in keep if k in metrics["baseline"]}
@@ -52,9 +54,9 @@ def check_settings(settings: ServeSettings) -> tuple[Run, KeyRing]:
     return run, KeyRing(keys)
 
 
-# The API's output schema (label + scores) is the classification one; other tasks need
-# their own response models before they can be served.
-SERVABLE_TASKS = ("text-classification",)
+# Image runs need image inputs (base64 or multipart) in the API before they can be served.
+SERVABLE_TASKS = ("text-classification", "text-pair-classification", "regression", "multi-label-classification",
+                  "token-classification")
 
 
 def build_app(settings: ServeSettings):

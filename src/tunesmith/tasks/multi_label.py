@@ -102,6 +102,15 @@ class MultiLabelHead:
     def baseline(self, *args):
         raise NotImplementedError("multi-label classification has no baseline (has_baseline is False)")
 
+    def output_rows(self, scores: LabelScores) -> list:
+        return [(p, c) for p, c in zip(scores.probs, scores.predicted)]
+
+    def serve_output(self, row, labels: list[str], top_k: int | None) -> dict:
+        probs, chosen = row
+        order = probs.argsort()[::-1][:top_k] if top_k else probs.argsort()[::-1]
+        return {"labels": [l for l, c in zip(labels, chosen) if c],
+                "scores": {labels[int(i)]: float(probs[int(i)]) for i in order}}
+
     def write_predictions(self, path: Path, rows, scores: LabelScores, labels) -> None:
         extra = []
         for chosen, probs in zip(scores.predicted, scores.probs):

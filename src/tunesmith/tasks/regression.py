@@ -62,6 +62,12 @@ class RegressionHead:
     def baseline(self, *args):
         raise NotImplementedError("regression has no baseline (has_baseline is False)")
 
+    def output_rows(self, scores) -> list:
+        return list(scores)
+
+    def serve_output(self, score, labels: list[str], top_k: int | None) -> dict:
+        return {"score": float(score)}
+
     def write_predictions(self, path: Path, rows, scores, labels) -> None:
         write_scores(path, rows, [{"score": round(float(s), 6)} for s in scores])
 

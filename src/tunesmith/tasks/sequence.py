@@ -123,6 +123,22 @@ class SequenceTask:
     def write_predictions(self, path: Path, rows, outputs, labels) -> None:
         self.head.write_predictions(path, rows, outputs, labels)
 
+    # ---- serving: one JSON value in, one JSON object out -----------------------------------
+    def serve_input(self, value, pairs: bool):
+        if pairs:
+            if not isinstance(value, dict) or not {"text", "text_pair"} <= set(value):
+                raise ValueError('this model reads text pairs: give {"text": ..., "text_pair": ...}')
+            return (value["text"], value["text_pair"])
+        if not isinstance(value, str):
+            raise ValueError("give a text (a string)")
+        return value
+
+    def output_rows(self, outputs) -> list:
+        return self.head.output_rows(outputs)
+
+    def serve_output(self, value, row, labels: list[str], top_k: int | None) -> dict:
+        return self.head.serve_output(row, labels, top_k)
+
     def _text_columns(self, table, text_col, pair_col) -> tuple[str, str | None]:
         # A finished run records its second column (text_pair_col) when it used pairs, so
         # eval and predict follow the run rather than guessing from the new file.

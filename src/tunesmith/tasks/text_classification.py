@@ -52,6 +52,16 @@ class ClassifierHead:
     def write_predictions(self, path: Path, rows, probs, labels) -> None:
         write_predictions(path, rows, probs, labels)
 
+    def output_rows(self, probs) -> list:
+        return list(probs)
+
+    def serve_output(self, row, labels: list[str], top_k: int | None) -> dict:
+        order = row.argsort()[::-1]
+        best = int(order[0])
+        keep = order[:top_k] if top_k else order
+        return {"label": labels[best], "score": float(row[best]),
+                "scores": {labels[int(i)]: float(row[int(i)]) for i in keep}}
+
 
 register_task(SequenceTask("text-classification", ClassTarget(), ClassifierHead(), pairs=False))
 register_task(SequenceTask("text-pair-classification", ClassTarget(), ClassifierHead(), pairs=True))

@@ -248,6 +248,19 @@ class TokenClassification:
                 frame.to_csv(tmp, index=False, sep="\t" if path.suffix.lower() == ".tsv" else ",")
 
 
+    # ---- serving ---------------------------------------------------------------------------
+    def serve_input(self, value, pairs: bool):
+        if not isinstance(value, str):
+            raise ValueError("give a text (a string)")
+        return split_words(value)[0]
+
+    def output_rows(self, outputs) -> list:
+        return list(outputs)
+
+    def serve_output(self, value: str, row, labels: list[str], top_k: int | None) -> dict:
+        return {"entities": entities(value, decode([row], labels)[0], row)}
+
+
 def decode(outputs: list[np.ndarray], labels: list[str]) -> list[list[str]]:
     return [[labels[i] for i in probs.argmax(axis=1)] if len(probs) else [] for probs in outputs]
 
