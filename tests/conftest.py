@@ -84,3 +84,22 @@ def train_tiny_run(base, tiny_model: str, method: str = "freeze", epochs: str = 
     data = write_csv(base / "toy.csv", make_rows(per_class))
     assert main(train_args(data, tiny_model, base / "runs", "r", "--method", method, "--epochs", epochs)) == 0
     return base / "runs" / "r"
+
+
+def interrupt_during_second_evaluation(monkeypatch, task, args: list[str]) -> None:
+    """Run `tunesmith ARGS` and press Ctrl-C (KeyboardInterrupt) during its second validation
+    pass: the run must stop with exit code 130 and leave a resumable checkpoint."""
+    from tunesmith.cli import main
+
+    calls = {"n": 0}
+    original = type(task).metrics
+
+    def interrupting(self, *rest):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return original(self, *rest)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(type(task), "metrics", interrupting)
+        assert main(args) == 130

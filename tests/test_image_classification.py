@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import interrupt_during_second_evaluation
 from tunesmith.cli import main
 from tunesmith.tasks import TASKS
 
@@ -159,18 +160,7 @@ def test_image_run_interrupted_then_resumed_matches_a_straight_run(tiny_resnet, 
     common = ("--method", "freeze", "--eval-every", "3", "--epochs", "2")
     assert main(_args(data, tiny_resnet, tmp_path, "straight", *common)) == 0
 
-    calls = {"n": 0}
-    original = type(IMAGES).metrics
-
-    def interrupting(self, *args):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return original(self, *args)
-
-    monkeypatch.setattr(type(IMAGES), "metrics", interrupting)
-    assert main(_args(data, tiny_resnet, tmp_path, "cut", *common)) == 130
-    monkeypatch.setattr(type(IMAGES), "metrics", original)
+    interrupt_during_second_evaluation(monkeypatch, IMAGES, _args(data, tiny_resnet, tmp_path, "cut", *common))
     assert main(["train", "--resume", str(tmp_path / "cut")]) == 0
     straight = json.loads((tmp_path / "straight" / "metrics.json").read_text())
     resumed = json.loads((tmp_path / "cut" / "metrics.json").read_text())

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import interrupt_during_second_evaluation
 from tunesmith.cli import main
 from tunesmith.data.batching import IGNORE
 from tunesmith.data.tagged import detect_scheme, normalise, read_tagged_file, spans, split_words
@@ -277,18 +278,7 @@ def test_ner_lora_run_interrupted_then_resumed_matches_a_straight_run(tiny_ner_m
     common = ("--method", "lora", "--lora-r", "4", "--eval-every", "4", "--epochs", "2")
     assert main(_ner_args(data, tiny_ner_model, tmp_path, "straight", *common)) == 0
 
-    calls = {"n": 0}
-    original = type(NER).metrics
-
-    def interrupting(self, *args):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt  # as Ctrl-C during the second evaluation
-        return original(self, *args)
-
-    monkeypatch.setattr(type(NER), "metrics", interrupting)
-    assert main(_ner_args(data, tiny_ner_model, tmp_path, "cut", *common)) == 130
-    monkeypatch.setattr(type(NER), "metrics", original)
+    interrupt_during_second_evaluation(monkeypatch, NER, _ner_args(data, tiny_ner_model, tmp_path, "cut", *common))
     assert not (tmp_path / "cut" / "metrics.json").exists()
     assert main(["train", "--resume", str(tmp_path / "cut")]) == 0
     straight = json.loads((tmp_path / "straight" / "metrics.json").read_text())

@@ -1,6 +1,6 @@
 """Batch inference, shared by evaluation during training, `eval`, `predict` (and `serve`).
 
-Texts are sorted by length and padded per batch, under `torch.inference_mode`: on a CPU
+Inputs are sorted by length and padded per batch, under `torch.inference_mode`: on a CPU
 this is where most of the prediction speed-up over a plain pipeline comes from.
 """
 
@@ -12,43 +12,40 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tunesmith.data.batching import collate, inference_batches
+from tunesmith.data.batching import inference_batches
 
 INFERENCE_BATCH = 32  # sorted batches of 16-32 measured fastest on a 2-core CPU (cache-sized); 64+ is slower
 
 
-def predict_probs(model, token_ids: list[list[int]], pad_id: int, batch_size: int = INFERENCE_BATCH, device=None) -> np.ndarray:
-    """Class probabilities, one row per input, in input order."""
+def forward_batches(model, features, batch_size: int = INFERENCE_BATCH):
+    """(indices, logits) for every batch of `features`, shortest padding first, in eval mode
+    without gradients; the model's training mode is restored afterwards. The one inference
+    loop of every task (validation during training, `eval`, `predict`, `serve`)."""
     was_training = model.training
     model.eval()
-    device = device or next(model.parameters()).device
-    num_labels = model.config.num_labels
-    probs = np.zeros((len(token_ids), num_labels), dtype=np.float32)
-    with torch.inference_mode():
-        for indices in inference_batches([len(t) for t in token_ids], batch_size):
-            batch = collate([token_ids[i] for i in indices], pad_id)
-            logits = model(**{k: v.to(device) for k, v in batch.items()}).logits
-            probs[indices] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
-    if was_training:
-        model.train()
-    return probs
+    device = next(model.parameters()).device
+    try:
+        with torch.inference_mode():
+            for indices in inference_batches(features.lengths, batch_size):
+                batch = features.batch(indices)
+                batch.pop("labels", None)  # targets are the task's business, not the forward's
+                yield indices, model(**{k: v.to(device) for k, v in batch.items()}).logits.float().cpu().numpy()
+    finally:
+        if was_training:
+            model.train()
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Probabilities over the last axis (float32, numerically stable)."""
+    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return shifted / shifted.sum(axis=-1, keepdims=True)
 
 
 def predict_logits(model, features, batch_size: int = INFERENCE_BATCH) -> np.ndarray:
     """Raw head outputs (one row per example, input order) for any sequence-level task."""
-    from tunesmith.data.batching import collate_rows
-
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
     out = np.zeros((len(features), model.config.num_labels), dtype=np.float32)
-    with torch.inference_mode():
-        for indices in inference_batches(features.lengths, batch_size):
-            rows = [{k: v for k, v in features.rows[i].items() if k != "labels"} for i in indices]
-            batch = collate_rows(rows, features.pad_id)
-            out[indices] = model(**{k: v.to(device) for k, v in batch.items()}).logits.float().cpu().numpy()
-    if was_training:
-        model.train()
+    for indices, logits in forward_batches(model, features, batch_size):
+        out[indices] = logits
     return out
 
 
@@ -79,23 +76,31 @@ class Predictor:
 
 
 def write_predictions(path: Path, rows: list[dict], probs: np.ndarray, labels: list[str]) -> None:
-    """Predicted label and per-class scores beside the input columns, as CSV or JSONL (atomically)."""
+    """Predicted label and per-class scores beside the input columns (a `scores` object in
+    JSONL, one `score_<label>` column each in CSV)."""
+    predicted = [labels[i] for i in probs.argmax(axis=1)]
+    scores = [{l: round(float(s), 6) for l, s in zip(labels, p)} for p in probs]
+    write_rows(path, [{**row, "label": label, "scores": s} for row, label, s in zip(rows, predicted, scores)],
+               [{**row, "label": label, **{f"score_{l}": v for l, v in s.items()}}
+                for row, label, s in zip(rows, predicted, scores)])
+
+
+def write_rows(path: Path, rows: list[dict], csv_rows: list[dict] | None = None) -> None:
+    """Prediction records as JSONL, or as CSV/TSV (`csv_rows` when the flat shape differs;
+    otherwise nested values become JSON text in their cell), written atomically."""
     import json
 
     import pandas as pd
 
     from tunesmith.io import atomic_path
 
-    predicted = [labels[i] for i in probs.argmax(axis=1)]
     with atomic_path(path) as tmp:
         if path.suffix.lower() in (".jsonl", ".json"):
             with open(tmp, "w", encoding="utf-8") as f:
-                for row, label, p in zip(rows, predicted, probs):
-                    out = {**row, "label": label, "scores": {l: round(float(s), 6) for l, s in zip(labels, p)}}
-                    f.write(json.dumps(out, ensure_ascii=False) + "\n")
+                for row in rows:
+                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
         else:
-            frame = pd.DataFrame(rows)
-            frame["label"] = predicted
-            for i, label in enumerate(labels):
-                frame[f"score_{label}"] = np.round(probs[:, i], 6)
-            frame.to_csv(tmp, index=False, sep="\t" if path.suffix.lower() == ".tsv" else ",")
+            flat = csv_rows if csv_rows is not None else [
+                {k: json.dumps(v, ensure_ascii=False) if isinstance(v, (list, dict)) else v for k, v in row.items()}
+                for row in rows]
+            pd.DataFrame(flat).to_csv(tmp, index=False, sep="\t" if path.suffix.lower() == ".tsv" else ",")

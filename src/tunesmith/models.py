@@ -34,6 +34,16 @@ def resolve(name: str) -> str:
     return name
 
 
+def with_new_head(auto_class, source: str, labels: list[str], **extra):
+    """The pretrained body at `source` under a freshly initialised head for `labels`, whose
+    names go into the model's config (so the saved model reports them in plain transformers)."""
+    try:
+        return auto_class.from_pretrained(source, num_labels=len(labels), id2label=dict(enumerate(labels)),
+                                          label2id={label: i for i, label in enumerate(labels)}, **extra)
+    except OSError as exc:
+        raise UserError(f"--model {source}: cannot load weights ({str(exc).splitlines()[0]})") from None
+
+
 def load_tokenizer(name: str):
     from transformers import AutoTokenizer
 

@@ -35,13 +35,13 @@ def predict(run_path: str, input_path: str, output: str, text_col=None, encoding
     rows, inputs = predictor.task.read_inputs(input_path, encoding, text_col, cfg.get("text_pair_col"))
     outputs = predictor.predict(inputs, batch_size=batch_size)
     if rank:
-        rows, outputs = _ranked(rows, inputs, outputs, predictor.labels, cfg["task"], positive_label)
+        rows, outputs = _ranked(rows, inputs, outputs, predictor.labels, positive_label)
     predictor.task.write_predictions(output_path, rows, outputs, predictor.labels)
     out(f"wrote {len(inputs)} predictions to {output_path}" + (" (ranked within each query)" if rank else ""))
     return output_path
 
 
-def _ranked(rows, inputs, outputs, labels, task: str, positive_label: str | None):
+def _ranked(rows, inputs, outputs, labels, positive_label: str | None):
     outputs = np.asarray(outputs)
     if outputs.ndim == 1:  # regression: the score itself
         score = outputs

@@ -48,7 +48,7 @@ def read_table(path: Path, encoding: str = "utf-8") -> Table:
     suffix = path.suffix.lower()
     if suffix == ".parquet":
         return _read_parquet(path)
-    text = _decode(path, encoding)
+    text = decode_file(path, encoding)
     if not text.strip():
         raise UserError(f"{path}: file is empty; it needs a header row and at least two labelled rows")
     if suffix in (".jsonl", ".json"):
@@ -60,7 +60,8 @@ def read_table(path: Path, encoding: str = "utf-8") -> Table:
     return _read_delimited(path, text, sep)
 
 
-def _decode(path: Path, encoding: str) -> str:
+def decode_file(path: Path, encoding: str) -> str:
+    """The file's text; a wrong encoding is one error naming the line and the byte."""
     raw = path.read_bytes()
     try:
         return raw.decode("utf-8-sig" if encoding.lower().replace("_", "-") == "utf-8" else encoding)
@@ -97,7 +98,13 @@ def _read_jsonl(path: Path, text: str) -> Table:
         except json.JSONDecodeError as exc:
             raise UserError(f"{path} line {exc.lineno}: not valid JSON ({exc.msg})") from None
         return _rows_to_table(path, rows, "row")
-    rows = []
+    rows = [row for _number, row in json_lines(path, text, '{"text": ..., "label": ...}')]
+    return _rows_to_table(path, rows, "line")
+
+
+def json_lines(path: Path, text: str, example: str):
+    """(line number, object) for each non-blank line of a JSONL text; a line that is not a
+    JSON object is one error naming it, with `example` showing what a line should hold."""
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
@@ -106,9 +113,8 @@ def _read_jsonl(path: Path, text: str) -> Table:
         except json.JSONDecodeError as exc:
             raise UserError(f"{path} line {number}: not valid JSON ({exc.msg}); each line must be one object") from None
         if not isinstance(row, dict):
-            raise UserError(f"{path} line {number}: expected a JSON object like {{\"text\": ..., \"label\": ...}}")
-        rows.append(row)
-    return _rows_to_table(path, rows, "line")
+            raise UserError(f"{path} line {number}: expected a JSON object like {example}")
+        yield number, row
 
 
 def _rows_to_table(path: Path, rows: list, row_word: str) -> Table:

@@ -57,7 +57,7 @@ def load_splits(
     train_table = tables.get("train", tables.get("all"))
     if train_table is None:
         raise UserError(f"--data {data!r}: has no 'train' split (splits: {', '.join(tables)})")
-    pair_col = _pair_column(train_table, text_pair_col, pairs)
+    pair_col = pair_column(train_table, text_pair_col, pairs)
     text_col = pick_column(train_table, text_col, PAIR_FIRST_COLUMNS if pair_col else TEXT_COLUMNS, "text", "--text-col")
     label_col = pick_column(train_table, label_col, LABEL_COLUMNS, "labels", "--label-col")
     if len({text_col, label_col, pair_col or text_col}) < (3 if pair_col else 2):
@@ -116,7 +116,7 @@ def load_splits(
     return Splits(train, val, test, labels, text_col, label_col, notes, pair_col=pair_col)
 
 
-def _pair_column(table: Table, given: str | None, pairs: bool | None) -> str | None:
+def pair_column(table: Table, given: str | None, pairs: bool | None) -> str | None:
     if given is not None:
         return pick_column(table, given, (), "second text", "--text-pair-col")
     if pairs is False:

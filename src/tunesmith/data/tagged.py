@@ -16,11 +16,11 @@ repaired to B-X and reported.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from tunesmith.data.sources import decode_file, json_lines
 from tunesmith.errors import UserError
 
 SPLIT_NAMES = {"train": ("train",), "val": ("valid", "dev", "validation", "val"), "test": ("test",)}
@@ -62,12 +62,7 @@ def read_tagged_source(path: str, encoding: str = "utf-8") -> dict[str, list[Sen
 def read_tagged_file(path: Path, encoding: str = "utf-8", need_tags: bool = True) -> list[Sentence]:
     """Sentences of a CoNLL or JSONL file. `need_tags=False` (prediction input) also accepts
     CoNLL lines holding only the word; their tags read as O."""
-    try:
-        text = path.read_bytes().decode("utf-8-sig" if encoding.lower().replace("_", "-") == "utf-8" else encoding)
-    except UnicodeDecodeError as exc:
-        raise UserError(f"{path}: not valid {encoding} (byte {exc.start}); re-save as UTF-8 or pass --encoding") from None
-    except LookupError:
-        raise UserError(f"--encoding {encoding!r}: unknown encoding; try utf-8 or latin-1") from None
+    text = decode_file(path, encoding)
     sentences = _read_jsonl(path, text) if path.suffix.lower() in (".jsonl", ".json") else _read_conll(path, text, need_tags)
     if not sentences:
         raise UserError(f"{path}: no sentences found; expected CoNLL columns (word ... tag) or JSONL with tokens and tags")
@@ -107,15 +102,8 @@ def _read_conll(path: Path, text: str, need_tags: bool = True) -> list[Sentence]
 
 def _read_jsonl(path: Path, text: str) -> list[Sentence]:
     sentences = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{path} line {number}: not valid JSON ({exc.msg}); each line must be one object") from None
-        words = row.get("tokens", row.get("words")) if isinstance(row, dict) else None
-        tags = row.get("tags", row.get("ner_tags")) if isinstance(row, dict) else None
+    for number, row in json_lines(path, text, '{"tokens": [...], "tags": [...]}'):
+        words, tags = row.get("tokens", row.get("words")), row.get("tags", row.get("ner_tags"))
         if not isinstance(words, list) or not isinstance(tags, list):
             raise UserError(f"{path} line {number}: expected {{\"tokens\": [...], \"tags\": [...]}}")
         if len(words) != len(tags):

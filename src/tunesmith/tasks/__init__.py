@@ -66,7 +66,7 @@ def infer_task(data: str | None) -> str:
     a built-in image set -> image-classification; CoNLL or JSONL tokens -> token-classification;
     anything else -> text-classification."""
     from tunesmith.data.images import IMAGE_SUFFIXES, builtin_names
-    from tunesmith.tasks.token_classification import _looks_tagged
+    from tunesmith.tasks.token_classification import looks_tagged
 
     if not data:
         return "text-classification"
@@ -76,10 +76,10 @@ def infer_task(data: str | None) -> str:
     if path.is_dir():
         if any(f.suffix.lower() in IMAGE_SUFFIXES for d in path.iterdir() if d.is_dir() for f in d.iterdir()):
             return "image-classification"
-        if any(_looks_tagged(f) for f in path.iterdir() if f.is_file() and f.stem.lower() == "train"):
+        if any(looks_tagged(f) for f in path.iterdir() if f.is_file() and f.stem.lower() == "train"):
             return "token-classification"
         return "text-classification"
-    return "token-classification" if _looks_tagged(path) else "text-classification"
+    return "token-classification" if looks_tagged(path) else "text-classification"
 
 
 def register_task(task: "Task") -> "Task":

@@ -30,7 +30,7 @@ from tunesmith.data.split import sample, stratified_indices
 from tunesmith.data.splits import Splits
 from tunesmith.data.targets import ClassTarget
 from tunesmith.errors import UserError
-from tunesmith.inference import INFERENCE_BATCH
+from tunesmith.inference import INFERENCE_BATCH, predict_logits
 from tunesmith.tasks import register_task
 from tunesmith.tasks.text_classification import ClassifierHead
 
@@ -167,19 +167,7 @@ class ImageClassification:
         return Features(rows, 0, collate=partial(_collate_images, prepare))
 
     def predict(self, model, features: Features, batch_size: int = INFERENCE_BATCH) -> np.ndarray:
-        was_training = model.training
-        model.eval()
-        device = next(model.parameters()).device
-        logits = np.zeros((len(features), model.config.num_labels), dtype=np.float32)
-        with torch.inference_mode():
-            for start in range(0, len(features), batch_size):
-                indices = list(range(start, min(start + batch_size, len(features))))
-                batch = features.batch(indices)
-                batch.pop("labels", None)
-                logits[indices] = model(**{k: v.to(device) for k, v in batch.items()}).logits.float().cpu().numpy()
-        if was_training:
-            model.train()
-        return self.head.outputs(logits, model)
+        return self.head.outputs(predict_logits(model, features, batch_size), model)
 
     def metrics(self, targets, outputs, labels) -> dict:
         return self.head.metrics(targets, outputs, labels)

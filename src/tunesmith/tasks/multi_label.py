@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from tunesmith.data.targets import LabelSetTarget
+from tunesmith.inference import write_rows
 from tunesmith.tasks import register_task
-from tunesmith.tasks.regression import write_scores
 from tunesmith.tasks.sequence import SequenceTask
 
 GRID = np.round(np.arange(0.05, 0.951, 0.05), 2)  # candidate thresholds
@@ -112,11 +112,9 @@ class MultiLabelHead:
                 "scores": {labels[int(i)]: float(probs[int(i)]) for i in order}}
 
     def write_predictions(self, path: Path, rows, scores: LabelScores, labels) -> None:
-        extra = []
-        for chosen, probs in zip(scores.predicted, scores.probs):
-            extra.append({"labels": "|".join(l for l, c in zip(labels, chosen) if c),
-                          **{f"score_{l}": round(float(p), 6) for l, p in zip(labels, probs)}})
-        write_scores(path, rows, extra)
+        write_rows(path, [{**row, "labels": "|".join(l for l, c in zip(labels, chosen) if c),
+                           **{f"score_{l}": round(float(p), 6) for l, p in zip(labels, probs)}}
+                          for row, chosen, probs in zip(rows, scores.predicted, scores.probs)])
 
 
 def tune_thresholds(y_true: np.ndarray, probs: np.ndarray) -> np.ndarray:

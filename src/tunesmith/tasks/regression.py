@@ -3,13 +3,12 @@ item from its description). One linear output, mean-squared-error loss."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from tunesmith.data.targets import NumberTarget
-from tunesmith.io import atomic_path
+from tunesmith.inference import write_rows
 from tunesmith.tasks import register_task
 from tunesmith.tasks.sequence import SequenceTask
 
@@ -69,21 +68,7 @@ class RegressionHead:
         return {"score": float(score)}
 
     def write_predictions(self, path: Path, rows, scores, labels) -> None:
-        write_scores(path, rows, [{"score": round(float(s), 6)} for s in scores])
-
-
-def write_scores(path: Path, rows: list[dict], extra: list[dict]) -> None:
-    """Input rows with extra columns, as CSV/TSV or JSONL, atomically."""
-    import pandas as pd
-
-    with atomic_path(path) as tmp:
-        if path.suffix.lower() in (".jsonl", ".json"):
-            with open(tmp, "w", encoding="utf-8") as f:
-                for row, more in zip(rows, extra):
-                    f.write(json.dumps({**row, **more}, ensure_ascii=False) + "\n")
-        else:
-            frame = pd.concat([pd.DataFrame(rows), pd.DataFrame(extra)], axis=1)
-            frame.to_csv(tmp, index=False, sep="\t" if path.suffix.lower() == ".tsv" else ",")
+        write_rows(path, [{**row, "score": round(float(s), 6)} for row, s in zip(rows, scores)])
 
 
 register_task(SequenceTask("regression", NumberTarget(), RegressionHead(), pairs=None))

@@ -14,7 +14,7 @@ from tunesmith.data.batching import Features
 from tunesmith.data.checks import check_splits
 from tunesmith.data.labeled import LABEL_COLUMNS, PAIR_FIRST_COLUMNS, TEXT_COLUMNS, Examples, pick_column, to_examples
 from tunesmith.data.sources import read_source
-from tunesmith.data.splits import Splits, _pair_column, load_splits
+from tunesmith.data.splits import Splits, pair_column, load_splits
 from tunesmith.data.tokens import tokenize, tokenize_pairs
 from tunesmith.errors import UserError
 from tunesmith.inference import INFERENCE_BATCH, predict_logits
@@ -62,13 +62,9 @@ class SequenceTask:
     def build_model(self, source: str, labels: list[str]):
         from transformers import AutoModelForSequenceClassification
 
-        try:
-            return AutoModelForSequenceClassification.from_pretrained(
-                source, num_labels=len(labels), problem_type=self.head.problem_type,
-                id2label=dict(enumerate(labels)), label2id={label: i for i, label in enumerate(labels)},
-            )
-        except OSError as exc:
-            raise UserError(f"--model {source}: cannot load weights ({str(exc).splitlines()[0]})") from None
+        from tunesmith.models import with_new_head
+
+        return with_new_head(AutoModelForSequenceClassification, source, labels, problem_type=self.head.problem_type)
 
     def load_model(self, folder: str):
         from transformers import AutoModelForSequenceClassification
@@ -142,7 +138,7 @@ class SequenceTask:
     def _text_columns(self, table, text_col, pair_col) -> tuple[str, str | None]:
         # A finished run records its second column (text_pair_col) when it used pairs, so
         # eval and predict follow the run rather than guessing from the new file.
-        second = _pair_column(table, pair_col, bool(pair_col or self.pairs))
+        second = pair_column(table, pair_col, bool(pair_col or self.pairs))
         first = pick_column(table, text_col, PAIR_FIRST_COLUMNS if second else TEXT_COLUMNS, "text", "--text-col")
         return first, second
 

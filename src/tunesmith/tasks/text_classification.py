@@ -11,7 +11,7 @@ import numpy as np
 from tunesmith.data.targets import ClassTarget
 from tunesmith.evaluate.baseline import linear_probe
 from tunesmith.evaluate.metrics import HIGHER_IS_BETTER, classification_metrics
-from tunesmith.inference import write_predictions
+from tunesmith.inference import softmax, write_predictions
 from tunesmith.tasks import register_task
 from tunesmith.tasks.sequence import SequenceTask
 
@@ -29,8 +29,7 @@ class ClassifierHead:
         return labels.index(label)
 
     def outputs(self, logits: np.ndarray, model) -> np.ndarray:
-        shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-        return shifted / shifted.sum(axis=1, keepdims=True)
+        return softmax(logits)
 
     def metrics(self, targets, probs, labels) -> dict:
         class_id = {label: i for i, label in enumerate(labels)}

@@ -14,12 +14,11 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from tunesmith.data.batching import IGNORE, Features, collate_rows, inference_batches
+from tunesmith.data.batching import IGNORE, Features
 from tunesmith.data.checks import CheckReport
 from tunesmith.data.labeled import TEXT_COLUMNS, Examples, pick_column
-from tunesmith.data.sources import read_source
+from tunesmith.data.sources import decode_file, json_lines, read_source
 from tunesmith.data.split import stratified_indices
 from tunesmith.data.splits import Splits
 from tunesmith.data.tagged import (
@@ -28,8 +27,7 @@ from tunesmith.data.tagged import (
 )
 from tunesmith.errors import UserError
 from tunesmith.evaluate.entities import HIGHER_IS_BETTER, entity_metrics
-from tunesmith.inference import INFERENCE_BATCH
-from tunesmith.io import atomic_path
+from tunesmith.inference import INFERENCE_BATCH, forward_batches, softmax, write_rows
 from tunesmith.tasks import register_task
 
 
@@ -141,13 +139,9 @@ class TokenClassification:
     def build_model(self, source: str, labels: list[str]):
         from transformers import AutoModelForTokenClassification
 
-        try:
-            return AutoModelForTokenClassification.from_pretrained(
-                source, num_labels=len(labels), id2label=dict(enumerate(labels)),
-                label2id={label: i for i, label in enumerate(labels)},
-            )
-        except OSError as exc:
-            raise UserError(f"--model {source}: cannot load weights ({str(exc).splitlines()[0]})") from None
+        from tunesmith.models import with_new_head
+
+        return with_new_head(AutoModelForTokenClassification, source, labels)
 
     def load_model(self, folder: str):
         from transformers import AutoModelForTokenClassification
@@ -179,25 +173,17 @@ class TokenClassification:
 
     def predict(self, model, features: Features, batch_size: int = INFERENCE_BATCH) -> list[np.ndarray]:
         """Per sentence, a (words x tags) array of probabilities."""
-        was_training = model.training
-        model.eval()
-        device = next(model.parameters()).device
         count = max((m["sentence"] for m in features.meta), default=-1) + 1
         words = [0] * count
         for m in features.meta:
             words[m["sentence"]] = max(words[m["sentence"]], m["first_word"] + len(m["positions"]))
         out = [np.zeros((n, model.config.num_labels), dtype=np.float32) for n in words]
-        with torch.inference_mode():
-            for indices in inference_batches(features.lengths, batch_size):
-                rows = [{"input_ids": features.rows[i]["input_ids"]} for i in indices]
-                batch = collate_rows(rows, features.pad_id)
-                probs = torch.softmax(model(**{k: v.to(device) for k, v in batch.items()}).logits.float(), -1).cpu().numpy()
-                for row, i in enumerate(indices):
-                    m = features.meta[i]
-                    first = m["first_word"]
-                    out[m["sentence"]][first : first + len(m["positions"])] = probs[row, m["positions"]]
-        if was_training:
-            model.train()
+        for indices, logits in forward_batches(model, features, batch_size):
+            probs = softmax(logits)
+            for row, i in enumerate(indices):
+                m = features.meta[i]
+                first = m["first_word"]
+                out[m["sentence"]][first : first + len(m["positions"])] = probs[row, m["positions"]]
         return out
 
     def metrics(self, targets, outputs, labels) -> dict:
@@ -216,7 +202,7 @@ class TokenClassification:
     # ---- `predict` on a file ------------------------------------------------------------
     def read_inputs(self, path: str, encoding: str, text_col: str | None, text_pair_col: str | None = None):
         """Rows with a `text` (raw, or the given words joined by spaces) and the words of each."""
-        if _looks_tagged(Path(path)):
+        if looks_tagged(Path(path)):
             sentences = _read_words(Path(path), encoding)
             rows = [{"text": " ".join(words)} for words in sentences]
             return rows, sentences
@@ -230,23 +216,11 @@ class TokenClassification:
         return rows, [split_words(row[column])[0] for row in rows]
 
     def write_predictions(self, path: Path, rows, outputs, labels) -> None:
-        tags = decode(outputs, labels)
-        with atomic_path(path) as tmp:
-            records = []
-            for row, word_tags, probs in zip(rows, tags, outputs):
-                text = row.pop("_text", row.get("text", ""))
-                records.append({**row, "entities": entities(text, word_tags, probs)})
-            if path.suffix.lower() in (".jsonl", ".json"):
-                with open(tmp, "w", encoding="utf-8") as f:
-                    for record in records:
-                        f.write(json.dumps(record, ensure_ascii=False) + "\n")
-            else:
-                import pandas as pd
-
-                frame = pd.DataFrame(records)
-                frame["entities"] = [json.dumps(r["entities"], ensure_ascii=False) for r in records]
-                frame.to_csv(tmp, index=False, sep="\t" if path.suffix.lower() == ".tsv" else ",")
-
+        records = []
+        for row, word_tags, probs in zip(rows, decode(outputs, labels), outputs):
+            text = row.pop("_text", row.get("text", ""))
+            records.append({**row, "entities": entities(text, word_tags, probs)})
+        write_rows(path, records)
 
     # ---- serving ---------------------------------------------------------------------------
     def serve_input(self, value, pairs: bool):
@@ -342,7 +316,7 @@ def _where(ex: Examples, indices: list[int]) -> str:
     return ", ".join(ex.where[i] for i in indices[:3]) + (", ..." if len(indices) > 3 else "")
 
 
-def _looks_tagged(path: Path) -> bool:
+def looks_tagged(path: Path) -> bool:
     """CoNLL or JSONL tokens (rather than a table of raw texts)?"""
     suffix = path.suffix.lower()
     if suffix in (".conll", ".iob", ".bio"):
@@ -364,13 +338,11 @@ def _read_words(path: Path, encoding: str) -> list[list[str]]:
     """Words of each sentence; tags, when present, are ignored (this is prediction input)."""
     if path.suffix.lower() in (".jsonl", ".json"):
         out = []
-        for number, line in enumerate(path.read_text(encoding=encoding).splitlines(), start=1):
-            if line.strip():
-                row = json.loads(line)
-                words = row.get("tokens", row.get("words"))
-                if not isinstance(words, list):
-                    raise UserError(f"{path} line {number}: expected {{\"tokens\": [...]}}")
-                out.append([str(w) for w in words])
+        for number, row in json_lines(path, decode_file(path, encoding), '{"tokens": [...]}'):
+            words = row.get("tokens", row.get("words"))
+            if not isinstance(words, list):
+                raise UserError(f"{path} line {number}: expected {{\"tokens\": [...]}}")
+            out.append([str(w) for w in words])
         return out
     return [s.words for s in read_tagged_file(path, encoding, need_tags=False)]
 
