@@ -268,6 +268,8 @@ def test_ner_check_reports_leakage_long_sentences_and_unseen_types(tmp_path, tin
     out = capsys.readouterr().out
     assert "5 test sentences (of more than 3 words) also appear in train" in out
     assert "1 sentences are longer than max_length 16 sub-words" in out
+    assert main(["check", data, "--task", "token-classification", "--val-data", str(tmp_path / "nope.txt")]) == 2
+    assert f"{tmp_path / 'nope.txt'}: file not found; check the path" in capsys.readouterr().err
     unseen = write_conll(tmp_path / "unseen.txt", [[("x", "B-DATE")]])
     assert main(["check", data, "--task", "token-classification", "--test-data", unseen]) == 2
     assert "test entity types never seen in training: DATE" in capsys.readouterr().err

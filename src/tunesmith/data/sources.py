@@ -61,7 +61,9 @@ def read_table(path: Path, encoding: str = "utf-8") -> Table:
 
 
 def decode_file(path: Path, encoding: str) -> str:
-    """The file's text; a wrong encoding is one error naming the line and the byte."""
+    """The file's text; a missing file or a wrong encoding is one error naming it."""
+    if not path.is_file():
+        raise UserError(f"{path}: file not found; check the path")
     raw = path.read_bytes()
     try:
         return raw.decode("utf-8-sig" if encoding.lower().replace("_", "-") == "utf-8" else encoding)
