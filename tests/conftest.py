@@ -103,3 +103,53 @@ def interrupt_during_second_evaluation(monkeypatch, task, args: list[str]) -> No
     with monkeypatch.context() as patched:
         patched.setattr(type(task), "metrics", interrupting)
         assert main(args) == 130
+
+
+CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+QA_WORDS = ["what", "is", "the", "colour", "of", "sky", "grass", "snow", "sun", "blood", "coal", "it", "blue",
+            "green", "white", "yellow", "red", "black", "answer", "tell", "me", "please", "a", "short"]
+
+
+@pytest.fixture(scope="session")
+def tiny_causal_lm(tmp_path_factory) -> str:
+    """A folder with a random 2-layer Llama (hidden 32) and a byte-level BPE tokenizer with a
+    ChatML chat template, built in the test: no download, a second to make."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    specials = ["<pad>", "<|im_start|>", "<|im_end|>"]
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    corpus = [" ".join(QA_WORDS)] * 4 + ["system user assistant\n?."]
+    bpe.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=400, special_tokens=specials,
+                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, pad_token="<pad>", eos_token="<|im_end|>",
+                                        bos_token="<|im_start|>")
+    tokenizer.chat_template = CHATML
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                         bos_token_id=tokenizer.bos_token_id, tie_word_embeddings=True)
+    LlamaForCausalLM(config).save_pretrained(str(folder))
+    tokenizer.save_pretrained(str(folder))
+    return str(folder)
+
+
+COLOURS = {"sky": "blue", "grass": "green", "snow": "white", "sun": "yellow", "blood": "red", "coal": "black"}
+
+
+def make_qa_rows(n: int, seed: int = 0) -> list[dict]:
+    """Instruction rows whose answer follows from the question (learnable by a tiny model)."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        thing = rng.choice(sorted(COLOURS))
+        lead = rng.choice(["what is the colour of", "tell me the colour of", "please tell me the colour of"])
+        extra = " ".join(rng.sample(["a", "short", "answer", "please"], rng.randint(0, 3)))
+        rows.append({"instruction": f"{lead} {thing}", "input": extra, "output": f"it is {COLOURS[thing]}"})
+    return rows

@@ -61,6 +61,22 @@ def _cmd_predict(args) -> int:
     return 0
 
 
+def _cmd_generate(args) -> int:
+    from tunesmith.commands.generate import generate_answers
+    from tunesmith.generation import GenerationSettings
+
+    settings = GenerationSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+                                  stop=args.stop or [], seed=args.seed)
+
+    def stream(text: str) -> None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    generate_answers(args.run, args.prompt, args.file, args.output, settings, args.system, args.encoding,
+                     stream=stream)
+    return 0
+
+
 def _cmd_quickstart(args) -> int:
     from tunesmith.commands.quickstart import quickstart
 
@@ -75,6 +91,20 @@ def _cmd_serve(args) -> int:
     except ImportError:
         raise UserError("tunesmith serve needs FastAPI and uvicorn: pip install 'tunesmith[serve]'") from None
     from tunesmith.serve.server import serve
+    p = verbs.add_parser("generate", help="answers from a tuned causal LM (streams one prompt to the terminal)")
+    p.add_argument("run", help="run folder of a causal-lm or preference run")
+    p.add_argument("prompt", nargs="?", help="the prompt (a user message); or use --file")
+    p.add_argument("--file", help="prompts: a .txt file (one per line) or rows in any layout train reads")
+    p.add_argument("-o", "--output", help="write answers beside the prompt rows (.csv, .tsv or .jsonl)")
+    p.add_argument("--max-new-tokens", type=int, default=128, help="longest answer in tokens (default: 128)")
+    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy, deterministic (default); >0: sampling")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass, with --temperature > 0 (default: 1)")
+    p.add_argument("--stop", action="append", help="stop at this string (repeatable); it is not included")
+    p.add_argument("--system", help="a system message put before every prompt")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
+    p.add_argument("--encoding", default="utf-8")
+    p.set_defaults(func=_cmd_generate)
+
     from tunesmith.serve.settings import ServeSettings
 
     values = {name: getattr(args, name) for name in ServeSettings.model_fields if getattr(args, name, None) is not None}
@@ -100,7 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-data"); p.add_argument("--test-data")
     p.add_argument("--text-col"); p.add_argument("--label-col")
     p.add_argument("--model", default=None, help="tokenizer for the length check (default: the task's, minilm for text)")
-    p.add_argument("--max-length", type=int, default=128, help="truncation length to check against (default: 128)")
+    p.add_argument("--max-length", type=int, default=None,
+                   help="truncation length to check against (default: the task's, 128; 512 for causal-lm)")
     p.add_argument("--encoding", default="utf-8")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=_cmd_check)
@@ -126,6 +157,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pair runs: sort candidates best first within each query / user profile, with a rank column")
     p.add_argument("--positive-label", help="with --rank on a pair classifier: the label that means a good match")
     p.set_defaults(func=_cmd_predict)
+
+    p = verbs.add_parser("generate", help="answers from a tuned causal LM (streams one prompt to the terminal)")
+    p.add_argument("run", help="run folder of a causal-lm or preference run")
+    p.add_argument("prompt", nargs="?", help="the prompt (a user message); or use --file")
+    p.add_argument("--file", help="prompts: a .txt file (one per line) or rows in any layout train reads")
+    p.add_argument("-o", "--output", help="write answers beside the prompt rows (.csv, .tsv or .jsonl)")
+    p.add_argument("--max-new-tokens", type=int, default=128, help="longest answer in tokens (default: 128)")
+    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy, deterministic (default); >0: sampling")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass, with --temperature > 0 (default: 1)")
+    p.add_argument("--stop", action="append", help="stop at this string (repeatable); it is not included")
+    p.add_argument("--system", help="a system message put before every prompt")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
+    p.add_argument("--encoding", default="utf-8")
+    p.set_defaults(func=_cmd_generate)
 
     from tunesmith.serve.settings import ServeSettings
 

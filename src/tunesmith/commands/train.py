@@ -48,7 +48,7 @@ def train(cfg: TrainConfig, log=print) -> Run:
         log(note)
     source = models.resolve(cfg.resolved_model())
     tokenizer = task.load_processor(cfg.resolved_model(), cfg.model_dump())  # a tokenizer, or image preprocessing
-    findings = task.check(splits, tokenizer, cfg.max_length)
+    findings = task.check(splits, tokenizer, cfg.resolved_max_length())
     for warning in findings.warnings:
         log(f"warning: {warning}")
     torch.manual_seed(cfg.seed)  # the head's initialisation is part of what the seed fixes
@@ -79,12 +79,12 @@ def _fine_tune_and_evaluate(run: Run, cfg: TrainConfig, task, method, splits: Sp
     # 3. Features (token ids cached on disk) with targets, for every split.
     # Augmentation (where a task has it) touches the training split only, never val or test.
     features = {name: task.encode(tokenizer, getattr(splits, name).texts, getattr(splits, name).labels,
-                                  splits.labels, cfg.max_length, augment=name == "train")
+                                  splits.labels, cfg.resolved_max_length(), augment=name == "train")
                 for name in ("train", "val", "test")}
 
     # 4. The untuned baseline, from the pristine pretrained encoder (once per run).
     if cfg.baseline and task.has_baseline and not run.baseline_file.is_file():
-        log("baseline: fitting a linear head on frozen pretrained features ...")
+        log("baseline: scoring the untuned model on the test split ...")
         baseline = task.baseline(model, features["train"], features["test"], splits.train.labels,
                                  splits.test.labels, splits.labels, cfg.seed)
         write_json(run.baseline_file, baseline)
@@ -113,8 +113,12 @@ def _fine_tune_and_evaluate(run: Run, cfg: TrainConfig, task, method, splits: Sp
     started = time.perf_counter()
     test_outputs = predictor.predict(splits.test.texts)
     predict_seconds = time.perf_counter() - started
+    test_metrics = task.metrics(splits.test.labels, test_outputs, splits.labels)
+    if hasattr(task, "answer_metrics"):  # generative tasks: answers to held-out prompts vs references
+        log("answering test prompts for exact match and ROUGE-L ...")
+        test_metrics.update(task.answer_metrics(predictor.model, predictor.tokenizer, splits.test.texts))
     metrics = {
-        "test": task.metrics(splits.test.labels, test_outputs, splits.labels),
+        "test": test_metrics,
         "val_best": {metric: result.state.best_metric, "step": result.state.best_step},
         **({"tuned_on_validation": tuned} if tuned else {}),
         "baseline": json.loads(run.baseline_file.read_text()) if run.baseline_file.is_file() else None,

@@ -67,7 +67,8 @@ class Features:
     pad_id: int
     token_labels: bool = False
     meta: list[dict] = field(default_factory=list)
-    collate: object = None  # rows -> batch, for inputs that are not token ids (images)
+    collate: object = None  # rows -> batch, for inputs that are not token ids (images), or packed rows
+    processor: object = None  # what encoded the rows, for tasks that decode outputs (generation)
 
     def __len__(self) -> int:
         return len(self.rows)

@@ -37,7 +37,11 @@ class CheckReport:
             lines.append(
                 f"token lengths: p50 {t['p50']}, p90 {t['p90']}, p99 {t['p99']}, max {t['max']}; "
                 f"{t['truncated']} of {t['count']} texts ({t['truncated_pct']:.1f}%) longer than max_length {t['max_length']}"
+                + (f" ({t['tokens_cut']} tokens cut)" if "tokens_cut" in t else "")
             )
+        if "preview" in f:
+            lines.append("first training example, exactly as the model sees it:\n" + "-" * 40 + "\n" + f["preview"]
+                         + "\n" + "-" * 40)
         for note in f.get("notes", []):
             lines.append(f"note: {note}")
         for warning in self.warnings:

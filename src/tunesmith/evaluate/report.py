@@ -69,7 +69,40 @@ def confusion_plot(matrix: list[list[int]], labels: list[str]) -> str:
 
 # Metrics shown in the headline table, where the task reports them.
 HEADLINE = ("accuracy", "macro_f1", "weighted_f1", "precision", "recall", "f1", "micro_f1", "subset_accuracy",
-            "mse", "mae", "pearson", "spearman")
+            "mse", "mae", "pearson", "spearman", "loss", "perplexity", "exact_match", "rouge_l",
+            "reward_accuracy", "reward_margin")
+BASELINE_NOTE = "the pretrained encoder frozen, with only a linear head fitted on its features"
+
+
+def samples_table(test: dict, baseline: dict | None) -> str:
+    """Generated answers of the base model and the tuned model to the same test prompts."""
+    tuned = test.get("samples") or []
+    if not tuned:
+        return ""
+    e = html.escape
+    base = (baseline or {}).get("samples") or []
+    rows = "".join(
+        f"<tr><td>{e(s['prompt'])}</td><td>{e(s['reference'])}</td>"
+        f"<td>{e(base[i]['answer']) if i < len(base) else 'n/a'}</td><td>{e(s['answer'])}</td></tr>"
+        for i, s in enumerate(tuned))
+    return ("<h2>Generated answers (test prompts)</h2><table><tr><th>prompt</th><th>reference</th>"
+            f"<th>base model</th><th>tuned model</th></tr>{rows}</table>")
+
+
+def preference_plot(history: list[dict]) -> str | None:
+    """DPO: the policy's log-probabilities of chosen and rejected answers, relative to the reference."""
+    points = [(h["step"], h["chosen_reward"], h["rejected_reward"]) for h in history if "chosen_reward" in h]
+    if not points:
+        return None
+    steps, chosen, rejected = zip(*points)
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    ax.plot(steps, chosen, label="chosen: beta * (log p - log p_ref)")
+    ax.plot(steps, rejected, label="rejected: beta * (log p - log p_ref)")
+    ax.axhline(0, color="#888", lw=0.8)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("implicit reward")
+    ax.legend()
+    return _png(fig)
 
 
 def render(title: str, config: dict, metrics: dict, history: list[dict], labels: list[str]) -> str:
@@ -83,11 +116,13 @@ def render(title: str, config: dict, metrics: dict, history: list[dict], labels:
         base = f"{baseline[key]:.4f}" if baseline and key in baseline else "n/a"
         gain = f"{test[key] - baseline[key]:+.4f}" if baseline and key in baseline else ""
         rows.append(f"<tr><td>{key}</td><td>{base}</td><td><b>{test[key]:.4f}</b></td><td>{gain}</td></tr>")
-    per_class = "".join(
+    per_class_rows = "".join(
         f"<tr><td>{e(label)}</td><td>{v['precision']:.3f}</td><td>{v['recall']:.3f}</td>"
         f"<td>{v['f1']:.3f}</td><td>{v['support']}</td></tr>"
         for label, v in test.get("per_class", {}).items()
     )
+    per_class = ("<h2>Per class or entity type (test)</h2><table><tr><th>label</th><th>precision</th><th>recall</th>"
+                 f"<th>F1</th><th>support</th></tr>{per_class_rows}</table>") if per_class_rows else ""
     training = metrics.get("training", {})
     params = metrics.get("parameters", {})
     facts = {
@@ -103,6 +138,7 @@ def render(title: str, config: dict, metrics: dict, history: list[dict], labels:
     images = [
         ("Loss", loss_plot(history)),
         (f"Validation {config.get('metric', '')}", validation_plot(history, config.get("metric", "macro_f1"))),
+        ("Preference rewards (training)", preference_plot(history)),
         ("Confusion matrix (test)", confusion_plot(test["confusion_matrix"], labels) if "confusion_matrix" in test else None),
     ]
     figures = "".join(f"<h2>{e(t)}</h2><img src='{src}' alt='{e(t)}'>" for t, src in images if src)
@@ -113,11 +149,11 @@ table{{border-collapse:collapse;margin:1rem 0}}td,th{{border:1px solid #ccc;padd
 img{{max-width:100%}}</style></head><body>
 <h1>{e(title)}</h1>
 <h2>Test set: untuned baseline vs fine-tuned</h2>
-<p>Baseline: the pretrained encoder frozen, with only a linear head fitted on its features.</p>
+<p>Baseline: {e((baseline or {}).get("description", BASELINE_NOTE))}.</p>
 <table><tr><th>metric</th><th>baseline</th><th>fine-tuned</th><th>gain</th></tr>{''.join(rows)}</table>
 <h2>Run</h2><table>{facts_html}</table>
+{samples_table(test, baseline)}
 {figures}
-<h2>Per class or entity type (test)</h2>
-<table><tr><th>label</th><th>precision</th><th>recall</th><th>F1</th><th>support</th></tr>{per_class}</table>
+{per_class}
 </body></html>
 """

@@ -40,13 +40,19 @@ class Lora:
             target_modules=cfg.lora_targets or "all-linear",
             # The task head trains in full (modules_to_save); it must not also get an adapter,
             # which "all-linear" would give a token-classification head.
-            exclude_modules=None if cfg.lora_targets else HEADS,
+            exclude_modules=None if cfg.lora_targets else _present(model, HEADS),
         )
         return get_peft_model(model, config)
 
     def export(self, model, folder: Path):
         model.save_pretrained(str(folder / "adapter"))
         return model.merge_and_unload()
+
+
+def _present(model, names: list[str]) -> list[str] | None:
+    """The names among `names` that the model has (PEFT warns about absent ones)."""
+    found = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    return [n for n in names if n in found] or None
 
 
 register_method(Lora())

@@ -42,6 +42,9 @@ class Task(Protocol):
     def metrics(self, targets: list, outputs, labels: list[str]) -> dict: ...
     def summary(self, metrics: dict) -> str: ...  # one line for the terminal
 
+    # Optional, for generative tasks: scores of generated answers against reference answers
+    # (`answer_metrics(model, processor, inputs) -> dict`), added to the test metrics.
+
     # After training, on the validation split: decision settings saved with the model
     # (per-label thresholds for multi-label); returns what was chosen, for metrics.json.
     def tune_on_validation(self, model, features, targets: list, labels: list[str]) -> dict: ...
@@ -88,5 +91,5 @@ def register_task(task: "Task") -> "Task":
 
 
 from tunesmith.tasks import (  # noqa: E402,F401,I001  (each registers itself)
-    image_classification, multi_label, regression, text_classification, token_classification,
+    causal_lm, image_classification, multi_label, regression, text_classification, token_classification,
 )

@@ -1,0 +1,361 @@
+"""causal-lm: instruction, chat and plain-text tuning of a causal language model (SFT).
+
+An example is a conversation (a list of {role, content}) or a plain text (data/conversations.py).
+The loss covers the assistant turns only (or every token with --train-on-prompt); the
+validation metric is the held-out loss, and the test report adds perplexity and, for rows
+with a reference answer, exact match and ROUGE-L of generated answers: for the base model
+(the baseline) and the tuned one, with a few samples from each side by side.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tunesmith.data import conversations as conv
+from tunesmith.data.batching import IGNORE, Features, collate_rows, inference_batches
+from tunesmith.data.checks import CheckReport, _where
+from tunesmith.data.labeled import Examples
+from tunesmith.data.sources import read_source
+from tunesmith.data.splits import Splits
+from tunesmith.errors import UserError
+from tunesmith.generation import GenerationSettings, answer_scores, generate
+from tunesmith.tasks import register_task
+
+LOSS_BATCH = 4  # rows per loss batch: the logits alone are rows x length x 49k vocabulary floats
+SAMPLES = 3  # generated answers shown in the report, base and tuned side by side
+
+
+@dataclass
+class ChatProcessor:
+    """The tokenizer and how conversations become rows; saved beside the model (the
+    tokenizer's files), the settings come back from the run's config."""
+
+    tokenizer: object
+    train_on_prompt: bool = False
+    packing: bool = False
+    eval_answers: int = 20
+    max_new_tokens: int = 128
+
+    def save_pretrained(self, folder: str) -> None:
+        self.tokenizer.save_pretrained(folder)
+
+
+def conversation_key(conversation) -> str:
+    return json.dumps(conversation, sort_keys=True, ensure_ascii=False)
+
+
+def as_conversation(value):
+    """A conversation as stored in a run's split files (JSON lists come back as tuples)."""
+    if isinstance(value, str):
+        return value
+    return [dict(m) for m in value]
+
+
+def read_conversations(source: str, encoding: str, text_col: str | None = None) -> dict[str, Examples]:
+    """Every split of a source as conversations (rows that cannot train are kept; see
+    `drop_untrainable`). `text_col` names a chat, instruction or text column explicitly."""
+    out = {}
+    for split, table in read_source(source, encoding).items():
+        frame = table.frame
+        if text_col and text_col not in frame.columns:
+            raise UserError(f"--text-col {text_col}: no such column in {table.source} "
+                            f"(columns: {', '.join(frame.columns)})")
+        columns = [text_col] if text_col else list(frame.columns)
+        layout = conv.detect_layout(columns, table.source) if not text_col else (
+            "chat" if text_col.lower() in conv.CHAT_COLUMNS else "text")
+        records = frame.to_dict("records")
+        if text_col:
+            records = [{("messages" if layout == "chat" else "text"): r[text_col]} for r in records]
+        texts = [conv.row_to_conversation(r, layout, table.where(i)) for i, r in enumerate(records)]
+        out[split] = Examples(texts, [""] * len(texts), table.source, [table.where(i) for i in range(len(texts))])
+    return out
+
+
+def drop_untrainable(examples: Examples, name: str) -> tuple[Examples, list[str]]:
+    """Rows with nothing to learn (empty response, no final assistant turn), dropped with
+    one warning per kind of problem naming where."""
+    problems: dict[str, list[int]] = {}
+    for i, c in enumerate(examples.texts):
+        reason = conv.problem(c)
+        if reason:
+            problems.setdefault(reason, []).append(i)
+    bad = sorted(i for rows in problems.values() for i in rows)
+    warnings = [f"{name}: {len(rows)} rows dropped: {reason} ({_where(examples, rows)})"
+                for reason, rows in problems.items()]
+    keep = [i for i in range(len(examples)) if i not in set(bad)]
+    return examples.subset(keep), warnings
+
+
+def split_examples(examples: Examples, val_fraction: float, test_fraction: float, seed: int):
+    """Exact duplicates removed (so no conversation is in two splits), then a seeded random split."""
+    seen, keep = set(), []
+    for i, c in enumerate(examples.texts):
+        key = conversation_key(c)
+        if key not in seen:
+            seen.add(key)
+            keep.append(i)
+    removed = len(examples) - len(keep)
+    rng = np.random.default_rng(seed)
+    order = [keep[i] for i in rng.permutation(len(keep))]
+    n_val, n_test = max(1, round(len(order) * val_fraction)), max(1, round(len(order) * test_fraction))
+    if len(order) - n_val - n_test < 1:
+        raise UserError(f"{examples.source}: {len(order)} distinct rows; need at least 3 (train, val, test)")
+    val, test, train = order[:n_val], order[n_val : n_val + n_test], order[n_val + n_test :]
+    return examples.subset(sorted(train)), examples.subset(sorted(val)), examples.subset(sorted(test)), removed
+
+
+def sample(examples: Examples, limit: int | None, seed: int) -> Examples:
+    if limit is None or len(examples) <= limit:
+        return examples
+    return examples.subset(sorted(np.random.default_rng(seed).choice(len(examples), limit, replace=False).tolist()))
+
+
+class CausalLMTask:
+    name = "causal-lm"
+    peft_task_type = "CAUSAL_LM"
+    metrics_higher_is_better = {"loss": False, "perplexity": False}
+    default_metric = "loss"
+    default_model = "smollm2"
+    default_max_length = 512
+    has_baseline = True  # the base model's loss and answers, beside the tuned model's
+
+    # ---- data -------------------------------------------------------------------------------
+    def load_data(self, cfg) -> Splits:
+        if not cfg.data:
+            raise UserError("--data: give a CSV/JSONL/Parquet file of conversations, instructions or texts")
+        splits = read_conversations(cfg.data, cfg.encoding, cfg.text_col)
+        warnings, notes = [], []
+        given = {"train": splits.get("all") or splits.get("train"), "val": splits.get("val"), "test": splits.get("test")}
+        for key, flag in (("val", cfg.val_data), ("test", cfg.test_data)):
+            if flag:
+                given[key] = read_conversations(flag, cfg.encoding, cfg.text_col).get("all")
+        if given["train"] is None:
+            raise UserError(f"{cfg.data}: no training split found")
+        cleaned = {}
+        for key, examples in given.items():
+            if examples is not None:
+                cleaned[key], dropped = drop_untrainable(examples, key)
+                warnings += dropped
+        if "val" not in cleaned or "test" not in cleaned:
+            train, val, test, removed = split_examples(cleaned["train"], cfg.val_fraction, cfg.test_fraction, cfg.seed)
+            if removed:
+                notes.append(f"removed {removed} exact duplicate rows before splitting")
+            cleaned = {"train": train, "val": cleaned.get("val", val), "test": cleaned.get("test", test)}
+        if min(len(e) for e in cleaned.values()) == 0:
+            raise UserError(f"{cfg.data}: a split has no trainable rows left; see the warnings of `tunesmith check`")
+        train = sample(cleaned["train"], cfg.max_train_samples, cfg.seed)
+        val = sample(cleaned["val"], cfg.max_eval_samples, cfg.seed)
+        test = sample(cleaned["test"], cfg.max_eval_samples, cfg.seed)
+        layout = "text" if isinstance(train.texts[0], str) else "conversation"
+        return Splits(train, val, test, [], layout, "", notes=notes, warnings=warnings)
+
+    def read_labeled(self, source, cfg, labels, text_col=None, label_col=None, encoding="utf-8") -> Examples:
+        splits = read_conversations(source, encoding, text_col)
+        examples = splits.get("all") or splits.get("test")
+        if examples is None:
+            raise UserError(f"{source}: no test split found")
+        examples, warnings = drop_untrainable(examples, "data")
+        if not len(examples):
+            raise UserError(f"{source}: no rows with an answer to score ({'; '.join(warnings)})")
+        return examples
+
+    def check(self, splits: Splits, processor, max_length: int) -> CheckReport:
+        report = CheckReport()
+        parts = {"train": splits.train, "val": splits.val, "test": splits.test}
+        report.facts["rows"] = {name: len(ex) for name, ex in parts.items()}
+        report.facts["notes"] = list(splits.notes)
+        report.warnings += splits.warnings
+        if processor is None:
+            return report
+        tokenizer = processor.tokenizer
+        lengths, cut_rows, cut_tokens = [], [], 0
+        for i, c in enumerate(splits.train.texts + splits.val.texts + splits.test.texts):
+            pieces = conv.encode_conversation(tokenizer, as_conversation(c), 10**9, processor.train_on_prompt)
+            n = sum(len(p.input_ids) for p in pieces)
+            lengths.append(n)
+            if n > max_length and not isinstance(c, str):  # plain text is cut into pieces, not lost
+                cut_rows.append(i)
+                cut_tokens += n - max_length
+        lengths_arr = np.array(lengths)
+        report.facts["token_lengths"] = {
+            "count": len(lengths), "p50": int(np.percentile(lengths_arr, 50)), "p90": int(np.percentile(lengths_arr, 90)),
+            "p99": int(np.percentile(lengths_arr, 99)), "max": int(lengths_arr.max()), "max_length": max_length,
+            "truncated": len(cut_rows), "truncated_pct": 100.0 * len(cut_rows) / len(lengths), "tokens_cut": cut_tokens,
+        }
+        if cut_rows:
+            report.warnings.append(
+                f"{len(cut_rows)} examples are longer than max_length {max_length}: {cut_tokens} tokens would be cut "
+                f"(answers lose their end); consider --max-length {int(np.percentile(lengths_arr, 99))}")
+        first = as_conversation(splits.train.texts[0])
+        preview = first if isinstance(first, str) else conv.render_text(tokenizer, first)[0]
+        report.facts["preview"] = preview
+        if not getattr(tokenizer, "chat_template", None) and not isinstance(first, str):
+            report.facts["notes"].append("the tokenizer has no chat template: the '### User:' / '### Assistant:' layout is used")
+        return report
+
+    # ---- model --------------------------------------------------------------------------------
+    def load_processor(self, source: str, cfg: dict | None = None) -> ChatProcessor:
+        from tunesmith import models
+
+        cfg = cfg or {}
+        return ChatProcessor(models.load_tokenizer(source), bool(cfg.get("train_on_prompt")), bool(cfg.get("packing")),
+                             int(cfg.get("eval_answers", 20)), int(cfg.get("max_new_tokens", 128)))
+
+    def build_model(self, source: str, labels: list[str]):
+        from transformers import AutoModelForCausalLM
+
+        try:
+            model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+        except (OSError, ValueError) as exc:
+            raise UserError(f"--model {source}: cannot load as a causal language model ({str(exc).splitlines()[0]})") from None
+        # No key/value cache in training: it is useless there, and with one transformers
+        # would ignore the position_ids that keep packed examples apart.
+        model.config.use_cache = False
+        return model
+
+    def load_model(self, folder: str):
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(folder, use_safetensors=True, dtype=torch.float32)
+        model.config.use_cache = True
+        return model
+
+    # ---- features, outputs, metrics ----------------------------------------------------------
+    def encode(self, processor, inputs, targets, labels, max_length, use_cache=True, augment=False) -> Features:
+        """Rows of token ids with labels; a conversation that ends with a user turn is a prompt
+        (its answer is generated by `predict`). Packing (if chosen) is for the training split."""
+        tokenizer = processor.tokenizer
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        rows, meta = [], []
+        for index, value in enumerate(inputs):
+            c = as_conversation(value)
+            if not isinstance(c, str) and (not c or c[-1]["role"] != "assistant"):
+                ids = tokenizer(conv.render_prompt(tokenizer, c), add_special_tokens=False)["input_ids"]
+                rows.append({"input_ids": ids[-max_length:]})
+                meta.append({"example": index, "prompt": True})
+                continue
+            for n, piece in enumerate(conv.encode_conversation(tokenizer, c, max_length, processor.train_on_prompt)):
+                if augment and all(label == IGNORE for label in piece.labels[1:]):
+                    continue  # nothing left to learn after truncation
+                rows.append({"input_ids": piece.input_ids, "labels": piece.labels})
+                # The conversation itself rides along: the answer metrics prompt with it.
+                meta.append({"example": index, "prompt": False, **({"conversation": c} if n == 0 else {})})
+        if augment and processor.packing:
+            packed = conv.pack(rows, max_length)
+            return Features(packed, pad_id, token_labels=True, collate=lambda batch: conv.collate_packed(batch, pad_id),
+                            processor=processor)
+        return Features(rows, pad_id, token_labels=True, meta=meta, processor=processor)
+
+    def predict(self, model, features: Features, batch_size: int = LOSS_BATCH) -> dict:
+        """Per example: the summed loss and trained-token count of scored rows, and generated
+        answers for prompt rows."""
+        count = 1 + max((m["example"] for m in features.meta), default=-1)
+        nll, tokens = np.zeros(count), np.zeros(count, dtype=np.int64)
+        answers: list[str | None] = [None] * count
+        scored = [i for i, m in enumerate(features.meta) if not m["prompt"]]
+        prompts = [i for i, m in enumerate(features.meta) if m["prompt"]]
+        was_training = model.training
+        model.eval()
+        device = next(model.parameters()).device
+        try:
+            with torch.inference_mode():
+                lengths = [len(features.rows[i]["input_ids"]) for i in scored]
+                for batch_idx in inference_batches(lengths, min(batch_size, LOSS_BATCH)):
+                    rows = [features.rows[scored[j]] for j in batch_idx]
+                    batch = collate_rows(rows, features.pad_id, token_labels=True)
+                    labels = batch.pop("labels")
+                    logits = model(**{k: v.to(device) for k, v in batch.items()}).logits.float().cpu()
+                    losses = torch.nn.functional.cross_entropy(
+                        logits[:, :-1].transpose(1, 2), labels[:, 1:], ignore_index=IGNORE, reduction="none")
+                    for row_in_batch, j in enumerate(batch_idx):
+                        example = features.meta[scored[j]]["example"]
+                        nll[example] += float(losses[row_in_batch].sum())
+                        tokens[example] += int((labels[row_in_batch, 1:] != IGNORE).sum())
+        finally:
+            if was_training:
+                model.train()
+        if prompts:
+            tokenizer = features.processor.tokenizer
+            texts = [tokenizer.decode(features.rows[i]["input_ids"]) for i in prompts]
+            settings = GenerationSettings(max_new_tokens=features.processor.max_new_tokens)
+            for i, answer in zip(prompts, generate(model, tokenizer, texts, settings)):
+                answers[features.meta[i]["example"]] = answer
+        return {"nll": nll, "tokens": tokens, "answers": answers}
+
+    def metrics(self, targets, outputs, labels) -> dict:
+        total_tokens = int(outputs["tokens"].sum())
+        loss = float(outputs["nll"].sum() / max(total_tokens, 1))
+        return {"loss": loss, "perplexity": float(math.exp(min(loss, 50.0))), "tokens": total_tokens,
+                "count": int((outputs["tokens"] > 0).sum())}
+
+    def answer_metrics(self, model, processor: ChatProcessor, inputs: list) -> dict:
+        """Generated answers to the first `eval_answers` prompts that have a reference answer:
+        exact match and ROUGE-L, and a few samples for the report."""
+        pairs = [conv.split_reference(as_conversation(c)) for c in inputs]
+        pairs = [p for p in pairs if p is not None and p[0]][: processor.eval_answers]
+        if not pairs:
+            return {}
+        tokenizer = processor.tokenizer
+        prompts = [conv.render_prompt(tokenizer, messages) for messages, _ in pairs]
+        answers = generate(model, tokenizer, prompts, GenerationSettings(max_new_tokens=processor.max_new_tokens))
+        scores = answer_scores(answers, [reference for _, reference in pairs])
+        samples = [{"prompt": messages[-1]["content"], "reference": reference, "answer": answer}
+                   for (messages, reference), answer in list(zip(pairs, answers))[:SAMPLES]]
+        return {**scores, "samples": samples}
+
+    def summary(self, metrics: dict) -> str:
+        line = f"loss {metrics['loss']:.4f}, perplexity {metrics['perplexity']:.2f}"
+        if "rouge_l" in metrics:
+            line += f", ROUGE-L {metrics['rouge_l']:.3f}, exact match {metrics['exact_match']:.3f} ({metrics['answered']} answers)"
+        return line
+
+    def tune_on_validation(self, model, features, targets, labels) -> dict:
+        return {}
+
+    def baseline(self, model, train, test, train_targets, test_targets, labels, seed) -> dict:
+        """The untuned model on the test split: loss, perplexity and its answers."""
+        metrics = self.metrics(test_targets, self.predict(model, test), labels)
+        conversations = [m["conversation"] for m in test.meta if "conversation" in m]
+        return {**metrics, **self.answer_metrics(model, test.processor, conversations),
+                "description": "the pretrained model as it is, before tuning"}
+
+    # ---- `predict` on a file: answers to prompts ---------------------------------------------
+    def read_inputs(self, path: str, encoding: str, text_col: str | None, text_pair_col: str | None = None):
+        """Prompts: a .txt file (one per line), or rows in any layout; an answer already in a row
+        is dropped, so the model answers the prompt afresh."""
+        table = read_source(path, encoding).get("all")
+        if table is None:
+            raise UserError(f"{path}: give a CSV, TSV, JSONL, Parquet or text file of prompts")
+        rows = table.frame.to_dict("records")
+        examples = read_conversations(path, encoding, text_col)["all"]
+        if isinstance(examples.texts[0], str):  # plain texts: each one is a user's message
+            return rows, [[{"role": "user", "content": t}] for t in examples.texts]
+        prompts = []
+        for c in examples.texts:
+            reference = conv.split_reference(c)
+            prompts.append(reference[0] if reference else c)
+        return rows, prompts
+
+    def write_predictions(self, path: Path, rows, outputs, labels) -> None:
+        from tunesmith.inference import write_rows
+
+        write_rows(path, [{**row, "generated": answer} for row, answer in zip(rows, outputs["answers"])])
+
+    # ---- serving (not yet: streaming generation is the serving issue's) -------------------------
+    def serve_input(self, value, pairs: bool):
+        raise ValueError("causal-lm runs are not served yet; use `tunesmith generate`")
+
+    def output_rows(self, outputs) -> list:
+        return list(outputs["answers"])
+
+    def serve_output(self, value, row, labels, top_k) -> dict:
+        return {"generated": row}
+
+
+register_task(CausalLMTask())
