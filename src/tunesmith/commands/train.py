@@ -13,6 +13,7 @@ import shutil
 import sys
 import time
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -39,6 +40,8 @@ def train(cfg: TrainConfig, log=print) -> Run:
     else:
         run = _unused_run_folder(cfg)  # a taken name fails now, not after loading everything
     task, method = TASKS[cfg.task], METHODS[cfg.method]
+    if hasattr(method, "check"):
+        method.check(cfg)  # e.g. qlora without a GPU: refused before any data or model is loaded
 
     # 1. Data and model, validated before anything is written.
     splits = _saved_splits(run, cfg) if resuming else task.load_data(cfg)
@@ -82,6 +85,10 @@ def _fine_tune_and_evaluate(run: Run, cfg: TrainConfig, task, method, splits: Sp
                                   splits.labels, cfg.resolved_max_length(), augment=name == "train")
                 for name in ("train", "val", "test")}
 
+    if hasattr(task, "score_reference"):  # DPO: the reference's log-probabilities, before any tuning
+        log("scoring every pair with the reference (the starting model) ...")
+        task.score_reference(model, features)
+
     # 4. The untuned baseline, from the pristine pretrained encoder (once per run).
     if cfg.baseline and task.has_baseline and not run.baseline_file.is_file():
         log("baseline: scoring the untuned model on the test split ...")
@@ -99,8 +106,9 @@ def _fine_tune_and_evaluate(run: Run, cfg: TrainConfig, task, method, splits: Sp
         return task.metrics(splits.val.labels, task.predict(m, features["val"]), splits.labels)
 
     metric = cfg.resolved_metric()
+    loss = partial(task.training_loss, processor=tokenizer) if hasattr(task, "training_loss") else None
     result = fit(model, features["train"], evaluate, cfg, run.path, metric, task.metrics_higher_is_better[metric],
-                 resume=resuming, log=log)
+                 resume=resuming, log=log, compute_loss=loss)
 
     # 6. Keep the best checkpoint (chosen on validation, never on test) as a plain HF model.
     best = checkpoint.find(run.checkpoints / "best")

@@ -75,7 +75,9 @@ class Features:
 
     @property
     def lengths(self) -> list[int]:
-        return [len(row["input_ids"]) if "input_ids" in row else 1 for row in self.rows]
+        # "length": rows of several sequences (a DPO pair) give their longest.
+        return [row["length"] if "length" in row else len(row["input_ids"]) if "input_ids" in row else 1
+                for row in self.rows]
 
     def batch(self, indices) -> dict[str, torch.Tensor]:
         if self.collate is not None:

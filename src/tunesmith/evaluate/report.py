@@ -70,7 +70,7 @@ def confusion_plot(matrix: list[list[int]], labels: list[str]) -> str:
 # Metrics shown in the headline table, where the task reports them.
 HEADLINE = ("accuracy", "macro_f1", "weighted_f1", "precision", "recall", "f1", "micro_f1", "subset_accuracy",
             "mse", "mae", "pearson", "spearman", "loss", "perplexity", "exact_match", "rouge_l",
-            "reward_accuracy", "reward_margin")
+            "reward_accuracy", "reward_margin", "logp_accuracy")
 BASELINE_NOTE = "the pretrained encoder frozen, with only a linear head fitted on its features"
 
 

@@ -18,6 +18,7 @@ class Method(Protocol):
 
     def apply(self, model, cfg): ...  # -> the model to train (possibly wrapped)
     def export(self, model, folder: Path): ...  # -> plain transformers model; may save extras in folder
+    # Optional: `check(cfg)` refuses a run this machine cannot do, before anything is written.
 
 
 def register_method(method: "Method") -> "Method":
@@ -31,4 +32,4 @@ def count_parameters(model) -> dict:
     return {"trainable": trainable, "total": total, "trainable_pct": 100.0 * trainable / total}
 
 
-from tunesmith.methods import freeze, full, lora  # noqa: E402,F401  (register themselves)
+from tunesmith.methods import freeze, full, lora, qlora  # noqa: E402,F401  (register themselves)

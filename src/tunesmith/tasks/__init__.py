@@ -43,7 +43,10 @@ class Task(Protocol):
     def summary(self, metrics: dict) -> str: ...  # one line for the terminal
 
     # Optional, for generative tasks: scores of generated answers against reference answers
-    # (`answer_metrics(model, processor, inputs) -> dict`), added to the test metrics.
+    # (`answer_metrics(model, processor, inputs) -> dict`), added to the test metrics;
+    # `score_reference(model, features)`: what the untuned model says about every split, before
+    # tuning (DPO's reference log-probabilities); `training_loss(model, batch, processor) ->
+    # (loss, extras)`: a loss other than the model's own, extras logged to the history.
 
     # After training, on the validation split: decision settings saved with the model
     # (per-label thresholds for multi-label); returns what was chosen, for metrics.json.
@@ -91,5 +94,5 @@ def register_task(task: "Task") -> "Task":
 
 
 from tunesmith.tasks import (  # noqa: E402,F401,I001  (each registers itself)
-    causal_lm, image_classification, multi_label, regression, text_classification, token_classification,
+    causal_lm, image_classification, multi_label, preference, regression, text_classification, token_classification,
 )

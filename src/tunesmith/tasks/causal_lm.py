@@ -116,6 +116,62 @@ def sample(examples: Examples, limit: int | None, seed: int) -> Examples:
     return examples.subset(sorted(np.random.default_rng(seed).choice(len(examples), limit, replace=False).tolist()))
 
 
+def load_causal_lm(source: str):
+    """A pretrained causal LM in fp32, ready to train."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"--model {source}: cannot load as a causal language model ({str(exc).splitlines()[0]})") from None
+    # No key/value cache in training: it is useless there, and with one transformers
+    # would ignore the position_ids that keep packed examples apart.
+    model.config.use_cache = False
+    return model
+
+
+def load_saved_causal_lm(folder: str):
+    from transformers import AutoModelForCausalLM
+
+    # use_safetensors: a run folder may come from someone else; never unpickle it.
+    model = AutoModelForCausalLM.from_pretrained(folder, use_safetensors=True, dtype=torch.float32)
+    model.config.use_cache = True
+    return model
+
+
+def answer_metrics(model, processor: ChatProcessor, inputs: list) -> dict:
+    """Generated answers to the first `eval_answers` prompts that have a reference answer:
+    exact match and ROUGE-L, and a few samples for the report."""
+    pairs = [conv.split_reference(as_conversation(c)) for c in inputs]
+    pairs = [p for p in pairs if p is not None and p[0]][: processor.eval_answers]
+    if not pairs:
+        return {}
+    tokenizer = processor.tokenizer
+    prompts = [conv.render_prompt(tokenizer, messages) for messages, _ in pairs]
+    answers = generate(model, tokenizer, prompts, GenerationSettings(max_new_tokens=processor.max_new_tokens))
+    scores = answer_scores(answers, [reference for _, reference in pairs])
+    samples = [{"prompt": messages[-1]["content"], "reference": reference, "answer": answer}
+               for (messages, reference), answer in list(zip(pairs, answers))[:SAMPLES]]
+    return {**scores, "samples": samples}
+
+
+def read_prompts(path: str, encoding: str, text_col: str | None) -> tuple[list[dict], list]:
+    """Prompts: a .txt file (one per line), or rows in any layout; an answer already in a row
+    is dropped, so the model answers the prompt afresh."""
+    table = read_source(path, encoding).get("all")
+    if table is None:
+        raise UserError(f"{path}: give a CSV, TSV, JSONL, Parquet or text file of prompts")
+    rows = table.frame.to_dict("records")
+    examples = read_conversations(path, encoding, text_col)["all"]
+    if isinstance(examples.texts[0], str):  # plain texts: each one is a user's message
+        return rows, [[{"role": "user", "content": t}] for t in examples.texts]
+    prompts = []
+    for c in examples.texts:
+        reference = conv.split_reference(c)
+        prompts.append(reference[0] if reference else c)
+    return rows, prompts
+
+
 class CausalLMTask:
     name = "causal-lm"
     peft_task_type = "CAUSAL_LM"
@@ -208,23 +264,10 @@ class CausalLMTask:
                              int(cfg.get("eval_answers", 20)), int(cfg.get("max_new_tokens", 128)))
 
     def build_model(self, source: str, labels: list[str]):
-        from transformers import AutoModelForCausalLM
-
-        try:
-            model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
-        except (OSError, ValueError) as exc:
-            raise UserError(f"--model {source}: cannot load as a causal language model ({str(exc).splitlines()[0]})") from None
-        # No key/value cache in training: it is useless there, and with one transformers
-        # would ignore the position_ids that keep packed examples apart.
-        model.config.use_cache = False
-        return model
+        return load_causal_lm(source)
 
     def load_model(self, folder: str):
-        from transformers import AutoModelForCausalLM
-
-        model = AutoModelForCausalLM.from_pretrained(folder, use_safetensors=True, dtype=torch.float32)
-        model.config.use_cache = True
-        return model
+        return load_saved_causal_lm(folder)
 
     # ---- features, outputs, metrics ----------------------------------------------------------
     def encode(self, processor, inputs, targets, labels, max_length, use_cache=True, augment=False) -> Features:
@@ -295,19 +338,7 @@ class CausalLMTask:
                 "count": int((outputs["tokens"] > 0).sum())}
 
     def answer_metrics(self, model, processor: ChatProcessor, inputs: list) -> dict:
-        """Generated answers to the first `eval_answers` prompts that have a reference answer:
-        exact match and ROUGE-L, and a few samples for the report."""
-        pairs = [conv.split_reference(as_conversation(c)) for c in inputs]
-        pairs = [p for p in pairs if p is not None and p[0]][: processor.eval_answers]
-        if not pairs:
-            return {}
-        tokenizer = processor.tokenizer
-        prompts = [conv.render_prompt(tokenizer, messages) for messages, _ in pairs]
-        answers = generate(model, tokenizer, prompts, GenerationSettings(max_new_tokens=processor.max_new_tokens))
-        scores = answer_scores(answers, [reference for _, reference in pairs])
-        samples = [{"prompt": messages[-1]["content"], "reference": reference, "answer": answer}
-                   for (messages, reference), answer in list(zip(pairs, answers))[:SAMPLES]]
-        return {**scores, "samples": samples}
+        return answer_metrics(model, processor, inputs)
 
     def summary(self, metrics: dict) -> str:
         line = f"loss {metrics['loss']:.4f}, perplexity {metrics['perplexity']:.2f}"
@@ -322,25 +353,12 @@ class CausalLMTask:
         """The untuned model on the test split: loss, perplexity and its answers."""
         metrics = self.metrics(test_targets, self.predict(model, test), labels)
         conversations = [m["conversation"] for m in test.meta if "conversation" in m]
-        return {**metrics, **self.answer_metrics(model, test.processor, conversations),
+        return {**metrics, **answer_metrics(model, test.processor, conversations),
                 "description": "the pretrained model as it is, before tuning"}
 
     # ---- `predict` on a file: answers to prompts ---------------------------------------------
     def read_inputs(self, path: str, encoding: str, text_col: str | None, text_pair_col: str | None = None):
-        """Prompts: a .txt file (one per line), or rows in any layout; an answer already in a row
-        is dropped, so the model answers the prompt afresh."""
-        table = read_source(path, encoding).get("all")
-        if table is None:
-            raise UserError(f"{path}: give a CSV, TSV, JSONL, Parquet or text file of prompts")
-        rows = table.frame.to_dict("records")
-        examples = read_conversations(path, encoding, text_col)["all"]
-        if isinstance(examples.texts[0], str):  # plain texts: each one is a user's message
-            return rows, [[{"role": "user", "content": t}] for t in examples.texts]
-        prompts = []
-        for c in examples.texts:
-            reference = conv.split_reference(c)
-            prompts.append(reference[0] if reference else c)
-        return rows, prompts
+        return read_prompts(path, encoding, text_col)
 
     def write_predictions(self, path: Path, rows, outputs, labels) -> None:
         from tunesmith.inference import write_rows

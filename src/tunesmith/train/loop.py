@@ -76,7 +76,10 @@ def fit(
     higher_better: bool,
     resume: bool = False,
     log: Callable[[str], None] = print,
+    compute_loss: Callable | None = None,
 ) -> FitResult:
+    """`compute_loss(model, batch) -> (loss, extras)` replaces the model's own loss (DPO);
+    its extras (floats) are averaged over the step and logged in the history."""
     from accelerate import Accelerator
 
     precision = choose_precision(cfg.precision)
@@ -120,10 +123,15 @@ def fit(
             started = time.perf_counter()
             group = groups[state.group_in_epoch]
             group_size = sum(len(b) for b in group)
-            step_loss = 0.0
+            step_loss, extras = 0.0, {}
             for indices in group:
                 batch = {k: v.to(accelerator.device) for k, v in train.batch(indices).items()}
-                loss = model(**batch).loss
+                if compute_loss is None:
+                    loss = model(**batch).loss
+                else:
+                    loss, batch_extras = compute_loss(model, batch)
+                    for key, value in batch_extras.items():
+                        extras[key] = extras.get(key, 0.0) + value * len(indices) / group_size
                 if not torch.isfinite(loss):
                     bar.close()
                     raise TrainingDiverged(
@@ -149,7 +157,7 @@ def fit(
             bar.set_postfix(loss=f"{sum(recent_loss[-20:]) / len(recent_loss[-20:]):.4f}",
                             samples_s=f"{state.samples / max(state.train_seconds, 1e-9):.1f}", refresh=False)
             _append_history(history_file, {"step": state.step, "epoch": state.epoch, "loss": step_loss,
-                                           "lr": scheduler.get_last_lr()[0]})
+                                           "lr": scheduler.get_last_lr()[0], **extras})
 
             end_of_epoch = state.group_in_epoch == len(groups)
             if state.step % eval_every == 0 or state.step == total_steps or (cfg.eval_every is None and end_of_epoch):

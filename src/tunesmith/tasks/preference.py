@@ -1,0 +1,341 @@
+"""preference: Direct Preference Optimisation (DPO, Rafailov et al. 2023) of a causal LM.
+
+An example is a prompt with a chosen and a rejected answer. The loss is the sigmoid DPO loss
+
+    -log sigmoid(beta * ((log p(chosen) - log p_ref(chosen)) - (log p(rejected) - log p_ref(rejected))))
+
+where log p sums the answer tokens' log-probabilities (prompt tokens are masked as in SFT).
+
+The reference is the starting model. Its log-probabilities never change, so they are computed
+once, with the pristine model, before the method is applied (`score_reference`), and stored
+with the features: no second copy of the model is held during training (LoRA or full alike)
+and each step runs one forward pass, not two. This is TRL's `precompute_ref_log_probs`, made
+the default; the loop stays the plain loop every task uses. For the test metrics of a saved
+run the reference is loaded again from the run's base model.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tunesmith.data import conversations as conv
+from tunesmith.data.batching import IGNORE, Features, inference_batches
+from tunesmith.data.checks import CheckReport
+from tunesmith.data.labeled import Examples
+from tunesmith.data.sources import read_source
+from tunesmith.data.splits import Splits
+from tunesmith.errors import UserError
+from tunesmith.tasks import register_task
+from tunesmith.tasks.causal_lm import (ChatProcessor, answer_metrics, load_causal_lm, load_saved_causal_lm, read_prompts,
+                                       sample, split_examples)
+
+SCORE_BATCH = 4  # pairs per scoring batch (8 sequences)
+
+
+@dataclass
+class PreferenceProcessor(ChatProcessor):
+    beta: float = 0.1
+    reference_source: str | None = None  # the starting model, for scoring saved runs
+    _reference: object = None
+
+    def reference_model(self):
+        """The starting model (loaded once), for reference log-probabilities of a saved run."""
+        if self._reference is None:
+            from transformers import AutoModelForCausalLM
+
+            from tunesmith import models
+
+            self._reference = AutoModelForCausalLM.from_pretrained(models.resolve(self.reference_source),
+                                                                   dtype=torch.float32).eval()
+        return self._reference
+
+
+def row_to_pair(row: dict, where: str) -> dict:
+    """{prompt: messages, chosen: text, rejected: text} from a row of strings or message lists."""
+    def parse(cell):
+        try:
+            value = json.loads(cell) if isinstance(cell, str) and cell.strip().startswith("[") else cell
+        except json.JSONDecodeError:
+            value = cell
+        if isinstance(value, list):
+            return conv.row_to_conversation({"messages": value}, "chat", where)
+        return str(value)
+
+    keys = {k.lower(): k for k in row}
+    missing = [k for k in ("chosen", "rejected") if k not in keys]
+    if missing:
+        raise UserError(f"{where}: preference data needs 'chosen' and 'rejected' columns (and 'prompt', "
+                        "unless chosen/rejected are chat message lists)")
+    chosen, rejected = parse(row[keys["chosen"]]), parse(row[keys["rejected"]])
+    prompt = parse(row[keys["prompt"]]) if "prompt" in keys else None
+    if isinstance(chosen, list):  # chat-format pairs: the shared turns are the prompt
+        if prompt is None:
+            prompt = chosen[:-1]
+        if not chosen or chosen[-1]["role"] != "assistant" or not isinstance(rejected, list) or not rejected \
+                or rejected[-1]["role"] != "assistant":
+            raise UserError(f"{where}: chosen and rejected conversations must both end with an assistant message")
+        chosen, rejected = chosen[-1]["content"], rejected[-1]["content"]
+    if prompt is None:
+        raise UserError(f"{where}: no 'prompt' column; give prompt, chosen, rejected")
+    if isinstance(prompt, str):
+        prompt = [{"role": "user", "content": prompt}]
+    return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+
+
+def read_pairs(source: str, encoding: str) -> dict[str, Examples]:
+    out = {}
+    for split, table in read_source(source, encoding).items():
+        records = table.frame.to_dict("records")
+        pairs = [row_to_pair(r, table.where(i)) for i, r in enumerate(records)]
+        out[split] = Examples(pairs, [""] * len(pairs), table.source, [table.where(i) for i in range(len(pairs))])
+    return out
+
+
+def drop_unusable(examples: Examples, name: str) -> tuple[Examples, list[str]]:
+    bad = {}
+    for i, p in enumerate(examples.texts):
+        if not str(p["chosen"]).strip() or not str(p["rejected"]).strip():
+            bad.setdefault("an empty chosen or rejected answer", []).append(i)
+        elif p["chosen"] == p["rejected"]:
+            bad.setdefault("chosen and rejected are the same", []).append(i)
+    from tunesmith.data.checks import _where
+
+    drop = {i for rows in bad.values() for i in rows}
+    warnings = [f"{name}: {len(rows)} pairs dropped: {why} ({_where(examples, rows)})" for why, rows in bad.items()]
+    return examples.subset([i for i in range(len(examples)) if i not in drop]), warnings
+
+
+def sequence_logps(model, input_ids, labels, attention_mask) -> torch.Tensor:
+    """Summed log-probability of the labelled (answer) tokens of each row."""
+    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1].float()
+    targets = labels[:, 1:]
+    mask = targets != IGNORE
+    token_logps = torch.gather(logits.log_softmax(-1), 2, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return (token_logps * mask).sum(-1)
+
+
+def dpo_loss(chosen, rejected, ref_chosen, ref_rejected, beta: float):
+    """Sigmoid DPO loss per pair, and the implicit rewards beta * (log p - log p_ref)."""
+    chosen_reward = beta * (chosen - ref_chosen)
+    rejected_reward = beta * (rejected - ref_rejected)
+    return -torch.nn.functional.logsigmoid(chosen_reward - rejected_reward), chosen_reward, rejected_reward
+
+
+def collate_pairs(rows: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
+    """Chosen sequences then rejected ones, in one right-padded batch of 2 x len(rows)."""
+    sequences = [r["chosen"] for r in rows] + [r["rejected"] for r in rows]
+    width = max(len(ids) for ids, _ in sequences)
+    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(sequences), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for i, (ids, labs) in enumerate(sequences):
+        input_ids[i, : len(ids)] = torch.tensor(ids)
+        labels[i, : len(ids)] = torch.tensor(labs)
+        mask[i, : len(ids)] = 1
+    batch = {"input_ids": input_ids, "labels": labels, "attention_mask": mask}
+    if all("ref_chosen" in r for r in rows):
+        batch["ref_chosen"] = torch.tensor([r["ref_chosen"] for r in rows], dtype=torch.float32)
+        batch["ref_rejected"] = torch.tensor([r["ref_rejected"] for r in rows], dtype=torch.float32)
+    return batch
+
+
+class PreferenceTask:
+    name = "preference"
+    peft_task_type = "CAUSAL_LM"
+    metrics_higher_is_better = {"loss": False, "reward_accuracy": True, "reward_margin": True}
+    default_metric = "loss"
+    default_model = "smollm2"
+    default_max_length = 512
+    has_baseline = True
+
+    # ---- data ---------------------------------------------------------------------------------
+    def load_data(self, cfg) -> Splits:
+        if not cfg.data:
+            raise UserError("--data: give a CSV/JSONL/Parquet file with prompt, chosen and rejected columns")
+        tables = read_pairs(cfg.data, cfg.encoding)
+        given = {"train": tables.get("all") or tables.get("train"), "val": tables.get("val"), "test": tables.get("test")}
+        for key, flag in (("val", cfg.val_data), ("test", cfg.test_data)):
+            if flag:
+                given[key] = read_pairs(flag, cfg.encoding).get("all")
+        warnings, notes, cleaned = [], [], {}
+        for key, examples in given.items():
+            if examples is not None:
+                cleaned[key], dropped = drop_unusable(examples, key)
+                warnings += dropped
+        if "val" not in cleaned or "test" not in cleaned:
+            train, val, test, removed = split_examples(cleaned["train"], cfg.val_fraction, cfg.test_fraction, cfg.seed)
+            if removed:
+                notes.append(f"removed {removed} exact duplicate rows before splitting")
+            cleaned = {"train": train, "val": cleaned.get("val", val), "test": cleaned.get("test", test)}
+        return Splits(sample(cleaned["train"], cfg.max_train_samples, cfg.seed),
+                      sample(cleaned["val"], cfg.max_eval_samples, cfg.seed),
+                      sample(cleaned["test"], cfg.max_eval_samples, cfg.seed), [], "preference pair", "",
+                      notes=notes, warnings=warnings)
+
+    def read_labeled(self, source, cfg, labels, text_col=None, label_col=None, encoding="utf-8") -> Examples:
+        tables = read_pairs(source, encoding)
+        examples = tables.get("all") or tables.get("test")
+        if examples is None:
+            raise UserError(f"{source}: no test split found")
+        return drop_unusable(examples, "data")[0]
+
+    def check(self, splits: Splits, processor, max_length: int) -> CheckReport:
+        report = CheckReport()
+        report.facts["rows"] = {n: len(getattr(splits, n)) for n in ("train", "val", "test")}
+        report.facts["notes"] = list(splits.notes)
+        report.warnings += splits.warnings
+        if processor is None:
+            return report
+        lengths = []
+        for pair in splits.train.texts + splits.val.texts + splits.test.texts:
+            for answer in ("chosen", "rejected"):
+                lengths.append(len(conv.encode_conversation(processor.tokenizer, _conversation(pair, answer), 10**9)[0].input_ids))
+        arr = np.array(lengths)
+        cut = int((arr > max_length).sum())
+        report.facts["token_lengths"] = {"count": len(arr), "p50": int(np.percentile(arr, 50)), "p90": int(np.percentile(arr, 90)),
+                                         "p99": int(np.percentile(arr, 99)), "max": int(arr.max()), "max_length": max_length,
+                                         "truncated": cut, "truncated_pct": 100.0 * cut / len(arr),
+                                         "tokens_cut": int(np.clip(arr - max_length, 0, None).sum())}
+        if cut:
+            report.warnings.append(f"{cut} answers are cut at max_length {max_length}; their preference is judged on "
+                                   f"a truncated text; consider --max-length {int(np.percentile(arr, 99))}")
+        report.facts["preview"] = conv.render_text(processor.tokenizer, _conversation(splits.train.texts[0], "chosen"))[0]
+        return report
+
+    # ---- model ----------------------------------------------------------------------------------
+    def load_processor(self, source: str, cfg: dict | None = None) -> PreferenceProcessor:
+        from tunesmith import models
+
+        cfg = cfg or {}
+        return PreferenceProcessor(models.load_tokenizer(source), max_new_tokens=int(cfg.get("max_new_tokens", 128)),
+                                   eval_answers=int(cfg.get("eval_answers", 20)), beta=float(cfg.get("dpo_beta", 0.1)),
+                                   reference_source=cfg.get("model") or source)
+
+    def build_model(self, source: str, labels: list[str]):
+        return load_causal_lm(source)
+
+    def load_model(self, folder: str):
+        return load_saved_causal_lm(folder)
+
+    # ---- features -------------------------------------------------------------------------------
+    def encode(self, processor, inputs, targets, labels, max_length, use_cache=True, augment=False) -> Features:
+        rows = []
+        for pair in inputs:
+            row = {}
+            for answer in ("chosen", "rejected"):
+                piece = conv.encode_conversation(processor.tokenizer, _conversation(pair, answer), max_length)[0]
+                row[answer] = (piece.input_ids, piece.labels)
+            row["length"] = max(len(row["chosen"][0]), len(row["rejected"][0]))
+            rows.append(row)
+        pad_id = processor.tokenizer.pad_token_id if processor.tokenizer.pad_token_id is not None else \
+            processor.tokenizer.eos_token_id
+        return Features(rows, pad_id, collate=lambda batch: collate_pairs(batch, pad_id), processor=processor)
+
+    def score_reference(self, model, features: dict[str, Features]) -> None:
+        """Reference log-probabilities of every pair, from the starting model, stored in the rows."""
+        for split in features.values():
+            chosen, rejected = self._logps(model, split)
+            for row, c, r in zip(split.rows, chosen, rejected):
+                row["ref_chosen"], row["ref_rejected"] = float(c), float(r)
+
+    def _logps(self, model, features: Features) -> tuple[np.ndarray, np.ndarray]:
+        chosen, rejected = np.zeros(len(features)), np.zeros(len(features))
+        was_training = model.training
+        model.eval()
+        device = next(model.parameters()).device
+        try:
+            with torch.inference_mode():
+                for indices in inference_batches(features.lengths, SCORE_BATCH):
+                    batch = features.batch(indices)
+                    logps = sequence_logps(model, batch["input_ids"].to(device), batch["labels"].to(device),
+                                           batch["attention_mask"].to(device)).cpu().numpy()
+                    chosen[indices], rejected[indices] = logps[: len(indices)], logps[len(indices):]
+        finally:
+            if was_training:
+                model.train()
+        return chosen, rejected
+
+    def training_loss(self, model, batch: dict, processor) -> tuple[torch.Tensor, dict]:
+        """The DPO loss of a batch, and the implicit rewards for the history curves."""
+        beta = processor.beta
+        n = batch["ref_chosen"].shape[0]
+        logps = sequence_logps(model, batch["input_ids"], batch["labels"], batch["attention_mask"])
+        losses, chosen_reward, rejected_reward = dpo_loss(logps[:n], logps[n:], batch["ref_chosen"],
+                                                          batch["ref_rejected"], beta)
+        chosen_reward, rejected_reward = chosen_reward.detach(), rejected_reward.detach()
+        return losses.mean(), {"chosen_reward": float(chosen_reward.mean()), "rejected_reward": float(rejected_reward.mean()),
+                               "reward_accuracy": float((chosen_reward > rejected_reward).float().mean())}
+
+    def predict(self, model, features: Features, batch_size: int = SCORE_BATCH) -> dict:
+        chosen, rejected = self._logps(model, features)
+        if features.rows and "ref_chosen" in features.rows[0]:
+            ref_chosen = np.array([r["ref_chosen"] for r in features.rows])
+            ref_rejected = np.array([r["ref_rejected"] for r in features.rows])
+        else:  # a saved run: score the pairs with the starting model again
+            ref_chosen, ref_rejected = self._logps(features.processor.reference_model(), features)
+        return {"chosen": chosen, "rejected": rejected, "ref_chosen": ref_chosen, "ref_rejected": ref_rejected,
+                "beta": features.processor.beta}
+
+    def metrics(self, targets, outputs, labels) -> dict:
+        t = {k: torch.as_tensor(outputs[k]) for k in ("chosen", "rejected", "ref_chosen", "ref_rejected")}
+        losses, chosen_reward, rejected_reward = dpo_loss(t["chosen"], t["rejected"], t["ref_chosen"],
+                                                          t["ref_rejected"], outputs["beta"])
+        return {
+            "loss": float(losses.mean()),
+            "reward_accuracy": float((chosen_reward > rejected_reward).float().mean()),
+            "reward_margin": float((chosen_reward - rejected_reward).mean()),
+            # Model-only view, comparable between the base and the tuned model: how often the
+            # chosen answer is the more likely one.
+            "logp_accuracy": float((t["chosen"] > t["rejected"]).float().mean()),
+            "chosen_logp": float(t["chosen"].mean()),
+            "rejected_logp": float(t["rejected"].mean()),
+            "count": len(t["chosen"]),
+        }
+
+    def summary(self, metrics: dict) -> str:
+        return (f"reward accuracy {metrics['reward_accuracy']:.3f}, margin {metrics['reward_margin']:.3f}, "
+                f"DPO loss {metrics['loss']:.4f}; chosen more likely than rejected in {metrics['logp_accuracy']:.1%}")
+
+    def tune_on_validation(self, model, features, targets, labels) -> dict:
+        return {}
+
+    def baseline(self, model, train, test, train_targets, test_targets, labels, seed) -> dict:
+        chosen, rejected = self._logps(model, test)
+        return {"logp_accuracy": float((chosen > rejected).mean()), "chosen_logp": float(chosen.mean()),
+                "rejected_logp": float(rejected.mean()), "loss": math.log(2.0), "reward_margin": 0.0,
+                "description": "the starting model (the DPO reference: its loss is log 2 and its margin 0 by "
+                               "definition; compare logp_accuracy)"}
+
+    # ---- generation, predict, serve ---------------------------------------------------------------
+    def answer_metrics(self, model, processor, inputs: list) -> dict:
+        """Answers to the prompts, scored against the chosen answers."""
+        return answer_metrics(model, processor, [_conversation(p, "chosen") for p in inputs])
+
+    def read_inputs(self, path: str, encoding: str, text_col: str | None, text_pair_col: str | None = None):
+        """Prompts for `tunesmith generate --file`."""
+        return read_prompts(path, encoding, text_col)
+
+    def write_predictions(self, path: Path, rows, outputs, labels) -> None:
+        raise UserError("a preference run answers prompts: use `tunesmith generate RUN --file PROMPTS -o OUT`")
+
+    def serve_input(self, value, pairs: bool):
+        raise ValueError("preference runs are not served yet; use `tunesmith generate`")
+
+    def output_rows(self, outputs) -> list:
+        return []
+
+    def serve_output(self, value, row, labels, top_k) -> dict:
+        return {}
+
+
+def _conversation(pair, answer: str) -> list[dict]:
+    return [dict(m) for m in pair["prompt"]] + [{"role": "assistant", "content": pair[answer]}]
+
+
+register_task(PreferenceTask())
