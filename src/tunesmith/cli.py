@@ -91,20 +91,6 @@ def _cmd_serve(args) -> int:
     except ImportError:
         raise UserError("tunesmith serve needs FastAPI and uvicorn: pip install 'tunesmith[serve]'") from None
     from tunesmith.serve.server import serve
-    p = verbs.add_parser("generate", help="answers from a tuned causal LM (streams one prompt to the terminal)")
-    p.add_argument("run", help="run folder of a causal-lm or preference run")
-    p.add_argument("prompt", nargs="?", help="the prompt (a user message); or use --file")
-    p.add_argument("--file", help="prompts: a .txt file (one per line) or rows in any layout train reads")
-    p.add_argument("-o", "--output", help="write answers beside the prompt rows (.csv, .tsv or .jsonl)")
-    p.add_argument("--max-new-tokens", type=int, default=128, help="longest answer in tokens (default: 128)")
-    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy, deterministic (default); >0: sampling")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass, with --temperature > 0 (default: 1)")
-    p.add_argument("--stop", action="append", help="stop at this string (repeatable); it is not included")
-    p.add_argument("--system", help="a system message put before every prompt")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
-    p.add_argument("--encoding", default="utf-8")
-    p.set_defaults(func=_cmd_generate)
-
     from tunesmith.serve.settings import ServeSettings
 
     values = {name: getattr(args, name) for name in ServeSettings.model_fields if getattr(args, name, None) is not None}
