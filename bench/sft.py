@@ -69,7 +69,7 @@ def run_trl(rows, args, workdir: Path, model_path: str, test_rows) -> dict:
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
     config = SFTConfig(output_dir=str(workdir / "trl"), max_length=args.max_length, per_device_train_batch_size=args.batch_size,
                        per_device_eval_batch_size=4, num_train_epochs=1, learning_rate=args.lr, lr_scheduler_type="linear",
-                       warmup_ratio=0.06, weight_decay=0.01, seed=args.seed, packing=args.packing, completion_only_loss=True,
+                       warmup_steps=0.06, weight_decay=0.01, seed=args.seed, packing=args.packing, completion_only_loss=True,
                        logging_steps=50, save_strategy="no", eval_strategy="no", report_to=[], use_cpu=True,
                        dataloader_num_workers=0)
     peft = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.1, target_modules="all-linear", task_type="CAUSAL_LM")

@@ -235,3 +235,32 @@ def test_chat_format_preference_pairs_use_the_shared_turns_as_prompt():
     row = {"chosen": json.dumps(prompt + [{"role": "assistant", "content": "blue"}]),
            "rejected": json.dumps(prompt + [{"role": "assistant", "content": "red"}])}
     assert row_to_pair(row, "row 1") == {"prompt": prompt, "chosen": "blue", "rejected": "red"}
+
+
+def test_interrupted_dpo_run_resumes_to_the_same_result(tmp_path, tiny_causal_lm, monkeypatch):
+    """Resume rebuilds the reference log-probabilities from the pristine model, not the tuned one."""
+    from conftest import interrupt_during_second_evaluation
+    from tunesmith.tasks import TASKS
+
+    data = write_jsonl(tmp_path / "pref.jsonl", preference_rows(40))
+    common = ("--task", "preference", "--method", "full", "--epochs", "2", "--eval-every", "2", "--eval-answers", "0")
+    assert main(causal_args(data, tiny_causal_lm, tmp_path, "straight", *common)) == 0
+    interrupt_during_second_evaluation(monkeypatch, TASKS["preference"],
+                                       causal_args(data, tiny_causal_lm, tmp_path, "cut", *common))
+    assert main(["train", "--resume", str(tmp_path / "cut")]) == 0
+    straight = json.loads((tmp_path / "straight" / "metrics.json").read_text())
+    resumed = json.loads((tmp_path / "cut" / "metrics.json").read_text())
+    assert resumed["test"]["loss"] == pytest.approx(straight["test"]["loss"], abs=1e-6)
+    assert resumed["val_best"] == pytest.approx(straight["val_best"])
+
+
+def test_answer_scores_and_stop_strings():
+    from tunesmith.generation import answer_scores, cut_at_stop, rouge_l
+
+    assert rouge_l("it is blue", "It is blue.") == 1.0
+    # LCS of "the sky is blue" and "blue is the sky" is 2 words: P = R = 2/4.
+    assert rouge_l("the sky is blue", "blue is the sky") == pytest.approx(0.5)
+    assert rouge_l("", "x") == 0.0
+    scores = answer_scores(["It  is blue", "red"], ["it is blue", "green"])
+    assert scores["exact_match"] == 0.5 and scores["answered"] == 2
+    assert cut_at_stop("it is blue\nUser: next", ["\nUser:", "###"]) == "it is blue"

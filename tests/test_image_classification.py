@@ -168,3 +168,43 @@ def test_image_run_interrupted_then_resumed_matches_a_straight_run(tiny_resnet, 
     capsys.readouterr()
     assert main(["eval", str(tmp_path / "cut")]) == 0
     assert "accuracy" in capsys.readouterr().out
+
+
+def test_image_run_serves_base64_and_multipart_uploads_with_predicts_numbers(image_run):
+    """Images reach the API as base64 strings or multipart files; both give `predict`'s scores,
+    and a payload that is not an image is a 422 naming the input, not a crash."""
+    import base64
+
+    pytest.importorskip("fastapi")
+    pytest.importorskip("multipart")
+    from fastapi.testclient import TestClient
+
+    from tunesmith.inference import Predictor
+    from tunesmith.runs import Run
+    from tunesmith.serve.app import create_app
+    from tunesmith.serve.security import KeyRing
+    from tunesmith.serve.server import check_settings, run_info
+    from tunesmith.serve.settings import ServeSettings
+
+    run = Run(image_run)
+    check_settings(ServeSettings(run=str(run.path)))  # image runs are servable
+    image = next((image_run.parent.parent / "photos" / "blue").glob("*.png"))
+    predictor = Predictor.from_run(run)
+    expected = predictor.predict([str(image)])[0]
+    key = {"Authorization": "Bearer " + "k" * 24}
+    app = create_app(predictor, ServeSettings(run=str(run.path)), KeyRing(["k" * 24]), run_info(run))
+    with TestClient(app) as client:
+        encoded = base64.b64encode(image.read_bytes()).decode()
+        answer = client.post("/v1/predict", json={"inputs": [encoded, "data:image/png;base64," + encoded]}, headers=key)
+        assert answer.status_code == 200
+        for row in answer.json():
+            assert [row["scores"][label] for label in run.labels()] == pytest.approx(expected.tolist(), abs=1e-5)
+        upload = client.post("/v1/predict", files=[("inputs", ("a.png", image.read_bytes(), "image/png"))] * 2,
+                             headers=key)
+        assert upload.status_code == 200 and len(upload.json()) == 2
+        assert upload.json()[0]["scores"] == answer.json()[0]["scores"]
+        bad = client.post("/v1/predict", json={"inputs": ["aGVsbG8="]}, headers=key)  # base64 of "hello"
+        assert bad.status_code == 422 and bad.json()["field"] == "inputs[0]" and "image" in bad.json()["error"]
+        assert client.post("/v1/predict", files=[("inputs", ("a.png", b"hello", "image/png"))],
+                           headers=key).status_code == 422
+        assert client.post("/v1/predict", files=[("inputs", ("a.png", image.read_bytes(), "image/png"))]).status_code == 401

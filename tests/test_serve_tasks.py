@@ -99,10 +99,40 @@ def test_ner_answers_entities_with_offsets(tiny_model, tmp_path):
             [("POS", "wonderful", "wonderful")]
 
 
-def test_image_runs_are_refused_with_a_reason(tmp_path, capsys):
-    run = tmp_path / "img"
-    (run / "model").mkdir(parents=True)
-    (run / "model" / "config.json").write_text("{}")
-    (run / "config.yaml").write_text("task: image-classification\n")
-    assert main(["serve", str(run)]) == 2
-    assert "serving image-classification runs is not supported yet" in capsys.readouterr().err
+def test_causal_lm_run_generates_and_streams_server_sent_events(tiny_causal_lm, tmp_path):
+    from conftest import make_qa_rows
+    from tunesmith.data.conversations import render_prompt
+    from tunesmith.generation import GenerationSettings, generate
+
+    data = tmp_path / "qa.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in make_qa_rows(40)))
+    assert main(["train", "--task", "causal-lm", "--data", str(data), "--model", tiny_causal_lm, "--output",
+                 str(tmp_path), "--name", "r", "--max-length", "64", "--epochs", "2", "--lr", "3e-3", "--method",
+                 "full", "--no-baseline", "--eval-answers", "0", "--max-new-tokens", "4"]) == 0
+    run = Run(tmp_path / "r")
+    predictor = Predictor.from_run(run)
+    tokenizer = predictor.tokenizer.tokenizer
+    prompt = "what is the colour of sky"
+    expected = generate(predictor.model, tokenizer, [render_prompt(tokenizer, [{"role": "user", "content": prompt}])],
+                        GenerationSettings(max_new_tokens=6))[0]
+    with _client(run) as client:
+        answer = client.post("/v1/predict", json={"inputs": [prompt], "parameters": {"max_new_tokens": 6}}, headers=AUTH)
+        assert answer.status_code == 200 and answer.json() == [{"generated": expected}]  # greedy: the CLI's answer
+        with client.stream("POST", "/v1/predict", headers=AUTH,
+                           json={"inputs": prompt, "parameters": {"max_new_tokens": 6, "stream": True}}) as events:
+            assert events.status_code == 200 and events.headers["content-type"].startswith("text/event-stream")
+            body = "".join(events.iter_text())
+        pieces = [json.loads(line[6:])["text"] for line in body.splitlines() if line.startswith("data: {\"text\"")]
+        done = body.split("event: done\ndata: ")[1].split("\n")[0]
+        assert json.loads(done) == {"generated": expected} and "".join(pieces) == expected
+        two = client.post("/v1/predict", json={"inputs": ["a", "b"], "parameters": {"stream": True}}, headers=AUTH)
+        assert two.status_code == 422 and two.json()["field"] == "parameters.stream"
+
+
+def test_generation_parameters_are_refused_for_classifiers(tiny_model, tmp_path):
+    rng = random.Random(0)
+    rows = [{"text": _sentence(rng, c), "label": c} for _ in range(10) for c in CUES]
+    run = _train(tmp_path, tiny_model, _write(tmp_path / "c.csv", rows, ["text", "label"]), "text-classification")
+    with _client(run) as client:
+        answer = client.post("/v1/predict", json={"inputs": "good", "parameters": {"temperature": 0.5}}, headers=AUTH)
+        assert answer.status_code == 422 and answer.json()["field"] == "parameters.temperature"

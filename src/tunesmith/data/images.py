@@ -117,10 +117,13 @@ class ImagePreprocessor:
     augment: bool = False
     flip: bool = True
 
-    def pixels(self, path: str, generator=None) -> np.ndarray:
+    def pixels(self, path: str | bytes, generator=None) -> np.ndarray:
+        """`path`: an image file, or the bytes of one (an image sent to the server)."""
+        import io
+
         from PIL import Image
 
-        with Image.open(path) as image:
+        with Image.open(io.BytesIO(path) if isinstance(path, bytes) else path) as image:
             image = image.convert("RGB")
             if self.augment:
                 # Resize a little larger, then take a random crop: small shifts and zooms.

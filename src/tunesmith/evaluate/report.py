@@ -95,13 +95,21 @@ def preference_plot(history: list[dict]) -> str | None:
     if not points:
         return None
     steps, chosen, rejected = zip(*points)
-    fig, ax = plt.subplots(figsize=(6, 3.2))
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 3.2))
     ax.plot(steps, chosen, label="chosen: beta * (log p - log p_ref)")
     ax.plot(steps, rejected, label="rejected: beta * (log p - log p_ref)")
     ax.axhline(0, color="#888", lw=0.8)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("implicit reward")
     ax.legend()
+    logps = [(h["step"], h["chosen_logp"], h["rejected_logp"]) for h in history if "chosen_logp" in h and "loss" in h]
+    if logps:
+        s, c, r = zip(*logps)
+        ax2.plot(s, c, label="chosen log p")
+        ax2.plot(s, r, label="rejected log p")
+        ax2.set_xlabel("optimizer step")
+        ax2.set_ylabel("summed answer log-probability")
+        ax2.legend()
     return _png(fig)
 
 

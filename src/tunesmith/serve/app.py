@@ -4,7 +4,9 @@ documents them).
 
     POST /v1/predict   {"inputs": "text" | ["text", ...], "parameters": {"top_k": 3}}
                        (pair runs: {"text": ..., "text_pair": ...} per input; the answer's shape is
-                       the task's: label + scores, score, labels + scores, or entities)
+                       the task's: label + scores, score, labels + scores, entities, or generated
+                       text: causal LMs take max_new_tokens, temperature, top_p, stop and stream
+                       (server-sent events) as parameters)
     GET  /v1/model     task, labels, base model, metrics of the run
     GET  /healthz      the process is up (no auth: for liveness probes)
     GET  /readyz       the model is loaded and warm, and not draining (no auth)
@@ -15,6 +17,8 @@ documents them).
 # No `from __future__ import annotations` here: FastAPI resolves the dependency aliases
 # defined inside create_app from real annotation objects.
 
+import asyncio
+import json
 import logging
 import time
 from contextlib import asynccontextmanager
@@ -22,7 +26,7 @@ from typing import Annotated, Optional, Union
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -37,6 +41,21 @@ OPEN_ROUTES = {"/healthz", "/readyz", "/openapi.json"}
 class PredictParameters(BaseModel):
     model_config = ConfigDict(extra="forbid")
     top_k: Optional[int] = Field(None, ge=1, description="Return only the k most likely labels in `scores`.")
+    # Causal LM runs (causal-lm, preference) only:
+    max_new_tokens: Optional[int] = Field(None, ge=1, le=2048, description="Longest answer in tokens (default 128).")
+    temperature: Optional[float] = Field(None, ge=0, le=5, description="0: greedy (default); > 0: sampling.")
+    top_p: Optional[float] = Field(None, gt=0, le=1, description="Nucleus sampling mass, with temperature > 0.")
+    stop: Optional[list[str]] = Field(None, max_length=8, description="Stop at the first of these strings (not included).")
+    stream: bool = Field(False, description="Send the answer as server-sent events while it is generated (one input).")
+
+    def generation(self):
+        from tunesmith.generation import GenerationSettings
+
+        return GenerationSettings(max_new_tokens=self.max_new_tokens or 128, temperature=self.temperature or 0.0,
+                                  top_p=self.top_p or 1.0, stop=list(self.stop or []))
+
+
+GENERATION_PARAMETERS = ("max_new_tokens", "temperature", "top_p", "stop", "stream")
 
 
 class TextPair(BaseModel):
@@ -79,6 +98,10 @@ class EntitiesOutput(BaseModel):
     entities: list[Entity]
 
 
+class GenerationOutput(BaseModel):
+    generated: str
+
+
 class ApiError(Exception):
     def __init__(self, status: int, message: str, field: Optional[str] = None, headers: Optional[dict] = None):
         self.status, self.message, self.field, self.headers = status, message, field, headers or {}
@@ -90,6 +113,8 @@ def create_app(predictor, settings: ServeSettings, keys: KeyRing, run_info: dict
 
     task = TASKS[run_info.get("task", "text-classification")]
     pairs = run_info.get("input") == "text_pair"
+    generative = hasattr(task, "answer_metrics")  # answers are generated text
+    images = getattr(task, "serves_images", False)  # inputs are base64 images (or multipart uploads)
     log = JsonLog()
     metrics = Metrics({"task": run_info.get("task", ""), "base_model": run_info.get("base_model", ""),
                        "run": run_info.get("run", ""), "backend": settings.backend})
@@ -102,7 +127,7 @@ def create_app(predictor, settings: ServeSettings, keys: KeyRing, run_info: dict
     async def lifespan(app: FastAPI):
         batcher.start()
         # The first call pays one-off costs; do it before ready.
-        await batcher.submit([task.serve_input({"text": "warm-up", "text_pair": "warm-up"} if pairs else "warm-up", pairs)])
+        await batcher.submit([task.serve_input(_warm_up_input(pairs, images), pairs)])
         app.state.ready = True
         log.event("ready", run=run_info.get("run"), auth=bool(keys), workers=settings.workers)
         yield
@@ -141,7 +166,7 @@ def create_app(predictor, settings: ServeSettings, keys: KeyRing, run_info: dict
 
     # --- routes ------------------------------------------------------------------------
 
-    Output = Union[ClassificationOutput, RegressionOutput, MultiLabelOutput, EntitiesOutput]
+    Output = Union[ClassificationOutput, RegressionOutput, MultiLabelOutput, EntitiesOutput, GenerationOutput]
 
     @app.post("/v1/predict", response_model=list[Output])
     async def predict(body: PredictRequest, client: Caller) -> JSONResponse:
@@ -154,7 +179,7 @@ def create_app(predictor, settings: ServeSettings, keys: KeyRing, run_info: dict
         for i, value in enumerate(values):
             value = value.model_dump() if isinstance(value, TextPair) else value
             for text in (value.values() if isinstance(value, dict) else [value]):
-                if len(text) > settings.max_text_chars:
+                if len(text) > settings.max_text_chars and not images:  # images: the body limit applies
                     raise ApiError(422, f"inputs[{i}]: {len(text)} characters, the limit is {settings.max_text_chars}",
                                    f"inputs[{i}]")
             try:
@@ -162,14 +187,64 @@ def create_app(predictor, settings: ServeSettings, keys: KeyRing, run_info: dict
             except ValueError as exc:
                 raise ApiError(422, f"inputs[{i}]: {exc}", f"inputs[{i}]") from None
             raw.append(value)
-        if settings.log_text:
+        if settings.log_text and not images:  # an image is no text to log
             texts = [t for v in raw for t in (v.values() if isinstance(v, dict) else [v])]
             log.event("predict_text", client=client, texts=[mask_pii(t) for t in texts])
+        given = body.parameters.model_fields_set
+        if generative:
+            return await _generate(inputs, body.parameters)
+        misplaced = sorted(given & set(GENERATION_PARAMETERS))
+        if misplaced:
+            raise ApiError(422, f"parameters.{misplaced[0]}: only for causal-lm and preference runs", f"parameters.{misplaced[0]}")
         rows = await batcher.submit(inputs)
         # Built here and returned as-is: re-validating our own output through the
         # response_model would cost more than the serialisation (the model documents it).
         top_k = body.parameters.top_k
         return JSONResponse([task.serve_output(v, row, predictor.labels, top_k) for v, row in zip(raw, rows)])
+
+    async def _generate(conversations: list, parameters: PredictParameters):
+        """Answers, on the inference thread (one generation at a time, each batched over its
+        inputs), as JSON or, with `stream`, as server-sent events: `data: {"text": piece}`
+        while decoding, then `event: done` with the whole answer."""
+        from tunesmith.data.conversations import render_prompt
+        from tunesmith.generation import generate
+
+        tokenizer = predictor.tokenizer.tokenizer
+        prompts = [render_prompt(tokenizer, c) for c in conversations]
+        options = parameters.generation()
+        if not parameters.stream:
+            answers = await batcher.run(generate, predictor.model, tokenizer, prompts, options)
+            return JSONResponse([{"generated": a} for a in answers])
+        if len(prompts) != 1:
+            raise ApiError(422, "parameters.stream: streams one input at a time", "parameters.stream")
+        return StreamingResponse(_events(tokenizer, prompts, options), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    async def _events(tokenizer, prompts, options):
+        from tunesmith.generation import generate
+
+        loop = asyncio.get_running_loop()
+        pieces: asyncio.Queue = asyncio.Queue()
+
+        def emit(text: str) -> None:  # called on the inference thread
+            loop.call_soon_threadsafe(pieces.put_nowait, text)
+
+        job = asyncio.ensure_future(batcher.run(generate, predictor.model, tokenizer, prompts, options, emit))
+        while True:
+            next_piece = asyncio.ensure_future(pieces.get())
+            done, _ = await asyncio.wait({next_piece, job}, return_when=asyncio.FIRST_COMPLETED)
+            if next_piece in done:
+                yield f"data: {json.dumps({'text': next_piece.result()}, ensure_ascii=False)}\n\n"
+                continue
+            next_piece.cancel()
+            while not pieces.empty():
+                yield f"data: {json.dumps({'text': pieces.get_nowait()}, ensure_ascii=False)}\n\n"
+            if job.exception() is not None:
+                log.event("error", logging.ERROR, route="/v1/predict", error=type(job.exception()).__name__)
+                yield 'event: error\ndata: {"error": "internal error"}\n\n'
+            else:
+                yield f"event: done\ndata: {json.dumps({'generated': job.result()[0]}, ensure_ascii=False)}\n\n"
+            return
 
     @app.get("/v1/model")
     async def model(client: Caller) -> dict:
@@ -213,6 +288,8 @@ def create_app(predictor, settings: ServeSettings, keys: KeyRing, run_info: dict
     # --- middleware (pure ASGI; Starlette's BaseHTTPMiddleware costs ~1 ms a request) ---------
     # Order, outside in: Observe (draining, metrics, access log) -> BodyLimit -> routes.
 
+    if images:
+        app.add_middleware(MultipartImages)  # inside BodyLimit: the upload is counted first
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     app.add_middleware(Observe, routes={route.path for route in app.routes}, metrics=metrics, log=log,
                        is_draining=lambda: app.state.draining)
@@ -220,6 +297,60 @@ def create_app(predictor, settings: ServeSettings, keys: KeyRing, run_info: dict
     app.state.metrics = metrics
     app.state.batcher = batcher
     return app
+
+
+def _warm_up_input(pairs: bool, images: bool):
+    if images:
+        import base64
+        import io
+
+        from PIL import Image
+
+        buffer = io.BytesIO()
+        Image.new("RGB", (8, 8)).save(buffer, format="PNG")
+        return base64.b64encode(buffer.getvalue()).decode()
+    return {"text": "warm-up", "text_pair": "warm-up"} if pairs else "warm-up"
+
+
+class MultipartImages:
+    """Pure ASGI middleware for image runs: a multipart/form-data POST to /v1/predict (one or
+    more files in the field `inputs`, or any file fields) becomes the JSON request
+    {"inputs": [base64, ...]}, so the route, its limits and its errors stay the same."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        content_type = dict(scope.get("headers", [])).get(b"content-type", b"").decode("latin-1")
+        if scope["type"] != "http" or scope["path"] != "/v1/predict" or not content_type.startswith("multipart/form-data"):
+            return await self.app(scope, receive, send)
+        import base64
+
+        from starlette.datastructures import UploadFile
+        from starlette.requests import Request
+
+        try:
+            form = await Request(scope, receive).form()
+            files = [v for _, v in form.multi_items() if isinstance(v, UploadFile)]
+            encoded = [base64.b64encode(await f.read()).decode() for f in files]
+        except StarletteHTTPException:
+            raise
+        except Exception:
+            return await JSONResponse({"error": "inputs: not a readable multipart/form-data body", "field": "inputs"},
+                                      status_code=422)(scope, receive, send)
+        body = json.dumps({"inputs": encoded}).encode()
+        headers = [(k, v) for k, v in scope["headers"] if k not in (b"content-type", b"content-length")]
+        headers += [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        sent = False
+
+        async def json_receive():
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app({**scope, "headers": headers}, json_receive, send)
 
 
 class Observe:

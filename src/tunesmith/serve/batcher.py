@@ -56,6 +56,11 @@ class MicroBatcher:
         await self.queue.put(_Pending(texts, future))
         return await future
 
+    async def run(self, fn, *args):
+        """`fn(*args)` on the inference thread, after the batch in progress (text generation,
+        which batches its own inputs, and must not run beside a forward pass)."""
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:

@@ -27,7 +27,8 @@ def run_info(run: Run) -> dict:
     if run.metrics_file.is_file():
         metrics = json.loads(run.metrics_file.read_text())
         keep = ("accuracy", "macro_f1", "weighted_f1", "f1", "precision", "recall", "micro_f1", "subset_accuracy",
-                "rmse", "mae", "pearson", "spearman", "count")
+                "rmse", "mae", "pearson", "spearman", "count", "loss", "perplexity", "exact_match", "rouge_l",
+                "reward_accuracy", "reward_margin", "logp_accuracy")
         info["metrics"] = {"test": {k: metrics["test"][k] for k in keep if k in metrics["test"]}}
         if metrics.get("baseline"):
             info["metrics"]["baseline"] = {k: metrics["baseline"][k] for k in keep if k in metrics["baseline"]}
@@ -54,9 +55,8 @@ def check_settings(settings: ServeSettings) -> tuple[Run, KeyRing]:
     return run, KeyRing(keys)
 
 
-# Image runs need image inputs (base64 or multipart) in the API before they can be served.
 SERVABLE_TASKS = ("text-classification", "text-pair-classification", "regression", "multi-label-classification",
-                  "token-classification")
+                  "token-classification", "causal-lm", "preference", "image-classification")
 
 
 def build_app(settings: ServeSettings):

@@ -365,9 +365,11 @@ class CausalLMTask:
 
         write_rows(path, [{**row, "generated": answer} for row, answer in zip(rows, outputs["answers"])])
 
-    # ---- serving (not yet: streaming generation is the serving issue's) -------------------------
+    # ---- serving: a prompt in, generated text out ------------------------------------------------
     def serve_input(self, value, pairs: bool):
-        raise ValueError("causal-lm runs are not served yet; use `tunesmith generate`")
+        if not isinstance(value, str):
+            raise ValueError("give a prompt (a string)")
+        return [{"role": "user", "content": value}]
 
     def output_rows(self, outputs) -> list:
         return list(outputs["answers"])

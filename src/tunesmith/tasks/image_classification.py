@@ -210,6 +210,35 @@ class ImageClassification:
     def write_predictions(self, path: Path, rows, outputs, labels) -> None:
         self.head.write_predictions(path, rows, outputs, labels)
 
+    # ---- serving: an image as base64 (or a multipart upload, turned into base64 by the app) ----
+    serves_images = True  # inputs are images: the server's text-length limit does not apply
+
+    def serve_input(self, value, pairs: bool) -> bytes:
+        import base64
+        import binascii
+        import io
+
+        from PIL import Image
+
+        if not isinstance(value, str):
+            raise ValueError("give an image as a base64 string (or upload it as multipart/form-data)")
+        encoded = value.split(",", 1)[1] if value.startswith("data:") else value  # data URLs too
+        try:
+            data = base64.b64decode(encoded, validate=True)
+            with Image.open(io.BytesIO(data)) as image:
+                image.verify()  # a truncated or non-image payload fails here, not in the batch
+        except (binascii.Error, ValueError):
+            raise ValueError("not valid base64") from None
+        except Exception:
+            raise ValueError("not a readable image (PNG, JPEG, ...)") from None
+        return data
+
+    def output_rows(self, outputs) -> list:
+        return self.head.output_rows(outputs)
+
+    def serve_output(self, value, row, labels: list[str], top_k: int | None) -> dict:
+        return self.head.serve_output(row, labels, top_k)
+
 
 def _examples(items: ImageItems) -> Examples:
     return Examples(list(items.paths), list(items.labels), items.source, list(items.paths))

@@ -270,7 +270,9 @@ class PreferenceTask:
                                                           batch["ref_rejected"], beta)
         chosen_reward, rejected_reward = chosen_reward.detach(), rejected_reward.detach()
         return losses.mean(), {"chosen_reward": float(chosen_reward.mean()), "rejected_reward": float(rejected_reward.mean()),
-                               "reward_accuracy": float((chosen_reward > rejected_reward).float().mean())}
+                               "reward_accuracy": float((chosen_reward > rejected_reward).float().mean()),
+                               "chosen_logp": float(logps[:n].detach().mean()),
+                               "rejected_logp": float(logps[n:].detach().mean())}
 
     def predict(self, model, features: Features, batch_size: int = SCORE_BATCH) -> dict:
         chosen, rejected = self._logps(model, features)
@@ -325,13 +327,15 @@ class PreferenceTask:
         raise UserError("a preference run answers prompts: use `tunesmith generate RUN --file PROMPTS -o OUT`")
 
     def serve_input(self, value, pairs: bool):
-        raise ValueError("preference runs are not served yet; use `tunesmith generate`")
+        if not isinstance(value, str):
+            raise ValueError("give a prompt (a string)")
+        return [{"role": "user", "content": value}]
 
     def output_rows(self, outputs) -> list:
-        return []
+        return list(outputs["answers"])
 
     def serve_output(self, value, row, labels, top_k) -> dict:
-        return {}
+        return {"generated": row}
 
 
 def _conversation(pair, answer: str) -> list[dict]:
