@@ -227,6 +227,9 @@ class PreferenceTask:
     def encode(self, processor, inputs, targets, labels, max_length, use_cache=True, augment=False) -> Features:
         rows = []
         for pair in inputs:
+            if not isinstance(pair, dict) or "chosen" not in pair:
+                raise UserError("a preference run answers prompts with `tunesmith generate RUN --file PROMPTS -o OUT`; "
+                                "`predict` and `eval DATA` need prompt, chosen and rejected")
             row = {}
             for answer in ("chosen", "rejected"):
                 piece = conv.encode_conversation(processor.tokenizer, _conversation(pair, answer), max_length)[0]
