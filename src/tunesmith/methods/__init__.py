@@ -32,4 +32,4 @@ def count_parameters(model) -> dict:
     return {"trainable": trainable, "total": total, "trainable_pct": 100.0 * trainable / total}
 
 
-from tunesmith.methods import freeze, full, lora, qlora  # noqa: E402,F401  (register themselves)
+from tunesmith.methods import bitfit, freeze, full, ia3, lora, qlora  # noqa: E402,F401  (register themselves)

@@ -1,6 +1,9 @@
-"""freeze: the pretrained encoder stays fixed; only the task head trains (a linear probe)."""
+"""freeze: the pretrained body stays fixed; the task head trains, and with `unfreeze_top_k`
+the top k transformer blocks too (the layers nearest the head adapt most to a new task)."""
 
+from tunesmith.errors import UserError
 from tunesmith.methods import register_method
+from tunesmith.methods.layers import blocks, body_of
 
 
 class Freeze:
@@ -8,13 +11,21 @@ class Freeze:
     default_lr = 1e-3  # a randomly initialised head alone tolerates (and needs) a large step
 
     def apply(self, model, cfg):
-        # Hugging Face models keep the pretrained body under `base_model_prefix` ("bert",
-        # "roberta", ...); everything outside it is the freshly initialised head.
-        body = getattr(model, model.base_model_prefix)
+        body = body_of(model)
         for p in model.parameters():
             p.requires_grad_(True)
         for p in body.parameters():
             p.requires_grad_(False)
+        k = cfg.unfreeze_top_k
+        if k:
+            stack = blocks(body)
+            if stack is None:
+                raise UserError(f"--unfreeze-top-k {k}: {cfg.resolved_model()} has no stack of layers to unfreeze")
+            if k > len(stack):
+                raise UserError(f"--unfreeze-top-k {k}: the model has only {len(stack)} layers")
+            for block in list(stack)[-k:]:
+                for p in block.parameters():
+                    p.requires_grad_(True)
         return model
 
     def export(self, model, folder):

@@ -19,14 +19,10 @@ class Lora:
 
     def apply(self, model, cfg):
         from peft import LoraConfig, TaskType, get_peft_model
-        from transformers import PreTrainedModel
 
-        from tunesmith.errors import UserError
         from tunesmith.tasks import TASKS
 
-        if not isinstance(model, PreTrainedModel):
-            raise UserError(f"--method lora: needs a transformer backbone; {cfg.resolved_model()} is not one "
-                            "(use full or freeze, or a Hugging Face model such as a ViT)")
+        _require_transformer(model, cfg, self.name)
         task_type = TASKS[cfg.task].peft_task_type
         config = LoraConfig(
             # The task type keeps the task head trainable; tasks PEFT has no type for name it.
@@ -41,12 +37,27 @@ class Lora:
             # The task head trains in full (modules_to_save); it must not also get an adapter,
             # which "all-linear" would give a token-classification head.
             exclude_modules=None if cfg.lora_targets else _present(model, HEADS),
+            # rsLoRA (Kalajievsky 2023): scale by alpha / sqrt(r), not alpha / r, so higher ranks
+            # keep learning; DoRA (Liu et al. 2024): a learned magnitude per output beside the
+            # low-rank direction update.
+            use_rslora=cfg.lora_rslora,
+            use_dora=cfg.lora_dora,
         )
         return get_peft_model(model, config)
 
     def export(self, model, folder: Path):
         model.save_pretrained(str(folder / "adapter"))
         return model.merge_and_unload()
+
+
+def _require_transformer(model, cfg, method: str) -> None:
+    from transformers import PreTrainedModel
+
+    from tunesmith.errors import UserError
+
+    if not isinstance(model, PreTrainedModel):
+        raise UserError(f"--method {method}: needs a transformer backbone; {cfg.resolved_model()} is not one "
+                        "(use full, freeze or bitfit, or a Hugging Face model such as a ViT)")
 
 
 def _present(model, names: list[str]) -> list[str] | None:

@@ -92,7 +92,7 @@ def fit(
     total_steps = cfg.max_steps or max(1, math.ceil(steps_per_epoch * cfg.epochs))
     eval_every = cfg.eval_every or steps_per_epoch
 
-    optimizer = build_optimizer(model, cfg.resolved_lr(), cfg.weight_decay)
+    optimizer = build_optimizer(model, cfg.resolved_lr(), cfg.weight_decay, cfg.layer_decay)
     scheduler = build_scheduler(optimizer, cfg.scheduler, total_steps, cfg.warmup_ratio)
     model, optimizer = accelerator.prepare(model, optimizer)
 

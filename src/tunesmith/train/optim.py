@@ -7,16 +7,34 @@ import math
 import torch
 
 
-def build_optimizer(model, lr: float, weight_decay: float) -> torch.optim.AdamW:
-    # Weight decay on biases and LayerNorm gains only pulls them toward zero for no
-    # regularisation benefit (BERT, Devlin et al.), so those get none.
-    decay, no_decay = [], []
+def build_optimizer(model, lr: float, weight_decay: float, layer_decay: float = 1.0) -> torch.optim.AdamW:
+    """AdamW; with `layer_decay` < 1, layer-wise learning-rate decay (Clark et al. 2020, ELECTRA):
+    the head trains at `lr`, the top block at lr * d, the next at lr * d^2, ..., the embeddings
+    at lr * d^(L+1). Lower layers hold general features that should move least."""
+    from tunesmith.methods.layers import blocks, body_of, layer_index
+
+    stack = blocks(body_of(model)) if layer_decay < 1.0 else None
+    depth = len(stack) if stack is not None else 0
+    body_ids = {id(p) for p in body_of(model).parameters()} if depth else set()
+
+    def scale(name: str, param) -> float:
+        if not depth:
+            return 1.0
+        index = layer_index(name)
+        if index is not None:
+            return layer_decay ** (depth - index)
+        return layer_decay ** (depth + 1) if id(param) in body_ids else 1.0  # embeddings / head
+
+    groups: dict[tuple[float, float], list] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        (no_decay if param.ndim < 2 or "norm" in name.lower() else decay).append(param)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr)
+        # Weight decay on biases and LayerNorm gains only pulls them toward zero for no
+        # regularisation benefit (BERT, Devlin et al.), so those get none.
+        decay = 0.0 if param.ndim < 2 or "norm" in name.lower() else weight_decay
+        groups.setdefault((decay, scale(name, param)), []).append(param)
+    return torch.optim.AdamW([{"params": params, "weight_decay": decay, "lr": lr * factor}
+                              for (decay, factor), params in groups.items()], lr=lr)
 
 
 def lr_factor(step: int, total: int, warmup: int, kind: str) -> float:

@@ -1,0 +1,32 @@
+"""ia3: learned vectors that rescale keys, values and feed-forward activations (Liu et al.
+2022, "(IA)^3"), via PEFT: fewer trainable parameters than LoRA (a vector, not two matrices,
+per adapted layer). The target layers are PEFT's per-architecture defaults. Like LoRA, the run
+keeps the adapter in `adapter/` and a merged plain model in `model/`."""
+
+from pathlib import Path
+
+from tunesmith.methods import register_method
+from tunesmith.methods.lora import HEADS, _present, _require_transformer
+
+
+class IA3:
+    name = "ia3"
+    default_lr = 3e-3  # the paper's rate: scaling vectors start at 1 and move slowly
+
+    def apply(self, model, cfg):
+        from peft import IA3Config, TaskType, get_peft_model
+
+        from tunesmith.tasks import TASKS
+
+        _require_transformer(model, cfg, self.name)
+        task_type = TASKS[cfg.task].peft_task_type
+        config = IA3Config(task_type=TaskType[task_type] if task_type else None,
+                           modules_to_save=None if task_type else _present(model, HEADS))
+        return get_peft_model(model, config)
+
+    def export(self, model, folder: Path):
+        model.save_pretrained(str(folder / "adapter"))
+        return model.merge_and_unload()
+
+
+register_method(IA3())
