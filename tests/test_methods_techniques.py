@@ -169,3 +169,36 @@ def test_gradient_checkpointing_is_switched_on_and_gives_the_same_loss(tmp_path,
     losses = [[json.loads(line)["loss"] for line in (tmp_path / name / "history.jsonl").read_text().splitlines()
                if "loss" in json.loads(line)] for name in ("plain", "ckpt")]
     assert losses[0] == pytest.approx(losses[1], abs=1e-5)  # recomputation changes memory, not the maths
+
+
+def _grads(model, loss_fn, batch):
+    model.zero_grad()
+    loss, extras = loss_fn(model, batch)
+    loss.backward()
+    return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]), extras
+
+
+@pytest.mark.parametrize("kind", ["fgm", "pgd"])
+def test_adversarial_training_changes_the_gradient_and_leaves_weights_alone(tiny_model, kind):
+    from tunesmith.train.adversarial import adversarial_loss, model_loss
+
+    model = _model(tiny_model).eval()  # no dropout: differences come from the perturbation only
+    batch = {"input_ids": torch.tensor([[2, 10, 11, 12, 3], [2, 13, 14, 3, 0]]),
+             "attention_mask": torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 1, 0]]), "labels": torch.tensor([0, 2])}
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    plain, _ = _grads(model, model_loss, batch)
+    tiny, _ = _grads(model, adversarial_loss(model_loss, kind, 1e-9), batch)
+    assert torch.allclose(tiny, 2 * plain, atol=1e-5)  # a vanishing perturbation: clean + clean
+    adv, extras = _grads(model, adversarial_loss(model_loss, kind, 5.0), batch)
+    assert not torch.allclose(adv, 2 * plain, atol=1e-3)  # a real one changes the gradient
+    assert extras["perturbation_norm"] == pytest.approx(5.0, rel=1e-4) if kind == "fgm" else \
+        extras["perturbation_norm"] <= 5.0 + 1e-4
+    assert all(torch.equal(before[n], p) for n, p in model.named_parameters())  # nothing leaks into weights
+
+
+def test_fgm_works_with_frozen_embeddings_under_lora(tmp_path, tiny_model, toy_csv):
+    args = train_args(toy_csv, tiny_model, tmp_path, "fgm", "--method", "lora", "--epochs", "1", "--adversarial", "fgm",
+                      "--adv-epsilon", "0.5")
+    assert main(args) == 0
+    history = [json.loads(line) for line in (tmp_path / "fgm" / "history.jsonl").read_text().splitlines()]
+    assert history[0]["perturbation_norm"] == pytest.approx(0.5, rel=1e-3)

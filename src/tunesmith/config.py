@@ -125,6 +125,10 @@ class TrainConfig(BaseModel):
     class_weights: Literal["none", "balanced"] = Field(
         "none", description="Single-label classifiers: 'balanced' weighs classes by n / (k * count) in the loss.")
     focal_gamma: float = Field(0.0, ge=0, description="Single-label classifiers: focal loss gamma (0: off; 2 is usual).")
+    adversarial: Literal["none", "fgm", "pgd"] = Field(
+        "none", description="Adversarial training on the input embeddings: fgm (one step) or pgd (--adv-steps steps).")
+    adv_epsilon: float = Field(1.0, gt=0, description="fgm/pgd: size of the embedding perturbation (L2 norm per batch).")
+    adv_steps: int = Field(3, gt=0, description="pgd: ascent steps.")
 
     # --- evaluation and checkpoints --------------------------------------------------
     eval_every: Optional[int] = Field(

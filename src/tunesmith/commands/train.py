@@ -30,6 +30,7 @@ from tunesmith.methods import METHODS, count_parameters
 from tunesmith.runs import Run
 from tunesmith.tasks import TASKS
 from tunesmith.train import checkpoint
+from tunesmith.train.adversarial import adversarial_loss, model_loss
 from tunesmith.train.loop import fit
 from tunesmith.train.losses import loss_for
 
@@ -111,6 +112,8 @@ def _fine_tune_and_evaluate(run: Run, cfg: TrainConfig, task, method, splits: Sp
     metric = cfg.resolved_metric()
     loss = partial(task.training_loss, processor=tokenizer) if hasattr(task, "training_loss") else \
         loss_for(cfg, task, splits.train.labels, splits.labels)
+    if cfg.adversarial != "none":
+        loss = adversarial_loss(loss or model_loss, cfg.adversarial, cfg.adv_epsilon, cfg.adv_steps)
     result = fit(model, features["train"], evaluate, cfg, run.path, metric, task.metrics_higher_is_better[metric],
                  resume=resuming, log=log, compute_loss=loss)
 
