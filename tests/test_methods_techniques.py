@@ -202,3 +202,25 @@ def test_fgm_works_with_frozen_embeddings_under_lora(tmp_path, tiny_model, toy_c
     assert main(args) == 0
     history = [json.loads(line) for line in (tmp_path / "fgm" / "history.jsonl").read_text().splitlines()]
     assert history[0]["perturbation_norm"] == pytest.approx(0.5, rel=1e-3)
+
+
+def test_soup_is_the_arithmetic_mean_of_its_members_and_a_normal_run(tmp_path, tiny_model, toy_csv, capsys):
+    members = []
+    for name, lr in (("a", "3e-3"), ("b", "1e-3")):
+        assert main(train_args(toy_csv, tiny_model, tmp_path, name, "--method", "full", "--epochs", "2", "--lr", lr)) == 0
+        members.append(tmp_path / name)
+    assert main(["soup", *map(str, members), "--name", "soup", "--output", str(tmp_path)]) == 0
+    a, b = (load_file(str(m / "model" / "model.safetensors")) for m in members)
+    mean = load_file(str(tmp_path / "soup" / "model" / "model.safetensors"))
+    for key in a:
+        if a[key].is_floating_point():
+            assert torch.allclose(mean[key], (a[key] + b[key]) / 2, atol=1e-7)
+    metrics = json.loads((tmp_path / "soup" / "metrics.json").read_text())
+    assert 0.0 <= metrics["test"]["accuracy"] <= 1.0
+    out = tmp_path / "p.csv"
+    assert main(["predict", str(tmp_path / "soup"), toy_csv, "-o", str(out)]) == 0 and out.is_file()
+    # Members tested on other rows cannot make an honest soup.
+    assert main(train_args(toy_csv, tiny_model, tmp_path, "c", "--method", "full", "--epochs", "1", "--seed", "7")) == 0
+    capsys.readouterr()
+    assert main(["soup", str(members[0]), str(tmp_path / "c"), "--name", "bad", "--output", str(tmp_path)]) == 2
+    assert "another split" in capsys.readouterr().err and not (tmp_path / "bad").exists()

@@ -77,6 +77,13 @@ def _cmd_generate(args) -> int:
     return 0
 
 
+def _cmd_soup(args) -> int:
+    from tunesmith.commands.soup import soup
+
+    soup(args.runs, args.name, args.output)
+    return 0
+
+
 def _cmd_quickstart(args) -> int:
     from tunesmith.commands.quickstart import quickstart
 
@@ -143,6 +150,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pair runs: sort candidates best first within each query / user profile, with a rank column")
     p.add_argument("--positive-label", help="with --rank on a pair classifier: the label that means a good match")
     p.set_defaults(func=_cmd_predict)
+
+    p = verbs.add_parser("soup", help="average the weights of runs from the same base model into a new run")
+    p.add_argument("runs", nargs="+", help="finished run folders (same task, base model and splits)")
+    p.add_argument("--name", required=True, help="name of the new run folder")
+    p.add_argument("--output", default="runs", help="folder for the new run (default: runs)")
+    p.set_defaults(func=_cmd_soup)
 
     p = verbs.add_parser("generate", help="answers from a tuned causal LM (streams one prompt to the terminal)")
     p.add_argument("run", help="run folder of a causal-lm or preference run")

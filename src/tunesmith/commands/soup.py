@@ -1,0 +1,78 @@
+"""`tunesmith soup RUN1 RUN2 ... --name NAME`: a uniform model soup (Wortsman et al. 2022).
+
+The weights of several runs fine-tuned from the same base model on the same splits (other
+seeds, learning rates or epochs) are averaged into one model; its cost at inference is one
+model's, and it often scores at least as well as the best of its members. The soup is a new,
+normal run folder (the members' config and splits, the averaged model), scored on the shared
+held-out test split: `eval`, `predict` and `serve` take it like any run.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from tunesmith.commands.evaluate import evaluate
+from tunesmith.errors import UserError
+from tunesmith.io import replace_dir, write_json, write_yaml
+from tunesmith.runs import Run, open_finished
+
+WEIGHTS = "model.safetensors"
+
+
+def average_state_dicts(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """The arithmetic mean of floating-point tensors; other tensors (counters, ids) from the first."""
+    out = {}
+    for key, first in states[0].items():
+        if first.is_floating_point():
+            out[key] = torch.stack([s[key].float() for s in states]).mean(0).to(first.dtype)
+        else:
+            out[key] = first.clone()
+    return out
+
+
+def soup(run_paths: list[str], name: str, output: str = "runs", out=print) -> Run:
+    if len(run_paths) < 2:
+        raise UserError("soup: give at least two runs to average")
+    runs = [open_finished(p) for p in run_paths]
+    first = runs[0]
+    cfg = first.config()
+    for run in runs[1:]:
+        other = run.config()
+        for key, why in (("task", "the same task"), ("model", "the same base model")):
+            if other[key] != cfg[key]:
+                raise UserError(f"soup: {run.path} has {key} {other[key]!r}, {first.path} {cfg[key]!r}; "
+                                f"a soup needs {why}")
+        if run.labels() != first.labels():
+            raise UserError(f"soup: {run.path} has other labels than {first.path}")
+        if (run.data_dir / "test.jsonl").read_bytes() != (first.data_dir / "test.jsonl").read_bytes():
+            raise UserError(f"soup: {run.path} was tested on another split than {first.path}; train the members "
+                            "on the same data with the same --seed (vary --lr, --epochs, ...) so the soup is "
+                            "scored on held-out rows")
+    files = [run.model_dir / WEIGHTS for run in runs]
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise UserError(f"soup: {missing[0]} not found (a soup needs one safetensors file per run)")
+    states = [load_file(str(f)) for f in files]
+    for run, state in zip(runs[1:], states[1:]):
+        if state.keys() != states[0].keys() or any(state[k].shape != states[0][k].shape for k in state):
+            raise UserError(f"soup: {run.path}'s model does not have the same weights as {first.path}'s")
+
+    target = Run(Path(output) / name)
+    if target.path.exists():
+        raise UserError(f"{target.path}: already exists; choose another --name")
+    tmp = target.path.with_name(f".{name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(first.model_dir, tmp / "model")
+    save_file(average_state_dicts(states), str(tmp / "model" / WEIGHTS), metadata={"format": "pt"})
+    shutil.copytree(first.data_dir, tmp / "data")
+    shutil.copy2(first.labels_file, tmp / "labels.json")
+    write_yaml(tmp / "config.yaml", {**cfg, "name": name})
+    write_json(tmp / "soup.json", {"members": [str(r.path) for r in runs], "kind": "uniform weight average"})
+    replace_dir(tmp, target.path)
+    out(f"averaged {len(runs)} runs into {target.path}")
+    evaluate(str(target.path), out=out)
+    return target
