@@ -224,3 +224,63 @@ def test_soup_is_the_arithmetic_mean_of_its_members_and_a_normal_run(tmp_path, t
     capsys.readouterr()
     assert main(["soup", str(members[0]), str(tmp_path / "c"), "--name", "bad", "--output", str(tmp_path)]) == 2
     assert "another split" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+
+
+def test_zero_shot_trains_nothing_and_scores_by_label_similarity(tmp_path, tiny_model, toy_csv):
+    from tunesmith.inference import Predictor
+    from tunesmith.methods.embedding import ZERO_SHOT_SCALE, EmbeddingClassifier
+    from tunesmith.runs import Run
+
+    descriptions = json.dumps({"negative": "bad awful sad", "positive": "good great happy"})
+    assert main(train_args(toy_csv, tiny_model, tmp_path, "zs", "--method", "zero-shot",
+                           "--label-descriptions", descriptions)) == 0
+    run = Run(tmp_path / "zs")
+    metrics = json.loads(run.metrics_file.read_text())
+    assert metrics["parameters"]["trainable"] == 0 and metrics["training"]["steps"] == 0
+    model = EmbeddingClassifier.from_folder(str(run.model_dir))
+    base = load_file(f"{tiny_model}/model.safetensors")
+    tuned = load_file(str(run.model_dir / "model.safetensors"))
+    assert all(torch.equal(tuned[k], base[k]) for k in base if k in tuned)  # the encoder is untouched
+    # The head's rows are the scaled embeddings of the descriptions (or of the bare label name).
+    predictor = Predictor.from_run(run)
+    labels = run.labels()
+    texts = {"negative": "bad awful sad", "neutral": "neutral", "positive": "good great happy"}
+    encoded = predictor.tokenizer([texts[l] for l in labels], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        expected = model.embed(encoded["input_ids"], encoded["attention_mask"]) * ZERO_SHOT_SCALE
+    assert torch.allclose(model.classifier.weight, expected, atol=1e-5)
+    assert main(["predict", str(run.path), toy_csv, "-o", str(tmp_path / "p.csv")]) == 0
+    with pytest.raises(UserError, match="not labels of the data"):
+        from tunesmith.methods import METHODS
+
+        METHODS["zero-shot"].apply(_model(tiny_model), _cfg(method="zero-shot", label_descriptions={"nope": "x"}))
+
+
+def test_few_shot_contrastive_loss_and_head_fit(tmp_path, tiny_model, toy_csv):
+    from tunesmith.inference import Predictor
+    from tunesmith.methods import METHODS
+    from tunesmith.runs import Run
+
+    few = METHODS["few-shot"]
+    model = few.apply(_model(tiny_model), _cfg(method="few-shot"))
+    assert _trainable(model) and not any(n.startswith("classifier") for n in _trainable(model))
+    batch = {"input_ids": torch.tensor([[2, 10, 11, 3], [2, 12, 13, 3], [2, 14, 15, 3]]),
+             "attention_mask": torch.ones(3, 4, dtype=torch.long), "labels": torch.tensor([0, 0, 1])}
+    e = model.embed(batch["input_ids"], batch["attention_mask"]).detach()
+    s = e @ e.T
+    expected = ((s[0, 1] - 1) ** 2 * 2 + s[0, 2] ** 2 * 2 + s[1, 2] ** 2 * 2) / 6
+    assert few.training_loss(model, batch)[0].item() == pytest.approx(expected.item(), abs=1e-5)
+
+    assert main(train_args(toy_csv, tiny_model, tmp_path, "fs", "--method", "few-shot", "--lr", "1e-3",
+                           "--epochs", "3", "--max-train-samples", "48")) == 0
+    run = Run(tmp_path / "fs")
+    metrics = json.loads(run.metrics_file.read_text())
+    assert metrics["test"]["accuracy"] > 0.6, metrics["test"]  # the toy cues are learnable from 16 per class
+    train = run.split("train")
+    probs = Predictor.from_run(run).predict(train.texts)
+    labels = run.labels()
+    assert np_mean([labels[i] == y for i, y in zip(probs.argmax(1), train.labels)]) > 0.8  # the head fits its data
+
+
+def np_mean(values) -> float:
+    return sum(values) / len(values)

@@ -67,8 +67,12 @@ class TrainConfig(BaseModel):
         "causal-lm, preference), a local folder, or a Hugging Face Hub id.",
     )
     method: str = Field("lora", description="Fine-tuning method: full, freeze (head only; --unfreeze-top-k), "
-                        "lora, ia3, bitfit (biases + head), or qlora (causal LMs on a CUDA GPU with bitsandbytes).")
+                        "lora, ia3, bitfit (biases + head), few-shot (SetFit), zero-shot (label-name similarity), "
+                        "or qlora (causal LMs on a CUDA GPU with bitsandbytes).")
     unfreeze_top_k: int = Field(0, ge=0, description="freeze: also train the top k transformer layers.")
+    label_descriptions: Optional[dict[str, str]] = Field(
+        None, description="zero-shot: a description per label (YAML mapping, or JSON on the command line), "
+        "embedded instead of the bare label name.")
     lora_r: int = Field(8, gt=0, description="LoRA rank.")
     lora_alpha: float = Field(16.0, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
     lora_dropout: float = Field(0.1, ge=0, lt=1, description="Dropout on the LoRA input.")
@@ -168,6 +172,8 @@ class TrainConfig(BaseModel):
         from tunesmith.tasks import TASKS
         from tunesmith.train.losses import single_label
 
+        if self.method in ("zero-shot", "few-shot") and self.task != "text-classification":
+            raise ValueError(f"method {self.method} is for text-classification (one text, one label), not {self.task}")
         if self.unfreeze_top_k and self.method != "freeze":
             raise ValueError(f"unfreeze_top_k is for --method freeze (the method is {self.method})")
         if (self.label_smoothing or self.class_weights != "none" or self.focal_gamma) and not single_label(TASKS[self.task]):
@@ -301,7 +307,21 @@ def _flag_type(annotation: Any) -> tuple[Any, Optional[list[str]]]:
         return str, list(typing.get_args(annotation))
     if origin is list:
         return list, None
+    if origin is dict:
+        return _json_mapping, None
     return annotation, None
+
+
+def _json_mapping(text: str) -> dict:
+    import json
+
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        raise argparse.ArgumentTypeError('give a JSON object, like \'{"refund": "asks for money back"}\'') from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("give a JSON object of names to texts")
+    return value
 
 
 def _comma_list(text: str) -> list[str]:

@@ -31,7 +31,7 @@ from tunesmith.runs import Run
 from tunesmith.tasks import TASKS
 from tunesmith.train import checkpoint
 from tunesmith.train.adversarial import adversarial_loss, model_loss
-from tunesmith.train.loop import fit
+from tunesmith.train.loop import FitResult, LoopState, fit
 from tunesmith.train.losses import loss_for
 
 
@@ -106,7 +106,12 @@ def _fine_tune_and_evaluate(run: Run, cfg: TrainConfig, task, method, splits: Sp
     log(f"method {cfg.method}: {params['trainable']:,} of {params['total']:,} parameters train "
         f"({params['trainable_pct']:.2f}%), lr {cfg.resolved_lr():g}")
 
+    def fit_head(m) -> None:  # few-shot: the head is fitted on the training split, outside the loop
+        if hasattr(method, "fit_head"):
+            method.fit_head(m, features["train"], splits.train.labels, splits.labels)
+
     def evaluate(m) -> dict:
+        fit_head(m)
         return task.metrics(splits.val.labels, task.predict(m, features["val"]), splits.labels)
 
     metric = cfg.resolved_metric()
@@ -114,12 +119,17 @@ def _fine_tune_and_evaluate(run: Run, cfg: TrainConfig, task, method, splits: Sp
         loss_for(cfg, task, splits.train.labels, splits.labels)
     if cfg.adversarial != "none":
         loss = adversarial_loss(loss or model_loss, cfg.adversarial, cfg.adv_epsilon, cfg.adv_steps)
-    result = fit(model, features["train"], evaluate, cfg, run.path, metric, task.metrics_higher_is_better[metric],
-                 resume=resuming, log=log, compute_loss=loss)
-
-    # 6. Keep the best checkpoint (chosen on validation, never on test) as a plain HF model.
-    best = checkpoint.find(run.checkpoints / "best")
-    checkpoint.load_weights(best, model)
+    if hasattr(method, "training_loss"):
+        loss = method.training_loss
+    if getattr(method, "trains", True):
+        result = fit(model, features["train"], evaluate, cfg, run.path, metric, task.metrics_higher_is_better[metric],
+                     resume=resuming, log=log, compute_loss=loss)
+        # 6. Keep the best checkpoint (chosen on validation, never on test) as a plain HF model.
+        checkpoint.load_weights(checkpoint.find(run.checkpoints / "best"), model)
+        fit_head(model)
+    else:  # zero-shot: nothing trains; the validation score is still reported
+        log(f"method {cfg.method}: no training")
+        result = FitResult(LoopState(best_metric=evaluate(model)[metric], best_step=0), 0, "no")
     tuned = task.tune_on_validation(model, features["val"], splits.val.labels, splits.labels)
     _export_model(method, model, tokenizer, run)
 

@@ -18,7 +18,10 @@ class Method(Protocol):
 
     def apply(self, model, cfg): ...  # -> the model to train (possibly wrapped)
     def export(self, model, folder: Path): ...  # -> plain transformers model; may save extras in folder
-    # Optional: `check(cfg)` refuses a run this machine cannot do, before anything is written.
+    # Optional: `check(cfg)` refuses a run this machine cannot do, before anything is written;
+    # `trains = False`: nothing to train (zero-shot); `training_loss(model, batch)`: the method's
+    # own loss (few-shot's contrastive stage); `fit_head(model, train_features, targets, labels)`:
+    # a head fitted outside the loop, before every validation and on the best checkpoint.
 
 
 def register_method(method: "Method") -> "Method":
@@ -32,4 +35,4 @@ def count_parameters(model) -> dict:
     return {"trainable": trainable, "total": total, "trainable_pct": 100.0 * trainable / total}
 
 
-from tunesmith.methods import bitfit, freeze, full, ia3, lora, qlora  # noqa: E402,F401  (register themselves)
+from tunesmith.methods import bitfit, embedding, freeze, full, ia3, lora, qlora  # noqa: E402,F401  (register themselves)

@@ -69,6 +69,11 @@ class SequenceTask:
     def load_model(self, folder: str):
         from transformers import AutoModelForSequenceClassification
 
+        from tunesmith.methods.embedding import EmbeddingClassifier, is_embedding_folder
+
+        if is_embedding_folder(folder):  # a zero-shot or few-shot run
+            return EmbeddingClassifier.from_folder(folder)
+
         # use_safetensors: a run folder may come from someone else; never unpickle it.
         return AutoModelForSequenceClassification.from_pretrained(folder, use_safetensors=True)
 
