@@ -84,6 +84,13 @@ def _cmd_soup(args) -> int:
     return 0
 
 
+def _cmd_ensemble(args) -> int:
+    from tunesmith.commands.ensemble import ensemble
+
+    ensemble(args.runs, args.name, args.output, vote=args.vote)
+    return 0
+
+
 def _cmd_quickstart(args) -> int:
     from tunesmith.commands.quickstart import quickstart
 
@@ -156,6 +163,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", required=True, help="name of the new run folder")
     p.add_argument("--output", default="runs", help="folder for the new run (default: runs)")
     p.set_defaults(func=_cmd_soup)
+
+    p = verbs.add_parser("ensemble", help="combine runs into one run: mean of their outputs, or majority vote")
+    p.add_argument("runs", nargs="+", help="finished run folders (same task, labels and splits)")
+    p.add_argument("--name", required=True, help="name of the new run folder")
+    p.add_argument("--output", default="runs", help="folder for the new run (default: runs)")
+    p.add_argument("--vote", action="store_true", help="majority vote of labels instead of mean probabilities")
+    p.set_defaults(func=_cmd_ensemble)
 
     p = verbs.add_parser("generate", help="answers from a tuned causal LM (streams one prompt to the terminal)")
     p.add_argument("run", help="run folder of a causal-lm or preference run")

@@ -63,6 +63,10 @@ class Predictor:
     def from_run(cls, run) -> "Predictor":
         from tunesmith.tasks import TASKS
 
+        from tunesmith.commands.ensemble import EnsemblePredictor, is_ensemble
+
+        if is_ensemble(run):  # several runs answering as one
+            return EnsemblePredictor.from_run(run)
         cfg = run.config()
         task = TASKS[cfg["task"]]
         model = task.load_model(str(run.model_dir))

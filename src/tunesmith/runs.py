@@ -81,6 +81,6 @@ def open_finished(path: str) -> Run:
         raise UserError(f"{path}: no such run folder; runs are under runs/ by default")
     if not run.config_file.is_file():
         raise UserError(f"{path}: not a tunesmith run (no config.yaml)")
-    if not (run.model_dir / "config.json").is_file():
+    if not (run.model_dir / "config.json").is_file() and not (run.path / "ensemble.json").is_file():
         raise UserError(f"{path}: the run has no saved model yet; finish it with `tunesmith train --resume {path}`")
     return run

@@ -18,7 +18,8 @@ from safetensors.torch import load_file, save_file
 from tunesmith.commands.evaluate import evaluate
 from tunesmith.errors import UserError
 from tunesmith.io import replace_dir, write_json, write_yaml
-from tunesmith.runs import Run, open_finished
+from tunesmith.commands.members import compatible_runs
+from tunesmith.runs import Run
 
 WEIGHTS = "model.safetensors"
 
@@ -35,23 +36,9 @@ def average_state_dicts(states: list[dict[str, torch.Tensor]]) -> dict[str, torc
 
 
 def soup(run_paths: list[str], name: str, output: str = "runs", out=print) -> Run:
-    if len(run_paths) < 2:
-        raise UserError("soup: give at least two runs to average")
-    runs = [open_finished(p) for p in run_paths]
+    runs = compatible_runs(run_paths, "soup")
     first = runs[0]
     cfg = first.config()
-    for run in runs[1:]:
-        other = run.config()
-        for key, why in (("task", "the same task"), ("model", "the same base model")):
-            if other[key] != cfg[key]:
-                raise UserError(f"soup: {run.path} has {key} {other[key]!r}, {first.path} {cfg[key]!r}; "
-                                f"a soup needs {why}")
-        if run.labels() != first.labels():
-            raise UserError(f"soup: {run.path} has other labels than {first.path}")
-        if (run.data_dir / "test.jsonl").read_bytes() != (first.data_dir / "test.jsonl").read_bytes():
-            raise UserError(f"soup: {run.path} was tested on another split than {first.path}; train the members "
-                            "on the same data with the same --seed (vary --lr, --epochs, ...) so the soup is "
-                            "scored on held-out rows")
     files = [run.model_dir / WEIGHTS for run in runs]
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
