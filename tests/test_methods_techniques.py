@@ -342,3 +342,30 @@ def test_ensemble_vote_takes_the_majority_label():
     mean = EnsemblePredictor(members, "mean", ["x", "y"], None, 16).predict(["t"])
     vote = EnsemblePredictor(members, "vote", ["x", "y"], None, 16).predict(["t"])
     assert mean.argmax() == 1 and vote.argmax() == 0  # two members of three say x
+
+
+def test_compare_trains_each_method_on_the_same_splits_and_tabulates_them(tmp_path, tiny_model, toy_csv, capsys):
+    folder = tmp_path / "cmp"
+    args = ["compare", toy_csv, "--methods", "full,bitfit,freeze", "--model", tiny_model, "--output-folder", str(folder),
+            "--max-length", "16", "--batch-size", "8", "--epochs", "2", "--lr", "3e-3", "--no-baseline", "--seed", "0"]
+    assert main(args) == 0
+    rows = json.loads((folder / "compare.json").read_text())
+    assert [r["method"] for r in rows] == ["full", "bitfit", "freeze"]
+    for r in rows:  # every number is the run's own
+        metrics = json.loads((folder / "runs" / r["method"] / "metrics.json").read_text())
+        assert r["value"] == metrics["test"]["macro_f1"] and r["peak_memory_mb"] == metrics["peak_memory_mb"]
+    splits = {(folder / "runs" / m / "data" / "test.jsonl").read_text() for m in ("full", "bitfit", "freeze")}
+    assert len(splits) == 1
+    assert rows[0]["trainable_pct"] == 100.0 and rows[1]["trainable_pct"] < rows[0]["trainable_pct"]
+    assert (folder / "compare.png").stat().st_size > 0 and "| bitfit |" in (folder / "compare.md").read_text()
+    capsys.readouterr()
+    assert main(["compare", toy_csv, "--methods", "full,nonsense", "--output-folder", str(tmp_path / "x")]) == 2
+    assert "unknown method 'nonsense'" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("verb", ["train", "check", "eval", "predict", "serve", "generate", "compare", "soup",
+                                  "ensemble", "quickstart"])
+def test_every_verb_has_working_help(verb, capsys):
+    with pytest.raises(SystemExit) as done:
+        main([verb, "--help"])
+    assert done.value.code == 0 and "usage: tunesmith" in capsys.readouterr().out

@@ -91,6 +91,17 @@ def _cmd_ensemble(args) -> int:
     return 0
 
 
+def _cmd_compare(args) -> int:
+    from tunesmith.commands.compare import compare
+    from tunesmith.config import TrainConfig, read_yaml_mapping
+
+    values = read_yaml_mapping(args.config) if args.config else {}
+    values.update({n: getattr(args, n) for n in TrainConfig.model_fields if getattr(args, n, None) is not None})
+    values["data"] = args.data
+    compare(values, args.methods, args.output_folder)
+    return 0
+
+
 def _cmd_quickstart(args) -> int:
     from tunesmith.commands.quickstart import quickstart
 
@@ -140,6 +151,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", nargs="?", help="YAML config file; flags override its values")
     add_config_flags(p)
     p.set_defaults(func=_cmd_train)
+
+    from tunesmith.config import _comma_list
+
+    p = verbs.add_parser("compare", help="train several methods on the same splits; one table and chart")
+    p.add_argument("data", help="training data, as for train --data")
+    p.add_argument("--methods", type=_comma_list, required=True, metavar="A,B",
+                   help="methods to compare, e.g. full,lora,ia3,bitfit,freeze")
+    p.add_argument("--config", help="YAML config shared by every method; flags override it")
+    p.add_argument("--output-folder", default="runs/compare", help="folder for the table, chart and runs")
+    add_config_flags(p, skip=("data", "method", "name", "resume", "output"))
+    p.set_defaults(func=_cmd_compare)
 
     p = verbs.add_parser("eval", help="metrics and report of a run on a test set")
     p.add_argument("run", help="run folder")

@@ -124,7 +124,7 @@ class TrainConfig(BaseModel):
     layer_decay: float = Field(1.0, gt=0, le=1, description="Layer-wise learning-rate decay: each layer below the "
                                "top gets this factor more (0.8-0.95 is typical; 1: off).")
     gradient_checkpointing: bool = Field(False, description="Recompute activations in the backward pass: less "
-                                         "memory, ~30% more time.")
+                                         "memory, about a third more time.")
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="Single-label classifiers: label smoothing epsilon.")
     class_weights: Literal["none", "balanced"] = Field(
         "none", description="Single-label classifiers: 'balanced' weighs classes by n / (k * count) in the loss.")

@@ -1,0 +1,95 @@
+"""`tunesmith compare DATA --methods full,lora,bitfit,...`: the same data, splits and settings,
+one run per method, and one table and chart: test metric, trainable %, train time, peak memory.
+
+Each method trains in its own process (`tunesmith train` on a config written into the compare
+folder), so its peak memory is its own and one method's failure is reported, not fatal. The
+runs stay in `<folder>/runs/` for `eval`, `predict` and `serve`.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tunesmith.config import TrainConfig, build_config, config_to_yaml_dict
+from tunesmith.errors import UserError
+from tunesmith.io import write_json, write_text, write_yaml
+
+
+def compare(values: dict, methods: list[str], folder: str, out=print) -> list[dict]:
+    if not methods:
+        raise UserError("--methods: give at least one method, like full,lora,bitfit")
+    target = Path(folder)
+    if target.exists():
+        raise UserError(f"{target}: already exists; choose another --output-folder")
+    configs = {}
+    for method in methods:  # every config is checked before anything trains
+        cfg = build_config({**values, "method": method, "output": str(target / "runs"), "name": method}, f"--methods {method}")
+        configs[method] = cfg
+    target.mkdir(parents=True)
+    rows = []
+    for method, cfg in configs.items():
+        config_file = target / "configs" / f"{method}.yaml"
+        write_yaml(config_file, config_to_yaml_dict(cfg))
+        out(f"[{method}] training ...")
+        done = subprocess.run([sys.executable, "-m", "tunesmith.cli", "train", str(config_file)],
+                              capture_output=True, text=True)
+        metrics_file = target / "runs" / method / "metrics.json"
+        if done.returncode != 0 or not metrics_file.is_file():
+            reason = (done.stderr.strip().splitlines() or ["no output"])[-1]
+            out(f"[{method}] failed: {reason}")
+            rows.append({"method": method, "error": reason})
+            continue
+        rows.append(_row(method, cfg, json.loads(metrics_file.read_text())))
+        out(f"[{method}] {rows[-1]['metric']} {rows[-1]['value']:.4f}")
+    write_json(target / "compare.json", rows)
+    write_text(target / "compare.md", table(rows))
+    chart(rows, target / "compare.png")
+    out(table(rows))
+    out(f"wrote {target / 'compare.md'} and {target / 'compare.png'}")
+    return rows
+
+
+def _row(method: str, cfg: TrainConfig, metrics: dict) -> dict:
+    metric = cfg.resolved_metric()
+    return {"method": method, "metric": metric, "value": metrics["test"][metric],
+            "trainable_pct": metrics["parameters"]["trainable_pct"], "trainable": metrics["parameters"]["trainable"],
+            "train_seconds": metrics["training"]["train_seconds"], "peak_memory_mb": metrics["peak_memory_mb"],
+            "run": str(Path(cfg.output) / method)}
+
+
+def table(rows: list[dict]) -> str:
+    done = [r for r in rows if "error" not in r]
+    metric = done[0]["metric"] if done else "metric"
+    lines = [f"| method | test {metric} | trainable % | train s | peak memory MB |", "|---|---|---|---|---|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['method']} | failed: {r['error']} | | | |")
+        else:
+            lines.append(f"| {r['method']} | {r['value']:.4f} | {r['trainable_pct']:.2f} | {r['train_seconds']:.0f} | "
+                         f"{r['peak_memory_mb']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def chart(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    done = [r for r in rows if "error" not in r]
+    if not done:
+        return
+    names = [r["method"] for r in done]
+    panels = [(f"test {done[0]['metric']}", "value"), ("trainable %", "trainable_pct"), ("train s", "train_seconds"),
+              ("peak memory MB", "peak_memory_mb")]
+    fig, axes = plt.subplots(1, 4, figsize=(14, 3.2))
+    for ax, (title, key) in zip(axes, panels):
+        ax.bar(names, [r[key] for r in done])
+        ax.set_title(title)
+        ax.tick_params(axis="x", rotation=45)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
