@@ -67,9 +67,12 @@ class TrainConfig(BaseModel):
         "causal-lm, preference), a local folder, or a Hugging Face Hub id.",
     )
     method: str = Field("lora", description="Fine-tuning method: full, freeze (head only; --unfreeze-top-k), "
-                        "lora, ia3, bitfit (biases + head), few-shot (SetFit), zero-shot (label-name similarity), "
+                        "lora, ia3, adapter (bottleneck adapters), bitfit (biases + head), few-shot (SetFit), zero-shot (label-name similarity), "
                         "or qlora (causal LMs on a CUDA GPU with bitsandbytes).")
     unfreeze_top_k: int = Field(0, ge=0, description="freeze: also train the top k transformer layers.")
+    adapter_layout: Literal["houlsby", "pfeiffer"] = Field(
+        "houlsby", description="adapter: after attention and feed-forward (houlsby) or after feed-forward only (pfeiffer).")
+    adapter_size: int = Field(64, gt=0, description="adapter: bottleneck width.")
     label_descriptions: Optional[dict[str, str]] = Field(
         None, description="zero-shot: a description per label (YAML mapping, or JSON on the command line), "
         "embedded instead of the bare label name.")

@@ -35,4 +35,4 @@ def count_parameters(model) -> dict:
     return {"trainable": trainable, "total": total, "trainable_pct": 100.0 * trainable / total}
 
 
-from tunesmith.methods import bitfit, embedding, freeze, full, ia3, lora, qlora  # noqa: E402,F401  (register themselves)
+from tunesmith.methods import adapter, bitfit, embedding, freeze, full, ia3, lora, qlora  # noqa: E402,F401  (register themselves)

@@ -134,7 +134,9 @@ def load_saved_causal_lm(folder: str):
     from transformers import AutoModelForCausalLM
 
     # use_safetensors: a run folder may come from someone else; never unpickle it.
-    model = AutoModelForCausalLM.from_pretrained(folder, use_safetensors=True, dtype=torch.float32)
+    from tunesmith.methods.adapter import restore_adapters
+
+    model = restore_adapters(AutoModelForCausalLM.from_pretrained(folder, use_safetensors=True, dtype=torch.float32), folder)
     model.config.use_cache = True
     return model
 

@@ -1,0 +1,118 @@
+"""adapter: bottleneck adapters inside each transformer block (Houlsby et al. 2019), written
+here because PEFT has none and the `adapters` library replaces the model classes.
+
+An adapter is down-projection -> GELU -> up-projection, added to a sub-layer's output before
+its residual connection and layer norm: h <- h + up(gelu(down(h))). The up-projection starts
+at zero, so the adapted model starts exactly as the pretrained one. Layouts:
+
+- houlsby: after the attention output and after the feed-forward output, layer norms train too;
+- pfeiffer (Pfeiffer et al. 2021): after the feed-forward output only; about half the parameters.
+
+Adapters are submodules of the layer they follow (`...output.dense.adapter.down.weight`), so
+the base weights keep their names; the saved config carries `tunesmith_adapter`, and
+`restore_adapters` puts them back when a run's model is loaded (plain transformers would drop them).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from tunesmith.errors import UserError
+from tunesmith.methods import register_method
+from tunesmith.methods.layers import body_of
+
+# (after attention, after feed-forward) output projections, by module-name suffix.
+POINTS = [("attention.output.dense", "output.dense"),  # BERT, RoBERTa, MiniLM, ELECTRA
+          ("attention.out_lin", "ffn.lin2"),  # DistilBERT
+          ("self_attn.o_proj", "mlp.down_proj")]  # Llama, Qwen, Mistral
+
+
+class Bottleneck(torch.nn.Module):
+    def __init__(self, width: int, size: int):
+        super().__init__()
+        self.down = torch.nn.Linear(width, size)
+        self.up = torch.nn.Linear(size, width)
+        torch.nn.init.zeros_(self.up.weight)  # the identity at the start: nothing pretrained is disturbed
+        torch.nn.init.zeros_(self.up.bias)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return h + self.up(torch.nn.functional.gelu(self.down(h)))
+
+
+def _add_adapter_output(module, inputs, output):
+    return module.adapter(output)
+
+
+def adapter_points(model, layout: str) -> list[tuple[str, torch.nn.Linear]]:
+    found = []
+    for name, module in model.named_modules():
+        if not isinstance(module, torch.nn.Linear):
+            continue
+        for attention, feed_forward in POINTS:
+            if name.endswith(attention):
+                if layout == "houlsby":
+                    found.append((name, module))
+                break
+            if name.endswith(feed_forward):  # (an attention output ended the loop above)
+                found.append((name, module))
+                break
+    return found
+
+
+def insert_adapters(model, layout: str, size: int) -> int:
+    points = adapter_points(model, layout)
+    for _, linear in points:
+        linear.add_module("adapter", Bottleneck(linear.out_features, size))
+        linear.register_forward_hook(_add_adapter_output)
+    model.config.tunesmith_adapter = {"layout": layout, "size": size}
+    return len(points)
+
+
+def restore_adapters(model, folder: str):
+    """A saved adapter run: the adapters back in place, with their trained weights."""
+    config = json.loads((Path(folder) / "config.json").read_text())
+    spec = config.get("tunesmith_adapter")
+    if not spec:
+        return model
+    from safetensors.torch import load_file
+
+    insert_adapters(model, spec["layout"], spec["size"])
+    weights = {}
+    for file in sorted(Path(folder).glob("*.safetensors")):
+        weights.update({k: v for k, v in load_file(str(file)).items() if ".adapter." in k})
+    missing = model.load_state_dict(weights, strict=False)
+    absent = [k for k in missing.missing_keys if ".adapter." in k]
+    if absent:
+        raise UserError(f"{folder}: adapter weights missing ({absent[0]}); the run folder is damaged")
+    return model
+
+
+class Adapter:
+    name = "adapter"
+    default_lr = 1e-3  # adapters start at the identity and are small: the papers use 1e-4..1e-3
+
+    def apply(self, model, cfg):
+        for p in model.parameters():
+            p.requires_grad_(False)
+        count = insert_adapters(body_of(model), cfg.adapter_layout, cfg.adapter_size)
+        if not count:
+            raise UserError(f"--method adapter: no attention/feed-forward outputs found in {cfg.resolved_model()} "
+                            "(known: BERT-style, DistilBERT, Llama-style); use lora")
+        model.config.tunesmith_adapter = {"layout": cfg.adapter_layout, "size": cfg.adapter_size}
+        body_ids = {id(p) for p in body_of(model).parameters()}
+        for name, p in model.named_parameters():
+            # BERT's pooler (dense + tanh on [CLS]) feeds only the head: it trains with it.
+            head = id(p) not in body_ids or ".pooler." in name
+            norm = cfg.adapter_layout == "houlsby" and "norm" in name.lower()
+            if head or ".adapter." in name or norm:
+                p.requires_grad_(True)
+        return model
+
+    def export(self, model, folder):
+        return model  # saved with its adapters; restore_adapters loads them back
+
+
+register_method(Adapter())
