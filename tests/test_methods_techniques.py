@@ -434,3 +434,15 @@ def test_adapter_run_keeps_base_weights_and_reloads_with_its_adapters(tmp_path, 
     predictor = Predictor.from_run(run)
     predictor.model = AutoModelForSequenceClassification.from_pretrained(run.model_dir).eval()
     assert not np.allclose(predictor.predict(texts), with_adapters, atol=1e-6)
+
+
+def test_average_last_keeps_the_mean_of_the_last_k_evaluations(tmp_path, tiny_model, toy_csv):
+    assert main(train_args(toy_csv, tiny_model, tmp_path, "avg", "--method", "full", "--epochs", "2",
+                           "--eval-every", "4", "--average-last", "3")) == 0
+    kept = sorted((tmp_path / "avg" / "checkpoints").glob("eval-*"))
+    assert len(kept) == 3  # older evaluation checkpoints are pruned as training goes
+    states = [load_file(str(k / "trainable.safetensors")) for k in kept]
+    saved = load_file(str(tmp_path / "avg" / "model" / "model.safetensors"))
+    key = "bert.encoder.layer.0.attention.self.query.weight"
+    assert torch.allclose(saved[key], sum(s[key] for s in states) / 3, atol=1e-7)
+    assert not torch.allclose(saved[key], states[-1][key], atol=1e-6)  # not simply the last

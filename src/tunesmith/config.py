@@ -146,6 +146,8 @@ class TrainConfig(BaseModel):
         description="Validation metric that picks the best checkpoint and drives early stopping "
         "(default: the task's: macro_f1 for classification, f1 (entity) for token-classification).",
     )
+    average_last: int = Field(0, ge=0, description="Keep the average of the weights of the last k evaluations "
+                              "instead of the best checkpoint (0: off; use --eval-every for several per epoch).")
     early_stopping: Optional[int] = Field(
         None, gt=0, description="Stop after this many evaluations without improvement."
     )

@@ -4,7 +4,7 @@
       config.yaml      fully resolved config (re-runnable as is)
       labels.json      label names, position = class id
       data/            the train / val / test splits exactly as used (JSONL)
-      checkpoints/     last/ and best/ (resumable; safetensors + JSON)
+      checkpoints/     last/ and best/ (resumable; safetensors + JSON), eval-*/ with --average-last
       history.jsonl    one line per logged step and evaluation
       model/           the tuned model in Hugging Face format (LoRA merged in)
       adapter/         LoRA runs: the PEFT adapter alone

@@ -124,8 +124,14 @@ def _fine_tune_and_evaluate(run: Run, cfg: TrainConfig, task, method, splits: Sp
     if getattr(method, "trains", True):
         result = fit(model, features["train"], evaluate, cfg, run.path, metric, task.metrics_higher_is_better[metric],
                      resume=resuming, log=log, compute_loss=loss)
-        # 6. Keep the best checkpoint (chosen on validation, never on test) as a plain HF model.
-        checkpoint.load_weights(checkpoint.find(run.checkpoints / "best"), model)
+        # 6. Keep the best checkpoint (chosen on validation, never on test) as a plain HF model,
+        # or the average of the last k evaluations' weights.
+        kept = sorted(run.checkpoints.glob("eval-*"))[-cfg.average_last:] if cfg.average_last else []
+        if kept:
+            log(f"averaging the weights of the last {len(kept)} evaluations ({', '.join(k.name for k in kept)})")
+            checkpoint.average_weights(kept, model)
+        else:
+            checkpoint.load_weights(checkpoint.find(run.checkpoints / "best"), model)
         fit_head(model)
     else:  # zero-shot: nothing trains; the validation score is still reported
         log(f"method {cfg.method}: no training")

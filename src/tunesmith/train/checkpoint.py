@@ -68,6 +68,18 @@ def load_weights(folder: Path, model) -> None:
             params[name].copy_(tensor)
 
 
+def average_weights(folders: list[Path], model) -> None:
+    """Load the arithmetic mean of several checkpoints' weights (checkpoint averaging: the
+    last k evaluations of one run, Izmailov et al. 2018 in spirit); counters from the last."""
+    states = [load_file(str(f / "trainable.safetensors")) for f in folders]
+    mean = {k: torch.stack([s[k].float() for s in states]).mean(0).to(v.dtype) if v.is_floating_point() else states[-1][k]
+            for k, v in states[0].items()}
+    params = {**dict(model.named_parameters()), **running_statistics(model)}
+    with torch.no_grad():
+        for name, tensor in mean.items():
+            params[name].copy_(tensor)
+
+
 def load(folder: Path, model, optimizer, scheduler) -> dict:
     """Restore everything `save` wrote; returns the loop state."""
     load_weights(folder, model)

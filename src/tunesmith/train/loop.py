@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -194,6 +195,10 @@ def _evaluate_and_checkpoint(model, accelerator, evaluate, cfg, state, optimizer
             state.stopped_early = True
     bar.write(f"step {state.step}: val {metric} {value:.4f}" + (" (best)" if improved else "")
               + (" - early stopping" if state.stopped_early else ""))
+    if cfg.average_last:  # keep the last k evaluations' weights for averaging at the end
+        checkpoint.save(ckpt_dir / f"eval-{state.step:07d}", plain, state={"step": state.step, metric: value})
+        for old in sorted(ckpt_dir.glob("eval-*"))[: -cfg.average_last]:
+            shutil.rmtree(old, ignore_errors=True)
     checkpoint.save(ckpt_dir / "last", plain, optimizer, scheduler, asdict(state))
 
 
