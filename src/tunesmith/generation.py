@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from tunesmith.inference import evaluating
+
 GENERATE_BATCH = 8  # prompts decoded together (left-padded); bigger batches pad more on CPU
 
 
@@ -27,9 +29,6 @@ def generate(model, tokenizer, prompts: list[str], settings: GenerationSettings,
     """Answers to rendered prompts (text already in the model's chat format). With `stream`
     (a callable taking text pieces) and one prompt, the answer is passed on as it is decoded."""
     torch.manual_seed(settings.seed)
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     sampling = settings.temperature > 0
     options = dict(max_new_tokens=settings.max_new_tokens, do_sample=sampling, pad_token_id=pad_id, use_cache=True,
@@ -41,7 +40,7 @@ def generate(model, tokenizer, prompts: list[str], settings: GenerationSettings,
     if settings.stop:
         options.update(stop_strings=list(settings.stop), tokenizer=tokenizer)
     answers = []
-    try:
+    with evaluating(model) as device:
         for start in range(0, len(prompts), GENERATE_BATCH):
             chunk = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts[start : start + GENERATE_BATCH]]
             width = max(len(ids) for ids in chunk)
@@ -54,14 +53,10 @@ def generate(model, tokenizer, prompts: list[str], settings: GenerationSettings,
             streamer = None
             if stream is not None and len(prompts) == 1:
                 streamer = _CallbackStreamer(tokenizer, stream, settings.stop)
-            with torch.inference_mode():
-                out = model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device),
-                                     streamer=streamer, **options)
+            out = model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device),
+                                 streamer=streamer, **options)
             for row in out[:, width:]:
                 answers.append(cut_at_stop(tokenizer.decode(row, skip_special_tokens=True), settings.stop))
-    finally:
-        if was_training:
-            model.train()
     return answers
 
 

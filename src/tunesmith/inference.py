@@ -6,6 +6,7 @@ this is where most of the prediction speed-up over a plain pipeline comes from.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,22 +18,28 @@ from tunesmith.data.batching import inference_batches
 INFERENCE_BATCH = 32  # sorted batches of 16-32 measured fastest on a 2-core CPU (cache-sized); 64+ is slower
 
 
-def forward_batches(model, features, batch_size: int = INFERENCE_BATCH):
-    """(indices, logits) for every batch of `features`, shortest padding first, in eval mode
-    without gradients; the model's training mode is restored afterwards. The one inference
-    loop of every task (validation during training, `eval`, `predict`, `serve`)."""
+@contextmanager
+def evaluating(model):
+    """Eval mode (no dropout) and no gradients; yields the model's device. The model's training
+    mode is restored afterwards, so validation in the middle of training leaves it training."""
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
     try:
         with torch.inference_mode():
-            for indices in inference_batches(features.lengths, batch_size):
-                batch = features.batch(indices)
-                batch.pop("labels", None)  # targets are the task's business, not the forward's
-                yield indices, model(**{k: v.to(device) for k, v in batch.items()}).logits.float().cpu().numpy()
+            yield next(model.parameters()).device
     finally:
-        if was_training:
-            model.train()
+        model.train(was_training)
+
+
+def forward_batches(model, features, batch_size: int = INFERENCE_BATCH):
+    """(indices, logits) for every batch of `features`, shortest padding first, under
+    `evaluating`. The one inference loop of every sequence-level task (validation during
+    training, `eval`, `predict`, `serve`)."""
+    with evaluating(model) as device:
+        for indices in inference_batches(features.lengths, batch_size):
+            batch = features.batch(indices)
+            batch.pop("labels", None)  # targets are the task's business, not the forward's
+            yield indices, model(**{k: v.to(device) for k, v in batch.items()}).logits.float().cpu().numpy()
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

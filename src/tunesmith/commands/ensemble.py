@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import shutil
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from tunesmith.commands.evaluate import evaluate
-from tunesmith.commands.members import compatible_runs
+from tunesmith.commands.members import compatible_runs, start_combined_run
 from tunesmith.errors import UserError
-from tunesmith.io import read_json, replace_dir, write_json, write_yaml
+from tunesmith.io import read_json, replace_dir, write_json
 from tunesmith.runs import Run
 
 COMBINABLE = ("text-classification", "text-pair-classification", "image-classification", "regression",
@@ -33,11 +32,7 @@ def ensemble(run_paths: list[str], name: str, output: str = "runs", vote: bool =
         raise UserError(f"ensemble: {cfg['task']} runs cannot be combined (combinable: {', '.join(COMBINABLE)})")
     if vote and cfg["task"] not in VOTABLE:
         raise UserError(f"ensemble --vote: for single-label classifiers; {cfg['task']} outputs are averaged")
-    target = Run(Path(output) / name)
-    if target.path.exists():
-        raise UserError(f"{target.path}: already exists; choose another --name")
-    tmp = target.path.with_name(f".{name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    target, tmp = start_combined_run(runs[0], name, output)
     members = []
     for i, run in enumerate(runs):
         folder = tmp / "members" / str(i)
@@ -45,9 +40,6 @@ def ensemble(run_paths: list[str], name: str, output: str = "runs", vote: bool =
         shutil.copy2(run.config_file, folder / "config.yaml")
         shutil.copy2(run.labels_file, folder / "labels.json")
         members.append(f"members/{i}")
-    shutil.copytree(runs[0].data_dir, tmp / "data")
-    shutil.copy2(runs[0].labels_file, tmp / "labels.json")
-    write_yaml(tmp / "config.yaml", {**cfg, "name": name})
     write_json(tmp / "ensemble.json", {"combine": "vote" if vote else "mean", "members": members,
                                        "from": [str(r.path) for r in runs]})
     replace_dir(tmp, target.path)

@@ -3,7 +3,11 @@ and held-out test split, so the combination is scored on rows none of them train
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 from tunesmith.errors import UserError
+from tunesmith.io import write_yaml
 from tunesmith.runs import Run, open_finished
 
 
@@ -27,3 +31,18 @@ def compatible_runs(paths: list[str], verb: str) -> list[Run]:
                             "on the same data with the same --seed (vary --lr, --epochs, --method, ...) so the "
                             f"{verb} is scored on held-out rows")
     return runs
+
+
+def start_combined_run(first: Run, name: str, output: str) -> tuple[Run, Path]:
+    """The new run (refused if the name is taken) and a temporary folder holding what every
+    combined run shares with its members: the splits, the labels and the config. The caller
+    adds its model, then moves the folder into place with `replace_dir`."""
+    target = Run(Path(output) / name)
+    if target.path.exists():
+        raise UserError(f"{target.path}: already exists; choose another --name")
+    tmp = target.path.with_name(f".{name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(first.data_dir, tmp / "data")
+    shutil.copy2(first.labels_file, tmp / "labels.json")
+    write_yaml(tmp / "config.yaml", {**first.config(), "name": name})
+    return target, tmp

@@ -10,15 +10,14 @@ held-out test split: `eval`, `predict` and `serve` take it like any run.
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from tunesmith.commands.evaluate import evaluate
 from tunesmith.errors import UserError
-from tunesmith.io import replace_dir, write_json, write_yaml
-from tunesmith.commands.members import compatible_runs
+from tunesmith.commands.members import compatible_runs, start_combined_run
+from tunesmith.io import replace_dir, write_json
 from tunesmith.runs import Run
 
 WEIGHTS = "model.safetensors"
@@ -38,7 +37,6 @@ def average_state_dicts(states: list[dict[str, torch.Tensor]]) -> dict[str, torc
 def soup(run_paths: list[str], name: str, output: str = "runs", out=print) -> Run:
     runs = compatible_runs(run_paths, "soup")
     first = runs[0]
-    cfg = first.config()
     files = [run.model_dir / WEIGHTS for run in runs]
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
@@ -48,16 +46,9 @@ def soup(run_paths: list[str], name: str, output: str = "runs", out=print) -> Ru
         if state.keys() != states[0].keys() or any(state[k].shape != states[0][k].shape for k in state):
             raise UserError(f"soup: {run.path}'s model does not have the same weights as {first.path}'s")
 
-    target = Run(Path(output) / name)
-    if target.path.exists():
-        raise UserError(f"{target.path}: already exists; choose another --name")
-    tmp = target.path.with_name(f".{name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    target, tmp = start_combined_run(first, name, output)
     shutil.copytree(first.model_dir, tmp / "model")
     save_file(average_state_dicts(states), str(tmp / "model" / WEIGHTS), metadata={"format": "pt"})
-    shutil.copytree(first.data_dir, tmp / "data")
-    shutil.copy2(first.labels_file, tmp / "labels.json")
-    write_yaml(tmp / "config.yaml", {**cfg, "name": name})
     write_json(tmp / "soup.json", {"members": [str(r.path) for r in runs], "kind": "uniform weight average"})
     replace_dir(tmp, target.path)
     out(f"averaged {len(runs)} runs into {target.path}")

@@ -14,13 +14,15 @@ import numpy as np
 from tunesmith.data.labeled import Examples
 
 
-def dedupe(examples: Examples) -> tuple[Examples, int]:
-    """Keep the first occurrence of each exact text; return the rest removed, and how many."""
-    seen: set[str] = set()
+def dedupe(examples: Examples, key=None) -> tuple[Examples, int]:
+    """Keep the first occurrence of each exact text (or of each `key(text)`: a conversation's
+    canonical JSON, an image file's content hash); return the rest removed, and how many."""
+    seen: set = set()
     keep = []
     for i, text in enumerate(examples.texts):
-        if text not in seen:
-            seen.add(text)
+        identity = text if key is None else key(text)
+        if identity not in seen:
+            seen.add(identity)
             keep.append(i)
     return examples.subset(keep), len(examples) - len(keep)
 

@@ -83,16 +83,14 @@ def _wrap(model) -> EmbeddingClassifier:
 
 def embed_texts(model: EmbeddingClassifier, features, batch_size: int = 32) -> np.ndarray:
     from tunesmith.data.batching import inference_batches
+    from tunesmith.inference import evaluating
 
     out = np.zeros((len(features), model.classifier.in_features), dtype=np.float32)
-    was_training = model.training
-    model.eval()
-    with torch.inference_mode():
+    with evaluating(model) as device:
         for indices in inference_batches(features.lengths, batch_size):
             batch = features.batch(indices)
             batch.pop("labels", None)
-            out[indices] = model.embed(**batch).numpy()
-    model.train(was_training)
+            out[indices] = model.embed(**{k: v.to(device) for k, v in batch.items()}).cpu().numpy()
     return out
 
 

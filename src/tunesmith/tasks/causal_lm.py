@@ -22,9 +22,11 @@ from tunesmith.data.batching import IGNORE, Features, collate_rows, inference_ba
 from tunesmith.data.checks import CheckReport, _where
 from tunesmith.data.labeled import Examples
 from tunesmith.data.sources import read_source
+from tunesmith.data.split import dedupe
 from tunesmith.data.splits import Splits
 from tunesmith.errors import UserError
 from tunesmith.generation import GenerationSettings, answer_scores, generate
+from tunesmith.inference import evaluating
 from tunesmith.tasks import register_task
 
 LOSS_BATCH = 4  # rows per loss batch: the logits alone are rows x length x 49k vocabulary floats
@@ -94,20 +96,49 @@ def drop_untrainable(examples: Examples, name: str) -> tuple[Examples, list[str]
 
 def split_examples(examples: Examples, val_fraction: float, test_fraction: float, seed: int):
     """Exact duplicates removed (so no conversation is in two splits), then a seeded random split."""
-    seen, keep = set(), []
-    for i, c in enumerate(examples.texts):
-        key = conversation_key(c)
-        if key not in seen:
-            seen.add(key)
-            keep.append(i)
-    removed = len(examples) - len(keep)
-    rng = np.random.default_rng(seed)
-    order = [keep[i] for i in rng.permutation(len(keep))]
+    examples, removed = dedupe(examples, conversation_key)
+    order = np.random.default_rng(seed).permutation(len(examples)).tolist()
     n_val, n_test = max(1, round(len(order) * val_fraction)), max(1, round(len(order) * test_fraction))
     if len(order) - n_val - n_test < 1:
         raise UserError(f"{examples.source}: {len(order)} distinct rows; need at least 3 (train, val, test)")
     val, test, train = order[:n_val], order[n_val : n_val + n_test], order[n_val + n_test :]
     return examples.subset(sorted(train)), examples.subset(sorted(val)), examples.subset(sorted(test)), removed
+
+
+def assemble_splits(cfg, read, clean) -> tuple[Examples, Examples, Examples, list[str], list[str]]:
+    """Train / val / test for the generative tasks: `read(source)` gives a source's splits,
+    `clean(examples, name)` drops unusable rows with warnings; a split the source lacks is
+    carved out of train (duplicates removed first), then each is sampled down to its limit.
+    Returns (train, val, test, notes, warnings)."""
+    splits = read(cfg.data)
+    given = {"train": splits.get("all") or splits.get("train"), "val": splits.get("val"), "test": splits.get("test")}
+    for key, flag in (("val", cfg.val_data), ("test", cfg.test_data)):
+        if flag:
+            given[key] = read(flag).get("all")
+    if given["train"] is None:
+        raise UserError(f"{cfg.data}: no training split found")
+    warnings, notes, cleaned = [], [], {}
+    for key, examples in given.items():
+        if examples is not None:
+            cleaned[key], dropped = clean(examples, key)
+            warnings += dropped
+    if "val" not in cleaned or "test" not in cleaned:
+        train, val, test, removed = split_examples(cleaned["train"], cfg.val_fraction, cfg.test_fraction, cfg.seed)
+        if removed:
+            notes.append(f"removed {removed} exact duplicate rows before splitting")
+        cleaned = {"train": train, "val": cleaned.get("val", val), "test": cleaned.get("test", test)}
+    if min(len(e) for e in cleaned.values()) == 0:
+        raise UserError(f"{cfg.data}: a split has no trainable rows left; see the warnings of `tunesmith check`")
+    return (sample(cleaned["train"], cfg.max_train_samples, cfg.seed), sample(cleaned["val"], cfg.max_eval_samples, cfg.seed),
+            sample(cleaned["test"], cfg.max_eval_samples, cfg.seed), notes, warnings)
+
+
+def token_length_facts(lengths: list[int], max_length: int, truncated: int, tokens_cut: int) -> dict:
+    """The `token_lengths` facts of a check report (percentiles, and what truncation cuts)."""
+    arr = np.array(lengths)
+    return {"count": len(arr), "p50": int(np.percentile(arr, 50)), "p90": int(np.percentile(arr, 90)),
+            "p99": int(np.percentile(arr, 99)), "max": int(arr.max()), "max_length": max_length,
+            "truncated": truncated, "truncated_pct": 100.0 * truncated / len(arr), "tokens_cut": tokens_cut}
 
 
 def sample(examples: Examples, limit: int | None, seed: int) -> Examples:
@@ -187,29 +218,8 @@ class CausalLMTask:
     def load_data(self, cfg) -> Splits:
         if not cfg.data:
             raise UserError("--data: give a CSV/JSONL/Parquet file of conversations, instructions or texts")
-        splits = read_conversations(cfg.data, cfg.encoding, cfg.text_col)
-        warnings, notes = [], []
-        given = {"train": splits.get("all") or splits.get("train"), "val": splits.get("val"), "test": splits.get("test")}
-        for key, flag in (("val", cfg.val_data), ("test", cfg.test_data)):
-            if flag:
-                given[key] = read_conversations(flag, cfg.encoding, cfg.text_col).get("all")
-        if given["train"] is None:
-            raise UserError(f"{cfg.data}: no training split found")
-        cleaned = {}
-        for key, examples in given.items():
-            if examples is not None:
-                cleaned[key], dropped = drop_untrainable(examples, key)
-                warnings += dropped
-        if "val" not in cleaned or "test" not in cleaned:
-            train, val, test, removed = split_examples(cleaned["train"], cfg.val_fraction, cfg.test_fraction, cfg.seed)
-            if removed:
-                notes.append(f"removed {removed} exact duplicate rows before splitting")
-            cleaned = {"train": train, "val": cleaned.get("val", val), "test": cleaned.get("test", test)}
-        if min(len(e) for e in cleaned.values()) == 0:
-            raise UserError(f"{cfg.data}: a split has no trainable rows left; see the warnings of `tunesmith check`")
-        train = sample(cleaned["train"], cfg.max_train_samples, cfg.seed)
-        val = sample(cleaned["val"], cfg.max_eval_samples, cfg.seed)
-        test = sample(cleaned["test"], cfg.max_eval_samples, cfg.seed)
+        train, val, test, notes, warnings = assemble_splits(
+            cfg, lambda source: read_conversations(source, cfg.encoding, cfg.text_col), drop_untrainable)
         layout = "text" if isinstance(train.texts[0], str) else "conversation"
         return Splits(train, val, test, [], layout, "", notes=notes, warnings=warnings)
 
@@ -240,16 +250,11 @@ class CausalLMTask:
             if n > max_length and not isinstance(c, str):  # plain text is cut into pieces, not lost
                 cut_rows.append(i)
                 cut_tokens += n - max_length
-        lengths_arr = np.array(lengths)
-        report.facts["token_lengths"] = {
-            "count": len(lengths), "p50": int(np.percentile(lengths_arr, 50)), "p90": int(np.percentile(lengths_arr, 90)),
-            "p99": int(np.percentile(lengths_arr, 99)), "max": int(lengths_arr.max()), "max_length": max_length,
-            "truncated": len(cut_rows), "truncated_pct": 100.0 * len(cut_rows) / len(lengths), "tokens_cut": cut_tokens,
-        }
+        report.facts["token_lengths"] = token_length_facts(lengths, max_length, len(cut_rows), cut_tokens)
         if cut_rows:
             report.warnings.append(
                 f"{len(cut_rows)} examples are longer than max_length {max_length}: {cut_tokens} tokens would be cut "
-                f"(answers lose their end); consider --max-length {int(np.percentile(lengths_arr, 99))}")
+                f"(answers lose their end); consider --max-length {report.facts['token_lengths']['p99']}")
         first = as_conversation(splits.train.texts[0])
         preview = first if isinstance(first, str) else conv.render_text(tokenizer, first)[0]
         report.facts["preview"] = preview
@@ -305,26 +310,19 @@ class CausalLMTask:
         answers: list[str | None] = [None] * count
         scored = [i for i, m in enumerate(features.meta) if not m["prompt"]]
         prompts = [i for i, m in enumerate(features.meta) if m["prompt"]]
-        was_training = model.training
-        model.eval()
-        device = next(model.parameters()).device
-        try:
-            with torch.inference_mode():
-                lengths = [len(features.rows[i]["input_ids"]) for i in scored]
-                for batch_idx in inference_batches(lengths, min(batch_size, LOSS_BATCH)):
-                    rows = [features.rows[scored[j]] for j in batch_idx]
-                    batch = collate_rows(rows, features.pad_id, token_labels=True)
-                    labels = batch.pop("labels")
-                    logits = model(**{k: v.to(device) for k, v in batch.items()}).logits.float().cpu()
-                    losses = torch.nn.functional.cross_entropy(
-                        logits[:, :-1].transpose(1, 2), labels[:, 1:], ignore_index=IGNORE, reduction="none")
-                    for row_in_batch, j in enumerate(batch_idx):
-                        example = features.meta[scored[j]]["example"]
-                        nll[example] += float(losses[row_in_batch].sum())
-                        tokens[example] += int((labels[row_in_batch, 1:] != IGNORE).sum())
-        finally:
-            if was_training:
-                model.train()
+        with evaluating(model) as device:
+            lengths = [len(features.rows[i]["input_ids"]) for i in scored]
+            for batch_idx in inference_batches(lengths, min(batch_size, LOSS_BATCH)):
+                rows = [features.rows[scored[j]] for j in batch_idx]
+                batch = collate_rows(rows, features.pad_id, token_labels=True)
+                labels = batch.pop("labels")
+                logits = model(**{k: v.to(device) for k, v in batch.items()}).logits.float().cpu()
+                losses = torch.nn.functional.cross_entropy(
+                    logits[:, :-1].transpose(1, 2), labels[:, 1:], ignore_index=IGNORE, reduction="none")
+                for row_in_batch, j in enumerate(batch_idx):
+                    example = features.meta[scored[j]]["example"]
+                    nll[example] += float(losses[row_in_batch].sum())
+                    tokens[example] += int((labels[row_in_batch, 1:] != IGNORE).sum())
         if prompts:
             tokenizer = features.processor.tokenizer
             texts = [tokenizer.decode(features.rows[i]["input_ids"]) for i in prompts]

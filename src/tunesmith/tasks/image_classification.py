@@ -26,7 +26,7 @@ from tunesmith.data.checks import check_splits
 from tunesmith.data.images import (IMAGE_SUFFIXES, ImageItems, ImagePreprocessor, content_hash, find_unreadable,
                                    read_image_source)
 from tunesmith.data.labeled import Examples
-from tunesmith.data.split import sample, stratified_indices
+from tunesmith.data.split import dedupe, sample, stratified_indices
 from tunesmith.data.splits import Splits
 from tunesmith.data.targets import ClassTarget
 from tunesmith.errors import UserError
@@ -78,15 +78,9 @@ class ImageClassification:
         missing = [name for name, split in (("val", val), ("test", test)) if split is None]
         if missing:
             # Identical image files (by content) are removed first, so none is in two splits.
-            seen, keep = set(), []
-            for i, path in enumerate(train.texts):
-                digest = content_hash(path)
-                if digest not in seen:
-                    seen.add(digest)
-                    keep.append(i)
-            if len(keep) < len(train):
-                notes.append(f"removed {len(train) - len(keep)} duplicate image files before splitting")
-            train = train.subset(keep)
+            train, removed = dedupe(train, content_hash)
+            if removed:
+                notes.append(f"removed {removed} duplicate image files before splitting")
             fractions = [cfg.val_fraction if name == "val" else cfg.test_fraction for name in missing]
             groups = stratified_indices(train.labels, fractions, cfg.seed)
             carved = {name: train.subset(groups[k]) for k, name in enumerate(missing)}

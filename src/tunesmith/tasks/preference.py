@@ -31,9 +31,10 @@ from tunesmith.data.labeled import Examples
 from tunesmith.data.sources import read_source
 from tunesmith.data.splits import Splits
 from tunesmith.errors import UserError
+from tunesmith.inference import evaluating
 from tunesmith.tasks import register_task
-from tunesmith.tasks.causal_lm import (ChatProcessor, answer_metrics, load_causal_lm, load_saved_causal_lm, read_prompts,
-                                       sample, split_examples)
+from tunesmith.tasks.causal_lm import (CausalLMTask, ChatProcessor, answer_metrics, assemble_splits, load_causal_lm,
+                                       load_saved_causal_lm, read_prompts, token_length_facts)
 
 SCORE_BATCH = 4  # pairs per scoring batch (8 sequences)
 
@@ -158,25 +159,9 @@ class PreferenceTask:
     def load_data(self, cfg) -> Splits:
         if not cfg.data:
             raise UserError("--data: give a CSV/JSONL/Parquet file with prompt, chosen and rejected columns")
-        tables = read_pairs(cfg.data, cfg.encoding)
-        given = {"train": tables.get("all") or tables.get("train"), "val": tables.get("val"), "test": tables.get("test")}
-        for key, flag in (("val", cfg.val_data), ("test", cfg.test_data)):
-            if flag:
-                given[key] = read_pairs(flag, cfg.encoding).get("all")
-        warnings, notes, cleaned = [], [], {}
-        for key, examples in given.items():
-            if examples is not None:
-                cleaned[key], dropped = drop_unusable(examples, key)
-                warnings += dropped
-        if "val" not in cleaned or "test" not in cleaned:
-            train, val, test, removed = split_examples(cleaned["train"], cfg.val_fraction, cfg.test_fraction, cfg.seed)
-            if removed:
-                notes.append(f"removed {removed} exact duplicate rows before splitting")
-            cleaned = {"train": train, "val": cleaned.get("val", val), "test": cleaned.get("test", test)}
-        return Splits(sample(cleaned["train"], cfg.max_train_samples, cfg.seed),
-                      sample(cleaned["val"], cfg.max_eval_samples, cfg.seed),
-                      sample(cleaned["test"], cfg.max_eval_samples, cfg.seed), [], "preference pair", "",
-                      notes=notes, warnings=warnings)
+        train, val, test, notes, warnings = assemble_splits(cfg, lambda source: read_pairs(source, cfg.encoding),
+                                                            drop_unusable)
+        return Splits(train, val, test, [], "preference pair", "", notes=notes, warnings=warnings)
 
     def read_labeled(self, source, cfg, labels, text_col=None, label_col=None, encoding="utf-8") -> Examples:
         tables = read_pairs(source, encoding)
@@ -196,15 +181,12 @@ class PreferenceTask:
         for pair in splits.train.texts + splits.val.texts + splits.test.texts:
             for answer in ("chosen", "rejected"):
                 lengths.append(len(conv.encode_conversation(processor.tokenizer, _conversation(pair, answer), 10**9)[0].input_ids))
-        arr = np.array(lengths)
-        cut = int((arr > max_length).sum())
-        report.facts["token_lengths"] = {"count": len(arr), "p50": int(np.percentile(arr, 50)), "p90": int(np.percentile(arr, 90)),
-                                         "p99": int(np.percentile(arr, 99)), "max": int(arr.max()), "max_length": max_length,
-                                         "truncated": cut, "truncated_pct": 100.0 * cut / len(arr),
-                                         "tokens_cut": int(np.clip(arr - max_length, 0, None).sum())}
+        cut = sum(n > max_length for n in lengths)
+        report.facts["token_lengths"] = token_length_facts(lengths, max_length, cut,
+                                                           sum(max(0, n - max_length) for n in lengths))
         if cut:
             report.warnings.append(f"{cut} answers are cut at max_length {max_length}; their preference is judged on "
-                                   f"a truncated text; consider --max-length {int(np.percentile(arr, 99))}")
+                                   f"a truncated text; consider --max-length {report.facts['token_lengths']['p99']}")
         report.facts["preview"] = conv.render_text(processor.tokenizer, _conversation(splits.train.texts[0], "chosen"))[0]
         return report
 
@@ -249,19 +231,12 @@ class PreferenceTask:
 
     def _logps(self, model, features: Features) -> tuple[np.ndarray, np.ndarray]:
         chosen, rejected = np.zeros(len(features)), np.zeros(len(features))
-        was_training = model.training
-        model.eval()
-        device = next(model.parameters()).device
-        try:
-            with torch.inference_mode():
-                for indices in inference_batches(features.lengths, SCORE_BATCH):
-                    batch = features.batch(indices)
-                    logps = sequence_logps(model, batch["input_ids"].to(device), batch["labels"].to(device),
-                                           batch["attention_mask"].to(device)).cpu().numpy()
-                    chosen[indices], rejected[indices] = logps[: len(indices)], logps[len(indices):]
-        finally:
-            if was_training:
-                model.train()
+        with evaluating(model) as device:
+            for indices in inference_batches(features.lengths, SCORE_BATCH):
+                batch = features.batch(indices)
+                logps = sequence_logps(model, batch["input_ids"].to(device), batch["labels"].to(device),
+                                       batch["attention_mask"].to(device)).cpu().numpy()
+                chosen[indices], rejected[indices] = logps[: len(indices)], logps[len(indices):]
         return chosen, rejected
 
     def training_loss(self, model, batch: dict, processor) -> tuple[torch.Tensor, dict]:
@@ -329,16 +304,10 @@ class PreferenceTask:
     def write_predictions(self, path: Path, rows, outputs, labels) -> None:
         raise UserError("a preference run answers prompts: use `tunesmith generate RUN --file PROMPTS -o OUT`")
 
-    def serve_input(self, value, pairs: bool):
-        if not isinstance(value, str):
-            raise ValueError("give a prompt (a string)")
-        return [{"role": "user", "content": value}]
-
-    def output_rows(self, outputs) -> list:
-        return list(outputs["answers"])
-
-    def serve_output(self, value, row, labels, top_k) -> dict:
-        return {"generated": row}
+    # Served as causal-lm runs are: a prompt in, generated text out.
+    serve_input = CausalLMTask.serve_input
+    output_rows = CausalLMTask.output_rows
+    serve_output = CausalLMTask.serve_output
 
 
 def _conversation(pair, answer: str) -> list[dict]:
