@@ -116,6 +116,17 @@ def test_layer_decay_gives_each_depth_its_learning_rate(tiny_model):
     assert {g["lr"] for g in flat.param_groups} == {1e-3}
 
 
+def test_head_lr_applies_to_the_head_only(tiny_model):
+    from tunesmith.train.optim import build_optimizer
+
+    model = _model(tiny_model)
+    optimizer = build_optimizer(model, 5e-5, 0.01, head_lr=1e-3)
+    lr_of = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
+    for name, p in model.named_parameters():
+        expected = 1e-3 if name.startswith("classifier.") else 5e-5
+        assert lr_of[id(p)] == pytest.approx(expected), name
+
+
 def test_classification_losses_match_hand_computed_values():
     from tunesmith.train.losses import balanced_weights, classification_loss
 

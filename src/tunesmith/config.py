@@ -67,12 +67,15 @@ class TrainConfig(BaseModel):
         "causal-lm, preference), a local folder, or a Hugging Face Hub id.",
     )
     method: str = Field("lora", description="Fine-tuning method: full, freeze (head only; --unfreeze-top-k), "
-                        "lora, ia3, adapter (bottleneck adapters), bitfit (biases + head), few-shot (SetFit), zero-shot (label-name similarity), "
+                        "lora, adalora (LoRA with adaptive ranks), ia3, adapter (bottleneck adapters), prefix (prefix-tuning), "
+                        "prompt (prompt tuning), ptuning (P-tuning), bitfit (biases + head), few-shot (SetFit), "
+                        "zero-shot (label-name similarity), "
                         "or qlora (causal LMs on a CUDA GPU with bitsandbytes).")
     unfreeze_top_k: int = Field(0, ge=0, description="freeze: also train the top k transformer layers.")
     adapter_layout: Literal["houlsby", "pfeiffer"] = Field(
         "houlsby", description="adapter: after attention and feed-forward (houlsby) or after feed-forward only (pfeiffer).")
     adapter_size: int = Field(64, gt=0, description="adapter: bottleneck width.")
+    prompt_tokens: int = Field(20, gt=0, description="prefix, prompt, ptuning: number of learned virtual tokens.")
     label_descriptions: Optional[dict[str, str]] = Field(
         None, description="zero-shot: a description per label (YAML mapping, or JSON on the command line), "
         "embedded instead of the bare label name.")
@@ -113,9 +116,12 @@ class TrainConfig(BaseModel):
     batch_size: int = Field(32, gt=0, description="Examples per micro-batch.")
     grad_accum: int = Field(1, gt=0, description="Micro-batches per optimizer step.")
     lr: Optional[float] = Field(
-        None, gt=0, description="Peak learning rate (default: the method's: 5e-5 full, 5e-4 lora, 3e-3 ia3, "
-        "1e-3 freeze and bitfit)."
+        None, gt=0, description="Peak learning rate (default: the method's: 5e-5 full, 5e-4 lora and adalora, 3e-3 ia3, "
+        "1e-2 prefix and prompt, 1e-3 ptuning, adapter, freeze and bitfit)."
     )
+    head_lr: Optional[float] = Field(
+        None, gt=0, description="Learning rate of the task head and anything else outside the pretrained body "
+        "(default: --lr). A freshly initialised head over many classes learns faster at 1e-3.")
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay (not applied to biases and norms).")
     scheduler: Literal["linear", "cosine", "constant"] = Field("linear", description="Learning-rate schedule after warmup.")
     warmup_ratio: float = Field(0.06, ge=0, lt=1, description="Share of steps with linear warmup.")

@@ -123,7 +123,8 @@ def _fine_tune_and_evaluate(run: Run, cfg: TrainConfig, task, method, splits: Sp
         loss = method.training_loss
     if getattr(method, "trains", True):
         result = fit(model, features["train"], evaluate, cfg, run.path, metric, task.metrics_higher_is_better[metric],
-                     resume=resuming, log=log, compute_loss=loss)
+                     resume=resuming, log=log, compute_loss=loss,
+                     on_step=getattr(method, "on_step", None))
         # 6. Keep the best checkpoint (chosen on validation, never on test) as a plain HF model,
         # or the average of the last k evaluations' weights.
         kept = sorted(run.checkpoints.glob("eval-*"))[-cfg.average_last:] if cfg.average_last else []

@@ -35,4 +35,14 @@ def count_parameters(model) -> dict:
     return {"trainable": trainable, "total": total, "trainable_pct": 100.0 * trainable / total}
 
 
-from tunesmith.methods import adapter, bitfit, embedding, freeze, full, ia3, lora, qlora  # noqa: E402,F401  (register themselves)
+def restore(model, folder: str):
+    """A saved run's model with what plain transformers drops on load put back: bottleneck
+    adapters, or a prompt encoder (prefix, prompt, ptuning)."""
+    from tunesmith.methods.adapter import restore_adapters
+    from tunesmith.methods.prompt_learning import restore_prompt
+
+    return restore_prompt(restore_adapters(model, folder), folder)
+
+
+from tunesmith.methods import (  # noqa: E402,F401  (they register themselves)
+    adalora, adapter, bitfit, embedding, freeze, full, ia3, lora, prompt_learning, qlora)

@@ -165,9 +165,9 @@ def load_saved_causal_lm(folder: str):
     from transformers import AutoModelForCausalLM
 
     # use_safetensors: a run folder may come from someone else; never unpickle it.
-    from tunesmith.methods.adapter import restore_adapters
+    from tunesmith.methods import restore
 
-    model = restore_adapters(AutoModelForCausalLM.from_pretrained(folder, use_safetensors=True, dtype=torch.float32), folder)
+    model = restore(AutoModelForCausalLM.from_pretrained(folder, use_safetensors=True, dtype=torch.float32), folder)
     model.config.use_cache = True
     return model
 

@@ -74,10 +74,10 @@ class SequenceTask:
         if is_embedding_folder(folder):  # a zero-shot or few-shot run
             return EmbeddingClassifier.from_folder(folder)
 
-        from tunesmith.methods.adapter import restore_adapters
+        from tunesmith.methods import restore
 
         # use_safetensors: a run folder may come from someone else; never unpickle it.
-        return restore_adapters(AutoModelForSequenceClassification.from_pretrained(folder, use_safetensors=True), folder)
+        return restore(AutoModelForSequenceClassification.from_pretrained(folder, use_safetensors=True), folder)
 
     # ---- features, outputs, metrics ---------------------------------------------------------
     def load_processor(self, source: str, cfg: dict | None = None):

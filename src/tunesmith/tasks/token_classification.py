@@ -146,9 +146,9 @@ class TokenClassification:
     def load_model(self, folder: str):
         from transformers import AutoModelForTokenClassification
 
-        from tunesmith.methods.adapter import restore_adapters
+        from tunesmith.methods import restore
 
-        return restore_adapters(AutoModelForTokenClassification.from_pretrained(folder, use_safetensors=True), folder)
+        return restore(AutoModelForTokenClassification.from_pretrained(folder, use_safetensors=True), folder)
 
     # ---- features, prediction, metrics ------------------------------------------------
     def load_processor(self, source: str, cfg: dict | None = None):

@@ -78,9 +78,12 @@ def fit(
     resume: bool = False,
     log: Callable[[str], None] = print,
     compute_loss: Callable | None = None,
+    on_step: Callable | None = None,
 ) -> FitResult:
     """`compute_loss(model, batch) -> (loss, extras)` replaces the model's own loss (DPO);
-    its extras (floats) are averaged over the step and logged in the history."""
+    its extras (floats) are averaged over the step and logged in the history.
+    `on_step(model, step, total_steps)` runs after each optimizer step, before the gradients
+    are cleared (AdaLoRA's rank reallocation reads them)."""
     from accelerate import Accelerator
 
     precision = choose_precision(cfg.precision)
@@ -93,7 +96,7 @@ def fit(
     total_steps = cfg.max_steps or max(1, math.ceil(steps_per_epoch * cfg.epochs))
     eval_every = cfg.eval_every or steps_per_epoch
 
-    optimizer = build_optimizer(model, cfg.resolved_lr(), cfg.weight_decay, cfg.layer_decay)
+    optimizer = build_optimizer(model, cfg.resolved_lr(), cfg.weight_decay, cfg.layer_decay, cfg.head_lr)
     scheduler = build_scheduler(optimizer, cfg.scheduler, total_steps, cfg.warmup_ratio)
     model, optimizer = accelerator.prepare(model, optimizer)
 
@@ -147,6 +150,8 @@ def fit(
                 accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
             optimizer.step()
             scheduler.step()
+            if on_step is not None:
+                on_step(accelerator.unwrap_model(model), state.step, total_steps)
             optimizer.zero_grad(set_to_none=True)
 
             state.step += 1

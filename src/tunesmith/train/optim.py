@@ -7,23 +7,28 @@ import math
 import torch
 
 
-def build_optimizer(model, lr: float, weight_decay: float, layer_decay: float = 1.0) -> torch.optim.AdamW:
+def build_optimizer(model, lr: float, weight_decay: float, layer_decay: float = 1.0,
+                    head_lr: float | None = None) -> torch.optim.AdamW:
     """AdamW; with `layer_decay` < 1, layer-wise learning-rate decay (Clark et al. 2020, ELECTRA):
     the head trains at `lr`, the top block at lr * d, the next at lr * d^2, ..., the embeddings
-    at lr * d^(L+1). Lower layers hold general features that should move least."""
+    at lr * d^(L+1). Lower layers hold general features that should move least.
+    `head_lr`: the rate of everything outside the pretrained body (the task head)."""
     from tunesmith.methods.layers import blocks, body_of, layer_index
 
     stack = blocks(body_of(model)) if layer_decay < 1.0 else None
     depth = len(stack) if stack is not None else 0
-    body_ids = {id(p) for p in body_of(model).parameters()} if depth else set()
+    body_ids = {id(p) for p in body_of(model).parameters()}
+    head_factor = (head_lr / lr) if head_lr else 1.0
 
     def scale(name: str, param) -> float:
+        if id(param) not in body_ids:
+            return head_factor
         if not depth:
             return 1.0
         index = layer_index(name)
         if index is not None:
             return layer_decay ** (depth - index)
-        return layer_decay ** (depth + 1) if id(param) in body_ids else 1.0  # embeddings / head
+        return layer_decay ** (depth + 1)  # embeddings
 
     groups: dict[tuple[float, float], list] = {}
     for name, param in model.named_parameters():
