@@ -142,6 +142,12 @@ class TrainConfig(BaseModel):
         "none", description="Adversarial training on the input embeddings: fgm (one step) or pgd (--adv-steps steps).")
     adv_epsilon: float = Field(1.0, gt=0, description="fgm/pgd: size of the embedding perturbation (L2 norm per batch).")
     adv_steps: int = Field(3, gt=0, description="pgd: ascent steps.")
+    augment_copies: int = Field(0, ge=0, description="Text tasks: edited copies of each training example added "
+                                "(EDA; 0: off; 2-8 helps most below ~1,000 examples). Validation and test are never augmented.")
+    augment_ops: list[Literal["swap", "delete", "insert", "synonym"]] = Field(
+        ["swap", "delete", "insert", "synonym"], description="Augmentation edits to draw from (insert and synonym use "
+        "WordNet: pip install 'tunesmith[augment]').")
+    augment_rate: float = Field(0.1, gt=0, lt=1, description="Share of a text's words each edit changes.")
 
     # --- evaluation and checkpoints --------------------------------------------------
     eval_every: Optional[int] = Field(
@@ -190,6 +196,9 @@ class TrainConfig(BaseModel):
         if (self.label_smoothing or self.class_weights != "none" or self.focal_gamma) and not single_label(TASKS[self.task]):
             raise ValueError(f"label_smoothing, class_weights and focal_gamma are for single-label classifiers, not {self.task}")
 
+        if self.augment_copies and TASKS[self.task].peft_task_type != "SEQ_CLS":
+            raise ValueError(f"augment_copies is for text classification, pairs and regression, not {self.task} "
+                             "(its edits would break token tags, conversations or images)")
         known = TASKS[self.task].metrics_higher_is_better
         if self.metric is not None and self.metric not in known:
             raise ValueError(f"metric {self.metric!r} is not reported by task {self.task}; choose one of: {', '.join(known)}")

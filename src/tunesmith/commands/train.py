@@ -20,6 +20,7 @@ import torch
 
 from tunesmith import models
 from tunesmith.config import TrainConfig, build_config, config_to_yaml_dict
+from tunesmith.data.augment import augment_examples
 from tunesmith.data.labeled import Examples
 from tunesmith.data.splits import Splits
 from tunesmith.errors import Interrupted, UserError
@@ -82,10 +83,17 @@ def _fine_tune_and_evaluate(run: Run, cfg: TrainConfig, task, method, splits: Sp
                             resuming: bool, log) -> Run:
     """Steps 3-7: everything that happens inside the run folder."""
     # 3. Features (token ids cached on disk) with targets, for every split.
-    # Augmentation (where a task has it) touches the training split only, never val or test.
-    features = {name: task.encode(tokenizer, getattr(splits, name).texts, getattr(splits, name).labels,
-                                  splits.labels, cfg.resolved_max_length(), augment=name == "train")
-                for name in ("train", "val", "test")}
+    # Augmentation touches the training split only, never val or test: text edits (EDA) here,
+    # and the task's own (image flips and crops) inside encode.
+    examples = {"train": splits.train, "val": splits.val, "test": splits.test}
+    if cfg.augment_copies:
+        examples["train"] = augment_examples(splits.train, cfg.augment_copies, cfg.augment_ops, cfg.augment_rate,
+                                             cfg.seed)
+        log(f"augmentation: {len(splits.train):,} training examples + {len(examples['train']) - len(splits.train):,} "
+            f"edited copies ({', '.join(cfg.augment_ops)})")
+    features = {name: task.encode(tokenizer, part.texts, part.labels, splits.labels, cfg.resolved_max_length(),
+                                  augment=name == "train")
+                for name, part in examples.items()}
 
     if hasattr(task, "score_reference"):  # DPO: the reference's log-probabilities, before any tuning
         log("scoring every pair with the reference (the starting model) ...")
@@ -94,7 +102,7 @@ def _fine_tune_and_evaluate(run: Run, cfg: TrainConfig, task, method, splits: Sp
     # 4. The untuned baseline, from the pristine pretrained encoder (once per run).
     if cfg.baseline and task.has_baseline and not run.baseline_file.is_file():
         log("baseline: scoring the untuned model on the test split ...")
-        baseline = task.baseline(model, features["train"], features["test"], splits.train.labels,
+        baseline = task.baseline(model, features["train"], features["test"], examples["train"].labels,
                                  splits.test.labels, splits.labels, cfg.seed)
         write_json(run.baseline_file, baseline)
 
@@ -108,7 +116,7 @@ def _fine_tune_and_evaluate(run: Run, cfg: TrainConfig, task, method, splits: Sp
 
     def fit_head(m) -> None:  # few-shot: the head is fitted on the training split, outside the loop
         if hasattr(method, "fit_head"):
-            method.fit_head(m, features["train"], splits.train.labels, splits.labels)
+            method.fit_head(m, features["train"], examples["train"].labels, splits.labels)
 
     def evaluate(m) -> dict:
         fit_head(m)
@@ -116,7 +124,7 @@ def _fine_tune_and_evaluate(run: Run, cfg: TrainConfig, task, method, splits: Sp
 
     metric = cfg.resolved_metric()
     loss = partial(task.training_loss, processor=tokenizer) if hasattr(task, "training_loss") else \
-        loss_for(cfg, task, splits.train.labels, splits.labels)
+        loss_for(cfg, task, examples["train"].labels, splits.labels)
     if cfg.adversarial != "none":
         loss = adversarial_loss(loss or model_loss, cfg.adversarial, cfg.adv_epsilon, cfg.adv_steps)
     if hasattr(method, "training_loss"):

