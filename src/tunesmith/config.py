@@ -172,6 +172,14 @@ class TrainConfig(BaseModel):
     name: Optional[str] = Field(None, description="Run folder name (default: from task, model and method).")
     resume: Optional[str] = Field(None, description="Continue the interrupted run in this folder.")
 
+    # --- continual learning ----------------------------------------------------------
+    from_run: Optional[str] = Field(None, description="Keep training this finished run on --data (continual "
+                                    "learning): its model is the start, new labels extend its head, and its test "
+                                    "split is scored again to measure forgetting.")
+    replay: float = Field(0.5, ge=0, description="--from: old training examples mixed in per new one (0: none).")
+    ewc_lambda: float = Field(0.0, ge=0, description="--from: strength of the EWC penalty that holds important "
+                              "weights near their old values (0: off; 1e2-1e4 is typical). full, freeze, bitfit.")
+
     @field_validator("task", "method")
     @classmethod
     def _registered(cls, value: str, info) -> str:
@@ -196,6 +204,10 @@ class TrainConfig(BaseModel):
         if (self.label_smoothing or self.class_weights != "none" or self.focal_gamma) and not single_label(TASKS[self.task]):
             raise ValueError(f"label_smoothing, class_weights and focal_gamma are for single-label classifiers, not {self.task}")
 
+        if self.ewc_lambda and not self.from_run:
+            raise ValueError("ewc_lambda needs --from RUN (the run whose weights it protects)")
+        if self.from_run and TASKS[self.task].peft_task_type != "SEQ_CLS":
+            raise ValueError(f"--from is for text classification, pairs and regression, not {self.task}")
         if self.augment_copies and TASKS[self.task].peft_task_type != "SEQ_CLS":
             raise ValueError(f"augment_copies is for text classification, pairs and regression, not {self.task} "
                              "(its edits would break token tags, conversations or images)")
@@ -276,6 +288,10 @@ def build_config(values: dict[str, Any], source: str) -> TrainConfig:
             hint = [FAMILIAR_NAMES[key]] if key in FAMILIAR_NAMES else difflib.get_close_matches(str(key), known, n=1)
             suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
             raise UserError(f"{source}: unknown config key '{key}'{suggestion}; see `tunesmith train --help`")
+    if "task" not in values and values.get("from_run"):  # continual learning: the earlier run's task
+        earlier = Path(str(values["from_run"])) / "config.yaml"
+        if earlier.is_file():
+            values = {**values, "task": read_yaml_mapping(str(earlier)).get("task")}
     if "task" not in values and values.get("data"):
         from tunesmith.tasks import infer_task
 
@@ -300,22 +316,25 @@ def config_to_yaml_dict(cfg: TrainConfig) -> dict[str, Any]:
     return values
 
 
+FLAG_ALIASES = {"from_run": "--from"}  # the short spelling users type: tunesmith train --from RUN
+
+
 def add_config_flags(parser: argparse.ArgumentParser, model: type[BaseModel] = None, skip: tuple = ()) -> None:
     """One `--flag` per field of `model` (TrainConfig by default), typed, with its description as help."""
     for name, field in (model or TrainConfig).model_fields.items():
         if name in skip:
             continue
-        flag = "--" + name.replace("_", "-")
+        flags = ["--" + name.replace("_", "-")] + ([FLAG_ALIASES[name]] if name in FLAG_ALIASES else [])
         kind, choices = _flag_type(field.annotation)
         help_text = f"{field.description} (default: {field.default})"
         if kind is bool and field.default is False:  # an opt-in switch: --no-auth, not --no-no-auth
-            parser.add_argument(flag, dest=name, action="store_true", default=None, help=help_text)
+            parser.add_argument(*flags, dest=name, action="store_true", default=None, help=help_text)
         elif kind is bool:
-            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+            parser.add_argument(*flags, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         elif kind is list:
-            parser.add_argument(flag, dest=name, type=_comma_list, default=None, metavar="A,B", help=help_text)
+            parser.add_argument(*flags, dest=name, type=_comma_list, default=None, metavar="A,B", help=help_text)
         else:
-            parser.add_argument(flag, dest=name, type=kind, choices=choices, default=None, help=help_text)
+            parser.add_argument(*flags, dest=name, type=kind, choices=choices, default=None, help=help_text)
 
 
 def _flag_type(annotation: Any) -> tuple[Any, Optional[list[str]]]:

@@ -30,7 +30,7 @@ from tunesmith.io import replace_dir, write_json, write_text, write_yaml
 from tunesmith.methods import METHODS, count_parameters
 from tunesmith.runs import Run
 from tunesmith.tasks import TASKS
-from tunesmith.train import checkpoint
+from tunesmith.train import checkpoint, continual
 from tunesmith.train.adversarial import adversarial_loss, model_loss
 from tunesmith.train.loop import FitResult, LoopState, fit
 from tunesmith.train.losses import loss_for
@@ -45,6 +45,9 @@ def train(cfg: TrainConfig, log=print) -> Run:
     task, method = TASKS[cfg.task], METHODS[cfg.method]
     if hasattr(method, "check"):
         method.check(cfg)  # e.g. qlora without a GPU: refused before any data or model is loaded
+    earlier = continual.prior_run(cfg) if cfg.from_run else None
+    if earlier is not None:
+        cfg.model = str(earlier.model_dir.resolve())  # its model and tokenizer are the start
 
     # 1. Data and model, validated before anything is written.
     splits = _saved_splits(run, cfg) if resuming else task.load_data(cfg)
@@ -58,7 +61,11 @@ def train(cfg: TrainConfig, log=print) -> Run:
     for warning in findings.warnings:
         log(f"warning: {warning}")
     torch.manual_seed(cfg.seed)  # the head's initialisation is part of what the seed fixes
-    model = task.build_model(source, splits.labels)
+    if earlier is not None:  # its labels keep their class ids; new ones come after them
+        splits.labels = continual.extended_labels(earlier.labels(), splits.labels)
+        model = task.load_model(str(earlier.model_dir))
+    else:
+        model = task.build_model(source, splits.labels)
 
     # 2. The run folder, with the resolved config that re-runs it and the exact splits.
     if not resuming:
@@ -74,18 +81,21 @@ def train(cfg: TrainConfig, log=print) -> Run:
         log(f"run folder: {run.path}")
 
     try:
-        return _fine_tune_and_evaluate(run, cfg, task, method, splits, tokenizer, model, resuming, log)
+        return _fine_tune_and_evaluate(run, cfg, task, method, splits, tokenizer, model, resuming, log, earlier)
     except KeyboardInterrupt:
         raise Interrupted(run.path) from None
 
 
 def _fine_tune_and_evaluate(run: Run, cfg: TrainConfig, task, method, splits: Splits, tokenizer, model,
-                            resuming: bool, log) -> Run:
+                            resuming: bool, log, earlier: Run | None = None) -> Run:
     """Steps 3-7: everything that happens inside the run folder."""
     # 3. Features (token ids cached on disk) with targets, for every split.
     # Augmentation touches the training split only, never val or test: text edits (EDA) here,
     # and the task's own (image flips and crops) inside encode.
     examples = {"train": splits.train, "val": splits.val, "test": splits.test}
+    if earlier is not None and cfg.replay:  # continual learning: rehearse some of the old training data
+        examples["train"] = continual.with_replay(splits.train, earlier.split("train"), cfg.replay, cfg.seed)
+        log(f"replay: {len(examples['train']) - len(splits.train):,} old training examples mixed in")
     if cfg.augment_copies:
         examples["train"] = augment_examples(splits.train, cfg.augment_copies, cfg.augment_ops, cfg.augment_rate,
                                              cfg.seed)
@@ -106,10 +116,21 @@ def _fine_tune_and_evaluate(run: Run, cfg: TrainConfig, task, method, splits: Sp
                                  splits.test.labels, splits.labels, cfg.seed)
         write_json(run.baseline_file, baseline)
 
-    # 5. Fine-tune.
+    # 5. Fine-tune (continual learning: from the earlier run's model, its head extended).
+    ewc = None
+    if earlier is not None:
+        if cfg.ewc_lambda:
+            log("EWC: weighing each weight's importance on the old training data ...")
+            old_train = earlier.split("train")
+            sample = old_train.subset(range(min(len(old_train), continual.FISHER_SAMPLES)))
+            ewc = continual.EWC(model, task.encode(tokenizer, sample.texts, sample.labels, splits.labels,
+                                                   cfg.resolved_max_length()), cfg.ewc_lambda)
+        model = continual.extend_head(model, earlier.labels(), splits.labels)
     if cfg.gradient_checkpointing:
         _checkpoint_activations(model, cfg)
     model = method.apply(model, cfg)
+    if ewc is not None:
+        ewc.bind(model)
     params = count_parameters(model)
     log(f"method {cfg.method}: {params['trainable']:,} of {params['total']:,} parameters train "
         f"({params['trainable_pct']:.2f}%), lr {cfg.resolved_lr():g}")
@@ -129,6 +150,8 @@ def _fine_tune_and_evaluate(run: Run, cfg: TrainConfig, task, method, splits: Sp
         loss = adversarial_loss(loss or model_loss, cfg.adversarial, cfg.adv_epsilon, cfg.adv_steps)
     if hasattr(method, "training_loss"):
         loss = method.training_loss
+    if ewc is not None:
+        loss = ewc.loss(loss or model_loss)
     if getattr(method, "trains", True):
         result = fit(model, features["train"], evaluate, cfg, run.path, metric, task.metrics_higher_is_better[metric],
                      resume=resuming, log=log, compute_loss=loss,
@@ -157,6 +180,15 @@ def _fine_tune_and_evaluate(run: Run, cfg: TrainConfig, task, method, splits: Sp
     if hasattr(task, "answer_metrics"):  # generative tasks: answers to held-out prompts vs references
         log("answering test prompts for exact match and ROUGE-L ...")
         test_metrics.update(task.answer_metrics(predictor.model, predictor.tokenizer, splits.test.texts))
+    continued = None
+    if earlier is not None:  # forgetting: the old test split, as the old run scored it and now
+        old_test = earlier.split("test")
+        after = task.metrics(old_test.labels, predictor.predict(old_test.texts), splits.labels)
+        continued = {
+            "from": str(earlier.path), "replayed": len(examples["train"]) - len(splits.train), "ewc_lambda": cfg.ewc_lambda,
+            "new_labels": splits.labels[len(earlier.labels()):],
+            "old_test": continual.forgetting(continual.old_metrics(earlier), after, metric,
+                                             task.metrics_higher_is_better[metric])}
     metrics = {
         "test": test_metrics,
         "val_best": {metric: result.state.best_metric, "step": result.state.best_step},
@@ -175,6 +207,7 @@ def _fine_tune_and_evaluate(run: Run, cfg: TrainConfig, task, method, splits: Sp
         "predict_samples_per_second": len(splits.test) / max(predict_seconds, 1e-9),
         "parameters": params,
         "peak_memory_mb": peak_memory_mb(),
+        **({"continual": continued} if continued else {}),
     }
     write_text(run.report_file, report.render(f"tunesmith run {run.path.name}", run.config(), metrics,
                                               run.history(), splits.labels))

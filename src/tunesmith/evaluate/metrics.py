@@ -16,10 +16,13 @@ def classification_metrics(y_true, probs, labels: list[str]) -> dict:
     )
     # Cross-entropy of the predicted distribution: lets "loss" be a selection metric too.
     picked = probs[np.arange(len(y_true)), y_true]
+    # Averages run over the classes that occur (in the truth or the predictions), as scikit-learn
+    # does by default: a class absent from this test split would otherwise count as F1 0.
+    present = sorted(set(y_true.tolist()) | set(y_pred.tolist()))
     return {
         "accuracy": float(accuracy_score(y_true, y_pred)),
-        "macro_f1": float(f1_score(y_true, y_pred, labels=ids, average="macro", zero_division=0)),
-        "weighted_f1": float(f1_score(y_true, y_pred, labels=ids, average="weighted", zero_division=0)),
+        "macro_f1": float(f1_score(y_true, y_pred, labels=present, average="macro", zero_division=0)),
+        "weighted_f1": float(f1_score(y_true, y_pred, labels=present, average="weighted", zero_division=0)),
         "loss": float(-np.log(np.clip(picked, 1e-12, 1.0)).mean()),
         "count": int(len(y_true)),
         "per_class": {

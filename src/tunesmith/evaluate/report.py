@@ -113,6 +113,19 @@ def preference_plot(history: list[dict]) -> str | None:
     return _png(fig)
 
 
+def continual_table(facts: dict | None) -> str:
+    """Continual learning: the old test split before and after, and the new one."""
+    if not facts:
+        return ""
+    e, old = html.escape, facts["old_test"]
+    return (f"<h2>Continual learning (from {e(facts['from'])})</h2>"
+            f"<p>{facts['replayed']:,} old examples replayed; EWC lambda {facts['ewc_lambda']:g}; "
+            f"new labels: {e(', '.join(facts['new_labels']) or 'none')}.</p>"
+            f"<table><tr><th>old test {e(old['metric'])}</th><th>before</th><th>after</th><th>forgetting</th></tr>"
+            f"<tr><td></td><td>{old['before']:.4f}</td><td>{old['after']:.4f}</td><td>{old['forgetting']:+.4f}</td>"
+            "</tr></table>")
+
+
 def render(title: str, config: dict, metrics: dict, history: list[dict], labels: list[str]) -> str:
     e = html.escape
     test = metrics["test"]
@@ -150,6 +163,7 @@ def render(title: str, config: dict, metrics: dict, history: list[dict], labels:
         ("Confusion matrix (test)", confusion_plot(test["confusion_matrix"], labels) if "confusion_matrix" in test else None),
     ]
     figures = "".join(f"<h2>{e(t)}</h2><img src='{src}' alt='{e(t)}'>" for t, src in images if src)
+    figures = continual_table(metrics.get("continual")) + figures
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>{e(title)}</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem}}
