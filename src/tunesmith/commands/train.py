@@ -30,18 +30,23 @@ from tunesmith.io import replace_dir, write_json, write_text, write_yaml
 from tunesmith.methods import METHODS, count_parameters
 from tunesmith.runs import Run
 from tunesmith.tasks import TASKS
-from tunesmith.train import checkpoint, continual
+from tunesmith.train import checkpoint, continual, distributed
 from tunesmith.train.adversarial import adversarial_loss, model_loss
 from tunesmith.train.loop import FitResult, LoopState, fit
 from tunesmith.train.losses import loss_for
 
 
 def train(cfg: TrainConfig, log=print) -> Run:
+    processes = distributed.processes()  # several under `accelerate launch`; only the main one writes
+    main = processes.is_main_process
+    if not main:
+        log = _silent
     resuming = cfg.resume is not None
     if resuming:
         cfg, run = _config_of_interrupted_run(cfg.resume)
     else:
-        run = _unused_run_folder(cfg)  # a taken name fails now, not after loading everything
+        # A taken name fails now, not after loading everything; the others use the main's folder.
+        run = Run(Path(distributed.from_main(str(_unused_run_folder(cfg).path) if main else None)))
     task, method = TASKS[cfg.task], METHODS[cfg.method]
     if hasattr(method, "check"):
         method.check(cfg)  # e.g. qlora without a GPU: refused before any data or model is loaded
@@ -68,7 +73,7 @@ def train(cfg: TrainConfig, log=print) -> Run:
         model = task.build_model(source, splits.labels)
 
     # 2. The run folder, with the resolved config that re-runs it and the exact splits.
-    if not resuming:
+    if not resuming and main:
         run.path.mkdir(parents=True)
         try:
             write_yaml(run.config_file, config_to_yaml_dict(cfg))
@@ -79,6 +84,7 @@ def train(cfg: TrainConfig, log=print) -> Run:
             shutil.rmtree(run.path, ignore_errors=True)
             raise
         log(f"run folder: {run.path}")
+    processes.wait_for_everyone()
 
     try:
         return _fine_tune_and_evaluate(run, cfg, task, method, splits, tokenizer, model, resuming, log, earlier)
@@ -110,7 +116,8 @@ def _fine_tune_and_evaluate(run: Run, cfg: TrainConfig, task, method, splits: Sp
         task.score_reference(model, features)
 
     # 4. The untuned baseline, from the pristine pretrained encoder (once per run).
-    if cfg.baseline and task.has_baseline and not run.baseline_file.is_file():
+    main = distributed.processes().is_main_process
+    if cfg.baseline and task.has_baseline and main and not run.baseline_file.is_file():
         log("baseline: scoring the untuned model on the test split ...")
         baseline = task.baseline(model, features["train"], features["test"], examples["train"].labels,
                                  splits.test.labels, splits.labels, cfg.seed)
@@ -156,6 +163,8 @@ def _fine_tune_and_evaluate(run: Run, cfg: TrainConfig, task, method, splits: Sp
         result = fit(model, features["train"], evaluate, cfg, run.path, metric, task.metrics_higher_is_better[metric],
                      resume=resuming, log=log, compute_loss=loss,
                      on_step=getattr(method, "on_step", None))
+        if not main:  # the main process keeps, exports and tests the model
+            return run
         # 6. Keep the best checkpoint (chosen on validation, never on test) as a plain HF model,
         # or the average of the last k evaluations' weights.
         kept = sorted(run.checkpoints.glob("eval-*"))[-cfg.average_last:] if cfg.average_last else []
@@ -203,6 +212,7 @@ def _fine_tune_and_evaluate(run: Run, cfg: TrainConfig, task, method, splits: Sp
             "stopped_early": result.state.stopped_early,
             "best_step": result.state.best_step,
             "precision": "fp32" if result.precision == "no" else result.precision,
+            "processes": result.processes,
         },
         "predict_samples_per_second": len(splits.test) / max(predict_seconds, 1e-9),
         "parameters": params,
@@ -213,6 +223,10 @@ def _fine_tune_and_evaluate(run: Run, cfg: TrainConfig, task, method, splits: Sp
                                               run.history(), splits.labels))
     write_json(run.metrics_file, metrics)  # last: its presence marks the run finished
     return run
+
+
+def _silent(*_) -> None:
+    pass
 
 
 def _checkpoint_activations(model, cfg) -> None:

@@ -29,6 +29,7 @@ from tunesmith.data.batching import Features, train_batches
 from tunesmith.errors import TrainingDiverged, UserError
 from tunesmith.io import write_text
 from tunesmith.train import checkpoint
+from tunesmith.train.distributed import local_share
 from tunesmith.train.optim import build_optimizer, build_scheduler
 
 
@@ -53,6 +54,7 @@ class FitResult:
     total_steps: int
     precision: str
     history: list[dict] = field(default_factory=list)
+    processes: int = 1  # training processes (DDP under accelerate launch)
 
 
 def choose_precision(requested: str) -> str:
@@ -108,8 +110,9 @@ def fit(
         if last is not None:
             state = LoopState(**checkpoint.load(last, accelerator.unwrap_model(model), optimizer, scheduler))
             log(f"resumed from step {state.step} of {total_steps}")
-        _truncate_history(history_file, state.step)
-    elif history_file.exists():
+        if accelerator.is_main_process:
+            _truncate_history(history_file, state.step)
+    elif history_file.exists() and accelerator.is_main_process:
         history_file.unlink()
 
     model.train()
@@ -117,7 +120,8 @@ def fit(
     # line, so it updates twice a minute there.
     interactive = sys.stderr.isatty()
     bar = tqdm(total=total_steps, initial=state.step, desc="train", unit="step", dynamic_ncols=True,
-               mininterval=0.5 if interactive else 30.0)
+               mininterval=0.5 if interactive else 30.0, disable=not accelerator.is_main_process)
+    main = accelerator.is_main_process  # only the main process writes the run folder
     recent_loss: list[float] = []
 
     while state.step < total_steps and not state.stopped_early:
@@ -129,7 +133,10 @@ def fit(
             group_size = sum(len(b) for b in group)
             step_loss, extras = 0.0, {}
             for indices in group:
-                batch = {k: v.to(accelerator.device) for k, v in train.batch(indices).items()}
+                # Under DDP each process runs its share of the micro-batch (`factor` rescales
+                # its loss so that the averaged gradient is the micro-batch's).
+                local, factor = local_share(indices, accelerator.process_index, accelerator.num_processes)
+                batch = {k: v.to(accelerator.device) for k, v in train.batch(local).items()}
                 if compute_loss is None:
                     loss = model(**batch).loss
                 else:
@@ -144,8 +151,10 @@ def fit(
                     )
                 # Weight each micro-batch by its share of the step's examples: the
                 # gradient is then exactly the mean over the step, however it is cut.
-                accelerator.backward(loss * (len(indices) / group_size))
-                step_loss += loss.item() * len(indices) / group_size
+                accelerator.backward(loss * (len(indices) / group_size) * factor)
+                step_loss += loss.item() * len(indices) / group_size * factor / accelerator.num_processes
+            if accelerator.num_processes > 1:  # the step's loss over all processes' shares
+                step_loss = accelerator.reduce(torch.tensor(step_loss, device=accelerator.device), "sum").item()
             if cfg.max_grad_norm:
                 accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
             optimizer.step()
@@ -162,8 +171,9 @@ def fit(
             bar.update(1)
             bar.set_postfix(loss=f"{sum(recent_loss[-20:]) / len(recent_loss[-20:]):.4f}",
                             samples_s=f"{state.samples / max(state.train_seconds, 1e-9):.1f}", refresh=False)
-            _append_history(history_file, {"step": state.step, "epoch": state.epoch, "loss": step_loss,
-                                           "lr": scheduler.get_last_lr()[0], **extras})
+            if main:
+                _append_history(history_file, {"step": state.step, "epoch": state.epoch, "loss": step_loss,
+                                               "lr": scheduler.get_last_lr()[0], **extras})
 
             end_of_epoch = state.group_in_epoch == len(groups)
             if state.step % eval_every == 0 or state.step == total_steps or (cfg.eval_every is None and end_of_epoch):
@@ -179,25 +189,27 @@ def fit(
                 state.epoch += 1
                 state.group_in_epoch = 0
     bar.close()
-    return FitResult(state, total_steps, precision)
+    return FitResult(state, total_steps, precision, processes=accelerator.num_processes)
 
 
 def _evaluate_and_checkpoint(model, accelerator, evaluate, cfg, state, optimizer, scheduler,
                              ckpt_dir, history_file, metric, higher_better, bar) -> None:
+    # Every process evaluates (the weights are the same everywhere), so all reach the same
+    # early-stopping decision without a message; only the main one writes.
     plain = accelerator.unwrap_model(model)
     metrics = evaluate(plain)
+    if not accelerator.is_main_process:
+        improved = state.best_metric is None or (metrics[metric] > state.best_metric if higher_better
+                                                 else metrics[metric] < state.best_metric)
+        _track(state, metrics[metric], improved, cfg)
+        return
     value = metrics[metric]
     _append_history(history_file, {"step": state.step, "epoch": state.epoch,
                                    **{f"val_{k}": v for k, v in metrics.items() if isinstance(v, float)}})
     improved = state.best_metric is None or (value > state.best_metric if higher_better else value < state.best_metric)
+    _track(state, value, improved, cfg)
     if improved:
-        state.best_metric, state.best_step = value, state.step
-        state.evals_without_improvement = 0
         checkpoint.save(ckpt_dir / "best", plain, state={"step": state.step, metric: value})
-    else:
-        state.evals_without_improvement += 1
-        if cfg.early_stopping and state.evals_without_improvement >= cfg.early_stopping:
-            state.stopped_early = True
     bar.write(f"step {state.step}: val {metric} {value:.4f}" + (" (best)" if improved else "")
               + (" - early stopping" if state.stopped_early else ""))
     if cfg.average_last:  # keep the last k evaluations' weights for averaging at the end
@@ -205,6 +217,16 @@ def _evaluate_and_checkpoint(model, accelerator, evaluate, cfg, state, optimizer
         for old in sorted(ckpt_dir.glob("eval-*"))[: -cfg.average_last]:
             shutil.rmtree(old, ignore_errors=True)
     checkpoint.save(ckpt_dir / "last", plain, optimizer, scheduler, asdict(state))
+
+
+def _track(state: LoopState, value: float, improved: bool, cfg) -> None:
+    if improved:
+        state.best_metric, state.best_step = value, state.step
+        state.evals_without_improvement = 0
+    else:
+        state.evals_without_improvement += 1
+        if cfg.early_stopping and state.evals_without_improvement >= cfg.early_stopping:
+            state.stopped_early = True
 
 
 def _append_history(path: Path, row: dict) -> None:
