@@ -30,6 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from few_shot import write_rows  # (bench/ is on the path when a script here runs)
+
 ROOT = Path(__file__).resolve().parents[1]
 SST2 = ROOT.parent / "shared" / "datasets" / "sst2"
 BANKING = ROOT.parent / "shared" / "datasets" / "banking77"
@@ -47,14 +49,6 @@ TECHNIQUES = {  # name -> the one change from BASE
     "head_lr_1e-3": {"head_lr": 1e-3},
 }
 IMBALANCED = {"imbalanced_baseline": {}, "class_weights": {"class_weights": "balanced"}, "focal_loss": {"focal_gamma": 2.0}}
-
-
-def write_rows(path: Path, rows) -> str:
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(["text", "label"])
-        writer.writerows(rows)
-    return str(path)
 
 
 def read_tsv(path: Path) -> list[tuple[str, str]]:

@@ -371,6 +371,10 @@ def test_compare_trains_each_method_on_the_same_splits_and_tabulates_them(tmp_pa
     assert (folder / "compare.png").stat().st_size > 0 and "| bitfit |" in (folder / "compare.md").read_text()
     capsys.readouterr()
     assert main(["compare", toy_csv, "--methods", "full,nonsense", "--output-folder", str(tmp_path / "x")]) == 2
+    assert main(["compare", toy_csv, "--output-folder", str(tmp_path / "y")]) == 2  # no methods anywhere
+    (tmp_path / "list.yaml").write_text("methods: [full, nonsense]\n")
+    assert main(["compare", toy_csv, "--config", str(tmp_path / "list.yaml"), "--output-folder", str(tmp_path / "z")]) == 2
+    assert not any((tmp_path / d).exists() for d in ("x", "y", "z"))  # checked before anything is written
     assert "unknown method 'nonsense'" in capsys.readouterr().err and not (tmp_path / "x").exists()
 
 

@@ -96,9 +96,13 @@ def _cmd_compare(args) -> int:
     from tunesmith.config import TrainConfig, read_yaml_mapping
 
     values = read_yaml_mapping(args.config) if args.config else {}
+    listed = values.pop("methods", None)  # the config may list the methods itself
+    methods = args.methods or listed
+    if not methods or not isinstance(methods, list):
+        raise UserError("compare: give --methods full,lora,... or a `methods:` list in --config")
     values.update({n: getattr(args, n) for n in TrainConfig.model_fields if getattr(args, n, None) is not None})
     values["data"] = args.data
-    compare(values, args.methods, args.output_folder)
+    compare(values, [str(m) for m in methods], args.output_folder)
     return 0
 
 
@@ -156,8 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verbs.add_parser("compare", help="train several methods on the same splits; one table and chart")
     p.add_argument("data", help="training data, as for train --data")
-    p.add_argument("--methods", type=_comma_list, required=True, metavar="A,B",
-                   help="methods to compare, e.g. full,lora,ia3,bitfit,freeze")
+    p.add_argument("--methods", type=_comma_list, metavar="A,B",
+                   help="methods to compare, e.g. full,lora,ia3,bitfit,freeze (or a `methods:` list in --config)")
     p.add_argument("--config", help="YAML config shared by every method; flags override it")
     p.add_argument("--output-folder", default="runs/compare", help="folder for the table, chart and runs")
     add_config_flags(p, skip=("data", "method", "name", "resume", "output"))
