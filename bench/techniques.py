@@ -22,6 +22,8 @@ import csv
 import json
 import os
 import platform
+import subprocess
+import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -57,13 +59,21 @@ def read_tsv(path: Path) -> list[tuple[str, str]]:
                 for r in csv.DictReader(f, delimiter="\t")]
 
 
-def run_one(train, name: str, data: dict, work: Path, **change) -> dict:
-    from tunesmith.config import TrainConfig
+def run_one(name: str, data: dict, work: Path, **change) -> dict:
+    """One `tunesmith train` in its own process, so that its peak memory is its own."""
+    from tunesmith.config import TrainConfig, config_to_yaml_dict
+    from tunesmith.io import write_yaml
+    from tunesmith.runs import Run
 
     cfg = TrainConfig(task="text-classification", data=data["train"], val_data=data["val"], test_data=data["test"],
                       output=str(work / "runs"), name=name, **{**BASE, **change})
+    config = work / "configs" / f"{name}.yaml"
+    write_yaml(config, config_to_yaml_dict(cfg))
     started = time.perf_counter()
-    run = train(cfg, log=lambda *_: None)
+    done = subprocess.run([sys.executable, "-m", "tunesmith.cli", "train", str(config)], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"{name}: training failed: {done.stderr.strip().splitlines()[-1:]}")
+    run = Run(work / "runs" / name)
     m = json.loads(run.metrics_file.read_text())
     return {"name": name, "accuracy": m["test"]["accuracy"], "macro_f1": m["test"]["macro_f1"],
             "train_s": m["training"]["train_seconds"], "run_s": time.perf_counter() - started,
@@ -94,7 +104,6 @@ def main() -> None:
     wanted = set(args.only.split(",")) if args.only else None
     from tunesmith.commands.ensemble import ensemble
     from tunesmith.commands.soup import soup
-    from tunesmith.commands.train import train
 
     rows = read_tsv(SST2 / "train.tsv")
     test = read_tsv(SST2 / "dev.tsv")
@@ -105,7 +114,7 @@ def main() -> None:
                 "test": write_rows(work / "test.csv", test)}
         for name, change in TECHNIQUES.items():
             if wanted is None or name in wanted:
-                results.append(run_one(train, name, data, work, **change))
+                results.append(run_one(name, data, work, **change))
                 print(f"{name}: accuracy {results[-1]['accuracy']:.4f}", flush=True)
         done = {r["name"]: r["run"].path for r in results}
         members = [done[n] for n in ("baseline", "layer_decay", "label_smoothing") if n in done]
@@ -126,10 +135,10 @@ def main() -> None:
                        "val": write_rows(work / "skewed_val.csv", skewed[cut:]), "test": data["test"]}
         for name, change in IMBALANCED.items():
             if wanted is None or name in wanted:
-                results.append(run_one(train, name, skewed_data, work, **change))
+                results.append(run_one(name, skewed_data, work, **change))
                 print(f"{name}: accuracy {results[-1]['accuracy']:.4f}", flush=True)
 
-        continual_rows = continual_bench(train, work, args.per_intent) if (wanted is None or "continual" in wanted) else []
+        continual_rows = continual_bench(work, args.per_intent) if (wanted is None or "continual" in wanted) else []
 
     print(f"\n{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}; MiniLM, full, "
           f"SST-2 {n} train / {n} val / 872 test (dev), 4 epochs, batch 16\n")
@@ -139,8 +148,8 @@ def main() -> None:
     for r in results:
         base = reference.get("imbalanced_baseline" if r["name"] in IMBALANCED else "baseline")
         delta = f"{100 * (r['accuracy'] - base):+.1f} pt" if base is not None else ""
-        print(f"| {r['name']} | {r['accuracy']:.4f} | {r['macro_f1']:.4f} | {delta} | {r['train_s']:.0f} | "
-              f"{r['peak_mb']:.0f} |")
+        trained = f"{r['train_s']:.0f} | {r['peak_mb']:.0f}" if r.get("run") else "n/a (no training) | n/a"
+        print(f"| {r['name']} | {r['accuracy']:.4f} | {r['macro_f1']:.4f} | {delta} | {trained} |")
     if continual_rows:
         print("\n| continual (banking77, 20 + 20 intents) | old test accuracy before | after | forgetting | "
               "new test accuracy |")
@@ -150,7 +159,7 @@ def main() -> None:
                   f"{r['new']:.4f} |")
 
 
-def continual_bench(train, work: Path, k: int) -> list[dict]:
+def continual_bench(work: Path, k: int) -> list[dict]:
     """20 intents, then 20 new ones: how much of the first 20 each defence keeps."""
     if not (BANKING / "train.csv").is_file():
         print(f"{BANKING}: banking77 not found; continual learning skipped")
@@ -170,11 +179,12 @@ def continual_bench(train, work: Path, k: int) -> list[dict]:
             "val": write_rows(work / f"{part}_val.csv", [(t, i) for i in chosen for t in by_intent[i][k : k + 10]]),
             "test": write_rows(work / f"{part}_test.csv", [(t, i) for i in chosen for t in test_by_intent[i]])}
     settings = {"epochs": 5, "head_lr": 1e-3}
-    old = run_one(train, "continual_old", files["old"], work, **settings)
+    old = run_one("continual_old", files["old"], work, **settings)
     rows = []
     for name, change in (("no protection", {"replay": 0.0}), ("replay 0.5", {"replay": 0.5}),
-                         ("EWC 1000", {"replay": 0.0, "ewc_lambda": 1000.0})):
-        r = run_one(train, "continual_" + name.split()[0], files["new"], work, from_run=str(old["run"].path),
+                         ("EWC 1e4", {"replay": 0.0, "ewc_lambda": 1e4}),
+                         ("EWC 1e6", {"replay": 0.0, "ewc_lambda": 1e6})):
+        r = run_one("continual_" + name.replace(" ", "_"), files["new"], work, from_run=str(old["run"].path),
                     **settings, **change)
         facts = r["continual"]["old_test"]
         after = _old_accuracy(r["run"], old["run"])
