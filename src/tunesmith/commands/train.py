@@ -53,6 +53,7 @@ def train(cfg: TrainConfig, log=print) -> Run:
     earlier = continual.prior_run(cfg) if cfg.from_run else None
     if earlier is not None:
         cfg.model = str(earlier.model_dir.resolve())  # its model and tokenizer are the start
+        log(f"continual learning: starting from {earlier.path} ({len(earlier.labels())} labels)")
 
     # 1. Data and model, validated before anything is written.
     splits = _saved_splits(run, cfg) if resuming else task.load_data(cfg)
