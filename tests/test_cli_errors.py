@@ -102,3 +102,15 @@ def test_ctrl_c_names_the_resume_command(tmp_path, capsys, toy_csv, tiny_model, 
                  "--name", "x", "--no-baseline"])
     assert code == 130
     assert f"tunesmith train --resume {tmp_path / 'runs' / 'x'}" in capsys.readouterr().err
+
+
+def test_data_as_the_positional_argument(tmp_path, capsys, toy_csv, tiny_model):
+    # `train data.csv` names the data (as `compare DATA` does) instead of failing as bad YAML.
+    runs = tmp_path / "runs"
+    assert main(["train", toy_csv, "--model", tiny_model, "--method", "freeze", "--max-steps", "1",
+                 "--no-baseline", "--output", str(runs), "--name", "r"]) == 0
+    assert (runs / "r" / "metrics.json").is_file()
+    capsys.readouterr()
+    _expect_error(["train", toy_csv, "--data", toy_csv, "--model", tiny_model, "--output", str(tmp_path / "x")],
+                  capsys, "looks like data", "--data")
+    assert not (tmp_path / "x").exists()

@@ -40,10 +40,26 @@ def _cmd_train(args) -> int:
     from tunesmith.config import TrainConfig, load_config
 
     overrides = {name: getattr(args, name) for name in TrainConfig.model_fields}
-    cfg = load_config(args.config, overrides)
+    config = args.config
+    if config is not None and _is_data(config):
+        # `tunesmith train data.csv` names the data, as `compare DATA` does; a config is YAML.
+        if args.data is not None:
+            raise UserError(f"train: {config} looks like data, and --data {args.data} is given too; "
+                            "pass one data set (the positional argument is a YAML config or the data)")
+        config, overrides["data"] = None, config
+    cfg = load_config(config, overrides)
     run = train(cfg)
     print(f"finished: {run.path} (report: {run.report_file})")
     return 0
+
+
+def _is_data(path: str) -> bool:
+    """Whether a positional argument names data (a table or an image folder), not a YAML config."""
+    from pathlib import Path
+
+    from tunesmith.data.sources import TABLE_SUFFIXES
+
+    return Path(path).suffix.lower() in TABLE_SUFFIXES or Path(path).is_dir()
 
 
 def _cmd_eval(args) -> int:
@@ -152,7 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_check)
 
     p = verbs.add_parser("train", help="fine-tune a model; writes a run folder")
-    p.add_argument("config", nargs="?", help="YAML config file; flags override its values")
+    p.add_argument("config", nargs="?",
+                   help="YAML config file (flags override its values), or the training data itself")
     add_config_flags(p)
     p.set_defaults(func=_cmd_train)
 
