@@ -136,6 +136,9 @@ def test_train_from_a_run_extends_labels_replays_and_reports_forgetting(tmp_path
     recorded = json.loads((tmp_path / "old" / "metrics.json").read_text())["test"][old_test["metric"]]
     assert old_test["before"] == recorded
     assert old_test["forgetting"] == pytest.approx(old_test["before"] - old_test["after"])
+    accuracy = old_test["accuracy"]  # beside macro-F1, which the new labels' predictions dilute
+    assert accuracy["before"] == json.loads((tmp_path / "old" / "metrics.json").read_text())["test"]["accuracy"]
+    assert accuracy["forgetting"] == pytest.approx(accuracy["before"] - accuracy["after"])
     assert "Continual learning" in (tmp_path / "new" / "report.html").read_text()
 
 

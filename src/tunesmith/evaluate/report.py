@@ -121,9 +121,11 @@ def continual_table(facts: dict | None) -> str:
     return (f"<h2>Continual learning (from {e(facts['from'])})</h2>"
             f"<p>{facts['replayed']:,} old examples replayed; EWC lambda {facts['ewc_lambda']:g}; "
             f"new labels: {e(', '.join(facts['new_labels']) or 'none')}.</p>"
-            f"<table><tr><th>old test {e(old['metric'])}</th><th>before</th><th>after</th><th>forgetting</th></tr>"
-            f"<tr><td></td><td>{old['before']:.4f}</td><td>{old['after']:.4f}</td><td>{old['forgetting']:+.4f}</td>"
-            "</tr></table>")
+            "<table><tr><th>old test split</th><th>before</th><th>after</th><th>forgetting</th></tr>"
+            + "".join(f"<tr><td>{e(name)}</td><td>{row['before']:.4f}</td><td>{row['after']:.4f}</td>"
+                      f"<td>{row['forgetting']:+.4f}</td></tr>"
+                      for name, row in [(old["metric"], old), ("accuracy", old.get("accuracy"))] if row)
+            + "</table>")
 
 
 def render(title: str, config: dict, metrics: dict, history: list[dict], labels: list[str]) -> str:
