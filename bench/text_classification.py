@@ -100,6 +100,7 @@ def run_huggingface(method, train, test, args, workdir) -> dict:
         warmup_steps=0.06, weight_decay=0.01, lr_scheduler_type="linear", max_grad_norm=1.0, seed=args.seed,
         eval_strategy="no", save_strategy="no", report_to=[], logging_steps=50, use_cpu=not torch.cuda.is_available(),
         dataloader_num_workers=0, disable_tqdm=True,
+        train_sampling_strategy="group_by_length" if args.hf_group_by_length else "random",
     )
     trainer = Trainer(model=model, args=training_args, train_dataset=encode(train),
                       data_collator=DataCollatorWithPadding(tokenizer))
@@ -131,7 +132,17 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--out", help="also write the results as JSON here")
+    parser.add_argument("--sides", default="tunesmith,huggingface",
+                        help="which sides to run (an experiment on one side can skip the other)")
+    parser.add_argument("--mega-batch", type=int,
+                        help="experiment: tunesmith's length-grouping window in batches (1 = no grouping)")
+    parser.add_argument("--hf-group-by-length", action="store_true",
+                        help="experiment: the Trainer groups texts by length too")
     args = parser.parse_args()
+    if args.mega_batch:
+        from tunesmith.data import batching
+
+        batching.MEGA_BATCH = args.mega_batch
     args.lr = {"lora": 5e-4, "full": 5e-5}
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import transformers
@@ -147,8 +158,9 @@ def main() -> None:
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for method in args.methods.split(","):
-            ts = run_tunesmith(method, train, val, test, args, Path(tmp))
-            hf = run_huggingface(method, train, test, args, Path(tmp))
+            skipped = {"train_sps": float("nan"), "predict_sps": float("nan"), "accuracy": float("nan")}
+            ts = run_tunesmith(method, train, val, test, args, Path(tmp)) if "tunesmith" in args.sides else skipped
+            hf = run_huggingface(method, train, test, args, Path(tmp)) if "huggingface" in args.sides else skipped
             results[method] = {"tunesmith": ts, "huggingface": hf,
                                "train_ratio": ts["train_sps"] / hf["train_sps"],
                                "predict_ratio": ts["predict_sps"] / hf["predict_sps"]}

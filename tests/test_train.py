@@ -208,3 +208,17 @@ def test_eval_detects_the_same_columns_as_train(finished_run, tmp_path):
     external.write_text("review,sentiment\ngood happy film,positive\nawful sad plot,negative\n")
     assert main(["eval", str(finished_run), str(external)]) == 0
     assert (finished_run / "eval" / "reviews" / "metrics.json").is_file()
+
+
+def test_train_warns_when_the_untuned_baseline_wins():
+    from tunesmith.commands.train import versus_baseline
+
+    worse = {"test": {"macro_f1": 0.80}, "baseline": {"macro_f1": 0.91}}
+    lines = versus_baseline(worse, "macro_f1", higher_better=True)
+    assert "0.8000" in lines[0] and "0.9100" in lines[0]
+    assert lines[1].startswith("warning:") and "--epochs" in lines[1]
+    better = {"test": {"macro_f1": 0.93}, "baseline": {"macro_f1": 0.91}}
+    assert len(versus_baseline(better, "macro_f1", higher_better=True)) == 1
+    # Lower is better for a loss: a higher tuned loss is the losing case.
+    assert len(versus_baseline({"test": {"loss": 0.5}, "baseline": {"loss": 0.4}}, "loss", higher_better=False)) == 2
+    assert versus_baseline({"test": {"macro_f1": 0.9}, "baseline": None}, "macro_f1", True) == ["test macro_f1 0.9000"]
