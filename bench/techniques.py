@@ -8,6 +8,10 @@ SST-2's dev set as the test set (872 sentences, never trained on). 4 epochs, bat
 - Class weights and focal loss are measured on an imbalanced variant (negatives cut to 20% of
   the training rows), where they are meant to help, against that variant's own baseline.
 - Ensemble and soup combine the baseline, layer-decay and label-smoothing runs.
+- Method variants (rsLoRA, DoRA, the Pfeiffer adapter layout, unfreezing the top layers) are
+  measured against their plain method; bf16 and 2-process DDP against the baseline. DDP runs
+  under `accelerate launch` with the cores split between the processes; its peak memory is
+  the main process's.
 - Continual learning: banking77, a run on 20 intents, continued on 20 other intents with no
   protection, with replay, and with EWC; forgetting = the old test accuracy lost.
 
@@ -50,6 +54,18 @@ TECHNIQUES = {  # name -> the one change from BASE
     "average_last_3": {"average_last": 3, "eval_every": 32},
     "head_lr_1e-3": {"head_lr": 1e-3},
 }
+# Method variants and engine settings, each against its own reference row (name -> (change, reference)).
+VARIANTS = {
+    "precision_bf16": ({"precision": "bf16"}, "baseline"),
+    "ddp_2_processes": ({}, "baseline"),  # the baseline's config under `accelerate launch`, 2 processes
+    "lora": ({"method": "lora"}, "baseline"),
+    "lora_rslora": ({"method": "lora", "lora_rslora": True}, "lora"),
+    "lora_dora": ({"method": "lora", "lora_dora": True}, "lora"),
+    "adapter_houlsby": ({"method": "adapter"}, "baseline"),
+    "adapter_pfeiffer": ({"method": "adapter", "adapter_layout": "pfeiffer"}, "adapter_houlsby"),
+    "freeze": ({"method": "freeze"}, "baseline"),
+    "freeze_unfreeze_top_2": ({"method": "freeze", "unfreeze_top_k": 2}, "freeze"),
+}
 IMBALANCED = {"imbalanced_baseline": {}, "class_weights": {"class_weights": "balanced"}, "focal_loss": {"focal_gamma": 2.0}}
 
 
@@ -59,8 +75,18 @@ def read_tsv(path: Path) -> list[tuple[str, str]]:
                 for r in csv.DictReader(f, delimiter="\t")]
 
 
-def run_one(name: str, data: dict, work: Path, **change) -> dict:
-    """One `tunesmith train` in its own process, so that its peak memory is its own."""
+def launcher(processes: int) -> list[str]:
+    """The command that starts `tunesmith train`: plain, or under `accelerate launch` (DDP)."""
+    if processes == 1:
+        return [sys.executable, "-m", "tunesmith.cli"]
+    # accelerate's --cpu launcher starts one process; --multi_gpu starts N, over gloo without a GPU.
+    accelerate = str(Path(sys.executable).parent / "accelerate")
+    return [accelerate, "launch", "--multi_gpu", "--num_processes", str(processes), "--num_machines", "1",
+            "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "tunesmith.cli"]
+
+
+def run_one(name: str, data: dict, work: Path, processes: int = 1, **change) -> dict:
+    """One `tunesmith train` in its own process(es), so that its peak memory is its own."""
     from tunesmith.config import TrainConfig, config_to_yaml_dict
     from tunesmith.io import write_yaml
     from tunesmith.runs import Run
@@ -70,7 +96,8 @@ def run_one(name: str, data: dict, work: Path, **change) -> dict:
     config = work / "configs" / f"{name}.yaml"
     write_yaml(config, config_to_yaml_dict(cfg))
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "tunesmith.cli", "train", str(config)], capture_output=True, text=True)
+    env = {**os.environ, **({"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // processes))} if processes > 1 else {})}
+    done = subprocess.run([*launcher(processes), "train", str(config)], capture_output=True, text=True, env=env)
     if done.returncode != 0:
         raise SystemExit(f"{name}: training failed: {done.stderr.strip().splitlines()[-1:]}")
     run = Run(work / "runs" / name)
@@ -116,6 +143,10 @@ def main() -> None:
             if wanted is None or name in wanted:
                 results.append(run_one(name, data, work, **change))
                 print(f"{name}: accuracy {results[-1]['accuracy']:.4f}", flush=True)
+        for name, (change, _) in VARIANTS.items():
+            if wanted is None or name in wanted:
+                results.append(run_one(name, data, work, processes=2 if name.startswith("ddp") else 1, **change))
+                print(f"{name}: accuracy {results[-1]['accuracy']:.4f}", flush=True)
         done = {r["name"]: r["run"].path for r in results}
         members = [done[n] for n in ("baseline", "layer_decay", "label_smoothing") if n in done]
         if len(members) == 3 and (wanted is None or "ensemble" in wanted):
@@ -142,11 +173,13 @@ def main() -> None:
 
     print(f"\n{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}; MiniLM, full, "
           f"SST-2 {n} train / {n} val / 872 test (dev), 4 epochs, batch 16\n")
-    print("| technique | test accuracy | macro-F1 | vs baseline | train s | peak RSS MB |")
+    print("| technique | test accuracy | macro-F1 | vs its reference | train s | peak RSS MB |")
     print("|---|---|---|---|---|---|")
     reference = {r["name"]: r["accuracy"] for r in results}
     for r in results:
-        base = reference.get("imbalanced_baseline" if r["name"] in IMBALANCED else "baseline")
+        against = ("imbalanced_baseline" if r["name"] in IMBALANCED else
+                   VARIANTS[r["name"]][1] if r["name"] in VARIANTS else "baseline")
+        base = reference.get(against)
         delta = f"{100 * (r['accuracy'] - base):+.1f} pt" if base is not None else ""
         trained = f"{r['train_s']:.0f} | {r['peak_mb']:.0f}" if r.get("run") else "n/a (no training) | n/a"
         print(f"| {r['name']} | {r['accuracy']:.4f} | {r['macro_f1']:.4f} | {delta} | {trained} |")
