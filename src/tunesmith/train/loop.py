@@ -63,7 +63,10 @@ def choose_precision(requested: str) -> str:
     if requested == "auto":
         if cuda:
             return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        return "no"  # CPU: fp32 (bf16 autocast on CPUs without AMX is slower, not faster)
+        # CPU: fp32, exact everywhere. bf16 autocast (--precision bf16) depends on the CPU: on
+        # one with AVX512-BF16 it trained 16% faster at the same accuracy (docs/benchmarks.md);
+        # on CPUs without bf16 instructions it can be slower (not measured here).
+        return "no"
     if requested == "fp16" and not cuda:
         raise UserError("--precision fp16 needs a CUDA GPU; use bf16 or fp32 on this machine")
     return {"fp32": "no"}.get(requested, requested)
