@@ -27,7 +27,6 @@ import json
 import os
 import platform
 import subprocess
-import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -75,21 +74,12 @@ def read_tsv(path: Path) -> list[tuple[str, str]]:
                 for r in csv.DictReader(f, delimiter="\t")]
 
 
-def launcher(processes: int) -> list[str]:
-    """The command that starts `tunesmith train`: plain, or under `accelerate launch` (DDP)."""
-    if processes == 1:
-        return [sys.executable, "-m", "tunesmith.cli"]
-    # accelerate's --cpu launcher starts one process; --multi_gpu starts N, over gloo without a GPU.
-    accelerate = str(Path(sys.executable).parent / "accelerate")
-    return [accelerate, "launch", "--multi_gpu", "--num_processes", str(processes), "--num_machines", "1",
-            "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "tunesmith.cli"]
-
-
 def run_one(name: str, data: dict, work: Path, processes: int = 1, **change) -> dict:
     """One `tunesmith train` in its own process(es), so that its peak memory is its own."""
     from tunesmith.config import TrainConfig, config_to_yaml_dict
     from tunesmith.io import write_yaml
     from tunesmith.runs import Run
+    from tunesmith.train.distributed import launch_command
 
     cfg = TrainConfig(task="text-classification", data=data["train"], val_data=data["val"], test_data=data["test"],
                       output=str(work / "runs"), name=name, **{**BASE, **change})
@@ -97,7 +87,7 @@ def run_one(name: str, data: dict, work: Path, processes: int = 1, **change) -> 
     write_yaml(config, config_to_yaml_dict(cfg))
     started = time.perf_counter()
     env = {**os.environ, **({"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // processes))} if processes > 1 else {})}
-    done = subprocess.run([*launcher(processes), "train", str(config)], capture_output=True, text=True, env=env)
+    done = subprocess.run([*launch_command(processes), "train", str(config)], capture_output=True, text=True, env=env)
     if done.returncode != 0:
         raise SystemExit(f"{name}: training failed: {done.stderr.strip().splitlines()[-1:]}")
     run = Run(work / "runs" / name)

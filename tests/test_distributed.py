@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import train_args
-from tunesmith.train.distributed import local_share
+from tunesmith.train.distributed import launch_command, local_share
 
 
 def test_a_micro_batch_is_shared_so_the_averaged_gradient_is_the_whole_batchs():
@@ -29,16 +29,8 @@ def test_a_micro_batch_is_shared_so_the_averaged_gradient_is_the_whole_batchs():
 
 
 def _launch(args: list[str], processes: int, env: dict) -> None:
-    accelerate = shutil.which("accelerate", path=os.path.dirname(sys.executable))
-    if processes == 1:
-        command = [sys.executable, "-m", "tunesmith.cli", *args]
-    else:
-        # accelerate's --cpu launcher starts one process; --multi_gpu starts N, which talk over
-        # gloo when there is no GPU.
-        command = [accelerate, "launch", "--multi_gpu", "--num_processes", str(processes), "--num_machines", "1",
-                   "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517",
-                   "-m", "tunesmith.cli", *args]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run([*launch_command(processes, port=29517), *args], env=env, capture_output=True,
+                          text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
 
 

@@ -142,8 +142,7 @@ def forgetting(before: dict, after: dict, metric: str, higher_better: bool) -> d
     drop = (before[metric] - after[metric]) if higher_better else (after[metric] - before[metric])
     result = {"metric": metric, "before": before[metric], "after": after[metric], "forgetting": drop}
     if metric != "accuracy" and "accuracy" in before and "accuracy" in after:
-        result["accuracy"] = {"before": before["accuracy"], "after": after["accuracy"],
-                              "forgetting": before["accuracy"] - after["accuracy"]}
+        result["accuracy"] = forgetting(before, after, "accuracy", higher_better=True)
     return result
 
 

@@ -10,6 +10,21 @@ from __future__ import annotations
 import torch
 
 
+def launch_command(processes: int, port: int = 29500) -> list[str]:
+    """The command that starts `tunesmith.cli` in `processes` processes: plain Python for one,
+    else `accelerate launch` (whose --cpu launcher starts one process; --multi_gpu starts N,
+    which talk over gloo when there is no GPU). Append the verb and its arguments."""
+    import sys
+    from pathlib import Path
+
+    if processes == 1:
+        return [sys.executable, "-m", "tunesmith.cli"]
+    accelerate = str(Path(sys.executable).parent / "accelerate")
+    return [accelerate, "launch", "--multi_gpu", "--num_processes", str(processes), "--num_machines", "1",
+            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port),
+            "-m", "tunesmith.cli"]
+
+
 def processes():
     """accelerate's view of the processes of this run (one, when not launched by accelerate)."""
     from accelerate import PartialState
