@@ -4,9 +4,11 @@ Each server runs alone (one after the other) on loopback, serving the same run's
 async client sends single-text requests (tweets from the run's held-out test split) from 1, 8
 and 32 concurrent clients for a fixed time and reports requests/s, p50 and p99 latency and
 errors. tunesmith runs with API keys on (the naive server has no auth at all) and its per-key
-rate limit lifted (one client key generates all the load).
+rate limit lifted (one client key generates all the load). `--backends torch,onnx` measures
+both of tunesmith's inference backends (the ONNX export is made first when the run has none).
 
     python bench/serve_load.py --run runs/quickstart-...      # default: the newest quickstart run
+    python bench/serve_load.py --backends torch,onnx
 """
 
 from __future__ import annotations
@@ -132,6 +134,9 @@ def main() -> None:
     parser.add_argument("--levels", default="1,8,32")
     parser.add_argument("--client", choices=["wrk", "httpx"], default="wrk" if shutil.which("wrk") else "httpx",
                         help="load generator: wrk (apt-get install wrk; default when present) or the async httpx client")
+    parser.add_argument("--backends", default="torch", help="tunesmith backends to measure: torch, onnx or both")
+    parser.add_argument("--serve-args", default="",
+                        help="extra flags for tunesmith serve, for example '--workers 2 --threads 1'")
     parser.add_argument("--out", help="also write the results as JSON here")
     args = parser.parse_args()
     run = args.run or newest_quickstart()
@@ -142,22 +147,29 @@ def main() -> None:
 
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs; run {run}; {args.seconds:.0f} s per level; "
           f"client {args.client}")
-    results = {
+    backends = args.backends.split(",")
+    if "onnx" in backends and not (Path(run) / "model" / "model.onnx").is_file():
+        subprocess.run([py, "-m", "tunesmith", "export", run], env=env, check=True)
+    results = {}
+    for port, backend in enumerate(backends, start=8731):
         # The per-key rate limit is policy, not capacity: lifted here so one key can load the server.
-        "tunesmith": run_server([py, "-m", "tunesmith", "serve", run, "--port", "8731", "--rate-limit", "1000000",
-                                 "--rate-burst", "1000000"], env,
-                                "http://127.0.0.1:8731/readyz", texts, levels, args.seconds,
-                                {"Authorization": f"Bearer {KEY}"}, "http://127.0.0.1:8731/v1/predict", args.client),
-        "naive": run_server([py, str(ROOT / "bench" / "naive_server.py"), run, "8732"], env,
-                            "http://127.0.0.1:8732/healthz", texts, levels, args.seconds, {},
-                            "http://127.0.0.1:8732/v1/predict", args.client),
-    }
-    print("\n| clients | tunesmith req/s | naive req/s | ratio | tunesmith p50 / p99 ms | naive p50 / p99 ms | errors (t / n) |")
-    print("|---|---|---|---|---|---|---|")
-    for c in levels:
-        t, n = results["tunesmith"][c], results["naive"][c]
-        print(f"| {c} | {t['rps']:.1f} | {n['rps']:.1f} | {t['rps'] / n['rps']:.2f}x | {t['p50_ms']:.1f} / {t['p99_ms']:.1f} "
-              f"| {n['p50_ms']:.1f} / {n['p99_ms']:.1f} | {t['errors']} / {n['errors']} |")
+        results[f"tunesmith-{backend}"] = run_server(
+            [py, "-m", "tunesmith", "serve", run, "--port", str(port), "--backend", backend,
+             "--rate-limit", "1000000", "--rate-burst", "1000000", *args.serve_args.split()], env, f"http://127.0.0.1:{port}/readyz", texts,
+            levels, args.seconds, {"Authorization": f"Bearer {KEY}"}, f"http://127.0.0.1:{port}/v1/predict",
+            args.client)
+    results["naive"] = run_server([py, str(ROOT / "bench" / "naive_server.py"), run, "8730"], env,
+                                  "http://127.0.0.1:8730/healthz", texts, levels, args.seconds, {},
+                                  "http://127.0.0.1:8730/v1/predict", args.client)
+    print("\n| backend | clients | tunesmith req/s | naive req/s | ratio | tunesmith p50 / p99 ms "
+          "| naive p50 / p99 ms | errors (t / n) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for backend in backends:
+        for c in levels:
+            t, n = results[f"tunesmith-{backend}"][c], results["naive"][c]
+            print(f"| {backend} | {c} | {t['rps']:.1f} | {n['rps']:.1f} | {t['rps'] / n['rps']:.2f}x "
+                  f"| {t['p50_ms']:.1f} / {t['p99_ms']:.1f} | {n['p50_ms']:.1f} / {n['p99_ms']:.1f} "
+                  f"| {t['errors']} / {n['errors']} |")
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=2))
 

@@ -152,10 +152,10 @@ def test_a_failing_batch_does_not_take_the_server_down(run_path, predictor):
     class Flaky:
         labels = predictor.labels
 
-        def predict(self, texts):
+        def predict(self, texts, batch_size=32):
             if "boom" in texts:
                 raise RuntimeError("inference failed")
-            return predictor.predict(texts)
+            return predictor.predict(texts, batch_size)
 
     settings = ServeSettings(run=str(run_path))
     app = create_app(Flaky(), settings, KeyRing([KEY]), run_info(Run(run_path)))
@@ -220,6 +220,39 @@ def test_micro_batcher_groups_concurrent_requests():
     results, big = asyncio.run(scenario())
     assert seen[0] == 10 and len(results) == 10 and all(r.shape == (1, 2) for r in results)
     assert big.shape == (20, 2) and seen[-1] == 20
+
+
+def test_queued_requests_join_without_waiting():
+    """With max_wait 0, requests already queued when a batch starts still join it."""
+    seen = []
+
+    def predict(texts):
+        seen.append(len(texts))
+        return np.zeros((len(texts), 2))
+
+    async def scenario():
+        batcher = MicroBatcher(predict, max_size=16, max_wait_ms=0)
+        batcher.start()  # the worker task runs only once the submissions below are queued
+        await asyncio.gather(*(batcher.submit([f"t{i}"]) for i in range(6)))
+        await batcher.stop()
+
+    asyncio.run(scenario())
+    assert seen == [6]
+
+
+def test_server_runs_a_micro_batch_in_slices_of_forward_batch_size(run_path, predictor, monkeypatch):
+    calls = []
+    original = type(predictor).predict
+
+    def spy(self, inputs, batch_size=32):
+        calls.append((len(inputs), batch_size))
+        return original(self, inputs, batch_size)
+
+    monkeypatch.setattr(type(predictor), "predict", spy)
+    with make_client(run_path, predictor, forward_batch_size=3) as client:
+        assert client.post("/v1/predict", json={"inputs": ["good", "bad", "fine", "so good", "awful"]},
+                           headers=AUTH).status_code == 200
+    assert calls[-1] == (5, 3)
 
 
 def test_start_checks(run_path, monkeypatch):

@@ -34,7 +34,7 @@ def live_client(tmp_path_factory, tiny_model):
 class _SchemaOnly:
     labels = ["a", "b"]
 
-    def predict(self, texts):  # never called: only the schema is read from this app
+    def predict(self, texts, batch_size=32):  # never called: only the schema is read from this app
         raise AssertionError
 
 

@@ -73,7 +73,14 @@ def _cmd_predict(args) -> int:
     from tunesmith.commands.predict import predict
 
     predict(args.run, args.input, args.output, args.text_col, args.encoding, args.batch_size, args.rank,
-            args.positive_label)
+            args.positive_label, backend=args.backend)
+    return 0
+
+
+def _cmd_export(args) -> int:
+    from tunesmith.commands.export import export
+
+    export(args.run, args.format)
     return 0
 
 
@@ -199,7 +206,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rank", action="store_true",
                    help="pair runs: sort candidates best first within each query / user profile, with a rank column")
     p.add_argument("--positive-label", help="with --rank on a pair classifier: the label that means a good match")
+    p.add_argument("--backend", choices=("torch", "onnx"), default="torch",
+                   help="torch (default), or onnx: the run's ONNX export under ONNX Runtime (`tunesmith export` makes it)")
     p.set_defaults(func=_cmd_predict)
+
+    p = verbs.add_parser("export", help="write the run's model as ONNX (model/model.onnx), checked against PyTorch")
+    p.add_argument("run", help="finished run folder")
+    p.add_argument("--format", choices=("onnx",), default="onnx", help="export format (default: onnx)")
+    p.set_defaults(func=_cmd_export)
 
     p = verbs.add_parser("soup", help="average the weights of runs from the same base model into a new run")
     p.add_argument("runs", nargs="+", help="finished run folders (same task, base model and splits)")

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from tunesmith.data.batching import inference_batches
+from tunesmith.errors import UserError
 
 INFERENCE_BATCH = 32  # sorted batches of 16-32 measured fastest on a 2-core CPU (cache-sized); 64+ is slower
 
@@ -21,12 +22,13 @@ INFERENCE_BATCH = 32  # sorted batches of 16-32 measured fastest on a 2-core CPU
 @contextmanager
 def evaluating(model):
     """Eval mode (no dropout) and no gradients; yields the model's device. The model's training
-    mode is restored afterwards, so validation in the middle of training leaves it training."""
+    mode is restored afterwards, so validation in the middle of training leaves it training.
+    A model outside PyTorch (an ONNX Runtime graph) runs on the CPU."""
     was_training = model.training
     model.eval()
     try:
         with torch.inference_mode():
-            yield next(model.parameters()).device
+            yield next(model.parameters()).device if isinstance(model, torch.nn.Module) else torch.device("cpu")
     finally:
         model.train(was_training)
 
@@ -67,16 +69,25 @@ class Predictor:
     task: object
 
     @classmethod
-    def from_run(cls, run) -> "Predictor":
+    def from_run(cls, run, backend: str = "torch") -> "Predictor":
+        """`backend`: "torch" (the safetensors weights) or "onnx" (the run's ONNX export,
+        run by ONNX Runtime; `tunesmith export` makes it)."""
         from tunesmith.tasks import TASKS
 
         from tunesmith.commands.ensemble import EnsemblePredictor, is_ensemble
 
         if is_ensemble(run):  # several runs answering as one
+            if backend != "torch":
+                raise UserError(f"--backend {backend}: {run.path} is an ensemble; serve it with --backend torch")
             return EnsemblePredictor.from_run(run)
         cfg = run.config()
         task = TASKS[cfg["task"]]
-        model = task.load_model(str(run.model_dir))
+        if backend == "onnx":
+            from tunesmith.compress.onnx_export import OnnxModel
+
+            model = OnnxModel.from_run(run)
+        else:
+            model = task.load_model(str(run.model_dir))
         tokenizer = task.load_processor(str(run.model_dir), cfg)
         return cls(model, tokenizer, run.labels(), int(cfg["max_length"]), task)
 

@@ -22,7 +22,7 @@ POSITIVE_NAMES = ("1", "true", "yes", "positive", "match", "relevant", "clicked"
 
 
 def predict(run_path: str, input_path: str, output: str, text_col=None, encoding="utf-8", batch_size=32,
-            rank: bool = False, positive_label: str | None = None, out=print) -> Path:
+            rank: bool = False, positive_label: str | None = None, out=print, backend: str = "torch") -> Path:
     run = open_finished(run_path)
     output_path = Path(output)
     if output_path.suffix.lower() not in (".csv", ".tsv", ".jsonl", ".json"):
@@ -31,7 +31,7 @@ def predict(run_path: str, input_path: str, output: str, text_col=None, encoding
     if rank and not cfg.get("text_pair_col"):
         raise UserError(f"--rank: {run_path} is not a pair run; train with --task text-pair-classification or "
                         "regression on two text columns (query or profile, candidate)")
-    predictor = Predictor.from_run(run)
+    predictor = Predictor.from_run(run, backend)
     rows, inputs = predictor.task.read_inputs(input_path, encoding, text_col, cfg.get("text_pair_col"))
     outputs = predictor.predict(inputs, batch_size=batch_size)
     if rank:

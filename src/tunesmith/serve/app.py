@@ -119,7 +119,12 @@ def create_app(predictor, settings: ServeSettings, keys: KeyRing, run_info: dict
     metrics = Metrics({"task": run_info.get("task", ""), "base_model": run_info.get("base_model", ""),
                        "run": run_info.get("run", ""), "backend": settings.backend})
     limiter = RateLimiter(settings.rate_limit, settings.rate_burst)
-    batcher = MicroBatcher(lambda inputs: task.output_rows(predictor.predict(inputs)), settings.batch_max_size, settings.batch_max_wait_ms,
+    # A micro-batch gathers whatever requests arrived together, short and long mixed: run as one
+    # forward pass, every text would be padded to the longest. The predictor sorts it by length
+    # and runs slices of `forward_batch_size` texts instead (measured on tweets, 2 cores:
+    # 121 texts/s as one pass of 32, 174-185 in slices of 8).
+    batcher = MicroBatcher(lambda inputs: task.output_rows(predictor.predict(inputs, settings.forward_batch_size)),
+                           settings.batch_max_size, settings.batch_max_wait_ms,
                            on_batch=metrics.batch_size.observe)
     metrics.queue_depth = lambda: batcher.depth
 
@@ -140,8 +145,11 @@ def create_app(predictor, settings: ServeSettings, keys: KeyRing, run_info: dict
     app.state.draining = False
 
     # --- dependencies ----------------------------------------------------------------
+    # `async def` on purpose: they never block, and FastAPI runs a plain `def` dependency in
+    # its thread pool, a thread hand-off per dependency per request (measured: the event
+    # loop then spent more time switching threads than serving).
 
-    def client_id(request: Request) -> str:
+    async def client_id(request: Request) -> str:
         """The caller: an API key's id, or (with auth off) its address."""
         if not keys:
             return request.client.host if request.client else "local"
@@ -155,7 +163,7 @@ def create_app(predictor, settings: ServeSettings, keys: KeyRing, run_info: dict
             raise ApiError(403, "API key not accepted")
         return identity
 
-    def rate_limited(client: Annotated[str, Depends(client_id)]) -> str:
+    async def rate_limited(client: Annotated[str, Depends(client_id)]) -> str:
         wait = limiter.check(client)
         if wait > 0:
             raise ApiError(429, f"rate limit of {settings.rate_limit:g} requests/s exceeded",

@@ -66,6 +66,11 @@ class MicroBatcher:
         while True:
             batch = [await self.queue.get()]
             size = len(batch[0].texts)
+            # Whatever queued up while the previous batch ran joins at once: under load the
+            # batches grow by themselves, and a lone request does not wait.
+            while size < self.max_size and not self.queue.empty():
+                batch.append(self.queue.get_nowait())
+                size += len(batch[-1].texts)
             deadline = loop.time() + self.max_wait
             while size < self.max_size:
                 remaining = deadline - loop.time()

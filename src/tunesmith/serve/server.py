@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 
+from tunesmith.compress.onnx_export import ONNX_FILE, onnx_path
 from tunesmith.errors import UserError
 from tunesmith.runs import Run, open_finished
 from tunesmith.serve.security import KeyRing
@@ -38,8 +39,9 @@ def run_info(run: Run) -> dict:
 def check_settings(settings: ServeSettings) -> tuple[Run, KeyRing]:
     """Every reason not to start, as one clear error, before anything loads."""
     run = open_finished(settings.run)
-    if settings.backend == "onnx" and not (run.path / "model" / "model.onnx").is_file():
-        raise UserError(f"--backend onnx: {run.path} has no ONNX export (model/model.onnx); serve it with --backend torch")
+    if settings.backend == "onnx" and not onnx_path(run).is_file():
+        raise UserError(f"--backend onnx: {run.path} has no ONNX export (model/{ONNX_FILE}); create it with "
+                        f"`tunesmith export {run.path}`, or serve with --backend torch")
     keys = api_keys_from(settings)
     if settings.no_auth and keys:
         raise UserError("--no-auth given but API keys are set (TUNESMITH_API_KEYS or --api-keys-file); choose one")
@@ -75,7 +77,7 @@ def build_app(settings: ServeSettings):
         log.event("auth_disabled", 30, message=f"serving {run.path} WITHOUT authentication on {settings.host}")
     elif not keys:
         log.event("auth_disabled", 30, message="no API keys set: serving without authentication on loopback only")
-    return create_app(Predictor.from_run(run), settings, keys, run_info(run))
+    return create_app(Predictor.from_run(run, settings.backend), settings, keys, run_info(run))
 
 
 def app_from_env():

@@ -16,7 +16,9 @@ class ServeSettings(BaseModel):
     host: str = Field("127.0.0.1", description="Interface to listen on; anything but loopback requires API keys.")
     port: int = Field(8000, ge=1, le=65535, description="TCP port.")
     workers: int = Field(1, ge=1, description="Worker processes (each loads the model).")
-    backend: Literal["torch", "onnx"] = Field("torch", description="Inference backend.")
+    backend: Literal["torch", "onnx"] = Field(
+        "torch", description="Inference backend: torch, or onnx (the run's ONNX export under ONNX Runtime; "
+                             "`tunesmith export RUN` makes it).")
     api_keys_file: Optional[str] = Field(None, description="File with one API key per line (else TUNESMITH_API_KEYS).")
     no_auth: bool = Field(False, description="Serve without API keys (logged loudly).")
     max_body_bytes: int = Field(1_000_000, gt=0, description="Largest request body (413 above).")
@@ -25,7 +27,11 @@ class ServeSettings(BaseModel):
     rate_limit: float = Field(50.0, gt=0, description="Sustained requests per second per API key (429 above).")
     rate_burst: int = Field(100, gt=0, description="Requests a key may send at once before the rate limit applies.")
     batch_max_size: int = Field(32, gt=0, description="Most texts run in one micro-batch.")
-    batch_max_wait_ms: float = Field(5.0, ge=0, description="How long the first request of a batch waits for company.")
+    batch_max_wait_ms: float = Field(
+        2.0, ge=0, description="How long a batch waits for more requests after taking those already queued.")
+    forward_batch_size: int = Field(
+        8, gt=0, description="Texts per forward pass: a micro-batch runs sorted by length in slices of this size, "
+                             "so short texts are not padded to the longest.")
     threads: Optional[int] = Field(
         None, gt=0, description="Torch threads for inference (default: torch's, one per core).")
     log_text: bool = Field(False, description="Log request texts, with e-mails, phones, cards and ID numbers masked.")

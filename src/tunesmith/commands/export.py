@@ -1,0 +1,20 @@
+"""`tunesmith export RUN`: the run's model as an ONNX graph (`model/model.onnx`), kept only
+when ONNX Runtime reproduces PyTorch's logits; `predict` and `serve` run it with
+`--backend onnx`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tunesmith.runs import open_finished
+
+
+def export(run_path: str, fmt: str = "onnx", out=print) -> Path:
+    from tunesmith.compress.onnx_export import export_onnx
+
+    run = open_finished(run_path)
+    path, difference = export_onnx(run)
+    size_mb = path.stat().st_size / 1e6
+    out(f"wrote {path} ({size_mb:.1f} MB); largest logit difference from PyTorch on sample texts: {difference:.1e}")
+    out(f"next: tunesmith serve {run.path} --backend onnx   or   tunesmith predict {run.path} INPUT -o OUT --backend onnx")
+    return path

@@ -1,0 +1,186 @@
+"""ONNX export of a run's model, and the ONNX Runtime model that `predict` and `serve` run.
+
+`tunesmith export RUN` writes `model/model.onnx` beside the safetensors weights: the graph
+from token ids to logits, with batch and sequence length left dynamic. It is checked before
+it is kept: ONNX Runtime must give the same logits as PyTorch on sample texts, or the file is
+not written. `--backend onnx` (in `predict` and `serve`) then runs that graph instead of
+PyTorch; tokenisation, batching and outputs stay the shared code of `inference.py`, so the
+two backends answer the same way.
+
+Why ONNX Runtime: on a CPU it fuses attention, layer norm and GELU into single kernels and
+plans memory once, which PyTorch's eager mode does not (see docs/benchmarks.md for the
+measured gain). The file holds weights and graph only: loading it runs no code.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import warnings
+from contextlib import contextmanager, redirect_stdout
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+
+from tunesmith.errors import UserError
+
+ONNX_FILE = "model.onnx"
+# Tasks whose model maps token ids to one row of logits per example.
+EXPORTABLE_TASKS = ("text-classification", "text-pair-classification", "regression", "multi-label-classification")
+# Sample inputs for the trace and the check; of different lengths so padding is exercised.
+SAMPLE_TEXTS = ["a short one", "a somewhat longer sentence to check the padded positions as well", "ok",
+                "numbers 123 and symbols !? too"]
+TOLERANCE = 1e-3  # largest logit difference accepted between PyTorch and ONNX Runtime (fp32: ~1e-6)
+
+
+def onnx_path(run) -> Path:
+    return run.model_dir / ONNX_FILE
+
+
+def export_onnx(run, opset: int = 18) -> tuple[Path, float]:
+    """Export `run`'s model to `model/model.onnx` (atomically); returns the path and the
+    largest logit difference from PyTorch on the sample texts."""
+    from transformers import PreTrainedModel
+
+    from tunesmith.inference import Predictor
+    from tunesmith.io import atomic_path
+
+    cfg = run.config()
+    if cfg["task"] not in EXPORTABLE_TASKS:
+        raise UserError(f"export --format onnx: {cfg['task']} runs cannot be exported yet "
+                        f"(exportable: {', '.join(EXPORTABLE_TASKS)})")
+    predictor = Predictor.from_run(run)
+    model = predictor.model
+    if not isinstance(model, PreTrainedModel):
+        raise UserError(f"export --format onnx: {run.path} uses method {cfg['method']}, whose model is not a "
+                        "single transformer graph; export a run trained with full, freeze, lora or another PEFT method")
+    _require_runtime()
+    batch = _sample_batch(predictor, cfg)
+    names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in batch]  # segments: pairs only
+    graph = _LogitsOnly(model).eval()
+    args = tuple(batch[n] for n in names)
+    size, length = torch.export.Dim("batch"), torch.export.Dim("sequence")
+    path = onnx_path(run)
+    try:
+        with _quiet_exporter(), torch.no_grad():
+            program = torch.onnx.export(graph, args, input_names=names, output_names=["logits"], opset_version=opset,
+                                        dynamic_shapes=tuple({0: size, 1: length} for _ in names), dynamo=True,
+                                        verbose=False)
+    except Exception as error:  # the exporter's errors are pages long; the root cause says what failed
+        while error.__cause__ is not None:
+            error = error.__cause__
+        raise UserError(f"export --format onnx: the model could not be traced ({str(error).splitlines()[0][:300]}); "
+                        "report this with the run's config.yaml") from error
+    with atomic_path(path) as tmp:
+        # One self-contained file (weights inside): models served here are far below ONNX's 2 GB limit.
+        program.save(str(tmp), external_data=False)
+        difference = _largest_difference(graph, tmp, batch)
+        if difference > TOLERANCE:
+            raise UserError(f"export --format onnx: ONNX Runtime's logits differ from PyTorch's by {difference:.2e} "
+                            f"(limit {TOLERANCE}); the export was not kept")
+    return path, difference
+
+
+@contextmanager
+def _quiet_exporter():
+    """The exporter prints progress lines and warns about optional packages (torchvision) it
+    does not need here; a user of `tunesmith export` needs only the result line."""
+    exporter_log = logging.getLogger("torch.onnx")
+    level = exporter_log.level
+    exporter_log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        exporter_log.setLevel(level)
+
+
+class _LogitsOnly(torch.nn.Module):
+    """The model with positional inputs in a fixed order and the logits as the one output."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask, token_type_ids=None):
+        extra = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, **extra).logits
+
+
+def _sample_batch(predictor, cfg) -> dict:
+    texts = SAMPLE_TEXTS
+    inputs = [(t, t[::-1]) for t in texts] if cfg.get("text_pair_col") else texts
+    features = predictor.task.encode(predictor.tokenizer, inputs, None, predictor.labels, predictor.max_length,
+                                     use_cache=False)
+    batch = features.batch(list(range(len(texts))))
+    batch.pop("labels", None)
+    return batch
+
+
+def _largest_difference(graph, path: Path, batch: dict) -> float:
+    with torch.inference_mode():
+        expected = graph(**batch).float().numpy()
+    got = OnnxModel(path, config=None).run(batch)
+    return float(np.abs(got - expected).max())
+
+
+def _require_runtime():
+    try:
+        import onnxruntime  # noqa: F401
+        import onnxscript  # noqa: F401  (the exporter needs it)
+    except ImportError:
+        raise UserError("ONNX needs its extra: pip install 'tunesmith[onnx]'") from None
+
+
+class OnnxModel:
+    """An exported graph under ONNX Runtime, called like the transformers model it came from
+    (`model(**batch).logits`), so the shared inference loop runs it unchanged."""
+
+    training = False
+
+    def __init__(self, path: Path, config, threads: int | None = None):
+        _require_runtime()
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        # The same thread count as PyTorch would use, so `serve --threads` means one thing.
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Idle ORT threads spin by default, taking the CPU that the server's event loop (and
+        # PyTorch's own threads) need between batches.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.config = config  # the run's transformers config: labels, thresholds
+
+    @classmethod
+    def from_run(cls, run) -> "OnnxModel":
+        from transformers import AutoConfig
+
+        path = onnx_path(run)
+        if not path.is_file():
+            raise UserError(f"--backend onnx: {run.path} has no ONNX export ({path.relative_to(run.path)}); "
+                            f"create it with `tunesmith export {run.path}`, or use --backend torch")
+        return cls(path, AutoConfig.from_pretrained(str(run.model_dir)))
+
+    def run(self, batch: dict) -> np.ndarray:
+        feeds = {}
+        for name in self.input_names:
+            value = batch.get(name)
+            if value is None and name == "token_type_ids":  # single texts: segment 0 throughout
+                value = torch.zeros_like(batch["input_ids"])
+            feeds[name] = value.numpy().astype(np.int64)
+        return self.session.run(["logits"], feeds)[0]
+
+    def __call__(self, **batch):
+        return SimpleNamespace(logits=torch.from_numpy(self.run(batch)))
+
+    # The inference loop switches modes around its passes; a graph has only one.
+    def eval(self):
+        return self
+
+    def train(self, mode: bool = True):
+        return self
