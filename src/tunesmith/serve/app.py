@@ -121,8 +121,8 @@ def create_app(predictor, settings: ServeSettings, keys: KeyRing, run_info: dict
     limiter = RateLimiter(settings.rate_limit, settings.rate_burst)
     # A micro-batch gathers whatever requests arrived together, short and long mixed: run as one
     # forward pass, every text would be padded to the longest. The predictor sorts it by length
-    # and runs slices of `forward_batch_size` texts instead (measured on tweets, 2 cores:
-    # 121 texts/s as one pass of 32, 174-185 in slices of 8).
+    # and runs slices of `forward_batch_size` texts instead (random groups of 32 tweets on 2
+    # cores: 84 texts/s as one pass, 139 in slices of 8; bench/onnx_predict.py).
     batcher = MicroBatcher(lambda inputs: task.output_rows(predictor.predict(inputs, settings.forward_batch_size)),
                            settings.batch_max_size, settings.batch_max_wait_ms,
                            on_batch=metrics.batch_size.observe)
