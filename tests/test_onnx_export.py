@@ -75,6 +75,9 @@ def test_export_refuses_tasks_it_cannot_export(tmp_path, tiny_model, capsys):
     assert main(["export", str(run)]) == 2
     assert "token-classification runs cannot be exported yet" in capsys.readouterr().err
     assert not (run / "model" / "model.onnx").exists()
+    (run / "ensemble.json").write_text("{}")  # what marks an ensemble run
+    assert main(["export", str(run)]) == 2
+    assert "is an ensemble; export each of its member runs instead" in capsys.readouterr().err
 
 
 def test_serve_backend_onnx_answers(exported):

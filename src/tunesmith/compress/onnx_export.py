@@ -47,6 +47,10 @@ def export_onnx(run, opset: int = 18) -> tuple[Path, float]:
     from tunesmith.inference import Predictor
     from tunesmith.io import atomic_path
 
+    from tunesmith.commands.ensemble import is_ensemble
+
+    if is_ensemble(run):
+        raise UserError(f"export --format onnx: {run.path} is an ensemble; export each of its member runs instead")
     cfg = run.config()
     if cfg["task"] not in EXPORTABLE_TASKS:
         raise UserError(f"export --format onnx: {cfg['task']} runs cannot be exported yet "
@@ -54,8 +58,8 @@ def export_onnx(run, opset: int = 18) -> tuple[Path, float]:
     predictor = Predictor.from_run(run)
     model = predictor.model
     if not isinstance(model, PreTrainedModel):
-        raise UserError(f"export --format onnx: {run.path} uses method {cfg['method']}, whose model is not a "
-                        "single transformer graph; export a run trained with full, freeze, lora or another PEFT method")
+        raise UserError(f"export --format onnx: {run.path} uses method {cfg['method']}, whose model is not one "
+                        "transformers model (few-shot, zero-shot and prompt-learning runs cannot be exported yet)")
     _require_runtime()
     batch = _sample_batch(predictor, cfg)
     names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in batch]  # segments: pairs only
