@@ -155,8 +155,8 @@ def main() -> None:
         # The per-key rate limit is policy, not capacity: lifted here so one key can load the server.
         results[f"tunesmith-{backend}"] = run_server(
             [py, "-m", "tunesmith", "serve", run, "--port", str(port), "--backend", backend,
-             "--rate-limit", "1000000", "--rate-burst", "1000000", *args.serve_args.split()], env, f"http://127.0.0.1:{port}/readyz", texts,
-            levels, args.seconds, {"Authorization": f"Bearer {KEY}"}, f"http://127.0.0.1:{port}/v1/predict",
+             "--rate-limit", "1000000", "--rate-burst", "1000000", *args.serve_args.split()],
+            env, f"http://127.0.0.1:{port}/readyz", texts, levels, args.seconds, {"Authorization": f"Bearer {KEY}"}, f"http://127.0.0.1:{port}/v1/predict",
             args.client)
     results["naive"] = run_server([py, str(ROOT / "bench" / "naive_server.py"), run, "8730"], env,
                                   "http://127.0.0.1:8730/healthz", texts, levels, args.seconds, {},

@@ -7,9 +7,11 @@ not written. `--backend onnx` (in `predict` and `serve`) then runs that graph in
 PyTorch; tokenisation, batching and outputs stay the shared code of `inference.py`, so the
 two backends answer the same way.
 
-Why ONNX Runtime: on a CPU it fuses attention, layer norm and GELU into single kernels and
-plans memory once, which PyTorch's eager mode does not (see docs/benchmarks.md for the
-measured gain). The file holds weights and graph only: loading it runs no code.
+Why ONNX Runtime: it plans the whole graph once, so a call costs far less than PyTorch's
+eager mode, which dispatches every module in Python. That pays where calls are small (the
+server's slices of a micro-batch, one text at a time); on a whole sorted file both run the
+same matrix multiplications at the CPU's peak (measurements in docs/benchmarks.md). The file
+holds weights and graph only: loading it runs no code.
 """
 
 from __future__ import annotations
@@ -37,6 +39,15 @@ TOLERANCE = 1e-3  # largest logit difference accepted between PyTorch and ONNX R
 
 def onnx_path(run) -> Path:
     return run.model_dir / ONNX_FILE
+
+
+def require_export(run) -> Path:
+    """The run's ONNX file, or the one error that says how to make it (`--backend onnx`)."""
+    path = onnx_path(run)
+    if not path.is_file():
+        raise UserError(f"--backend onnx: {run.path} has no ONNX export (model/{ONNX_FILE}); "
+                        f"create it with `tunesmith export {run.path}`, or use --backend torch")
+    return path
 
 
 def export_onnx(run, opset: int = 18) -> tuple[Path, float]:
@@ -145,13 +156,13 @@ class OnnxModel:
 
     training = False
 
-    def __init__(self, path: Path, config, threads: int | None = None):
+    def __init__(self, path: Path, config):
         _require_runtime()
         import onnxruntime as ort
 
         options = ort.SessionOptions()
         # The same thread count as PyTorch would use, so `serve --threads` means one thing.
-        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.intra_op_num_threads = torch.get_num_threads()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # Idle ORT threads spin by default, taking the CPU that the server's event loop (and
         # PyTorch's own threads) need between batches.
@@ -164,20 +175,12 @@ class OnnxModel:
     def from_run(cls, run) -> "OnnxModel":
         from transformers import AutoConfig
 
-        path = onnx_path(run)
-        if not path.is_file():
-            raise UserError(f"--backend onnx: {run.path} has no ONNX export ({path.relative_to(run.path)}); "
-                            f"create it with `tunesmith export {run.path}`, or use --backend torch")
-        return cls(path, AutoConfig.from_pretrained(str(run.model_dir)))
+        return cls(require_export(run), AutoConfig.from_pretrained(str(run.model_dir)))
 
     def run(self, batch: dict) -> np.ndarray:
-        feeds = {}
-        for name in self.input_names:
-            value = batch.get(name)
-            if value is None and name == "token_type_ids":  # single texts: segment 0 throughout
-                value = torch.zeros_like(batch["input_ids"])
-            feeds[name] = value.numpy().astype(np.int64)
-        return self.session.run(["logits"], feeds)[0]
+        # The graph takes exactly the inputs it was traced with (segment ids for pairs only),
+        # which are the ones the run's own encoding produces.
+        return self.session.run(["logits"], {name: batch[name].numpy() for name in self.input_names})[0]
 
     def __call__(self, **batch):
         return SimpleNamespace(logits=torch.from_numpy(self.run(batch)))

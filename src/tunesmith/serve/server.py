@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 
-from tunesmith.compress.onnx_export import ONNX_FILE, onnx_path
+from tunesmith.compress.onnx_export import require_export
 from tunesmith.errors import UserError
 from tunesmith.runs import Run, open_finished
 from tunesmith.serve.security import KeyRing
@@ -39,9 +39,8 @@ def run_info(run: Run) -> dict:
 def check_settings(settings: ServeSettings) -> tuple[Run, KeyRing]:
     """Every reason not to start, as one clear error, before anything loads."""
     run = open_finished(settings.run)
-    if settings.backend == "onnx" and not onnx_path(run).is_file():
-        raise UserError(f"--backend onnx: {run.path} has no ONNX export (model/{ONNX_FILE}); create it with "
-                        f"`tunesmith export {run.path}`, or serve with --backend torch")
+    if settings.backend == "onnx":
+        require_export(run)
     keys = api_keys_from(settings)
     if settings.no_auth and keys:
         raise UserError("--no-auth given but API keys are set (TUNESMITH_API_KEYS or --api-keys-file); choose one")
