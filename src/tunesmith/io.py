@@ -6,6 +6,7 @@ to disk, then renamed over the destination (rename is atomic on POSIX filesystem
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -49,6 +50,13 @@ def write_yaml(path: str | Path, obj: Any) -> None:
     write_text(path, yaml.safe_dump(obj, sort_keys=False, allow_unicode=True))
 
 
+def lines(text: str) -> list[str]:
+    """The lines of a text file, split at newlines only. `str.splitlines` also splits at
+    U+2028, U+2029, U+0085 and other separators that can sit inside a text (a JSON string
+    written with ensure_ascii=False holds them raw), which would cut a row in two."""
+    return [line.removesuffix("\r") for line in text.split("\n")]
+
+
 def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
@@ -60,6 +68,7 @@ def replace_dir(tmp_dir: Path, final_dir: Path) -> None:
     aside; readers that find no `final_dir` fall back to `final_dir.old` (see
     `train.checkpoint.find`).
     """
+    _fsync_tree(tmp_dir)  # on disk before the previous one goes: a power cut keeps one good copy
     old = final_dir.with_name(final_dir.name + ".old")
     if old.exists():
         shutil.rmtree(old)
@@ -68,6 +77,27 @@ def replace_dir(tmp_dir: Path, final_dir: Path) -> None:
     os.replace(tmp_dir, final_dir)
     if old.exists():
         shutil.rmtree(old)
+
+
+def _fsync_tree(folder: Path) -> None:
+    for path in sorted(folder.rglob("*"), reverse=True) + [folder]:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Whether an error (or one it was raised from) is the disk running out of space;
+    safetensors reports it as its own error type, with the OS's words in the message."""
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "No space left on device" in str(exc) or "StorageFull" in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def _umask() -> int:

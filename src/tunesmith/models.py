@@ -39,6 +39,44 @@ def resolve(name: str) -> str:
     return name
 
 
+def position_limit(source: str) -> int | None:
+    """The most tokens a model at `source` (a folder or Hub id) reads: its position
+    embeddings' count (RoBERTa-style models lose two to their padding offset). None when the
+    model has no such limit or no config to read (image backbones)."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(source)
+    except Exception:  # not a transformers model (efficientnet-lite0), or offline: nothing to check
+        return None
+    config = getattr(config, "text_config", None) or config
+    limit = next((getattr(config, key) for key in ("max_position_embeddings", "n_positions", "max_sequence_length")
+                  if isinstance(getattr(config, key, None), int)), None)
+    if limit and getattr(config, "model_type", "") in ("roberta", "xlm-roberta", "camembert", "longformer"):
+        limit -= 2
+    return limit
+
+
+def fit_max_length(cfg, source: str, processor) -> list[str]:
+    """Hold `cfg.max_length` to what the model reads, before any run folder exists: a value
+    the user gave above the limit is refused (it would crash in the first batch); a task's
+    default above it is lowered, with a note. The limit is also set on the tokenizer, so
+    `check` never suggests more. Returns the notes."""
+    limit = position_limit(source)
+    if limit is None:
+        return []
+    tokenizer = getattr(processor, "tokenizer", processor)
+    if hasattr(tokenizer, "model_max_length"):
+        tokenizer.model_max_length = limit
+    if cfg.max_length is not None and cfg.max_length > limit:
+        raise UserError(f"--max-length {cfg.max_length}: {cfg.resolved_model()} reads at most {limit} tokens "
+                        f"(its position embeddings); use --max-length {limit} or less")
+    if cfg.resolved_max_length() > limit:
+        cfg.max_length = limit
+        return [f"max_length {limit}: the most {cfg.resolved_model()} reads"]
+    return []
+
+
 def with_new_head(auto_class, source: str, labels: list[str], **extra):
     """The pretrained body at `source` under a freshly initialised head for `labels`, whose
     names go into the model's config (so the saved model reports them in plain transformers)."""

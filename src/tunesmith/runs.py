@@ -15,13 +15,18 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import yaml
 
 from tunesmith.errors import UserError
+from tunesmith.io import lines
 
 
 @dataclass(frozen=True)
@@ -53,7 +58,7 @@ class Run:
         from tunesmith.data.labeled import Examples
 
         path = self.data_dir / f"{name}.jsonl"
-        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        rows = [json.loads(line) for line in lines(path.read_text(encoding="utf-8")) if line.strip()]
         where = [f"{path} line {i + 1}" for i in range(len(rows))]
         # JSON has no tuples: pairs, word lists and label sets come back as lists; as
         # tuples they are hashable again, as they were when the run first read them.
@@ -66,12 +71,35 @@ class Run:
         if not self.history_file.is_file():
             return []
         rows = []
-        for line in self.history_file.read_text(encoding="utf-8").splitlines():
+        for line in lines(self.history_file.read_text(encoding="utf-8")):
+            if not line.strip():
+                continue
             try:
                 rows.append(json.loads(line))
             except json.JSONDecodeError:
                 break  # a line cut short by a crash: everything before it is good
         return rows
+
+
+@contextmanager
+def training_lock(run: Run) -> Iterator[None]:
+    """Held while a process trains in the run folder: a second `train --resume` of the same
+    run is refused instead of interleaving its checkpoints with the first one's. The OS
+    drops the lock when the holder exits, even on kill -9, so a crash never leaves it stuck."""
+    path = run.path / ".lock"
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "another process"
+            raise UserError(f"{run.path}: this run is already training (process {holder}); wait for it to "
+                            "finish or stop it before resuming") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)
 
 
 def open_finished(path: str) -> Run:

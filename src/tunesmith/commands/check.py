@@ -27,6 +27,9 @@ def check(data: str, val_data=None, test_data=None, text_col=None, label_col=Non
     except UserError as exc:
         tokenizer = None
         out(f"note: token lengths not checked ({exc})")
+    if tokenizer is not None:
+        for note in models.fit_max_length(cfg, models.resolve(cfg.resolved_model()), tokenizer):
+            out(f"note: {note}")
     report = TASKS[cfg.task].check(splits, tokenizer, cfg.resolved_max_length())
     if as_json:
         out(json.dumps({"facts": report.facts, "warnings": report.warnings}, indent=2))

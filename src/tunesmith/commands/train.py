@@ -12,6 +12,7 @@ import resource
 import shutil
 import sys
 import time
+from contextlib import ExitStack
 from datetime import datetime
 from functools import partial
 from pathlib import Path
@@ -28,7 +29,7 @@ from tunesmith.evaluate import report
 from tunesmith.inference import Predictor
 from tunesmith.io import replace_dir, write_json, write_text, write_yaml
 from tunesmith.methods import METHODS, count_parameters
-from tunesmith.runs import Run
+from tunesmith.runs import Run, training_lock
 from tunesmith.tasks import TASKS
 from tunesmith.train import checkpoint, continual, distributed
 from tunesmith.train.adversarial import adversarial_loss, model_loss
@@ -42,9 +43,17 @@ def train(cfg: TrainConfig, log=print) -> Run:
     if not main:
         log = _silent
     resuming = cfg.resume is not None
-    if resuming:
-        cfg, run = _config_of_interrupted_run(cfg.resume)
-    else:
+    with ExitStack() as held:
+        if resuming:
+            cfg, run = _config_of_interrupted_run(cfg.resume)
+            if main:
+                held.enter_context(training_lock(run))  # before any work: a second resume is refused now
+        return _train(cfg, run if resuming else None, processes, held, log)
+
+
+def _train(cfg: TrainConfig, run: Run | None, processes, held: ExitStack, log) -> Run:
+    main, resuming = processes.is_main_process, run is not None
+    if not resuming:
         # A taken name fails now, not after loading everything; the others use the main's folder.
         run = Run(Path(distributed.from_main(str(_unused_run_folder(cfg).path) if main else None)))
     task, method = TASKS[cfg.task], METHODS[cfg.method]
@@ -63,6 +72,8 @@ def train(cfg: TrainConfig, log=print) -> Run:
         log(note)
     source = models.resolve(cfg.resolved_model())
     tokenizer = task.load_processor(cfg.resolved_model(), cfg.model_dump())  # a tokenizer, or image preprocessing
+    for note in models.fit_max_length(cfg, source, tokenizer):
+        log(f"note: {note}")
     findings = task.check(splits, tokenizer, cfg.resolved_max_length())
     for warning in findings.warnings:
         log(f"warning: {warning}")
@@ -84,6 +95,7 @@ def train(cfg: TrainConfig, log=print) -> Run:
         except BaseException:
             shutil.rmtree(run.path, ignore_errors=True)
             raise
+        held.enter_context(training_lock(run))
         log(f"run folder: {run.path}")
     processes.wait_for_everyone()
 
@@ -301,9 +313,13 @@ def _saved_splits(run: Run, cfg: TrainConfig) -> Splits:
 def _export_model(method, model, tokenizer, run: Run) -> None:
     tmp = run.path / ".model.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    plain = method.export(model, run.path)
-    plain.save_pretrained(str(tmp))  # safetensors by default
-    tokenizer.save_pretrained(str(tmp))
+    try:
+        plain = method.export(model, run.path)
+        plain.save_pretrained(str(tmp))  # safetensors by default
+        tokenizer.save_pretrained(str(tmp))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     replace_dir(tmp, run.model_dir)
 
 

@@ -115,9 +115,24 @@ def check_splits(splits: Splits, tokenizer=None, max_length: int = 128, count_la
         if truncated / len(lengths) > 0.05:
             report.warnings.append(
                 f"{truncated} texts ({100.0 * truncated / len(lengths):.0f}%) will be truncated at max_length "
-                f"{max_length}; consider --max-length {int(np.percentile(lengths, 99))}"
+                f"{max_length}; {longer_max_length(int(np.percentile(lengths, 99)), tokenizer)}"
             )
     return report
+
+
+def longer_max_length(p99: int, tokenizer) -> str:
+    """The advice for texts longer than max_length: their 99th percentile, but never more
+    than the model reads (its position embeddings end there: more would crash)."""
+    limit = token_limit(tokenizer)
+    if limit is not None and p99 > limit:
+        return f"the model reads at most {limit} tokens: consider --max-length {limit}"
+    return f"consider --max-length {p99}"
+
+
+def token_limit(tokenizer) -> int | None:
+    """The most tokens the model takes (set from its config by `models.fit_max_length`)."""
+    limit = getattr(getattr(tokenizer, "tokenizer", tokenizer), "model_max_length", None)
+    return int(limit) if isinstance(limit, int) and 0 < limit < 10**6 else None
 
 
 def _duplicates(ex: Examples) -> tuple[list[int], int]:

@@ -15,6 +15,7 @@ import pandas as pd
 
 from tunesmith.data import builtin
 from tunesmith.errors import UserError
+from tunesmith.io import lines
 
 TABLE_SUFFIXES = {".csv", ".tsv", ".jsonl", ".json", ".parquet", ".txt"}
 
@@ -54,8 +55,8 @@ def read_table(path: Path, encoding: str = "utf-8") -> Table:
     if suffix in (".jsonl", ".json"):
         return _read_jsonl(path, text)
     if suffix == ".txt":
-        lines = [line for line in text.splitlines() if line.strip()]
-        return Table(pd.DataFrame({"text": lines}), str(path), "line")
+        texts = [line for line in lines(text) if line.strip()]
+        return Table(pd.DataFrame({"text": texts}), str(path), "line")
     sep = "\t" if suffix == ".tsv" else ","
     return _read_delimited(path, text, sep)
 
@@ -107,7 +108,7 @@ def _read_jsonl(path: Path, text: str) -> Table:
 def json_lines(path: Path, text: str, example: str):
     """(line number, object) for each non-blank line of a JSONL text; a line that is not a
     JSON object is one error naming it, with `example` showing what a line should hold."""
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(lines(text), start=1):
         if not line.strip():
             continue
         try:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from tunesmith.data.sources import decode_file, json_lines
 from tunesmith.errors import UserError
+from tunesmith.io import lines
 
 SPLIT_NAMES = {"train": ("train",), "val": ("valid", "dev", "validation", "val"), "test": ("test",)}
 TAGGED_SUFFIXES = (".txt", ".conll", ".iob", ".bio", ".tsv", ".jsonl", ".json")
@@ -81,7 +82,7 @@ def _read_conll(path: Path, text: str, need_tags: bool = True) -> list[Sentence]
         words.clear()
         tags.clear()
 
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(lines(text), start=1):
         parts = line.split()
         if not parts:
             close()

@@ -50,7 +50,7 @@ class PromptLearning:
 
         self.check(cfg)
         _require_transformer(model, cfg, self.name)
-        return get_peft_model(model, self.peft_config(cfg))
+        return accept_prefix(get_peft_model(model, self.peft_config(cfg)))
 
     def export(self, model, folder: Path):
         from peft.utils import ModulesToSaveWrapper
@@ -83,6 +83,33 @@ def restore_prompt(model, folder: str):
     if set(weights) != set(encoder.state_dict()):
         raise UserError(f"{folder}: the prompt encoder's weights are missing or do not match; the run folder is damaged")
     encoder.load_state_dict(weights)
+    return accept_prefix(peft_model)
+
+
+def accept_prefix(peft_model):
+    """Let PEFT's prefix-tuning hand its prefix to an encoder on every transformers version.
+
+    PEFT passes the learned keys and values as `past_key_values`, and refuses ("Model does not
+    support past key values") unless the backbone's forward signature names that argument.
+    transformers 5.24 renamed it `cache` (the old name is still accepted until 5.40), so the
+    check fails though the model would take the prefix. A forward that declares the old name
+    and passes it on under the new one satisfies the check without changing what runs.
+    """
+    import inspect
+
+    name = getattr(peft_model, "transformer_backbone_name", None)
+    if name is None:
+        return peft_model
+    backbone = peft_model.base_model.get_submodule(name)
+    parameters = inspect.signature(backbone.forward).parameters
+    if "past_key_values" in parameters or "cache" not in parameters:
+        return peft_model
+    original = backbone.forward
+
+    def forward(*args, past_key_values=None, **kwargs):
+        return original(*args, cache=past_key_values, **kwargs)
+
+    backbone.forward = forward  # on this instance only; nothing of it is saved
     return peft_model
 
 

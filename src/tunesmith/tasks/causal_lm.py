@@ -19,7 +19,7 @@ import torch
 
 from tunesmith.data import conversations as conv
 from tunesmith.data.batching import IGNORE, Features, collate_rows, inference_batches
-from tunesmith.data.checks import CheckReport, _where
+from tunesmith.data.checks import CheckReport, _where, longer_max_length
 from tunesmith.data.labeled import Examples
 from tunesmith.data.sources import read_source
 from tunesmith.data.split import dedupe
@@ -28,8 +28,9 @@ from tunesmith.errors import UserError
 from tunesmith.generation import GenerationSettings, answer_scores, generate
 from tunesmith.inference import evaluating
 from tunesmith.tasks import register_task
+from tunesmith.train.token_logprobs import answer_logprobs, mean_answer_loss
 
-LOSS_BATCH = 4  # rows per loss batch: the logits alone are rows x length x 49k vocabulary floats
+LOSS_BATCH = 8  # rows per scoring batch (the loss never holds full-vocabulary logits for them all)
 SAMPLES = 3  # generated answers shown in the report, base and tuned side by side
 
 
@@ -211,6 +212,13 @@ class CausalLMTask:
     metrics_higher_is_better = {"loss": False, "perplexity": False}
     default_metric = "loss"
     default_model = "smollm2"
+    # A row is up to 512 tokens and the vocabulary 49k: micro-batches of 4 rows, 8 per step,
+    # keep the effective batch at 32 and SmolLM2-135M LoRA training under ~3 GB
+    # (docs/benchmarks.md, bench/causal_memory.py); 32 rows at once needed over 24 GB.
+    train_defaults = {"batch_size": 4, "grad_accum": 8}
+
+    def default_lr(self, method: str, model: str) -> float | None:
+        return None
     default_max_length = 512
     has_baseline = True  # the base model's loss and answers, beside the tuned model's
 
@@ -254,7 +262,7 @@ class CausalLMTask:
         if cut_rows:
             report.warnings.append(
                 f"{len(cut_rows)} examples are longer than max_length {max_length}: {cut_tokens} tokens would be cut "
-                f"(answers lose their end); consider --max-length {report.facts['token_lengths']['p99']}")
+                f"(answers lose their end); {longer_max_length(report.facts['token_lengths']['p99'], tokenizer)}")
         first = as_conversation(splits.train.texts[0])
         preview = first if isinstance(first, str) else conv.render_text(tokenizer, first)[0]
         report.facts["preview"] = preview
@@ -314,15 +322,12 @@ class CausalLMTask:
             lengths = [len(features.rows[i]["input_ids"]) for i in scored]
             for batch_idx in inference_batches(lengths, min(batch_size, LOSS_BATCH)):
                 rows = [features.rows[scored[j]] for j in batch_idx]
-                batch = collate_rows(rows, features.pad_id, token_labels=True)
-                labels = batch.pop("labels")
-                logits = model(**{k: v.to(device) for k, v in batch.items()}).logits.float().cpu()
-                losses = torch.nn.functional.cross_entropy(
-                    logits[:, :-1].transpose(1, 2), labels[:, 1:], ignore_index=IGNORE, reduction="none")
+                batch = {k: v.to(device) for k, v in collate_rows(rows, features.pad_id, token_labels=True).items()}
+                logps, counts = answer_logprobs(model, batch["input_ids"], batch["labels"], batch.get("attention_mask"))
                 for row_in_batch, j in enumerate(batch_idx):
                     example = features.meta[scored[j]]["example"]
-                    nll[example] += float(losses[row_in_batch].sum())
-                    tokens[example] += int((labels[row_in_batch, 1:] != IGNORE).sum())
+                    nll[example] -= float(logps[row_in_batch])
+                    tokens[example] += int(counts[row_in_batch])
         if prompts:
             tokenizer = features.processor.tokenizer
             texts = [tokenizer.decode(features.rows[i]["input_ids"]) for i in prompts]
@@ -330,6 +335,10 @@ class CausalLMTask:
             for i, answer in zip(prompts, generate(model, tokenizer, texts, settings)):
                 answers[features.meta[i]["example"]] = answer
         return {"nll": nll, "tokens": tokens, "answers": answers}
+
+    def training_loss(self, model, batch: dict, processor) -> tuple[torch.Tensor, dict]:
+        """The model's own loss, computed without full-vocabulary logits (train/token_logprobs.py)."""
+        return mean_answer_loss(model, batch), {}
 
     def metrics(self, targets, outputs, labels) -> dict:
         total_tokens = int(outputs["tokens"].sum())

@@ -44,6 +44,13 @@ class ImageClassification:
     name = "image-classification"
     peft_task_type = None  # PEFT has no image task type: LoRA keeps the head trainable by name
     default_model = EFFICIENTNET
+    # LoRA and the other adapter methods need a transformer; the default backbone is a CNN.
+    train_defaults = {"method": "full"}
+
+    def default_lr(self, method: str, model: str) -> float | None:
+        # A small CNN with batch norm fine-tunes at 1e-3 (5 epochs: 98% on digits,
+        # docs/benchmarks.md); the 5e-5 of full fine-tuning a transformer barely moves it.
+        return 1e-3 if method == "full" and model == EFFICIENTNET else None
 
     def __init__(self):
         self.head = ClassifierHead()

@@ -26,13 +26,14 @@ import torch
 
 from tunesmith.data import conversations as conv
 from tunesmith.data.batching import IGNORE, Features, inference_batches
-from tunesmith.data.checks import CheckReport
+from tunesmith.data.checks import CheckReport, longer_max_length
 from tunesmith.data.labeled import Examples
 from tunesmith.data.sources import read_source
 from tunesmith.data.splits import Splits
 from tunesmith.errors import UserError
 from tunesmith.inference import evaluating
 from tunesmith.tasks import register_task
+from tunesmith.train.token_logprobs import answer_logprobs
 from tunesmith.tasks.causal_lm import (CausalLMTask, ChatProcessor, answer_metrics, assemble_splits, load_causal_lm,
                                        load_saved_causal_lm, read_prompts, token_length_facts)
 
@@ -113,12 +114,9 @@ def drop_unusable(examples: Examples, name: str) -> tuple[Examples, list[str]]:
 
 
 def sequence_logps(model, input_ids, labels, attention_mask) -> torch.Tensor:
-    """Summed log-probability of the labelled (answer) tokens of each row."""
-    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1].float()
-    targets = labels[:, 1:]
-    mask = targets != IGNORE
-    token_logps = torch.gather(logits.log_softmax(-1), 2, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    return (token_logps * mask).sum(-1)
+    """Summed log-probability of the labelled (answer) tokens of each row (computed in chunks,
+    never as full-vocabulary log-softmax over every position: train/token_logprobs.py)."""
+    return answer_logprobs(model, input_ids, labels, attention_mask)[0]
 
 
 def dpo_loss(chosen, rejected, ref_chosen, ref_rejected, beta: float):
@@ -152,6 +150,11 @@ class PreferenceTask:
     metrics_higher_is_better = {"loss": False, "reward_accuracy": True, "reward_margin": True}
     default_metric = "loss"
     default_model = "smollm2"
+    # A pair is two sequences (chosen and rejected): 2 pairs per micro-batch, 8 per step = 16 pairs.
+    train_defaults = {"batch_size": 2, "grad_accum": 8}
+
+    def default_lr(self, method: str, model: str) -> float | None:
+        return None
     default_max_length = 512
     has_baseline = True
 
@@ -186,7 +189,7 @@ class PreferenceTask:
                                                            sum(max(0, n - max_length) for n in lengths))
         if cut:
             report.warnings.append(f"{cut} answers are cut at max_length {max_length}; their preference is judged on "
-                                   f"a truncated text; consider --max-length {report.facts['token_lengths']['p99']}")
+                                   f"a truncated text; {longer_max_length(report.facts['token_lengths']['p99'], processor.tokenizer)}")
         report.facts["preview"] = conv.render_text(processor.tokenizer, _conversation(splits.train.texts[0], "chosen"))[0]
         return report
 

@@ -23,6 +23,10 @@ from tunesmith.inference import INFERENCE_BATCH, predict_logits
 class SequenceTask:
     peft_task_type = "SEQ_CLS"
     default_model = "minilm"
+    train_defaults: dict = {}  # settings this task needs other than TrainConfig's defaults (when not given)
+
+    def default_lr(self, method: str, model: str) -> float | None:
+        return None  # the method's own default
 
     def __init__(self, name: str, target, head, pairs: bool | None):
         self.name = name

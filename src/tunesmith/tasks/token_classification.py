@@ -35,6 +35,10 @@ class TokenClassification:
     name = "token-classification"
     peft_task_type = "TOKEN_CLS"
     default_model = "minilm"
+    train_defaults: dict = {}  # settings this task needs other than TrainConfig's defaults (when not given)
+
+    def default_lr(self, method: str, model: str) -> float | None:
+        return None  # the method's own default
     metrics_higher_is_better = HIGHER_IS_BETTER
     has_baseline = False  # a per-word linear probe says little about entity spans
     default_metric = "f1"

@@ -9,6 +9,7 @@ previous checkpoint or the new one, never half of one.
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -34,6 +35,15 @@ def running_statistics(model) -> dict[str, torch.Tensor]:
 def save(folder: Path, model, optimizer=None, scheduler=None, state: dict | None = None) -> None:
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        _write(tmp, model, optimizer, scheduler, state)
+    except BaseException:  # a full disk or Ctrl-C: no half-written folder stays behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    replace_dir(tmp, folder)
+
+
+def _write(tmp: Path, model, optimizer, scheduler, state: dict | None) -> None:
     save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
     meta: dict = {"state": state or {}}
     if optimizer is not None:
@@ -46,7 +56,6 @@ def save(folder: Path, model, optimizer=None, scheduler=None, state: dict | None
             rng.update({f"cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
         save_file(rng, str(tmp / "rng.safetensors"))
     (tmp / "state.json").write_text(json.dumps(meta, indent=1))
-    replace_dir(tmp, folder)
 
 
 def find(folder: Path) -> Path | None:

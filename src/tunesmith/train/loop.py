@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from tunesmith.data.batching import Features, train_batches
 from tunesmith.errors import TrainingDiverged, UserError
-from tunesmith.io import write_text
+from tunesmith.io import lines, write_text
 from tunesmith.train import checkpoint
 from tunesmith.train.distributed import local_share
 from tunesmith.train.optim import build_optimizer, build_scheduler
@@ -242,7 +242,9 @@ def _truncate_history(path: Path, step: int) -> None:
     if not path.exists():
         return
     keep = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in lines(path.read_text(encoding="utf-8")):
+        if not line.strip():
+            continue
         try:
             row = json.loads(line)
         except json.JSONDecodeError:
