@@ -103,6 +103,12 @@ def _train(cfg: TrainConfig, run: Run | None, processes, held: ExitStack, log) -
         return _fine_tune_and_evaluate(run, cfg, task, method, splits, tokenizer, model, resuming, log, earlier)
     except KeyboardInterrupt:
         raise Interrupted(run.path) from None
+    except UserError:
+        # Refused before any training step (a method that cannot adapt this model): nothing
+        # in the folder is worth keeping, and bad input never leaves one behind.
+        if not resuming and main and not run.checkpoints.exists():
+            shutil.rmtree(run.path, ignore_errors=True)
+        raise
 
 
 def _fine_tune_and_evaluate(run: Run, cfg: TrainConfig, task, method, splits: Splits, tokenizer, model,

@@ -26,6 +26,11 @@ class Freeze:
             for block in list(stack)[-k:]:
                 for p in block.parameters():
                     p.requires_grad_(True)
+        if not any(p.requires_grad for p in model.parameters()):
+            # A language model's head is pretrained (often tied to the embeddings): there is no
+            # new head, so freezing the body leaves nothing to learn.
+            raise UserError(f"--method freeze: {cfg.resolved_model()} has no new head to train for {cfg.task}; "
+                            "add --unfreeze-top-k K, or use lora")
         return model
 
     def export(self, model, folder):

@@ -5,6 +5,7 @@ keeps the adapter in `adapter/` and a merged plain model in `model/`."""
 
 from pathlib import Path
 
+from tunesmith.errors import UserError
 from tunesmith.methods import register_method
 from tunesmith.methods.lora import HEADS, _present, _require_transformer
 
@@ -22,7 +23,13 @@ class IA3:
         task_type = TASKS[cfg.task].peft_task_type
         config = IA3Config(task_type=TaskType[task_type] if task_type else None,
                            modules_to_save=None if task_type else _present(model, HEADS))
-        return get_peft_model(model, config)
+        try:
+            return get_peft_model(model, config)
+        except ValueError as exc:
+            if "target_modules" not in str(exc):
+                raise
+            raise UserError(f"--method ia3: PEFT has no IA3 target layers for {model.config.model_type} models; "
+                            "use lora") from None
 
     def export(self, model, folder: Path):
         model.save_pretrained(str(folder / "adapter"))

@@ -210,6 +210,9 @@ class PreferenceTask:
 
     # ---- features -------------------------------------------------------------------------------
     def encode(self, processor, inputs, targets, labels, max_length, use_cache=True, augment=False) -> Features:
+        if inputs and not any(isinstance(pair, dict) and "chosen" in pair for pair in inputs):
+            # Prompts (serving, `generate`): rows to answer, as a causal-lm run makes them.
+            return GENERATION.encode(processor, inputs, targets, labels, max_length)
         rows = []
         for pair in inputs:
             if not isinstance(pair, dict) or "chosen" not in pair:
@@ -256,6 +259,8 @@ class PreferenceTask:
                                "rejected_logp": float(logps[n:].detach().mean())}
 
     def predict(self, model, features: Features, batch_size: int = SCORE_BATCH) -> dict:
+        if features.meta and features.meta[0].get("prompt"):  # prompts: generated answers
+            return GENERATION.predict(model, features)
         chosen, rejected = self._logps(model, features)
         if features.rows and "ref_chosen" in features.rows[0]:
             ref_chosen = np.array([r["ref_chosen"] for r in features.rows])
@@ -311,6 +316,9 @@ class PreferenceTask:
     serve_input = CausalLMTask.serve_input
     output_rows = CausalLMTask.output_rows
     serve_output = CausalLMTask.serve_output
+
+
+GENERATION = CausalLMTask()  # answers prompts for a preference run as for a causal-lm one
 
 
 def _conversation(pair, answer: str) -> list[dict]:

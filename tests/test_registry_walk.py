@@ -1,0 +1,138 @@
+"""Every (task, method) pair in the registries, on a tiny model built in the test: it trains,
+reloads from its run folder with the test metric it reported, predicts and answers through
+the server; or it is refused before any work, with one line, exit code 2 and no run folder.
+
+A new task or method joins this walk by registering itself: nothing here names them all.
+The refusals are listed (REFUSED) so that a pair that stops working cannot hide as a refusal.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import random
+
+import numpy as np
+import pytest
+
+from conftest import CUES, make_qa_rows, make_rows, write_csv
+from test_causal_lm import preference_rows, write_jsonl
+from test_image_classification import make_folder, tiny_vit  # noqa: F401  (a fixture)
+from test_pair_regression_multilabel import SCORE, _sentence, _write
+from test_token_classification import make_sentences, tiny_ner_model, write_conll  # noqa: F401  (a fixture)
+from tunesmith.cli import main
+from tunesmith.methods import METHODS
+from tunesmith.tasks import TASKS
+
+pytest.importorskip("fastapi")
+from fastapi.testclient import TestClient  # noqa: E402
+
+KEY = "w" * 24
+
+# Pairs refused up front, and a word of the reason each must give.
+SEQUENCE_ONLY = "text-classification"
+REFUSED = {
+    **{(task, "qlora"): "CUDA" if task in ("causal-lm", "preference") else "for causal-lm and preference"
+       for task in TASKS},
+    # A Llama has no biases to train and no new head (its head is pretrained).
+    **{(task, method): why for task in ("causal-lm", "preference")
+       for method, why in (("bitfit", "no bias terms"), ("freeze", "no new head"))},
+    # The tiny ViT: PEFT knows no IA3 targets for it, and adapters know BERT and Llama blocks.
+    ("image-classification", "ia3"): "no IA3 target layers", ("image-classification", "adapter"): "no attention",
+    **{(task, method): SEQUENCE_ONLY for task in TASKS if task != "text-classification"
+       for method in ("few-shot", "zero-shot")},
+    **{(task, method): "one label or score per text" for task in ("token-classification", "causal-lm", "preference",
+                                                                  "image-classification")
+       for method in ("prefix", "prompt", "ptuning")},
+}
+
+
+def _data(task: str, folder) -> tuple[str, list]:
+    """Training data for the task, and two inputs to serve."""
+    rng = random.Random(0)
+    if task == "text-classification":
+        return write_csv(folder / "d.csv", make_rows(12)), ["good film", "bad plot"]
+    if task == "text-pair-classification":
+        rows = [{"sentence1": _sentence(rng, a), "sentence2": _sentence(rng, b), "label": str(a == b)}
+                for _ in range(4) for a in CUES for b in CUES]
+        return (_write(folder / "p.csv", rows, ["sentence1", "sentence2", "label"]),
+                [{"text": "good film", "text_pair": "great plot"}, {"text": "bad", "text_pair": "good"}])
+    if task == "regression":
+        rows = [{"text": _sentence(rng, c), "label": SCORE[c]} for _ in range(12) for c in CUES]
+        return _write(folder / "r.csv", rows, ["text", "label"]), ["good film", "bad film"]
+    if task == "multi-label-classification":
+        rows = [{"text": " ".join(w for c in present for w in rng.sample(CUES[c], 1)), "labels": "|".join(present)}
+                for present in (rng.sample(list(CUES), rng.choice([1, 2])) for _ in range(40))]
+        return _write(folder / "m.csv", rows, ["text", "labels"]), ["good sad", "okay"]
+    if task == "token-classification":
+        return write_conll(folder / "ner.txt", make_sentences(40)), ["john smith visited paris .", "globex said"]
+    if task == "image-classification":
+        return make_folder(folder / "photos", per_class=10, corrupt=False), [_png((200, 30, 30)), _png((30, 30, 200))]
+    if task == "causal-lm":
+        return write_jsonl(folder / "qa.jsonl", make_qa_rows(24)), ["what is the colour of sky"]
+    if task == "preference":
+        return write_jsonl(folder / "pref.jsonl", preference_rows(24)), ["what is the colour of snow"]
+    raise AssertionError(f"no toy data for task {task}: add it here")
+
+
+def _png(colour) -> str:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((12, 12, 3), colour, dtype=np.uint8)).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+@pytest.fixture
+def models(request, tiny_model, tiny_causal_lm):
+    """The tiny model each task trains: a BERT, a Llama, a ViT (so adapters apply)."""
+    return {"causal-lm": tiny_causal_lm, "preference": tiny_causal_lm,
+            "image-classification": request.getfixturevalue("tiny_vit"),
+            "token-classification": request.getfixturevalue("tiny_ner_model")}
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+@pytest.mark.parametrize("task", sorted(TASKS))
+def test_every_task_and_method_runs_end_to_end_or_is_refused_up_front(task, method, tmp_path, models, tiny_model,
+                                                                        capsys):
+    data, inputs = _data(task, tmp_path)
+    model = models.get(task, tiny_model)
+    runs = tmp_path / "runs"
+    code = main(["train", "--task", task, "--method", method, "--data", data, "--model", model,
+                 "--output", str(runs), "--name", "r", "--max-length", "32", "--batch-size", "8", "--grad-accum", "1",
+                 "--max-steps", "2", "--eval-answers", "0", "--max-new-tokens", "3", "--no-baseline", "--seed", "0",
+                 "--prompt-tokens", "2", "--lora-r", "2", "--adapter-size", "4"])
+    err = capsys.readouterr().err
+    if (task, method) in REFUSED:
+        lines = [line for line in err.strip().splitlines() if line.strip()]
+        assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), err
+        assert REFUSED[task, method] in lines[0], lines[0]
+        assert not runs.exists() or not any(runs.iterdir()), "a refused run left a folder behind"
+        return
+    assert code == 0, err
+
+    from tunesmith.inference import Predictor
+    from tunesmith.runs import Run
+    from tunesmith.serve.app import create_app
+    from tunesmith.serve.security import KeyRing
+    from tunesmith.serve.server import run_info
+    from tunesmith.serve.settings import ServeSettings
+
+    run = Run(runs / "r")
+    reported = json.loads(run.metrics_file.read_text())["test"]
+    # Reloaded from the folder alone, the model scores the test split as training reported:
+    # what the method added (adapters, a prompt, LoRA merged in) came back with it.
+    predictor = Predictor.from_run(run)
+    test = run.split("test")
+    metric = TASKS[task].default_metric
+    again = TASKS[task].metrics(test.labels, predictor.predict(test.texts), run.labels())
+    assert again[metric] == pytest.approx(reported[metric], abs=1e-4), (metric, again, reported)
+
+    settings = ServeSettings(run=str(run.path))
+    with TestClient(create_app(predictor, settings, KeyRing([KEY]), run_info(run))) as client:
+        answer = client.post("/v1/predict", json={"inputs": inputs, "parameters": {"max_new_tokens": 3}}
+                             if task in ("causal-lm", "preference") else {"inputs": inputs},
+                             headers={"Authorization": f"Bearer {KEY}"})
+    assert answer.status_code == 200, answer.text
+    assert len(answer.json()) == len(inputs)
