@@ -39,15 +39,26 @@ def resolve(name: str) -> str:
     return name
 
 
+def read_config(source: str):
+    """The transformers config of a model folder or Hub id; None for other backbones
+    (efficientnet-lite0 is a name, not a Hub id) or when it cannot be read."""
+    from transformers import AutoConfig
+
+    path = Path(source).expanduser()
+    if not (path / "config.json").is_file() and (path.exists() or "/" not in source):
+        return None
+    try:
+        return AutoConfig.from_pretrained(source)
+    except Exception:  # offline with nothing cached, or not a transformers model: nothing to read
+        return None
+
+
 def position_limit(source: str) -> int | None:
     """The most tokens a model at `source` (a folder or Hub id) reads: its position
     embeddings' count (RoBERTa-style models lose two to their padding offset). None when the
     model has no such limit or no config to read (image backbones)."""
-    from transformers import AutoConfig
-
-    try:
-        config = AutoConfig.from_pretrained(source)
-    except Exception:  # not a transformers model (efficientnet-lite0), or offline: nothing to check
+    config = read_config(source)
+    if config is None:
         return None
     config = getattr(config, "text_config", None) or config
     limit = next((getattr(config, key) for key in ("max_position_embeddings", "n_positions", "max_sequence_length")

@@ -14,6 +14,7 @@ from tunesmith.config import build_config
 from tunesmith.data.checks import CheckReport
 from tunesmith.errors import UserError
 from tunesmith.tasks import TASKS
+from tunesmith.train import budget
 
 
 def check(data: str, val_data=None, test_data=None, text_col=None, label_col=None, model=None,
@@ -31,6 +32,9 @@ def check(data: str, val_data=None, test_data=None, text_col=None, label_col=Non
         for note in models.fit_max_length(cfg, models.resolve(cfg.resolved_model()), tokenizer):
             out(f"note: {note}")
     report = TASKS[cfg.task].check(splits, tokenizer, cfg.resolved_max_length())
+    for line in budget.plan(cfg, TASKS[cfg.task], models.resolve(cfg.resolved_model()),
+                            report.facts.get("token_lengths"), len(splits.train)):
+        report.facts.setdefault("notes", []).append(line)
     if as_json:
         out(json.dumps({"facts": report.facts, "warnings": report.warnings}, indent=2))
     else:

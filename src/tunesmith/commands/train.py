@@ -31,7 +31,7 @@ from tunesmith.io import replace_dir, write_json, write_text, write_yaml
 from tunesmith.methods import METHODS, count_parameters
 from tunesmith.runs import Run, training_lock
 from tunesmith.tasks import TASKS
-from tunesmith.train import checkpoint, continual, distributed
+from tunesmith.train import budget, checkpoint, continual, distributed
 from tunesmith.train.adversarial import adversarial_loss, model_loss
 from tunesmith.train.loop import FitResult, LoopState, fit
 from tunesmith.train.losses import loss_for
@@ -77,6 +77,9 @@ def _train(cfg: TrainConfig, run: Run | None, processes, held: ExitStack, log) -
     findings = task.check(splits, tokenizer, cfg.resolved_max_length())
     for warning in findings.warnings:
         log(f"warning: {warning}")
+    if not resuming:  # a resumed run keeps its batches: its checkpoints count steps of them
+        for line in budget.plan(cfg, task, source, findings.facts.get("token_lengths"), len(splits.train), adapt=True):
+            log(line)
     torch.manual_seed(cfg.seed)  # the head's initialisation is part of what the seed fixes
     if earlier is not None:  # its labels keep their class ids; new ones come after them
         splits.labels = continual.extended_labels(earlier.labels(), splits.labels)

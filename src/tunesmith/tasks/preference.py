@@ -152,6 +152,7 @@ class PreferenceTask:
     default_model = "smollm2"
     # A pair is two sequences (chosen and rejected): 2 pairs per micro-batch, 8 per step = 16 pairs.
     train_defaults = {"batch_size": 2, "grad_accum": 8}
+    sequences_per_example = 2  # chosen and rejected: what a memory estimate counts per pair
 
     def default_lr(self, method: str, model: str) -> float | None:
         return None

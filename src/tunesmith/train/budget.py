@@ -1,0 +1,145 @@
+"""What a run will cost before it starts: peak memory and time per epoch, estimated from the
+model's shape, the settings and the data's token lengths, and a micro-batch that fits.
+
+The memory model is the usual one (Korthikanti et al. 2022, "Reducing activation
+recomputation"), for float32 on a CPU: the weights, the gradients and AdamW's two moments
+of what trains, and per transformer layer about 34 x 2 bytes of saved activations per
+token and hidden unit (memory-efficient attention keeps no seq x seq scores), plus one
+chunk of the loss's logits. It errs high, deliberately: the estimate exists to refuse or
+shrink a run *before* the kernel kills it. Time is 6 (full) or 4 (frozen body: no weight
+gradients) multiply-adds per parameter per token, at the rate this machine measures for a
+float32 matrix product.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+ACTIVATION_BYTES = 68  # saved activations per token, hidden unit and layer (fp32)
+TRAINING_EFFICIENCY = 0.4  # share of a bare matrix product's rate that training reaches on a CPU
+GB = 2**30
+
+
+@dataclass
+class Estimate:
+    peak_bytes: float
+    epoch_seconds: float | None
+    tokens_per_micro_batch: int
+
+    def line(self) -> str:
+        time_part = f", about {_duration(self.epoch_seconds)} per epoch on this machine" if self.epoch_seconds else ""
+        return f"estimate: peak memory about {self.peak_bytes / GB:.1f} GB{time_part}"
+
+
+def shape_of(source: str, parameters: int | None = None) -> dict | None:
+    """The numbers the estimate needs, from the config of the model at `source` (None for a
+    model without one, like the EfficientNet backbone). `parameters`: the exact count when
+    the model is loaded; otherwise 12 h^2 per layer plus the embeddings."""
+    from tunesmith.models import read_config
+
+    config = read_config(source)
+    config = getattr(config, "text_config", None) or config
+    hidden, layers = getattr(config, "hidden_size", None), getattr(config, "num_hidden_layers", None)
+    if not isinstance(hidden, int) or not isinstance(layers, int):
+        return None
+    vocab = int(getattr(config, "vocab_size", 0) or 0)
+    return {"hidden": hidden, "layers": layers, "vocab": vocab,
+            "parameters": parameters or 12 * layers * hidden**2 + vocab * hidden}
+
+
+def estimate(shape: dict, trainable: int, batch_size: int, row_tokens: int, rows_per_epoch: int,
+             lm_loss: bool, flops: float | None = None) -> Estimate:
+    """`row_tokens`: tokens of a long row (the 99th percentile, at most max_length);
+    `lm_loss`: a language model's loss over the vocabulary (chunked: one chunk at a time)."""
+    from tunesmith.train.token_logprobs import CHUNK
+
+    tokens = batch_size * row_tokens
+    weights = 4 * shape["parameters"]
+    optimizer = 16 * trainable  # the weight's gradient, two AdamW moments, the update
+    activations = ACTIVATION_BYTES * tokens * shape["hidden"] * shape["layers"]
+    logits = 3 * 4 * min(tokens, CHUNK) * shape["vocab"] if lm_loss else 0
+    runtime = 600 * 2**20  # Python, torch and the tokenizer
+    seconds = None
+    if flops:
+        per_token = (6 if trainable > shape["parameters"] / 2 else 4) * shape["parameters"]
+        seconds = per_token * row_tokens * rows_per_epoch / (flops * TRAINING_EFFICIENCY)
+    return Estimate(weights + optimizer + activations + logits + runtime, seconds, tokens)
+
+
+def fitting_batch(shape: dict, trainable: int, batch_size: int, grad_accum: int, row_tokens: int, lm_loss: bool,
+                  available: float) -> tuple[int, int] | None:
+    """The largest micro-batch (halving from `batch_size`) whose estimate fits in `available`
+    bytes, with the accumulation that keeps the effective batch; None if one row is too many."""
+    while batch_size >= 1:
+        if estimate(shape, trainable, batch_size, row_tokens, 0, lm_loss).peak_bytes <= available:
+            return batch_size, grad_accum
+        if batch_size == 1:
+            return None
+        batch_size, grad_accum = math.ceil(batch_size / 2), grad_accum * 2
+    return None
+
+
+def available_memory() -> float | None:
+    """Bytes the kernel says a new allocation can still get (MemAvailable), on Linux."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def measured_flops() -> float:
+    """Float32 operations per second of a 512 x 512 matrix product here (a tenth of a second)."""
+    import torch
+
+    a, b = torch.randn(512, 512), torch.randn(512, 512)
+    torch.mm(a, b)  # warm-up
+    runs, started = 0, time.perf_counter()
+    while time.perf_counter() - started < 0.1:
+        torch.mm(a, b)
+        runs += 1
+    return 2 * 512**3 * runs / (time.perf_counter() - started)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def plan(cfg, task, source: str, token_lengths: dict | None, rows: int, parameters: int | None = None,
+         adapt: bool = False) -> list[str]:
+    """The lines `check` and `train` print about cost. With `adapt` (train), a micro-batch the
+    estimate says will not fit in the memory available now is halved (accumulation doubled:
+    the same effective batch) until it fits, and a run where one row does not fit is refused."""
+    from tunesmith.errors import UserError
+
+    shape = shape_of(source, parameters)
+    if shape is None or not token_lengths:
+        return []
+    sequences = getattr(task, "sequences_per_example", 1)  # a preference pair is two
+    row_tokens = sequences * min(int(token_lengths["p99"]), cfg.resolved_max_length())
+    lm_loss = task.peft_task_type == "CAUSAL_LM"
+    # What trains is known only once the method is applied: count it all (errs high for LoRA).
+    trainable = shape["parameters"]
+    found = estimate(shape, trainable, cfg.batch_size, row_tokens, rows, lm_loss, measured_flops())
+    lines = [found.line() + f" (micro-batch {cfg.batch_size})"]
+    available = available_memory()
+    if not adapt or available is None or found.peak_bytes <= available:
+        return lines
+    fit = fitting_batch(shape, trainable, cfg.batch_size, cfg.grad_accum, row_tokens, lm_loss, available)
+    if fit is None:
+        raise UserError(f"--max-length {cfg.resolved_max_length()}: one row of this model needs more memory than "
+                        f"the {available / GB:.1f} GB available; lower --max-length or use a smaller --model")
+    lines.append(f"memory: {found.peak_bytes / GB:.1f} GB estimated but {available / GB:.1f} GB available; "
+                 f"micro-batch {cfg.batch_size} -> {fit[0]} with --grad-accum {cfg.grad_accum} -> {fit[1]} "
+                 "(the same effective batch)")
+    cfg.batch_size, cfg.grad_accum = fit
+    return lines
