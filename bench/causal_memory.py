@@ -5,8 +5,8 @@ SmolLM2-135M-Instruct with LoRA (r 8, all linear layers), max_length 512, on the
 Alpaca rows (about 250-400 tokens: long answers, like worked maths solutions). Each side runs
 a few optimizer steps of an effective batch of 32 rows (SFT) or 16 pairs (DPO):
 
-- tunesmith: `tunesmith train` with no batch flags (the task defaults: SFT 4 rows x 8
-  accumulation, DPO 2 pairs x 8), the answer loss computed without full-vocabulary logits;
+- tunesmith: `tunesmith train` with no batch flags (the task defaults: SFT 2 rows x 16
+  accumulation, DPO 1 pair x 16), the answer loss computed without full-vocabulary logits;
 - plain: the same LoRA model, micro-batches and rows in a hand-written loop that calls
   `model(**batch).loss`, as the Transformers docs do (full float32 logits for every position);
 - plain-32: the plain loop at the old default of 32 rows per micro-batch, run only with
@@ -114,7 +114,7 @@ def one(side: str, args) -> None:
         elif side == "tunesmith-dpo":
             result = run_tunesmith("preference", rows, args.steps, Path(tmp))
         elif side == "plain-sft":
-            result = run_plain(rows, args.steps, 4, 8)
+            result = run_plain(rows, args.steps, 2, 16)
         else:  # plain-sft-32: the old default, one micro-batch of 32 rows
             result = run_plain(rows, args.steps, 32, 1)
     print(json.dumps({"side": side, "peak_rss_gb": round(peak_rss_gb(), 2), **result}))

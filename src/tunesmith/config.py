@@ -114,9 +114,9 @@ class TrainConfig(BaseModel):
     max_length: Optional[int] = Field(
         None, gt=1, description="Longest tokenised text; longer ones are truncated (default: the task's: 128, "
         "512 for causal-lm and preference).")
-    batch_size: int = Field(32, gt=0, description="Examples per micro-batch (default: the task's: 32; 4 for causal-lm "
-                            "and 2 pairs for preference, whose rows are long and whose vocabulary is large).")
-    grad_accum: int = Field(1, gt=0, description="Micro-batches per optimizer step (default: the task's: 1; 8 for "
+    batch_size: int = Field(32, gt=0, description="Examples per micro-batch (default: the task's: 32; 2 for causal-lm "
+                            "and 1 pair for preference, whose rows are long and whose vocabulary is large).")
+    grad_accum: int = Field(1, gt=0, description="Micro-batches per optimizer step (default: the task's: 1; 16 for "
                             "causal-lm and preference, so a step still sees 32 rows or 16 pairs).")
     lr: Optional[float] = Field(
         None, gt=0, description="Peak learning rate (default: the method's: 5e-5 full, 5e-4 lora and adalora, 3e-3 ia3, "

@@ -212,10 +212,11 @@ class CausalLMTask:
     metrics_higher_is_better = {"loss": False, "perplexity": False}
     default_metric = "loss"
     default_model = "smollm2"
-    # A row is up to 512 tokens and the vocabulary 49k: micro-batches of 4 rows, 8 per step,
-    # keep the effective batch at 32 and SmolLM2-135M LoRA training under ~3 GB
-    # (docs/benchmarks.md, bench/causal_memory.py); 32 rows at once needed over 24 GB.
-    train_defaults = {"batch_size": 4, "grad_accum": 8}
+    # A row is up to 512 tokens and the vocabulary 49k: micro-batches of 2 rows, 16 per step,
+    # keep the effective batch at 32 and SmolLM2-135M LoRA training under 6 GB (4 rows: 7.8 GB;
+    # 32 rows at once, the old default, over 23 GB: docs/benchmarks.md, bench/causal_memory.py).
+    # On a CPU, tokens per second hardly depend on the micro-batch.
+    train_defaults = {"batch_size": 2, "grad_accum": 16}
 
     def default_lr(self, method: str, model: str) -> float | None:
         return None

@@ -150,8 +150,8 @@ class PreferenceTask:
     metrics_higher_is_better = {"loss": False, "reward_accuracy": True, "reward_margin": True}
     default_metric = "loss"
     default_model = "smollm2"
-    # A pair is two sequences (chosen and rejected): 2 pairs per micro-batch, 8 per step = 16 pairs.
-    train_defaults = {"batch_size": 2, "grad_accum": 8}
+    # A pair is two sequences (chosen and rejected): 1 pair per micro-batch, 16 per step.
+    train_defaults = {"batch_size": 1, "grad_accum": 16}
     sequences_per_example = 2  # chosen and rejected: what a memory estimate counts per pair
 
     def default_lr(self, method: str, model: str) -> float | None:
