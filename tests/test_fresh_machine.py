@@ -15,10 +15,12 @@ from tunesmith.config import build_config
 
 
 def _one_error_line(capsys) -> str:
+    """The one `error:` line, last on stderr (a progress bar may come before it)."""
     err = capsys.readouterr().err
-    lines = [line for line in err.strip().splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
-    return lines[0]
+    lines = [line for line in err.strip().split("\n") if line.strip()]
+    errors = [line for line in lines if "error: " in line]
+    assert len(errors) == 1 and lines[-1].startswith("error: ") and "Traceback" not in err, err
+    return lines[-1]
 
 
 # ---- defaults per task -------------------------------------------------------------------------

@@ -127,71 +127,73 @@ def fit(
     main = accelerator.is_main_process  # only the main process writes the run folder
     recent_loss: list[float] = []
 
-    while state.step < total_steps and not state.stopped_early:
-        batches = train_batches(lengths, cfg.batch_size, cfg.seed, state.epoch)
-        groups = [batches[i : i + cfg.grad_accum] for i in range(0, len(batches), cfg.grad_accum)]
-        while state.group_in_epoch < len(groups) and state.step < total_steps:
-            started = time.perf_counter()
-            group = groups[state.group_in_epoch]
-            group_size = sum(len(b) for b in group)
-            step_loss, extras = 0.0, {}
-            for indices in group:
-                # Under DDP each process runs its share of the micro-batch (`factor` rescales
-                # its loss so that the averaged gradient is the micro-batch's).
-                local, factor = local_share(indices, accelerator.process_index, accelerator.num_processes)
-                batch = {k: v.to(accelerator.device) for k, v in train.batch(local).items()}
-                if compute_loss is None:
-                    loss = model(**batch).loss
-                else:
-                    loss, batch_extras = compute_loss(model, batch)
-                    for key, value in batch_extras.items():
-                        extras[key] = extras.get(key, 0.0) + value * len(indices) / group_size
-                if not torch.isfinite(loss):
-                    bar.close()
-                    raise TrainingDiverged(
-                        f"loss became {loss.item()} at step {state.step + 1}; the last good checkpoint is kept in "
-                        f"{ckpt_dir}; lower --lr (now {cfg.resolved_lr():g}) or set --max-grad-norm"
-                    )
-                # Weight each micro-batch by its share of the step's examples: the
-                # gradient is then exactly the mean over the step, however it is cut.
-                accelerator.backward(loss * (len(indices) / group_size) * factor)
-                step_loss += loss.item() * len(indices) / group_size * factor / accelerator.num_processes
-            if accelerator.num_processes > 1:  # the step's loss over all processes' shares
-                step_loss = accelerator.reduce(torch.tensor(step_loss, device=accelerator.device), "sum").item()
-            if cfg.max_grad_norm:
-                accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            if on_step is not None:
-                on_step(accelerator.unwrap_model(model), state.step, total_steps)
-            optimizer.zero_grad(set_to_none=True)
+    try:  # the bar ends its line before any error is printed
+        while state.step < total_steps and not state.stopped_early:
+            batches = train_batches(lengths, cfg.batch_size, cfg.seed, state.epoch)
+            groups = [batches[i : i + cfg.grad_accum] for i in range(0, len(batches), cfg.grad_accum)]
+            while state.group_in_epoch < len(groups) and state.step < total_steps:
+                started = time.perf_counter()
+                group = groups[state.group_in_epoch]
+                group_size = sum(len(b) for b in group)
+                step_loss, extras = 0.0, {}
+                for indices in group:
+                    # Under DDP each process runs its share of the micro-batch (`factor` rescales
+                    # its loss so that the averaged gradient is the micro-batch's).
+                    local, factor = local_share(indices, accelerator.process_index, accelerator.num_processes)
+                    batch = {k: v.to(accelerator.device) for k, v in train.batch(local).items()}
+                    if compute_loss is None:
+                        loss = model(**batch).loss
+                    else:
+                        loss, batch_extras = compute_loss(model, batch)
+                        for key, value in batch_extras.items():
+                            extras[key] = extras.get(key, 0.0) + value * len(indices) / group_size
+                    if not torch.isfinite(loss):
+                        bar.close()
+                        raise TrainingDiverged(
+                            f"loss became {loss.item()} at step {state.step + 1}; the last good checkpoint is kept in "
+                            f"{ckpt_dir}; lower --lr (now {cfg.resolved_lr():g}) or set --max-grad-norm"
+                        )
+                    # Weight each micro-batch by its share of the step's examples: the
+                    # gradient is then exactly the mean over the step, however it is cut.
+                    accelerator.backward(loss * (len(indices) / group_size) * factor)
+                    step_loss += loss.item() * len(indices) / group_size * factor / accelerator.num_processes
+                if accelerator.num_processes > 1:  # the step's loss over all processes' shares
+                    step_loss = accelerator.reduce(torch.tensor(step_loss, device=accelerator.device), "sum").item()
+                if cfg.max_grad_norm:
+                    accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                if on_step is not None:
+                    on_step(accelerator.unwrap_model(model), state.step, total_steps)
+                optimizer.zero_grad(set_to_none=True)
 
-            state.step += 1
-            state.group_in_epoch += 1
-            state.samples += group_size
-            state.train_seconds += time.perf_counter() - started
-            recent_loss.append(step_loss)
-            bar.update(1)
-            bar.set_postfix(loss=f"{sum(recent_loss[-20:]) / len(recent_loss[-20:]):.4f}",
-                            samples_s=f"{state.samples / max(state.train_seconds, 1e-9):.1f}", refresh=False)
-            if main:
-                _append_history(history_file, {"step": state.step, "epoch": state.epoch, "loss": step_loss,
-                                               "lr": scheduler.get_last_lr()[0], **extras})
+                state.step += 1
+                state.group_in_epoch += 1
+                state.samples += group_size
+                state.train_seconds += time.perf_counter() - started
+                recent_loss.append(step_loss)
+                bar.update(1)
+                bar.set_postfix(loss=f"{sum(recent_loss[-20:]) / len(recent_loss[-20:]):.4f}",
+                                samples_s=f"{state.samples / max(state.train_seconds, 1e-9):.1f}", refresh=False)
+                if main:
+                    _append_history(history_file, {"step": state.step, "epoch": state.epoch, "loss": step_loss,
+                                                   "lr": scheduler.get_last_lr()[0], **extras})
 
-            end_of_epoch = state.group_in_epoch == len(groups)
-            if state.step % eval_every == 0 or state.step == total_steps or (cfg.eval_every is None and end_of_epoch):
-                if end_of_epoch:  # the checkpoint must point at the start of the next epoch
+                end_of_epoch = state.group_in_epoch == len(groups)
+                if state.step % eval_every == 0 or state.step == total_steps or (cfg.eval_every is None and end_of_epoch):
+                    if end_of_epoch:  # the checkpoint must point at the start of the next epoch
+                        state.epoch += 1
+                        state.group_in_epoch = 0
+                    _evaluate_and_checkpoint(model, accelerator, evaluate, cfg, state, optimizer, scheduler,
+                                             ckpt_dir, history_file, metric, higher_better, bar)
+                    if end_of_epoch:
+                        break
+            else:
+                if state.group_in_epoch >= len(groups):
                     state.epoch += 1
                     state.group_in_epoch = 0
-                _evaluate_and_checkpoint(model, accelerator, evaluate, cfg, state, optimizer, scheduler,
-                                         ckpt_dir, history_file, metric, higher_better, bar)
-                if end_of_epoch:
-                    break
-        else:
-            if state.group_in_epoch >= len(groups):
-                state.epoch += 1
-                state.group_in_epoch = 0
-    bar.close()
+    finally:
+        bar.close()
     return FitResult(state, total_steps, precision, processes=accelerator.num_processes)
 
 
