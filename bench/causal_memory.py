@@ -125,6 +125,8 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=160)
     parser.add_argument("--steps", type=int, default=2, help="optimizer steps per side")
     parser.add_argument("--old-default", action="store_true", help="also the plain loop at 32 rows per micro-batch")
+    parser.add_argument("--sides", default="tunesmith-sft,plain-sft,tunesmith-dpo",
+                        help="which runs, comma-separated (also plain-sft-32)")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
@@ -134,7 +136,7 @@ def main() -> None:
     print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
           f"torch {torch.__version__}")
     results = {}
-    sides = ["tunesmith-sft", "plain-sft", "tunesmith-dpo"] + (["plain-sft-32"] if args.old_default else [])
+    sides = args.sides.split(",") + (["plain-sft-32"] if args.old_default else [])
     for side in sides:
         done = subprocess.run([sys.executable, __file__, "--one", side, "--rows", str(args.rows), "--steps",
                                str(args.steps)], capture_output=True, text=True)

@@ -34,7 +34,7 @@ def test_each_task_gets_its_own_defaults_and_what_the_user_gives_wins():
     pairs = build_config({"task": "preference"}, "flags")
     assert pairs.batch_size * pairs.grad_accum == 16
     given = build_config({"task": "causal-lm", "batch_size": 4, "method": "full"}, "flags")
-    assert (given.batch_size, given.grad_accum, given.method) == (4, 16, "full")
+    assert (given.batch_size, given.grad_accum, given.method) == (4, 1, "full")  # a given batch is the step
     assert build_config({}, "flags").batch_size == 32
 
 

@@ -117,7 +117,7 @@ class TrainConfig(BaseModel):
     batch_size: int = Field(32, gt=0, description="Examples per micro-batch (default: the task's: 32; 2 for causal-lm "
                             "and 1 pair for preference, whose rows are long and whose vocabulary is large).")
     grad_accum: int = Field(1, gt=0, description="Micro-batches per optimizer step (default: the task's: 1; 16 for "
-                            "causal-lm and preference, so a step still sees 32 rows or 16 pairs).")
+                            "causal-lm and preference, so a step still sees 32 rows or 16 pairs; 1 whenever --batch-size is given).")
     lr: Optional[float] = Field(
         None, gt=0, description="Peak learning rate (default: the method's: 5e-5 full, 5e-4 lora and adalora, 3e-3 ia3, "
         "1e-2 prefix and prompt, 1e-3 ptuning, adapter, freeze and bitfit)."
@@ -196,6 +196,8 @@ class TrainConfig(BaseModel):
         if task is None:
             return values
         defaults = {key: value for key, value in task.train_defaults.items() if values.get(key) is None}
+        if values.get("batch_size") is not None:  # --batch-size 8 means 8 per step unless --grad-accum says more
+            defaults.pop("grad_accum", None)
         return {**values, **defaults}
 
     @field_validator("task", "method")
