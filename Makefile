@@ -51,14 +51,15 @@ test-latest:
 
 # Refresh the lock: every extra, resolved by pip-tools against the index today. Commit the result
 # after `make test` passes with it. torch's local build label (+cpu) is dropped so the lock
-# also fits machines that get torch from elsewhere.
+# also fits machines that get torch from elsewhere, and the project's own line (pulled in by
+# extras that name tunesmith[...]) is dropped: it would pin this checkout's path.
 LOCKENV := .venv-lock
 lock:
 	$(PYTHON) -m venv $(LOCKENV)
 	$(LOCKENV)/bin/python -m pip install -q --upgrade pip pip-tools==7.6.2
 	$(LOCKENV)/bin/pip-compile --quiet --upgrade --all-extras --strip-extras --allow-unsafe --no-emit-index-url \
 	    --no-emit-find-links -o $(LOCK) pyproject.toml requirements/torch.in
-	sed -i 's/^torch==\(.*\)+cpu$$/torch==\1/' $(LOCK)
+	sed -i -e 's/^torch==\(.*\)+cpu$$/torch==\1/' -e '/^tunesmith @ file:/,+1d' $(LOCK)
 
 bench: $(VENV)/.dev
 	$(PIP) install -q $(PIN) -e ".[bench]"
