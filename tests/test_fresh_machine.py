@@ -8,6 +8,7 @@ import errno
 import json
 
 import pytest
+import yaml
 
 from conftest import make_rows, train_args, write_csv
 from tunesmith.cli import main
@@ -121,7 +122,7 @@ def test_train_shrinks_the_micro_batch_when_memory_is_short_and_refuses_when_one
     assert main(train_args(toy_csv, tiny_model, tmp_path / "runs", "r", "--epochs", "1", "--max-length", "4")) == 0
     out = capsys.readouterr().out
     assert "micro-batch 8 -> 1 with --grad-accum 1 -> 8" in out
-    saved = json.loads(json.dumps(__import__("yaml").safe_load((tmp_path / "runs" / "r" / "config.yaml").read_text())))
+    saved = yaml.safe_load((tmp_path / "runs" / "r" / "config.yaml").read_text())
     assert (saved["batch_size"], saved["grad_accum"]) == (1, 8)  # what ran is what config.yaml re-runs
 
     monkeypatch.setattr(budget, "available_memory", lambda: need[1] / 2)

@@ -37,6 +37,23 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+@contextmanager
+def atomic_dir(final_dir: Path) -> Iterator[Path]:
+    """Yield an empty folder beside `final_dir` to write into; when the block succeeds it
+    replaces `final_dir` (`replace_dir`), and on any failure (a full disk, Ctrl-C) it is
+    removed, so no half-written folder stays behind. A leftover from a process killed
+    mid-write has the same name and is cleared by the next write."""
+    tmp = final_dir.with_name(f".{final_dir.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    replace_dir(tmp, final_dir)
+
+
 def write_text(path: str | Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")

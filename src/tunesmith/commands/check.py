@@ -24,17 +24,18 @@ def check(data: str, val_data=None, test_data=None, text_col=None, label_col=Non
     cfg = build_config({k: v for k, v in values.items() if v is not None}, "flags")
     splits = TASKS[cfg.task].load_data(cfg)
     try:
-        tokenizer = TASKS[cfg.task].load_processor(models.resolve(cfg.resolved_model()), cfg.model_dump())
+        source = models.resolve(cfg.resolved_model())
+        tokenizer = TASKS[cfg.task].load_processor(source, cfg.model_dump())
     except UserError as exc:
-        tokenizer = None
+        source, tokenizer = None, None
         out(f"note: token lengths not checked ({exc})")
     if tokenizer is not None:
-        for note in models.fit_max_length(cfg, models.resolve(cfg.resolved_model()), tokenizer):
+        for note in models.fit_max_length(cfg, source, tokenizer):
             out(f"note: {note}")
     report = TASKS[cfg.task].check(splits, tokenizer, cfg.resolved_max_length())
-    for line in budget.plan(cfg, TASKS[cfg.task], models.resolve(cfg.resolved_model()),
-                            report.facts.get("token_lengths"), len(splits.train)):
-        report.facts.setdefault("notes", []).append(line)
+    if source is not None:
+        for line in budget.plan(cfg, TASKS[cfg.task], source, report.facts.get("token_lengths"), len(splits.train)):
+            report.facts.setdefault("notes", []).append(line)
     if as_json:
         out(json.dumps({"facts": report.facts, "warnings": report.warnings}, indent=2))
     else:

@@ -27,7 +27,7 @@ from tunesmith.data.splits import Splits
 from tunesmith.errors import Interrupted, UserError
 from tunesmith.evaluate import report
 from tunesmith.inference import Predictor
-from tunesmith.io import replace_dir, write_json, write_text, write_yaml
+from tunesmith.io import atomic_dir, write_json, write_text, write_yaml
 from tunesmith.methods import METHODS, count_parameters
 from tunesmith.runs import Run, training_lock
 from tunesmith.tasks import TASKS
@@ -320,16 +320,10 @@ def _saved_splits(run: Run, cfg: TrainConfig) -> Splits:
 
 
 def _export_model(method, model, tokenizer, run: Run) -> None:
-    tmp = run.path / ".model.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with atomic_dir(run.model_dir) as tmp:
         plain = method.export(model, run.path)
         plain.save_pretrained(str(tmp))  # safetensors by default
         tokenizer.save_pretrained(str(tmp))
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    replace_dir(tmp, run.model_dir)
 
 
 if __name__ == "__main__":  # pragma: no cover

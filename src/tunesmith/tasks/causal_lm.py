@@ -217,11 +217,11 @@ class CausalLMTask:
     # 32 rows at once, the old default, over 23 GB: docs/benchmarks.md, bench/causal_memory.py).
     # On a CPU, tokens per second hardly depend on the micro-batch.
     train_defaults = {"batch_size": 2, "grad_accum": 16}
+    default_max_length = 512
+    has_baseline = True  # the base model's loss and answers, beside the tuned model's
 
     def default_lr(self, method: str, model: str) -> float | None:
         return None
-    default_max_length = 512
-    has_baseline = True  # the base model's loss and answers, beside the tuned model's
 
     # ---- data -------------------------------------------------------------------------------
     def load_data(self, cfg) -> Splits:
@@ -324,7 +324,7 @@ class CausalLMTask:
             for batch_idx in inference_batches(lengths, min(batch_size, LOSS_BATCH)):
                 rows = [features.rows[scored[j]] for j in batch_idx]
                 batch = {k: v.to(device) for k, v in collate_rows(rows, features.pad_id, token_labels=True).items()}
-                logps, counts = answer_logprobs(model, batch["input_ids"], batch["labels"], batch.get("attention_mask"))
+                logps, counts = answer_logprobs(model, **batch)
                 for row_in_batch, j in enumerate(batch_idx):
                     example = features.meta[scored[j]]["example"]
                     nll[example] -= float(logps[row_in_batch])

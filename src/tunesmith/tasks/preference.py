@@ -33,9 +33,9 @@ from tunesmith.data.splits import Splits
 from tunesmith.errors import UserError
 from tunesmith.inference import evaluating
 from tunesmith.tasks import register_task
-from tunesmith.train.token_logprobs import answer_logprobs
 from tunesmith.tasks.causal_lm import (CausalLMTask, ChatProcessor, answer_metrics, assemble_splits, load_causal_lm,
                                        load_saved_causal_lm, read_prompts, token_length_facts)
+from tunesmith.train.token_logprobs import answer_logprobs
 
 SCORE_BATCH = 4  # pairs per scoring batch (8 sequences)
 
@@ -153,11 +153,11 @@ class PreferenceTask:
     # A pair is two sequences (chosen and rejected): 1 pair per micro-batch, 16 per step.
     train_defaults = {"batch_size": 1, "grad_accum": 16}
     sequences_per_example = 2  # chosen and rejected: what a memory estimate counts per pair
+    default_max_length = 512
+    has_baseline = True
 
     def default_lr(self, method: str, model: str) -> float | None:
         return None
-    default_max_length = 512
-    has_baseline = True
 
     # ---- data ---------------------------------------------------------------------------------
     def load_data(self, cfg) -> Splits:

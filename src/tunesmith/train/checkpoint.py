@@ -9,14 +9,12 @@ previous checkpoint or the new one, never half of one.
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from tunesmith.io import replace_dir
+from tunesmith.io import atomic_dir
 
 
 def trainable_state(model) -> dict[str, torch.Tensor]:
@@ -33,14 +31,8 @@ def running_statistics(model) -> dict[str, torch.Tensor]:
 
 
 def save(folder: Path, model, optimizer=None, scheduler=None, state: dict | None = None) -> None:
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
+    with atomic_dir(folder) as tmp:
         _write(tmp, model, optimizer, scheduler, state)
-    except BaseException:  # a full disk or Ctrl-C: no half-written folder stays behind
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    replace_dir(tmp, folder)
 
 
 def _write(tmp: Path, model, optimizer, scheduler, state: dict | None) -> None:

@@ -147,8 +147,7 @@ def fit(
                         loss, batch_extras = compute_loss(model, batch)
                         for key, value in batch_extras.items():
                             extras[key] = extras.get(key, 0.0) + value * len(indices) / group_size
-                    if not torch.isfinite(loss):
-                        bar.close()
+                    if not torch.isfinite(loss):  # (the bar is closed on the way out)
                         raise TrainingDiverged(
                             f"loss became {loss.item()} at step {state.step + 1}; the last good checkpoint is kept in "
                             f"{ckpt_dir}; lower --lr (now {cfg.resolved_lr():g}) or set --max-grad-norm"
