@@ -57,7 +57,7 @@ def test_check_never_suggests_more_than_the_model_reads(tmp_path, tiny_model, ca
     data = write_csv(tmp_path / "long.csv", rows)
     assert main(["check", data, "--model", tiny_model, "--max-length", "16"]) == 0
     out = capsys.readouterr().out
-    assert "consider --max-length 64" in out and "reads at most 64" in out
+    assert "consider --max-length 64" in out and "reads at most 64" in out and "--long-text chunk" in out
 
 
 # ---- Unicode line separators inside texts -------------------------------------------------------

@@ -114,6 +114,12 @@ class TrainConfig(BaseModel):
     max_length: Optional[int] = Field(
         None, gt=1, description="Longest tokenised text; longer ones are truncated (default: the task's: 128, "
         "512 for causal-lm and preference).")
+    long_text: Literal["truncate", "head-tail", "chunk"] = Field(
+        "truncate", description="Texts longer than max_length (single-text sequence tasks): keep the start (truncate), "
+        "the first quarter and last three quarters (head-tail), or score overlapping windows and pool their logits "
+        "(chunk: mean; max for multi-label), in training, eval, predict and serve.")
+    max_windows: int = Field(8, gt=0, description="--long-text chunk: most windows per text (its first ones); "
+                             "bounds what one long text costs.")
     batch_size: int = Field(32, gt=0, description="Examples per micro-batch (default: the task's: 32; 2 for causal-lm "
                             "and 1 pair for preference, whose rows are long and whose vocabulary is large).")
     grad_accum: int = Field(1, gt=0, description="Micro-batches per optimizer step (default: the task's: 1; 16 for "
@@ -231,6 +237,11 @@ class TrainConfig(BaseModel):
         if self.augment_copies and TASKS[self.task].peft_task_type != "SEQ_CLS":
             raise ValueError(f"augment_copies is for text classification, pairs and regression, not {self.task} "
                              "(its edits would break token tags, conversations or images)")
+        if self.long_text not in TASKS[self.task].long_text_modes:
+            raise ValueError(f"long_text {self.long_text}: task {self.task} reads only "
+                             f"{', '.join(TASKS[self.task].long_text_modes)}")
+        if self.long_text == "chunk" and self.method in ("zero-shot", "few-shot"):
+            raise ValueError(f"long_text chunk: method {self.method} embeds one window per text; use head-tail")
         known = TASKS[self.task].metrics_higher_is_better
         if self.metric is not None and self.metric not in known:
             raise ValueError(f"metric {self.metric!r} is not reported by task {self.task}; choose one of: {', '.join(known)}")

@@ -37,11 +37,14 @@ def forward_batches(model, features, batch_size: int = INFERENCE_BATCH):
     """(indices, logits) for every batch of `features`, shortest padding first, under
     `evaluating`. The one inference loop of every sequence-level task (validation during
     training, `eval`, `predict`, `serve`)."""
+    from tunesmith.data.long_text import sequence_logits
+
     with evaluating(model) as device:
         for indices in inference_batches(features.lengths, batch_size):
             batch = features.batch(indices)
             batch.pop("labels", None)  # targets are the task's business, not the forward's
-            yield indices, model(**{k: v.to(device) for k, v in batch.items()}).logits.float().cpu().numpy()
+            batch = {k: v.to(device) for k, v in batch.items()}
+            yield indices, sequence_logits(model, batch, features.pool).float().cpu().numpy()
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -67,6 +70,7 @@ class Predictor:
     labels: list[str]
     max_length: int
     task: object
+    long_text: object = None  # a LongText: how the run reads texts longer than max_length
 
     @classmethod
     def from_run(cls, run, backend: str = "torch") -> "Predictor":
@@ -89,11 +93,14 @@ class Predictor:
         else:
             model = task.load_model(str(run.model_dir))
         tokenizer = task.load_processor(str(run.model_dir), cfg)
-        return cls(model, tokenizer, run.labels(), int(cfg["max_length"]), task)
+        from tunesmith.data.long_text import LongText
+
+        return cls(model, tokenizer, run.labels(), int(cfg["max_length"]), task, LongText.of(cfg))
 
     def predict(self, inputs: list, batch_size: int = INFERENCE_BATCH):
         """The task's outputs for raw inputs (class probabilities for text classification)."""
-        features = self.task.encode(self.tokenizer, inputs, None, self.labels, self.max_length, use_cache=False)
+        features = self.task.encode(self.tokenizer, inputs, None, self.labels, self.max_length, use_cache=False,
+                                    long_text=self.long_text)
         return self.task.predict(self.model, features, batch_size)
 
 

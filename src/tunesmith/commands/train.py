@@ -23,6 +23,7 @@ from tunesmith import models
 from tunesmith.config import TrainConfig, build_config, config_to_yaml_dict
 from tunesmith.data.augment import augment_examples
 from tunesmith.data.labeled import Examples
+from tunesmith.data.long_text import LongText
 from tunesmith.data.splits import Splits
 from tunesmith.errors import Interrupted, UserError
 from tunesmith.evaluate import report
@@ -130,7 +131,7 @@ def _fine_tune_and_evaluate(run: Run, cfg: TrainConfig, task, method, splits: Sp
         log(f"augmentation: {len(splits.train):,} training examples + {len(examples['train']) - len(splits.train):,} "
             f"edited copies ({', '.join(cfg.augment_ops)})")
     features = {name: task.encode(tokenizer, part.texts, part.labels, splits.labels, cfg.resolved_max_length(),
-                                  augment=name == "train")
+                                  augment=name == "train", long_text=LongText.of(cfg))
                 for name, part in examples.items()}
 
     if hasattr(task, "score_reference"):  # DPO: the reference's log-probabilities, before any tuning

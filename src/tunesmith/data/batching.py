@@ -69,6 +69,7 @@ class Features:
     meta: list[dict] = field(default_factory=list)
     collate: object = None  # rows -> batch, for inputs that are not token ids (images), or packed rows
     processor: object = None  # what encoded the rows, for tasks that decode outputs (generation)
+    pool: str | None = None  # rows of several windows (--long-text chunk): "mean" or "max" of their logits
 
     def __len__(self) -> int:
         return len(self.rows)

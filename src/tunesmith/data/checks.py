@@ -125,7 +125,8 @@ def longer_max_length(p99: int, tokenizer) -> str:
     than the model reads (its position embeddings end there: more would crash)."""
     limit = token_limit(tokenizer)
     if limit is not None and p99 > limit:
-        return f"the model reads at most {limit} tokens: consider --max-length {limit}"
+        return (f"the model reads at most {limit} tokens: consider --max-length {limit}, and --long-text chunk "
+                "(or head-tail) to read past it")
     return f"consider --max-length {p99}"
 
 

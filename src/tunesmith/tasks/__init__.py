@@ -42,7 +42,11 @@ class Task(Protocol):
 
     # Inputs -> Features the loop batches; model -> outputs; outputs -> metrics.
     def encode(self, tokenizer, inputs: list, targets: list | None, labels: list[str], max_length: int,
-               use_cache: bool = True, augment: bool = False): ...  # -> Features; augment: training split only
+               use_cache: bool = True, augment: bool = False,
+               long_text=None): ...  # -> Features; augment: training split only; long_text: a LongText
+    # How texts longer than max_length may be read (--long-text; data/long_text.py): "truncate"
+    # for all, "head-tail" and "chunk" for single-text sequence tasks.
+    long_text_modes: tuple[str, ...]
     def predict(self, model, features, batch_size: int = 32) -> Any: ...
     def metrics(self, targets: list, outputs, labels: list[str]) -> dict: ...
     def summary(self, metrics: dict) -> str: ...  # one line for the terminal

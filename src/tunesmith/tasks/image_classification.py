@@ -46,6 +46,7 @@ class ImageClassification:
     default_model = EFFICIENTNET
     # LoRA and the other adapter methods need a transformer; the default backbone is a CNN.
     train_defaults = {"method": "full"}
+    long_text_modes = ("truncate",)  # --long-text: images have no length
 
     def default_lr(self, method: str, model: str) -> float | None:
         # A small CNN with batch norm fine-tunes at 1e-3 (5 epochs: 98% on digits,
@@ -159,7 +160,8 @@ class ImageClassification:
         return AutoModelForImageClassification.from_pretrained(folder, use_safetensors=True)
 
     # ---- features, outputs, metrics -------------------------------------------------------
-    def encode(self, processor, inputs, targets, labels, max_length, use_cache=True, augment=False) -> Features:
+    def encode(self, processor, inputs, targets, labels, max_length, use_cache=True, augment=False,
+               long_text=None) -> Features:
         rows = [{"path": p} for p in inputs]
         if targets is not None:
             for row, label in zip(rows, targets):

@@ -152,6 +152,7 @@ class PreferenceTask:
     default_model = "smollm2"
     # A pair is two sequences (chosen and rejected): 1 pair per micro-batch, 16 per step.
     train_defaults = {"batch_size": 1, "grad_accum": 16}
+    long_text_modes = ("truncate",)  # --long-text: pairs keep their start (the prompt)
     sequences_per_example = 2  # chosen and rejected: what a memory estimate counts per pair
     default_max_length = 512
     has_baseline = True
@@ -210,7 +211,8 @@ class PreferenceTask:
         return load_saved_causal_lm(folder)
 
     # ---- features -------------------------------------------------------------------------------
-    def encode(self, processor, inputs, targets, labels, max_length, use_cache=True, augment=False) -> Features:
+    def encode(self, processor, inputs, targets, labels, max_length, use_cache=True, augment=False,
+               long_text=None) -> Features:
         if inputs and not any(isinstance(pair, dict) and "chosen" in pair for pair in inputs):
             # Prompts (serving, `generate`): rows to answer, as a causal-lm run makes them.
             return GENERATION.encode(processor, inputs, targets, labels, max_length)

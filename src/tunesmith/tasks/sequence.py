@@ -12,6 +12,7 @@ from pathlib import Path
 
 from tunesmith.data.batching import Features
 from tunesmith.data.checks import check_splits
+from tunesmith.data.long_text import MODES, TRUNCATE, LongText, encode_long
 from tunesmith.data.labeled import LABEL_COLUMNS, PAIR_FIRST_COLUMNS, TEXT_COLUMNS, Examples, pick_column, to_examples
 from tunesmith.data.sources import read_source
 from tunesmith.data.splits import Splits, pair_column, load_splits
@@ -36,6 +37,12 @@ class SequenceTask:
         self.metrics_higher_is_better = head.metrics_higher_is_better
         self.default_metric = head.default_metric
         self.has_baseline = head.has_baseline
+        self.problem_type = head.problem_type
+        # Texts longer than the model: pairs are cut from the longer text (truncate only).
+        self.long_text_modes = ("truncate",) if pairs else MODES
+        # --long-text chunk: a label present in any window is present in the text (max);
+        # one label or a number is the windows' consensus (mean).
+        self.window_pool = "max" if head.problem_type == "multi_label_classification" else "mean"
 
     # ---- data ---------------------------------------------------------------------------
     def load_data(self, cfg) -> Splits:
@@ -89,18 +96,26 @@ class SequenceTask:
 
         return models.load_tokenizer(source)
 
-    def encode(self, tokenizer, inputs, targets, labels, max_length, use_cache=True, augment=False) -> Features:
+    def encode(self, tokenizer, inputs, targets, labels, max_length, use_cache=True, augment=False,
+               long_text: LongText = TRUNCATE) -> Features:
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        if inputs and isinstance(inputs[0], (tuple, list)):
+        pairs = bool(inputs) and isinstance(inputs[0], (tuple, list))
+        if long_text.mode != "truncate":
+            if pairs:
+                raise UserError(f"--long-text {long_text.mode}: reads single texts; text pairs are cut from the "
+                                "longer text (use --long-text truncate)")
+            features = encode_long(tokenizer, list(inputs), max_length, long_text, pad_id, self.window_pool, use_cache)
+        elif pairs:
             ids, types = tokenize_pairs(tokenizer, [tuple(x) for x in inputs], max_length, use_cache=use_cache)
-            rows = [{"input_ids": i, "token_type_ids": t} for i, t in zip(ids, types)] if types else \
-                [{"input_ids": i} for i in ids]
+            features = Features([{"input_ids": i, "token_type_ids": t} for i, t in zip(ids, types)] if types else
+                                [{"input_ids": i} for i in ids], pad_id)
         else:
-            rows = [{"input_ids": i} for i in tokenize(tokenizer, list(inputs), max_length, use_cache=use_cache)]
+            features = Features([{"input_ids": i} for i in tokenize(tokenizer, list(inputs), max_length,
+                                                                    use_cache=use_cache)], pad_id)
         if targets is not None:
-            for row, value in zip(rows, targets):
+            for row, value in zip(features.rows, targets):
                 row["labels"] = self.head.target_value(value, labels)
-        return Features(rows, pad_id)
+        return features
 
     def predict(self, model, features: Features, batch_size: int = INFERENCE_BATCH):
         return self.head.outputs(predict_logits(model, features, batch_size), model)

@@ -36,6 +36,7 @@ class TokenClassification:
     peft_task_type = "TOKEN_CLS"
     default_model = "minilm"
     train_defaults: dict = {}  # settings this task needs other than TrainConfig's defaults (when not given)
+    long_text_modes = ("truncate",)  # --long-text: long sentences are already cut into overlapping windows
 
     def default_lr(self, method: str, model: str) -> float | None:
         return None  # the method's own default
@@ -160,7 +161,8 @@ class TokenClassification:
 
         return models.load_tokenizer(source)
 
-    def encode(self, tokenizer, inputs, targets, labels, max_length, use_cache=True, augment=False) -> Features:
+    def encode(self, tokenizer, inputs, targets, labels, max_length, use_cache=True, augment=False,
+               long_text=None) -> Features:
         pieces = _WordPieces(tokenizer)
         tag_id = {label: i for i, label in enumerate(labels)}
         rows, meta = [], []

@@ -127,7 +127,9 @@ def plan(cfg, task, source: str, token_lengths: dict | None, rows: int, paramete
     if shape is None or not token_lengths:
         return []
     sequences = getattr(task, "sequences_per_example", 1)  # a preference pair is two
-    row_tokens = sequences * min(int(token_lengths["p99"]), cfg.resolved_max_length())
+    # --long-text chunk: a long text is up to max_windows rows of max_length in one forward
+    longest = cfg.resolved_max_length() * (cfg.max_windows if cfg.long_text == "chunk" else 1)
+    row_tokens = sequences * min(int(token_lengths["p99"]), longest)
     lm_loss = task.peft_task_type == "CAUSAL_LM"
     # What trains is known only once the method is applied: count it all (errs high for LoRA).
     trainable = shape["parameters"]

@@ -16,6 +16,8 @@ from collections import Counter
 import torch
 import torch.nn.functional as F
 
+from tunesmith.data.long_text import pooled_loss, sequence_logits
+
 
 def balanced_weights(train_labels: list, labels: list[str]) -> torch.Tensor:
     counts = Counter(train_labels)
@@ -42,13 +44,13 @@ def classification_loss(logits: torch.Tensor, targets: torch.Tensor, label_smoot
 
 def loss_for(cfg, task, train_labels: list, labels: list[str]):
     """`compute_loss(model, batch) -> (loss, {})` for the loop, or None for the model's own loss."""
+    pool = task.window_pool if cfg.long_text == "chunk" else None  # rows of several windows, pooled
     if not (cfg.label_smoothing or cfg.class_weights != "none" or cfg.focal_gamma):
-        return None
+        return pooled_loss(task.problem_type, pool) if pool else None
     weights = balanced_weights(train_labels, labels) if cfg.class_weights == "balanced" else None
 
     def compute_loss(model, batch):
-        inputs = {k: v for k, v in batch.items() if k != "labels"}
-        logits = model(**inputs).logits
+        logits = sequence_logits(model, batch, pool)
         return classification_loss(logits, batch["labels"], cfg.label_smoothing, weights, cfg.focal_gamma), {}
 
     return compute_loss
