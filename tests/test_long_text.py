@@ -157,7 +157,7 @@ def test_multilabel_chunk_takes_the_max_over_windows(tiny_model, tmp_path):
 @pytest.mark.parametrize("args, says", [
     (["--task", "text-pair-classification", "--long-text", "chunk"], "reads only truncate"),
     (["--task", "causal-lm", "--long-text", "head-tail"], "reads only truncate"),
-    (["--method", "few-shot", "--long-text", "chunk"], "embeds one window per text"),
+    (["--method", "few-shot", "--long-text", "chunk"], "few-shot reads only truncate, head-tail"),
 ])
 def test_modes_a_task_or_method_cannot_read_are_refused_before_any_work(tmp_path, capsys, args, says):
     data = write_csv(tmp_path / "d.csv", [{"text": "good", "label": "positive"}])

@@ -340,7 +340,7 @@ def test_ensemble_averages_its_members_and_is_a_run_eval_predict_and_serve_accep
 def test_ensemble_vote_takes_the_majority_label():
     import numpy as np
 
-    from tunesmith.commands.ensemble import EnsemblePredictor
+    from tunesmith.ensemble import EnsemblePredictor
 
     class Fixed:
         def __init__(self, probs):

@@ -136,3 +136,37 @@ def test_every_task_and_method_runs_end_to_end_or_is_refused_up_front(task, meth
                              headers={"Authorization": f"Bearer {KEY}"})
     assert answer.status_code == 200, answer.text
     assert len(answer.json()) == len(inputs)
+    if method == "full":  # every task tunes with full: its run checks what the task declares
+        _declarations_are_true(task, run, tmp_path, capsys)
+
+
+def _declarations_are_true(task: str, run, tmp_path, capsys) -> None:
+    """What a task declares (tasks.TaskDefaults) is what the verbs do with its runs: a
+    declared capability works on a tiny run, an undeclared one is refused with one line."""
+    import importlib.util
+
+    declared = TASKS[task]
+    capsys.readouterr()
+    if importlib.util.find_spec("onnxruntime") and importlib.util.find_spec("onnxscript"):
+        code = main(["export", str(run.path)])
+        err = capsys.readouterr().err
+        assert (code == 0) == declared.exportable, err
+        assert (run.model_dir / "model.onnx").is_file() == declared.exportable
+        if not declared.exportable:
+            assert "cannot be exported" in err
+    for vote, allowed in ((False, bool(declared.ensemble)), (True, "vote" in declared.ensemble)):
+        name = f"ens-{vote}"
+        code = main(["ensemble", str(run.path), str(run.path), "--name", name, "--output", str(tmp_path / "combined")]
+                    + (["--vote"] if vote else []))
+        err = capsys.readouterr().err
+        assert (code == 0) == allowed, (vote, err)
+        assert (tmp_path / "combined" / name).is_dir() == allowed
+    from tunesmith.serve.server import check_settings
+    from tunesmith.serve.settings import ServeSettings
+
+    assert declared.servable  # every task serves today; a task that does not is refused by check_settings
+    check_settings(ServeSettings(run=str(run.path), no_auth=True))
+    if declared.generative:
+        assert main(["generate", str(run.path), "what is the colour of sky", "--max-new-tokens", "2"]) == 0
+    else:
+        assert main(["generate", str(run.path), "hello"]) == 2

@@ -220,11 +220,17 @@ class TrainConfig(BaseModel):
 
     @model_validator(mode="after")
     def _metric_of_task(self) -> "TrainConfig":
+        from tunesmith.methods import METHODS
         from tunesmith.tasks import TASKS
         from tunesmith.train.losses import single_label
 
-        if self.method in ("zero-shot", "few-shot") and self.task != "text-classification":
-            raise ValueError(f"method {self.method} is for text-classification (one text, one label), not {self.task}")
+        method = METHODS[self.method]
+        if method.tasks is not None and self.task not in method.tasks:
+            raise ValueError(f"method {self.method} is for {' and '.join(method.tasks)}, not {self.task}")
+        if method.training_loss is not None and (self.label_smoothing or self.class_weights != "none"
+                                                 or self.focal_gamma or self.adversarial != "none"):
+            raise ValueError(f"method {self.method} trains with its own loss; label_smoothing, class_weights, "
+                             "focal_gamma and adversarial do not apply to it")
         if self.unfreeze_top_k and self.method != "freeze":
             raise ValueError(f"unfreeze_top_k is for --method freeze (the method is {self.method})")
         if (self.label_smoothing or self.class_weights != "none" or self.focal_gamma) and not single_label(TASKS[self.task]):
@@ -240,8 +246,9 @@ class TrainConfig(BaseModel):
         if self.long_text not in TASKS[self.task].long_text_modes:
             raise ValueError(f"long_text {self.long_text}: task {self.task} reads only "
                              f"{', '.join(TASKS[self.task].long_text_modes)}")
-        if self.long_text == "chunk" and self.method in ("zero-shot", "few-shot"):
-            raise ValueError(f"long_text chunk: method {self.method} embeds one window per text; use head-tail")
+        if self.long_text not in method.long_text_modes:
+            raise ValueError(f"long_text {self.long_text}: method {self.method} reads only "
+                             f"{', '.join(method.long_text_modes)}")
         known = TASKS[self.task].metrics_higher_is_better
         if self.metric is not None and self.metric not in known:
             raise ValueError(f"metric {self.metric!r} is not reported by task {self.task}; choose one of: {', '.join(known)}")
@@ -260,7 +267,7 @@ class TrainConfig(BaseModel):
     def resolved_max_length(self) -> int:
         from tunesmith.tasks import TASKS
 
-        return self.max_length or getattr(TASKS[self.task], "default_max_length", 128)
+        return self.max_length or TASKS[self.task].default_max_length
 
     def resolved_lr(self) -> float:
         from tunesmith.methods import METHODS

@@ -78,7 +78,7 @@ class Predictor:
         run by ONNX Runtime; `tunesmith export` makes it)."""
         from tunesmith.tasks import TASKS
 
-        from tunesmith.commands.ensemble import EnsemblePredictor, is_ensemble
+        from tunesmith.ensemble import EnsemblePredictor, is_ensemble
 
         if is_ensemble(run):  # several runs answering as one
             if backend != "torch":
@@ -91,7 +91,9 @@ class Predictor:
 
             model = OnnxModel.from_run(run)
         else:
-            model = task.load_model(str(run.model_dir))
+            from tunesmith.methods import load_tuned
+
+            model = load_tuned(task, str(run.model_dir))
         tokenizer = task.load_processor(str(run.model_dir), cfg)
         from tunesmith.data.long_text import LongText
 

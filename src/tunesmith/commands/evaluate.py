@@ -31,7 +31,7 @@ def evaluate(run_path: str, data: str | None = None, text_col=None, label_col=No
 
     predictor = Predictor.from_run(run)
     metrics = task.metrics(examples.labels, predictor.predict(examples.texts), labels)
-    if hasattr(task, "answer_metrics"):  # generative tasks: generated answers vs reference answers
+    if task.generative:  # generative tasks: generated answers vs reference answers
         metrics.update(task.answer_metrics(predictor.model, predictor.tokenizer, examples.texts))
 
     previous = json.loads(run.metrics_file.read_text()) if run.metrics_file.is_file() else {}

@@ -30,7 +30,7 @@ def generate_answers(run_path: str, prompt: str | None = None, file: str | None 
     run = open_finished(run_path)
     task = run.config()["task"]
     predictor = Predictor.from_run(run)
-    if not hasattr(predictor.task, "answer_metrics"):
+    if not predictor.task.generative:
         raise UserError(f"{run_path}: a {task} run does not generate text; use `tunesmith predict` "
                         "(generate needs a causal-lm or preference run)")
     if prompt is not None:

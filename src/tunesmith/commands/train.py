@@ -14,7 +14,6 @@ import sys
 import time
 from contextlib import ExitStack
 from datetime import datetime
-from functools import partial
 from pathlib import Path
 
 import torch
@@ -29,13 +28,12 @@ from tunesmith.errors import Interrupted, UserError
 from tunesmith.evaluate import report
 from tunesmith.inference import Predictor
 from tunesmith.io import atomic_dir, write_json, write_text, write_yaml
-from tunesmith.methods import METHODS, count_parameters
+from tunesmith.methods import METHODS, count_parameters, load_tuned
 from tunesmith.runs import Run, training_lock
 from tunesmith.tasks import TASKS
 from tunesmith.train import budget, checkpoint, continual, distributed
-from tunesmith.train.adversarial import adversarial_loss, model_loss
 from tunesmith.train.loop import FitResult, LoopState, fit
-from tunesmith.train.losses import loss_for
+from tunesmith.train.objective import training_objective
 
 
 def train(cfg: TrainConfig, log=print) -> Run:
@@ -58,8 +56,7 @@ def _train(cfg: TrainConfig, run: Run | None, processes, held: ExitStack, log) -
         # A taken name fails now, not after loading everything; the others use the main's folder.
         run = Run(Path(distributed.from_main(str(_unused_run_folder(cfg).path) if main else None)))
     task, method = TASKS[cfg.task], METHODS[cfg.method]
-    if hasattr(method, "check"):
-        method.check(cfg)  # e.g. qlora without a GPU: refused before any data or model is loaded
+    method.check(cfg)  # e.g. qlora without a GPU: refused before any data or model is loaded
     earlier = continual.prior_run(cfg) if cfg.from_run else None
     if earlier is not None:
         cfg.model = str(earlier.model_dir.resolve())  # its model and tokenizer are the start
@@ -84,7 +81,7 @@ def _train(cfg: TrainConfig, run: Run | None, processes, held: ExitStack, log) -
     torch.manual_seed(cfg.seed)  # the head's initialisation is part of what the seed fixes
     if earlier is not None:  # its labels keep their class ids; new ones come after them
         splits.labels = continual.extended_labels(earlier.labels(), splits.labels)
-        model = task.load_model(str(earlier.model_dir))
+        model = load_tuned(task, str(earlier.model_dir))
     else:
         model = task.build_model(source, splits.labels)
 
@@ -118,23 +115,8 @@ def _train(cfg: TrainConfig, run: Run | None, processes, held: ExitStack, log) -
 def _fine_tune_and_evaluate(run: Run, cfg: TrainConfig, task, method, splits: Splits, tokenizer, model,
                             resuming: bool, log, earlier: Run | None = None) -> Run:
     """Steps 3-7: everything that happens inside the run folder."""
-    # 3. Features (token ids cached on disk) with targets, for every split.
-    # Augmentation touches the training split only, never val or test: text edits (EDA) here,
-    # and the task's own (image flips and crops) inside encode.
-    examples = {"train": splits.train, "val": splits.val, "test": splits.test}
-    if earlier is not None and cfg.replay:  # continual learning: rehearse some of the old training data
-        examples["train"] = continual.with_replay(splits.train, earlier.split("train"), cfg.replay, cfg.seed)
-        log(f"replay: {len(examples['train']) - len(splits.train):,} old training examples mixed in")
-    if cfg.augment_copies:
-        examples["train"] = augment_examples(splits.train, cfg.augment_copies, cfg.augment_ops, cfg.augment_rate,
-                                             cfg.seed)
-        log(f"augmentation: {len(splits.train):,} training examples + {len(examples['train']) - len(splits.train):,} "
-            f"edited copies ({', '.join(cfg.augment_ops)})")
-    features = {name: task.encode(tokenizer, part.texts, part.labels, splits.labels, cfg.resolved_max_length(),
-                                  augment=name == "train", long_text=LongText.of(cfg))
-                for name, part in examples.items()}
-
-    if hasattr(task, "score_reference"):  # DPO: the reference's log-probabilities, before any tuning
+    examples, features = _encode_splits(cfg, task, splits, tokenizer, log, earlier)
+    if task.score_reference is not None:  # DPO: the reference's log-probabilities, before any tuning
         log("scoring every pair with the reference (the starting model) ...")
         task.score_reference(model, features)
 
@@ -147,6 +129,64 @@ def _fine_tune_and_evaluate(run: Run, cfg: TrainConfig, task, method, splits: Sp
         write_json(run.baseline_file, baseline)
 
     # 5. Fine-tune (continual learning: from the earlier run's model, its head extended).
+    model, ewc = _prepare_model(model, cfg, task, method, splits, tokenizer, earlier, log)
+    params = count_parameters(model)
+    log(f"method {cfg.method}: {params['trainable']:,} of {params['total']:,} parameters train "
+        f"({params['trainable_pct']:.2f}%), lr {cfg.resolved_lr():g}")
+
+    def fit_head(m) -> None:  # few-shot: the head is fitted on the training split, outside the loop
+        if method.fit_head is not None:
+            method.fit_head(m, features["train"], examples["train"].labels, splits.labels)
+
+    def evaluate(m) -> dict:
+        fit_head(m)
+        return task.metrics(splits.val.labels, task.predict(m, features["val"]), splits.labels)
+
+    metric = cfg.resolved_metric()
+    loss = training_objective(cfg, task, method, tokenizer, examples["train"].labels, splits.labels, ewc)
+    if method.trains:
+        result = fit(model, features["train"], evaluate, cfg, run.path, metric, task.metrics_higher_is_better[metric],
+                     resume=resuming, log=log, compute_loss=loss, on_step=method.on_step)
+        if not main:  # the main process keeps, exports and tests the model
+            return run
+        _keep_best(run, cfg, model, log)
+        fit_head(model)
+    else:  # zero-shot: nothing trains; the validation score is still reported
+        log(f"method {cfg.method}: no training")
+        result = FitResult(LoopState(best_metric=evaluate(model)[metric], best_step=0), 0, "no")
+    tuned = task.tune_on_validation(model, features["val"], splits.val.labels, splits.labels)
+    _export_model(method, model, tokenizer, run)
+    metrics = _test_metrics(run, cfg, task, splits, examples, result, metric, tuned, params, earlier, log)
+    write_text(run.report_file, report.render(f"tunesmith run {run.path.name}", run.config(), metrics,
+                                              run.history(), splits.labels))
+    write_json(run.metrics_file, metrics)  # last: its presence marks the run finished
+    for line in versus_baseline(metrics, metric, task.metrics_higher_is_better[metric]):
+        log(line)
+    return run
+
+
+def _encode_splits(cfg: TrainConfig, task, splits: Splits, tokenizer, log, earlier: Run | None):
+    """3. Features (token ids cached on disk) with targets, for every split. Augmentation
+    touches the training split only, never val or test: text edits (EDA) here, and the
+    task's own (image flips and crops) inside encode."""
+    examples = {"train": splits.train, "val": splits.val, "test": splits.test}
+    if earlier is not None and cfg.replay:  # continual learning: rehearse some of the old training data
+        examples["train"] = continual.with_replay(splits.train, earlier.split("train"), cfg.replay, cfg.seed)
+        log(f"replay: {len(examples['train']) - len(splits.train):,} old training examples mixed in")
+    if cfg.augment_copies:
+        examples["train"] = augment_examples(splits.train, cfg.augment_copies, cfg.augment_ops, cfg.augment_rate,
+                                             cfg.seed)
+        log(f"augmentation: {len(splits.train):,} training examples + {len(examples['train']) - len(splits.train):,} "
+            f"edited copies ({', '.join(cfg.augment_ops)})")
+    features = {name: task.encode(tokenizer, part.texts, part.labels, splits.labels, cfg.resolved_max_length(),
+                                  augment=name == "train", long_text=LongText.of(cfg))
+                for name, part in examples.items()}
+    return examples, features
+
+
+def _prepare_model(model, cfg: TrainConfig, task, method, splits: Splits, tokenizer, earlier: Run | None, log):
+    """The model the loop trains (the method applied; continual learning: the earlier run's
+    head extended, EWC's penalty bound to it), and the EWC penalty or None."""
     ewc = None
     if earlier is not None:
         if cfg.ewc_lambda:
@@ -161,55 +201,30 @@ def _fine_tune_and_evaluate(run: Run, cfg: TrainConfig, task, method, splits: Sp
     model = method.apply(model, cfg)
     if ewc is not None:
         ewc.bind(model)
-    params = count_parameters(model)
-    log(f"method {cfg.method}: {params['trainable']:,} of {params['total']:,} parameters train "
-        f"({params['trainable_pct']:.2f}%), lr {cfg.resolved_lr():g}")
+    return model, ewc
 
-    def fit_head(m) -> None:  # few-shot: the head is fitted on the training split, outside the loop
-        if hasattr(method, "fit_head"):
-            method.fit_head(m, features["train"], examples["train"].labels, splits.labels)
 
-    def evaluate(m) -> dict:
-        fit_head(m)
-        return task.metrics(splits.val.labels, task.predict(m, features["val"]), splits.labels)
+def _keep_best(run: Run, cfg: TrainConfig, model, log) -> None:
+    """6. The best checkpoint (chosen on validation, never on test) into `model`, or the
+    average of the last k evaluations' weights."""
+    kept = sorted(run.checkpoints.glob("eval-*"))[-cfg.average_last:] if cfg.average_last else []
+    if kept:
+        log(f"averaging the weights of the last {len(kept)} evaluations ({', '.join(k.name for k in kept)})")
+        checkpoint.average_weights(kept, model)
+    else:
+        checkpoint.load_weights(checkpoint.find(run.checkpoints / "best"), model)
 
-    metric = cfg.resolved_metric()
-    loss = partial(task.training_loss, processor=tokenizer) if hasattr(task, "training_loss") else \
-        loss_for(cfg, task, examples["train"].labels, splits.labels)
-    if cfg.adversarial != "none":
-        loss = adversarial_loss(loss or model_loss, cfg.adversarial, cfg.adv_epsilon, cfg.adv_steps)
-    if hasattr(method, "training_loss"):
-        loss = method.training_loss
-    if ewc is not None:
-        loss = ewc.loss(loss or model_loss)
-    if getattr(method, "trains", True):
-        result = fit(model, features["train"], evaluate, cfg, run.path, metric, task.metrics_higher_is_better[metric],
-                     resume=resuming, log=log, compute_loss=loss,
-                     on_step=getattr(method, "on_step", None))
-        if not main:  # the main process keeps, exports and tests the model
-            return run
-        # 6. Keep the best checkpoint (chosen on validation, never on test) as a plain HF model,
-        # or the average of the last k evaluations' weights.
-        kept = sorted(run.checkpoints.glob("eval-*"))[-cfg.average_last:] if cfg.average_last else []
-        if kept:
-            log(f"averaging the weights of the last {len(kept)} evaluations ({', '.join(k.name for k in kept)})")
-            checkpoint.average_weights(kept, model)
-        else:
-            checkpoint.load_weights(checkpoint.find(run.checkpoints / "best"), model)
-        fit_head(model)
-    else:  # zero-shot: nothing trains; the validation score is still reported
-        log(f"method {cfg.method}: no training")
-        result = FitResult(LoopState(best_metric=evaluate(model)[metric], best_step=0), 0, "no")
-    tuned = task.tune_on_validation(model, features["val"], splits.val.labels, splits.labels)
-    _export_model(method, model, tokenizer, run)
 
-    # 7. Test metrics from the saved model, exactly as `eval` and `predict` will load it.
+def _test_metrics(run: Run, cfg: TrainConfig, task, splits: Splits, examples: dict, result: FitResult, metric: str,
+                  tuned: dict, params: dict, earlier: Run | None, log) -> dict:
+    """7. Test metrics from the saved model, exactly as `eval` and `predict` will load it, with
+    what training cost; for continual learning, the old test split scored again."""
     predictor = Predictor.from_run(run)
     started = time.perf_counter()
     test_outputs = predictor.predict(splits.test.texts)
     predict_seconds = time.perf_counter() - started
     test_metrics = task.metrics(splits.test.labels, test_outputs, splits.labels)
-    if hasattr(task, "answer_metrics"):  # generative tasks: answers to held-out prompts vs references
+    if task.generative:  # generative tasks: answers to held-out prompts vs references
         log("answering test prompts for exact match and ROUGE-L ...")
         test_metrics.update(task.answer_metrics(predictor.model, predictor.tokenizer, splits.test.texts))
     continued = None
@@ -221,7 +236,7 @@ def _fine_tune_and_evaluate(run: Run, cfg: TrainConfig, task, method, splits: Sp
             "new_labels": splits.labels[len(earlier.labels()):],
             "old_test": continual.forgetting(continual.old_metrics(earlier), after, metric,
                                              task.metrics_higher_is_better[metric])}
-    metrics = {
+    return {
         "test": test_metrics,
         "val_best": {metric: result.state.best_metric, "step": result.state.best_step},
         **({"tuned_on_validation": tuned} if tuned else {}),
@@ -242,12 +257,6 @@ def _fine_tune_and_evaluate(run: Run, cfg: TrainConfig, task, method, splits: Sp
         "peak_memory_mb": peak_memory_mb(),
         **({"continual": continued} if continued else {}),
     }
-    write_text(run.report_file, report.render(f"tunesmith run {run.path.name}", run.config(), metrics,
-                                              run.history(), splits.labels))
-    write_json(run.metrics_file, metrics)  # last: its presence marks the run finished
-    for line in versus_baseline(metrics, metric, task.metrics_higher_is_better[metric]):
-        log(line)
-    return run
 
 
 def versus_baseline(metrics: dict, metric: str, higher_better: bool) -> list[str]:

@@ -29,8 +29,6 @@ import torch
 from tunesmith.errors import UserError
 
 ONNX_FILE = "model.onnx"
-# Tasks whose model maps token ids to one row of logits per example.
-EXPORTABLE_TASKS = ("text-classification", "text-pair-classification", "regression", "multi-label-classification")
 # Sample inputs for the trace and the check; of different lengths so padding is exercised.
 SAMPLE_TEXTS = ["a short one", "a somewhat longer sentence to check the padded positions as well", "ok",
                 "numbers 123 and symbols !? too"]
@@ -58,14 +56,16 @@ def export_onnx(run, opset: int = 18) -> tuple[Path, float]:
     from tunesmith.inference import Predictor
     from tunesmith.io import atomic_path
 
-    from tunesmith.commands.ensemble import is_ensemble
+    from tunesmith.ensemble import is_ensemble
 
     if is_ensemble(run):
         raise UserError(f"export --format onnx: {run.path} is an ensemble; export each of its member runs instead")
     cfg = run.config()
-    if cfg["task"] not in EXPORTABLE_TASKS:
+    from tunesmith.tasks import TASKS, supporting
+
+    if not TASKS[cfg["task"]].exportable:
         raise UserError(f"export --format onnx: {cfg['task']} runs cannot be exported yet "
-                        f"(exportable: {', '.join(EXPORTABLE_TASKS)})")
+                        f"(exportable: {', '.join(supporting('exportable'))})")
     predictor = Predictor.from_run(run)
     model = predictor.model
     if not isinstance(model, PreTrainedModel):

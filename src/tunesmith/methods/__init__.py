@@ -16,12 +16,37 @@ class Method(Protocol):
     name: str
     default_lr: float
 
+    tasks: tuple[str, ...] | None  # the tasks it can tune (None: every task)
+    trains: bool  # False: nothing to train (zero-shot)
+    tunes_own_weights: bool  # the model's own weights train, not added ones (what EWC protects)
+    long_text_modes: tuple[str, ...]  # how it can read texts longer than max_length (data/long_text.py)
+
     def apply(self, model, cfg): ...  # -> the model to train (possibly wrapped)
     def export(self, model, folder: Path): ...  # -> plain transformers model; may save extras in folder
-    # Optional: `check(cfg)` refuses a run this machine cannot do, before anything is written;
-    # `trains = False`: nothing to train (zero-shot); `training_loss(model, batch)`: the method's
-    # own loss (few-shot's contrastive stage); `fit_head(model, train_features, targets, labels)`:
-    # a head fitted outside the loop, before every validation and on the best checkpoint.
+    def check(self, cfg) -> None: ...  # refuses a run this machine cannot do, before anything is written
+    # Hooks, None where the method has none (MethodDefaults): `training_loss(model, batch)`,
+    # the method's own loss (few-shot's contrastive stage; the config refuses loss options
+    # beside it); `fit_head(model, train_features, targets, labels)`, a head fitted outside
+    # the loop before every validation and on the best checkpoint; `on_step(model, step,
+    # total_steps)`, after each optimizer step (AdaLoRA's rank reallocation).
+    training_loss: object
+    fit_head: object
+    on_step: object
+
+
+class MethodDefaults:
+    """What a method declares when it says nothing else; each method class derives from it."""
+
+    tasks: tuple[str, ...] | None = None
+    long_text_modes: tuple[str, ...] = ("truncate", "head-tail", "chunk")  # --long-text (where the task reads it)
+    trains = True
+    tunes_own_weights = False  # trains the model's own weights, not added ones (EWC can protect them)
+    training_loss = None
+    fit_head = None
+    on_step = None
+
+    def check(self, cfg) -> None:
+        pass
 
 
 def register_method(method: "Method") -> "Method":
@@ -35,13 +60,14 @@ def count_parameters(model) -> dict:
     return {"trainable": trainable, "total": total, "trainable_pct": 100.0 * trainable / total}
 
 
-def restore(model, folder: str):
-    """A saved run's model with what plain transformers drops on load put back: bottleneck
-    adapters, or a prompt encoder (prefix, prompt, ptuning)."""
+def load_tuned(task, folder: str):
+    """A saved run's model, as every verb loads it: the task's model (safetensors only), with
+    what plain transformers drops on load put back by the method that tuned it (bottleneck
+    adapters, a prompt encoder). The one place a run's model is loaded, whatever the task."""
     from tunesmith.methods.adapter import restore_adapters
     from tunesmith.methods.prompt_learning import restore_prompt
 
-    return restore_prompt(restore_adapters(model, folder), folder)
+    return restore_prompt(restore_adapters(task.load_model(folder), folder), folder)
 
 
 from tunesmith.methods import (  # noqa: E402,F401  (they register themselves)

@@ -9,11 +9,11 @@ final ranks fixed) and then calls PEFT's `update_and_allocate` after every optim
 
 from pathlib import Path
 
-from tunesmith.methods import register_method
+from tunesmith.methods import MethodDefaults, register_method
 from tunesmith.methods.lora import HEADS, _present, _require_transformer
 
 
-class AdaLora:
+class AdaLora(MethodDefaults):
     name = "adalora"
     default_lr = 5e-4  # as lora: the paper uses 5e-4..1e-3 on GLUE
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from tunesmith.errors import UserError
-from tunesmith.methods import register_method
+from tunesmith.methods import MethodDefaults, register_method
 from tunesmith.methods.layers import body_of
 
 # (after attention, after feed-forward) output projections, by module-name suffix.
@@ -90,7 +90,7 @@ def restore_adapters(model, folder: str):
     return model
 
 
-class Adapter:
+class Adapter(MethodDefaults):
     name = "adapter"
     default_lr = 1e-3  # adapters start at the identity and are small: the papers use 1e-4..1e-3
 

@@ -3,12 +3,13 @@ al. 2022): about 0.1% of a BERT's parameters, often within a point or two of ful
 small data, and the tuned model is the base model plus a small set of changed vectors."""
 
 from tunesmith.errors import UserError
-from tunesmith.methods import register_method
+from tunesmith.methods import MethodDefaults, register_method
 from tunesmith.methods.layers import body_of
 
 
-class BitFit:
+class BitFit(MethodDefaults):
     name = "bitfit"
+    tunes_own_weights = True
     default_lr = 1e-3  # biases are few and start pretrained; the paper tunes them at 1e-4..1e-3
 
     def apply(self, model, cfg):

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from tunesmith.methods import register_method
+from tunesmith.methods import MethodDefaults, register_method
 
 HEAD_FILE = "embedding_head.safetensors"
 ZERO_SHOT_SCALE = 20.0  # cosine similarities (-1..1) times 20: softmax probabilities that are not all ~equal
@@ -105,8 +105,10 @@ def set_head_from_texts(model: EmbeddingClassifier, tokenizer, texts: list[str])
         model.classifier.bias.zero_()
 
 
-class ZeroShot:
+class ZeroShot(MethodDefaults):
     name = "zero-shot"
+    long_text_modes = ("truncate", "head-tail")  # an embedding per text, not pooled windows
+    tasks = ("text-classification",)  # one text, one label (a label's name or description)
     default_lr = 1e-3  # unused: nothing trains
     trains = False
 
@@ -132,8 +134,10 @@ class ZeroShot:
         return model
 
 
-class FewShot:
+class FewShot(MethodDefaults):
     name = "few-shot"
+    long_text_modes = ("truncate", "head-tail")  # an embedding per text, not pooled windows
+    tasks = ("text-classification",)  # one text, one label (SetFit's setting)
     default_lr = 2e-5  # SetFit's body learning rate
 
     def apply(self, model, cfg):

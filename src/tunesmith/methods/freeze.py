@@ -2,12 +2,13 @@
 the top k transformer blocks too (the layers nearest the head adapt most to a new task)."""
 
 from tunesmith.errors import UserError
-from tunesmith.methods import register_method
+from tunesmith.methods import MethodDefaults, register_method
 from tunesmith.methods.layers import blocks, body_of
 
 
-class Freeze:
+class Freeze(MethodDefaults):
     name = "freeze"
+    tunes_own_weights = True
     default_lr = 1e-3  # a randomly initialised head alone tolerates (and needs) a large step
 
     def apply(self, model, cfg):

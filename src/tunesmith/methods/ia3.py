@@ -6,11 +6,11 @@ keeps the adapter in `adapter/` and a merged plain model in `model/`."""
 from pathlib import Path
 
 from tunesmith.errors import UserError
-from tunesmith.methods import register_method
+from tunesmith.methods import MethodDefaults, register_method
 from tunesmith.methods.lora import HEADS, _present, _require_transformer
 
 
-class IA3:
+class IA3(MethodDefaults):
     name = "ia3"
     default_lr = 3e-3  # the paper's rate: scaling vectors start at 1 and move slowly
 

@@ -7,13 +7,13 @@ plain `transformers` with no PEFT and runs as fast as the base model.
 
 from pathlib import Path
 
-from tunesmith.methods import register_method
+from tunesmith.methods import MethodDefaults, register_method
 
 
 HEADS = ["classifier", "score"]  # the head names PEFT's task types train in full
 
 
-class Lora:
+class Lora(MethodDefaults):
     name = "lora"
     default_lr = 5e-4  # adapters start at zero (B = 0) and need ~10x the full fine-tuning rate
 

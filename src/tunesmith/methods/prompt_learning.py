@@ -21,13 +21,13 @@ import json
 from pathlib import Path
 
 from tunesmith.errors import UserError
-from tunesmith.methods import register_method
+from tunesmith.methods import MethodDefaults, register_method
 from tunesmith.methods.lora import _require_transformer
 
 KEY = "tunesmith_prompt"
 
 
-class PromptLearning:
+class PromptLearning(MethodDefaults):
     def __init__(self, name: str, default_lr: float):
         self.name, self.default_lr = name, default_lr
 

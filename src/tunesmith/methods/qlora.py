@@ -8,12 +8,13 @@ is written, and says to use `lora` (the same adapters on an fp32 base).
 from pathlib import Path
 
 from tunesmith.errors import UserError
-from tunesmith.methods import register_method
+from tunesmith.methods import MethodDefaults, register_method
 from tunesmith.methods.lora import Lora
 
 
-class QLora:
+class QLora(MethodDefaults):
     name = "qlora"
+    tasks = ("causal-lm", "preference")
     default_lr = 2e-4  # the QLoRA paper's rate for small models
 
     def check(self, cfg) -> None:
@@ -21,8 +22,6 @@ class QLora:
 
         import torch
 
-        if cfg.task not in ("causal-lm", "preference"):
-            raise UserError(f"--method qlora: for causal-lm and preference runs; for {cfg.task} use lora")
         if not torch.cuda.is_available():
             raise UserError("--method qlora: needs a CUDA GPU (bitsandbytes 4-bit weights); this machine has none. "
                             "Use --method lora: the same adapters on a full-precision base")

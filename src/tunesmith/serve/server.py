@@ -49,15 +49,13 @@ def check_settings(settings: ServeSettings) -> tuple[Run, KeyRing]:
             f"--host {settings.host} is reachable from the network: set TUNESMITH_API_KEYS (comma-separated) "
             "or --api-keys-file, or pass --no-auth to serve without authentication"
         )
+    from tunesmith.tasks import TASKS, supporting
+
     task = run.config().get("task", "text-classification")
-    if task not in SERVABLE_TASKS:
-        raise UserError(f"{settings.run}: serving {task} runs is not supported yet (served: {', '.join(SERVABLE_TASKS)}); "
-                        "use `tunesmith predict` for batch predictions")
+    if not TASKS[task].servable:
+        raise UserError(f"{settings.run}: serving {task} runs is not supported yet (served: "
+                        f"{', '.join(supporting('servable'))}); use `tunesmith predict` for batch predictions")
     return run, KeyRing(keys)
-
-
-SERVABLE_TASKS = ("text-classification", "text-pair-classification", "regression", "multi-label-classification",
-                  "token-classification", "causal-lm", "preference", "image-classification")
 
 
 def build_app(settings: ServeSettings):

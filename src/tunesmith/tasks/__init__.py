@@ -51,11 +51,17 @@ class Task(Protocol):
     def metrics(self, targets: list, outputs, labels: list[str]) -> dict: ...
     def summary(self, metrics: dict) -> str: ...  # one line for the terminal
 
-    # Optional, for generative tasks: scores of generated answers against reference answers
-    # (`answer_metrics(model, processor, inputs) -> dict`), added to the test metrics;
-    # `score_reference(model, features)`: what the untuned model says about every split, before
-    # tuning (DPO's reference log-probabilities); `training_loss(model, batch, processor) ->
-    # (loss, extras)`: a loss other than the model's own, extras logged to the history.
+    # Capabilities and hooks, with their defaults in TaskDefaults (below): servable,
+    # exportable, ensemble, generative (then `answer_metrics(model, processor, inputs) -> dict`,
+    # generated answers scored against references, added to the test metrics), serves_images,
+    # sequences_per_example, problem_type, training_loss, score_reference.
+    servable: bool
+    exportable: bool
+    ensemble: tuple[str, ...]
+    generative: bool
+    serves_images: bool
+    sequences_per_example: int
+    default_max_length: int
 
     # After training, on the validation split: decision settings saved with the model
     # (per-label thresholds for multi-label); returns what was chosen, for metrics.json.
@@ -74,6 +80,39 @@ class Task(Protocol):
     def serve_input(self, value, pairs: bool): ...
     def output_rows(self, outputs) -> list: ...
     def serve_output(self, value, row, labels: list[str], top_k: int | None) -> dict: ...
+
+
+class TaskDefaults:
+    """What a task declares when it says nothing else. Each task class derives from it and
+    overrides what differs; verbs read these declarations (and `supporting`) instead of
+    keeping lists of task names."""
+
+    train_defaults: dict = {}  # TrainConfig settings that differ for this task, used when not given
+    default_max_length = 128
+    long_text_modes: tuple[str, ...] = ("truncate",)
+    sequences_per_example = 1  # sequences one example puts through the model (a DPO pair: 2)
+    problem_type: str | None = None  # a sequence head's: single_label_classification, regression, ...
+    servable = True  # `serve` answers its requests
+    exportable = False  # `export --format onnx`: its model maps token ids to one row of logits
+    ensemble: tuple[str, ...] = ()  # how `ensemble` may combine its runs: "mean" of outputs, "vote"
+    generative = False  # answers are generated text: `answer_metrics`, `generate`, generation parameters
+    serves_images = False  # served inputs are images (base64 or multipart), not texts
+    # Hooks, None where the task has none: `training_loss(model, batch, processor) -> (loss,
+    # extras)` replaces the model's own loss; `score_reference(model, features)` scores every
+    # split with the untuned model before training (DPO's reference log-probabilities).
+    training_loss = None
+    score_reference = None
+
+    def default_lr(self, method: str, model: str) -> float | None:
+        return None  # the method's own default
+
+    def answer_metrics(self, model, processor, inputs: list) -> dict:
+        raise NotImplementedError(f"{self.name} generates no answers (generative is False)")
+
+
+def supporting(capability: str) -> list[str]:
+    """Names of the registered tasks that declare `capability` (a truthy attribute)."""
+    return [name for name, task in TASKS.items() if getattr(task, capability)]
 
 
 def infer_task(data: str | None) -> str:

@@ -27,7 +27,7 @@ from tunesmith.data.splits import Splits
 from tunesmith.errors import UserError
 from tunesmith.generation import GenerationSettings, answer_scores, generate
 from tunesmith.inference import evaluating
-from tunesmith.tasks import register_task
+from tunesmith.tasks import TaskDefaults, register_task
 from tunesmith.train.token_logprobs import answer_logprobs, mean_answer_loss
 
 LOSS_BATCH = 8  # rows per scoring batch (the loss never holds full-vocabulary logits for them all)
@@ -166,9 +166,7 @@ def load_saved_causal_lm(folder: str):
     from transformers import AutoModelForCausalLM
 
     # use_safetensors: a run folder may come from someone else; never unpickle it.
-    from tunesmith.methods import restore
-
-    model = restore(AutoModelForCausalLM.from_pretrained(folder, use_safetensors=True, dtype=torch.float32), folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, use_safetensors=True, dtype=torch.float32)
     model.config.use_cache = True
     return model
 
@@ -206,7 +204,7 @@ def read_prompts(path: str, encoding: str, text_col: str | None) -> tuple[list[d
     return rows, prompts
 
 
-class CausalLMTask:
+class CausalLMTask(TaskDefaults):
     name = "causal-lm"
     peft_task_type = "CAUSAL_LM"
     metrics_higher_is_better = {"loss": False, "perplexity": False}
@@ -217,7 +215,7 @@ class CausalLMTask:
     # 32 rows at once, the old default, over 23 GB: docs/benchmarks.md, bench/causal_memory.py).
     # On a CPU, tokens per second hardly depend on the micro-batch.
     train_defaults = {"batch_size": 2, "grad_accum": 16}
-    long_text_modes = ("truncate",)  # --long-text: conversations keep their start (the prompt)
+    generative = True  # --long-text: truncate only (a conversation keeps its start, the prompt)
     default_max_length = 512
     has_baseline = True  # the base model's loss and answers, beside the tuned model's
 

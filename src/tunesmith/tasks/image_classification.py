@@ -31,7 +31,7 @@ from tunesmith.data.splits import Splits
 from tunesmith.data.targets import ClassTarget
 from tunesmith.errors import UserError
 from tunesmith.inference import INFERENCE_BATCH, predict_logits
-from tunesmith.tasks import register_task
+from tunesmith.tasks import TaskDefaults, register_task
 from tunesmith.tasks.text_classification import ClassifierHead
 
 EFFICIENTNET = "efficientnet-lite0"
@@ -40,13 +40,14 @@ EFFICIENTNET_MEAN, EFFICIENTNET_STD = [127 / 255] * 3, [128 / 255] * 3
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
 
-class ImageClassification:
+class ImageClassification(TaskDefaults):
     name = "image-classification"
     peft_task_type = None  # PEFT has no image task type: LoRA keeps the head trainable by name
     default_model = EFFICIENTNET
     # LoRA and the other adapter methods need a transformer; the default backbone is a CNN.
     train_defaults = {"method": "full"}
-    long_text_modes = ("truncate",)  # --long-text: images have no length
+    ensemble = ("mean", "vote")
+    problem_type = "single_label_classification"
 
     def default_lr(self, method: str, model: str) -> float | None:
         # A small CNN with batch norm fine-tunes at 1e-3 (5 epochs: 98% on digits,

@@ -31,6 +31,11 @@ class LabelScores:
     def __len__(self) -> int:
         return len(self.probs)
 
+    @classmethod
+    def mean(cls, members: list["LabelScores"]) -> "LabelScores":
+        """An ensemble's scores: the members' mean probabilities, decided at their mean thresholds."""
+        return cls(np.mean([m.probs for m in members], axis=0), np.mean([m.thresholds for m in members], axis=0))
+
     @property
     def predicted(self) -> np.ndarray:
         return self.probs >= self.thresholds
@@ -75,6 +80,7 @@ class MultiLabelHead:
     metrics_higher_is_better = {"micro_f1": True, "macro_f1": True, "subset_accuracy": True, "hamming_accuracy": True}
     default_metric = "micro_f1"
     has_baseline = False
+    ensemble = ("mean",)  # per-label probabilities average (a vote has no single label)
 
     @staticmethod
     def count_labels(values):

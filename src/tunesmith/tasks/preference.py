@@ -32,7 +32,7 @@ from tunesmith.data.sources import read_source
 from tunesmith.data.splits import Splits
 from tunesmith.errors import UserError
 from tunesmith.inference import evaluating
-from tunesmith.tasks import register_task
+from tunesmith.tasks import TaskDefaults, register_task
 from tunesmith.tasks.causal_lm import (CausalLMTask, ChatProcessor, answer_metrics, assemble_splits, load_causal_lm,
                                        load_saved_causal_lm, read_prompts, token_length_facts)
 from tunesmith.train.token_logprobs import answer_logprobs
@@ -144,7 +144,7 @@ def collate_pairs(rows: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     return batch
 
 
-class PreferenceTask:
+class PreferenceTask(TaskDefaults):
     name = "preference"
     peft_task_type = "CAUSAL_LM"
     metrics_higher_is_better = {"loss": False, "reward_accuracy": True, "reward_margin": True}
@@ -152,7 +152,7 @@ class PreferenceTask:
     default_model = "smollm2"
     # A pair is two sequences (chosen and rejected): 1 pair per micro-batch, 16 per step.
     train_defaults = {"batch_size": 1, "grad_accum": 16}
-    long_text_modes = ("truncate",)  # --long-text: pairs keep their start (the prompt)
+    generative = True  # --long-text: truncate only (a pair keeps its start, the prompt)
     sequences_per_example = 2  # chosen and rejected: what a memory estimate counts per pair
     default_max_length = 512
     has_baseline = True

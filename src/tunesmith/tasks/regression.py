@@ -37,6 +37,7 @@ class RegressionHead:
     metrics_higher_is_better = {"mse": False, "rmse": False, "mae": False, "r2": True, "pearson": True, "spearman": True}
     default_metric = "mse"  # what the loss optimises; pick spearman when only the ranking matters
     has_baseline = False
+    ensemble = ("mean",)  # scores average; there is no label to vote on
 
     @staticmethod
     def count_labels(values):

@@ -19,15 +19,13 @@ from tunesmith.data.splits import Splits, pair_column, load_splits
 from tunesmith.data.tokens import tokenize, tokenize_pairs
 from tunesmith.errors import UserError
 from tunesmith.inference import INFERENCE_BATCH, predict_logits
+from tunesmith.tasks import TaskDefaults
 
 
-class SequenceTask:
+class SequenceTask(TaskDefaults):
     peft_task_type = "SEQ_CLS"
     default_model = "minilm"
-    train_defaults: dict = {}  # settings this task needs other than TrainConfig's defaults (when not given)
-
-    def default_lr(self, method: str, model: str) -> float | None:
-        return None  # the method's own default
+    exportable = True  # token ids in, one row of logits out
 
     def __init__(self, name: str, target, head, pairs: bool | None):
         self.name = name
@@ -38,6 +36,7 @@ class SequenceTask:
         self.default_metric = head.default_metric
         self.has_baseline = head.has_baseline
         self.problem_type = head.problem_type
+        self.ensemble = head.ensemble
         # Texts longer than the model: pairs are cut from the longer text (truncate only).
         self.long_text_modes = ("truncate",) if pairs else MODES
         # --long-text chunk: a label present in any window is present in the text (max);
@@ -85,10 +84,8 @@ class SequenceTask:
         if is_embedding_folder(folder):  # a zero-shot or few-shot run
             return EmbeddingClassifier.from_folder(folder)
 
-        from tunesmith.methods import restore
-
         # use_safetensors: a run folder may come from someone else; never unpickle it.
-        return restore(AutoModelForSequenceClassification.from_pretrained(folder, use_safetensors=True), folder)
+        return AutoModelForSequenceClassification.from_pretrained(folder, use_safetensors=True)
 
     # ---- features, outputs, metrics ---------------------------------------------------------
     def load_processor(self, source: str, cfg: dict | None = None):
@@ -97,7 +94,8 @@ class SequenceTask:
         return models.load_tokenizer(source)
 
     def encode(self, tokenizer, inputs, targets, labels, max_length, use_cache=True, augment=False,
-               long_text: LongText = TRUNCATE) -> Features:
+               long_text: LongText | None = None) -> Features:
+        long_text = long_text or TRUNCATE
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         pairs = bool(inputs) and isinstance(inputs[0], (tuple, list))
         if long_text.mode != "truncate":

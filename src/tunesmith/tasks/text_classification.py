@@ -22,6 +22,7 @@ class ClassifierHead:
     problem_type = "single_label_classification"
     metrics_higher_is_better = HIGHER_IS_BETTER
     default_metric = "macro_f1"
+    ensemble = ("mean", "vote")  # probabilities average; labels can be voted on
     has_baseline = True  # a linear probe on frozen features shows what fine-tuning bought
     count_labels = staticmethod(Counter)
 

@@ -28,18 +28,14 @@ from tunesmith.data.tagged import (
 from tunesmith.errors import UserError
 from tunesmith.evaluate.entities import HIGHER_IS_BETTER, entity_metrics
 from tunesmith.inference import INFERENCE_BATCH, forward_batches, softmax, write_rows
-from tunesmith.tasks import register_task
+from tunesmith.tasks import TaskDefaults, register_task
 
 
-class TokenClassification:
+class TokenClassification(TaskDefaults):
     name = "token-classification"
     peft_task_type = "TOKEN_CLS"
     default_model = "minilm"
-    train_defaults: dict = {}  # settings this task needs other than TrainConfig's defaults (when not given)
-    long_text_modes = ("truncate",)  # --long-text: long sentences are already cut into overlapping windows
-
-    def default_lr(self, method: str, model: str) -> float | None:
-        return None  # the method's own default
+    # --long-text: truncate only; long sentences are already cut into overlapping windows
     metrics_higher_is_better = HIGHER_IS_BETTER
     has_baseline = False  # a per-word linear probe says little about entity spans
     default_metric = "f1"
@@ -151,9 +147,7 @@ class TokenClassification:
     def load_model(self, folder: str):
         from transformers import AutoModelForTokenClassification
 
-        from tunesmith.methods import restore
-
-        return restore(AutoModelForTokenClassification.from_pretrained(folder, use_safetensors=True), folder)
+        return AutoModelForTokenClassification.from_pretrained(folder, use_safetensors=True)
 
     # ---- features, prediction, metrics ------------------------------------------------
     def load_processor(self, source: str, cfg: dict | None = None):

@@ -126,7 +126,7 @@ def plan(cfg, task, source: str, token_lengths: dict | None, rows: int, paramete
     shape = shape_of(source, parameters)
     if shape is None or not token_lengths:
         return []
-    sequences = getattr(task, "sequences_per_example", 1)  # a preference pair is two
+    sequences = task.sequences_per_example  # a preference pair is two
     # --long-text chunk: a long text is up to max_windows rows of max_length in one forward
     longest = cfg.resolved_max_length() * (cfg.max_windows if cfg.long_text == "chunk" else 1)
     row_tokens = sequences * min(int(token_lengths["p99"]), longest)

@@ -23,7 +23,6 @@ from tunesmith.data.labeled import Examples
 from tunesmith.errors import UserError
 from tunesmith.runs import Run
 
-EWC_METHODS = ("full", "freeze", "bitfit")  # methods that train the model's own weights
 FISHER_SAMPLES = 200  # old training examples that estimate the Fisher information (one pass each)
 
 
@@ -37,8 +36,11 @@ def prior_run(cfg) -> Run:
     task = run.config()["task"]
     if task != cfg.task:
         raise UserError(f"--from {cfg.from_run}: that run is {task}, this one {cfg.task}; continue with --task {task}")
-    if cfg.ewc_lambda and cfg.method not in EWC_METHODS:
-        raise UserError(f"--ewc-lambda: needs a method that trains the model's own weights ({', '.join(EWC_METHODS)}), "
+    from tunesmith.methods import METHODS
+
+    if cfg.ewc_lambda and not METHODS[cfg.method].tunes_own_weights:
+        own = ", ".join(name for name, method in METHODS.items() if method.tunes_own_weights)
+        raise UserError(f"--ewc-lambda: needs a method that trains the model's own weights ({own}), "
                         f"not {cfg.method}; use --replay alone, or --method full")
     return run
 

@@ -96,10 +96,7 @@ def fit(
     log(f"device {accelerator.device}, precision {'fp32' if precision == 'no' else precision}")
 
     lengths = train.lengths
-    batches_per_epoch = math.ceil(len(train) / cfg.batch_size)
-    steps_per_epoch = math.ceil(batches_per_epoch / cfg.grad_accum)
-    total_steps = cfg.max_steps or max(1, math.ceil(steps_per_epoch * cfg.epochs))
-    eval_every = cfg.eval_every or steps_per_epoch
+    total_steps, eval_every = _schedule(len(train), cfg)
 
     optimizer = build_optimizer(model, cfg.resolved_lr(), cfg.weight_decay, cfg.layer_decay, cfg.head_lr)
     scheduler = build_scheduler(optimizer, cfg.scheduler, total_steps, cfg.warmup_ratio)
@@ -107,23 +104,10 @@ def fit(
 
     ckpt_dir = run_dir / "checkpoints"
     history_file = run_dir / "history.jsonl"
-    state = LoopState()
-    if resume:
-        last = checkpoint.find(ckpt_dir / "last")
-        if last is not None:
-            state = LoopState(**checkpoint.load(last, accelerator.unwrap_model(model), optimizer, scheduler))
-            log(f"resumed from step {state.step} of {total_steps}")
-        if accelerator.is_main_process:
-            _truncate_history(history_file, state.step)
-    elif history_file.exists() and accelerator.is_main_process:
-        history_file.unlink()
+    state = _starting_state(resume, ckpt_dir, history_file, accelerator, model, optimizer, scheduler, total_steps, log)
 
     model.train()
-    # In a terminal the bar redraws often; in a log file (CI, nohup) every redraw is a
-    # line, so it updates twice a minute there.
-    interactive = sys.stderr.isatty()
-    bar = tqdm(total=total_steps, initial=state.step, desc="train", unit="step", dynamic_ncols=True,
-               mininterval=0.5 if interactive else 30.0, disable=not accelerator.is_main_process)
+    bar = _progress_bar(total_steps, state.step, accelerator.is_main_process)
     main = accelerator.is_main_process  # only the main process writes the run folder
     recent_loss: list[float] = []
 
@@ -135,29 +119,7 @@ def fit(
                 started = time.perf_counter()
                 group = groups[state.group_in_epoch]
                 group_size = sum(len(b) for b in group)
-                step_loss, extras = 0.0, {}
-                for indices in group:
-                    # Under DDP each process runs its share of the micro-batch (`factor` rescales
-                    # its loss so that the averaged gradient is the micro-batch's).
-                    local, factor = local_share(indices, accelerator.process_index, accelerator.num_processes)
-                    batch = {k: v.to(accelerator.device) for k, v in train.batch(local).items()}
-                    if compute_loss is None:
-                        loss = model(**batch).loss
-                    else:
-                        loss, batch_extras = compute_loss(model, batch)
-                        for key, value in batch_extras.items():
-                            extras[key] = extras.get(key, 0.0) + value * len(indices) / group_size
-                    if not torch.isfinite(loss):  # (the bar is closed on the way out)
-                        raise TrainingDiverged(
-                            f"loss became {loss.item()} at step {state.step + 1}; the last good checkpoint is kept in "
-                            f"{ckpt_dir}; lower --lr (now {cfg.resolved_lr():g}) or set --max-grad-norm"
-                        )
-                    # Weight each micro-batch by its share of the step's examples: the
-                    # gradient is then exactly the mean over the step, however it is cut.
-                    accelerator.backward(loss * (len(indices) / group_size) * factor)
-                    step_loss += loss.item() * len(indices) / group_size * factor / accelerator.num_processes
-                if accelerator.num_processes > 1:  # the step's loss over all processes' shares
-                    step_loss = accelerator.reduce(torch.tensor(step_loss, device=accelerator.device), "sum").item()
+                step_loss, extras = _accumulate(model, train, group, accelerator, compute_loss, state, cfg, ckpt_dir)
                 if cfg.max_grad_norm:
                     accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
                 optimizer.step()
@@ -171,9 +133,7 @@ def fit(
                 state.samples += group_size
                 state.train_seconds += time.perf_counter() - started
                 recent_loss.append(step_loss)
-                bar.update(1)
-                bar.set_postfix(loss=f"{sum(recent_loss[-20:]) / len(recent_loss[-20:]):.4f}",
-                                samples_s=f"{state.samples / max(state.train_seconds, 1e-9):.1f}", refresh=False)
+                _show_progress(bar, state, recent_loss)
                 if main:
                     _append_history(history_file, {"step": state.step, "epoch": state.epoch, "loss": step_loss,
                                                    "lr": scheduler.get_last_lr()[0], **extras})
@@ -194,6 +154,75 @@ def fit(
     finally:
         bar.close()
     return FitResult(state, total_steps, precision, processes=accelerator.num_processes)
+
+
+def _schedule(examples: int, cfg) -> tuple[int, int]:
+    """(optimizer steps in the run, steps between evaluations: an epoch unless eval_every)."""
+    batches_per_epoch = math.ceil(examples / cfg.batch_size)
+    steps_per_epoch = math.ceil(batches_per_epoch / cfg.grad_accum)
+    total_steps = cfg.max_steps or max(1, math.ceil(steps_per_epoch * cfg.epochs))
+    return total_steps, cfg.eval_every or steps_per_epoch
+
+
+def _progress_bar(total_steps: int, done: int, main: bool):
+    # In a terminal the bar redraws often; in a log file (CI, nohup) every redraw is a
+    # line, so it updates twice a minute there.
+    interactive = sys.stderr.isatty()
+    return tqdm(total=total_steps, initial=done, desc="train", unit="step", dynamic_ncols=True,
+                mininterval=0.5 if interactive else 30.0, disable=not main)
+
+
+def _show_progress(bar, state: LoopState, recent_loss: list[float]) -> None:
+    bar.update(1)
+    bar.set_postfix(loss=f"{sum(recent_loss[-20:]) / len(recent_loss[-20:]):.4f}",
+                    samples_s=f"{state.samples / max(state.train_seconds, 1e-9):.1f}", refresh=False)
+
+
+def _starting_state(resume: bool, ckpt_dir: Path, history_file: Path, accelerator, model, optimizer, scheduler,
+                    total_steps: int, log) -> LoopState:
+    """A fresh state, or (resume) the last checkpoint's, with the history logged after it dropped."""
+    state = LoopState()
+    if resume:
+        last = checkpoint.find(ckpt_dir / "last")
+        if last is not None:
+            state = LoopState(**checkpoint.load(last, accelerator.unwrap_model(model), optimizer, scheduler))
+            log(f"resumed from step {state.step} of {total_steps}")
+        if accelerator.is_main_process:
+            _truncate_history(history_file, state.step)
+    elif history_file.exists() and accelerator.is_main_process:
+        history_file.unlink()
+    return state
+
+
+def _accumulate(model, train: Features, group: list[list[int]], accelerator, compute_loss, state: LoopState, cfg,
+                ckpt_dir: Path) -> tuple[float, dict]:
+    """Forward and backward over one step's micro-batches; the gradients add up to the mean
+    over the step's examples. Returns the step's loss and its averaged extras."""
+    group_size = sum(len(b) for b in group)
+    step_loss, extras = 0.0, {}
+    for indices in group:
+        # Under DDP each process runs its share of the micro-batch (`factor` rescales
+        # its loss so that the averaged gradient is the micro-batch's).
+        local, factor = local_share(indices, accelerator.process_index, accelerator.num_processes)
+        batch = {k: v.to(accelerator.device) for k, v in train.batch(local).items()}
+        if compute_loss is None:
+            loss = model(**batch).loss
+        else:
+            loss, batch_extras = compute_loss(model, batch)
+            for key, value in batch_extras.items():
+                extras[key] = extras.get(key, 0.0) + value * len(indices) / group_size
+        if not torch.isfinite(loss):  # (the bar is closed on the way out)
+            raise TrainingDiverged(
+                f"loss became {loss.item()} at step {state.step + 1}; the last good checkpoint is kept in "
+                f"{ckpt_dir}; lower --lr (now {cfg.resolved_lr():g}) or set --max-grad-norm"
+            )
+        # Weight each micro-batch by its share of the step's examples: the
+        # gradient is then exactly the mean over the step, however it is cut.
+        accelerator.backward(loss * (len(indices) / group_size) * factor)
+        step_loss += loss.item() * len(indices) / group_size * factor / accelerator.num_processes
+    if accelerator.num_processes > 1:  # the step's loss over all processes' shares
+        step_loss = accelerator.reduce(torch.tensor(step_loss, device=accelerator.device), "sum").item()
+    return step_loss, extras
 
 
 def _evaluate_and_checkpoint(model, accelerator, evaluate, cfg, state, optimizer, scheduler,

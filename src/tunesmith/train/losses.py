@@ -57,4 +57,4 @@ def loss_for(cfg, task, train_labels: list, labels: list[str]):
 
 
 def single_label(task) -> bool:
-    return getattr(getattr(task, "head", None), "problem_type", None) == "single_label_classification"
+    return task.problem_type == "single_label_classification"

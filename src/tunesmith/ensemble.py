@@ -1,0 +1,55 @@
+"""An ensemble run answering as one: its members' predictors, their outputs averaged (or
+voted). `tunesmith ensemble` (commands/ensemble.py) makes the run folder; `Predictor.from_run`
+loads it through `EnsemblePredictor`, so `eval`, `predict` and `serve` need nothing else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from tunesmith.io import read_json
+from tunesmith.runs import Run
+
+
+def is_ensemble(run: Run) -> bool:
+    return (run.path / "ensemble.json").is_file()
+
+
+@dataclass
+class EnsemblePredictor:
+    """Member predictors behind the Predictor interface (`predict`, `labels`, `task`)."""
+
+    members: list
+    combine: str
+    labels: list[str]
+    task: object
+    max_length: int
+
+    @classmethod
+    def from_run(cls, run: Run) -> "EnsemblePredictor":
+        from tunesmith.inference import Predictor
+
+        spec = read_json(run.path / "ensemble.json")
+        members = [Predictor.from_run(Run(run.path / m)) for m in spec["members"]]
+        return cls(members, spec["combine"], run.labels(), task=members[0].task, max_length=members[0].max_length)
+
+    @property
+    def model(self):
+        return self.members[0].model
+
+    @property
+    def tokenizer(self):
+        return self.members[0].tokenizer
+
+    def predict(self, inputs: list, batch_size: int = 32):
+        answers = [m.predict(inputs, batch_size) for m in self.members]
+        if not isinstance(answers[0], np.ndarray):  # outputs with decision settings of their own
+            return type(answers[0]).mean(answers)  # (multi-label: probabilities and thresholds)
+        outputs = np.stack(answers)
+        if self.combine == "vote":
+            # Each member's label as a one-hot vote; ties go to the higher mean probability.
+            votes = np.eye(outputs.shape[-1])[outputs.argmax(-1)].mean(0)
+            return votes + 1e-6 * outputs.mean(0)
+        return outputs.mean(0)

@@ -1,0 +1,124 @@
+"""Pure ASGI middleware (Starlette's BaseHTTPMiddleware costs about 1 ms a request): request
+metrics and access log, the body limit, and multipart image uploads turned into JSON."""
+
+import json
+import time
+
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from tunesmith.serve.telemetry import JsonLog, Metrics
+
+OPEN_ROUTES = {"/healthz", "/readyz", "/openapi.json"}
+
+
+class MultipartImages:
+    """Pure ASGI middleware for image runs: a multipart/form-data POST to /v1/predict (one or
+    more files in the field `inputs`, or any file fields) becomes the JSON request
+    {"inputs": [base64, ...]}, so the route, its limits and its errors stay the same."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        content_type = dict(scope.get("headers", [])).get(b"content-type", b"").decode("latin-1")
+        if scope["type"] != "http" or scope["path"] != "/v1/predict" or not content_type.startswith("multipart/form-data"):
+            return await self.app(scope, receive, send)
+        import base64
+
+        from starlette.datastructures import UploadFile
+        from starlette.requests import Request
+
+        try:
+            form = await Request(scope, receive).form()
+            files = [v for _, v in form.multi_items() if isinstance(v, UploadFile)]
+            encoded = [base64.b64encode(await f.read()).decode() for f in files]
+        except StarletteHTTPException:
+            raise
+        except Exception:
+            return await JSONResponse({"error": "inputs: not a readable multipart/form-data body", "field": "inputs"},
+                                      status_code=422)(scope, receive, send)
+        body = json.dumps({"inputs": encoded}).encode()
+        headers = [(k, v) for k, v in scope["headers"] if k not in (b"content-type", b"content-length")]
+        headers += [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        sent = False
+
+        async def json_receive():
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app({**scope, "headers": headers}, json_receive, send)
+
+
+class Observe:
+    """Pure ASGI middleware: 503 while draining; request metrics and the JSON access log."""
+
+    def __init__(self, app, routes: set, metrics: Metrics, log: JsonLog, is_draining):
+        self.app, self.routes, self.metrics, self.log, self.is_draining = app, routes, metrics, log, is_draining
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = time.perf_counter()
+        path = scope["path"]
+        route = path if path in self.routes else "other"  # bounded label cardinality
+        status = 500
+
+        async def send_and_note(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            if self.is_draining() and path != "/healthz":
+                response = JSONResponse({"error": "server is shutting down; retry on another instance"}, status_code=503)
+                await response(scope, receive, send_and_note)
+            else:
+                await self.app(scope, receive, send_and_note)
+        finally:
+            seconds = time.perf_counter() - started
+            self.metrics.record(route, status, seconds)
+            if route not in OPEN_ROUTES:
+                self.log.event("request", method=scope["method"], route=route, status=status,
+                               ms=round(seconds * 1000, 2))
+
+
+class BodyTooLarge(StarletteHTTPException):
+    def __init__(self, limit: int):
+        super().__init__(413, f"request body over the limit of {limit} bytes")
+
+
+class BodyLimit:
+    """Pure ASGI middleware: refuse bodies over `limit` bytes, declared or streamed.
+
+    A declared Content-Length over the limit is refused before a byte is read; a chunked
+    body is counted as the app reads it, and reading past the limit raises a 413.
+    """
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
+            status = 413 if declared.isdigit() else 400
+            message = BodyTooLarge(self.limit).detail if status == 413 else "invalid Content-Length"
+            return await JSONResponse({"error": message}, status_code=status)(scope, receive, send)
+        received = 0
+
+        async def counted_receive():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    raise BodyTooLarge(self.limit)
+            return message
+
+        await self.app(scope, counted_receive, send)

@@ -1,0 +1,42 @@
+"""The routes: one line of work each; auth and limits are dependencies (dependencies.py), the
+work is in handlers.py."""
+
+from typing import Union
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
+
+from tunesmith.serve import handlers
+from tunesmith.serve.dependencies import Caller, State
+from tunesmith.serve.schemas import (ClassificationOutput, EntitiesOutput, GenerationOutput, MultiLabelOutput,
+                                     PredictRequest, RegressionOutput)
+
+router = APIRouter()
+
+Output = Union[ClassificationOutput, RegressionOutput, MultiLabelOutput, EntitiesOutput, GenerationOutput]
+
+
+@router.post("/v1/predict", response_model=list[Output])
+async def predict(body: PredictRequest, client: Caller, state: State) -> JSONResponse:
+    return await handlers.predict(state, body, client)
+
+
+@router.get("/v1/model")
+async def model(client: Caller, state: State) -> dict:
+    return state.run_info
+
+
+@router.get("/healthz")
+async def healthz() -> dict:
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+async def readyz(request: Request) -> JSONResponse:
+    ready = request.app.state.ready and not request.app.state.draining
+    return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
+
+
+@router.get("/metrics", response_class=PlainTextResponse)
+async def prometheus(client: Caller, state: State) -> str:
+    return state.metrics.render()

@@ -1,0 +1,70 @@
+"""The request and response shapes of the HTTP API (pydantic: validated in, documented in
+/openapi.json)."""
+
+from typing import Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class PredictParameters(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    top_k: Optional[int] = Field(None, ge=1, description="Return only the k most likely labels in `scores`.")
+    # Causal LM runs (causal-lm, preference) only:
+    max_new_tokens: Optional[int] = Field(None, ge=1, le=2048, description="Longest answer in tokens (default 128).")
+    temperature: Optional[float] = Field(None, ge=0, le=5, description="0: greedy (default); > 0: sampling.")
+    top_p: Optional[float] = Field(None, gt=0, le=1, description="Nucleus sampling mass, with temperature > 0.")
+    stop: Optional[list[str]] = Field(None, max_length=8, description="Stop at the first of these strings (not included).")
+    stream: bool = Field(False, description="Send the answer as server-sent events while it is generated (one input).")
+
+    def generation(self):
+        from tunesmith.generation import GenerationSettings
+
+        return GenerationSettings(max_new_tokens=self.max_new_tokens or 128, temperature=self.temperature or 0.0,
+                                  top_p=self.top_p or 1.0, stop=list(self.stop or []))
+
+
+GENERATION_PARAMETERS = ("max_new_tokens", "temperature", "top_p", "stop", "stream")
+
+
+class TextPair(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    text: str
+    text_pair: str
+
+
+class PredictRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    inputs: Union[str, TextPair, list[Union[str, TextPair]]] = Field(
+        description="One input or a list: texts, or {text, text_pair} objects for pair runs (see GET /v1/model 'input').")
+    parameters: PredictParameters = Field(default_factory=PredictParameters)
+
+
+class ClassificationOutput(BaseModel):
+    label: str
+    score: float
+    scores: dict[str, float]
+
+
+class RegressionOutput(BaseModel):
+    score: float
+
+
+class MultiLabelOutput(BaseModel):
+    labels: list[str]
+    scores: dict[str, float]
+
+
+class Entity(BaseModel):
+    type: str
+    text: str
+    start: int
+    end: int
+    score: float
+
+
+class EntitiesOutput(BaseModel):
+    entities: list[Entity]
+
+
+class GenerationOutput(BaseModel):
+    generated: str

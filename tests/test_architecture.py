@@ -1,0 +1,57 @@
+"""The rules docs/architecture.md states about the code's shape, checked on the code."""
+
+import ast
+import re
+from pathlib import Path
+
+from tunesmith.methods import METHODS
+from tunesmith.tasks import TASKS, TaskDefaults
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "tunesmith"
+DOC = Path(__file__).resolve().parents[1] / "docs" / "architecture.md"
+
+
+def test_the_registration_examples_in_the_docs_are_the_code():
+    doc = DOC.read_text(encoding="utf-8")
+    section = doc[doc.index("## Adding a task, a method or a verb"):]
+    examples = re.findall(r"```python\n(.*?)\n```", section, flags=re.S)
+    assert len(examples) == 2
+    assert examples[0] in (SRC / "tasks" / "text_classification.py").read_text(encoding="utf-8")
+    assert examples[1] in (SRC / "methods" / "lora.py").read_text(encoding="utf-8")
+
+
+def test_no_library_module_imports_from_commands():
+    offenders = []
+    for path in SRC.rglob("*.py"):
+        if path.name == "cli.py" or "commands" in path.relative_to(SRC).parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("tunesmith.commands"):
+                offenders.append(f"{path.relative_to(SRC)}:{node.lineno}")
+    assert not offenders, offenders
+
+
+def test_every_task_and_method_declares_its_capabilities():
+    for name, task in TASKS.items():
+        assert isinstance(task, TaskDefaults), name
+        assert set(task.ensemble) <= {"mean", "vote"}, name
+        assert "truncate" in task.long_text_modes, name
+    for name, method in METHODS.items():
+        assert method.tasks is None or set(method.tasks) <= set(TASKS), name
+        assert "truncate" in method.long_text_modes, name
+
+
+def test_no_task_or_method_name_lists_outside_the_registries():
+    """A list of two or more registered names in code (not in a description or a docstring)
+    is knowledge a declaration should hold."""
+    names = set(TASKS) | set(METHODS)
+    found = []
+    for path in SRC.rglob("*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+                values = [e.value for e in node.elts if isinstance(e, ast.Constant) and isinstance(e.value, str)]
+                if sum(v in names for v in values) >= 2:
+                    found.append(f"{path.relative_to(SRC)}:{node.lineno} {values}")
+    allowed = {"methods/qlora.py", "methods/embedding.py"}  # a method's own `tasks` declaration
+    assert [f for f in found if f.split(":")[0] not in allowed] == []
