@@ -48,7 +48,7 @@ def run_tunesmith(rows, args, workdir: Path) -> dict:
     from tunesmith.tasks import TASKS
 
     task = TASKS["causal-lm"]
-    processor = task.load_processor(str(run.model_dir), run.config())
+    processor = task.load_processor(str(run.model_dir), run.settings())
     features = task.encode(processor, run.split("train").texts, None, [], args.max_length, augment=True)
     tokens = sum(len(r["input_ids"]) for r in features.rows)
     return {"train_seconds": metrics["training"]["train_seconds"], "tokens": tokens,

@@ -59,3 +59,29 @@ def test_every_field_has_a_flag_and_help():
     assert args.lora_targets == ["query", "value"] and args.baseline is False and args.epochs == 1.5
     for field in TrainConfig.model_fields.values():
         assert field.description, "every setting needs a description: it becomes --help"
+
+
+def test_a_finished_run_reads_back_as_a_typed_config_and_old_layouts_migrate(tmp_path):
+    import yaml
+
+    from tunesmith.config import CONFIG_VERSION
+    from tunesmith.runs import Run
+
+    run = Run(tmp_path / "run")
+    run.path.mkdir()
+    written = config_to_yaml_dict(TrainConfig(data="x.csv", method="lora", long_text="chunk"))
+    run.config_file.write_text(yaml.safe_dump(written))
+    settings = run.settings()
+    assert isinstance(settings, TrainConfig) and settings.long_text == "chunk"
+    assert settings.config_version == CONFIG_VERSION == written["config_version"]
+
+    # A run folder from before config_version (and before --long-text) reads as truncation.
+    old = {k: v for k, v in written.items() if k not in ("config_version", "long_text", "max_windows")}
+    run.config_file.write_text(yaml.safe_dump(old))
+    settings = run.settings()
+    assert settings.long_text == "truncate" and settings.config_version == CONFIG_VERSION
+    assert settings.lr == written["lr"] and settings.model == written["model"]
+
+    run.config_file.write_text(yaml.safe_dump({**written, "config_version": CONFIG_VERSION + 1}))
+    with pytest.raises(UserError, match="newer tunesmith"):
+        run.settings()

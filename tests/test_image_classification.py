@@ -12,6 +12,7 @@ import torch
 
 from conftest import interrupt_during_second_evaluation
 from tunesmith.cli import main
+from tunesmith.config import TrainConfig
 from tunesmith.tasks import TASKS
 
 IMAGES = TASKS["image-classification"]
@@ -112,7 +113,7 @@ def test_predict_on_a_folder_and_refusal_of_a_corrupt_input(image_run, tmp_path,
 def test_augmentation_touches_the_training_split_only(tiny_resnet, tmp_path):
     make_folder(tmp_path / "photos", per_class=2, corrupt=False)
     paths = [str(p) for p in sorted((tmp_path / "photos").rglob("*.png"))]
-    processor = IMAGES.load_processor(tiny_resnet, {"image_size": 16})
+    processor = IMAGES.load_processor(tiny_resnet, TrainConfig(task="image-classification", image_size=16))
     train = IMAGES.encode(processor, paths, None, [], 0, augment=True)
     val = IMAGES.encode(processor, paths, None, [], 0, augment=False)
     torch.manual_seed(0)

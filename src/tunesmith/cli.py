@@ -40,7 +40,7 @@ def _cmd_train(args) -> int:
     from tunesmith.commands.train import train
     from tunesmith.config import TrainConfig, load_config
 
-    overrides = {name: getattr(args, name) for name in TrainConfig.model_fields}
+    overrides = {name: getattr(args, name, None) for name in TrainConfig.model_fields}  # (config_version: no flag)
     config = args.config
     if config is not None and _is_data(config):
         # `tunesmith train data.csv` names the data, as `compare DATA` does; a config is YAML.

@@ -20,10 +20,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from tunesmith.errors import UserError
 
 
+CONFIG_VERSION = 2  # the layout of config.yaml; `migrate` brings older run folders up to it
+
+
 class TrainConfig(BaseModel):
-    """Settings of one fine-tuning run (`tunesmith train`)."""
+    """Settings of one fine-tuning run (`tunesmith train`), and of a finished run when read
+    back from its config.yaml (`Run.settings()`)."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    config_version: int = Field(CONFIG_VERSION, ge=1, description="Layout version of the config (written to "
+                                "every run's config.yaml; older run folders are migrated when read).")
 
     # --- what to learn --------------------------------------------------------------
     task: str = Field(
@@ -348,6 +355,27 @@ def build_config(values: dict[str, Any], source: str) -> TrainConfig:
         raise UserError(f"{source}: '{key}': {msg}") from None
 
 
+def migrate(values: dict[str, Any], source: str) -> dict[str, Any]:
+    """A run's config.yaml as written by any earlier tunesmith, in today's layout. Each step
+    says what changed in that version, so an old run folder keeps loading."""
+    version = int(values.get("config_version") or 1)
+    if version > CONFIG_VERSION:
+        raise UserError(f"{source}: written by a newer tunesmith (config_version {version}, this one reads up to "
+                        f"{CONFIG_VERSION}); upgrade tunesmith to use this run")
+    values = dict(values)
+    if version < 2:
+        # Version 1 (before --long-text): every text was truncated at max_length.
+        values.setdefault("long_text", "truncate")
+        values.setdefault("max_windows", 8)
+    values["config_version"] = CONFIG_VERSION
+    return values
+
+
+def run_settings(values: dict[str, Any], source: str) -> TrainConfig:
+    """A finished or interrupted run's settings, typed (migrated from older layouts first)."""
+    return build_config(migrate(values, source), source)
+
+
 def config_to_yaml_dict(cfg: TrainConfig) -> dict[str, Any]:
     """The fully resolved config, as written to a run's config.yaml (re-runnable as is)."""
     values = cfg.model_dump()
@@ -365,7 +393,7 @@ FLAG_ALIASES = {"from_run": "--from"}  # the short spelling users type: tunesmit
 def add_config_flags(parser: argparse.ArgumentParser, model: type[BaseModel] = None, skip: tuple = ()) -> None:
     """One `--flag` per field of `model` (TrainConfig by default), typed, with its description as help."""
     for name, field in (model or TrainConfig).model_fields.items():
-        if name in skip:
+        if name in skip or name == "config_version":  # written by tunesmith, not a setting to choose
             continue
         flags = ["--" + name.replace("_", "-")] + ([FLAG_ALIASES[name]] if name in FLAG_ALIASES else [])
         kind, choices = _flag_type(field.annotation)

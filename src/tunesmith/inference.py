@@ -84,8 +84,8 @@ class Predictor:
             if backend != "torch":
                 raise UserError(f"--backend {backend}: {run.path} is an ensemble; serve it with --backend torch")
             return EnsemblePredictor.from_run(run)
-        cfg = run.config()
-        task = TASKS[cfg["task"]]
+        cfg = run.settings()
+        task = TASKS[cfg.task]
         if backend == "onnx":
             from tunesmith.compress.onnx_export import OnnxModel
 
@@ -97,7 +97,7 @@ class Predictor:
         tokenizer = task.load_processor(str(run.model_dir), cfg)
         from tunesmith.data.long_text import LongText
 
-        return cls(model, tokenizer, run.labels(), int(cfg["max_length"]), task, LongText.of(cfg))
+        return cls(model, tokenizer, run.labels(), cfg.resolved_max_length(), task, LongText.of(cfg))
 
     def predict(self, inputs: list, batch_size: int = INFERENCE_BATCH):
         """The task's outputs for raw inputs (class probabilities for text classification)."""

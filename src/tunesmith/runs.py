@@ -48,7 +48,14 @@ class Run:
         return self.metrics_file.is_file()
 
     def config(self) -> dict:
+        """config.yaml as written (for copying it); read settings with `settings()`."""
         return yaml.safe_load(self.config_file.read_text(encoding="utf-8"))
+
+    def settings(self):
+        """The run's settings as a typed TrainConfig, migrated from older layouts."""
+        from tunesmith.config import run_settings
+
+        return run_settings(self.config(), str(self.config_file))
 
     def labels(self) -> list[str]:
         return json.loads(self.labels_file.read_text(encoding="utf-8"))

@@ -25,7 +25,7 @@ def check(data: str, val_data=None, test_data=None, text_col=None, label_col=Non
     splits = TASKS[cfg.task].load_data(cfg)
     try:
         source = models.resolve(cfg.resolved_model())
-        tokenizer = TASKS[cfg.task].load_processor(source, cfg.model_dump())
+        tokenizer = TASKS[cfg.task].load_processor(source, cfg)
     except UserError as exc:
         source, tokenizer = None, None
         out(f"note: token lengths not checked ({exc})")

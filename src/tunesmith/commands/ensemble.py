@@ -19,12 +19,12 @@ from tunesmith.tasks import TASKS, supporting
 
 def ensemble(run_paths: list[str], name: str, output: str = "runs", vote: bool = False, out=print) -> Run:
     runs = compatible_runs(run_paths, "ensemble")
-    cfg = runs[0].config()
-    task = TASKS[cfg["task"]]
+    cfg = runs[0].settings()
+    task = TASKS[cfg.task]
     if not task.ensemble:
-        raise UserError(f"ensemble: {cfg['task']} runs cannot be combined (combinable: {', '.join(supporting('ensemble'))})")
+        raise UserError(f"ensemble: {cfg.task} runs cannot be combined (combinable: {', '.join(supporting('ensemble'))})")
     if vote and "vote" not in task.ensemble:
-        raise UserError(f"ensemble --vote: for single-label classifiers; {cfg['task']} outputs are averaged")
+        raise UserError(f"ensemble --vote: for single-label classifiers; {cfg.task} outputs are averaged")
     target, tmp = start_combined_run(runs[0], name, output)
     members = []
     for i, run in enumerate(runs):

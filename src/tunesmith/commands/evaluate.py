@@ -19,9 +19,9 @@ from tunesmith.tasks import TASKS
 
 def evaluate(run_path: str, data: str | None = None, text_col=None, label_col=None, encoding="utf-8", out=print) -> dict:
     run = open_finished(run_path)
-    cfg = run.config()
+    cfg = run.settings()
     labels = run.labels()
-    task = TASKS[cfg["task"]]
+    task = TASKS[cfg.task]
     if data is None:
         examples = run.split("test")
         target = run.path
@@ -37,7 +37,7 @@ def evaluate(run_path: str, data: str | None = None, text_col=None, label_col=No
     previous = json.loads(run.metrics_file.read_text()) if run.metrics_file.is_file() else {}
     merged = {**previous, "test": metrics} if data is None else {"test": metrics, "data": data,
                                                                  "baseline": None, "run": str(run.path)}
-    write_text(target / "report.html", report.render(f"tunesmith eval {run.path.name}", cfg, merged,
+    write_text(target / "report.html", report.render(f"tunesmith eval {run.path.name}", run.config(), merged,
                                                       run.history() if data is None else [], labels))
     write_json(target / "metrics.json", merged)
     out(f"{len(examples)} examples: {task.summary(metrics)}")

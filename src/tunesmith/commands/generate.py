@@ -28,7 +28,7 @@ def generate_answers(run_path: str, prompt: str | None = None, file: str | None 
     if settings.temperature < 0 or not 0 < settings.top_p <= 1:
         raise UserError("--temperature must be >= 0 and --top-p in (0, 1]")
     run = open_finished(run_path)
-    task = run.config()["task"]
+    task = run.settings().task
     predictor = Predictor.from_run(run)
     if not predictor.task.generative:
         raise UserError(f"{run_path}: a {task} run does not generate text; use `tunesmith predict` "

@@ -16,13 +16,13 @@ def compatible_runs(paths: list[str], verb: str) -> list[Run]:
         raise UserError(f"{verb}: give at least two runs")
     runs = [open_finished(p) for p in paths]
     first = runs[0]
-    cfg = first.config()
+    cfg = first.settings()
     for run in runs[1:]:
-        other = run.config()
-        if other["task"] != cfg["task"]:
-            raise UserError(f"{verb}: {run.path} is a {other['task']} run, {first.path} a {cfg['task']} run")
-        if verb == "soup" and other["model"] != cfg["model"]:
-            raise UserError(f"soup: {run.path} has model {other['model']!r}, {first.path} {cfg['model']!r}; "
+        other = run.settings()
+        if other.task != cfg.task:
+            raise UserError(f"{verb}: {run.path} is a {other.task} run, {first.path} a {cfg.task} run")
+        if verb == "soup" and other.model != cfg.model:
+            raise UserError(f"soup: {run.path} has model {other.model!r}, {first.path} {cfg.model!r}; "
                             "a soup needs the same base model")
         if run.labels() != first.labels():
             raise UserError(f"{verb}: {run.path} has other labels than {first.path}")

@@ -27,12 +27,12 @@ def predict(run_path: str, input_path: str, output: str, text_col=None, encoding
     output_path = Path(output)
     if output_path.suffix.lower() not in (".csv", ".tsv", ".jsonl", ".json"):
         raise UserError(f"-o {output}: give an output file ending in .csv, .tsv or .jsonl")
-    cfg = run.config()
-    if rank and not cfg.get("text_pair_col"):
+    cfg = run.settings()
+    if rank and not cfg.text_pair_col:
         raise UserError(f"--rank: {run_path} is not a pair run; train with --task text-pair-classification or "
                         "regression on two text columns (query or profile, candidate)")
     predictor = Predictor.from_run(run, backend)
-    rows, inputs = predictor.task.read_inputs(input_path, encoding, text_col, cfg.get("text_pair_col"))
+    rows, inputs = predictor.task.read_inputs(input_path, encoding, text_col, cfg.text_pair_col)
     outputs = predictor.predict(inputs, batch_size=batch_size)
     if rank:
         rows, outputs = _ranked(rows, inputs, outputs, predictor.labels, positive_label)

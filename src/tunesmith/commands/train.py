@@ -69,7 +69,7 @@ def _train(cfg: TrainConfig, run: Run | None, processes, held: ExitStack, log) -
     for note in splits.notes:
         log(note)
     source = models.resolve(cfg.resolved_model())
-    tokenizer = task.load_processor(cfg.resolved_model(), cfg.model_dump())  # a tokenizer, or image preprocessing
+    tokenizer = task.load_processor(cfg.resolved_model(), cfg)  # a tokenizer, or image preprocessing
     for note in models.fit_max_length(cfg, source, tokenizer):
         log(f"note: {note}")
     findings = task.check(splits, tokenizer, cfg.resolved_max_length())
@@ -303,8 +303,7 @@ def _config_of_interrupted_run(path: str) -> tuple[TrainConfig, Run]:
         raise UserError(f"--resume {path}: not a run folder (no config.yaml)")
     if run.finished:
         raise UserError(f"--resume {path}: the run already finished; see {run.report_file}")
-    values = run.config()
-    cfg = build_config(values, str(run.config_file))
+    cfg = run.settings()
     return cfg, run
 
 

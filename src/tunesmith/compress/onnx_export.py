@@ -60,16 +60,16 @@ def export_onnx(run, opset: int = 18) -> tuple[Path, float]:
 
     if is_ensemble(run):
         raise UserError(f"export --format onnx: {run.path} is an ensemble; export each of its member runs instead")
-    cfg = run.config()
+    cfg = run.settings()
     from tunesmith.tasks import TASKS, supporting
 
-    if not TASKS[cfg["task"]].exportable:
-        raise UserError(f"export --format onnx: {cfg['task']} runs cannot be exported yet "
+    if not TASKS[cfg.task].exportable:
+        raise UserError(f"export --format onnx: {cfg.task} runs cannot be exported yet "
                         f"(exportable: {', '.join(supporting('exportable'))})")
     predictor = Predictor.from_run(run)
     model = predictor.model
     if not isinstance(model, PreTrainedModel):
-        raise UserError(f"export --format onnx: {run.path} uses method {cfg['method']}, whose model is not one "
+        raise UserError(f"export --format onnx: {run.path} uses method {cfg.method}, whose model is not one "
                         "transformers model (few-shot, zero-shot and prompt-learning runs cannot be exported yet)")
     _require_runtime()
     batch = _sample_batch(predictor, cfg)
@@ -127,7 +127,7 @@ class _LogitsOnly(torch.nn.Module):
 
 def _sample_batch(predictor, cfg) -> dict:
     texts = SAMPLE_TEXTS
-    inputs = [(t, t[::-1]) for t in texts] if cfg.get("text_pair_col") else texts
+    inputs = [(t, t[::-1]) for t in texts] if cfg.text_pair_col else texts
     features = predictor.task.encode(predictor.tokenizer, inputs, None, predictor.labels, predictor.max_length,
                                      use_cache=False)
     batch = features.batch(list(range(len(texts))))

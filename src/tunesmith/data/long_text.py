@@ -41,9 +41,8 @@ class LongText:
 
     @classmethod
     def of(cls, cfg) -> "LongText":
-        """From a TrainConfig or a run's config mapping (runs from before --long-text truncate)."""
-        get = cfg.get if isinstance(cfg, dict) else lambda key, default: getattr(cfg, key, default)
-        return cls(get("long_text", "truncate") or "truncate", int(get("max_windows", 8) or 8))
+        """From a TrainConfig (a run's, read by `Run.settings()`)."""
+        return cls(cfg.long_text, cfg.max_windows)
 
 
 TRUNCATE = LongText()

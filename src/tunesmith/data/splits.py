@@ -49,8 +49,8 @@ def load_splits(
     """`target` parses the label cells (one class by default); `pairs`: True needs two text
     columns, None takes a second one when --text-pair-col is given or a known name is present."""
     target = target or ClassTarget()
-    if label_sep is not None and hasattr(target, "separator"):
-        target = type(target)(label_sep)
+    if label_sep is not None:
+        target = target.with_separator(label_sep)
     if not data:
         raise UserError("no training data: pass --data FILE (or set 'data:' in the config)")
     tables = read_source(data, encoding)

@@ -38,6 +38,9 @@ class ClassTarget:
     def unseen(self, values: list, names: list[str]) -> list[str]:
         return sorted(set(values) - set(names))
 
+    def with_separator(self, separator: str) -> "ClassTarget":
+        return self  # one label per cell: nothing to separate
+
 
 class NumberTarget:
     """A numeric score (a rating, a click-through rate): regression."""
@@ -68,12 +71,19 @@ class NumberTarget:
     def unseen(self, values: list, names: list[str]) -> list[str]:
         return []
 
+    def with_separator(self, separator: str) -> "NumberTarget":
+        return self  # a number per cell
+
+
 
 class LabelSetTarget:
     """Zero or more labels per example: a JSON list (["a", "b"]) or a separated string ("a|b")."""
 
     def __init__(self, separator: str = "|"):
         self.separator = separator
+
+    def with_separator(self, separator: str) -> "LabelSetTarget":
+        return LabelSetTarget(separator)
 
     def parse(self, cell: str, where: str, column: str) -> tuple[str, ...]:
         text = cell.strip()

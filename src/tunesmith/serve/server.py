@@ -21,10 +21,10 @@ SETTINGS_ENV = "TUNESMITH_SERVE_SETTINGS"  # how worker processes receive the se
 
 
 def run_info(run: Run) -> dict:
-    cfg = run.config()
-    info = {"run": run.path.name, "task": cfg["task"], "labels": run.labels(), "base_model": cfg["model"],
-            "method": cfg["method"], "max_length": cfg["max_length"],
-            "input": "text_pair" if cfg.get("text_pair_col") else "text"}
+    cfg = run.settings()
+    info = {"run": run.path.name, "task": cfg.task, "labels": run.labels(), "base_model": cfg.resolved_model(),
+            "method": cfg.method, "max_length": cfg.resolved_max_length(),
+            "input": "text_pair" if cfg.text_pair_col else "text"}
     if run.metrics_file.is_file():
         metrics = json.loads(run.metrics_file.read_text())
         keep = ("accuracy", "macro_f1", "weighted_f1", "f1", "precision", "recall", "micro_f1", "subset_accuracy",
@@ -51,7 +51,7 @@ def check_settings(settings: ServeSettings) -> tuple[Run, KeyRing]:
         )
     from tunesmith.tasks import TASKS, supporting
 
-    task = run.config().get("task", "text-classification")
+    task = run.settings().task
     if not TASKS[task].servable:
         raise UserError(f"{settings.run}: serving {task} runs is not supported yet (served: "
                         f"{', '.join(supporting('servable'))}); use `tunesmith predict` for batch predictions")

@@ -271,12 +271,11 @@ class CausalLMTask(TaskDefaults):
         return report
 
     # ---- model --------------------------------------------------------------------------------
-    def load_processor(self, source: str, cfg: dict | None = None) -> ChatProcessor:
+    def load_processor(self, source: str, cfg) -> ChatProcessor:
         from tunesmith import models
 
-        cfg = cfg or {}
-        return ChatProcessor(models.load_tokenizer(source), bool(cfg.get("train_on_prompt")), bool(cfg.get("packing")),
-                             int(cfg.get("eval_answers", 20)), int(cfg.get("max_new_tokens", 128)))
+        return ChatProcessor(models.load_tokenizer(source), cfg.train_on_prompt, cfg.packing, cfg.eval_answers,
+                             cfg.max_new_tokens)
 
     def build_model(self, source: str, labels: list[str]):
         return load_causal_lm(source)

@@ -127,8 +127,7 @@ class ImageClassification(TaskDefaults):
         return report
 
     # ---- model ----------------------------------------------------------------------------
-    def load_processor(self, source: str, cfg: dict | None = None) -> ImagePreprocessor:
-        cfg = cfg or {}
+    def load_processor(self, source: str, cfg) -> ImagePreprocessor:
         saved = Path(source) / "preprocessing.json"
         if saved.is_file():
             values = json.loads(saved.read_text())
@@ -137,7 +136,7 @@ class ImageClassification(TaskDefaults):
             size, mean, std = 224, EFFICIENTNET_MEAN, EFFICIENTNET_STD
         else:
             size, mean, std = _hf_preprocessing(source)
-        return ImagePreprocessor(int(cfg.get("image_size") or size), mean, std, flip=bool(cfg.get("image_flip", True)))
+        return ImagePreprocessor(cfg.image_size or size, mean, std, flip=cfg.image_flip)
 
     def build_model(self, source: str, labels: list[str]):
         if source == EFFICIENTNET:

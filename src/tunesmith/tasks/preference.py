@@ -196,13 +196,12 @@ class PreferenceTask(TaskDefaults):
         return report
 
     # ---- model ----------------------------------------------------------------------------------
-    def load_processor(self, source: str, cfg: dict | None = None) -> PreferenceProcessor:
+    def load_processor(self, source: str, cfg) -> PreferenceProcessor:
         from tunesmith import models
 
-        cfg = cfg or {}
-        return PreferenceProcessor(models.load_tokenizer(source), max_new_tokens=int(cfg.get("max_new_tokens", 128)),
-                                   eval_answers=int(cfg.get("eval_answers", 20)), beta=float(cfg.get("dpo_beta", 0.1)),
-                                   reference_source=cfg.get("model") or source)
+        return PreferenceProcessor(models.load_tokenizer(source), max_new_tokens=cfg.max_new_tokens,
+                                   eval_answers=cfg.eval_answers, beta=cfg.dpo_beta,
+                                   reference_source=cfg.model or source)
 
     def build_model(self, source: str, labels: list[str]):
         return load_causal_lm(source)

@@ -56,9 +56,9 @@ class SequenceTask(TaskDefaults):
         table = tables.get("all") or tables.get("test")  # a file, or a dataset's test split
         if table is None:
             raise UserError(f"{source}: no test split found")
-        first, second = self._text_columns(table, text_col or cfg.get("text_col"), cfg.get("text_pair_col"))
-        label_col = pick_column(table, label_col or cfg.get("label_col"), LABEL_COLUMNS, "labels", "--label-col")
-        target = type(self.target)(cfg["label_sep"]) if hasattr(self.target, "separator") and cfg.get("label_sep") else self.target
+        first, second = self._text_columns(table, text_col or cfg.text_col, cfg.text_pair_col)
+        label_col = pick_column(table, label_col or cfg.label_col, LABEL_COLUMNS, "labels", "--label-col")
+        target = self.target.with_separator(cfg.label_sep) if cfg.label_sep else self.target
         examples = to_examples(table, first, label_col, target, second)
         unseen = self.target.unseen(examples.labels, labels)
         if unseen:
@@ -88,7 +88,7 @@ class SequenceTask(TaskDefaults):
         return AutoModelForSequenceClassification.from_pretrained(folder, use_safetensors=True)
 
     # ---- features, outputs, metrics ---------------------------------------------------------
-    def load_processor(self, source: str, cfg: dict | None = None):
+    def load_processor(self, source: str, cfg=None):
         from tunesmith import models
 
         return models.load_tokenizer(source)

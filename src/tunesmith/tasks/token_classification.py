@@ -150,7 +150,7 @@ class TokenClassification(TaskDefaults):
         return AutoModelForTokenClassification.from_pretrained(folder, use_safetensors=True)
 
     # ---- features, prediction, metrics ------------------------------------------------
-    def load_processor(self, source: str, cfg: dict | None = None):
+    def load_processor(self, source: str, cfg=None):
         from tunesmith import models
 
         return models.load_tokenizer(source)

@@ -33,7 +33,7 @@ def prior_run(cfg) -> Run:
         raise UserError(f"--from {cfg.from_run}: not a run folder (no config.yaml)")
     if not run.finished:
         raise UserError(f"--from {cfg.from_run}: the run did not finish; finish it first with --resume {cfg.from_run}")
-    task = run.config()["task"]
+    task = run.settings().task
     if task != cfg.task:
         raise UserError(f"--from {cfg.from_run}: that run is {task}, this one {cfg.task}; continue with --task {task}")
     from tunesmith.methods import METHODS
