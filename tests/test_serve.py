@@ -296,3 +296,52 @@ def test_chunked_body_under_the_limit_is_served(run_path, predictor):
     with make_client(run_path, predictor) as client:
         response = client.post("/v1/predict", content=chunks(), headers={**AUTH, "content-type": "application/json"})
         assert response.status_code == 200 and len(response.json()) == 1
+
+
+class Poisoned:
+    """A predictor whose tokenizer fails on one input, as a real one does on bad text."""
+
+    labels = ["negative", "neutral", "positive"]
+
+    def predict(self, inputs, batch_size=32):
+        if "poison" in inputs:
+            raise RuntimeError("cannot tokenize")
+        return np.tile(np.array([[0.1, 0.2, 0.7]], dtype=np.float32), (len(inputs), 1))
+
+
+def test_one_bad_input_fails_its_request_alone_not_its_batch():
+    async def scenario():
+        batcher = MicroBatcher(Poisoned().predict, max_size=16, max_wait_ms=50)
+        batcher.start()
+        try:
+            results = await asyncio.gather(batcher.submit(["fine"]), batcher.submit(["poison"]),
+                                           batcher.submit(["also fine", "x"]), return_exceptions=True)
+        finally:
+            await batcher.stop()
+        return results
+
+    first, poisoned, third = asyncio.run(scenario())
+    assert isinstance(poisoned, RuntimeError)
+    assert first.shape == (1, 3) and third.shape == (2, 3)
+
+
+@pytest.mark.parametrize("text, says", [("bad \ud800 half", "lone surrogate at character 4"),
+                                        ("nul\x00byte", "NUL character (at 3)")])
+def test_text_that_no_tokenizer_reads_is_a_422_naming_the_input(run_path, predictor, text, says):
+    with make_client(run_path, predictor) as client:
+        # json.dumps escapes the surrogate as \ud800: valid JSON, as an attacker would send it
+        answer = client.post("/v1/predict", content=json.dumps({"inputs": ["fine", text]}),
+                             headers={**AUTH, "Content-Type": "application/json"})
+        assert answer.status_code == 422 and answer.json()["field"] == "inputs[1]", answer.text
+        assert says in answer.json()["error"]
+        assert client.post("/v1/predict", json={"inputs": ["fine"]}, headers=AUTH).status_code == 200
+
+
+def test_an_internal_error_is_one_log_line_without_a_traceback(run_path, caplog):
+    settings = ServeSettings(run=str(run_path))
+    app = create_app(Poisoned(), settings, KeyRing([KEY]), run_info(Run(run_path)))
+    with caplog.at_level(logging.DEBUG), TestClient(app) as client:  # raise_server_exceptions on: nothing escapes
+        failed = client.post("/v1/predict", json={"inputs": "poison"}, headers=AUTH)
+    assert failed.status_code == 500 and failed.json() == {"error": "internal error"}
+    assert "Traceback" not in caplog.text and "poison" not in caplog.text
+    assert '"error": "RuntimeError"' in caplog.text

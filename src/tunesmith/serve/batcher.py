@@ -86,13 +86,27 @@ class MicroBatcher:
             self.on_batch(len(texts))
             try:
                 probs = await loop.run_in_executor(self.executor, self.predict, texts)
-            except Exception as exc:  # fail the requests in this batch, keep the worker alive
-                for item in batch:
-                    if not item.future.done():
-                        item.future.set_exception(exc)
+            except Exception:
+                # One request's input may be what failed: run each request alone, so only the
+                # one at fault fails and the others that shared its batch are answered.
+                await self._one_by_one(batch)
                 continue
             start = 0
             for item in batch:
                 if not item.future.done():  # a client that went away cancelled its future
                     item.future.set_result(probs[start : start + len(item.texts)])
                 start += len(item.texts)
+
+    async def _one_by_one(self, batch: list[_Pending]) -> None:
+        loop = asyncio.get_running_loop()
+        for item in batch:
+            if item.future.done():
+                continue
+            try:
+                result = await loop.run_in_executor(self.executor, self.predict, item.texts)
+            except Exception as exc:  # this request's own failure (the worker stays alive)
+                if not item.future.done():
+                    item.future.set_exception(exc)
+                continue
+            if not item.future.done():
+                item.future.set_result(result)

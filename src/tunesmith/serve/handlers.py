@@ -28,12 +28,28 @@ def model_inputs(state: Served, body: PredictRequest) -> tuple[list, list]:
             if len(text) > settings.max_text_chars and not task.serves_images:  # images: the body limit applies
                 raise ApiError(422, f"inputs[{i}]: {len(text)} characters, the limit is {settings.max_text_chars}",
                                f"inputs[{i}]")
+            problem = unreadable(text)
+            if problem:
+                raise ApiError(422, f"inputs[{i}]: {problem}", f"inputs[{i}]")
         try:
             inputs.append(task.serve_input(value, state.pairs))
         except ValueError as exc:
             raise ApiError(422, f"inputs[{i}]: {exc}", f"inputs[{i}]") from None
         raw.append(value)
     return raw, inputs
+
+
+def unreadable(text: str) -> str | None:
+    """Why a text cannot go to a tokenizer, or None. JSON can carry a lone surrogate
+    ("\\ud800"), which is no Unicode character: the tokenizer would fail on it, and with it every
+    request batched beside it. NUL characters are refused too (they end C strings downstream)."""
+    if "\x00" in text:
+        return f"contains a NUL character (at {text.index(chr(0))}); remove it"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return f"is not valid Unicode (a lone surrogate at character {exc.start}); send UTF-8 text"
+    return None
 
 
 async def predict(state: Served, body: PredictRequest, client: str):

@@ -2,6 +2,7 @@
 metrics and access log, the body limit, and multipart image uploads turned into JSON."""
 
 import json
+import logging
 import time
 
 from fastapi.responses import JSONResponse
@@ -65,12 +66,12 @@ class Observe:
         started = time.perf_counter()
         path = scope["path"]
         route = path if path in self.routes else "other"  # bounded label cardinality
-        status = 500
+        status, started = 500, False
 
         async def send_and_note(message):
-            nonlocal status
+            nonlocal status, started
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, started = message["status"], True
             await send(message)
 
         try:
@@ -79,6 +80,13 @@ class Observe:
                 await response(scope, receive, send_and_note)
             else:
                 await self.app(scope, receive, send_and_note)
+        except Exception as exc:
+            # An error no handler took. Let through, Starlette's outermost middleware would
+            # answer 500 and then re-raise it for the server to log a traceback, which can hold
+            # request text: answer here and log one structured line instead.
+            self.log.event("error", logging.ERROR, route=route, error=type(exc).__name__)
+            if status == 500 and not started:
+                await JSONResponse({"error": "internal error"}, status_code=500)(scope, receive, send_and_note)
         finally:
             seconds = time.perf_counter() - started
             self.metrics.record(route, status, seconds)
