@@ -345,3 +345,74 @@ def test_an_internal_error_is_one_log_line_without_a_traceback(run_path, caplog)
     assert failed.status_code == 500 and failed.json() == {"error": "internal error"}
     assert "Traceback" not in caplog.text and "poison" not in caplog.text
     assert '"error": "RuntimeError"' in caplog.text
+
+
+def test_the_rate_limit_table_stays_bounded_and_forgets_idle_clients_first():
+    now = [0.0]
+    limiter = RateLimiter(rate=1.0, burst=2, clock=lambda: now[0], max_clients=3)
+    limiter.check("busy")
+    limiter.check("busy")  # "busy" has used its burst
+    limiter.check("idle-1")
+    now[0] = 5.0  # idle-1 has refilled, busy too by now; make busy busy again
+    limiter.check("busy")
+    limiter.check("busy")
+    limiter.check("idle-2")
+    limiter.check("newcomer")  # the table is full: idle buckets go, busy's is kept
+    assert len(limiter._buckets) <= 3 and "busy" in limiter._buckets and "newcomer" in limiter._buckets
+    assert limiter.check("busy") > 0  # its spent burst was not forgotten
+    for i in range(100):
+        limiter.check(f"spray-{i}")
+    assert len(limiter._buckets) <= 3
+
+
+def test_failed_key_attempts_are_rate_limited_per_address_but_a_valid_key_is_not(run_path, predictor):
+    with make_client(run_path, predictor, auth_failures_per_s=0.01) as client:
+        wrong = {"Authorization": "Bearer wrong-key-123456789"}
+        codes = [client.post("/v1/predict", json={"inputs": "x"}, headers=wrong).status_code for _ in range(11)]
+        assert codes == [403] * 10 + [429]
+        assert client.post("/v1/predict", json={"inputs": "x"}, headers=AUTH).status_code == 200
+
+
+def test_a_full_queue_refuses_with_503_instead_of_growing(run_path, predictor, monkeypatch):
+    import time as clock
+
+    def slow(inputs):
+        clock.sleep(0.2)
+        return np.zeros((len(inputs), 3), dtype=np.float32)
+
+    async def scenario():
+        batcher = MicroBatcher(slow, max_size=1, max_wait_ms=0, max_queue=2)
+        batcher.start()
+        try:
+            return await asyncio.gather(*(batcher.submit([str(i)]) for i in range(6)), return_exceptions=True)
+        finally:
+            await batcher.stop()
+
+    results = asyncio.run(scenario())
+    refused = [r for r in results if isinstance(r, Exception)]
+    assert refused and all(type(r).__name__ == "Busy" for r in refused)
+    assert sum(isinstance(r, np.ndarray) for r in results) >= 2  # the queued ones are answered
+
+    from tunesmith.serve.batcher import Busy
+
+    with make_client(run_path, predictor) as client:
+        async def full(*_):
+            raise Busy("1024 requests are waiting")
+
+        monkeypatch.setattr(client.app.state.batcher, "submit", full)
+        busy = client.post("/v1/predict", json={"inputs": "x"}, headers=AUTH)
+        assert busy.status_code == 503 and busy.headers["retry-after"] == "1" and "busy" in busy.json()["error"]
+
+
+def test_stop_strings_are_bounded_and_sampling_is_seeded_per_request():
+    from pydantic import ValidationError
+
+    from tunesmith.serve.schemas import STOP_CHARS, PredictParameters
+
+    with pytest.raises(ValidationError):
+        PredictParameters(stop=["x" * (STOP_CHARS + 1)])
+    with pytest.raises(ValidationError):
+        PredictParameters(stop=["a"] * 9)
+    assert PredictParameters(seed=7).generation().seed == 7
+    seeds = {PredictParameters(temperature=0.8).generation().seed for _ in range(5)}
+    assert len(seeds) > 1  # not one fixed seed: sampled answers differ across requests

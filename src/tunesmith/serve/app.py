@@ -63,10 +63,12 @@ def _served(predictor, settings: ServeSettings, keys: KeyRing, run_info: dict) -
     # and runs slices of `forward_batch_size` texts instead (random groups of 32 tweets on 2
     # cores: 84 texts/s as one pass, 139 in slices of 8; bench/onnx_predict.py).
     batcher = MicroBatcher(lambda inputs: task.output_rows(predictor.predict(inputs, settings.forward_batch_size)),
-                           settings.batch_max_size, settings.batch_max_wait_ms, on_batch=metrics.batch_size.observe)
+                           settings.batch_max_size, settings.batch_max_wait_ms, on_batch=metrics.batch_size.observe,
+                           max_queue=settings.max_queue)
     metrics.queue_depth = lambda: batcher.depth
     return Served(predictor, task, settings, keys, run_info, JsonLog(), metrics,
-                  RateLimiter(settings.rate_limit, settings.rate_burst), batcher)
+                  RateLimiter(settings.rate_limit, settings.rate_burst), batcher,
+                  RateLimiter(settings.auth_failures_per_s, 10))
 
 
 def _lifespan(state: Served):

@@ -16,6 +16,10 @@ from typing import Callable
 import numpy as np
 
 
+class Busy(Exception):
+    """The queue is full: the request is refused now rather than waiting without bound."""
+
+
 @dataclass
 class _Pending:
     texts: list[str]
@@ -24,8 +28,9 @@ class _Pending:
 
 class MicroBatcher:
     def __init__(self, predict: Callable[[list[str]], np.ndarray], max_size: int, max_wait_ms: float,
-                 on_batch: Callable[[int], None] = lambda n: None):
+                 on_batch: Callable[[int], None] = lambda n: None, max_queue: int = 1024):
         self.predict = predict
+        self.max_queue = max_queue
         self.max_size = max_size
         self.max_wait = max_wait_ms / 1000.0
         self.on_batch = on_batch
@@ -52,6 +57,8 @@ class MicroBatcher:
         self.executor.shutdown(wait=True)
 
     async def submit(self, texts: list[str]) -> np.ndarray:
+        if self.queue.qsize() >= self.max_queue:
+            raise Busy(f"{self.queue.qsize()} requests are waiting")
         future = asyncio.get_running_loop().create_future()
         await self.queue.put(_Pending(texts, future))
         return await future

@@ -37,7 +37,7 @@ class Served:
     metrics: Metrics
     limiter: RateLimiter
     batcher: MicroBatcher
-
+    failed_auth: RateLimiter  # per client address: failed key attempts
     @property
     def pairs(self) -> bool:
         return self.run_info.get("input") == "text_pair"
@@ -53,13 +53,18 @@ async def client_id(request: Request, state: Annotated[Served, Depends(served)])
         return request.client.host if request.client else "local"
     header = request.headers.get("authorization", "")
     key = header[7:].strip() if header.lower().startswith("bearer ") else request.headers.get("x-api-key", "")
+    identity = state.keys.identify(key) if key else None
+    if identity is not None:
+        return identity
+    # A failed attempt counts against the address: guessing keys gets slow, a valid key never is.
+    wait = state.failed_auth.check(request.client.host if request.client else "local")
+    if wait > 0:
+        raise ApiError(429, "too many failed API-key attempts from this address",
+                       headers={"Retry-After": str(max(1, int(wait + 0.999)))})
     if not key:
         raise ApiError(401, "missing API key: send 'Authorization: Bearer KEY' or 'X-API-Key: KEY'",
                        headers={"WWW-Authenticate": "Bearer"})
-    identity = state.keys.identify(key)
-    if identity is None:
-        raise ApiError(403, "API key not accepted")
-    return identity
+    raise ApiError(403, "API key not accepted")
 
 
 async def rate_limited(client: Annotated[str, Depends(client_id)], state: Annotated[Served, Depends(served)]) -> str:

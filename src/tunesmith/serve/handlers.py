@@ -8,6 +8,7 @@ import logging
 
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from tunesmith.serve.batcher import Busy
 from tunesmith.serve.dependencies import ApiError, Served
 from tunesmith.serve.schemas import GENERATION_PARAMETERS, PredictParameters, PredictRequest, TextPair
 from tunesmith.serve.security import mask_pii
@@ -63,7 +64,10 @@ async def predict(state: Served, body: PredictRequest, client: str):
     if misplaced:
         raise ApiError(422, f"parameters.{misplaced[0]}: only for causal-lm and preference runs",
                        f"parameters.{misplaced[0]}")
-    rows = await state.batcher.submit(inputs)
+    try:
+        rows = await state.batcher.submit(inputs)
+    except Busy as exc:
+        raise ApiError(503, f"server is busy ({exc}); retry shortly", headers={"Retry-After": "1"}) from None
     # Built here and returned as-is: re-validating our own output through the
     # response_model would cost more than the serialisation (the model documents it).
     top_k = body.parameters.top_k

@@ -1,9 +1,13 @@
 """The request and response shapes of the HTTP API (pydantic: validated in, documented in
 /openapi.json)."""
 
-from typing import Optional, Union
+import secrets
+from typing import Annotated, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field
+
+STOP_CHARS = 64  # longest stop string: transformers' matcher builds a vocabulary x length table per string
+StopString = Annotated[str, Field(min_length=1, max_length=STOP_CHARS)]
 
 
 class PredictParameters(BaseModel):
@@ -13,17 +17,23 @@ class PredictParameters(BaseModel):
     max_new_tokens: Optional[int] = Field(None, ge=1, le=2048, description="Longest answer in tokens (default 128).")
     temperature: Optional[float] = Field(None, ge=0, le=5, description="0: greedy (default); > 0: sampling.")
     top_p: Optional[float] = Field(None, gt=0, le=1, description="Nucleus sampling mass, with temperature > 0.")
-    stop: Optional[list[str]] = Field(None, max_length=8, description="Stop at the first of these strings (not included).")
+    stop: Optional[list[StopString]] = Field(
+        None, max_length=8, description=f"Stop at the first of these strings (not included; 8 at most, each at most "
+                                        f"{STOP_CHARS} characters).")
+    seed: Optional[int] = Field(None, ge=0, lt=2**31, description="Sampling seed: the same seed and settings give "
+                                "the same answer (default: a fresh one per request).")
     stream: bool = Field(False, description="Send the answer as server-sent events while it is generated (one input).")
 
     def generation(self):
         from tunesmith.generation import GenerationSettings
 
         return GenerationSettings(max_new_tokens=self.max_new_tokens or 128, temperature=self.temperature or 0.0,
-                                  top_p=self.top_p or 1.0, stop=list(self.stop or []))
+                                  top_p=self.top_p or 1.0, stop=list(self.stop or []),
+                                  # a fixed seed would make every sampled answer repeat across requests
+                                  seed=self.seed if self.seed is not None else secrets.randbelow(2**31))
 
 
-GENERATION_PARAMETERS = ("max_new_tokens", "temperature", "top_p", "stop", "stream")
+GENERATION_PARAMETERS = ("max_new_tokens", "temperature", "top_p", "stop", "stream", "seed")
 
 
 class TextPair(BaseModel):

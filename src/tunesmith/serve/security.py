@@ -34,16 +34,21 @@ class KeyRing:
 
 @dataclass
 class RateLimiter:
-    """Token bucket per client: `burst` requests at once, refilled at `rate` per second."""
+    """Token bucket per client: `burst` requests at once, refilled at `rate` per second. The
+    table holds at most `max_clients` buckets, so a stream of new addresses cannot grow it
+    without bound: idle clients (whose bucket has refilled) go first, then the oldest."""
 
     rate: float
     burst: int
     clock: callable = time.monotonic
+    max_clients: int = 10_000
     _buckets: dict = field(default_factory=dict)
 
     def check(self, client: str) -> float:
         """0 if the request may go ahead, else the seconds until it may (Retry-After)."""
         now = self.clock()
+        if client not in self._buckets and len(self._buckets) >= self.max_clients:
+            self._evict(now)
         tokens, last = self._buckets.get(client, (float(self.burst), now))
         tokens = min(float(self.burst), tokens + (now - last) * self.rate)
         if tokens >= 1.0:
@@ -51,6 +56,13 @@ class RateLimiter:
             return 0.0
         self._buckets[client] = (tokens, now)
         return (1.0 - tokens) / self.rate
+
+    def _evict(self, now: float) -> None:
+        full = [c for c, (tokens, last) in self._buckets.items() if tokens + (now - last) * self.rate >= self.burst]
+        for client in full:  # forgetting a full bucket changes nothing: a new one starts full
+            del self._buckets[client]
+        while len(self._buckets) >= self.max_clients:
+            del self._buckets[next(iter(self._buckets))]  # the oldest entry
 
 
 # --- masking of personal data, for the opt-in text logging ---------------------------

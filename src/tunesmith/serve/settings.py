@@ -27,6 +27,10 @@ class ServeSettings(BaseModel):
     rate_limit: float = Field(50.0, gt=0, description="Sustained requests per second per API key (429 above).")
     rate_burst: int = Field(100, gt=0, description="Requests a key may send at once before the rate limit applies.")
     batch_max_size: int = Field(32, gt=0, description="Most texts run in one micro-batch.")
+    max_queue: int = Field(1024, gt=0, description="Most requests waiting for inference; more get 503 with "
+                           "Retry-After (a bounded queue keeps latency and memory bounded under overload).")
+    auth_failures_per_s: float = Field(1.0, gt=0, description="Failed API-key attempts allowed per second per "
+                                       "client address, after a burst of 10 (429 above): slows key guessing.")
     batch_max_wait_ms: float = Field(
         2.0, ge=0, description="How long a batch waits for more requests after taking those already queued.")
     forward_batch_size: int = Field(
