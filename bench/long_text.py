@@ -37,6 +37,17 @@ def bbc_rows(per_topic: int, seed: int) -> list[dict]:
     return rows
 
 
+def token_lengths(texts: list[str]) -> list[float]:
+    """p10, median and p90 of the articles' lengths in the default model's tokens."""
+    import numpy as np
+
+    from tunesmith import models
+
+    tokenizer = models.load_tokenizer(models.resolve("minilm"))
+    ids = tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
+    return list(np.percentile([len(x) for x in ids], [10, 50, 90]))
+
+
 def run(data: Path, out: Path, mode: str, max_length: int, seed: int) -> dict:
     from tunesmith.cli import main
 
@@ -60,6 +71,7 @@ def main() -> None:
     args = parser.parse_args()
 
     rows = bbc_rows(args.per_topic, args.seed)
+    lengths = token_lengths([r["text"] for r in rows])
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "bbc.csv"
         with open(data, "w", newline="", encoding="utf-8") as f:
@@ -70,7 +82,8 @@ def main() -> None:
                    for length in args.max_length for mode in MODES]
 
     print(f"\nBBC News, {len(rows)} articles ({args.per_topic} per topic), seed {args.seed}, "
-          f"{platform.processor() or platform.machine()}")
+          f"{platform.processor() or platform.machine()}; MiniLM tokens per article: "
+          f"p10 {lengths[0]:.0f}, median {lengths[1]:.0f}, p90 {lengths[2]:.0f}")
     print(f"{'mode':<10} {'max_len':>7} {'macro-F1':>8} {'accuracy':>8} {'train s':>8} {'predict/s':>9}")
     for r in results:
         print(f"{r['mode']:<10} {r['max_length']:>7} {r['macro_f1']:>8.4f} {r['accuracy']:>8.4f} {r['train_s']:>8.0f} "

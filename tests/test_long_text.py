@@ -88,8 +88,9 @@ def test_chunk_and_head_tail_read_what_truncation_cuts_off(tiny_model, tmp_path)
     texts = [_cue_at_the_end(random.Random(i), label) for i in range(5) for label in CUES]
     rows = TASKS["text-classification"].encode(tokenizer, texts, None, list(CUES), 16, use_cache=False).rows
     assert not any(cue_ids & set(row["input_ids"]) for row in rows)
-    # Seeds 0-4 of this data and model: head-tail 1.0; chunk 0.67-1.0 (the mean over two
-    # windows dilutes the one with the cue, so a random 2-layer model learns it less surely).
+    # Training seeds 0-4 on this data and model: head-tail 1.0 each; chunk 1.0, 0.67, 1.0,
+    # 0.88, 0.58 (the mean over two windows dilutes the one with the cue, so a random 2-layer
+    # model learns it less surely); this test trains with seed 0.
     _, head_tail_run = _train(tmp_path, tiny_model, "head-tail")
     assert head_tail_run["test"]["accuracy"] >= 0.9, head_tail_run["test"]
     run, chunked = _train(tmp_path, tiny_model, "chunk")
@@ -140,7 +141,7 @@ def test_multilabel_chunk_takes_the_max_over_windows(tiny_model, tmp_path):
                  "--output", str(tmp_path), "--name", "m", "--max-length", "16", "--batch-size", "8", "--epochs", "8",
                  "--lr", "3e-3", "--method", "full", "--no-baseline", "--seed", "0", "--long-text", "chunk"]) == 0
     metrics = json.loads(Run(tmp_path / "m").metrics_file.read_text())
-    assert metrics["test"]["micro_f1"] > 0.6, metrics["test"]  # seeds 0-2: 0.68-0.86 (truncate: 0.74-0.76)
+    assert metrics["test"]["micro_f1"] > 0.6, metrics["test"]  # seeds 0-2: 0.77-0.87 (truncate: 0.69-0.82)
     # What predict answers is the sigmoid of the windows' largest logits, label by label.
     predictor = Predictor.from_run(Run(tmp_path / "m"))
     text = rows[0]["text"]

@@ -46,6 +46,9 @@ def tokenize(tokenizer, texts: list[str], max_length: int, use_cache: bool = Tru
         "ids": tokenizer(texts, truncation=True, max_length=max_length, add_special_tokens=True)["input_ids"]})["ids"]
 
 
+WHOLE = -1  # the max_length part of the cache key of untruncated ids
+
+
 def cached_ids(tokenizer, texts: list[str], use_cache: bool = True) -> list[list[int]]:
     """Token ids of whole texts, without special tokens or truncation (for --long-text)."""
     def compute() -> dict:
@@ -53,9 +56,6 @@ def cached_ids(tokenizer, texts: list[str], use_cache: bool = True) -> list[list
         return {"ids": tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]}
 
     return _cached(tokenizer, WHOLE, texts, compute)["ids"] if use_cache else compute()["ids"]
-
-
-WHOLE = -1  # the max_length part of the cache key of untruncated ids
 
 
 def tokenize_pairs(tokenizer, pairs: list[tuple[str, str]], max_length: int,

@@ -14,7 +14,6 @@ documents them).
     GET  /openapi.json the schema
 """
 
-import logging
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
@@ -39,7 +38,7 @@ def create_app(predictor, settings: ServeSettings, keys: KeyRing, run_info: dict
     app.state.ready = False
     app.state.draining = False
     app.include_router(router)
-    _handle_errors(app, state.log)
+    _handle_errors(app)
     # Middleware, outside in: Observe (draining, metrics, access log) -> BodyLimit -> routes.
     if state.task.serves_images:
         app.add_middleware(MultipartImages)  # inside BodyLimit: the upload is counted first
@@ -88,8 +87,9 @@ def _lifespan(state: Served):
     return lifespan
 
 
-def _handle_errors(app: FastAPI, log: JsonLog) -> None:
-    """One JSON shape for every error, {"error": ..., "field": ...}; internals never leak."""
+def _handle_errors(app: FastAPI) -> None:
+    """One JSON shape for every error, {"error": ..., "field": ...}. An error no handler takes
+    is answered (500, "internal error") and logged in one line by the Observe middleware."""
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -106,10 +106,6 @@ def _handle_errors(app: FastAPI, log: JsonLog) -> None:
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code)
 
-    @app.exception_handler(Exception)
-    async def crash(request: Request, exc: Exception) -> JSONResponse:  # never leak internals
-        log.event("error", logging.ERROR, route=request.url.path, error=type(exc).__name__)
-        return JSONResponse({"error": "internal error"}, status_code=500)
 
 
 def _warm_up_input(pairs: bool, images: bool):

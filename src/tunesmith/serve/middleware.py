@@ -85,7 +85,7 @@ class Observe:
             # answer 500 and then re-raise it for the server to log a traceback, which can hold
             # request text: answer here and log one structured line instead.
             self.log.event("error", logging.ERROR, route=route, error=type(exc).__name__)
-            if status == 500 and not started:
+            if not started:
                 await JSONResponse({"error": "internal error"}, status_code=500)(scope, receive, send_and_note)
         finally:
             seconds = time.perf_counter() - started

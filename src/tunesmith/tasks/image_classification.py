@@ -47,7 +47,6 @@ class ImageClassification(TaskDefaults):
     # LoRA and the other adapter methods need a transformer; the default backbone is a CNN.
     train_defaults = {"method": "full"}
     ensemble = ("mean", "vote")
-    problem_type = "single_label_classification"
 
     def default_lr(self, method: str, model: str) -> float | None:
         # A small CNN with batch norm fine-tunes at 1e-3 (5 epochs: 98% on digits,
@@ -56,6 +55,7 @@ class ImageClassification(TaskDefaults):
 
     def __init__(self):
         self.head = ClassifierHead()
+        self.problem_type = self.head.problem_type
         self.metrics_higher_is_better = self.head.metrics_higher_is_better
         self.default_metric = self.head.default_metric
         self.has_baseline = False

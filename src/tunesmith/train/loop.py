@@ -119,7 +119,8 @@ def fit(
                 started = time.perf_counter()
                 group = groups[state.group_in_epoch]
                 group_size = sum(len(b) for b in group)
-                step_loss, extras = _accumulate(model, train, group, accelerator, compute_loss, state, cfg, ckpt_dir)
+                step_loss, extras = _accumulate(model, train, group, group_size, accelerator, compute_loss, state, cfg,
+                                                ckpt_dir)
                 if cfg.max_grad_norm:
                     accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
                 optimizer.step()
@@ -194,11 +195,11 @@ def _starting_state(resume: bool, ckpt_dir: Path, history_file: Path, accelerato
     return state
 
 
-def _accumulate(model, train: Features, group: list[list[int]], accelerator, compute_loss, state: LoopState, cfg,
-                ckpt_dir: Path) -> tuple[float, dict]:
-    """Forward and backward over one step's micro-batches; the gradients add up to the mean
-    over the step's examples. Returns the step's loss and its averaged extras."""
-    group_size = sum(len(b) for b in group)
+def _accumulate(model, train: Features, group: list[list[int]], group_size: int, accelerator, compute_loss,
+                state: LoopState, cfg, ckpt_dir: Path) -> tuple[float, dict]:
+    """Forward and backward over one step's micro-batches (`group_size` examples in all); the
+    gradients add up to the mean over the step's examples. Returns the step's loss and its
+    averaged extras."""
     step_loss, extras = 0.0, {}
     for indices in group:
         # Under DDP each process runs its share of the micro-batch (`factor` rescales
