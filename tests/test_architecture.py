@@ -55,3 +55,40 @@ def test_no_task_or_method_name_lists_outside_the_registries():
                     found.append(f"{path.relative_to(SRC)}:{node.lineno} {values}")
     allowed = {"methods/qlora.py", "methods/embedding.py"}  # a method's own `tasks` declaration
     assert [f for f in found if f.split(":")[0] not in allowed] == []
+
+
+def test_a_settings_section_is_read_only_where_it_is_declared():
+    """`cfg.lora_r` may appear only in the modules of the plug-ins that declare LoraSettings,
+    so the config's refusal of keys the run never reads (`unread_sections`) stays true."""
+    import inspect
+
+    declared: dict[type, set[Path]] = {}
+    for plugin in [*TASKS.values(), *METHODS.values()]:
+        for section in plugin.settings:
+            declared.setdefault(section, set()).add(Path(inspect.getsourcefile(type(plugin))).resolve())
+    assert declared, "no plug-in declares a settings section"
+    stray = []
+    for section, homes in declared.items():
+        keys = "|".join(section.model_fields)
+        for path in SRC.rglob("*.py"):
+            if path.resolve() in homes or path.name == "config.py":
+                continue
+            for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+                if re.search(rf"\bcfg\.({keys})\b", line):
+                    stray.append(f"{path.relative_to(SRC)}:{number} reads {section.__name__}")
+    assert stray == []
+
+
+def test_a_key_only_another_method_or_task_reads_is_refused():
+    import pytest
+
+    from tunesmith.config import build_config, run_settings
+    from tunesmith.errors import UserError
+
+    with pytest.raises(UserError, match="lora_r is read only with --method lora or adalora or qlora"):
+        build_config({"method": "full", "lora_r": 16}, "flags")
+    with pytest.raises(UserError, match="image_flip is read only with --task image-classification"):
+        build_config({"task": "text-classification", "image_flip": False}, "flags")
+    assert build_config({"method": "adalora", "lora_r": 16}, "flags").lora_r == 16
+    # A finished run written before the refusal still loads; the key it never read is dropped.
+    assert run_settings({"method": "full", "lora_r": 16, "config_version": 2}, "config.yaml").lora_r == 8

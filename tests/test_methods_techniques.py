@@ -17,6 +17,10 @@ from conftest import train_args
 from tunesmith.cli import main
 from tunesmith.config import build_config
 from tunesmith.errors import UserError
+from tunesmith.tasks import TASKS
+
+
+TEXT = TASKS["text-classification"]  # the task every model here is built for
 
 
 def _model(tiny_model, labels=("a", "b", "c")):
@@ -37,7 +41,7 @@ def _trainable(model) -> set[str]:
 def test_bitfit_trains_body_biases_and_the_head_only(tiny_model):
     from tunesmith.methods import METHODS
 
-    model = METHODS["bitfit"].apply(_model(tiny_model), _cfg(method="bitfit"))
+    model = METHODS["bitfit"].apply(_model(tiny_model), _cfg(method="bitfit"), TEXT)
     trainable = _trainable(model)
     body = {n for n in trainable if n.startswith("bert.")}
     assert body and all(n.endswith(".bias") for n in body)
@@ -60,21 +64,21 @@ def test_bitfit_run_changes_biases_and_leaves_body_weights_as_pretrained(tmp_pat
 def test_freeze_unfreeze_top_k_trains_the_top_layers_only(tiny_model):
     from tunesmith.methods import METHODS
 
-    model = METHODS["freeze"].apply(_model(tiny_model), _cfg(method="freeze", unfreeze_top_k=1))
+    model = METHODS["freeze"].apply(_model(tiny_model), _cfg(method="freeze", unfreeze_top_k=1), TEXT)
     trainable = _trainable(model)
     assert any(n.startswith("bert.encoder.layer.1.") for n in trainable)
     assert not any(n.startswith(("bert.encoder.layer.0.", "bert.embeddings.")) for n in trainable)
     assert "classifier.weight" in trainable
     with pytest.raises(UserError, match="only 2 layers"):
-        METHODS["freeze"].apply(_model(tiny_model), _cfg(method="freeze", unfreeze_top_k=3))
-    with pytest.raises(UserError, match="for --method freeze"):
+        METHODS["freeze"].apply(_model(tiny_model), _cfg(method="freeze", unfreeze_top_k=3), TEXT)
+    with pytest.raises(UserError, match="read only with --method freeze"):
         _cfg(method="full", unfreeze_top_k=1)
 
 
 def test_ia3_trains_scaling_vectors_and_head_and_merges_into_a_plain_model(tmp_path, tiny_model, toy_csv):
     from tunesmith.methods import METHODS
 
-    model = METHODS["ia3"].apply(_model(tiny_model), _cfg(method="ia3"))
+    model = METHODS["ia3"].apply(_model(tiny_model), _cfg(method="ia3"), TEXT)
     trainable = _trainable(model)
     assert trainable and all("ia3_l" in n or "classifier" in n for n in trainable)
     assert main(train_args(toy_csv, tiny_model, tmp_path, "ia3", "--method", "ia3", "--epochs", "2")) == 0
@@ -88,9 +92,9 @@ def test_ia3_trains_scaling_vectors_and_head_and_merges_into_a_plain_model(tmp_p
 def test_rslora_and_dora_switches_reach_the_adapters(tiny_model):
     from tunesmith.methods import METHODS
 
-    plain = METHODS["lora"].apply(_model(tiny_model), _cfg(method="lora", lora_r=4, lora_alpha=8))
-    rs = METHODS["lora"].apply(_model(tiny_model), _cfg(method="lora", lora_r=4, lora_alpha=8, lora_rslora=True))
-    dora = METHODS["lora"].apply(_model(tiny_model), _cfg(method="lora", lora_r=4, lora_dora=True))
+    plain = METHODS["lora"].apply(_model(tiny_model), _cfg(method="lora", lora_r=4, lora_alpha=8), TEXT)
+    rs = METHODS["lora"].apply(_model(tiny_model), _cfg(method="lora", lora_r=4, lora_alpha=8, lora_rslora=True), TEXT)
+    dora = METHODS["lora"].apply(_model(tiny_model), _cfg(method="lora", lora_r=4, lora_dora=True), TEXT)
     query = "base_model.model.bert.encoder.layer.0.attention.self.query"
     assert dict(plain.named_modules())[query].scaling["default"] == pytest.approx(8 / 4)
     assert dict(rs.named_modules())[query].scaling["default"] == pytest.approx(8 / math.sqrt(4))
@@ -266,7 +270,7 @@ def test_zero_shot_trains_nothing_and_scores_by_label_similarity(tmp_path, tiny_
     with pytest.raises(UserError, match="not labels of the data"):
         from tunesmith.methods import METHODS
 
-        METHODS["zero-shot"].apply(_model(tiny_model), _cfg(method="zero-shot", label_descriptions={"nope": "x"}))
+        METHODS["zero-shot"].apply(_model(tiny_model), _cfg(method="zero-shot", label_descriptions={"nope": "x"}), TEXT)
 
 
 def test_few_shot_contrastive_loss_and_head_fit(tmp_path, tiny_model, toy_csv):
@@ -275,7 +279,7 @@ def test_few_shot_contrastive_loss_and_head_fit(tmp_path, tiny_model, toy_csv):
     from tunesmith.runs import Run
 
     few = METHODS["few-shot"]
-    model = few.apply(_model(tiny_model), _cfg(method="few-shot"))
+    model = few.apply(_model(tiny_model), _cfg(method="few-shot"), TEXT)
     assert _trainable(model) and not any(n.startswith("classifier") for n in _trainable(model))
     batch = {"input_ids": torch.tensor([[2, 10, 11, 3], [2, 12, 13, 3], [2, 14, 15, 3]]),
              "attention_mask": torch.ones(3, 4, dtype=torch.long), "labels": torch.tensor([0, 0, 1])}
@@ -394,7 +398,7 @@ def test_adapters_start_as_the_identity_and_train_only_themselves(tiny_model, la
     ids = torch.tensor([[2, 10, 11, 12, 3]])
     with torch.no_grad():
         before = model(ids).logits
-        adapted = METHODS["adapter"].apply(model, _cfg(method="adapter", adapter_layout=layout, adapter_size=8))
+        adapted = METHODS["adapter"].apply(model, _cfg(method="adapter", adapter_layout=layout, adapter_size=8), TEXT)
         assert torch.allclose(adapted(ids).logits, before, atol=1e-6)  # zero-initialised up-projection
     names = {n.split(".adapter.")[0] for n in _trainable(adapted) if ".adapter." in n}
     assert len(names) == 2 * per_layer  # 2 layers
@@ -418,7 +422,7 @@ def test_adapters_learn_the_toy_task(tiny_model):
     labels = sorted(CUES)
     batch = collate_rows([{"input_ids": tokenizer(r["text"])["input_ids"], "labels": labels.index(r["label"])}
                           for r in rows], 0)
-    model = METHODS["adapter"].apply(_model(tiny_model), _cfg(method="adapter", adapter_size=16))
+    model = METHODS["adapter"].apply(_model(tiny_model), _cfg(method="adapter", adapter_size=16), TEXT)
     optimizer = build_optimizer(model, 3e-3, 0.01)
     for _ in range(100):
         loss = model(**batch).loss

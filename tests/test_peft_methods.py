@@ -16,6 +16,10 @@ from tunesmith.cli import main
 from tunesmith.config import build_config
 from tunesmith.errors import UserError
 from tunesmith.methods import METHODS
+from tunesmith.tasks import TASKS
+
+
+TEXT = TASKS["text-classification"]  # the task every model here is built for
 
 
 def _model(tiny_model):
@@ -40,7 +44,7 @@ def test_prompt_methods_train_the_prompt_and_head_only_and_reload_with_the_promp
     from tunesmith.inference import Predictor
     from tunesmith.runs import Run
 
-    model = METHODS[method].apply(_model(tiny_model), _cfg(method=method, prompt_tokens=4))
+    model = METHODS[method].apply(_model(tiny_model), _cfg(method=method, prompt_tokens=4), TEXT)
     trainable = _trainable(model)
     assert any(n.startswith("prompt_encoder.") for n in trainable)
     assert all(n.startswith("prompt_encoder.") or ".classifier." in n for n in trainable), trainable
@@ -68,12 +72,13 @@ def test_prompt_methods_train_the_prompt_and_head_only_and_reload_with_the_promp
 
 def test_prompt_methods_refuse_token_level_tasks_before_writing_anything(tmp_path, tiny_model):
     with pytest.raises(UserError, match="--method prefix"):
-        METHODS["prefix"].check(build_config({"task": "token-classification", "method": "prefix"}, "test"))
+        METHODS["prefix"].check(build_config({"task": "token-classification", "method": "prefix"}, "test"),
+                                TASKS["token-classification"])
     assert not (tmp_path / "runs").exists()
 
 
 def test_adalora_reallocates_ranks_during_training_and_merges(tmp_path, tiny_model, toy_csv):
-    model = METHODS["adalora"].apply(_model(tiny_model), _cfg(method="adalora", lora_r=2))
+    model = METHODS["adalora"].apply(_model(tiny_model), _cfg(method="adalora", lora_r=2), TEXT)
     trainable = _trainable(model)
     assert any("lora_E" in n for n in trainable)
     assert all("lora_" in n or ".classifier." in n for n in trainable), trainable

@@ -23,16 +23,13 @@ from tunesmith.errors import UserError
 CONFIG_VERSION = 2  # the layout of config.yaml; `migrate` brings older run folders up to it
 
 
-class TrainConfig(BaseModel):
-    """Settings of one fine-tuning run (`tunesmith train`), and of a finished run when read
-    back from its config.yaml (`Run.settings()`)."""
+# Settings sections: each group of keys is its own small model, so a method or task reads (and
+# declares, as `settings`) only its own section. Flags and YAML keys stay flat: `--lora-r 16`,
+# `lora_r: 16`; a section's keys are simply the fields `TrainConfig` inherits from it.
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+class DataSettings(BaseModel):
+    """What to learn from: the task, the data files and how they are split."""
 
-    config_version: int = Field(CONFIG_VERSION, ge=1, description="Layout version of the config (written to "
-                                "every run's config.yaml; older run folders are migrated when read).")
-
-    # --- what to learn --------------------------------------------------------------
     task: str = Field(
         "text-classification",
         description="Task: text-classification, text-pair-classification, regression, "
@@ -65,7 +62,10 @@ class TrainConfig(BaseModel):
         None, gt=0, description="Use at most this many validation and test rows each (stratified sample)."
     )
 
-    # --- the model and how it is tuned ---------------------------------------------
+
+class ModelSettings(BaseModel):
+    """The pretrained model and the method that tunes it."""
+
     model: Optional[str] = Field(
         None,
         description="Pretrained model (default: the task's): 'minilm' (all-MiniLM-L6-v2, shipped offline by "
@@ -79,14 +79,39 @@ class TrainConfig(BaseModel):
                         "prompt (prompt tuning), ptuning (P-tuning), bitfit (biases + head), few-shot (SetFit), "
                         "zero-shot (label-name similarity), "
                         "or qlora (causal LMs on a CUDA GPU with bitsandbytes).")
+
+
+class FreezeSettings(BaseModel):
+    """freeze: how much of the body trains beside the head."""
+
     unfreeze_top_k: int = Field(0, ge=0, description="freeze: also train the top k transformer layers.")
+
+
+class AdapterSettings(BaseModel):
+    """adapter: the bottleneck adapters inserted in each layer."""
+
     adapter_layout: Literal["houlsby", "pfeiffer"] = Field(
         "houlsby", description="adapter: after attention and feed-forward (houlsby) or after feed-forward only (pfeiffer).")
     adapter_size: int = Field(64, gt=0, description="adapter: bottleneck width.")
+
+
+class PromptSettings(BaseModel):
+    """prefix, prompt, ptuning: the learned virtual tokens."""
+
     prompt_tokens: int = Field(20, gt=0, description="prefix, prompt, ptuning: number of learned virtual tokens.")
+
+
+class ZeroShotSettings(BaseModel):
+    """zero-shot: what each label's embedding is made from."""
+
     label_descriptions: Optional[dict[str, str]] = Field(
         None, description="zero-shot: a description per label (YAML mapping, or JSON on the command line), "
         "embedded instead of the bare label name.")
+
+
+class LoraSettings(BaseModel):
+    """lora, adalora, qlora: the low-rank update."""
+
     lora_r: int = Field(8, gt=0, description="LoRA rank.")
     lora_alpha: float = Field(16.0, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
     lora_dropout: float = Field(0.1, ge=0, lt=1, description="Dropout on the LoRA input.")
@@ -96,7 +121,10 @@ class TrainConfig(BaseModel):
     lora_rslora: bool = Field(False, description="LoRA: rank-stabilised scaling alpha / sqrt(r) (rsLoRA).")
     lora_dora: bool = Field(False, description="LoRA: weight-decomposed adapters (DoRA): a learned magnitude per output.")
 
-    # --- images ----------------------------------------------------------------------
+
+class ImageSettings(BaseModel):
+    """image-classification: the pictures and their augmentation."""
+
     image_size: Optional[int] = Field(None, gt=7, description="image-classification: input side in pixels "
                                       "(default: the backbone's, 224 for efficientnet-lite0).")
     image_flip: bool = Field(True, description="image-classification: random horizontal flips in training "
@@ -105,17 +133,34 @@ class TrainConfig(BaseModel):
         "skip", description="image-classification: unreadable images are reported and skipped, or refused."
     )
 
-    # --- generative tasks (causal-lm, preference) --------------------------------------
+
+class ChatSettings(BaseModel):
+    """causal-lm: which tokens train and how rows are filled."""
+
     train_on_prompt: bool = Field(False, description="causal-lm: train on every token, not only the assistant's answers.")
     packing: bool = Field(False, description="causal-lm: pack short training examples into max_length rows "
                           "(examples never attend to each other).")
-    eval_answers: int = Field(20, ge=0, description="causal-lm: test prompts answered for exact match and ROUGE-L "
-                              "(base and tuned model); 0: none.")
-    max_new_tokens: int = Field(128, gt=0, description="causal-lm: longest generated answer in evaluation and predict.")
+
+
+class AnswerSettings(BaseModel):
+    """causal-lm and preference: the answers generated in evaluation and predict."""
+
+    eval_answers: int = Field(20, ge=0, description="causal-lm, preference: test prompts answered for exact match and "
+                              "ROUGE-L (base and tuned model); 0: none.")
+    max_new_tokens: int = Field(128, gt=0, description="causal-lm, preference: longest generated answer in evaluation "
+                                "and predict.")
+
+
+class DpoSettings(BaseModel):
+    """preference: Direct Preference Optimisation."""
+
     dpo_beta: float = Field(0.1, gt=0, description="preference: DPO's beta (how far the policy may move from "
                             "the reference; smaller = further).")
 
-    # --- optimisation ----------------------------------------------------------------
+
+class OptimSettings(BaseModel):
+    """Optimisation: steps, lengths, batches, learning rates and precision."""
+
     epochs: float = Field(3.0, gt=0, description="Passes over the training data (fractions allowed).")
     max_steps: Optional[int] = Field(None, gt=0, description="Stop after this many optimizer steps.")
     max_length: Optional[int] = Field(
@@ -150,6 +195,11 @@ class TrainConfig(BaseModel):
                                "top gets this factor more (0.8-0.95 is typical; 1: off).")
     gradient_checkpointing: bool = Field(False, description="Recompute activations in the backward pass: less "
                                          "memory, about a third more time.")
+
+
+class RegularisationSettings(BaseModel):
+    """Losses and data edits that fight overfitting (single-label options say so)."""
+
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="Single-label classifiers: label smoothing epsilon.")
     class_weights: Literal["none", "balanced"] = Field(
         "none", description="Single-label classifiers: 'balanced' weighs classes by n / (k * count) in the loss.")
@@ -165,7 +215,10 @@ class TrainConfig(BaseModel):
         "WordNet: pip install 'tunesmith[augment]').")
     augment_rate: float = Field(0.1, gt=0, lt=1, description="Share of a text's words each edit changes.")
 
-    # --- evaluation and checkpoints --------------------------------------------------
+
+class EvalSettings(BaseModel):
+    """Validation, checkpoint selection and the untuned baseline."""
+
     eval_every: Optional[int] = Field(
         None, gt=0, description="Evaluate and checkpoint every N optimizer steps (default: each epoch)."
     )
@@ -183,18 +236,44 @@ class TrainConfig(BaseModel):
         True, description="Also fit a linear head on frozen pretrained features, to show the gain from tuning."
     )
 
-    # --- where the run goes ----------------------------------------------------------
+
+class OutputSettings(BaseModel):
+    """Where the run goes, and resuming it."""
+
     output: str = Field("runs", description="Folder that holds run folders.")
     name: Optional[str] = Field(None, description="Run folder name (default: from task, model and method).")
     resume: Optional[str] = Field(None, description="Continue the interrupted run in this folder.")
 
-    # --- continual learning ----------------------------------------------------------
+
+class ContinualSettings(BaseModel):
+    """Continual learning: training on from a finished run."""
+
     from_run: Optional[str] = Field(None, description="Keep training this finished run on --data (continual "
                                     "learning): its model is the start, new labels extend its head, and its test "
                                     "split is scored again to measure forgetting.")
     replay: float = Field(0.5, ge=0, description="--from: old training examples mixed in per new one (0: none).")
     ewc_lambda: float = Field(0.0, ge=0, description="--from: strength of the EWC penalty that holds important "
                               "weights near their old values (0: off; 1e2-1e4 is typical). full, freeze, bitfit.")
+
+
+class TrainConfig(
+    # pydantic lists the fields of the last base first, so the sections read bottom-up here
+    # and top-down in `--help` and config.yaml.
+    ContinualSettings, OutputSettings, EvalSettings, RegularisationSettings, OptimSettings,
+    DpoSettings, AnswerSettings, ChatSettings, ImageSettings, LoraSettings, ZeroShotSettings, PromptSettings, AdapterSettings,
+    FreezeSettings, ModelSettings, DataSettings,
+):
+    """Settings of one fine-tuning run (`tunesmith train`), and of a finished run when read
+    back from its config.yaml (`Run.settings()`)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    config_version: int = Field(CONFIG_VERSION, ge=1, description="Layout version of the config (written to "
+                                "every run's config.yaml; older run folders are migrated when read).")
+
+    def section(self, settings: type[BaseModel]) -> BaseModel:
+        """This run's values of one settings section (e.g. `cfg.section(LoraSettings).lora_r`)."""
+        return settings(**{key: getattr(self, key) for key in settings.model_fields})
 
     @model_validator(mode="before")
     @classmethod
@@ -238,8 +317,10 @@ class TrainConfig(BaseModel):
                                                  or self.focal_gamma or self.adversarial != "none"):
             raise ValueError(f"method {self.method} trains with its own loss; label_smoothing, class_weights, "
                              "focal_gamma and adversarial do not apply to it")
-        if self.unfreeze_top_k and self.method != "freeze":
-            raise ValueError(f"unfreeze_top_k is for --method freeze (the method is {self.method})")
+        for key, readers in unread_sections(self.task, self.method).items():
+            if getattr(self, key) != type(self).model_fields[key].default:
+                raise ValueError(f"{key} is read only with {readers}; this run is {self.task} with {self.method}: "
+                                 f"leave {key} out")
         if (self.label_smoothing or self.class_weights != "none" or self.focal_gamma) and not single_label(TASKS[self.task]):
             raise ValueError(f"label_smoothing, class_weights and focal_gamma are for single-label classifiers, not {self.task}")
 
@@ -372,8 +453,27 @@ def migrate(values: dict[str, Any], source: str) -> dict[str, Any]:
 
 
 def run_settings(values: dict[str, Any], source: str) -> TrainConfig:
-    """A finished or interrupted run's settings, typed (migrated from older layouts first)."""
-    return build_config(migrate(values, source), source)
+    """A finished or interrupted run's settings, typed (migrated from older layouts first).
+    Keys of sections the run never read (a --lora-r given to a full run before such keys were
+    refused) are left out, so the run folder keeps loading."""
+    values = migrate(values, source)
+    unread = unread_sections(values.get("task", "text-classification"), values.get("method", "lora"))
+    return build_config({k: v for k, v in values.items() if k not in unread}, source)
+
+
+def unread_sections(task: str, method: str) -> dict[str, str]:
+    """Keys of the settings sections that neither `task` nor `method` declares, each with who
+    reads it ("--method lora, adalora, qlora"): setting one is a mistake the config refuses."""
+    from tunesmith.methods import METHODS
+    from tunesmith.tasks import TASKS
+
+    own = set(getattr(TASKS.get(task), "settings", ())) | set(getattr(METHODS.get(method), "settings", ()))
+    readers: dict[type, str] = {}
+    for flag, registry in (("--task", TASKS), ("--method", METHODS)):
+        for section in {s for plugin in registry.values() for s in plugin.settings}:
+            names = [name for name, plugin in registry.items() if section in plugin.settings]
+            readers[section] = f"{flag} {' or '.join(names)}"
+    return {key: names for section, names in readers.items() if section not in own for key in section.model_fields}
 
 
 def config_to_yaml_dict(cfg: TrainConfig) -> dict[str, Any]:

@@ -56,7 +56,7 @@ def _train(cfg: TrainConfig, run: Run | None, processes, held: ExitStack, log) -
         # A taken name fails now, not after loading everything; the others use the main's folder.
         run = Run(Path(distributed.from_main(str(_unused_run_folder(cfg).path) if main else None)))
     task, method = TASKS[cfg.task], METHODS[cfg.method]
-    method.check(cfg)  # e.g. qlora without a GPU: refused before any data or model is loaded
+    method.check(cfg, task)  # e.g. qlora without a GPU: refused before any data or model is loaded
     earlier = continual.prior_run(cfg) if cfg.from_run else None
     if earlier is not None:
         cfg.model = str(earlier.model_dir.resolve())  # its model and tokenizer are the start
@@ -198,7 +198,7 @@ def _prepare_model(model, cfg: TrainConfig, task, method, splits: Splits, tokeni
         model = continual.extend_head(model, earlier.labels(), splits.labels)
     if cfg.gradient_checkpointing:
         _checkpoint_activations(model, cfg)
-    model = method.apply(model, cfg)
+    model = method.apply(model, cfg, task)
     if ewc is not None:
         ewc.bind(model)
     return model, ewc

@@ -20,10 +20,11 @@ class Method(Protocol):
     trains: bool  # False: nothing to train (zero-shot)
     tunes_own_weights: bool  # the model's own weights train, not added ones (what EWC protects)
     long_text_modes: tuple[str, ...]  # how it can read texts longer than max_length (data/long_text.py)
+    settings: tuple[type, ...]  # its settings sections in config.py (LoraSettings, ...): keys only it reads
 
-    def apply(self, model, cfg): ...  # -> the model to train (possibly wrapped)
+    def apply(self, model, cfg, task): ...  # -> the model to train for `task` (possibly wrapped)
     def export(self, model, folder: Path): ...  # -> plain transformers model; may save extras in folder
-    def check(self, cfg) -> None: ...  # refuses a run this machine cannot do, before anything is written
+    def check(self, cfg, task) -> None: ...  # refuses a run this machine cannot do, before anything is written
     # Hooks, None where the method has none (MethodDefaults): `training_loss(model, batch)`,
     # the method's own loss (few-shot's contrastive stage; the config refuses loss options
     # beside it); `fit_head(model, train_features, targets, labels)`, a head fitted outside
@@ -41,11 +42,12 @@ class MethodDefaults:
     long_text_modes: tuple[str, ...] = ("truncate", "head-tail", "chunk")  # --long-text (where the task reads it)
     trains = True
     tunes_own_weights = False  # trains the model's own weights, not added ones (EWC can protect them)
+    settings: tuple = ()
     training_loss = None
     fit_head = None
     on_step = None
 
-    def check(self, cfg) -> None:
+    def check(self, cfg, task) -> None:
         pass
 
 

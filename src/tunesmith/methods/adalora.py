@@ -9,21 +9,21 @@ final ranks fixed) and then calls PEFT's `update_and_allocate` after every optim
 
 from pathlib import Path
 
+from tunesmith.config import LoraSettings
 from tunesmith.methods import MethodDefaults, register_method
 from tunesmith.methods.lora import HEADS, _present, _require_transformer
 
 
 class AdaLora(MethodDefaults):
     name = "adalora"
+    settings = (LoraSettings,)
     default_lr = 5e-4  # as lora: the paper uses 5e-4..1e-3 on GLUE
 
-    def apply(self, model, cfg):
+    def apply(self, model, cfg, task):
         from peft import AdaLoraConfig, TaskType, get_peft_model
 
-        from tunesmith.tasks import TASKS
-
         _require_transformer(model, cfg, self.name)
-        task_type = TASKS[cfg.task].peft_task_type
+        task_type = task.peft_task_type
         config = AdaLoraConfig(
             task_type=TaskType[task_type] if task_type else None,
             modules_to_save=None if task_type else HEADS,

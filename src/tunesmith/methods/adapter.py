@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from tunesmith.errors import UserError
+from tunesmith.config import AdapterSettings
 from tunesmith.methods import MethodDefaults, register_method
 from tunesmith.methods.layers import body_of
 
@@ -92,9 +93,10 @@ def restore_adapters(model, folder: str):
 
 class Adapter(MethodDefaults):
     name = "adapter"
+    settings = (AdapterSettings,)
     default_lr = 1e-3  # adapters start at the identity and are small: the papers use 1e-4..1e-3
 
-    def apply(self, model, cfg):
+    def apply(self, model, cfg, task):
         for p in model.parameters():
             p.requires_grad_(False)
         count = insert_adapters(body_of(model), cfg.adapter_layout, cfg.adapter_size)

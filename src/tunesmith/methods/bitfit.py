@@ -12,7 +12,7 @@ class BitFit(MethodDefaults):
     tunes_own_weights = True
     default_lr = 1e-3  # biases are few and start pretrained; the paper tunes them at 1e-4..1e-3
 
-    def apply(self, model, cfg):
+    def apply(self, model, cfg, task):
         body = body_of(model)
         body_params = {id(p) for p in body.parameters()}
         biases = 0

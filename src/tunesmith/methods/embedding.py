@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+from tunesmith.config import ZeroShotSettings
 from tunesmith.methods import MethodDefaults, register_method
 
 HEAD_FILE = "embedding_head.safetensors"
@@ -107,12 +108,13 @@ def set_head_from_texts(model: EmbeddingClassifier, tokenizer, texts: list[str])
 
 class ZeroShot(MethodDefaults):
     name = "zero-shot"
+    settings = (ZeroShotSettings,)
     long_text_modes = ("truncate", "head-tail")  # an embedding per text, not pooled windows
     tasks = ("text-classification",)  # one text, one label (a label's name or description)
     default_lr = 1e-3  # unused: nothing trains
     trains = False
 
-    def apply(self, model, cfg):
+    def apply(self, model, cfg, task):
         from tunesmith import models
 
         wrapped = _wrap(model)
@@ -140,7 +142,7 @@ class FewShot(MethodDefaults):
     tasks = ("text-classification",)  # one text, one label (SetFit's setting)
     default_lr = 2e-5  # SetFit's body learning rate
 
-    def apply(self, model, cfg):
+    def apply(self, model, cfg, task):
         wrapped = _wrap(model)
         for p in wrapped.classifier.parameters():
             p.requires_grad_(False)  # stage 2 fits the head; stage 1 trains the encoder only

@@ -2,16 +2,18 @@
 the top k transformer blocks too (the layers nearest the head adapt most to a new task)."""
 
 from tunesmith.errors import UserError
+from tunesmith.config import FreezeSettings
 from tunesmith.methods import MethodDefaults, register_method
 from tunesmith.methods.layers import blocks, body_of
 
 
 class Freeze(MethodDefaults):
     name = "freeze"
+    settings = (FreezeSettings,)
     tunes_own_weights = True
     default_lr = 1e-3  # a randomly initialised head alone tolerates (and needs) a large step
 
-    def apply(self, model, cfg):
+    def apply(self, model, cfg, task):
         body = body_of(model)
         for p in model.parameters():
             p.requires_grad_(True)

@@ -14,13 +14,11 @@ class IA3(MethodDefaults):
     name = "ia3"
     default_lr = 3e-3  # the paper's rate: scaling vectors start at 1 and move slowly
 
-    def apply(self, model, cfg):
+    def apply(self, model, cfg, task):
         from peft import IA3Config, TaskType, get_peft_model
 
-        from tunesmith.tasks import TASKS
-
         _require_transformer(model, cfg, self.name)
-        task_type = TASKS[cfg.task].peft_task_type
+        task_type = task.peft_task_type
         config = IA3Config(task_type=TaskType[task_type] if task_type else None,
                            modules_to_save=None if task_type else _present(model, HEADS))
         try:

@@ -7,6 +7,7 @@ plain `transformers` with no PEFT and runs as fast as the base model.
 
 from pathlib import Path
 
+from tunesmith.config import LoraSettings
 from tunesmith.methods import MethodDefaults, register_method
 
 
@@ -15,15 +16,14 @@ HEADS = ["classifier", "score"]  # the head names PEFT's task types train in ful
 
 class Lora(MethodDefaults):
     name = "lora"
+    settings = (LoraSettings,)
     default_lr = 5e-4  # adapters start at zero (B = 0) and need ~10x the full fine-tuning rate
 
-    def apply(self, model, cfg):
+    def apply(self, model, cfg, task):
         from peft import LoraConfig, TaskType, get_peft_model
 
-        from tunesmith.tasks import TASKS
-
         _require_transformer(model, cfg, self.name)
-        task_type = TASKS[cfg.task].peft_task_type
+        task_type = task.peft_task_type
         config = LoraConfig(
             # The task type keeps the task head trainable; tasks PEFT has no type for name it.
             task_type=TaskType[task_type] if task_type else None,

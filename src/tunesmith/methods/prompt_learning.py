@@ -21,6 +21,7 @@ import json
 from pathlib import Path
 
 from tunesmith.errors import UserError
+from tunesmith.config import PromptSettings
 from tunesmith.methods import MethodDefaults, register_method
 from tunesmith.methods.lora import _require_transformer
 
@@ -28,13 +29,12 @@ KEY = "tunesmith_prompt"
 
 
 class PromptLearning(MethodDefaults):
+    settings = (PromptSettings,)
     def __init__(self, name: str, default_lr: float):
         self.name, self.default_lr = name, default_lr
 
-    def check(self, cfg) -> None:
-        from tunesmith.tasks import TASKS
-
-        if TASKS[cfg.task].peft_task_type != "SEQ_CLS":
+    def check(self, cfg, task) -> None:
+        if task.peft_task_type != "SEQ_CLS":
             raise UserError(f"--method {self.name}: works on one label or score per text (text-classification, "
                             f"text-pair, regression, multi-label), not {cfg.task}; use lora")
 
@@ -45,10 +45,10 @@ class PromptLearning(MethodDefaults):
         return {"prompt": PromptTuningConfig, "ptuning": PromptEncoderConfig,
                 "prefix": PrefixTuningConfig}[self.name](**common)
 
-    def apply(self, model, cfg):
+    def apply(self, model, cfg, task):
         from peft import get_peft_model
 
-        self.check(cfg)
+        self.check(cfg, task)
         _require_transformer(model, cfg, self.name)
         return accept_prefix(get_peft_model(model, self.peft_config(cfg)))
 

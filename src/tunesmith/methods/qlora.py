@@ -8,16 +8,18 @@ is written, and says to use `lora` (the same adapters on an fp32 base).
 from pathlib import Path
 
 from tunesmith.errors import UserError
+from tunesmith.config import LoraSettings
 from tunesmith.methods import MethodDefaults, register_method
 from tunesmith.methods.lora import Lora
 
 
 class QLora(MethodDefaults):
     name = "qlora"
+    settings = (LoraSettings,)
     tasks = ("causal-lm", "preference")
     default_lr = 2e-4  # the QLoRA paper's rate for small models
 
-    def check(self, cfg) -> None:
+    def check(self, cfg, task) -> None:
         import importlib.util
 
         import torch
@@ -28,19 +30,19 @@ class QLora(MethodDefaults):
         if importlib.util.find_spec("bitsandbytes") is None:
             raise UserError("--method qlora: needs the pip package bitsandbytes (pip install bitsandbytes)")
 
-    def apply(self, model, cfg):
+    def apply(self, model, cfg, task):
         import torch
         from peft import prepare_model_for_kbit_training
         from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-        self.check(cfg)
+        self.check(cfg, task)
         source = model.name_or_path
         del model  # the fp32 copy is replaced by the 4-bit one
         quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                           bnb_4bit_compute_dtype=torch.bfloat16)
         quantized = AutoModelForCausalLM.from_pretrained(source, quantization_config=quantization, device_map={"": 0})
         quantized.config.use_cache = False
-        return Lora().apply(prepare_model_for_kbit_training(quantized), cfg)
+        return Lora().apply(prepare_model_for_kbit_training(quantized), cfg, task)
 
     def export(self, model, folder: Path):
         """The adapter as trained, and a merged model on the base reloaded in bf16 (merging into

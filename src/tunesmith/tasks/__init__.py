@@ -97,6 +97,7 @@ class TaskDefaults:
     ensemble: tuple[str, ...] = ()  # how `ensemble` may combine its runs: "mean" of outputs, "vote"
     generative = False  # answers are generated text: `answer_metrics`, `generate`, generation parameters
     serves_images = False  # served inputs are images (base64 or multipart), not texts
+    settings: tuple = ()  # its settings sections in config.py (ImageSettings, ...): keys only its runs read
     # Hooks, None where the task has none: `training_loss(model, batch, processor) -> (loss,
     # extras)` replaces the model's own loss; `score_reference(model, features)` scores every
     # split with the untuned model before training (DPO's reference log-probabilities).

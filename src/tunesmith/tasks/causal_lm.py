@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tunesmith.config import AnswerSettings, ChatSettings
 from tunesmith.data import conversations as conv
 from tunesmith.data.batching import IGNORE, Features, collate_rows, inference_batches
 from tunesmith.data.checks import CheckReport, _where, longer_max_length
@@ -206,6 +207,7 @@ def read_prompts(path: str, encoding: str, text_col: str | None) -> tuple[list[d
 
 class CausalLMTask(TaskDefaults):
     name = "causal-lm"
+    settings = (ChatSettings, AnswerSettings)
     peft_task_type = "CAUSAL_LM"
     metrics_higher_is_better = {"loss": False, "perplexity": False}
     default_metric = "loss"

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tunesmith.config import ImageSettings
 from tunesmith.data.batching import Features
 from tunesmith.data.checks import check_splits
 from tunesmith.data.images import (IMAGE_SUFFIXES, ImageItems, ImagePreprocessor, content_hash, find_unreadable,
@@ -42,6 +43,7 @@ IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
 class ImageClassification(TaskDefaults):
     name = "image-classification"
+    settings = (ImageSettings,)
     peft_task_type = None  # PEFT has no image task type: LoRA keeps the head trainable by name
     default_model = EFFICIENTNET
     # LoRA and the other adapter methods need a transformer; the default backbone is a CNN.

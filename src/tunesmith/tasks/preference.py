@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tunesmith.config import AnswerSettings, DpoSettings
 from tunesmith.data import conversations as conv
 from tunesmith.data.batching import IGNORE, Features, inference_batches
 from tunesmith.data.checks import CheckReport, longer_max_length
@@ -146,6 +147,7 @@ def collate_pairs(rows: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
 
 class PreferenceTask(TaskDefaults):
     name = "preference"
+    settings = (AnswerSettings, DpoSettings)
     peft_task_type = "CAUSAL_LM"
     metrics_higher_is_better = {"loss": False, "reward_accuracy": True, "reward_margin": True}
     default_metric = "loss"
