@@ -4,6 +4,8 @@ import ast
 import re
 from pathlib import Path
 
+from pydantic import BaseModel
+
 from tunesmith.methods import METHODS
 from tunesmith.tasks import TASKS, TaskDefaults
 
@@ -36,6 +38,8 @@ def test_every_task_and_method_declares_its_capabilities():
         assert isinstance(task, TaskDefaults), name
         assert set(task.ensemble) <= {"mean", "vote"}, name
         assert "truncate" in task.long_text_modes, name
+        if task.servable:  # its answers are documented in /openapi.json and checked in test_registry_walk
+            assert isinstance(task.response_schema, type) and issubclass(task.response_schema, BaseModel), name
     for name, method in METHODS.items():
         assert method.tasks is None or set(method.tasks) <= set(TASKS), name
         assert "truncate" in method.long_text_modes, name

@@ -79,6 +79,10 @@ class ModelSettings(BaseModel):
                         "prompt (prompt tuning), ptuning (P-tuning), bitfit (biases + head), few-shot (SetFit), "
                         "zero-shot (label-name similarity), "
                         "or qlora (causal LMs on a CUDA GPU with bitsandbytes).")
+    pooling: Literal["auto", "mean", "cls"] = Field(
+        "auto", description="What a sequence head reads: auto (what the backbone was trained to give: mean for "
+        "sentence-embedding models whose pooling config says so, such as minilm; else [CLS]), mean (the mean of the "
+        "last hidden states over real tokens; the head starts as the linear probe), or cls (transformers' own head).")
 
 
 class FreezeSettings(BaseModel):
@@ -337,6 +341,9 @@ class TrainConfig(
         if self.long_text not in method.long_text_modes:
             raise ValueError(f"long_text {self.long_text}: method {self.method} reads only "
                              f"{', '.join(method.long_text_modes)}")
+        if self.pooling == "mean" and not (TASKS[self.task].mean_pooling and method.mean_pooling):
+            who = f"task {self.task}" if not TASKS[self.task].mean_pooling else f"method {self.method}"
+            raise ValueError(f"pooling mean: {who} has no mean-pooled head; use pooling auto or cls")
         known = TASKS[self.task].metrics_higher_is_better
         if self.metric is not None and self.metric not in known:
             raise ValueError(f"metric {self.metric!r} is not reported by task {self.task}; choose one of: {', '.join(known)}")

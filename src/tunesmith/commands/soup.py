@@ -37,18 +37,27 @@ def average_state_dicts(states: list[dict[str, torch.Tensor]]) -> dict[str, torc
 def soup(run_paths: list[str], name: str, output: str = "runs", out=print) -> Run:
     runs = compatible_runs(run_paths, "soup")
     first = runs[0]
-    files = [run.model_dir / WEIGHTS for run in runs]
-    missing = [str(f) for f in files if not f.is_file()]
-    if missing:
-        raise UserError(f"soup: {missing[0]} not found (a soup needs one safetensors file per run)")
-    states = [load_file(str(f)) for f in files]
-    for run, state in zip(runs[1:], states[1:]):
-        if state.keys() != states[0].keys() or any(state[k].shape != states[0][k].shape for k in state):
-            raise UserError(f"soup: {run.path}'s model does not have the same weights as {first.path}'s")
+    # Every weights file averages: model.safetensors, and a head kept beside it (a mean-pooled
+    # classifier's classifier.safetensors, a few-shot run's embedding head).
+    names = sorted(f.name for f in first.model_dir.glob("*.safetensors"))
+    if WEIGHTS not in names:
+        raise UserError(f"soup: {first.model_dir / WEIGHTS} not found (a soup needs one safetensors file per run)")
+    averaged = {}
+    for file_name in names:
+        files = [run.model_dir / file_name for run in runs]
+        missing = [str(f) for f in files if not f.is_file()]
+        if missing:
+            raise UserError(f"soup: {missing[0]} not found; the runs' models are not the same kind")
+        states = [load_file(str(f)) for f in files]
+        for run, state in zip(runs[1:], states[1:]):
+            if state.keys() != states[0].keys() or any(state[k].shape != states[0][k].shape for k in state):
+                raise UserError(f"soup: {run.path}'s model does not have the same weights as {first.path}'s")
+        averaged[file_name] = average_state_dicts(states)
 
     target, tmp = start_combined_run(first, name, output)
     shutil.copytree(first.model_dir, tmp / "model")
-    save_file(average_state_dicts(states), str(tmp / "model" / WEIGHTS), metadata={"format": "pt"})
+    for file_name, state in averaged.items():
+        save_file(state, str(tmp / "model" / file_name), metadata={"format": "pt"})
     write_json(tmp / "soup.json", {"members": [str(r.path) for r in runs], "kind": "uniform weight average"})
     replace_dir(tmp, target.path)
     out(f"averaged {len(runs)} runs into {target.path}")

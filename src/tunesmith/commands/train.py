@@ -31,6 +31,7 @@ from tunesmith.io import atomic_dir, write_json, write_text, write_yaml
 from tunesmith.methods import METHODS, count_parameters, load_tuned
 from tunesmith.runs import Run, training_lock
 from tunesmith.tasks import TASKS
+from tunesmith.tasks.mean_pool import trained_pooling
 from tunesmith.train import budget, checkpoint, continual, distributed
 from tunesmith.train.loop import FitResult, LoopState, fit
 from tunesmith.train.objective import training_objective
@@ -83,7 +84,8 @@ def _train(cfg: TrainConfig, run: Run | None, processes, held: ExitStack, log) -
         splits.labels = continual.extended_labels(earlier.labels(), splits.labels)
         model = load_tuned(task, str(earlier.model_dir))
     else:
-        model = task.build_model(source, splits.labels)
+        pooling = _pooling(cfg, task, method, source)
+        model = task.build_model(source, splits.labels, pooling)
 
     # 2. The run folder, with the resolved config that re-runs it and the exact splits.
     if not resuming and main:
@@ -112,6 +114,13 @@ def _train(cfg: TrainConfig, run: Run | None, processes, held: ExitStack, log) -
         raise
 
 
+def _pooling(cfg: TrainConfig, task, method, source: str) -> str:
+    """What the head reads: "mean" or "cls" (--pooling; auto: what the backbone was trained for)."""
+    if cfg.pooling != "auto":
+        return cfg.pooling  # the config refused "mean" where the task or method has no such head
+    return trained_pooling(source) if task.mean_pooling and method.mean_pooling else "cls"
+
+
 def _fine_tune_and_evaluate(run: Run, cfg: TrainConfig, task, method, splits: Splits, tokenizer, model,
                             resuming: bool, log, earlier: Run | None = None) -> Run:
     """Steps 3-7: everything that happens inside the run folder."""
@@ -129,6 +138,10 @@ def _fine_tune_and_evaluate(run: Run, cfg: TrainConfig, task, method, splits: Sp
         write_json(run.baseline_file, baseline)
 
     # 5. Fine-tune (continual learning: from the earlier run's model, its head extended).
+    if task.start_head is not None and not resuming and earlier is None:
+        note = task.start_head(model, features["train"], examples["train"].labels, splits.labels, cfg.seed)
+        if note:
+            log(note)
     model, ewc = _prepare_model(model, cfg, task, method, splits, tokenizer, earlier, log)
     params = count_parameters(model)
     log(f"method {cfg.method}: {params['trainable']:,} of {params['total']:,} parameters train "

@@ -51,8 +51,6 @@ def require_export(run) -> Path:
 def export_onnx(run, opset: int = 18) -> tuple[Path, float]:
     """Export `run`'s model to `model/model.onnx` (atomically); returns the path and the
     largest logit difference from PyTorch on the sample texts."""
-    from transformers import PreTrainedModel
-
     from tunesmith.inference import Predictor
     from tunesmith.io import atomic_path
 
@@ -66,11 +64,13 @@ def export_onnx(run, opset: int = 18) -> tuple[Path, float]:
     if not TASKS[cfg.task].exportable:
         raise UserError(f"export --format onnx: {cfg.task} runs cannot be exported yet "
                         f"(exportable: {', '.join(supporting('exportable'))})")
+    from tunesmith.methods import METHODS, supporting_methods
+
+    if not METHODS[cfg.method].exportable:
+        raise UserError(f"export --format onnx: {run.path} uses method {cfg.method}, whose runs cannot be exported yet "
+                        f"(exportable: {', '.join(supporting_methods('exportable'))})")
     predictor = Predictor.from_run(run)
     model = predictor.model
-    if not isinstance(model, PreTrainedModel):
-        raise UserError(f"export --format onnx: {run.path} uses method {cfg.method}, whose model is not one "
-                        "transformers model (few-shot, zero-shot and prompt-learning runs cannot be exported yet)")
     _require_runtime()
     batch = _sample_batch(predictor, cfg)
     names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in batch]  # segments: pairs only

@@ -21,6 +21,8 @@ class Method(Protocol):
     tunes_own_weights: bool  # the model's own weights train, not added ones (what EWC protects)
     long_text_modes: tuple[str, ...]  # how it can read texts longer than max_length (data/long_text.py)
     settings: tuple[type, ...]  # its settings sections in config.py (LoraSettings, ...): keys only it reads
+    mean_pooling: bool  # may tune a head on the body's mean-pooled states (tasks/mean_pool.py)
+    exportable: bool  # its runs' models export to ONNX (where the task's do)
 
     def apply(self, model, cfg, task): ...  # -> the model to train for `task` (possibly wrapped)
     def export(self, model, folder: Path): ...  # -> plain transformers model; may save extras in folder
@@ -43,6 +45,10 @@ class MethodDefaults:
     trains = True
     tunes_own_weights = False  # trains the model's own weights, not added ones (EWC can protect them)
     settings: tuple = ()
+    # A sentence-embedding backbone gets a head on its mean-pooled states; methods that need
+    # transformers' own classifier class (PEFT's prompt learning) say False.
+    mean_pooling = True
+    exportable = True
     training_loss = None
     fit_head = None
     on_step = None
@@ -54,6 +60,11 @@ class MethodDefaults:
 def register_method(method: "Method") -> "Method":
     METHODS[method.name] = method
     return method
+
+
+def supporting_methods(capability: str) -> list[str]:
+    """Names of the registered methods that declare `capability` (a truthy attribute)."""
+    return [name for name, method in METHODS.items() if getattr(method, capability)]
 
 
 def count_parameters(model) -> dict:

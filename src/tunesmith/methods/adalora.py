@@ -11,7 +11,7 @@ from pathlib import Path
 
 from tunesmith.config import LoraSettings
 from tunesmith.methods import MethodDefaults, register_method
-from tunesmith.methods.lora import HEADS, _present, _require_transformer
+from tunesmith.methods.lora import HEADS, _present, _require_transformer, peft_task_type
 
 
 class AdaLora(MethodDefaults):
@@ -23,7 +23,7 @@ class AdaLora(MethodDefaults):
         from peft import AdaLoraConfig, TaskType, get_peft_model
 
         _require_transformer(model, cfg, self.name)
-        task_type = task.peft_task_type
+        task_type = peft_task_type(model, task)
         config = AdaLoraConfig(
             task_type=TaskType[task_type] if task_type else None,
             modules_to_save=None if task_type else HEADS,

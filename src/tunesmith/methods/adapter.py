@@ -84,7 +84,10 @@ def restore_adapters(model, folder: str):
     weights = {}
     for file in sorted(Path(folder).glob("*.safetensors")):
         weights.update({k: v for k, v in load_file(str(file)).items() if ".adapter." in k})
-    missing = model.load_state_dict(weights, strict=False)
+    # A transformers model saves its body under its prefix ("bert.encoder..."); a mean-pooled
+    # classifier saves the body alone ("encoder..."): load into whichever holds the names.
+    holder = model if set(weights) & set(model.state_dict()) else body_of(model)
+    missing = holder.load_state_dict(weights, strict=False)
     absent = [k for k in missing.missing_keys if ".adapter." in k]
     if absent:
         raise UserError(f"{folder}: adapter weights missing ({absent[0]}); the run folder is damaged")

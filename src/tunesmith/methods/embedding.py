@@ -108,6 +108,8 @@ def set_head_from_texts(model: EmbeddingClassifier, tokenizer, texts: list[str])
 
 class ZeroShot(MethodDefaults):
     name = "zero-shot"
+    mean_pooling = False  # it puts its own mean-pooled head on the body (EmbeddingClassifier)
+    exportable = False  # EmbeddingClassifier is not traced yet
     settings = (ZeroShotSettings,)
     long_text_modes = ("truncate", "head-tail")  # an embedding per text, not pooled windows
     tasks = ("text-classification",)  # one text, one label (a label's name or description)
@@ -138,6 +140,8 @@ class ZeroShot(MethodDefaults):
 
 class FewShot(MethodDefaults):
     name = "few-shot"
+    mean_pooling = False  # it puts its own mean-pooled head on the body (EmbeddingClassifier)
+    exportable = False  # EmbeddingClassifier is not traced yet
     long_text_modes = ("truncate", "head-tail")  # an embedding per text, not pooled windows
     tasks = ("text-classification",)  # one text, one label (SetFit's setting)
     default_lr = 2e-5  # SetFit's body learning rate

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from tunesmith.errors import UserError
 from tunesmith.methods import MethodDefaults, register_method
-from tunesmith.methods.lora import HEADS, _present, _require_transformer
+from tunesmith.methods.lora import HEADS, _present, _require_transformer, peft_task_type
 
 
 class IA3(MethodDefaults):
@@ -18,7 +18,7 @@ class IA3(MethodDefaults):
         from peft import IA3Config, TaskType, get_peft_model
 
         _require_transformer(model, cfg, self.name)
-        task_type = task.peft_task_type
+        task_type = peft_task_type(model, task)
         config = IA3Config(task_type=TaskType[task_type] if task_type else None,
                            modules_to_save=None if task_type else _present(model, HEADS))
         try:

@@ -23,7 +23,7 @@ class Lora(MethodDefaults):
         from peft import LoraConfig, TaskType, get_peft_model
 
         _require_transformer(model, cfg, self.name)
-        task_type = task.peft_task_type
+        task_type = peft_task_type(model, task)
         config = LoraConfig(
             # The task type keeps the task head trainable; tasks PEFT has no type for name it.
             task_type=TaskType[task_type] if task_type else None,
@@ -54,10 +54,19 @@ def _require_transformer(model, cfg, method: str) -> None:
     from transformers import PreTrainedModel
 
     from tunesmith.errors import UserError
+    from tunesmith.methods.layers import body_of
 
-    if not isinstance(model, PreTrainedModel):
+    if not isinstance(body_of(model), PreTrainedModel):
         raise UserError(f"--method {method}: needs a transformer backbone; {cfg.resolved_model()} is not one "
                         "(use full, freeze or bitfit, or a Hugging Face model such as a ViT)")
+
+
+def peft_task_type(model, task) -> str | None:
+    """PEFT's task type for a transformers model of `task`; None for a model of our own around a
+    transformers body (tasks/mean_pool.py), whose head then trains in full by name (HEADS)."""
+    from transformers import PreTrainedModel
+
+    return task.peft_task_type if isinstance(model, PreTrainedModel) else None
 
 
 def _present(model, names: list[str]) -> list[str] | None:

@@ -29,6 +29,8 @@ KEY = "tunesmith_prompt"
 
 
 class PromptLearning(MethodDefaults):
+    mean_pooling = False  # PEFT's prompt classes wrap transformers' own classifier
+    exportable = False  # the virtual tokens live in a PEFT wrapper the exporter does not trace yet
     settings = (PromptSettings,)
     def __init__(self, name: str, default_lr: float):
         self.name, self.default_lr = name, default_lr

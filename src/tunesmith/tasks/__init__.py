@@ -37,7 +37,9 @@ class Task(Protocol):
     train_defaults: dict
     def default_lr(self, method: str, model: str) -> float | None: ...
     def load_processor(self, source: str, cfg): ...  # cfg: the run's TrainConfig
-    def build_model(self, source: str, labels: list[str]): ...
+    # pooling: "mean" puts a sequence head on the mean of the body's last hidden states
+    # (tasks/mean_pool.py); tasks without a sequence head ignore it.
+    def build_model(self, source: str, labels: list[str], pooling: str = "cls"): ...
     def load_model(self, folder: str): ...
 
     # Inputs -> Features the loop batches; model -> outputs; outputs -> metrics.
@@ -51,11 +53,13 @@ class Task(Protocol):
     def metrics(self, targets: list, outputs, labels: list[str]) -> dict: ...
     def summary(self, metrics: dict) -> str: ...  # one line for the terminal
 
-    # Capabilities and hooks, with their defaults in TaskDefaults (below): servable,
-    # exportable, ensemble, generative (then `answer_metrics(model, processor, inputs) -> dict`,
+    # Capabilities and hooks, with their defaults in TaskDefaults (below): servable (and
+    # response_schema, the pydantic shape of one served answer), settings, exportable, ensemble, generative (then `answer_metrics(model, processor, inputs) -> dict`,
     # generated answers scored against references, added to the test metrics), serves_images,
     # sequences_per_example, problem_type, training_loss, score_reference.
     servable: bool
+    response_schema: Any
+    settings: tuple
     exportable: bool
     ensemble: tuple[str, ...]
     generative: bool
@@ -93,16 +97,21 @@ class TaskDefaults:
     sequences_per_example = 1  # sequences one example puts through the model (a DPO pair: 2)
     problem_type: str | None = None  # a sequence head's: single_label_classification, regression, ...
     servable = True  # `serve` answers its requests
+    response_schema = None  # a servable task's answer to one input (a pydantic model, serve/schemas.py)
     exportable = False  # `export --format onnx`: its model maps token ids to one row of logits
     ensemble: tuple[str, ...] = ()  # how `ensemble` may combine its runs: "mean" of outputs, "vote"
     generative = False  # answers are generated text: `answer_metrics`, `generate`, generation parameters
     serves_images = False  # served inputs are images (base64 or multipart), not texts
+    mean_pooling = False  # its head can read the body's mean-pooled states (tasks/mean_pool.py)
     settings: tuple = ()  # its settings sections in config.py (ImageSettings, ...): keys only its runs read
     # Hooks, None where the task has none: `training_loss(model, batch, processor) -> (loss,
     # extras)` replaces the model's own loss; `score_reference(model, features)` scores every
-    # split with the untuned model before training (DPO's reference log-probabilities).
+    # split with the untuned model before training (DPO's reference log-probabilities);
+    # `start_head(model, train_features, train_targets, labels, seed) -> str | None` sets a fresh
+    # head's starting weights before training (a mean-pooled head: the linear probe's).
     training_loss = None
     score_reference = None
+    start_head = None
 
     def default_lr(self, method: str, model: str) -> float | None:
         return None  # the method's own default

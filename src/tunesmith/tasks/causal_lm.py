@@ -28,6 +28,7 @@ from tunesmith.data.splits import Splits
 from tunesmith.errors import UserError
 from tunesmith.generation import GenerationSettings, answer_scores, generate
 from tunesmith.inference import evaluating
+from tunesmith.serve.schemas import GenerationOutput
 from tunesmith.tasks import TaskDefaults, register_task
 from tunesmith.train.token_logprobs import answer_logprobs, mean_answer_loss
 
@@ -207,6 +208,7 @@ def read_prompts(path: str, encoding: str, text_col: str | None) -> tuple[list[d
 
 class CausalLMTask(TaskDefaults):
     name = "causal-lm"
+    response_schema = GenerationOutput
     settings = (ChatSettings, AnswerSettings)
     peft_task_type = "CAUSAL_LM"
     metrics_higher_is_better = {"loss": False, "perplexity": False}
@@ -279,7 +281,7 @@ class CausalLMTask(TaskDefaults):
         return ChatProcessor(models.load_tokenizer(source), cfg.train_on_prompt, cfg.packing, cfg.eval_answers,
                              cfg.max_new_tokens)
 
-    def build_model(self, source: str, labels: list[str]):
+    def build_model(self, source: str, labels: list[str], pooling: str = "cls"):
         return load_causal_lm(source)
 
     def load_model(self, folder: str):

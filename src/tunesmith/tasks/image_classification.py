@@ -58,6 +58,7 @@ class ImageClassification(TaskDefaults):
     def __init__(self):
         self.head = ClassifierHead()
         self.problem_type = self.head.problem_type
+        self.response_schema = self.head.response_schema
         self.metrics_higher_is_better = self.head.metrics_higher_is_better
         self.default_metric = self.head.default_metric
         self.has_baseline = False
@@ -140,7 +141,7 @@ class ImageClassification(TaskDefaults):
             size, mean, std = _hf_preprocessing(source)
         return ImagePreprocessor(cfg.image_size or size, mean, std, flip=cfg.image_flip)
 
-    def build_model(self, source: str, labels: list[str]):
+    def build_model(self, source: str, labels: list[str], pooling: str = "cls"):
         if source == EFFICIENTNET:
             return EfficientNetClassifier.pretrained(labels)
         from transformers import AutoModelForImageClassification

@@ -17,6 +17,7 @@ import numpy as np
 
 from tunesmith.data.targets import LabelSetTarget
 from tunesmith.inference import write_rows
+from tunesmith.serve.schemas import MultiLabelOutput
 from tunesmith.tasks import register_task
 from tunesmith.tasks.sequence import SequenceTask
 
@@ -77,9 +78,11 @@ def multilabel_metrics(y_true: np.ndarray, y_pred: np.ndarray, labels: list[str]
 
 class MultiLabelHead:
     problem_type = "multi_label_classification"
+    response_schema = MultiLabelOutput  # one served answer
     metrics_higher_is_better = {"micro_f1": True, "macro_f1": True, "subset_accuracy": True, "hamming_accuracy": True}
     default_metric = "micro_f1"
     has_baseline = False
+    start_head = None  # a fresh head starts at random (no probe fitted for label sets)
     ensemble = ("mean",)  # per-label probabilities average (a vote has no single label)
 
     @staticmethod

@@ -33,6 +33,7 @@ from tunesmith.data.sources import read_source
 from tunesmith.data.splits import Splits
 from tunesmith.errors import UserError
 from tunesmith.inference import evaluating
+from tunesmith.serve.schemas import GenerationOutput
 from tunesmith.tasks import TaskDefaults, register_task
 from tunesmith.tasks.causal_lm import (CausalLMTask, ChatProcessor, answer_metrics, assemble_splits, load_causal_lm,
                                        load_saved_causal_lm, read_prompts, token_length_facts)
@@ -147,6 +148,7 @@ def collate_pairs(rows: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
 
 class PreferenceTask(TaskDefaults):
     name = "preference"
+    response_schema = GenerationOutput
     settings = (AnswerSettings, DpoSettings)
     peft_task_type = "CAUSAL_LM"
     metrics_higher_is_better = {"loss": False, "reward_accuracy": True, "reward_margin": True}
@@ -205,7 +207,7 @@ class PreferenceTask(TaskDefaults):
                                    eval_answers=cfg.eval_answers, beta=cfg.dpo_beta,
                                    reference_source=cfg.model or source)
 
-    def build_model(self, source: str, labels: list[str]):
+    def build_model(self, source: str, labels: list[str], pooling: str = "cls"):
         return load_causal_lm(source)
 
     def load_model(self, folder: str):

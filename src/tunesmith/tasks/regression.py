@@ -9,6 +9,7 @@ import numpy as np
 
 from tunesmith.data.targets import NumberTarget
 from tunesmith.inference import write_rows
+from tunesmith.serve.schemas import RegressionOutput
 from tunesmith.tasks import register_task
 from tunesmith.tasks.sequence import SequenceTask
 
@@ -34,9 +35,11 @@ def regression_metrics(y_true, y_pred) -> dict:
 
 class RegressionHead:
     problem_type = "regression"
+    response_schema = RegressionOutput  # one served answer
     metrics_higher_is_better = {"mse": False, "rmse": False, "mae": False, "r2": True, "pearson": True, "spearman": True}
     default_metric = "mse"  # what the loss optimises; pick spearman when only the ranking matters
     has_baseline = False
+    start_head = None  # a fresh head starts at random (no probe fitted for scores)
     ensemble = ("mean",)  # scores average; there is no label to vote on
 
     @staticmethod

@@ -26,6 +26,7 @@ class SequenceTask(TaskDefaults):
     peft_task_type = "SEQ_CLS"
     default_model = "minilm"
     exportable = True  # token ids in, one row of logits out
+    mean_pooling = True  # build_model(pooling="mean"): a head on the mean-pooled states
 
     def __init__(self, name: str, target, head, pairs: bool | None):
         self.name = name
@@ -35,7 +36,9 @@ class SequenceTask(TaskDefaults):
         self.metrics_higher_is_better = head.metrics_higher_is_better
         self.default_metric = head.default_metric
         self.has_baseline = head.has_baseline
+        self.start_head = head.start_head
         self.problem_type = head.problem_type
+        self.response_schema = head.response_schema
         self.ensemble = head.ensemble
         # Texts longer than the model: pairs are cut from the longer text (truncate only).
         self.long_text_modes = ("truncate",) if pairs else MODES
@@ -69,20 +72,26 @@ class SequenceTask(TaskDefaults):
         return check_splits(splits, tokenizer, max_length, self.head.count_labels)
 
     # ---- model --------------------------------------------------------------------------
-    def build_model(self, source: str, labels: list[str]):
+    def build_model(self, source: str, labels: list[str], pooling: str = "cls"):
         from transformers import AutoModelForSequenceClassification
 
         from tunesmith.models import with_new_head
+        from tunesmith.tasks.mean_pool import MeanPoolClassifier
 
+        if pooling == "mean":  # a sentence-embedding backbone: the head reads what it was trained to give
+            return MeanPoolClassifier.build(source, labels, self.head.problem_type)
         return with_new_head(AutoModelForSequenceClassification, source, labels, problem_type=self.head.problem_type)
 
     def load_model(self, folder: str):
         from transformers import AutoModelForSequenceClassification
 
         from tunesmith.methods.embedding import EmbeddingClassifier, is_embedding_folder
+        from tunesmith.tasks.mean_pool import MeanPoolClassifier, is_mean_pool_folder
 
         if is_embedding_folder(folder):  # a zero-shot or few-shot run
             return EmbeddingClassifier.from_folder(folder)
+        if is_mean_pool_folder(folder):
+            return MeanPoolClassifier.from_folder(folder)
 
         # use_safetensors: a run folder may come from someone else; never unpickle it.
         return AutoModelForSequenceClassification.from_pretrained(folder, use_safetensors=True)

@@ -9,9 +9,10 @@ from pathlib import Path
 import numpy as np
 
 from tunesmith.data.targets import ClassTarget
-from tunesmith.evaluate.baseline import linear_probe
+from tunesmith.evaluate.baseline import fit_probe, linear_probe, probe_as_linear_layer
 from tunesmith.evaluate.metrics import HIGHER_IS_BETTER, classification_metrics
 from tunesmith.inference import softmax, write_predictions
+from tunesmith.serve.schemas import ClassificationOutput
 from tunesmith.tasks import register_task
 from tunesmith.tasks.sequence import SequenceTask
 
@@ -20,6 +21,7 @@ class ClassifierHead:
     """Softmax over classes, cross-entropy loss; outputs are class probabilities."""
 
     problem_type = "single_label_classification"
+    response_schema = ClassificationOutput  # one served answer
     metrics_higher_is_better = HIGHER_IS_BETTER
     default_metric = "macro_f1"
     ensemble = ("mean", "vote")  # probabilities average; labels can be voted on
@@ -41,6 +43,22 @@ class ClassifierHead:
 
     def tune(self, model, probs, targets, labels) -> dict:
         return {}  # argmax needs no threshold
+
+    def start_head(self, model, train, train_targets, labels, seed) -> str | None:
+        """A mean-pooled head (tasks/mean_pool.py) starts as the linear probe fitted on the
+        training split, so tuning begins where the untuned baseline ends (a random head first
+        spends its steps finding what the probe finds in seconds). None: nothing done (a
+        transformers head reads the pooler, not the features the probe saw)."""
+        from tunesmith.tasks.mean_pool import MeanPoolClassifier
+
+        if not isinstance(model, MeanPoolClassifier):
+            return None
+        class_id = {label: i for i, label in enumerate(labels)}
+        scaler, probe = fit_probe(model.body, [r["input_ids"] for r in train.rows], [class_id[t] for t in train_targets],
+                                  train.pad_id, seed)
+        weight, bias = probe_as_linear_layer(probe, len(labels))
+        model.load_head({"weight": weight, "bias": bias, "feature_mean": scaler.mean_, "feature_scale": scaler.scale_})
+        return "head: starts as the linear probe on the mean-pooled training texts"
 
     def baseline(self, model, train, test, train_targets, test_targets, labels, seed) -> dict:
         encoder = getattr(model, model.base_model_prefix)
