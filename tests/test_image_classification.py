@@ -209,3 +209,18 @@ def test_image_run_serves_base64_and_multipart_uploads_with_predicts_numbers(ima
         assert client.post("/v1/predict", files=[("inputs", ("a.png", b"hello", "image/png"))],
                            headers=key).status_code == 422
         assert client.post("/v1/predict", files=[("inputs", ("a.png", image.read_bytes(), "image/png"))]).status_code == 401
+    # An upload streamed without Content-Length, past the body limit: 413, not a 500.
+    small = create_app(predictor, ServeSettings(run=str(run.path), max_body_bytes=2000), KeyRing(["k" * 24]),
+                       run_info(run))
+    boundary = "b0undary"
+    part = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"inputs\"; filename=\"a.png\"\r\n"
+            f"Content-Type: image/png\r\n\r\n").encode() + b"x" * 5000 + f"\r\n--{boundary}--\r\n".encode()
+
+    def chunks():
+        for start in range(0, len(part), 500):
+            yield part[start:start + 500]
+
+    with TestClient(small) as client:
+        big = client.post("/v1/predict", content=chunks(),
+                          headers={**key, "content-type": f"multipart/form-data; boundary={boundary}"})
+    assert big.status_code == 413, big.text

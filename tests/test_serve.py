@@ -46,6 +46,26 @@ def make_client(run_path, predictor, keys=(KEY,), **overrides) -> TestClient:
 AUTH = {"Authorization": f"Bearer {KEY}"}
 
 
+@pytest.fixture
+def served_log():
+    """The JSON lines the server logs ("tunesmith.serve" does not propagate: it has its own
+    stderr handler, made once per process), collected as they are written."""
+    lines = []
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            lines.append(record.getMessage())
+
+    handler = Collect()
+    logger = logging.getLogger("tunesmith.serve")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    yield lines
+    logger.removeHandler(handler)
+    logger.setLevel(level)
+
+
 def test_auth(run_path, predictor):
     with make_client(run_path, predictor) as client:
         missing = client.post("/v1/predict", json={"inputs": "good"})
@@ -337,14 +357,17 @@ def test_text_that_no_tokenizer_reads_is_a_422_naming_the_input(run_path, predic
         assert client.post("/v1/predict", json={"inputs": ["fine"]}, headers=AUTH).status_code == 200
 
 
-def test_an_internal_error_is_one_log_line_without_a_traceback(run_path, caplog):
+def test_an_internal_error_is_one_log_line_without_a_traceback(run_path, caplog, served_log):
     settings = ServeSettings(run=str(run_path))
     app = create_app(Poisoned(), settings, KeyRing([KEY]), run_info(Run(run_path)))
     with caplog.at_level(logging.DEBUG), TestClient(app) as client:  # raise_server_exceptions on: nothing escapes
         failed = client.post("/v1/predict", json={"inputs": "poison"}, headers=AUTH)
     assert failed.status_code == 500 and failed.json() == {"error": "internal error"}
-    assert "Traceback" not in caplog.text and "poison" not in caplog.text
-    assert '"error": "RuntimeError"' in caplog.text
+    everything = caplog.text + "\n".join(served_log)
+    assert "Traceback" not in everything and "poison" not in everything
+    errors = [json.loads(line) for line in served_log if json.loads(line)["event"] == "error"]
+    assert [e["error"] for e in errors] == ["RuntimeError"]
+    assert errors[0]["request_id"] == failed.headers["x-request-id"]  # the error line names its request
 
 
 def test_the_rate_limit_table_stays_bounded_and_forgets_idle_clients_first():
@@ -416,3 +439,25 @@ def test_stop_strings_are_bounded_and_sampling_is_seeded_per_request():
     assert PredictParameters(seed=7).generation().seed == 7
     seeds = {PredictParameters(temperature=0.8).generation().seed for _ in range(5)}
     assert len(seeds) > 1  # not one fixed seed: sampled answers differ across requests
+
+
+def test_every_request_has_an_id_echoed_and_logged(run_path, predictor, served_log):
+    with make_client(run_path, predictor) as client:
+        chosen = client.post("/v1/predict", json={"inputs": "fine"}, headers={**AUTH, "X-Request-ID": "abc-123"})
+        made = client.post("/v1/predict", json={"inputs": "fine"}, headers=AUTH)
+        unsafe = client.post("/v1/predict", json={"inputs": "fine"}, headers={**AUTH, "X-Request-ID": "a b\"c"})
+    assert chosen.headers["x-request-id"] == "abc-123"
+    assert len(made.headers["x-request-id"]) == 32 and made.headers["x-request-id"] != "abc-123"
+    assert unsafe.headers["x-request-id"] != "a b\"c"  # not a plain token: replaced, never logged as sent
+    requests = [line for line in map(json.loads, served_log) if line["event"] == "request"]
+    assert [line["request_id"] for line in requests] == ["abc-123", made.headers["x-request-id"],
+                                                          unsafe.headers["x-request-id"]]
+
+
+def test_request_latency_is_measured_in_seconds(run_path, predictor):
+    with make_client(run_path, predictor) as client:
+        assert client.post("/v1/predict", json={"inputs": "fine"}, headers=AUTH).status_code == 200
+        text = client.get("/metrics", headers=AUTH).text
+    total = [line for line in text.splitlines()
+             if line.startswith("tunesmith_request_duration_seconds_sum") and "/v1/predict" in line]
+    assert total and 0 < float(total[0].split()[-1]) < 60, total

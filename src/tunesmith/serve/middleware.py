@@ -3,14 +3,17 @@ metrics and access log, the body limit, and multipart image uploads turned into 
 
 import json
 import logging
+import re
 import time
+import uuid
 
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from tunesmith.serve.telemetry import JsonLog, Metrics
+from tunesmith.serve.telemetry import REQUEST_ID, JsonLog, Metrics
 
 OPEN_ROUTES = {"/healthz", "/readyz", "/openapi.json"}
+CLIENT_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")  # an id a client may choose (never raw text in logs)
 
 
 class MultipartImages:
@@ -55,7 +58,9 @@ class MultipartImages:
 
 
 class Observe:
-    """Pure ASGI middleware: 503 while draining; request metrics and the JSON access log."""
+    """Pure ASGI middleware: 503 while draining; request metrics and the JSON access log; the
+    request id (the client's `X-Request-ID` when it is a plain token, else a new one), echoed in
+    the response and in every log line written while the request runs."""
 
     def __init__(self, app, routes: set, metrics: Metrics, log: JsonLog, is_draining):
         self.app, self.routes, self.metrics, self.log, self.is_draining = app, routes, metrics, log, is_draining
@@ -66,12 +71,17 @@ class Observe:
         started = time.perf_counter()
         path = scope["path"]
         route = path if path in self.routes else "other"  # bounded label cardinality
-        status, started = 500, False
+        status, responded = 500, False
+        given = dict(scope.get("headers", [])).get(b"x-request-id", b"").decode("latin-1")
+        request_id = given if CLIENT_REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+        token = REQUEST_ID.set(request_id)
 
         async def send_and_note(message):
-            nonlocal status, started
+            nonlocal status, responded
             if message["type"] == "http.response.start":
-                status, started = message["status"], True
+                status, responded = message["status"], True
+                message = {**message, "headers": [*message.get("headers", []),
+                                                   (b"x-request-id", request_id.encode())]}
             await send(message)
 
         try:
@@ -80,12 +90,17 @@ class Observe:
                 await response(scope, receive, send_and_note)
             else:
                 await self.app(scope, receive, send_and_note)
+        except StarletteHTTPException as exc:
+            # Raised outside the routes, where FastAPI's handlers do not reach (a chunked
+            # multipart upload read past the body limit): its own status, not a 500.
+            if not responded:
+                await JSONResponse({"error": exc.detail}, status_code=exc.status_code)(scope, receive, send_and_note)
         except Exception as exc:
             # An error no handler took. Let through, Starlette's outermost middleware would
             # answer 500 and then re-raise it for the server to log a traceback, which can hold
             # request text: answer here and log one structured line instead.
             self.log.event("error", logging.ERROR, route=route, error=type(exc).__name__)
-            if not started:
+            if not responded:
                 await JSONResponse({"error": "internal error"}, status_code=500)(scope, receive, send_and_note)
         finally:
             seconds = time.perf_counter() - started
@@ -93,6 +108,7 @@ class Observe:
             if route not in OPEN_ROUTES:
                 self.log.event("request", method=scope["method"], route=route, status=status,
                                ms=round(seconds * 1000, 2))
+            REQUEST_ID.reset(token)
 
 
 class BodyTooLarge(StarletteHTTPException):

@@ -11,9 +11,11 @@ import logging
 import sys
 import time
 from collections import defaultdict
+from contextvars import ContextVar
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+REQUEST_ID: ContextVar[str | None] = ContextVar("request_id", default=None)  # set per request by middleware.Observe
 
 
 class Histogram:
@@ -83,9 +85,12 @@ class JsonLog:
             handler = logging.StreamHandler(stream or sys.stderr)
             handler.setFormatter(logging.Formatter("%(message)s"))
             self.logger.addHandler(handler)
-            self.logger.setLevel(logging.INFO)
             self.logger.propagate = False
+        if self.logger.level == logging.NOTSET:  # else the root's WARNING would drop the access log
+            self.logger.setLevel(logging.INFO)
 
     def event(self, event: str, level: int = logging.INFO, **fields) -> None:
         record = {"ts": round(time.time(), 3), "level": logging.getLevelName(level).lower(), "event": event, **fields}
+        if REQUEST_ID.get() is not None:
+            record["request_id"] = REQUEST_ID.get()
         self.logger.log(level, json.dumps(record, ensure_ascii=False))
