@@ -275,10 +275,6 @@ class TrainConfig(
     config_version: int = Field(CONFIG_VERSION, ge=1, description="Layout version of the config (written to "
                                 "every run's config.yaml; older run folders are migrated when read).")
 
-    def section(self, settings: type[BaseModel]) -> BaseModel:
-        """This run's values of one settings section (e.g. `cfg.section(LoraSettings).lora_r`)."""
-        return settings(**{key: getattr(self, key) for key in settings.model_fields})
-
     @model_validator(mode="before")
     @classmethod
     def _task_defaults(cls, values: Any) -> Any:

@@ -51,21 +51,18 @@ def require_export(run) -> Path:
 def export_onnx(run, opset: int = 18) -> tuple[Path, float]:
     """Export `run`'s model to `model/model.onnx` (atomically); returns the path and the
     largest logit difference from PyTorch on the sample texts."""
+    from tunesmith.ensemble import is_ensemble
     from tunesmith.inference import Predictor
     from tunesmith.io import atomic_path
-
-    from tunesmith.ensemble import is_ensemble
+    from tunesmith.methods import METHODS, supporting_methods
+    from tunesmith.tasks import TASKS, supporting
 
     if is_ensemble(run):
         raise UserError(f"export --format onnx: {run.path} is an ensemble; export each of its member runs instead")
     cfg = run.settings()
-    from tunesmith.tasks import TASKS, supporting
-
     if not TASKS[cfg.task].exportable:
         raise UserError(f"export --format onnx: {cfg.task} runs cannot be exported yet "
                         f"(exportable: {', '.join(supporting('exportable'))})")
-    from tunesmith.methods import METHODS, supporting_methods
-
     if not METHODS[cfg.method].exportable:
         raise UserError(f"export --format onnx: {run.path} uses method {cfg.method}, whose runs cannot be exported yet "
                         f"(exportable: {', '.join(supporting_methods('exportable'))})")

@@ -14,15 +14,20 @@ from tunesmith.data.batching import collate, inference_batches
 MAX_FIT_EXAMPLES = 5000  # a linear probe saturates long before this; caps the forward passes
 
 
+def masked_mean(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The mean of each row's hidden states over the tokens its mask keeps: the features the
+    probe reads, and the ones a mean-pooled head (tasks/mean_pool.py) reads after it."""
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+
+
 def embed(encoder, token_ids: list[list[int]], pad_id: int, batch_size: int = 64) -> np.ndarray:
     encoder.eval()
     out = np.zeros((len(token_ids), encoder.config.hidden_size), dtype=np.float32)
     with torch.inference_mode():
         for indices in inference_batches([len(t) for t in token_ids], batch_size):
             batch = collate([token_ids[i] for i in indices], pad_id)
-            hidden = encoder(**batch).last_hidden_state
-            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            out[indices] = ((hidden * mask).sum(1) / mask.sum(1).clamp(min=1)).numpy()
+            out[indices] = masked_mean(encoder(**batch).last_hidden_state, batch["attention_mask"]).numpy()
     return out
 
 

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from tunesmith.config import ZeroShotSettings
+from tunesmith.evaluate.baseline import masked_mean
 from tunesmith.methods import MethodDefaults, register_method
 
 HEAD_FILE = "embedding_head.safetensors"
@@ -42,8 +43,7 @@ class EmbeddingClassifier(torch.nn.Module):
 
     def embed(self, input_ids, attention_mask, token_type_ids=None) -> torch.Tensor:
         hidden = self.body(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).last_hidden_state
-        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        return F.normalize((hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9), dim=-1)
+        return F.normalize(masked_mean(hidden, attention_mask), dim=-1)
 
     def forward(self, input_ids, attention_mask, token_type_ids=None, labels=None):
         from transformers.modeling_outputs import SequenceClassifierOutput

@@ -62,7 +62,9 @@ async def predict(state: Served, body: PredictRequest, client: str):
         return await generate(state, inputs, body.parameters)
     misplaced = sorted(body.parameters.model_fields_set & set(GENERATION_PARAMETERS))
     if misplaced:
-        raise ApiError(422, f"parameters.{misplaced[0]}: only for causal-lm and preference runs",
+        from tunesmith.tasks import supporting
+
+        raise ApiError(422, f"parameters.{misplaced[0]}: only for {' and '.join(supporting('generative'))} runs",
                        f"parameters.{misplaced[0]}")
     try:
         rows = await state.batcher.submit(inputs)

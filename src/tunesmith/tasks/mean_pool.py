@@ -36,6 +36,8 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+from tunesmith.evaluate.baseline import masked_mean
+
 HEAD_FILE = "classifier.safetensors"
 MARK = "tunesmith_pooling"  # the config.json key that says a folder holds a MeanPoolClassifier
 
@@ -57,10 +59,7 @@ class MeanPoolClassifier(torch.nn.Module):
         extra = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
         hidden = self.body(input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds,
                            **extra).last_hidden_state
-        if attention_mask is None:
-            return hidden.mean(1)
-        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        return hidden.mean(1) if attention_mask is None else masked_mean(hidden, attention_mask)
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, labels=None, inputs_embeds=None,
                 **_):
