@@ -130,6 +130,21 @@ def _cmd_compare(args) -> int:
     return 0
 
 
+def _cmd_tune(args) -> int:
+    try:
+        import optuna  # noqa: F401
+    except ImportError:
+        raise UserError("tunesmith tune needs Optuna: pip install 'tunesmith[tune]'") from None
+    from tunesmith.commands.tune import tune
+    from tunesmith.config import TrainConfig
+
+    overrides = {n: getattr(args, n) for n in TrainConfig.model_fields if getattr(args, n, None) is not None}
+    tune(args.source, overrides, trials=args.trials, timeout=args.timeout, sampler=args.sampler, pruner=args.pruner,
+         jobs=args.n_jobs, storage=args.storage, keep=args.keep, folder=args.study_folder,
+         sampler_seed=args.sampler_seed)
+    return 0
+
+
 def _cmd_quickstart(args) -> int:
     from tunesmith.commands.quickstart import quickstart
 
@@ -191,6 +206,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-folder", default="runs/compare", help="folder for the table, chart and runs")
     add_config_flags(p, skip=("data", "method", "name", "resume", "output"))
     p.set_defaults(func=_cmd_compare)
+
+    p = verbs.add_parser("tune", help="hyperparameter search over training runs (Optuna); resumable",
+                         description="Search training settings on the validation split; the best trial is scored "
+                         "on test once. The space is the config's `search:` block (ranges and choices of any "
+                         "training key, the method too), else the method's own (learning rate and its size knob). "
+                         "Running the same command again continues the study.")
+    p.add_argument("source", metavar="DATA|CONFIG", help="training data, or a YAML config (with an optional search: block)")
+    p.add_argument("--trials", type=int, default=20, help="trials in the study, over every worker and restart (default: 20)")
+    p.add_argument("--timeout", help="stop starting trials after this long, e.g. 30m, 2h (default: none)")
+    p.add_argument("--sampler", choices=("tpe", "random", "grid"), default="tpe",
+                   help="tpe (default), random, or grid (every key needs choices or a step)")
+    p.add_argument("--pruner", choices=("median", "hyperband", "none"), default="median",
+                   help="stop trials whose validation metric trails the others' after an evaluation (default: median)")
+    p.add_argument("--n-jobs", type=int, default=1, help="worker processes sharing the study (default: 1)")
+    p.add_argument("--storage", help="study storage URL (default: sqlite in the study folder); "
+                   "postgresql://... lets several machines share one study")
+    p.add_argument("--study-folder", help="folder of the study (default: <output>/tune-<data or config name>)")
+    p.add_argument("--keep", choices=("all", "best"), default="all",
+                   help="keep every trial's run folder (default) or only the best one")
+    p.add_argument("--sampler-seed", type=int, help="seed of the sampler, for a reproducible single-worker study")
+    add_config_flags(p, skip=("name", "resume"))
+    p.set_defaults(func=_cmd_tune)
 
     p = verbs.add_parser("eval", help="metrics and report of a run on a test set")
     p.add_argument("run", help="run folder")

@@ -37,7 +37,11 @@ from tunesmith.train.loop import FitResult, LoopState, fit
 from tunesmith.train.objective import training_objective
 
 
-def train(cfg: TrainConfig, log=print) -> Run:
+def train(cfg: TrainConfig, log=print, on_evaluate=None, score_test: bool = True) -> Run:
+    """Train one run. `on_evaluate(metrics)` sees every validation result as it comes (a
+    `tune` trial reports it, and may stop the run by raising). With `score_test=False` (a tune
+    trial: selection sees validation only) neither the baseline nor the model touches the test
+    split; `tunesmith eval RUN` scores it later."""
     processes = distributed.processes()  # several under `accelerate launch`; only the main one writes
     main = processes.is_main_process
     if not main:
@@ -48,10 +52,10 @@ def train(cfg: TrainConfig, log=print) -> Run:
             cfg, run = _config_of_interrupted_run(cfg.resume)
             if main:
                 held.enter_context(training_lock(run))  # before any work: a second resume is refused now
-        return _train(cfg, run if resuming else None, processes, held, log)
+        return _train(cfg, run if resuming else None, processes, held, log, on_evaluate, score_test)
 
 
-def _train(cfg: TrainConfig, run: Run | None, processes, held: ExitStack, log) -> Run:
+def _train(cfg: TrainConfig, run: Run | None, processes, held: ExitStack, log, on_evaluate, score_test) -> Run:
     main, resuming = processes.is_main_process, run is not None
     if not resuming:
         # A taken name fails now, not after loading everything; the others use the main's folder.
@@ -103,7 +107,8 @@ def _train(cfg: TrainConfig, run: Run | None, processes, held: ExitStack, log) -
     processes.wait_for_everyone()
 
     try:
-        return _fine_tune_and_evaluate(run, cfg, task, method, splits, tokenizer, model, resuming, log, earlier)
+        return _fine_tune_and_evaluate(run, cfg, task, method, splits, tokenizer, model, resuming, log, earlier,
+                                       on_evaluate, score_test)
     except KeyboardInterrupt:
         raise Interrupted(run.path) from None
     except UserError:
@@ -122,7 +127,8 @@ def _pooling(cfg: TrainConfig, task, method, source: str) -> str:
 
 
 def _fine_tune_and_evaluate(run: Run, cfg: TrainConfig, task, method, splits: Splits, tokenizer, model,
-                            resuming: bool, log, earlier: Run | None = None) -> Run:
+                            resuming: bool, log, earlier: Run | None = None, on_evaluate=None,
+                            score_test: bool = True) -> Run:
     """Steps 3-7: everything that happens inside the run folder."""
     examples, features = _encode_splits(cfg, task, splits, tokenizer, log, earlier)
     if task.score_reference is not None:  # DPO: the reference's log-probabilities, before any tuning
@@ -131,7 +137,7 @@ def _fine_tune_and_evaluate(run: Run, cfg: TrainConfig, task, method, splits: Sp
 
     # 4. The untuned baseline, from the pristine pretrained encoder (once per run).
     main = distributed.processes().is_main_process
-    if cfg.baseline and task.has_baseline and main and not run.baseline_file.is_file():
+    if cfg.baseline and score_test and task.has_baseline and main and not run.baseline_file.is_file():
         log("baseline: scoring the untuned model on the test split ...")
         baseline = task.baseline(model, features["train"], features["test"], examples["train"].labels,
                                  splits.test.labels, splits.labels, cfg.seed)
@@ -153,7 +159,10 @@ def _fine_tune_and_evaluate(run: Run, cfg: TrainConfig, task, method, splits: Sp
 
     def evaluate(m) -> dict:
         fit_head(m)
-        return task.metrics(splits.val.labels, task.predict(m, features["val"]), splits.labels)
+        metrics = task.metrics(splits.val.labels, task.predict(m, features["val"]), splits.labels)
+        if on_evaluate is not None:
+            on_evaluate(metrics)
+        return metrics
 
     metric = cfg.resolved_metric()
     loss = training_objective(cfg, task, method, tokenizer, examples["train"].labels, splits.labels, ewc)
@@ -169,7 +178,7 @@ def _fine_tune_and_evaluate(run: Run, cfg: TrainConfig, task, method, splits: Sp
         result = FitResult(LoopState(best_metric=evaluate(model)[metric], best_step=0), 0, "no")
     tuned = task.tune_on_validation(model, features["val"], splits.val.labels, splits.labels)
     _export_model(method, model, tokenizer, run)
-    metrics = _test_metrics(run, cfg, task, splits, examples, result, metric, tuned, params, earlier, log)
+    metrics = _test_metrics(run, cfg, task, splits, examples, result, metric, tuned, params, earlier, log, score_test)
     write_text(run.report_file, report.render(f"tunesmith run {run.path.name}", run.config(), metrics,
                                               run.history(), splits.labels))
     write_json(run.metrics_file, metrics)  # last: its presence marks the run finished
@@ -229,19 +238,20 @@ def _keep_best(run: Run, cfg: TrainConfig, model, log) -> None:
 
 
 def _test_metrics(run: Run, cfg: TrainConfig, task, splits: Splits, examples: dict, result: FitResult, metric: str,
-                  tuned: dict, params: dict, earlier: Run | None, log) -> dict:
+                  tuned: dict, params: dict, earlier: Run | None, log, score_test: bool = True) -> dict:
     """7. Test metrics from the saved model, exactly as `eval` and `predict` will load it, with
-    what training cost; for continual learning, the old test split scored again."""
+    what training cost; for continual learning, the old test split scored again. Without
+    `score_test` the test entry stays empty (`tunesmith eval RUN` fills it)."""
     predictor = Predictor.from_run(run)
     started = time.perf_counter()
-    test_outputs = predictor.predict(splits.test.texts)
+    test_outputs = predictor.predict(splits.test.texts) if score_test else []
     predict_seconds = time.perf_counter() - started
-    test_metrics = task.metrics(splits.test.labels, test_outputs, splits.labels)
-    if task.generative:  # generative tasks: answers to held-out prompts vs references
+    test_metrics = task.metrics(splits.test.labels, test_outputs, splits.labels) if score_test else {}
+    if task.generative and score_test:  # generative tasks: answers to held-out prompts vs references
         log("answering test prompts for exact match and ROUGE-L ...")
         test_metrics.update(task.answer_metrics(predictor.model, predictor.tokenizer, splits.test.texts))
     continued = None
-    if earlier is not None:  # forgetting: the old test split, as the old run scored it and now
+    if earlier is not None and score_test:  # forgetting: the old test split, as the old run scored it and now
         old_test = earlier.split("test")
         after = task.metrics(old_test.labels, predictor.predict(old_test.texts), splits.labels)
         continued = {
@@ -265,7 +275,7 @@ def _test_metrics(run: Run, cfg: TrainConfig, task, splits: Splits, examples: di
             "precision": "fp32" if result.precision == "no" else result.precision,
             "processes": result.processes,
         },
-        "predict_samples_per_second": len(splits.test) / max(predict_seconds, 1e-9),
+        **({"predict_samples_per_second": len(splits.test) / max(predict_seconds, 1e-9)} if score_test else {}),
         "parameters": params,
         "peak_memory_mb": peak_memory_mb(),
         **({"continual": continued} if continued else {}),

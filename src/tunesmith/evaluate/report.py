@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
-def _png(fig) -> str:
+def png(fig) -> str:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
     plt.close(fig)
@@ -36,7 +36,7 @@ def loss_plot(history: list[dict]) -> str | None:
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss")
     ax.legend()
-    return _png(fig)
+    return png(fig)
 
 
 def validation_plot(history: list[dict], metric: str) -> str | None:
@@ -47,7 +47,7 @@ def validation_plot(history: list[dict], metric: str) -> str | None:
     ax.plot(*zip(*points), "o-")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel(f"validation {metric}")
-    return _png(fig)
+    return png(fig)
 
 
 def confusion_plot(matrix: list[list[int]], labels: list[str]) -> str:
@@ -64,7 +64,7 @@ def confusion_plot(matrix: list[list[int]], labels: list[str]) -> str:
             for j in range(len(labels)):
                 ax.text(j, i, str(m[i, j]), ha="center", va="center",
                         color="white" if m[i, j] > m.max() / 2 else "black", fontsize=8)
-    return _png(fig)
+    return png(fig)
 
 
 # Metrics shown in the headline table, where the task reports them.
@@ -110,7 +110,7 @@ def preference_plot(history: list[dict]) -> str | None:
         ax2.set_xlabel("optimizer step")
         ax2.set_ylabel("summed answer log-probability")
         ax2.legend()
-    return _png(fig)
+    return png(fig)
 
 
 def continual_table(facts: dict | None) -> str:

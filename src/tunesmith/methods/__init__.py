@@ -27,6 +27,7 @@ class Method(Protocol):
     def apply(self, model, cfg, task): ...  # -> the model to train for `task` (possibly wrapped)
     def export(self, model, folder: Path): ...  # -> plain transformers model; may save extras in folder
     def check(self, cfg, task) -> None: ...  # refuses a run this machine cannot do, before anything is written
+    def search_space(self, cfg) -> dict: ...  # `tune`'s default space, in the `search:` block's format
     # Hooks, None where the method has none (MethodDefaults): `training_loss(model, batch)`,
     # the method's own loss (few-shot's contrastive stage; the config refuses loss options
     # beside it); `fit_head(model, train_features, targets, labels)`, a head fitted outside
@@ -55,6 +56,16 @@ class MethodDefaults:
 
     def check(self, cfg, task) -> None:
         pass
+
+    def search_space(self, cfg) -> dict:
+        """`tunesmith tune`'s space when the config has no `search:` block. The learning rate
+        matters most for every method; a range of 4x either side of the default covers where
+        the default goes wrong (too slow on few steps, unstable on many). Methods add their
+        own size knob."""
+        if not self.trains:
+            return {}
+        lr = cfg.resolved_lr()
+        return {"lr": {"low": float(f"{lr / 4:.2g}"), "high": float(f"{lr * 4:.2g}"), "log": True}}
 
 
 def register_method(method: "Method") -> "Method":

@@ -99,6 +99,9 @@ class Adapter(MethodDefaults):
     settings = (AdapterSettings,)
     default_lr = 1e-3  # adapters start at the identity and are small: the papers use 1e-4..1e-3
 
+    def search_space(self, cfg) -> dict:
+        return {**super().search_space(cfg), "adapter_size": [16, 32, 64, 128]}
+
     def apply(self, model, cfg, task):
         for p in model.parameters():
             p.requires_grad_(False)

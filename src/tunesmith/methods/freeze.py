@@ -13,6 +13,9 @@ class Freeze(MethodDefaults):
     tunes_own_weights = True
     default_lr = 1e-3  # a randomly initialised head alone tolerates (and needs) a large step
 
+    def search_space(self, cfg) -> dict:
+        return {**super().search_space(cfg), "unfreeze_top_k": [0, 1, 2]}
+
     def apply(self, model, cfg, task):
         body = body_of(model)
         for p in model.parameters():

@@ -19,6 +19,9 @@ class Lora(MethodDefaults):
     settings = (LoraSettings,)
     default_lr = 5e-4  # adapters start at zero (B = 0) and need ~10x the full fine-tuning rate
 
+    def search_space(self, cfg) -> dict:
+        return {**super().search_space(cfg), "lora_r": [4, 8, 16, 32]}
+
     def apply(self, model, cfg, task):
         from peft import LoraConfig, TaskType, get_peft_model
 

@@ -1,0 +1,118 @@
+"""`tunesmith tune DATA|CONFIG`: hyperparameter search over training runs (Optuna).
+
+The study folder is named after the data or config (runs/tune-<name>), so running the same
+command again continues the same study: finished trials are kept, a trial cut off by Ctrl-C or
+kill -9 runs again. Selection sees validation only; the test split is scored once, for the
+best trial, at the end.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tunesmith.commands.evaluate import evaluate
+from tunesmith.commands.train import train
+from tunesmith.config import build_config, read_yaml_mapping
+from tunesmith.errors import UserError
+from tunesmith.io import write_text
+from tunesmith.runs import Run
+from tunesmith.search import report
+from tunesmith.search.space import default_space, grid, parse_space
+from tunesmith.search.study import (PRUNERS, SAMPLERS, StudySpec, best_config_yaml, best_run, keep_only,
+                                    parse_duration, run_study, trial_rows, write_trials_csv)
+from tunesmith.tasks import TASKS
+
+
+def tune(source: str, overrides: dict, trials: int = 20, timeout: str | None = None, sampler: str = "tpe",
+         pruner: str = "median", jobs: int = 1, storage: str | None = None, keep: str = "all",
+         folder: str | None = None, sampler_seed: int | None = None, log=print) -> Path:
+    """Run (or continue) a study; returns the study folder."""
+    values, space_block = _base_values(source, overrides)
+    cfg = build_config(values, source)  # the shared settings must be valid before any trial starts
+    if trials < 1 or jobs < 1:
+        raise UserError("tune: --trials and --n-jobs must be at least 1")
+    if sampler not in SAMPLERS or pruner not in PRUNERS:
+        raise UserError(f"tune: --sampler is one of {', '.join(SAMPLERS)}; --pruner one of {', '.join(PRUNERS)}")
+    if keep not in ("all", "best"):
+        raise UserError("tune: --keep all or best")
+    space = parse_space(space_block, source) if space_block is not None else default_space(cfg)
+    if sampler == "grid":
+        grid(space)  # every key needs choices or a step: refused now, not after the first trial
+    metric = cfg.resolved_metric()
+    higher_better = TASKS[cfg.task].metrics_higher_is_better[metric]
+    study_folder = Path(folder) if folder else Path(cfg.output) / f"tune-{Path(source).stem}"
+    spec = StudySpec(values=values, space=space, folder=study_folder, trials=trials, timeout_s=parse_duration(timeout),
+                     sampler=sampler, pruner=pruner, storage=storage, sampler_seed=sampler_seed, keep=keep,
+                     workers=jobs)
+    log(f"study {study_folder} ({spec.storage_url.split('://')[0]}): {trials} trials of {cfg.task}, "
+        f"searching {', '.join(space)}; selecting on val {metric}")
+    TASKS[cfg.task].load_data(cfg)  # data that cannot load fails here once, not in every trial
+    try:
+        study = run_study(spec, train, metric, "maximize" if higher_better else "minimize", log)
+    except KeyboardInterrupt:
+        log(f"tune: interrupted; the same command continues the study in {study_folder}")
+        raise
+    return _finish(spec, study, metric, higher_better, log)
+
+
+def _base_values(source: str, overrides: dict) -> tuple[dict, object]:
+    """The settings every trial shares, and the `search:` block (None: the method's default)."""
+    is_config = Path(source).suffix.lower() in (".yaml", ".yml")
+    values = read_yaml_mapping(source) if is_config else {"data": source}
+    space_block = values.pop("search", None)
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    if not values.get("data"):
+        raise UserError(f"{source}: the config names no data; add 'data: FILE' or pass --data")
+    return values, space_block
+
+
+def _finish(spec: StudySpec, study, metric: str, higher_better: bool, log) -> Path:
+    """The trial table, the best trial scored on test (once), best.yaml and the report."""
+    rows = trial_rows(study)
+    write_trials_csv(spec.folder / "trials.csv", rows)
+    best = best_run(study)
+    if best is None:
+        errors = sorted({r["error"] for r in rows if r["error"]})
+        raise UserError(f"tune: no trial finished ({len(rows)} tried)" + (f"; first error: {errors[0]}" if errors else "")
+                        + f"; see {spec.folder / 'trials.csv'}")
+    run = Run(best)
+    metrics = json.loads(run.metrics_file.read_text(encoding="utf-8"))
+    if not metrics.get("test"):  # the first time the study ends with this winner
+        log(f"scoring the best trial ({best.name}) on the test split, once ...")
+        evaluate(str(best), out=lambda _: None)
+        metrics = json.loads(run.metrics_file.read_text(encoding="utf-8"))
+    write_text(spec.folder / "best.yaml", best_config_yaml(run.config(), metric, study.best_value))
+    if spec.keep == "best":
+        removed = keep_only(study, best)
+        if removed:
+            log(f"--keep best: removed {removed} other trial run folders")
+    winner = {"trial": study.best_trial.number, "value": study.best_value, "params": study.best_trial.params,
+              "test": metrics["test"], "history": run.history(), "run": best}
+    write_text(spec.folder / "report.html", report.render(spec.name, rows, metric, higher_better,
+                                                          report.importances(study), winner))
+    _print_table(rows, metric, higher_better, log)
+    test = metrics["test"].get(metric)
+    log(f"best: trial {winner['trial']} val {metric} {study.best_value:.4f}"
+        + (f", test {metric} {test:.4f}" if isinstance(test, float) else "") + f" ({best})")
+    log(f"wrote {spec.folder / 'best.yaml'} (re-run: tunesmith train {spec.folder / 'best.yaml'}), "
+        f"{spec.folder / 'trials.csv'} and {spec.folder / 'report.html'}")
+    return spec.folder
+
+
+def _print_table(rows: list[dict], metric: str, higher_better: bool, log, top: int = 10) -> None:
+    finished = [r for r in rows if r["state"] == "complete"]
+    finished.sort(key=lambda r: r["value"], reverse=higher_better)
+    params = [c for c in (rows[0] if rows else {}) if c not in ("trial", "state", "value", "evaluations", "seconds",
+                                                                 "run", "error")]
+    log(f"{'trial':>5}  {'val ' + metric:>12}  {'seconds':>8}  " + "  ".join(f"{p:>10}" for p in params))
+    for r in finished[:top]:
+        cells = "  ".join(f"{_cell(r[p]):>10}" for p in params)
+        log(f"{r['trial']:>5}  {r['value']:>12.4f}  {r['seconds'] or 0:>8.1f}  {cells}")
+    others = {s: sum(r["state"] == s for r in rows) for s in ("pruned", "fail", "running")}
+    if any(others.values()):
+        log(", ".join(f"{n} {s}" for s, n in others.items() if n))
+
+
+def _cell(value) -> str:
+    return "" if value is None else f"{value:.3g}" if isinstance(value, float) else str(value)
