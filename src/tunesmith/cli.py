@@ -145,6 +145,19 @@ def _cmd_tune(args) -> int:
     return 0
 
 
+def _cmd_auto(args) -> int:
+    try:
+        import optuna  # noqa: F401
+    except ImportError:
+        raise UserError("tunesmith auto needs Optuna (its last rung is a search): pip install 'tunesmith[tune]'") from None
+    from tunesmith.commands.auto import auto
+    from tunesmith.config import TrainConfig
+
+    overrides = {n: getattr(args, n) for n in TrainConfig.model_fields if getattr(args, n, None) is not None}
+    auto(args.data, overrides, target=args.target, budget=args.budget, folder=args.folder)
+    return 0
+
+
 def _cmd_quickstart(args) -> int:
     from tunesmith.commands.quickstart import quickstart
 
@@ -228,6 +241,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sampler-seed", type=int, help="seed of the sampler, for a reproducible single-worker study")
     add_config_flags(p, skip=("name", "resume"))
     p.set_defaults(func=_cmd_tune)
+
+    p = verbs.add_parser("auto", help="the cheapest model that meets a target, within a time budget",
+                         description="Climb from cheap to dear (zero-shot when labels have names, few-shot on small "
+                         "data, freeze, adapter, lora, full, then a short tune of the best), estimating each rung's "
+                         "time so the climb stays within --budget, and stop at the first rung whose validation "
+                         "metric meets --target. Keeps the winner as a run folder; its test split is scored once.")
+    p.add_argument("data", help="training data, as for train --data")
+    p.add_argument("--target", help='goal on the validation split, e.g. "macro_f1>=0.9" (default: none: climb every rung)')
+    p.add_argument("--budget", help="time for the whole climb, e.g. 30m, 2h (default: none)")
+    p.add_argument("--folder", help="folder of the rungs' runs (default: <output>/auto-<data name>)")
+    add_config_flags(p, skip=("data", "method", "name", "resume"))
+    p.set_defaults(func=_cmd_auto)
 
     p = verbs.add_parser("eval", help="metrics and report of a run on a test set")
     p.add_argument("run", help="run folder")

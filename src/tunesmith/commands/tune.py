@@ -24,11 +24,23 @@ from tunesmith.search.study import (PRUNERS, SAMPLERS, StudySpec, best_config_ya
 from tunesmith.tasks import TASKS
 
 
-def tune(source: str, overrides: dict, trials: int = 20, timeout: str | None = None, sampler: str = "tpe",
-         pruner: str = "median", jobs: int = 1, storage: str | None = None, keep: str = "all",
-         folder: str | None = None, sampler_seed: int | None = None, log=print) -> Path:
-    """Run (or continue) a study; returns the study folder."""
+def tune(source: str, overrides: dict, **options) -> Path:
+    """Run (or continue) the study of a data file or YAML config; returns the best trial's
+    run folder. `options` are `search`'s."""
     values, space_block = _base_values(source, overrides)
+    options.setdefault("folder", None)
+    if options["folder"] is None:
+        options["folder"] = str(Path(build_config(values, source).output) / f"tune-{Path(source).stem}")
+    return search(values, space_block, source, **options)
+
+
+def search(values: dict, space_block, source: str, folder: str, trials: int = 20, timeout: str | None = None,
+           sampler: str = "tpe", pruner: str = "median", jobs: int = 1, storage: str | None = None,
+           keep: str = "all", sampler_seed: int | None = None, score_best: bool = True, log=print) -> Path:
+    """A study over training `values` (the keys every trial shares) in `folder`; the space is
+    `space_block` (a config's `search:` mapping), or the method's own when None. With
+    `score_best=False` the winner's test split stays unscored (`auto` scores only the model it
+    finally keeps)."""
     cfg = build_config(values, source)  # the shared settings must be valid before any trial starts
     if trials < 1 or jobs < 1:
         raise UserError("tune: --trials and --n-jobs must be at least 1")
@@ -41,7 +53,7 @@ def tune(source: str, overrides: dict, trials: int = 20, timeout: str | None = N
         grid(space)  # every key needs choices or a step: refused now, not after the first trial
     metric = cfg.resolved_metric()
     higher_better = TASKS[cfg.task].metrics_higher_is_better[metric]
-    study_folder = Path(folder) if folder else Path(cfg.output) / f"tune-{Path(source).stem}"
+    study_folder = Path(folder)
     spec = StudySpec(values=values, space=space, folder=study_folder, trials=trials, timeout_s=parse_duration(timeout),
                      sampler=sampler, pruner=pruner, storage=storage, sampler_seed=sampler_seed, keep=keep,
                      workers=jobs)
@@ -53,7 +65,7 @@ def tune(source: str, overrides: dict, trials: int = 20, timeout: str | None = N
     except KeyboardInterrupt:
         log(f"tune: interrupted; the same command continues the study in {study_folder}")
         raise
-    return _finish(spec, study, metric, higher_better, log)
+    return _finish(spec, study, metric, higher_better, score_best, log)
 
 
 def _base_values(source: str, overrides: dict) -> tuple[dict, object]:
@@ -67,7 +79,7 @@ def _base_values(source: str, overrides: dict) -> tuple[dict, object]:
     return values, space_block
 
 
-def _finish(spec: StudySpec, study, metric: str, higher_better: bool, log) -> Path:
+def _finish(spec: StudySpec, study, metric: str, higher_better: bool, score_best: bool, log) -> Path:
     """The trial table, the best trial scored on test (once), best.yaml and the report."""
     rows = trial_rows(study)
     write_trials_csv(spec.folder / "trials.csv", rows)
@@ -78,7 +90,7 @@ def _finish(spec: StudySpec, study, metric: str, higher_better: bool, log) -> Pa
                         + f"; see {spec.folder / 'trials.csv'}")
     run = Run(best)
     metrics = json.loads(run.metrics_file.read_text(encoding="utf-8"))
-    if not metrics.get("test"):  # the first time the study ends with this winner
+    if score_best and not metrics.get("test"):  # the first time the study ends with this winner
         log(f"scoring the best trial ({best.name}) on the test split, once ...")
         evaluate(str(best), out=lambda _: None)
         metrics = json.loads(run.metrics_file.read_text(encoding="utf-8"))
@@ -97,7 +109,7 @@ def _finish(spec: StudySpec, study, metric: str, higher_better: bool, log) -> Pa
         + (f", test {metric} {test:.4f}" if isinstance(test, float) else "") + f" ({best})")
     log(f"wrote {spec.folder / 'best.yaml'} (re-run: tunesmith train {spec.folder / 'best.yaml'}), "
         f"{spec.folder / 'trials.csv'} and {spec.folder / 'report.html'}")
-    return spec.folder
+    return best
 
 
 def _print_table(rows: list[dict], metric: str, higher_better: bool, log, top: int = 10) -> None:

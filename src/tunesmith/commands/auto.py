@@ -1,0 +1,143 @@
+"""`tunesmith auto DATA [--target "macro_f1>=0.9"] [--budget 30m]`: the cheapest model that is
+good enough (search/ladder.py climbs; this file trains its rungs).
+
+Every rung is an ordinary run folder under <output>/auto-<data name>/, selected on validation;
+the test split is scored once, for the model kept at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from tunesmith import models
+from tunesmith.commands.evaluate import evaluate
+from tunesmith.commands.train import train
+from tunesmith.commands.tune import search
+from tunesmith.config import build_config, unread_sections
+from tunesmith.errors import UserError
+from tunesmith.io import write_json
+from tunesmith.methods import METHODS
+from tunesmith.runs import Run
+from tunesmith.search.ladder import Data, Ladder, Outcome, Rung, parse_target, plan
+from tunesmith.search.study import parse_duration
+from tunesmith.tasks import TASKS
+
+
+def auto(data: str, overrides: dict, target: str | None = None, budget: str | None = None,
+         folder: str | None = None, log=print, clock=time.monotonic) -> Path:
+    """Climb the ladder; returns the kept run folder."""
+    values = {"data": data, **{k: v for k, v in overrides.items() if v is not None}}
+    values.pop("method", None)  # the ladder chooses it
+    cfg = build_config(values, "auto")
+    task = TASKS[cfg.task]
+    goal = parse_target(target, task.metrics_higher_is_better) if target else None
+    if goal is not None:
+        values["metric"] = goal.metric  # every rung keeps its best checkpoint by the target's metric
+        cfg = build_config(values, "auto")
+    metric = cfg.resolved_metric()
+    budget_s = parse_duration(budget)
+    ladder_dir = Path(folder) if folder else Path(cfg.output) / f"auto-{Path(data).stem}"
+    if (ladder_dir / "auto.json").is_file():
+        raise UserError(f"{ladder_dir}: a finished ladder is already there; see {ladder_dir / 'auto.json'}, "
+                        "or pass --folder for a new one")
+
+    splits = task.load_data(cfg)
+    facts = Data(train=len(splits.train), val=len(splits.val), labels=len(splits.labels),
+                 named_labels=any(not str(label).strip().isdigit() for label in splits.labels), epochs=cfg.epochs)
+    log(f"calibrating: one forward pass of {cfg.resolved_model()} on training texts ...")
+    forward_s = calibrate(cfg, task, splits)
+    rungs = plan(cfg.task, METHODS, facts)
+    log(f"auto: {len(splits.train):,} training rows, {len(splits.labels)} labels; rungs "
+        f"{', '.join(r.name for r in rungs)}" + (f"; target val {goal}" if goal else "")
+        + (f"; budget {budget_s:.0f} s" if budget_s else ""))
+
+    def run_rung(rung: Rung, seconds_left: float | None) -> Outcome:
+        try:
+            if rung.tune:
+                return _tune_rung(rung, values, ladder_dir, metric, ladder, seconds_left, log)
+            return _outcome(rung, train(_rung_config(values, rung.method, ladder_dir, rung.name), log=_quiet,
+                                        score_test=False), metric)
+        except UserError as exc:  # a method that cannot adapt this model, say: the next rung may
+            return Outcome(rung, "failed", note=str(exc))
+
+    ladder = Ladder(rungs, metric, facts, forward_s, budget_s, goal, task.metrics_higher_is_better[metric],
+                    run_rung, clock, log)
+    outcomes = ladder.climb()
+    winner = ladder.best()
+    if winner is None:
+        reasons = "; ".join(f"{o.rung.name}: {o.status} ({o.note})" for o in outcomes)
+        raise UserError(f"auto: no rung finished within the budget ({reasons}); give a larger --budget")
+    evaluate(winner.run, out=lambda _: None)  # the test split, scored once, for the kept model
+    test = json.loads(Run(Path(winner.run)).metrics_file.read_text(encoding="utf-8"))["test"]
+    _print_table(outcomes, winner, metric, log)
+    write_json(ladder_dir / "auto.json", {
+        "metric": metric, "target": str(goal) if goal else None, "budget_s": budget_s, "winner": winner.run,
+        "test": {k: v for k, v in test.items() if isinstance(v, float)},
+        "rungs": [{"rung": o.rung.name, "status": o.status, "val": o.value, "seconds": round(o.seconds, 1),
+                   "estimated_s": round(o.estimate_s, 1), "trainable_pct": o.trainable_pct, "size_mb": o.size_mb,
+                   "run": o.run, "note": o.note} for o in outcomes]})
+    score = test.get(metric)
+    log(f"kept: {winner.rung.name} ({winner.run}); val {metric} {winner.value:.4f}"
+        + (f", test {metric} {score:.4f}" if isinstance(score, float) else "")
+        + ("" if goal is None or goal.met(winner.value) else f"; the target {goal} was not met"))
+    return Path(winner.run)
+
+
+def calibrate(cfg, task, splits, sample: int = 64) -> float:
+    """Seconds of one forward pass per training example, measured on up to `sample` of them
+    (after a warm-up batch: the first call pays for thread pools and allocations)."""
+    tokenizer = task.load_processor(cfg.resolved_model(), cfg)
+    model = task.build_model(models.resolve(cfg.resolved_model()), splits.labels)
+    part = splits.train.subset(range(min(sample, len(splits.train))))
+    features = task.encode(tokenizer, part.texts, part.labels, splits.labels, cfg.resolved_max_length())
+    warm = splits.train.subset(range(min(8, len(splits.train))))
+    task.predict(model, task.encode(tokenizer, warm.texts, warm.labels, splits.labels, cfg.resolved_max_length()))
+    started = time.perf_counter()
+    task.predict(model, features)
+    return (time.perf_counter() - started) / max(1, len(part))
+
+
+def _rung_config(values: dict, method: str, folder: Path, name: str):
+    """The shared settings with this rung's method; keys that method does not read (a --lora-r
+    meant for the lora rung) are left out of the others."""
+    unread = unread_sections(values.get("task", "text-classification"), method)
+    kept = {k: v for k, v in values.items() if k not in unread}
+    return build_config({**kept, "method": method, "output": str(folder), "name": name}, f"auto rung {name}")
+
+
+def _outcome(rung: Rung, run: Run, metric: str) -> Outcome:
+    metrics = json.loads(run.metrics_file.read_text(encoding="utf-8"))
+    size = sum(f.stat().st_size for f in run.model_dir.rglob("*") if f.is_file()) / 2**20
+    return Outcome(rung, "done", value=float(metrics["val_best"][metric]),
+                   trainable_pct=metrics["parameters"]["trainable_pct"], size_mb=round(size, 1), run=str(run.path))
+
+
+def _tune_rung(rung: Rung, values: dict, folder: Path, metric: str, ladder: Ladder, seconds_left: float | None,
+               log) -> Outcome:
+    """A short study around the best rung's method, in the time that is left: no trial starts
+    later than one trial's time before the end of the budget."""
+    one = max(1.0, ladder.best().seconds)
+    trials = 8 if seconds_left is None else max(ladder.min_tune_trials, int(seconds_left // one))
+    timeout = None if seconds_left is None else max(1.0, seconds_left - one)
+    unread = unread_sections(values.get("task", "text-classification"), rung.method)
+    shared = {**{k: v for k, v in values.items() if k not in unread}, "method": rung.method}
+    best = search(shared, None, f"auto rung {rung.name}", folder=str(folder / "tune"), trials=min(trials, 20),
+                  timeout=f"{timeout:.0f}" if timeout else None, score_best=False, log=log)
+    return _outcome(rung, Run(best), metric)
+
+
+def _print_table(outcomes: list[Outcome], winner: Outcome, metric: str, log) -> None:
+    log(f"{'rung':<14} {'val ' + metric:>12} {'seconds':>8} {'estimated':>9} {'trainable %':>11} {'size MB':>8}  status")
+    for o in outcomes:
+        value = f"{o.value:.4f}" if o.value is not None else "-"
+        pct = f"{o.trainable_pct:.2f}" if o.trainable_pct is not None else "-"
+        size = f"{o.size_mb:.1f}" if o.size_mb is not None else "-"
+        mark = "  <- kept" if o is winner else ""
+        log(f"{o.rung.name:<14} {value:>12} {o.seconds:>8.0f} {o.estimate_s:>9.0f} {pct:>11} {size:>8}  {o.status}{mark}")
+
+
+def _quiet(line: str) -> None:
+    if line.startswith("warning"):
+        print(line, flush=True)

@@ -1,0 +1,184 @@
+"""`tunesmith auto`: climb from the cheapest model to the dearest, and stop at good enough.
+
+The rungs, cheapest first: zero-shot (label names, no training), few-shot (small data),
+freeze (a head on frozen features, starting from the linear probe), adapter, lora, full, and a
+short `tune` of the best rung with whatever budget is left. Before each rung its time is
+estimated (a calibrated forward pass, times the method's relative cost, times the examples it
+sees); a rung that would overrun the budget is skipped, and after each rung the estimates are
+corrected by how far off the last one was. The climb stops at the first rung whose validation
+metric meets the target. Everything here is plain logic over injected functions (training, the
+clock), so a test can drive it with a fake clock.
+"""
+
+from __future__ import annotations
+
+import operator
+import re
+from dataclasses import dataclass, field
+from typing import Callable
+
+from tunesmith.errors import UserError
+
+# Cost of one training example relative to one forward pass. Full fine-tuning: forward plus a
+# backward that computes gradients for activations and weights (about 2x the forward).
+# Adapters and LoRA: the backward still runs through every layer for the activations, but
+# computes few weight gradients. Freeze: the body runs forward only; the head's backward is
+# negligible. Zero-shot trains nothing; few-shot's contrastive pairs cost about like adapters.
+RELATIVE_COST = {"zero-shot": 0.0, "few-shot": 2.2, "freeze": 1.0, "adapter": 2.2, "lora": 2.2, "full": 3.0}
+OVERHEAD_S = 15.0  # loading, encoding, saving the model: measured ~10-20 s for MiniLM on 2 cores
+FEW_SHOT_MAX_PER_CLASS = 64  # SetFit's regime: few-shot is tried only below this many rows per class
+
+OPERATORS = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt}
+
+
+@dataclass(frozen=True)
+class Target:
+    """A goal on a validation metric, e.g. "macro_f1>=0.9"."""
+
+    metric: str
+    op: str
+    value: float
+
+    def met(self, value: float | None) -> bool:
+        return value is not None and OPERATORS[self.op](value, self.value)
+
+    def __str__(self) -> str:
+        return f"{self.metric}{self.op}{self.value:g}"
+
+
+def parse_target(text: str, known_metrics: dict[str, bool]) -> Target:
+    match = re.fullmatch(r"\s*([a-z0-9_]+)\s*(>=|<=|>|<)\s*([0-9.eE+-]+)\s*", text or "")
+    if not match:
+        raise UserError(f"--target {text!r}: write it like \"macro_f1>=0.9\" (a metric, >= > <= or <, a number)")
+    metric, op, number = match.groups()
+    if metric not in known_metrics:
+        raise UserError(f"--target {text}: {metric} is not a metric of this task; choose one of: "
+                        f"{', '.join(known_metrics)}")
+    try:
+        return Target(metric, op, float(number))
+    except ValueError:
+        raise UserError(f"--target {text}: {number!r} is not a number") from None
+
+
+@dataclass(frozen=True)
+class Rung:
+    name: str  # what the table calls it: the method, or "tune <method>"
+    method: str
+    tune: bool = False  # the last rung: a search around the best method so far
+
+
+@dataclass
+class Outcome:
+    """What one rung did: its validation metric, time and size, or why it did not run."""
+
+    rung: Rung
+    status: str  # "done", "skipped" (budget), "failed" (refused by the method or data)
+    seconds: float = 0.0
+    estimate_s: float = 0.0
+    value: float | None = None
+    trainable_pct: float | None = None
+    size_mb: float | None = None
+    run: str | None = None
+    note: str = ""
+
+
+@dataclass
+class Data:
+    """What the ladder needs to know about the data to plan and cost its rungs."""
+
+    train: int
+    val: int
+    labels: int
+    named_labels: bool  # labels are words (zero-shot can read them), not ids
+    epochs: float
+
+
+def plan(task: str, methods: dict, data: Data) -> list[Rung]:
+    """The rungs that apply to this task and data, cheapest first (the tune rung last)."""
+    rungs = []
+    for name in ("zero-shot", "few-shot", "freeze", "adapter", "lora", "full"):
+        method = methods.get(name)
+        if method is None or (method.tasks is not None and task not in method.tasks):
+            continue
+        if name == "zero-shot" and not data.named_labels:
+            continue  # it embeds the label names: ids like "3" say nothing
+        if name == "few-shot" and data.train > FEW_SHOT_MAX_PER_CLASS * data.labels:
+            continue  # with this much data the other rungs learn more
+        rungs.append(Rung(name, name))
+    rungs.append(Rung("tune", "", tune=True))
+    return rungs
+
+
+def estimate_seconds(rung: Rung, data: Data, forward_s: float) -> float:
+    """Seconds a rung should take: its training passes in forward-pass units, plus the
+    evaluations (one forward over val per epoch) and the probe fit (one forward over train)."""
+    cost = RELATIVE_COST.get(rung.method, 3.0)
+    training = cost * data.train * data.epochs
+    evaluating = data.val * max(1.0, data.epochs) + data.train  # validation passes, and the probe's features
+    return OVERHEAD_S + forward_s * (training + evaluating)
+
+
+@dataclass
+class Ladder:
+    """The climb. `run(rung, seconds_left)` trains one rung and returns its Outcome (status
+    "done" or "failed"); `clock()` reads seconds; `log` prints."""
+
+    rungs: list[Rung]
+    metric: str  # the validation metric the rungs report (the target's, when there is one)
+    data: Data
+    forward_s: float
+    budget_s: float | None
+    target: Target | None
+    higher_better: bool
+    run: Callable[[Rung, float | None], Outcome]
+    clock: Callable[[], float]
+    log: Callable[[str], None] = print
+    min_tune_trials: int = 2
+    outcomes: list[Outcome] = field(default_factory=list)
+
+    def climb(self) -> list[Outcome]:
+        started = self.clock()
+        correction = 1.0  # measured / estimated time of the last rung that ran
+        for rung in self.rungs:
+            left = None if self.budget_s is None else self.budget_s - (self.clock() - started)
+            best = self.best()
+            if rung.tune:
+                if best is None or best.rung.method == "zero-shot":
+                    continue  # nothing trained to search around
+                rung = Rung(f"tune {best.rung.method}", best.rung.method, tune=True)
+                one = best.seconds  # a trial costs about what the rung it searches around cost
+                estimate = one * self.min_tune_trials
+            else:
+                estimate = estimate_seconds(rung, self.data, self.forward_s) * correction
+            if left is not None and estimate > left:
+                self.outcomes.append(Outcome(rung, "skipped", estimate_s=estimate,
+                                             note=f"estimated {estimate:.0f} s, {max(left, 0):.0f} s left"))
+                self.log(f"{rung.name}: skipped (estimated {estimate:.0f} s; {max(left, 0):.0f} s of the budget left)")
+                continue
+            self.log(f"{rung.name}: training (estimated {estimate:.0f} s)")
+            at = self.clock()
+            outcome = self.run(rung, left)
+            outcome.seconds, outcome.estimate_s = self.clock() - at, estimate
+            self.outcomes.append(outcome)
+            if outcome.status != "done":
+                self.log(f"{rung.name}: {outcome.status}: {outcome.note}")
+                continue
+            if not rung.tune and RELATIVE_COST.get(rung.method, 1.0) > 0:
+                # How far off the cost model was on this machine and data, bounded so one odd
+                # rung (a cache hit, a slow first load) cannot swing the next estimate wildly.
+                correction = min(5.0, max(0.2, outcome.seconds / (estimate / correction)))
+            self.log(f"{rung.name}: val {self.metric} {outcome.value:.4f} in {outcome.seconds:.0f} s")
+            if self.target is not None and self.target.met(outcome.value):
+                self.log(f"{rung.name} meets the target {self.target}: stopping here")
+                break
+        return self.outcomes
+
+    def best(self) -> Outcome | None:
+        done = [o for o in self.outcomes if o.status == "done" and o.value is not None]
+        if not done:
+            return None
+        if self.target is not None:  # the first (cheapest) rung that met the target wins
+            met = [o for o in done if self.target.met(o.value)]
+            if met:
+                return met[0]
+        return (max if self.higher_better else min)(done, key=lambda o: o.value)

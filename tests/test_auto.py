@@ -1,0 +1,124 @@
+"""`tunesmith auto`: the ladder's budget and target (a fake clock), and the command end to end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import make_rows, write_csv
+
+pytest.importorskip("optuna")
+
+from tunesmith.errors import UserError  # noqa: E402
+from tunesmith.search.ladder import Data, Ladder, Outcome, Rung, estimate_seconds, parse_target, plan  # noqa: E402
+
+DATA = Data(train=1000, val=100, labels=4, named_labels=True, epochs=3)
+FORWARD_S = 0.01  # a forward pass per example: freeze ~ 15 + 0.01 * (3000 + 300 + 1000) = 58 s
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _ladder(budget_s, target, scores: dict, clock: FakeClock, slowdown: float = 1.0, started: list | None = None):
+    """A ladder whose rungs take `slowdown` x their estimate on the fake clock and score `scores[name]`."""
+    rungs = [Rung(n, n) for n in ("freeze", "adapter", "lora", "full")] + [Rung("tune", "", tune=True)]
+
+    def run(rung: Rung, left):
+        if started is not None:
+            started.append(rung.name)
+        cost = best.seconds * 2 if rung.tune and (best := ladder.best()) else estimate_seconds(rung, DATA, FORWARD_S)
+        clock.now += cost * slowdown
+        return Outcome(rung, "done", value=scores.get(rung.name, scores.get(rung.method)), run=f"runs/{rung.name}")
+
+    target = parse_target(target, {"macro_f1": True}) if target else None
+    ladder = Ladder(rungs, "macro_f1", DATA, FORWARD_S, budget_s, target, True, run, clock, log=lambda _: None)
+    return ladder
+
+
+def test_the_climb_stops_at_the_first_rung_that_meets_the_target():
+    clock, started = FakeClock(), []
+    ladder = _ladder(None, "macro_f1>=0.85", {"freeze": 0.80, "adapter": 0.86, "lora": 0.90, "full": 0.91}, clock,
+                     started=started)
+    ladder.climb()
+    assert started == ["freeze", "adapter"]
+    assert ladder.best().rung.name == "adapter"  # the cheapest that met it, not a dearer one
+
+
+def test_the_budget_is_respected_and_the_rungs_that_would_overrun_it_are_skipped():
+    clock, started = FakeClock(), []
+    freeze = estimate_seconds(Rung("freeze", "freeze"), DATA, FORWARD_S)
+    adapter = estimate_seconds(Rung("adapter", "adapter"), DATA, FORWARD_S)
+    budget = freeze + adapter + 10  # room for the first two rungs, not for lora (as dear as adapter)
+    ladder = _ladder(budget, None, {"freeze": 0.8, "adapter": 0.85, "lora": 0.9, "full": 0.92}, clock, started=started)
+    outcomes = ladder.climb()
+    assert started == ["freeze", "adapter"]
+    assert [o.status for o in outcomes] == ["done", "done", "skipped", "skipped", "skipped"]
+    assert clock.now <= budget
+    assert "s left" in outcomes[2].note
+    assert ladder.best().rung.name == "adapter"
+
+
+def test_estimates_learn_from_a_slow_machine():
+    """Rungs that take twice their estimate: after the first, the ladder expects the next to
+    take twice as long too, and skips one it would otherwise have started and overrun."""
+    clock, started = FakeClock(), []
+    freeze = estimate_seconds(Rung("freeze", "freeze"), DATA, FORWARD_S)
+    adapter = estimate_seconds(Rung("adapter", "adapter"), DATA, FORWARD_S)
+    budget = 2 * freeze + adapter * 1.5  # the raw adapter estimate fits; the corrected one does not
+    ladder = _ladder(budget, None, {"freeze": 0.8, "adapter": 0.9}, clock, slowdown=2.0, started=started)
+    outcomes = ladder.climb()
+    assert started == ["freeze"]
+    assert outcomes[1].estimate_s == pytest.approx(2 * adapter)
+    assert clock.now <= budget
+
+
+def test_the_tune_rung_searches_around_the_best_method_with_what_is_left():
+    clock, started = FakeClock(), []
+    ladder = _ladder(None, None, {"freeze": 0.8, "adapter": 0.9, "lora": 0.85, "full": 0.86}, clock, started=started)
+    outcomes = ladder.climb()
+    assert started[-1] == "tune adapter" and outcomes[-1].rung.method == "adapter"
+
+
+def test_the_plan_fits_the_data():
+    from tunesmith.methods import METHODS
+
+    small = plan("text-classification", METHODS, Data(100, 20, 4, True, 3))
+    assert [r.name for r in small] == ["zero-shot", "few-shot", "freeze", "adapter", "lora", "full", "tune"]
+    large_ids = plan("text-classification", METHODS, Data(10_000, 1000, 4, False, 3))
+    assert [r.name for r in large_ids] == ["freeze", "adapter", "lora", "full", "tune"]
+    regression = [r.name for r in plan("regression", METHODS, Data(100, 20, 1, False, 3))]
+    assert "zero-shot" not in regression and "few-shot" not in regression
+
+
+@pytest.mark.parametrize("text, fragment", [("f1 above 0.9", "write it like"), ("accuracy>=0.9x", "write it like"),
+                                            ("bleu>=0.3", "bleu is not a metric of this task")])
+def test_bad_targets_are_refused(text, fragment):
+    with pytest.raises(UserError, match=fragment):
+        parse_target(text, {"macro_f1": True, "accuracy": True})
+
+
+def test_auto_end_to_end_keeps_the_first_rung_that_meets_the_target(tmp_path, tiny_sentence_model, capsys):
+    from tunesmith.cli import main
+
+    data = write_csv(tmp_path / "toy.csv", make_rows(40))
+    args = ["auto", data, "--model", tiny_sentence_model, "--target", "macro_f1>=0.9", "--max-length", "16",
+            "--batch-size", "8", "--epochs", "2", "--seed", "0", "--output", str(tmp_path / "runs")]
+    assert main(args) == 0
+    summary = json.loads((tmp_path / "runs" / "auto-toy" / "auto.json").read_text())
+    done = [r for r in summary["rungs"] if r["status"] == "done"]
+    assert done[-1]["val"] >= 0.9 and all(r["val"] < 0.9 for r in done[:-1])  # stopped at the first that met it
+    assert summary["winner"] == done[-1]["run"]
+    for rung in done:  # only the kept model was scored on test
+        test = json.loads((Path(rung["run"]) / "metrics.json").read_text())["test"]
+        assert bool(test) == (rung["run"] == summary["winner"])
+    out = capsys.readouterr().out
+    assert "<- kept" in out and "trainable %" in out
+    assert main(args) == 2  # a finished ladder is not overwritten
+    assert "a finished ladder is already there" in capsys.readouterr().err
