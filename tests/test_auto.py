@@ -28,7 +28,10 @@ class FakeClock:
 
 def _ladder(budget_s, target, scores: dict, clock: FakeClock, slowdown: float = 1.0, started: list | None = None):
     """A ladder whose rungs take `slowdown` x their estimate on the fake clock and score `scores[name]`."""
-    rungs = [Rung(n, n) for n in ("freeze", "adapter", "lora", "full")] + [Rung("tune", "", tune=True)]
+    from tunesmith.methods import METHODS
+
+    rungs = [Rung(n, n, METHODS[n].relative_cost) for n in ("freeze", "adapter", "lora", "full")]
+    rungs += [Rung("tune", "", tune=True)]
 
     def run(rung: Rung, left):
         if started is not None:
@@ -53,8 +56,8 @@ def test_the_climb_stops_at_the_first_rung_that_meets_the_target():
 
 def test_the_budget_is_respected_and_the_rungs_that_would_overrun_it_are_skipped():
     clock, started = FakeClock(), []
-    freeze = estimate_seconds(Rung("freeze", "freeze"), DATA, FORWARD_S)
-    adapter = estimate_seconds(Rung("adapter", "adapter"), DATA, FORWARD_S)
+    freeze = estimate_seconds(Rung("freeze", "freeze", 1.0), DATA, FORWARD_S)
+    adapter = estimate_seconds(Rung("adapter", "adapter", 2.2), DATA, FORWARD_S)
     budget = freeze + adapter + 10  # room for the first two rungs, not for lora (as dear as adapter)
     ladder = _ladder(budget, None, {"freeze": 0.8, "adapter": 0.85, "lora": 0.9, "full": 0.92}, clock, started=started)
     outcomes = ladder.climb()
@@ -69,8 +72,8 @@ def test_estimates_learn_from_a_slow_machine():
     """Rungs that take twice their estimate: after the first, the ladder expects the next to
     take twice as long too, and skips one it would otherwise have started and overrun."""
     clock, started = FakeClock(), []
-    freeze = estimate_seconds(Rung("freeze", "freeze"), DATA, FORWARD_S)
-    adapter = estimate_seconds(Rung("adapter", "adapter"), DATA, FORWARD_S)
+    freeze = estimate_seconds(Rung("freeze", "freeze", 1.0), DATA, FORWARD_S)
+    adapter = estimate_seconds(Rung("adapter", "adapter", 2.2), DATA, FORWARD_S)
     budget = 2 * freeze + adapter * 1.5  # the raw adapter estimate fits; the corrected one does not
     ladder = _ladder(budget, None, {"freeze": 0.8, "adapter": 0.9}, clock, slowdown=2.0, started=started)
     outcomes = ladder.climb()

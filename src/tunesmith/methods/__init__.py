@@ -23,11 +23,14 @@ class Method(Protocol):
     settings: tuple[type, ...]  # its settings sections in config.py (LoraSettings, ...): keys only it reads
     mean_pooling: bool  # may tune a head on the body's mean-pooled states (tasks/mean_pool.py)
     exportable: bool  # its runs' models export to ONNX (where the task's do)
+    ladder_rung: int | None  # `auto` tries rungs in this order (cheapest first); None: not a rung
+    relative_cost: float  # one training example's cost in forward passes (`auto`'s time estimate)
 
     def apply(self, model, cfg, task): ...  # -> the model to train for `task` (possibly wrapped)
     def export(self, model, folder: Path): ...  # -> plain transformers model; may save extras in folder
     def check(self, cfg, task) -> None: ...  # refuses a run this machine cannot do, before anything is written
     def search_space(self, cfg) -> dict: ...  # `tune`'s default space, in the `search:` block's format
+    def fits_ladder(self, data) -> bool: ...  # whether `auto` tries it on this data (search/ladder.Data)
     # Hooks, None where the method has none (MethodDefaults): `training_loss(model, batch)`,
     # the method's own loss (few-shot's contrastive stage; the config refuses loss options
     # beside it); `fit_head(model, train_features, targets, labels)`, a head fitted outside
@@ -50,12 +53,19 @@ class MethodDefaults:
     # transformers' own classifier class (PEFT's prompt learning) say False.
     mean_pooling = True
     exportable = True
+    ladder_rung = None
+    # Full fine-tuning's cost: a forward, and a backward that computes gradients for the
+    # activations and the weights (about twice the forward).
+    relative_cost = 3.0
     training_loss = None
     fit_head = None
     on_step = None
 
     def check(self, cfg, task) -> None:
         pass
+
+    def fits_ladder(self, data) -> bool:
+        return True
 
     def search_space(self, cfg) -> dict:
         """`tunesmith tune`'s space when the config has no `search:` block. The learning rate

@@ -98,6 +98,8 @@ class Adapter(MethodDefaults):
     name = "adapter"
     settings = (AdapterSettings,)
     default_lr = 1e-3  # adapters start at the identity and are small: the papers use 1e-4..1e-3
+    ladder_rung = 3
+    relative_cost = 2.2  # the backward still runs through every layer, but few weights get gradients
 
     def search_space(self, cfg) -> dict:
         return {**super().search_space(cfg), "adapter_size": [16, 32, 64, 128]}

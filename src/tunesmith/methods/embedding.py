@@ -115,6 +115,11 @@ class ZeroShot(MethodDefaults):
     tasks = ("text-classification",)  # one text, one label (a label's name or description)
     default_lr = 1e-3  # unused: nothing trains
     trains = False
+    ladder_rung = 0  # auto's first rung: no training at all
+    relative_cost = 0.0
+
+    def fits_ladder(self, data) -> bool:
+        return data.named_labels  # it embeds the label names: ids like "3" say nothing
 
     def apply(self, model, cfg, task):
         from tunesmith import models
@@ -145,6 +150,12 @@ class FewShot(MethodDefaults):
     long_text_modes = ("truncate", "head-tail")  # an embedding per text, not pooled windows
     tasks = ("text-classification",)  # one text, one label (SetFit's setting)
     default_lr = 2e-5  # SetFit's body learning rate
+    ladder_rung = 1
+    relative_cost = 2.2  # contrastive pairs through the body, about an adapter's cost
+    max_rows_per_class = 64  # SetFit's regime: with more data the other rungs learn more
+
+    def fits_ladder(self, data) -> bool:
+        return data.train <= self.max_rows_per_class * data.labels
 
     def apply(self, model, cfg, task):
         wrapped = _wrap(model)

@@ -12,6 +12,8 @@ class Freeze(MethodDefaults):
     settings = (FreezeSettings,)
     tunes_own_weights = True
     default_lr = 1e-3  # a randomly initialised head alone tolerates (and needs) a large step
+    ladder_rung = 2
+    relative_cost = 1.0  # the body runs forward only; the head's backward is negligible
 
     def search_space(self, cfg) -> dict:
         return {**super().search_space(cfg), "unfreeze_top_k": [0, 1, 2]}

@@ -18,6 +18,8 @@ class Lora(MethodDefaults):
     name = "lora"
     settings = (LoraSettings,)
     default_lr = 5e-4  # adapters start at zero (B = 0) and need ~10x the full fine-tuning rate
+    ladder_rung = 4
+    relative_cost = 2.2  # as adapter: a backward through every layer, few weight gradients
 
     def search_space(self, cfg) -> dict:
         return {**super().search_space(cfg), "lora_r": [4, 8, 16, 32]}

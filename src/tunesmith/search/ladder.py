@@ -2,7 +2,8 @@
 
 The rungs, cheapest first: zero-shot (label names, no training), few-shot (small data),
 freeze (a head on frozen features, starting from the linear probe), adapter, lora, full, and a
-short `tune` of the best rung with whatever budget is left. Before each rung its time is
+short `tune` of the best rung with whatever budget is left; each method declares its place
+(`ladder_rung`), its cost (`relative_cost`) and when it applies (`fits_ladder`). Before each rung its time is
 estimated (a calibrated forward pass, times the method's relative cost, times the examples it
 sees); a rung that would overrun the budget is skipped, and after each rung the estimates are
 corrected by how far off the last one was. The climb stops at the first rung whose validation
@@ -19,14 +20,7 @@ from typing import Callable
 
 from tunesmith.errors import UserError
 
-# Cost of one training example relative to one forward pass. Full fine-tuning: forward plus a
-# backward that computes gradients for activations and weights (about 2x the forward).
-# Adapters and LoRA: the backward still runs through every layer for the activations, but
-# computes few weight gradients. Freeze: the body runs forward only; the head's backward is
-# negligible. Zero-shot trains nothing; few-shot's contrastive pairs cost about like adapters.
-RELATIVE_COST = {"zero-shot": 0.0, "few-shot": 2.2, "freeze": 1.0, "adapter": 2.2, "lora": 2.2, "full": 3.0}
 OVERHEAD_S = 15.0  # loading, encoding, saving the model: measured ~10-20 s for MiniLM on 2 cores
-FEW_SHOT_MAX_PER_CLASS = 64  # SetFit's regime: few-shot is tried only below this many rows per class
 
 OPERATORS = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt}
 
@@ -64,6 +58,7 @@ def parse_target(text: str, known_metrics: dict[str, bool]) -> Target:
 class Rung:
     name: str  # what the table calls it: the method, or "tune <method>"
     method: str
+    cost: float = 3.0  # one training example in forward passes (the method's relative_cost)
     tune: bool = False  # the last rung: a search around the best method so far
 
 
@@ -94,26 +89,18 @@ class Data:
 
 
 def plan(task: str, methods: dict, data: Data) -> list[Rung]:
-    """The rungs that apply to this task and data, cheapest first (the tune rung last)."""
-    rungs = []
-    for name in ("zero-shot", "few-shot", "freeze", "adapter", "lora", "full"):
-        method = methods.get(name)
-        if method is None or (method.tasks is not None and task not in method.tasks):
-            continue
-        if name == "zero-shot" and not data.named_labels:
-            continue  # it embeds the label names: ids like "3" say nothing
-        if name == "few-shot" and data.train > FEW_SHOT_MAX_PER_CLASS * data.labels:
-            continue  # with this much data the other rungs learn more
-        rungs.append(Rung(name, name))
-    rungs.append(Rung("tune", "", tune=True))
-    return rungs
+    """The rungs that apply to this task and data, in the order the methods declare
+    (`ladder_rung`, cheapest first), and the tune rung last."""
+    ladder = sorted((m for m in methods.values() if m.ladder_rung is not None), key=lambda m: m.ladder_rung)
+    rungs = [Rung(m.name, m.name, m.relative_cost) for m in ladder
+             if (m.tasks is None or task in m.tasks) and m.fits_ladder(data)]
+    return rungs + [Rung("tune", "", tune=True)]
 
 
 def estimate_seconds(rung: Rung, data: Data, forward_s: float) -> float:
     """Seconds a rung should take: its training passes in forward-pass units, plus the
     evaluations (one forward over val per epoch) and the probe fit (one forward over train)."""
-    cost = RELATIVE_COST.get(rung.method, 3.0)
-    training = cost * data.train * data.epochs
+    training = rung.cost * data.train * data.epochs
     evaluating = data.val * max(1.0, data.epochs) + data.train  # validation passes, and the probe's features
     return OVERHEAD_S + forward_s * (training + evaluating)
 
@@ -145,7 +132,7 @@ class Ladder:
             if rung.tune:
                 if best is None or best.rung.method == "zero-shot":
                     continue  # nothing trained to search around
-                rung = Rung(f"tune {best.rung.method}", best.rung.method, tune=True)
+                rung = Rung(f"tune {best.rung.method}", best.rung.method, best.rung.cost, tune=True)
                 one = best.seconds  # a trial costs about what the rung it searches around cost
                 estimate = one * self.min_tune_trials
             else:
@@ -163,7 +150,7 @@ class Ladder:
             if outcome.status != "done":
                 self.log(f"{rung.name}: {outcome.status}: {outcome.note}")
                 continue
-            if not rung.tune and RELATIVE_COST.get(rung.method, 1.0) > 0:
+            if not rung.tune and rung.cost > 0:
                 # How far off the cost model was on this machine and data, bounded so one odd
                 # rung (a cache hit, a slow first load) cannot swing the next estimate wildly.
                 correction = min(5.0, max(0.2, outcome.seconds / (estimate / correction)))
