@@ -1,7 +1,9 @@
 """The untuned baseline: the pretrained encoder, frozen, with only a linear head fitted.
 
-Mean-pooled last hidden states feed a logistic regression (scikit-learn). Printed beside
-the fine-tuned model, it shows what fine-tuning itself bought on this data.
+Mean-pooled last hidden states, standardised, feed a linear model (scikit-learn): logistic
+regression for labels, one per label for label sets, ridge regression for scores. Printed
+beside the fine-tuned model, it shows what fine-tuning itself bought on this data; a
+mean-pooled head starts as it (`start_head`).
 """
 
 from __future__ import annotations
@@ -31,36 +33,79 @@ def embed(encoder, token_ids: list[list[int]], pad_id: int, batch_size: int = 64
     return out
 
 
-_LAST_FIT: dict = {}  # the last probe fitted: the baseline's is reused by a head that starts from it
+_LAST: dict = {}  # the last features and fits: the baseline's are reused by a head that starts from them
+
+
+def _memo(kind: str, key: tuple, compute):
+    """The last result of each kind for its key (the baseline, then `start_head`, ask for the
+    same fit on the same weights and rows: it is computed once)."""
+    if _LAST.get(kind, (None,))[0] != key:
+        _LAST[kind] = (key, compute())
+    return _LAST[kind][1]
+
+
+def probe_features(encoder, train_ids, pad_id, seed: int = 0):
+    """(scaler, standardised mean-pooled features, row indices, key) of at most
+    MAX_FIT_EXAMPLES training texts (a seeded sample when there are more); `key` names these
+    weights and rows, for memoising what is fitted on them."""
+    from sklearn.preprocessing import StandardScaler
+
+    with torch.no_grad():
+        weights = sum(float(p.double().sum()) for p in encoder.parameters())
+    key = (weights, pad_id, seed, tuple(map(tuple, train_ids)))
+
+    def compute():
+        rows = np.arange(len(train_ids))
+        if len(train_ids) > MAX_FIT_EXAMPLES:
+            rows = np.sort(np.random.default_rng(seed).choice(len(train_ids), MAX_FIT_EXAMPLES, replace=False))
+        scaler = StandardScaler()
+        features = scaler.fit_transform(embed(encoder, [train_ids[i] for i in rows], pad_id))
+        return scaler, features, rows, key
+
+    return _memo("features", key, compute)
 
 
 def fit_probe(encoder, train_ids, train_y, pad_id, seed: int = 0):
-    """A logistic regression on the standardised mean-pooled features of (at most
-    MAX_FIT_EXAMPLES of) the training texts: (scaler, probe). Asked twice for the same
-    weights and rows (the baseline, then `start_head`), it embeds them once."""
-    with torch.no_grad():
-        weights = sum(float(p.double().sum()) for p in encoder.parameters())
-    key = (weights, pad_id, seed, tuple(map(tuple, train_ids)), tuple(train_y))
-    if key not in _LAST_FIT:
-        _LAST_FIT.clear()
-        _LAST_FIT[key] = _fit_probe(encoder, train_ids, train_y, pad_id, seed)
-    return _LAST_FIT[key]
-
-
-def _fit_probe(encoder, train_ids, train_y, pad_id, seed: int):
+    """A logistic regression on the standardised mean-pooled features: (scaler, probe)."""
     from sklearn.linear_model import LogisticRegression
-    from sklearn.preprocessing import StandardScaler
 
-    rng = np.random.default_rng(seed)
-    if len(train_ids) > MAX_FIT_EXAMPLES:
-        keep = np.sort(rng.choice(len(train_ids), MAX_FIT_EXAMPLES, replace=False))
-        train_ids = [train_ids[i] for i in keep]
-        train_y = [train_y[i] for i in keep]
-    scaler = StandardScaler()
-    x_train = scaler.fit_transform(embed(encoder, train_ids, pad_id))
-    probe = LogisticRegression(max_iter=2000)
-    probe.fit(x_train, train_y)
-    return scaler, probe
+    scaler, x, rows, key = probe_features(encoder, train_ids, pad_id, seed)
+    y = [train_y[i] for i in rows]
+
+    def compute():
+        return LogisticRegression(max_iter=2000).fit(x, y)
+
+    return scaler, _memo("probe", (key, tuple(y)), compute)
+
+
+def fit_ridge(encoder, train_ids, train_y, pad_id, seed: int = 0):
+    """Regression's probe: ridge regression on the same features, its penalty chosen by
+    leave-one-out over a log grid: (scaler, weight (1 x d), bias (1,))."""
+    from sklearn.linear_model import RidgeCV
+
+    scaler, x, rows, _ = probe_features(encoder, train_ids, pad_id, seed)
+    y = np.asarray([train_y[i] for i in rows], dtype=np.float64)
+    ridge = RidgeCV(alphas=np.logspace(-2, 4, 13)).fit(x, y)
+    return scaler, ridge.coef_[None, :], np.asarray([ridge.intercept_])
+
+
+def fit_multilabel_probe(encoder, train_ids, train_y: np.ndarray, pad_id, seed: int = 0):
+    """Multi-label's probe: one logistic regression per label (multi-hot `train_y`, n x L):
+    (scaler, weight (L x d), bias (L,)). A label that is always or never present in training
+    gets no weights and the log-odds of its frequency as bias."""
+    from sklearn.linear_model import LogisticRegression
+
+    scaler, x, rows, _ = probe_features(encoder, train_ids, pad_id, seed)
+    y = np.asarray(train_y)[rows]
+    weight, bias = np.zeros((y.shape[1], x.shape[1])), np.zeros(y.shape[1])
+    for j in range(y.shape[1]):
+        if 0 < y[:, j].sum() < len(y):
+            fit = LogisticRegression(max_iter=2000).fit(x, y[:, j])
+            weight[j], bias[j] = fit.coef_[0], fit.intercept_[0]
+        else:
+            share = np.clip(y[:, j].mean(), 1e-3, 1 - 1e-3)
+            bias[j] = np.log(share / (1 - share))
+    return scaler, weight, bias
 
 
 def linear_probe(encoder, train_ids, train_y, test_ids, test_y, labels, pad_id, metrics_fn, seed: int = 0) -> dict:

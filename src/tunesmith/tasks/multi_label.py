@@ -81,8 +81,7 @@ class MultiLabelHead:
     response_schema = MultiLabelOutput  # one served answer
     metrics_higher_is_better = {"micro_f1": True, "macro_f1": True, "subset_accuracy": True, "hamming_accuracy": True}
     default_metric = "micro_f1"
-    has_baseline = False
-    start_head = None  # a fresh head starts at random (no probe fitted for label sets)
+    has_baseline = True  # one logistic regression per label on the frozen mean-pooled features
     ensemble = ("mean",)  # per-label probabilities average (a vote has no single label)
 
     @staticmethod
@@ -108,8 +107,29 @@ class MultiLabelHead:
         model.config.tunesmith_thresholds = [float(t) for t in thresholds]
         return {"thresholds": dict(zip(labels, model.config.tunesmith_thresholds))}
 
-    def baseline(self, *args):
-        raise NotImplementedError("multi-label classification has no baseline (has_baseline is False)")
+    def start_head(self, model, train, train_targets, labels, seed) -> str | None:
+        """A mean-pooled head starts as the per-label probes (see TextClassificationHead.start_head)."""
+        from tunesmith.evaluate.baseline import fit_multilabel_probe
+        from tunesmith.tasks.mean_pool import MeanPoolClassifier
+
+        if not isinstance(model, MeanPoolClassifier):
+            return None
+        scaler, weight, bias = fit_multilabel_probe(model.body, [r["input_ids"] for r in train.rows],
+                                                    multi_hot(train_targets, labels), train.pad_id, seed)
+        model.load_head({"weight": weight, "bias": bias, "feature_mean": scaler.mean_, "feature_scale": scaler.scale_})
+        return "head: starts as one logistic-regression probe per label on the mean-pooled training texts"
+
+    def baseline(self, model, train, test, train_targets, test_targets, labels, seed) -> dict:
+        from tunesmith.evaluate.baseline import embed, fit_multilabel_probe
+
+        encoder = getattr(model, model.base_model_prefix)
+        scaler, weight, bias = fit_multilabel_probe(encoder, [r["input_ids"] for r in train.rows],
+                                                    multi_hot(train_targets, labels), train.pad_id, seed)
+        logits = scaler.transform(embed(encoder, [r["input_ids"] for r in test.rows], test.pad_id)) @ weight.T + bias
+        thresholds = np.full(len(labels), 0.5)
+        chosen = (1.0 / (1.0 + np.exp(-logits))) >= thresholds
+        return {**multilabel_metrics(multi_hot(test_targets, labels), chosen, labels, thresholds),
+                "description": "one logistic regression per label on frozen mean-pooled features, threshold 0.5"}
 
     def output_rows(self, scores: LabelScores) -> list:
         return [(p, c) for p, c in zip(scores.probs, scores.predicted)]

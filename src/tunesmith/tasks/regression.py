@@ -38,8 +38,7 @@ class RegressionHead:
     response_schema = RegressionOutput  # one served answer
     metrics_higher_is_better = {"mse": False, "rmse": False, "mae": False, "r2": True, "pearson": True, "spearman": True}
     default_metric = "mse"  # what the loss optimises; pick spearman when only the ranking matters
-    has_baseline = False
-    start_head = None  # a fresh head starts at random (no probe fitted for scores)
+    has_baseline = True  # ridge regression on the frozen mean-pooled features
     ensemble = ("mean",)  # scores average; there is no label to vote on
 
     @staticmethod
@@ -62,8 +61,26 @@ class RegressionHead:
     def tune(self, model, scores, targets, labels) -> dict:
         return {}
 
-    def baseline(self, *args):
-        raise NotImplementedError("regression has no baseline (has_baseline is False)")
+    def start_head(self, model, train, train_targets, labels, seed) -> str | None:
+        """A mean-pooled head starts as the ridge probe (see TextClassificationHead.start_head)."""
+        from tunesmith.evaluate.baseline import fit_ridge
+        from tunesmith.tasks.mean_pool import MeanPoolClassifier
+
+        if not isinstance(model, MeanPoolClassifier):
+            return None
+        scaler, weight, bias = fit_ridge(model.body, [r["input_ids"] for r in train.rows], train_targets,
+                                         train.pad_id, seed)
+        model.load_head({"weight": weight, "bias": bias, "feature_mean": scaler.mean_, "feature_scale": scaler.scale_})
+        return "head: starts as the ridge-regression probe on the mean-pooled training texts"
+
+    def baseline(self, model, train, test, train_targets, test_targets, labels, seed) -> dict:
+        from tunesmith.evaluate.baseline import embed, fit_ridge
+
+        encoder = getattr(model, model.base_model_prefix)
+        scaler, weight, bias = fit_ridge(encoder, [r["input_ids"] for r in train.rows], train_targets, train.pad_id, seed)
+        scores = scaler.transform(embed(encoder, [r["input_ids"] for r in test.rows], test.pad_id)) @ weight[0] + bias[0]
+        return {**regression_metrics(test_targets, scores),
+                "description": "ridge regression on frozen mean-pooled features"}
 
     def output_rows(self, scores) -> list:
         return list(scores)
