@@ -236,7 +236,12 @@ def run_worker(spec: StudySpec, train: Callable, metric: str, direction: str, wo
 def _worker_process(spec: StudySpec, train: Callable, metric: str, direction: str, worker: int) -> None:
     """A spawned worker: its share of the CPU's threads, and its own trials."""
     import torch
+    import transformers
 
+    # A fresh interpreter: keep library chatter (weight-loading bars) out of the study's log,
+    # as the command line does for the main process.
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // spec.workers))
     run_worker(spec, train, metric, direction, worker, log=lambda line: print(f"[worker {worker}] {line}", flush=True))
 
