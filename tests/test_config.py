@@ -85,3 +85,19 @@ def test_a_finished_run_reads_back_as_a_typed_config_and_old_layouts_migrate(tmp
     run.config_file.write_text(yaml.safe_dump({**written, "config_version": CONFIG_VERSION + 1}))
     with pytest.raises(UserError, match="newer tunesmith"):
         run.settings()
+
+
+def test_default_epochs_give_small_data_enough_steps():
+    """3 passes by default; on small data as many as make 100 optimizer steps, at most 10. A
+    number the user gives is kept as it is."""
+    from tunesmith.config import build_config
+
+    cfg = build_config({"method": "lora"}, "t")  # batch 32
+    assert cfg.epochs is None
+    assert cfg.resolved_epochs(9000) == 3.0  # 282 steps a pass
+    assert cfg.resolved_epochs(320) == 10.0  # 10 steps a pass: 100 steps need 10
+    assert cfg.resolved_epochs(1000) == 4.0  # 32 steps a pass: 4 passes make 128
+    assert cfg.resolved_epochs(10) == 10.0  # never more than 10
+    assert build_config({"epochs": 1}, "t").resolved_epochs(320) == 1.0
+    accumulated = build_config({"batch_size": 8, "grad_accum": 4}, "t")  # 32 rows a step, as above
+    assert accumulated.resolved_epochs(320) == 10.0

@@ -222,3 +222,17 @@ def test_train_warns_when_the_untuned_baseline_wins():
     # Lower is better for a loss: a higher tuned loss is the losing case.
     assert len(versus_baseline({"test": {"loss": 0.5}, "baseline": {"loss": 0.4}}, "loss", higher_better=False)) == 2
     assert versus_baseline({"test": {"macro_f1": 0.9}, "baseline": None}, "macro_f1", True) == ["test macro_f1 0.9000"]
+
+
+def test_small_data_trains_more_passes_by_default_and_records_them(tmp_path, tiny_model, capsys):
+    """No --epochs on 48 training rows (2 steps a pass at batch 32): 10 passes, said in one
+    line and written to config.yaml, so the run re-runs as it ran."""
+    import yaml
+
+    data = write_csv(tmp_path / "toy.csv", make_rows(20))
+    assert main(["train", "--data", data, "--model", tiny_model, "--method", "freeze", "--max-length", "16",
+                 "--no-baseline", "--output", str(tmp_path / "runs"), "--name", "small"]) == 0
+    assert "epochs: 10, so that 48 training rows make at least 100 optimizer steps" in capsys.readouterr().out
+    run = tmp_path / "runs" / "small"
+    assert yaml.safe_load((run / "config.yaml").read_text())["epochs"] == 10.0
+    assert json.loads((run / "metrics.json").read_text())["training"]["steps"] == 20

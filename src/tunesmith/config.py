@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import math
 import types
 import typing
 from pathlib import Path
@@ -26,6 +27,9 @@ CONFIG_VERSION = 2  # the layout of config.yaml; `migrate` brings older run fold
 # Settings sections: each group of keys is its own small model, so a method or task reads (and
 # declares, as `settings`) only its own section. Flags and YAML keys stay flat: `--lora-r 16`,
 # `lora_r: 16`; a section's keys are simply the fields `TrainConfig` inherits from it.
+
+# The default number of passes (see TrainConfig.resolved_epochs).
+DEFAULT_EPOCHS, MIN_DEFAULT_STEPS, MAX_DEFAULT_EPOCHS = 3.0, 100, 10.0
 
 class DataSettings(BaseModel):
     """What to learn from: the task, the data files and how they are split."""
@@ -165,7 +169,9 @@ class DpoSettings(BaseModel):
 class OptimSettings(BaseModel):
     """Optimisation: steps, lengths, batches, learning rates and precision."""
 
-    epochs: float = Field(3.0, gt=0, description="Passes over the training data (fractions allowed).")
+    epochs: Optional[float] = Field(
+        None, gt=0, description="Passes over the training data (fractions allowed; default: 3, raised on small data "
+        "so that training takes at least 100 optimizer steps, up to 10 passes).")
     max_steps: Optional[int] = Field(None, gt=0, description="Stop after this many optimizer steps.")
     max_length: Optional[int] = Field(
         None, gt=1, description="Longest tokenised text; longer ones are truncated (default: the task's: 128, "
@@ -359,6 +365,16 @@ class TrainConfig(
         from tunesmith.tasks import TASKS
 
         return self.max_length or TASKS[self.task].default_max_length
+
+    def resolved_epochs(self, train_rows: int) -> float:
+        """--epochs, else 3 passes, raised so that training takes at least MIN_DEFAULT_STEPS
+        optimizer steps (at most MAX_DEFAULT_EPOCHS passes). Three passes over 320 rows are 30
+        steps: too few for a head and an adapter to settle (measured in docs/benchmarks.md,
+        "Defaults")."""
+        if self.epochs is not None:
+            return self.epochs
+        steps_per_epoch = math.ceil(math.ceil(max(1, train_rows) / self.batch_size) / self.grad_accum)
+        return float(min(MAX_DEFAULT_EPOCHS, max(DEFAULT_EPOCHS, math.ceil(MIN_DEFAULT_STEPS / steps_per_epoch))))
 
     def resolved_lr(self) -> float:
         from tunesmith.methods import METHODS

@@ -45,7 +45,8 @@ def auto(data: str, overrides: dict, target: str | None = None, budget: str | No
 
     splits = task.load_data(cfg)
     facts = Data(train=len(splits.train), val=len(splits.val), labels=len(splits.labels),
-                 named_labels=any(not str(label).strip().isdigit() for label in splits.labels), epochs=cfg.epochs)
+                 named_labels=any(not str(label).strip().isdigit() for label in splits.labels),
+                 epochs=cfg.resolved_epochs(len(splits.train)))
     log(f"calibrating: one forward pass of {cfg.resolved_model()} on training texts ...")
     forward_s = calibrate(cfg, task, splits)
     rungs = plan(cfg.task, METHODS, facts)

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from tunesmith import models
-from tunesmith.config import TrainConfig, build_config, config_to_yaml_dict
+from tunesmith.config import DEFAULT_EPOCHS, MIN_DEFAULT_STEPS, TrainConfig, config_to_yaml_dict
 from tunesmith.data.augment import augment_examples
 from tunesmith.data.labeled import Examples
 from tunesmith.data.long_text import LongText
@@ -73,6 +73,11 @@ def _train(cfg: TrainConfig, run: Run | None, processes, held: ExitStack, log, o
         cfg.text_pair_col = splits.pair_col  # recorded, so eval and predict read pairs the same way
     for note in splits.notes:
         log(note)
+    if cfg.epochs is None:  # the default depends on how many steps the data makes (recorded in config.yaml)
+        cfg.epochs = cfg.resolved_epochs(len(splits.train))
+        if cfg.epochs != DEFAULT_EPOCHS:
+            log(f"epochs: {cfg.epochs:g}, so that {len(splits.train):,} training rows make at least "
+                f"{MIN_DEFAULT_STEPS} optimizer steps (--epochs sets it)")
     source = models.resolve(cfg.resolved_model())
     tokenizer = task.load_processor(cfg.resolved_model(), cfg)  # a tokenizer, or image preprocessing
     for note in models.fit_max_length(cfg, source, tokenizer):

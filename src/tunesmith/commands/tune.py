@@ -24,14 +24,14 @@ from tunesmith.search.study import (PRUNERS, SAMPLERS, StudySpec, best_config_ya
 from tunesmith.tasks import TASKS
 
 
-def tune(source: str, overrides: dict, **options) -> Path:
-    """Run (or continue) the study of a data file or YAML config; returns the best trial's
-    run folder. `options` are `search`'s."""
+def tune(source: str, overrides: dict, folder: str | None = None, **options) -> Path:
+    """Run (or continue) the study of a data file or YAML config, in `folder` (default:
+    <output>/tune-<source name>); returns the best trial's run folder. `options` are
+    `search`'s (trials, timeout, sampler, ...)."""
     values, space_block = _base_values(source, overrides)
-    options.setdefault("folder", None)
-    if options["folder"] is None:
-        options["folder"] = str(Path(build_config(values, source).output) / f"tune-{Path(source).stem}")
-    return search(values, space_block, source, **options)
+    if folder is None:
+        folder = str(Path(build_config(values, source).output) / f"tune-{Path(source).stem}")
+    return search(values, space_block, source, folder, **options)
 
 
 def search(values: dict, space_block, source: str, folder: str, trials: int = 20, timeout: str | None = None,

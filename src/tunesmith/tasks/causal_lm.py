@@ -218,7 +218,9 @@ class CausalLMTask(TaskDefaults):
     # keep the effective batch at 32 and SmolLM2-135M LoRA training under 6 GB (4 rows: 7.8 GB;
     # 32 rows at once, the old default, over 23 GB: docs/benchmarks.md, bench/causal_memory.py).
     # On a CPU, tokens per second hardly depend on the micro-batch.
-    train_defaults = {"batch_size": 2, "grad_accum": 16}
+    # Three passes whatever the data's size: the more-steps-on-small-data default was measured
+    # on classifiers, and a language model memorises a small instruction set quickly.
+    train_defaults = {"batch_size": 2, "grad_accum": 16, "epochs": 3.0}
     generative = True  # --long-text: truncate only (a conversation keeps its start, the prompt)
     default_max_length = 512
     has_baseline = True  # the base model's loss and answers, beside the tuned model's

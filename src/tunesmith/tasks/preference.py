@@ -155,7 +155,7 @@ class PreferenceTask(TaskDefaults):
     default_metric = "loss"
     default_model = "smollm2"
     # A pair is two sequences (chosen and rejected): 1 pair per micro-batch, 16 per step.
-    train_defaults = {"batch_size": 1, "grad_accum": 16}
+    train_defaults = {"batch_size": 1, "grad_accum": 16, "epochs": 3.0}  # as causal-lm: no small-data rule
     generative = True  # --long-text: truncate only (a pair keeps its start, the prompt)
     sequences_per_example = 2  # chosen and rejected: what a memory estimate counts per pair
     default_max_length = 512
