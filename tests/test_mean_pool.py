@@ -214,3 +214,30 @@ def test_regression_and_multi_label_runs_report_their_probe_baselines(tmp_path, 
     # The head starts as the ridge probe and keeps its best checkpoint on validation, so it is
     # not far behind the baseline even after one epoch on 72 rows.
     assert metrics["test"]["mse"] <= metrics["baseline"]["mse"] * 1.5
+
+
+def test_a_dead_feature_dimension_is_not_blown_up_by_standardising(tiny_sentence_model):
+    """A hidden dimension that is constant up to rounding (MiniLM has one: spread 5e-33) keeps
+    a scale of 1; divided by its spread, the body's gradient was infinite, clipping zeroed
+    every update, and `full` never moved from the probe."""
+    from tunesmith import models
+    from tunesmith.data.batching import collate
+    from tunesmith.tasks import TASKS
+
+    task = TASKS["text-classification"]
+    rows = make_rows(20)
+    labels = sorted({r["label"] for r in rows})
+    features = task.encode(models.load_tokenizer(tiny_sentence_model), [r["text"] for r in rows],
+                           [r["label"] for r in rows], labels, 16)
+    model = MeanPoolClassifier.build(tiny_sentence_model, labels, "single_label_classification")
+    with torch.no_grad():
+        norm = model.body.encoder.layer[-1].output.LayerNorm
+        norm.weight[0], norm.bias[0] = 1e-33, 0.0  # dimension 0: rounding noise only
+    task.start_head(model, features, [r["label"] for r in rows], labels, 0)
+    assert model.feature_scale[0] == 1.0 and model.feature_scale[1:].max() < 1.0
+    batch = collate([r["input_ids"] for r in features.rows[:16]], features.pad_id)
+    batch["labels"] = torch.tensor([labels.index(r["label"]) for r in rows[:16]])
+    model.train()
+    model(**batch).loss.backward()
+    grads = torch.stack([p.grad.norm() for p in model.parameters() if p.grad is not None])
+    assert torch.isfinite(grads).all()

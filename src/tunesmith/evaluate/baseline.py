@@ -14,6 +14,7 @@ import torch
 from tunesmith.data.batching import collate, inference_batches
 
 MAX_FIT_EXAMPLES = 5000  # a linear probe saturates long before this; caps the forward passes
+DEAD_SCALE = 1e-6  # a feature whose spread is below this share of the median spread is constant
 
 
 def masked_mean(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -58,9 +59,15 @@ def probe_features(encoder, train_ids, pad_id, seed: int = 0):
         rows = np.arange(len(train_ids))
         if len(train_ids) > MAX_FIT_EXAMPLES:
             rows = np.sort(np.random.default_rng(seed).choice(len(train_ids), MAX_FIT_EXAMPLES, replace=False))
-        scaler = StandardScaler()
-        features = scaler.fit_transform(embed(encoder, [train_ids[i] for i in rows], pad_id))
-        return scaler, features, rows, key
+        raw = embed(encoder, [train_ids[i] for i in rows], pad_id)
+        scaler = StandardScaler().fit(raw)
+        # A dimension that is constant up to float rounding (MiniLM's mean-pooled features have
+        # one with a spread of 5e-33) would be blown up to unit variance: its rounding noise
+        # would become a feature, and a mean-pooled head's gradient through the body infinite
+        # (gradient clipping then zeroes every update). Such dimensions keep a scale of 1, as
+        # scikit-learn does for exact constants.
+        scaler.scale_[scaler.scale_ < DEAD_SCALE * np.median(scaler.scale_)] = 1.0
+        return scaler, scaler.transform(raw), rows, key
 
     return _memo("features", key, compute)
 
