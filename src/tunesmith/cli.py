@@ -28,6 +28,21 @@ def _quiet_libraries() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
+def _given(args, model=None) -> dict:
+    """The settings of `model` (TrainConfig by default) given on the command line: its flags
+    that are not None (every config flag defaults to None, so a file's value is not overridden)."""
+    from tunesmith.config import TrainConfig
+
+    return {n: getattr(args, n) for n in (model or TrainConfig).model_fields if getattr(args, n, None) is not None}
+
+
+def _require_optuna(verb: str) -> None:
+    try:
+        import optuna  # noqa: F401
+    except ImportError:
+        raise UserError(f"tunesmith {verb} needs Optuna: pip install 'tunesmith[tune]'") from None
+
+
 def _cmd_check(args) -> int:
     from tunesmith.commands.check import check
 
@@ -38,9 +53,9 @@ def _cmd_check(args) -> int:
 
 def _cmd_train(args) -> int:
     from tunesmith.commands.train import train
-    from tunesmith.config import TrainConfig, load_config
+    from tunesmith.config import load_config
 
-    overrides = {name: getattr(args, name, None) for name in TrainConfig.model_fields}  # (config_version: no flag)
+    overrides = _given(args)
     config = args.config
     if config is not None and _is_data(config):
         # `tunesmith train data.csv` names the data, as `compare DATA` does; a config is YAML.
@@ -117,44 +132,34 @@ def _cmd_ensemble(args) -> int:
 
 def _cmd_compare(args) -> int:
     from tunesmith.commands.compare import compare
-    from tunesmith.config import TrainConfig, read_yaml_mapping
+    from tunesmith.config import read_yaml_mapping
 
     values = read_yaml_mapping(args.config) if args.config else {}
     listed = values.pop("methods", None)  # the config may list the methods itself
     methods = args.methods or listed
     if not methods or not isinstance(methods, list):
         raise UserError("compare: give --methods full,lora,... or a `methods:` list in --config")
-    values.update({n: getattr(args, n) for n in TrainConfig.model_fields if getattr(args, n, None) is not None})
+    values.update(_given(args))
     values["data"] = args.data
     compare(values, [str(m) for m in methods], args.output_folder)
     return 0
 
 
 def _cmd_tune(args) -> int:
-    try:
-        import optuna  # noqa: F401
-    except ImportError:
-        raise UserError("tunesmith tune needs Optuna: pip install 'tunesmith[tune]'") from None
+    _require_optuna("tune")
     from tunesmith.commands.tune import tune
-    from tunesmith.config import TrainConfig
 
-    overrides = {n: getattr(args, n) for n in TrainConfig.model_fields if getattr(args, n, None) is not None}
-    tune(args.source, overrides, trials=args.trials, timeout=args.timeout, sampler=args.sampler, pruner=args.pruner,
+    tune(args.source, _given(args), trials=args.trials, timeout=args.timeout, sampler=args.sampler, pruner=args.pruner,
          jobs=args.n_jobs, storage=args.storage, keep=args.keep, folder=args.study_folder,
          sampler_seed=args.sampler_seed)
     return 0
 
 
 def _cmd_auto(args) -> int:
-    try:
-        import optuna  # noqa: F401
-    except ImportError:
-        raise UserError("tunesmith auto needs Optuna (its last rung is a search): pip install 'tunesmith[tune]'") from None
+    _require_optuna("auto")  # its last rung is a search
     from tunesmith.commands.auto import auto
-    from tunesmith.config import TrainConfig
 
-    overrides = {n: getattr(args, n) for n in TrainConfig.model_fields if getattr(args, n, None) is not None}
-    auto(args.data, overrides, target=args.target, budget=args.budget, folder=args.folder)
+    auto(args.data, _given(args), target=args.target, budget=args.budget, folder=args.folder)
     return 0
 
 
@@ -174,8 +179,7 @@ def _cmd_serve(args) -> int:
     from tunesmith.serve.server import serve
     from tunesmith.serve.settings import ServeSettings
 
-    values = {name: getattr(args, name) for name in ServeSettings.model_fields if getattr(args, name, None) is not None}
-    serve(ServeSettings(**values))
+    serve(ServeSettings(**_given(args, ServeSettings)))
     return 0
 
 
