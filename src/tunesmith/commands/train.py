@@ -244,28 +244,12 @@ def _keep_best(run: Run, cfg: TrainConfig, model, log) -> None:
 
 def _test_metrics(run: Run, cfg: TrainConfig, task, splits: Splits, examples: dict, result: FitResult, metric: str,
                   tuned: dict, params: dict, earlier: Run | None, log, score_test: bool = True) -> dict:
-    """7. Test metrics from the saved model, exactly as `eval` and `predict` will load it, with
-    what training cost; for continual learning, the old test split scored again. Without
-    `score_test` the test entry stays empty (`tunesmith eval RUN` fills it)."""
-    predictor = Predictor.from_run(run)
-    started = time.perf_counter()
-    test_outputs = predictor.predict(splits.test.texts) if score_test else []
-    predict_seconds = time.perf_counter() - started
-    test_metrics = task.metrics(splits.test.labels, test_outputs, splits.labels) if score_test else {}
-    if task.generative and score_test:  # generative tasks: answers to held-out prompts vs references
-        log("answering test prompts for exact match and ROUGE-L ...")
-        test_metrics.update(task.answer_metrics(predictor.model, predictor.tokenizer, splits.test.texts))
-    continued = None
-    if earlier is not None and score_test:  # forgetting: the old test split, as the old run scored it and now
-        old_test = earlier.split("test")
-        after = task.metrics(old_test.labels, predictor.predict(old_test.texts), splits.labels)
-        continued = {
-            "from": str(earlier.path), "replayed": len(examples["train"]) - len(splits.train), "ewc_lambda": cfg.ewc_lambda,
-            "new_labels": splits.labels[len(earlier.labels()):],
-            "old_test": continual.forgetting(continual.old_metrics(earlier), after, metric,
-                                             task.metrics_higher_is_better[metric])}
+    """7. The run's metrics: what training cost, the best validation score, and (unless
+    `score_test` is False: the test entry then stays empty, and `tunesmith eval RUN` fills it)
+    the test split scored from the saved model."""
+    scored = _score_test(run, cfg, task, splits, examples, metric, earlier, log) if score_test else {"test": {}}
     return {
-        "test": test_metrics,
+        "test": scored.pop("test"),
         "val_best": {metric: result.state.best_metric, "step": result.state.best_step},
         **({"tuned_on_validation": tuned} if tuned else {}),
         "baseline": json.loads(run.baseline_file.read_text()) if run.baseline_file.is_file() else None,
@@ -280,11 +264,34 @@ def _test_metrics(run: Run, cfg: TrainConfig, task, splits: Splits, examples: di
             "precision": "fp32" if result.precision == "no" else result.precision,
             "processes": result.processes,
         },
-        **({"predict_samples_per_second": len(splits.test) / max(predict_seconds, 1e-9)} if score_test else {}),
         "parameters": params,
         "peak_memory_mb": peak_memory_mb(),
-        **({"continual": continued} if continued else {}),
+        **scored,  # predict_samples_per_second, and continual's forgetting
     }
+
+
+def _score_test(run: Run, cfg: TrainConfig, task, splits: Splits, examples: dict, metric: str, earlier: Run | None,
+                log) -> dict:
+    """Test metrics from the saved model, exactly as `eval` and `predict` will load it; for
+    continual learning, the old test split scored again."""
+    predictor = Predictor.from_run(run)
+    started = time.perf_counter()
+    test_outputs = predictor.predict(splits.test.texts)
+    predict_seconds = time.perf_counter() - started
+    test_metrics = task.metrics(splits.test.labels, test_outputs, splits.labels)
+    if task.generative:  # generative tasks: answers to held-out prompts vs references
+        log("answering test prompts for exact match and ROUGE-L ...")
+        test_metrics.update(task.answer_metrics(predictor.model, predictor.tokenizer, splits.test.texts))
+    scored = {"test": test_metrics, "predict_samples_per_second": len(splits.test) / max(predict_seconds, 1e-9)}
+    if earlier is not None:  # forgetting: the old test split, as the old run scored it and now
+        old_test = earlier.split("test")
+        after = task.metrics(old_test.labels, predictor.predict(old_test.texts), splits.labels)
+        scored["continual"] = {
+            "from": str(earlier.path), "replayed": len(examples["train"]) - len(splits.train), "ewc_lambda": cfg.ewc_lambda,
+            "new_labels": splits.labels[len(earlier.labels()):],
+            "old_test": continual.forgetting(continual.old_metrics(earlier), after, metric,
+                                             task.metrics_higher_is_better[metric])}
+    return scored
 
 
 def versus_baseline(metrics: dict, metric: str, higher_better: bool) -> list[str]:
