@@ -90,10 +90,14 @@ def fit_ridge(encoder, train_ids, train_y, pad_id, seed: int = 0):
     leave-one-out over a log grid: (scaler, weight (1 x d), bias (1,))."""
     from sklearn.linear_model import RidgeCV
 
-    scaler, x, rows, _ = probe_features(encoder, train_ids, pad_id, seed)
+    scaler, x, rows, key = probe_features(encoder, train_ids, pad_id, seed)
     y = np.asarray([train_y[i] for i in rows], dtype=np.float64)
-    ridge = RidgeCV(alphas=np.logspace(-2, 4, 13)).fit(x, y)
-    return scaler, ridge.coef_[None, :], np.asarray([ridge.intercept_])
+
+    def compute():
+        ridge = RidgeCV(alphas=np.logspace(-2, 4, 13)).fit(x, y)
+        return ridge.coef_[None, :], np.asarray([ridge.intercept_])
+
+    return (scaler, *_memo("ridge", (key, y.tobytes()), compute))
 
 
 def fit_multilabel_probe(encoder, train_ids, train_y: np.ndarray, pad_id, seed: int = 0):
@@ -102,17 +106,21 @@ def fit_multilabel_probe(encoder, train_ids, train_y: np.ndarray, pad_id, seed: 
     gets no weights and the log-odds of its frequency as bias."""
     from sklearn.linear_model import LogisticRegression
 
-    scaler, x, rows, _ = probe_features(encoder, train_ids, pad_id, seed)
+    scaler, x, rows, key = probe_features(encoder, train_ids, pad_id, seed)
     y = np.asarray(train_y)[rows]
-    weight, bias = np.zeros((y.shape[1], x.shape[1])), np.zeros(y.shape[1])
-    for j in range(y.shape[1]):
-        if 0 < y[:, j].sum() < len(y):
-            fit = LogisticRegression(max_iter=2000).fit(x, y[:, j])
-            weight[j], bias[j] = fit.coef_[0], fit.intercept_[0]
-        else:
-            share = np.clip(y[:, j].mean(), 1e-3, 1 - 1e-3)
-            bias[j] = np.log(share / (1 - share))
-    return scaler, weight, bias
+
+    def compute():
+        weight, bias = np.zeros((y.shape[1], x.shape[1])), np.zeros(y.shape[1])
+        for j in range(y.shape[1]):
+            if 0 < y[:, j].sum() < len(y):
+                fit = LogisticRegression(max_iter=2000).fit(x, y[:, j])
+                weight[j], bias[j] = fit.coef_[0], fit.intercept_[0]
+            else:
+                share = np.clip(y[:, j].mean(), 1e-3, 1 - 1e-3)
+                bias[j] = np.log(share / (1 - share))
+        return weight, bias
+
+    return (scaler, *_memo("label probes", (key, y.shape, y.tobytes()), compute))
 
 
 def linear_probe(encoder, train_ids, train_y, test_ids, test_y, labels, pad_id, metrics_fn, seed: int = 0) -> dict:

@@ -102,6 +102,11 @@ class MeanPoolClassifier(torch.nn.Module):
             for name, tensor in self.head_state().items():
                 tensor.copy_(torch.as_tensor(state[name], dtype=tensor.dtype))
 
+    def load_probe(self, scaler, weight, bias) -> None:
+        """Start the head as a probe fitted on standardised features (evaluate/baseline.py):
+        its scaler becomes the standardising buffers, its weights the classifier."""
+        self.load_head({"weight": weight, "bias": bias, "feature_mean": scaler.mean_, "feature_scale": scaler.scale_})
+
     @classmethod
     def build(cls, source: str, labels: list[str], problem_type: str) -> "MeanPoolClassifier":
         """The pretrained body at `source` under a fresh head for `labels`."""

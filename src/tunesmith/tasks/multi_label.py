@@ -116,7 +116,7 @@ class MultiLabelHead:
             return None
         scaler, weight, bias = fit_multilabel_probe(model.body, [r["input_ids"] for r in train.rows],
                                                     multi_hot(train_targets, labels), train.pad_id, seed)
-        model.load_head({"weight": weight, "bias": bias, "feature_mean": scaler.mean_, "feature_scale": scaler.scale_})
+        model.load_probe(scaler, weight, bias)
         return "head: starts as one logistic-regression probe per label on the mean-pooled training texts"
 
     def baseline(self, model, train, test, train_targets, test_targets, labels, seed) -> dict:

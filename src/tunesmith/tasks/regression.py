@@ -70,7 +70,7 @@ class RegressionHead:
             return None
         scaler, weight, bias = fit_ridge(model.body, [r["input_ids"] for r in train.rows], train_targets,
                                          train.pad_id, seed)
-        model.load_head({"weight": weight, "bias": bias, "feature_mean": scaler.mean_, "feature_scale": scaler.scale_})
+        model.load_probe(scaler, weight, bias)
         return "head: starts as the ridge-regression probe on the mean-pooled training texts"
 
     def baseline(self, model, train, test, train_targets, test_targets, labels, seed) -> dict:

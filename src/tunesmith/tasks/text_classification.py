@@ -57,7 +57,7 @@ class ClassifierHead:
         scaler, probe = fit_probe(model.body, [r["input_ids"] for r in train.rows], [class_id[t] for t in train_targets],
                                   train.pad_id, seed)
         weight, bias = probe_as_linear_layer(probe, len(labels))
-        model.load_head({"weight": weight, "bias": bias, "feature_mean": scaler.mean_, "feature_scale": scaler.scale_})
+        model.load_probe(scaler, weight, bias)
         return "head: starts as the linear probe on the mean-pooled training texts"
 
     def baseline(self, model, train, test, train_targets, test_targets, labels, seed) -> dict:
