@@ -475,9 +475,15 @@ def run_settings(values: dict[str, Any], source: str) -> TrainConfig:
     """A finished or interrupted run's settings, typed (migrated from older layouts first).
     Keys of sections the run never read (a --lora-r given to a full run before such keys were
     refused) are left out, so the run folder keeps loading."""
-    values = migrate(values, source)
-    unread = unread_sections(values.get("task", "text-classification"), values.get("method", "lora"))
-    return build_config({k: v for k, v in values.items() if k not in unread}, source)
+    return build_config(keys_read(migrate(values, source)), source)
+
+
+def keys_read(values: dict[str, Any]) -> dict[str, Any]:
+    """`values` without the keys of the settings sections that neither its task nor its method
+    reads (a `lora_r` among settings shared by a full run and a lora run)."""
+    fields = TrainConfig.model_fields
+    unread = unread_sections(values.get("task", fields["task"].default), values.get("method", fields["method"].default))
+    return {k: v for k, v in values.items() if k not in unread}
 
 
 def unread_sections(task: str, method: str) -> dict[str, str]:

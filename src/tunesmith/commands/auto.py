@@ -15,13 +15,13 @@ from tunesmith import models
 from tunesmith.commands.evaluate import evaluate
 from tunesmith.commands.train import train
 from tunesmith.commands.tune import search
-from tunesmith.config import build_config, unread_sections
+from tunesmith.config import build_config, keys_read
 from tunesmith.errors import UserError
 from tunesmith.io import write_json
 from tunesmith.methods import METHODS
 from tunesmith.runs import Run
 from tunesmith.search.ladder import Data, Ladder, Outcome, Rung, parse_target, plan
-from tunesmith.search.study import parse_duration
+from tunesmith.search.study import parse_duration, quiet_trial_log
 from tunesmith.tasks import TASKS
 
 
@@ -58,7 +58,7 @@ def auto(data: str, overrides: dict, target: str | None = None, budget: str | No
         try:
             if rung.tune:
                 return _tune_rung(rung, values, ladder_dir, metric, ladder, seconds_left, log)
-            return _outcome(rung, train(_rung_config(values, rung.method, ladder_dir, rung.name), log=_quiet,
+            return _outcome(rung, train(_rung_config(values, rung.method, ladder_dir, rung.name), log=quiet_trial_log,
                                         score_test=False), metric)
         except UserError as exc:  # a method that cannot adapt this model, say: the next rung may
             return Outcome(rung, "failed", note=str(exc))
@@ -103,9 +103,8 @@ def calibrate(cfg, task, splits, sample: int = 64) -> float:
 def _rung_config(values: dict, method: str, folder: Path, name: str):
     """The shared settings with this rung's method; keys that method does not read (a --lora-r
     meant for the lora rung) are left out of the others."""
-    unread = unread_sections(values.get("task", "text-classification"), method)
-    kept = {k: v for k, v in values.items() if k not in unread}
-    return build_config({**kept, "method": method, "output": str(folder), "name": name}, f"auto rung {name}")
+    return build_config({**keys_read({**values, "method": method}), "output": str(folder), "name": name},
+                        f"auto rung {name}")
 
 
 def _outcome(rung: Rung, run: Run, metric: str) -> Outcome:
@@ -122,9 +121,7 @@ def _tune_rung(rung: Rung, values: dict, folder: Path, metric: str, ladder: Ladd
     one = max(1.0, ladder.best().seconds)
     trials = 8 if seconds_left is None else max(ladder.min_tune_trials, int(seconds_left // one))
     timeout = None if seconds_left is None else max(1.0, seconds_left - one)
-    unread = unread_sections(values.get("task", "text-classification"), rung.method)
-    shared = {**{k: v for k, v in values.items() if k not in unread}, "method": rung.method}
-    best = search(shared, None, f"auto rung {rung.name}", folder=str(folder / "tune"), trials=min(trials, 20),
+    best = search(keys_read({**values, "method": rung.method}), None, f"auto rung {rung.name}", folder=str(folder / "tune"), trials=min(trials, 20),
                   timeout=f"{timeout:.0f}" if timeout else None, score_best=False, log=log)
     return _outcome(rung, Run(best), metric)
 
@@ -138,7 +135,3 @@ def _print_table(outcomes: list[Outcome], winner: Outcome, metric: str, log) -> 
         mark = "  <- kept" if o is winner else ""
         log(f"{o.rung.name:<14} {value:>12} {o.seconds:>8.0f} {o.estimate_s:>9.0f} {pct:>11} {size:>8}  {o.status}{mark}")
 
-
-def _quiet(line: str) -> None:
-    if line.startswith("warning"):
-        print(line, flush=True)

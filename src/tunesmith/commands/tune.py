@@ -20,7 +20,7 @@ from tunesmith.runs import Run
 from tunesmith.search import report
 from tunesmith.search.space import default_space, grid, parse_space
 from tunesmith.search.study import (PRUNERS, SAMPLERS, StudySpec, best_config_yaml, best_run, keep_only,
-                                    parse_duration, run_study, trial_rows, write_trials_csv)
+                                    parse_duration, run_study, short, trial_rows, write_trials_csv)
 from tunesmith.tasks import TASKS
 
 
@@ -119,12 +119,9 @@ def _print_table(rows: list[dict], metric: str, higher_better: bool, log, top: i
                                                                  "run", "error")]
     log(f"{'trial':>5}  {'val ' + metric:>12}  {'seconds':>8}  " + "  ".join(f"{p:>10}" for p in params))
     for r in finished[:top]:
-        cells = "  ".join(f"{_cell(r[p]):>10}" for p in params)
+        cells = "  ".join(f"{short(r[p]):>10}" for p in params)
         log(f"{r['trial']:>5}  {r['value']:>12.4f}  {r['seconds'] or 0:>8.1f}  {cells}")
     others = {s: sum(r["state"] == s for r in rows) for s in ("pruned", "fail", "running")}
     if any(others.values()):
         log(", ".join(f"{n} {s}" for s, n in others.items() if n))
 
-
-def _cell(value) -> str:
-    return "" if value is None else f"{value:.3g}" if isinstance(value, float) else str(value)

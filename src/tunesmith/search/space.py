@@ -16,7 +16,7 @@ method declares its own space (`search_space(cfg)` on the method).
 
 from __future__ import annotations
 
-import itertools
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -141,7 +141,7 @@ def grid(space: dict[str, Param]) -> dict[str, list]:
 
 
 def grid_size(space: dict[str, Param]) -> int:
-    return len(list(itertools.product(*grid(space).values())))
+    return math.prod(len(values) for values in grid(space).values())
 
 
 def default_space(cfg) -> dict[str, Param]:

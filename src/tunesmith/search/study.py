@@ -24,7 +24,7 @@ import os
 import re
 import shutil
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -54,7 +54,6 @@ class StudySpec:
     sampler_seed: int | None = None
     keep: str = "all"  # "all" trial runs, or only the "best" one
     workers: int = 1
-    extra: dict = field(default_factory=dict)
 
     @property
     def storage_url(self) -> str:
@@ -176,8 +175,9 @@ class _Reporter:
 
 
 def run_worker(spec: StudySpec, train: Callable, metric: str, direction: str, worker: int = 0,
-               log: Callable[[str], None] = print) -> None:
-    """Run trials until the study has `spec.trials` of them, or this worker's timeout."""
+               log: Callable[[str], None] = print):
+    """Run trials until the study has `spec.trials` of them, or this worker's timeout; returns
+    the study."""
     import optuna
     from optuna.study import MaxTrialsCallback
     from optuna.trial import TrialState
@@ -186,7 +186,7 @@ def run_worker(spec: StudySpec, train: Callable, metric: str, direction: str, wo
 
     study = open_study(spec, direction, worker)
     if counted(study) >= spec.trials:
-        return
+        return study
 
     def objective(trial) -> float:
         values = suggest(trial, spec.space, spec.values)
@@ -194,10 +194,10 @@ def run_worker(spec: StudySpec, train: Callable, metric: str, direction: str, wo
         cfg = build_config(values, f"trial {trial.number}")
         run_dir = spec.trials_dir / values["name"]
         trial.set_user_attr("run", str(run_dir))
-        shown = ", ".join(f"{k}={_short(v)}" for k, v in trial.params.items())
+        shown = ", ".join(f"{k}={short(v)}" for k, v in trial.params.items())
         log(f"trial {trial.number}: {shown}")
         try:
-            run = train(cfg, log=_quiet, on_evaluate=_Reporter(trial, metric), score_test=False)
+            run = train(cfg, log=quiet_trial_log, on_evaluate=_Reporter(trial, metric), score_test=False)
         except optuna.TrialPruned:
             shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # a pruned run is not resumed
             raise
@@ -231,6 +231,7 @@ def run_worker(spec: StudySpec, train: Callable, metric: str, direction: str, wo
     study.optimize(objective, n_trials=n_trials, timeout=spec.timeout_s, catch=(UserError,),
                    callbacks=[MaxTrialsCallback(spec.trials, states=(TrialState.COMPLETE, TrialState.PRUNED)),
                               stop_on_failures, announce])
+    return study
 
 
 def _worker_process(spec: StudySpec, train: Callable, metric: str, direction: str, worker: int) -> None:
@@ -253,8 +254,7 @@ def run_study(spec: StudySpec, train: Callable, metric: str, direction: str, log
     import torch
 
     if spec.workers == 1:
-        run_worker(spec, train, metric, direction, 0, log)
-        return open_study(spec, direction)
+        return run_worker(spec, train, metric, direction, 0, log)
     # Extra workers are processes, not threads: each trains with its own torch state.
     context = multiprocessing.get_context("spawn")
     others = [context.Process(target=_worker_process, args=(spec, train, metric, direction, i))
@@ -263,7 +263,7 @@ def run_study(spec: StudySpec, train: Callable, metric: str, direction: str, log
         process.start()
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // spec.workers))
     try:
-        run_worker(spec, train, metric, direction, 0, log)
+        study = run_worker(spec, train, metric, direction, 0, log)
     finally:
         for process in others:
             process.join()
@@ -271,7 +271,7 @@ def run_study(spec: StudySpec, train: Callable, metric: str, direction: str, log
     if failed:
         log(f"warning: {len(failed)} worker process(es) stopped with an error (exit {failed[0]}); "
             "their unfinished trials are retried by the next run of this command")
-    return open_study(spec, direction)
+    return study  # its storage is shared: it reads the other workers' trials too
 
 
 def trial_rows(study) -> list[dict]:
@@ -330,11 +330,13 @@ def keep_only(study, best: Path | None) -> int:
     return removed
 
 
-def _short(value) -> str:
-    return f"{value:.3g}" if isinstance(value, float) else str(value)
+def short(value) -> str:
+    """A parameter value in a log line or table: floats to 3 significant digits."""
+    return "" if value is None else f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
-def _quiet(line: str) -> None:
+def quiet_trial_log(line: str) -> None:
+    """The log of a run trained inside a search (a trial, an auto rung)."""
     # A trial's own progress lines would bury the study's; its warnings still matter.
     if line.startswith("warning"):
         print(line, flush=True)
