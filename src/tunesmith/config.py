@@ -373,8 +373,12 @@ class TrainConfig(
         "Defaults")."""
         if self.epochs is not None:
             return self.epochs
-        steps_per_epoch = math.ceil(math.ceil(max(1, train_rows) / self.batch_size) / self.grad_accum)
-        return float(min(MAX_DEFAULT_EPOCHS, max(DEFAULT_EPOCHS, math.ceil(MIN_DEFAULT_STEPS / steps_per_epoch))))
+        passes = math.ceil(MIN_DEFAULT_STEPS / max(1, self.steps_per_epoch(train_rows)))
+        return float(min(MAX_DEFAULT_EPOCHS, max(DEFAULT_EPOCHS, passes)))
+
+    def steps_per_epoch(self, train_rows: int) -> int:
+        """Optimizer steps in one pass over `train_rows` examples (the last batch may be short)."""
+        return math.ceil(math.ceil(train_rows / self.batch_size) / self.grad_accum)
 
     def resolved_lr(self) -> float:
         from tunesmith.methods import METHODS

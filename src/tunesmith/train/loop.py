@@ -159,8 +159,7 @@ def fit(
 
 def _schedule(examples: int, cfg) -> tuple[int, int]:
     """(optimizer steps in the run, steps between evaluations: an epoch unless eval_every)."""
-    batches_per_epoch = math.ceil(examples / cfg.batch_size)
-    steps_per_epoch = math.ceil(batches_per_epoch / cfg.grad_accum)
+    steps_per_epoch = cfg.steps_per_epoch(examples)
     total_steps = cfg.max_steps or max(1, math.ceil(steps_per_epoch * cfg.epochs))
     return total_steps, cfg.eval_every or steps_per_epoch
 
