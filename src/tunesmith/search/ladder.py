@@ -130,8 +130,8 @@ class Ladder:
             left = None if self.budget_s is None else self.budget_s - (self.clock() - started)
             best = self.best()
             if rung.tune:
-                if best is None or best.rung.method == "zero-shot":
-                    continue  # nothing trained to search around
+                if best is None or best.rung.cost == 0:
+                    continue  # nothing trained to search around (zero-shot: no training cost)
                 rung = Rung(f"tune {best.rung.method}", best.rung.method, best.rung.cost, tune=True)
                 one = best.seconds  # a trial costs about what the rung it searches around cost
                 estimate = one * self.min_tune_trials
