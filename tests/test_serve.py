@@ -71,7 +71,7 @@ def test_auth(run_path, predictor):
         missing = client.post("/v1/predict", json={"inputs": "good"})
         assert missing.status_code == 401 and missing.headers["www-authenticate"] == "Bearer"
         assert "missing API key" in missing.json()["error"]
-        assert client.post("/v1/predict", json={"inputs": "good"}, headers={"Authorization": "Bearer wrong-key-123456789"}).status_code == 403
+        assert client.post("/v1/predict", json={"inputs": "good"}, headers={"Authorization": "Bearer wrong-key-123456789"}).status_code == 401
         assert client.post("/v1/predict", json={"inputs": "good"}, headers=AUTH).status_code == 200
         assert client.post("/v1/predict", json={"inputs": "good"}, headers={"X-API-Key": KEY}).status_code == 200
         assert client.get("/v1/model").status_code == 401
@@ -392,7 +392,7 @@ def test_failed_key_attempts_are_rate_limited_per_address_but_a_valid_key_is_not
     with make_client(run_path, predictor, auth_failures_per_s=0.01) as client:
         wrong = {"Authorization": "Bearer wrong-key-123456789"}
         codes = [client.post("/v1/predict", json={"inputs": "x"}, headers=wrong).status_code for _ in range(11)]
-        assert codes == [403] * 10 + [429]
+        assert codes == [401] * 10 + [429]
         assert client.post("/v1/predict", json={"inputs": "x"}, headers=AUTH).status_code == 200
 
 

@@ -23,7 +23,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tunesmith.serve.batcher import MicroBatcher
 from tunesmith.serve.dependencies import ApiError, Served
-from tunesmith.serve.middleware import BodyLimit, MultipartImages, Observe
+from tunesmith.serve.middleware import BodyLimit, HostAllowList, MultipartImages, Observe
+from tunesmith.serve.openai_routes import router as openai_router
 from tunesmith.serve.routes import router
 from tunesmith.serve.security import KeyRing, RateLimiter
 from tunesmith.serve.settings import ServeSettings
@@ -38,14 +39,24 @@ def create_app(predictor, settings: ServeSettings, keys: KeyRing, run_info: dict
     app.state.ready = False
     app.state.draining = False
     app.include_router(router)
+    routers = [router]
+    if state.task.generative:
+        app.include_router(openai_router)
+        routers.append(openai_router)
     _handle_errors(app)
-    # Middleware, outside in: Observe (draining, metrics, access log) -> BodyLimit -> routes.
+    # Middleware, outside in: proxy headers (from trusted proxies only) -> Observe (draining,
+    # metrics, access log) -> Host allow-list -> BodyLimit -> routes.
     if state.task.serves_images:
         app.add_middleware(MultipartImages)  # inside BodyLimit: the upload is counted first
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
-    routes = {route.path for route in router.routes} | {app.openapi_url}  # metric labels: known routes only
+    app.add_middleware(HostAllowList, hosts=settings.hosts(keyed=bool(keys)))
+    routes = {route.path for r in routers for route in r.routes} | {app.openapi_url}  # metric labels: known only
     app.add_middleware(Observe, routes=routes, metrics=state.metrics, log=state.log,
                        is_draining=lambda: app.state.draining)
+    if settings.forwarded_allow_ips:
+        from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
+
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=",".join(settings.forwarded_allow_ips))
     app.state.metrics = state.metrics
     app.state.batcher = state.batcher
     return app
@@ -65,15 +76,32 @@ def _served(predictor, settings: ServeSettings, keys: KeyRing, run_info: dict) -
                            settings.batch_max_size, settings.batch_max_wait_ms, on_batch=metrics.batch_size.observe,
                            max_queue=settings.max_queue)
     metrics.queue_depth = lambda: batcher.depth
+    engine = _engine(predictor, settings, metrics) if task.generative else None
     return Served(predictor, task, settings, keys, run_info, JsonLog(), metrics,
                   RateLimiter(settings.rate_limit, settings.rate_burst), batcher,
-                  RateLimiter(settings.auth_failures_per_s, 10))
+                  RateLimiter(settings.auth_failures_per_s, 10),
+                  RateLimiter(settings.tokens_per_minute / 60.0, settings.tokens_per_minute), engine)
+
+
+def _engine(predictor, settings: ServeSettings, metrics: Metrics):
+    from tunesmith.serve.engine import GenerationEngine, supports
+
+    model = predictor.model
+    # A model whose cache this engine cannot merge still gets deadlines and cancellation,
+    # one answer at a time.
+    batch = settings.generation_batch if supports(model) else 1
+    engine = GenerationEngine(model, predictor.tokenizer.tokenizer, max_batch=batch, max_waiting=settings.max_queue)
+    metrics.generation_waiting = lambda: engine.waiting
+    metrics.generation_active = lambda: engine.active
+    return engine
 
 
 def _lifespan(state: Served):
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         state.batcher.start()
+        if state.engine is not None:
+            state.engine.start()
         # The first call pays one-off costs; do it before ready.
         await state.batcher.submit([state.task.serve_input(_warm_up_input(state.pairs, state.task.serves_images),
                                                            state.pairs)])
@@ -82,6 +110,8 @@ def _lifespan(state: Served):
         yield
         app.state.draining = True
         await state.batcher.stop()
+        if state.engine is not None:
+            state.engine.stop()
         state.log.event("stopped")
 
     return lifespan
@@ -93,19 +123,33 @@ def _handle_errors(app: FastAPI) -> None:
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
-        body = {"error": exc.message} | ({"field": exc.field} if exc.field else {})
-        return JSONResponse(body, status_code=exc.status, headers=exc.headers)
+        return _error(request, exc.status, exc.message, exc.field, exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {"loc": ("body",), "msg": "invalid request"}
         field = ".".join(str(p) for p in first["loc"] if p != "body") or "body"
-        return JSONResponse({"error": f"{field}: {first['msg']}", "field": field}, status_code=422)
+        return _error(request, 422, f"{field}: {first['msg']}", field)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code)
 
+
+
+OPENAI_ERROR_TYPES = {401: "authentication_error", 403: "permission_error", 404: "not_found_error",
+                      429: "rate_limit_error", 503: "server_error", 504: "timeout"}
+
+
+def _error(request: Request, status: int, message: str, field=None, headers=None) -> JSONResponse:
+    """{"error": message, "field": field}; on the OpenAI-compatible routes, OpenAI's shape
+    {"error": {"message", "type", "param", "code"}}, which its clients read."""
+    if request.url.path in {route.path for route in openai_router.routes}:
+        body = {"error": {"message": message, "type": OPENAI_ERROR_TYPES.get(status, "invalid_request_error"),
+                          "param": field, "code": None}}
+    else:
+        body = {"error": message} | ({"field": field} if field else {})
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def _warm_up_input(pairs: bool, images: bool):

@@ -38,6 +38,9 @@ class Served:
     limiter: RateLimiter
     batcher: MicroBatcher
     failed_auth: RateLimiter  # per client address: failed key attempts
+    token_budget: RateLimiter  # per caller: prompt and answer tokens (generation runs)
+    engine: Optional[object] = None  # the GenerationEngine of a generation run
+
     @property
     def pairs(self) -> bool:
         return self.run_info.get("input") == "text_pair"
@@ -64,7 +67,7 @@ async def client_id(request: Request, state: Annotated[Served, Depends(served)])
     if not key:
         raise ApiError(401, "missing API key: send 'Authorization: Bearer KEY' or 'X-API-Key: KEY'",
                        headers={"WWW-Authenticate": "Bearer"})
-    raise ApiError(403, "API key not accepted")
+    raise ApiError(401, "API key not accepted", headers={"WWW-Authenticate": "Bearer"})  # RFC 7235: bad credentials are 401
 
 
 async def rate_limited(client: Annotated[str, Depends(client_id)], state: Annotated[Served, Depends(served)]) -> str:

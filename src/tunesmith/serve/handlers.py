@@ -2,15 +2,17 @@
 the micro-batcher (classifiers, taggers, regression) or by generation (causal LMs), as JSON
 or as server-sent events."""
 
-import asyncio
 import json
 import logging
 
+from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from tunesmith.serve import answers
 from tunesmith.serve.batcher import Busy
 from tunesmith.serve.dependencies import ApiError, Served
 from tunesmith.serve.schemas import GENERATION_PARAMETERS, PredictParameters, PredictRequest, TextPair
+from tunesmith.serve.engine import TimedOut
 from tunesmith.serve.security import mask_pii
 
 
@@ -33,7 +35,8 @@ def model_inputs(state: Served, body: PredictRequest) -> tuple[list, list]:
             if problem:
                 raise ApiError(422, f"inputs[{i}]: {problem}", f"inputs[{i}]")
         try:
-            inputs.append(task.serve_input(value, state.pairs))
+            limits = {"max_pixels": settings.max_image_pixels} if task.serves_images else {}
+            inputs.append(task.serve_input(value, state.pairs, **limits))
         except ValueError as exc:
             raise ApiError(422, f"inputs[{i}]: {exc}", f"inputs[{i}]") from None
         raw.append(value)
@@ -53,13 +56,13 @@ def unreadable(text: str) -> str | None:
     return None
 
 
-async def predict(state: Served, body: PredictRequest, client: str):
+async def predict(state: Served, request: Request, body: PredictRequest, client: str):
     raw, inputs = model_inputs(state, body)
     if state.settings.log_text and not state.task.serves_images:  # an image is no text to log
         texts = [t for v in raw for t in (v.values() if isinstance(v, dict) else [v])]
         state.log.event("predict_text", client=client, texts=[mask_pii(t) for t in texts])
     if state.task.generative:
-        return await generate(state, inputs, body.parameters)
+        return await generate(state, request, client, inputs, body.parameters)
     misplaced = sorted(body.parameters.model_fields_set & set(GENERATION_PARAMETERS))
     if misplaced:
         from tunesmith.tasks import supporting
@@ -76,48 +79,36 @@ async def predict(state: Served, body: PredictRequest, client: str):
     return JSONResponse([state.task.serve_output(v, row, state.predictor.labels, top_k) for v, row in zip(raw, rows)])
 
 
-async def generate(state: Served, conversations: list, parameters: PredictParameters):
-    """Answers, on the inference thread (one generation at a time, each batched over its
-    inputs), as JSON or, with `stream`, as server-sent events: `data: {"text": piece}`
-    while decoding, then `event: done` with the whole answer."""
+async def generate(state: Served, request: Request, client: str, conversations: list,
+                   parameters: PredictParameters):
+    """Answers from the continuous-batching engine, as JSON or, with `stream`, as server-sent
+    events: `data: {"text": piece}` while decoding, then `event: done` with the whole answer."""
     from tunesmith.data.conversations import render_prompt
-    from tunesmith.generation import generate as generate_answers
 
     tokenizer = state.predictor.tokenizer.tokenizer
-    prompts = [render_prompt(tokenizer, c) for c in conversations]
     options = parameters.generation()
-    if not parameters.stream:
-        answers = await state.batcher.run(generate_answers, state.predictor.model, tokenizer, prompts, options)
-        return JSONResponse([{"generated": a} for a in answers])
-    if len(prompts) != 1:
+    if parameters.stream and len(conversations) != 1:
         raise ApiError(422, "parameters.stream: streams one input at a time", "parameters.stream")
-    return StreamingResponse(events(state, tokenizer, prompts, options), media_type="text/event-stream",
+    prompts = answers.prepare(state, client, [render_prompt(tokenizer, c) for c in conversations], options,
+                              "parameters.max_new_tokens")
+    if not parameters.stream:
+        done = await answers.complete(state, request, answers.sequences(state, prompts, options))
+        return JSONResponse([{"generated": c.text} | ({"warning": p.warning} if p.warning else {})
+                             for p, c in zip(prompts, done)])
+    return StreamingResponse(events(state, prompts[0], options), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-async def events(state: Served, tokenizer, prompts, options):
-    from tunesmith.generation import generate as generate_answers
-
-    loop = asyncio.get_running_loop()
-    pieces: asyncio.Queue = asyncio.Queue()
-
-    def emit(text: str) -> None:  # called on the inference thread
-        loop.call_soon_threadsafe(pieces.put_nowait, text)
-
-    job = asyncio.ensure_future(state.batcher.run(generate_answers, state.predictor.model, tokenizer, prompts,
-                                                  options, emit))
-    while True:
-        next_piece = asyncio.ensure_future(pieces.get())
-        done, _ = await asyncio.wait({next_piece, job}, return_when=asyncio.FIRST_COMPLETED)
-        if next_piece in done:
-            yield f"data: {json.dumps({'text': next_piece.result()}, ensure_ascii=False)}\n\n"
-            continue
-        next_piece.cancel()
-        while not pieces.empty():
-            yield f"data: {json.dumps({'text': pieces.get_nowait()}, ensure_ascii=False)}\n\n"
-        if job.exception() is not None:
-            state.log.event("error", logging.ERROR, route="/v1/predict", error=type(job.exception()).__name__)
-            yield 'event: error\ndata: {"error": "internal error"}\n\n'
-        else:
-            yield f"event: done\ndata: {json.dumps({'generated': job.result()[0]}, ensure_ascii=False)}\n\n"
-        return
+async def events(state: Served, prompt: answers.Prompt, options):
+    try:
+        async for item in answers.pieces(state, prompt, options):
+            if isinstance(item, str):
+                yield f"data: {json.dumps({'text': item}, ensure_ascii=False)}\n\n"
+            else:
+                done = {"generated": item.text} | ({"warning": prompt.warning} if prompt.warning else {})
+                yield f"event: done\ndata: {json.dumps(done, ensure_ascii=False)}\n\n"
+    except TimedOut:
+        yield 'event: error\ndata: {"error": "generation ran past the request timeout"}\n\n'
+    except Exception as exc:
+        state.log.event("error", logging.ERROR, route="/v1/predict", error=type(exc).__name__)
+        yield 'event: error\ndata: {"error": "internal error"}\n\n'

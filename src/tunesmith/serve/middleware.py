@@ -146,3 +146,33 @@ class BodyLimit:
             return message
 
         await self.app(scope, counted_receive, send)
+
+
+class HostAllowList:
+    """Pure ASGI middleware: 400 unless the Host header is one of `hosts` (`*` any, `*.domain`
+    any subdomain). A keyless server on loopback is otherwise reachable from any web page the
+    user opens: DNS rebinding points the page's own name at 127.0.0.1, and the browser sends
+    that name as Host."""
+
+    def __init__(self, app, hosts: list[str]):
+        self.app = app
+        self.any = "*" in hosts
+        self.exact = {h.lower() for h in hosts if not h.startswith("*")}
+        self.suffixes = tuple(h[1:].lower() for h in hosts if h.startswith("*."))
+
+    def allowed(self, host_header: str) -> bool:
+        host = host_header.strip().lower()
+        if host.startswith("["):  # [::1]:8000
+            host = host[: host.find("]") + 1]
+        elif host.count(":") == 1:
+            host = host.split(":")[0]
+        return host in self.exact or (bool(self.suffixes) and host.endswith(self.suffixes))
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or self.any:
+            return await self.app(scope, receive, send)
+        host = dict(scope.get("headers", [])).get(b"host", b"").decode("latin-1")
+        if not self.allowed(host):
+            return await JSONResponse({"error": "Host header not allowed (see --allowed-hosts)", "field": "Host"},
+                                      status_code=400)(scope, receive, send)
+        await self.app(scope, receive, send)

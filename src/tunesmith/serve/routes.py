@@ -18,8 +18,8 @@ Output = Union[tuple(dict.fromkeys(task.response_schema for task in TASKS.values
 
 
 @router.post("/v1/predict", response_model=list[Output])
-async def predict(body: PredictRequest, client: Caller, state: State) -> JSONResponse:
-    return await handlers.predict(state, body, client)
+async def predict(request: Request, body: PredictRequest, client: Caller, state: State) -> JSONResponse:
+    return await handlers.predict(state, request, body, client)
 
 
 @router.get("/v1/model")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -13,23 +14,69 @@ class KeyRing:
     """API keys kept only as SHA-256 hashes and compared in constant time.
 
     Every stored hash is compared (no early exit), so timing reveals neither which key
-    matched nor how many characters did.
+    matched nor how many characters did. With `load` (the keys file's reader), the keys are
+    read again when the file changes (checked at most once a second) or on `reload()`
+    (SIGHUP): rotating a key needs no restart. A file that no longer reads, or holds a bad
+    key, leaves the keys as they were, and `on_error` says why.
     """
 
-    def __init__(self, keys: list[str]):
-        self._hashes = [hashlib.sha256(k.encode()).digest() for k in keys]
+    def __init__(self, keys: list[str], load=None, watch: str | None = None, on_error=lambda message: None):
+        self._hashes = _hashed(keys)
+        self._load, self._watch, self._on_error = load, watch, on_error
+        self._stamp = _stamp(watch)
+        self._checked = time.monotonic()
 
     def __bool__(self) -> bool:
         return bool(self._hashes)
 
     def identify(self, key: str) -> str | None:
         """A short, non-reversible id of the matching key (for logs and rate limits), or None."""
+        self._reload_if_changed()
         digest = hashlib.sha256(key.encode()).digest()
         match = None
         for stored in self._hashes:
             if hmac.compare_digest(digest, stored):
                 match = stored
         return match.hex()[:12] if match is not None else None
+
+    def reload(self) -> bool:
+        """Read the keys again; True when they were replaced."""
+        if self._load is None:
+            return False
+        self._stamp = _stamp(self._watch)
+        try:
+            keys = self._load()
+        except Exception as exc:  # UserError from the reader: the message names the file
+            self._on_error(f"keys not reloaded, the previous ones stay: {exc}")
+            return False
+        if not keys:
+            self._on_error("keys not reloaded: the file holds no key (the previous ones stay)")
+            return False
+        self._hashes = _hashed(keys)
+        return True
+
+    def _reload_if_changed(self) -> None:
+        now = time.monotonic()
+        if self._watch is None or now - self._checked < 1.0:
+            return
+        self._checked = now
+        if _stamp(self._watch) != self._stamp:
+            self.reload()
+
+
+def _hashed(keys: list[str]) -> list[bytes]:
+    return [hashlib.sha256(k.encode()).digest() for k in keys]
+
+
+def _stamp(path: str | None):
+    """What changes when a file is rewritten (replaced or edited in place)."""
+    if path is None:
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
 
 
 @dataclass
@@ -44,18 +91,19 @@ class RateLimiter:
     max_clients: int = 10_000
     _buckets: dict = field(default_factory=dict)
 
-    def check(self, client: str) -> float:
-        """0 if the request may go ahead, else the seconds until it may (Retry-After)."""
+    def check(self, client: str, cost: float = 1.0) -> float:
+        """0 if the request (costing `cost` tokens of the bucket; at most `burst`) may go ahead,
+        else the seconds until it may (Retry-After)."""
         now = self.clock()
         if client not in self._buckets and len(self._buckets) >= self.max_clients:
             self._evict(now)
         tokens, last = self._buckets.get(client, (float(self.burst), now))
         tokens = min(float(self.burst), tokens + (now - last) * self.rate)
-        if tokens >= 1.0:
-            self._buckets[client] = (tokens - 1.0, now)
+        if tokens >= cost:
+            self._buckets[client] = (tokens - cost, now)
             return 0.0
         self._buckets[client] = (tokens, now)
-        return (1.0 - tokens) / self.rate
+        return (cost - tokens) / self.rate
 
     def _evict(self, now: float) -> None:
         full = [c for c, (tokens, last) in self._buckets.items() if tokens + (now - last) * self.rate >= self.burst]

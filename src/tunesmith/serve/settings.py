@@ -9,6 +9,7 @@ from typing import Literal, Optional
 from pydantic import BaseModel, Field
 
 LOOPBACK_NAMES = {"localhost", "localhost.localdomain"}
+LOOPBACK_HOSTS = LOOPBACK_NAMES | {"127.0.0.1", "::1", "[::1]"}
 
 
 class ServeSettings(BaseModel):
@@ -39,6 +40,36 @@ class ServeSettings(BaseModel):
     threads: Optional[int] = Field(
         None, gt=0, description="Torch threads for inference (default: torch's, one per core).")
     log_text: bool = Field(False, description="Log request texts, with e-mails, phones, cards and ID numbers masked.")
+    allowed_hosts: Optional[list[str]] = Field(
+        None, description="Host header values accepted (`*` any, `*.example.com` a domain); others get 400. "
+                          "Default: loopback names when serving without keys on loopback (a web page cannot "
+                          "reach the server by DNS rebinding), else any.")
+    forwarded_allow_ips: Optional[list[str]] = Field(
+        None, description="Proxy addresses (IPs or networks, `*` any) whose X-Forwarded-For and -Proto are "
+                          "believed; default none, so a client cannot pick the address its limits count against.")
+    max_image_pixels: int = Field(40_000_000, gt=0, description="Largest image in pixels, read from its header "
+                                  "before decoding (422 above): a small file can decode to a huge bitmap.")
+    # Generation (causal-lm and preference runs)
+    max_new_tokens: int = Field(512, ge=1, description="Most tokens one answer may generate (422 above).")
+    max_request_tokens: int = Field(16_384, ge=1, description="Prompt and answer tokens over all inputs of one "
+                                    "request (422 above).")
+    long_prompts: Literal["truncate", "error"] = Field(
+        "truncate", description="A prompt that leaves no room in the model's context for its answer: keep its end "
+                                "and say so in the answer (truncate), or 422 (error).")
+    request_timeout_s: float = Field(120.0, gt=0, description="Seconds a generation request may run; it is then "
+                                     "stopped and answered 504.")
+    tokens_per_minute: int = Field(100_000, gt=0, description="Prompt and answer tokens per minute per API key "
+                                   "(429 above), beside the request rate.")
+    generation_batch: int = Field(16, gt=0, description="Most answers decoded together: requests join and leave "
+                                  "the running batch between decoding steps.")
+
+    def hosts(self, keyed: bool) -> list[str]:
+        """The Host header values accepted: --allowed-hosts, else the default described there."""
+        if self.allowed_hosts:
+            return self.allowed_hosts
+        if self.loopback and not keyed:
+            return sorted(LOOPBACK_HOSTS | {self.host})
+        return ["*"]
 
     @property
     def loopback(self) -> bool:
@@ -66,3 +97,4 @@ def api_keys_from(settings: ServeSettings) -> list[str]:
     if short:
         raise UserError("API keys must be at least 16 characters (use e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`)")
     return keys
+

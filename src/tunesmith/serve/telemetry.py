@@ -48,6 +48,10 @@ class Metrics:
         self.latency: dict[str, Histogram] = defaultdict(lambda: Histogram(LATENCY_BUCKETS))
         self.batch_size = Histogram(BATCH_BUCKETS)
         self.queue_depth = lambda: 0
+        # Generation runs: answers waiting to join the decoding batch, in it, and tokens made.
+        self.generation_waiting = lambda: 0
+        self.generation_active = lambda: 0
+        self.generated_tokens = 0
 
     def record(self, route: str, status: int, seconds: float) -> None:
         self.requests[(route, status)] += 1
@@ -66,6 +70,12 @@ class Metrics:
         lines += self.batch_size.lines("tunesmith_batch_size")
         lines += ["# HELP tunesmith_queue_depth Requests waiting for a micro-batch.", "# TYPE tunesmith_queue_depth gauge",
                   f"tunesmith_queue_depth {self.queue_depth()}"]
+        lines += ["# HELP tunesmith_generation_waiting Answers waiting to join the decoding batch.",
+                  "# TYPE tunesmith_generation_waiting gauge", f"tunesmith_generation_waiting {self.generation_waiting()}",
+                  "# HELP tunesmith_generation_active Answers being decoded.",
+                  "# TYPE tunesmith_generation_active gauge", f"tunesmith_generation_active {self.generation_active()}",
+                  "# HELP tunesmith_generated_tokens_total Tokens generated.",
+                  "# TYPE tunesmith_generated_tokens_total counter", f"tunesmith_generated_tokens_total {self.generated_tokens}"]
         info = ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(self.model_info.items()))
         lines += ["# HELP tunesmith_model_info The model being served.", "# TYPE tunesmith_model_info gauge",
                   f"tunesmith_model_info{{{info}}} 1"]

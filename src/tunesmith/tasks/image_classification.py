@@ -219,7 +219,9 @@ class ImageClassification(TaskDefaults):
     # ---- serving: an image as base64 (or a multipart upload, turned into base64 by the app) ----
     serves_images = True  # inputs are images: the server's text-length limit does not apply
 
-    def serve_input(self, value, pairs: bool) -> bytes:
+    def serve_input(self, value, pairs: bool, max_pixels: int = 40_000_000) -> bytes:
+        """The image's bytes, checked: base64, a readable image, and at most `max_pixels` by its
+        header, before anything decodes it (a 1 MB PNG of one colour can be 80+ megapixels)."""
         import base64
         import binascii
         import io
@@ -231,8 +233,17 @@ class ImageClassification(TaskDefaults):
         encoded = value.split(",", 1)[1] if value.startswith("data:") else value  # data URLs too
         try:
             data = base64.b64decode(encoded, validate=True)
-            with Image.open(io.BytesIO(data)) as image:
+            with Image.open(io.BytesIO(data)) as image:  # reads the header only
+                width, height = image.size
+                if width * height > max_pixels:
+                    raise _TooLarge(f"{width}x{height} is {width * height:,} pixels, the limit is {max_pixels:,} "
+                                    "(the server's --max-image-pixels); send a smaller image")
                 image.verify()  # a truncated or non-image payload fails here, not in the batch
+        except _TooLarge as exc:
+            raise ValueError(str(exc)) from None
+        except Image.DecompressionBombError:  # PIL's own ceiling, far above ours, met in open()
+            raise ValueError(f"over {max_pixels:,} pixels, the limit (the server's --max-image-pixels); "
+                             "send a smaller image") from None
         except (binascii.Error, ValueError):
             raise ValueError("not valid base64") from None
         except Exception:
@@ -244,6 +255,10 @@ class ImageClassification(TaskDefaults):
 
     def serve_output(self, value, row, labels: list[str], top_k: int | None) -> dict:
         return self.head.serve_output(row, labels, top_k)
+
+
+class _TooLarge(Exception):
+    pass
 
 
 def _examples(items: ImageItems) -> Examples:
