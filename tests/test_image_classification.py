@@ -224,3 +224,36 @@ def test_image_run_serves_base64_and_multipart_uploads_with_predicts_numbers(ima
         big = client.post("/v1/predict", content=chunks(),
                           headers={**key, "content-type": f"multipart/form-data; boundary={boundary}"})
     assert big.status_code == 413, big.text
+
+
+def test_an_image_over_the_pixel_limit_is_refused_from_its_header(image_run):
+    """A small file can decode to a huge bitmap: the header's size is checked before decoding,
+    and only the request that sent it fails."""
+    import base64
+    import io
+
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+    from PIL import Image
+
+    from tunesmith.inference import Predictor
+    from tunesmith.runs import Run
+    from tunesmith.serve.app import create_app
+    from tunesmith.serve.security import KeyRing
+    from tunesmith.serve.server import run_info
+    from tunesmith.serve.settings import ServeSettings
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (3000, 2000), "blue").save(buffer, format="PNG")  # 6 million pixels in a few KB
+    assert len(buffer.getvalue()) < 100_000
+    huge = base64.b64encode(buffer.getvalue()).decode()
+    small = base64.b64encode((image_run.parent.parent / "photos" / "blue").glob("*.png").__next__().read_bytes()).decode()
+    run = Run(image_run)
+    key = {"Authorization": "Bearer " + "k" * 24}
+    app = create_app(Predictor.from_run(run), ServeSettings(run=str(run.path), max_image_pixels=1_000_000),
+                     KeyRing(["k" * 24]), run_info(run))
+    with TestClient(app) as client:
+        refused = client.post("/v1/predict", json={"inputs": [small, huge]}, headers=key)
+        assert refused.status_code == 422 and refused.json()["field"] == "inputs[1]"
+        assert "3000x2000 is 6,000,000 pixels, the limit is 1,000,000" in refused.json()["error"]
+        assert client.post("/v1/predict", json={"inputs": [small]}, headers=key).status_code == 200

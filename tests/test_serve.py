@@ -4,6 +4,8 @@ import asyncio
 import io
 import json
 import logging
+import random
+import time
 
 import numpy as np
 import pytest
@@ -461,3 +463,80 @@ def test_request_latency_is_measured_in_seconds(run_path, predictor):
     total = [line for line in text.splitlines()
              if line.startswith("tunesmith_request_duration_seconds_sum") and "/v1/predict" in line]
     assert total and 0 < float(total[0].split()[-1]) < 60, total
+
+
+def test_a_keyless_loopback_server_answers_only_loopback_host_names(run_path, predictor):
+    # DNS rebinding: a web page's own name resolves to 127.0.0.1, and the browser sends that name.
+    with make_client(run_path, predictor, keys=()) as client:
+        assert client.get("/v1/model", headers={"Host": "attacker.example"}).status_code == 400
+        assert client.get("/v1/model").status_code == 400  # TestClient's own name, "testserver"
+        for host in ("localhost:8000", "127.0.0.1", "[::1]:8000"):
+            assert client.get("/v1/model", headers={"Host": host}).status_code == 200, host
+    with make_client(run_path, predictor) as client:  # with keys, the key is the protection: any host
+        assert client.get("/v1/model", headers={**AUTH, "Host": "api.example"}).status_code == 200
+    with make_client(run_path, predictor, allowed_hosts=["*.example.com", "api.test"]) as client:
+        assert client.get("/v1/model", headers={**AUTH, "Host": "a.example.com"}).status_code == 200
+        assert client.get("/v1/model", headers={**AUTH, "Host": "api.test:443"}).status_code == 200
+        refused = client.get("/v1/model", headers={**AUTH, "Host": "example.com.evil"})
+        assert refused.status_code == 400 and refused.json()["field"] == "Host"
+
+
+def test_forwarded_for_counts_only_from_trusted_proxies(run_path, predictor):
+    def statuses(**trust):
+        with make_client(run_path, predictor, keys=(), rate_limit=0.01, rate_burst=1, **trust) as client:
+            return [client.get("/v1/model", headers={"Host": "localhost", "X-Forwarded-For": ip}).status_code
+                    for ip in ("203.0.113.1", "203.0.113.2")]
+
+    # Untrusted: both requests count against the proxy's own address, the second is limited.
+    assert statuses() == [200, 429]
+    # Trusted proxy ("testclient" is TestClient's address): each client has its own bucket.
+    assert statuses(forwarded_allow_ips=["testclient"]) == [200, 200]
+
+
+def test_keys_are_reloaded_when_the_file_changes_or_on_request(run_path, tmp_path, served_log):
+    from tunesmith.serve.server import check_settings
+
+    keyfile = tmp_path / "keys"
+    keyfile.write_text(KEY + "\n")
+    _, keys = check_settings(ServeSettings(run=str(run_path), api_keys_file=str(keyfile)))
+    assert keys.identify(KEY) and not keys.identify(OTHER)
+    keyfile.write_text(OTHER + "\n")  # rotate: the old key out, a new one in
+    time.sleep(1.1)  # the file is looked at once a second at most
+    assert keys.identify(OTHER) and not keys.identify(KEY)
+    keyfile.write_text("short\n")  # a bad file keeps the keys that work, and says why
+    assert not keys.reload() and keys.identify(OTHER)
+    assert any("keys_reload_failed" in line and "16 characters" in line for line in served_log)
+    keyfile.write_text(KEY + "\n")
+    assert keys.reload() and keys.identify(KEY)  # what SIGHUP calls
+
+
+def test_poison_requests_mixed_into_traffic_fail_alone(run_path, predictor):
+    """Load test: normal clients and attackers at once, through the micro-batcher. Every
+    normal request is answered; every poison request gets its own 4xx."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    json_headers = {**AUTH, "Content-Type": "application/json"}
+    poison = [
+        dict(content=json.dumps({"inputs": ["fine", "bad \ud800"]}), headers=json_headers),
+        dict(content=json.dumps({"inputs": "nul\x00"}), headers=json_headers),
+        dict(content='{"inputs": ["unterminated', headers=json_headers),
+        dict(json={"inputs": "x" * 300}, headers=AUTH),
+        dict(json={"inputs": ["a"] * 9}, headers=AUTH),
+        dict(json={"inputs": "ok", "parameters": {"max_new_tokens": 5}}, headers=AUTH),
+        dict(json={"inputs": 5}, headers=AUTH),
+        dict(content=b"\xff\xfe" * 100, headers=json_headers),
+        dict(json={"inputs": "good"}, headers={"Authorization": "Bearer wrong-wrong-wrong-wrong"}),
+        dict(content="x" * 5000, headers=json_headers),
+    ]
+    normal = [dict(json={"inputs": [f"good happy film {i}", "bad sad"]}, headers=AUTH) for i in range(40)]
+    traffic = [("poison", p) for p in poison * 3] + [("normal", n) for n in normal]
+    random.Random(0).shuffle(traffic)
+    with make_client(run_path, predictor, max_inputs=8, max_text_chars=200, max_body_bytes=4000,
+                     auth_failures_per_s=100.0) as client:
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda item: (item[0], client.post("/v1/predict", **item[1])), traffic))
+    normal_codes = [a.status_code for kind, a in answers if kind == "normal"]
+    poison_codes = [a.status_code for kind, a in answers if kind == "poison"]
+    assert normal_codes == [200] * 40
+    assert all(len(a.json()) == 2 and "label" in a.json()[0] for kind, a in answers if kind == "normal")
+    assert all(400 <= code < 500 for code in poison_codes), poison_codes

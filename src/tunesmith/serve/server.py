@@ -55,7 +55,9 @@ def check_settings(settings: ServeSettings) -> tuple[Run, KeyRing]:
     if not TASKS[task].servable:
         raise UserError(f"{settings.run}: serving {task} runs is not supported yet (served: "
                         f"{', '.join(supporting('servable'))}); use `tunesmith predict` for batch predictions")
-    return run, KeyRing(keys)
+    log = JsonLog()
+    return run, KeyRing(keys, load=lambda: api_keys_from(settings), watch=settings.api_keys_file,
+                        on_error=lambda message: log.event("keys_reload_failed", 40, message=message))
 
 
 def build_app(settings: ServeSettings):
@@ -99,4 +101,19 @@ def serve(settings: ServeSettings) -> None:
             app.state.draining = True  # requests on kept-alive connections now get 503
             super().handle_exit(sig, frame)
 
+    _reload_keys_on_sighup(app)
     DrainingServer(uvicorn.Config(app, **common)).run()
+
+
+def _reload_keys_on_sighup(app) -> None:
+    """`kill -HUP PID` re-reads the keys (they are also re-read when the keys file changes)."""
+    import signal
+
+    state = app.state.served
+
+    def reload(sig, frame):
+        if state.keys.reload():
+            state.log.event("keys_reloaded")
+
+    if hasattr(signal, "SIGHUP"):  # not on Windows
+        signal.signal(signal.SIGHUP, reload)
