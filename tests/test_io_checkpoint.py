@@ -61,3 +61,30 @@ def test_schedules():
     assert lr_factor(55, 100, 10, "cosine") == pytest.approx(0.5)
     assert lr_factor(99, 100, 10, "cosine") < 0.01
     assert lr_factor(80, 100, 10, "constant") == 1.0
+
+
+def test_a_new_folder_is_on_disk_before_the_previous_one_is_deleted(tmp_path, monkeypatch):
+    """Power-loss safety: every file and folder of the new copy, and the folder holding both
+    (the renames), are fsynced before the old copy is removed; a file's rename likewise."""
+    import shutil
+
+    from tunesmith import io
+
+    events = []
+    real_fsync, real_rmtree = os.fsync, shutil.rmtree
+    monkeypatch.setattr(os, "fsync", lambda fd: (events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"))),
+                                                 real_fsync(fd)))
+    monkeypatch.setattr(shutil, "rmtree", lambda path, **kw: (events.append(("rmtree", str(path))),
+                                                              real_rmtree(path, **kw)))
+    final = tmp_path / "checkpoint"
+    final.mkdir()
+    (final / "old.bin").write_bytes(b"old")
+    with io.atomic_dir(final) as tmp:
+        (tmp / "weights.bin").write_bytes(b"new")
+    assert (final / "weights.bin").read_bytes() == b"new" and not (tmp_path / "checkpoint.old").exists()
+    removed = events.index(("rmtree", str(tmp_path / "checkpoint.old")))
+    synced = {path for kind, path in events[:removed] if kind == "fsync"}
+    assert {str(tmp_path), str(tmp_path / ".checkpoint.tmp"), str(tmp_path / ".checkpoint.tmp" / "weights.bin")} <= synced
+    events.clear()
+    io.write_text(tmp_path / "a.txt", "hello")
+    assert ("fsync", str(tmp_path)) in events  # the rename into place

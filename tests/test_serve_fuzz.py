@@ -72,3 +72,53 @@ def test_no_input_causes_a_server_error(data, live_client):
 def test_fuzzing_reached_the_model_and_the_validators():
     # Runs after the fuzz test (file order): a fuzzer stuck at 401 would prove nothing.
     assert {200, 401, 422} <= SEEN_STATUSES, SEEN_STATUSES
+
+
+@pytest.fixture(scope="module")
+def generation_app(tmp_path_factory, tiny_causal_lm):
+    """A causal-lm run's server: /v1/predict plus the OpenAI-compatible routes."""
+    import json
+
+    from conftest import make_qa_rows
+
+    base = tmp_path_factory.mktemp("fuzz-gen")
+    data = base / "qa.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in make_qa_rows(20)))
+    assert main(["train", "--task", "causal-lm", "--data", str(data), "--model", tiny_causal_lm, "--output",
+                 str(base), "--name", "g", "--max-length", "48", "--max-steps", "1", "--no-baseline",
+                 "--eval-answers", "0"]) == 0
+    run = Run(base / "g")
+    # Small generation limits, so the fuzzer reaches them and each answer is quick.
+    app = create_app(Predictor.from_run(run), ServeSettings(run=str(run.path), max_inputs=4, max_text_chars=200,
+                                                           max_body_bytes=5000, rate_limit=1e6, rate_burst=10**6,
+                                                           max_new_tokens=8, tokens_per_minute=10**9),
+                     KeyRing([KEY]), run_info(run))
+    with TestClient(app, raise_server_exceptions=False) as client:
+        operations = [r.ok() for r in schemathesis.openapi.from_dict(app.openapi()).get_all_operations()]
+        yield client, operations, run.path.name
+
+
+GENERATION_STATUSES: set[int] = set()
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@given(data=st.data())
+def test_no_input_to_a_generation_server_causes_a_server_error(data, generation_app):
+    client, operations, served = generation_app
+    assert {"/v1/chat/completions", "/v1/completions", "/v1/models"} <= {op.path for op in operations}
+    operation = data.draw(st.sampled_from(operations))
+    case = data.draw(operation.as_strategy())
+    if isinstance(case.body, dict) and isinstance(case.body.get("model"), str) and data.draw(st.booleans()):
+        case.body["model"] = served  # a random name is a 404: half the time, ask for the served run
+    kwargs = case.as_transport_kwargs(base_url="http://testserver", headers={"Authorization": f"Bearer {KEY}"})
+    response = client.request(**kwargs)
+    GENERATION_STATUSES.add(response.status_code)
+    assert response.status_code < 500, (kwargs.get("json"), response.status_code, response.text[:200])
+
+
+
+def test_generation_fuzzing_reached_the_model_and_the_validators(generation_app):
+    assert {200, 404, 422} <= GENERATION_STATUSES, GENERATION_STATUSES
+    client = generation_app[0]
+    assert "tunesmith_generated_tokens_total 0" not in client.get("/metrics", headers={
+        "Authorization": f"Bearer {KEY}"}).text  # some fuzzed request was answered by the model

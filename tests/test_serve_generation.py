@@ -100,6 +100,42 @@ def test_a_cancelled_sequence_leaves_the_batch_and_the_others_finish(predictor):
         engine.stop()
 
 
+def test_sampling_settings_at_their_extremes_still_pick_a_token():
+    import torch
+
+    from tunesmith.serve.engine import _pick
+
+    logits = torch.tensor([0.5, 3.0, -1.0, 2.9])
+    generator = torch.Generator().manual_seed(0)
+    # top_p 5e-324 is 0 in float32, and logits / 1e-300 overflow: both found by the fuzzer as 500s.
+    assert _pick(logits, GenerationSettings(temperature=1.0, top_p=5e-324), generator) == 1
+    assert _pick(logits, GenerationSettings(temperature=1e-300), generator) == 1
+    picks = {_pick(logits, GenerationSettings(temperature=1.0, top_p=0.9), generator) for _ in range(200)}
+    assert picks == {1, 3}  # the nucleus: the two likeliest tokens carry 0.9 of the mass
+
+
+def test_one_row_that_fails_leaves_alone_and_the_batch_goes_on(predictor):
+    tokenizer = predictor.tokenizer.tokenizer
+
+    class OneBadRow(GenerationEngine):
+        def _next_token(self, row, logits):
+            if row.settings.seed == 13:
+                raise RuntimeError("this row's own failure")
+            return super()._next_token(row, logits)
+
+    ids = tokenizer("what is the colour of sky", add_special_tokens=False)["input_ids"]
+    engine = OneBadRow(predictor.model, tokenizer, max_batch=4)
+    engine.start()
+    try:
+        good = [engine.submit(Sequence(ids, GenerationSettings(max_new_tokens=10))) for _ in range(2)]
+        bad = engine.submit(Sequence(ids, GenerationSettings(max_new_tokens=10, seed=13)))
+        with pytest.raises(RuntimeError, match="own failure"):
+            bad.result(timeout=30)
+        assert [f.result(timeout=30).text for f in good] == [greedy(predictor, "what is the colour of sky", 10)] * 2
+    finally:
+        engine.stop()
+
+
 def test_stop_strings_end_the_answer_and_streams_never_show_them(predictor):
     tokenizer = predictor.tokenizer.tokenizer
     text = "what is the colour of sky"

@@ -32,6 +32,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         with open(tmp_path, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp_path, path)
+        _fsync(path.parent)  # the rename itself: without it a power cut can undo it
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
@@ -92,17 +93,22 @@ def replace_dir(tmp_dir: Path, final_dir: Path) -> None:
     if final_dir.exists():
         os.replace(final_dir, old)
     os.replace(tmp_dir, final_dir)
+    _fsync(final_dir.parent)  # both renames on disk before the previous copy is deleted
     if old.exists():
         shutil.rmtree(old)
 
 
 def _fsync_tree(folder: Path) -> None:
     for path in sorted(folder.rglob("*"), reverse=True) + [folder]:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _fsync(path)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def disk_full(exc: BaseException) -> bool:

@@ -198,15 +198,10 @@ class GenerationEngine:
         finished = []
         now = time.monotonic()
         for row, row_logits in zip(rows, logits):
-            token = _pick(row_logits, row.settings, row.generator)
-            reason = None
-            if token in self.eos_ids:
-                reason = "stop"
-            else:
-                row.generated.append(token)
-                reason = self._pass_on(row)
-                if reason is None and len(row.generated) >= row.settings.max_new_tokens:
-                    reason = "length"
+            try:
+                reason = self._next_token(row, row_logits)
+            except Exception as exc:  # this row's own failure: it leaves, the others go on
+                reason = exc
             if reason is None and row.cancelled.is_set():
                 reason = "cancelled"
             if reason is None and now > row.deadline:
@@ -215,6 +210,17 @@ class GenerationEngine:
                 finished.append((row, reason))
         if finished:
             self._leave(finished)
+
+    def _next_token(self, row: Sequence, logits: torch.Tensor) -> Optional[str]:
+        """Append the row's next token; why it is finished ("stop", "length"), or None."""
+        token = _pick(logits, row.settings, row.generator)
+        if token in self.eos_ids:
+            return "stop"
+        row.generated.append(token)
+        reason = self._pass_on(row)
+        if reason is None and len(row.generated) >= row.settings.max_new_tokens:
+            reason = "length"
+        return reason
 
     def _pass_on(self, row: Sequence) -> Optional[str]:
         """Stream the text that is final; "stop" when a stop string has appeared."""
@@ -233,11 +239,13 @@ class GenerationEngine:
         row.sent = text if text.startswith(row.sent) else row.sent
         return "stop" if hits else None
 
-    def _leave(self, finished: list[tuple[Sequence, str]]) -> None:
+    def _leave(self, finished: list[tuple[Sequence, object]]) -> None:
         self._drop({id(row) for row, _ in finished})
         # Answered after leaving: whoever awaits the answer then sees the batch without it.
         for row, reason in finished:
-            if reason == "cancelled":
+            if isinstance(reason, Exception):
+                _settle(row, reason)
+            elif reason == "cancelled":
                 _settle(row, Cancelled("the client went away"))
             elif reason == "timeout":
                 _settle(row, TimedOut(f"generation ran past the request timeout after "
@@ -270,14 +278,18 @@ class GenerationEngine:
         return cut_at_stop(self.tokenizer.decode(row.generated, skip_special_tokens=True), row.settings.stop)
 
 
+MIN_TEMPERATURE = 1e-4  # below it, sampling is greedy (and logits / temperature stays finite)
+
+
 def _pick(logits: torch.Tensor, settings: GenerationSettings, generator: torch.Generator) -> int:
-    if settings.temperature <= 0:
+    if settings.temperature < MIN_TEMPERATURE:  # 0, or so close that dividing by it overflows
         return int(logits.argmax())
     probs = torch.softmax(logits.float() / settings.temperature, dim=-1)
     if settings.top_p < 1.0:
         ordered, order = probs.sort(descending=True)
         # Keep the most likely tokens until their mass reaches top_p (always at least one).
         outside = ordered.cumsum(0) - ordered >= settings.top_p
+        outside[0] = False  # a top_p that rounds to 0 in float32 would otherwise keep nothing
         ordered[outside] = 0.0
         probs = torch.zeros_like(probs).scatter(0, order, ordered)
     return int(torch.multinomial(probs.cpu(), 1, generator=generator))

@@ -14,7 +14,8 @@ class PredictParameters(BaseModel):
     model_config = ConfigDict(extra="forbid")
     top_k: Optional[int] = Field(None, ge=1, description="Return only the k most likely labels in `scores`.")
     # Causal LM runs (causal-lm, preference) only:
-    max_new_tokens: Optional[int] = Field(None, ge=1, le=2048, description="Longest answer in tokens (default 128).")
+    max_new_tokens: Optional[int] = Field(None, ge=1, description="Longest answer in tokens (default 128; at most the "
+                                          "server's --max-new-tokens).")
     temperature: Optional[float] = Field(None, ge=0, le=5, description="0: greedy (default); > 0: sampling.")
     top_p: Optional[float] = Field(None, gt=0, le=1, description="Nucleus sampling mass, with temperature > 0.")
     stop: Optional[list[StopString]] = Field(
