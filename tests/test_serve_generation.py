@@ -217,6 +217,32 @@ def test_a_client_that_goes_away_stops_its_generation(run, predictor, monkeypatc
         assert len(batch[0].generated) < 2000
 
 
+def test_a_stream_whose_client_goes_away_stops_its_generation(run, predictor):
+    """Starlette closes a streaming response's iterator when its client disconnects; closing
+    it cancels the answer in the engine."""
+    from tunesmith.serve import answers
+
+    with client_for(run, predictor) as client:
+        state = client.app.state.served
+        options = GenerationSettings(max_new_tokens=2000, temperature=5.0, seed=3)
+        seen = {}
+
+        async def read_one_piece_then_leave():
+            stream = answers.pieces(state, answers.Prompt([5, 6, 7]), options)
+            seen["first"] = await stream.__anext__()
+            await stream.aclose()  # what the server does when the client goes away
+
+        engine = state.engine
+        submitted = []
+        real_submit = engine.submit
+        engine.submit = lambda sequence: (submitted.append(sequence), real_submit(sequence))[1]
+        client.portal.call(read_one_piece_then_leave)
+        assert isinstance(seen["first"], str) and submitted[0].cancelled.is_set()
+        with pytest.raises(Cancelled):
+            submitted[0].future.result(timeout=30)
+        assert len(submitted[0].generated) < 2000
+
+
 def test_openai_errors_come_in_openai_shape(run, predictor):
     with client_for(run, predictor, max_new_tokens=20) as client:
         wrong = client.post("/v1/chat/completions", headers=AUTH,

@@ -109,8 +109,9 @@ async def complete(state: Served, request: Request, batch: list[Sequence]) -> li
         raise ApiError(504, f"generation ran past the request timeout of {state.settings.request_timeout_s:g} s; "
                             "ask for fewer tokens") from None
     finally:
-        for sequence in batch:  # a no-op for finished ones
+        for sequence, future in zip(batch, waiting):  # a no-op for finished ones
             sequence.cancel()
+            _forget(future)
     state.metrics.generated_tokens += sum(r.completion_tokens for r in results)
     return results
 
@@ -139,6 +140,13 @@ async def pieces(state: Served, prompt: Prompt, options: GenerationSettings) -> 
             return
     finally:
         sequence.cancel()
+        _forget(finished)
+
+
+def _forget(future: asyncio.Future) -> None:
+    """Nobody awaits this answer any more: take its outcome when it comes (a Cancelled), so
+    asyncio does not log it as an exception never retrieved."""
+    future.add_done_callback(lambda f: f.cancelled() or f.exception())
 
 
 def _with_seed(options: GenerationSettings, seed: int) -> GenerationSettings:
