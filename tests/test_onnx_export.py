@@ -88,7 +88,7 @@ def test_serve_backend_onnx_answers(exported):
     from tunesmith.serve.settings import ServeSettings
 
     app = build_app(ServeSettings(run=str(exported), backend="onnx"))
-    with TestClient(app) as client:
+    with TestClient(app, base_url="http://localhost") as client:  # keyless on loopback: loopback names only
         answer = client.post("/v1/predict", json={"inputs": TEXTS[:2]})
         assert answer.status_code == 200
     expected = Predictor.from_run(Run(exported)).predict(TEXTS[:2])
