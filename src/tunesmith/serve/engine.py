@@ -93,6 +93,7 @@ class GenerationEngine:
         self.max_batch, self.max_waiting, self.on_step = max_batch, max_waiting, on_step
         self.eos_ids = _eos_ids(model, tokenizer)
         self.device = next(model.parameters()).device
+        self.cache_arg = _cache_argument(model)
         self._waiting: queue.Queue[Sequence] = queue.Queue()
         self._rows: list[Sequence] = []
         self._cache = None  # the batch's DynamicCache, one row per entry of _rows
@@ -159,8 +160,8 @@ class GenerationEngine:
         sequence.generator = torch.Generator(device="cpu").manual_seed(sequence.settings.seed)
         ids = torch.tensor([sequence.prompt_ids], device=self.device)
         cache = DynamicCache(config=self.model.config)
-        out = self.model(input_ids=ids, past_key_values=cache, use_cache=True)
-        self._join(sequence, out.past_key_values, len(sequence.prompt_ids))
+        out = self.model(input_ids=ids, use_cache=True, **{self.cache_arg: cache})  # fills `cache`
+        self._join(sequence, cache, len(sequence.prompt_ids))
         self._advance([sequence], out.logits[:, -1, :])
 
     def _join(self, sequence: Sequence, cache, length: int) -> None:
@@ -188,9 +189,8 @@ class GenerationEngine:
         self._mask = torch.cat([self._mask, torch.ones((len(self._rows), 1), dtype=torch.long, device=self.device)], 1)
         # Each row's position counts its own tokens, not the padding to its left.
         positions = (self._mask.sum(1, keepdim=True) - 1)
-        out = self.model(input_ids=last, attention_mask=self._mask, position_ids=positions,
-                         past_key_values=self._cache, use_cache=True)
-        self._cache = out.past_key_values
+        out = self.model(input_ids=last, attention_mask=self._mask, position_ids=positions, use_cache=True,
+                         **{self.cache_arg: self._cache})  # appends this step's keys and values to it
         self._advance(self._rows, out.logits[:, -1, :])
 
     def _advance(self, rows: list[Sequence], logits: torch.Tensor) -> None:
@@ -303,6 +303,15 @@ def _pad_left(tensor: torch.Tensor, columns: int) -> torch.Tensor:
     shape = list(tensor.shape)
     shape[axis] = columns
     return torch.cat([tensor.new_zeros(shape), tensor], dim=axis)
+
+
+def _cache_argument(model) -> str:
+    """The forward argument that takes the cache: transformers 5 renamed `past_key_values` to
+    `cache` (the old name still works, with a deprecation warning)."""
+    import inspect
+
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # a PEFT wrapper
+    return "cache" if "cache" in inspect.signature(inner.forward).parameters else "past_key_values"
 
 
 def _eos_ids(model, tokenizer) -> set[int]:
