@@ -28,6 +28,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+from serve_load import wait_ready  # (bench/ is on the path when a script here runs)
 
 ROOT = Path(__file__).resolve().parents[1]
 ALPACA = ROOT.parent / "shared" / "datasets" / "alpaca_subset" / "alpaca_5000.json"
@@ -55,19 +56,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-async def wait_ready(url: str, timeout: float = 300) -> None:
-    async with httpx.AsyncClient() as client:
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            try:
-                if (await client.get(url)).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            await asyncio.sleep(0.5)
-    raise RuntimeError(f"server at {url} did not become ready")
 
 
 async def load(url: str, model: str, texts: list[str], clients: int, seconds: float, max_tokens: int) -> dict:
@@ -107,7 +95,7 @@ def measure(run: Path, batch: int, concurrency: list[int], seconds: float, max_t
                                "--generation-batch", str(batch), "--rate-limit", "100000",
                                "--tokens-per-minute", "100000000"], env=env)
     try:
-        asyncio.run(wait_ready(f"http://127.0.0.1:{port}/readyz"))
+        asyncio.run(wait_ready(f"http://127.0.0.1:{port}/readyz", timeout=300))  # SmolLM2 loads slowly
         url = f"http://127.0.0.1:{port}/v1/completions"
         texts = prompts()
         asyncio.run(load(url, run.name, texts, 1, 5, max_tokens))  # warm-up

@@ -99,7 +99,7 @@ async def complete(state: Served, request: Request, batch: list[Sequence]) -> li
     waiting = [asyncio.wrap_future(s.future) for s in batch]
     try:
         while True:
-            done, pending = await asyncio.wait(waiting, timeout=DISCONNECT_POLL_S)
+            _, pending = await asyncio.wait(waiting, timeout=DISCONNECT_POLL_S)
             if not pending:
                 break
             if await request.is_disconnected():

@@ -137,6 +137,7 @@ def _handle_errors(app: FastAPI) -> None:
 
 
 
+OPENAI_PATHS = {route.path for route in openai_router.routes}
 OPENAI_ERROR_TYPES = {401: "authentication_error", 403: "permission_error", 404: "not_found_error",
                       429: "rate_limit_error", 503: "server_error", 504: "timeout"}
 
@@ -144,7 +145,7 @@ OPENAI_ERROR_TYPES = {401: "authentication_error", 403: "permission_error", 404:
 def _error(request: Request, status: int, message: str, field=None, headers=None) -> JSONResponse:
     """{"error": message, "field": field}; on the OpenAI-compatible routes, OpenAI's shape
     {"error": {"message", "type", "param", "code"}}, which its clients read."""
-    if request.url.path in {route.path for route in openai_router.routes}:
+    if request.url.path in OPENAI_PATHS:
         body = {"error": {"message": message, "type": OPENAI_ERROR_TYPES.get(status, "invalid_request_error"),
                           "param": field, "code": None}}
     else:

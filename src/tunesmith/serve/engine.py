@@ -31,7 +31,7 @@ from typing import Callable, Optional
 
 import torch
 
-from tunesmith.generation import GenerationSettings
+from tunesmith.generation import GenerationSettings, cut_at_stop
 
 
 class Cancelled(Exception):
@@ -63,7 +63,8 @@ class Sequence:
     cancelled: threading.Event = field(default_factory=threading.Event)
     # filled in by the engine
     generated: list[int] = field(default_factory=list)
-    sent: str = ""
+    text: str = ""  # the answer so far, cut at a stop string
+    sent: str = ""  # the part of it passed to `emit`
     generator: Optional[torch.Generator] = None
 
     def cancel(self) -> None:
@@ -223,21 +224,21 @@ class GenerationEngine:
         return reason
 
     def _pass_on(self, row: Sequence) -> Optional[str]:
-        """Stream the text that is final; "stop" when a stop string has appeared."""
-        text = self.tokenizer.decode(row.generated, skip_special_tokens=True)
-        stops = row.settings.stop
-        hits = [text.find(s) for s in stops if s in text]
-        if hits:
-            text = text[: min(hits)]
-        else:
-            text = text.rstrip("\ufffd")  # half a character: its next bytes are still to come
+        """Keep the answer's text (cut at a stop string) and stream the part of it that is
+        final; "stop" when a stop string has appeared."""
+        decoded = self.tokenizer.decode(row.generated, skip_special_tokens=True)
+        row.text = cut_at_stop(decoded, row.settings.stop)
+        stopped = len(row.text) < len(decoded)
+        final = row.text
+        if not stopped:
+            final = final.rstrip("\ufffd")  # half a character: its next bytes are still to come
             # Hold back an ending that may be the start of a stop string.
-            held = max((k for s in stops for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
-            text = text[: len(text) - held]
-        if row.emit is not None and len(text) > len(row.sent) and text.startswith(row.sent):
-            row.emit(text[len(row.sent):])
-        row.sent = text if text.startswith(row.sent) else row.sent
-        return "stop" if hits else None
+            held = max((k for s in row.settings.stop for k in range(1, len(s)) if final.endswith(s[:k])), default=0)
+            final = final[: len(final) - held]
+        if row.emit is not None and len(final) > len(row.sent) and final.startswith(row.sent):
+            row.emit(final[len(row.sent):])
+        row.sent = final if final.startswith(row.sent) else row.sent
+        return "stop" if stopped else None
 
     def _leave(self, finished: list[tuple[Sequence, object]]) -> None:
         self._drop({id(row) for row, _ in finished})
@@ -250,11 +251,10 @@ class GenerationEngine:
             elif reason == "timeout":
                 _settle(row, TimedOut(f"generation ran past the request timeout after "
                                       f"{len(row.generated)} tokens"))
-            else:
-                text = self._final_text(row)
-                if row.emit is not None and len(text) > len(row.sent):
-                    row.emit(text[len(row.sent):])
-                _settle(row, Completion(text, len(row.prompt_ids), len(row.generated), reason))
+            else:  # row.text is already the whole answer: the last step decoded it
+                if row.emit is not None and len(row.text) > len(row.sent):
+                    row.emit(row.text[len(row.sent):])
+                _settle(row, Completion(row.text, len(row.prompt_ids), len(row.generated), reason))
 
     def _drop(self, gone: set[int]) -> None:
         """Remove the rows whose id() is in `gone` from the batch and its cache."""
@@ -271,11 +271,6 @@ class GenerationEngine:
         for layer in self._cache.layers:
             layer.keys = layer.keys[index, :, first:]
             layer.values = layer.values[index, :, first:]
-
-    def _final_text(self, row: Sequence) -> str:
-        from tunesmith.generation import cut_at_stop
-
-        return cut_at_stop(self.tokenizer.decode(row.generated, skip_special_tokens=True), row.settings.stop)
 
 
 MIN_TEMPERATURE = 1e-4  # below it, sampling is greedy (and logits / temperature stays finite)

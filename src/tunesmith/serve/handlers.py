@@ -11,8 +11,8 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from tunesmith.serve import answers
 from tunesmith.serve.batcher import Busy
 from tunesmith.serve.dependencies import ApiError, Served
-from tunesmith.serve.schemas import GENERATION_PARAMETERS, PredictParameters, PredictRequest, TextPair
 from tunesmith.serve.engine import TimedOut
+from tunesmith.serve.schemas import GENERATION_PARAMETERS, PredictParameters, PredictRequest, TextPair
 from tunesmith.serve.security import mask_pii
 
 
@@ -27,13 +27,9 @@ def model_inputs(state: Served, body: PredictRequest) -> tuple[list, list]:
     raw, inputs = [], []
     for i, value in enumerate(values):
         value = value.model_dump() if isinstance(value, TextPair) else value
+        max_chars = None if task.serves_images else settings.max_text_chars  # images: the body limit applies
         for text in (value.values() if isinstance(value, dict) else [value]):
-            if len(text) > settings.max_text_chars and not task.serves_images:  # images: the body limit applies
-                raise ApiError(422, f"inputs[{i}]: {len(text)} characters, the limit is {settings.max_text_chars}",
-                               f"inputs[{i}]")
-            problem = unreadable(text)
-            if problem:
-                raise ApiError(422, f"inputs[{i}]: {problem}", f"inputs[{i}]")
+            check_text(text, f"inputs[{i}]", max_chars)
         try:
             limits = {"max_pixels": settings.max_image_pixels} if task.serves_images else {}
             inputs.append(task.serve_input(value, state.pairs, **limits))
@@ -41,6 +37,15 @@ def model_inputs(state: Served, body: PredictRequest) -> tuple[list, list]:
             raise ApiError(422, f"inputs[{i}]: {exc}", f"inputs[{i}]") from None
         raw.append(value)
     return raw, inputs
+
+
+def check_text(text: str, field: str, max_chars: int | None) -> None:
+    """ApiError 422 naming `field` for a text over `max_chars` characters or one no tokenizer reads."""
+    if max_chars is not None and len(text) > max_chars:
+        raise ApiError(422, f"{field}: {len(text)} characters, the limit is {max_chars}", field)
+    problem = unreadable(text)
+    if problem:
+        raise ApiError(422, f"{field}: {problem}", field)
 
 
 def unreadable(text: str) -> str | None:

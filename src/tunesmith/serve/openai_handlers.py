@@ -16,7 +16,7 @@ from tunesmith.generation import GenerationSettings
 from tunesmith.serve import answers
 from tunesmith.serve.dependencies import ApiError, Served
 from tunesmith.serve.engine import Completion, TimedOut
-from tunesmith.serve.handlers import unreadable
+from tunesmith.serve.handlers import check_text
 from tunesmith.serve.openai_schemas import ChatRequest, CompletionRequest, _Sampling
 
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -34,7 +34,7 @@ async def completions(state: Served, request: Request, body: CompletionRequest, 
         raise ApiError(422, f"prompt: {len(texts)} prompts, the limit is {state.settings.max_inputs} per request",
                        "prompt")
     for i, text in enumerate(texts):
-        _check_text(state, text, f"prompt[{i}]" if len(texts) > 1 else "prompt")
+        check_text(text, f"prompt[{i}]" if len(texts) > 1 else "prompt", state.settings.max_text_chars)
     if body.stream and len(texts) != 1:
         raise ApiError(422, "stream: streams one prompt at a time", "stream")
     return await _answer(state, request, body, client, texts, body.max_tokens, "text_completion")
@@ -45,7 +45,7 @@ async def chat(state: Served, request: Request, body: ChatRequest, client: str):
 
     _check_model(state, body)
     for i, message in enumerate(body.messages):
-        _check_text(state, message.text(), f"messages[{i}].content")
+        check_text(message.text(), f"messages[{i}].content", state.settings.max_text_chars)
     conversation = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
                     for m in body.messages]
     prompt = render_prompt(state.predictor.tokenizer.tokenizer, conversation)
@@ -128,10 +128,3 @@ def _check_model(state: Served, body: _Sampling) -> None:
         raise ApiError(404, f"model: '{body.model[:100]}' is not served here; this server serves '{served}' "
                             "(GET /v1/models)", "model")
 
-
-def _check_text(state: Served, text: str, field: str) -> None:
-    if len(text) > state.settings.max_text_chars:
-        raise ApiError(422, f"{field}: {len(text)} characters, the limit is {state.settings.max_text_chars}", field)
-    problem = unreadable(text)
-    if problem:
-        raise ApiError(422, f"{field}: {problem}", field)

@@ -22,8 +22,8 @@ SETTINGS_ENV = "TUNESMITH_SERVE_SETTINGS"  # how worker processes receive the se
 
 def run_info(run: Run) -> dict:
     cfg = run.settings()
-    info = {"run": run.path.name, "created": int(run.path.stat().st_mtime), "task": cfg.task, "labels": run.labels(), "base_model": cfg.resolved_model(),
-            "method": cfg.method, "max_length": cfg.resolved_max_length(),
+    info = {"run": run.path.name, "created": int(run.path.stat().st_mtime), "task": cfg.task, "labels": run.labels(),
+            "base_model": cfg.resolved_model(), "method": cfg.method, "max_length": cfg.resolved_max_length(),
             "input": "text_pair" if cfg.text_pair_col else "text"}
     if run.metrics_file.is_file():
         metrics = json.loads(run.metrics_file.read_text())
