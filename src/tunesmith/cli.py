@@ -100,6 +100,29 @@ def _cmd_export(args) -> int:
     return 0
 
 
+def _cmd_quantize(args) -> int:
+    from tunesmith.commands.quantize import quantize
+
+    quantize(args.run, args.mode, args.backend, args.per_channel, args.name, args.output)
+    return 0
+
+
+def _cmd_distill(args) -> int:
+    from tunesmith.commands.distill import distill
+
+    distill(args.run, args.student_layers, args.unlabeled, args.augment_copies, args.temperature, args.alpha,
+            args.epochs, args.lr, args.name, args.output)
+    return 0
+
+
+def _cmd_prune(args) -> int:
+    from tunesmith.commands.distill import prune
+
+    prune(args.run, args.sparsity, args.drop_layers, args.epochs, args.lr, args.temperature, args.alpha, args.name,
+          args.output)
+    return 0
+
+
 def _cmd_generate(args) -> int:
     from tunesmith.commands.generate import generate_answers
     from tunesmith.generation import GenerationSettings
@@ -181,6 +204,16 @@ def _cmd_serve(args) -> int:
 
     serve(ServeSettings(**_given(args, ServeSettings)))
     return 0
+
+
+def _add_student_flags(p, epochs: str) -> None:
+    """The training flags distill and prune share (compress/distill.py)."""
+    p.add_argument("--epochs", type=float, help=f"passes over the training texts (default: {epochs})")
+    p.add_argument("--lr", type=float, help="learning rate (default: 1e-4)")
+    p.add_argument("--temperature", type=float, default=2.0,
+                   help="softens teacher and student distributions in the soft loss (default: 2)")
+    p.add_argument("--alpha", type=float, default=0.5,
+                   help="the soft (teacher) loss's share; the rest is cross-entropy on true labels (default: 0.5)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -273,14 +306,52 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rank", action="store_true",
                    help="pair runs: sort candidates best first within each query / user profile, with a rank column")
     p.add_argument("--positive-label", help="with --rank on a pair classifier: the label that means a good match")
-    p.add_argument("--backend", choices=("torch", "onnx"), default="torch",
-                   help="torch (default), or onnx: the run's ONNX export under ONNX Runtime (`tunesmith export` makes it)")
+    p.add_argument("--backend", choices=("auto", "torch", "onnx"), default="auto",
+                   help="auto (default: a quantised run's own backend, else torch), torch, or onnx: the run's ONNX "
+                        "export under ONNX Runtime (`tunesmith export` makes it)")
     p.set_defaults(func=_cmd_predict)
 
     p = verbs.add_parser("export", help="write the run's model as ONNX (model/model.onnx), checked against PyTorch")
     p.add_argument("run", help="finished run folder")
     p.add_argument("--format", choices=("onnx",), default="onnx", help="export format (default: onnx)")
     p.set_defaults(func=_cmd_export)
+
+    p = verbs.add_parser("quantize", help="an int8 copy of a finished run, as a new run folder with a cost table")
+    p.add_argument("run", help="finished run folder (a trained, pruned or distilled run)")
+    p.add_argument("--mode", choices=("dynamic", "static"), default="dynamic",
+                   help="dynamic (default: activation ranges per batch, nothing to calibrate) or static (ranges "
+                        "calibrated on 256 texts of the run's training split; ONNX only)")
+    p.add_argument("--backend", choices=("auto", "onnx", "torch"), default="auto",
+                   help="auto (default: ONNX Runtime where the run exports and it is installed, else PyTorch), onnx "
+                        "(an int8 graph, ~4x smaller on disk), torch (int8 linear layers made at load)")
+    p.add_argument("--per-channel", action="store_true",
+                   help="one weight scale per output row instead of per matrix: more accurate, a little slower")
+    p.add_argument("--name", help="name of the new run folder (default: <run>-int8)")
+    p.add_argument("--output", help="folder for the new run (default: beside the source run)")
+    p.set_defaults(func=_cmd_quantize)
+
+    p = verbs.add_parser("distill", help="train a student with fewer layers against a run's model (new run folder)")
+    p.add_argument("run", help="finished run folder: the teacher")
+    p.add_argument("--student-layers", type=int, default=3,
+                   help="layers the student keeps, evenly spread over the teacher's (default: 3)")
+    p.add_argument("--unlabeled", help="a file of extra texts (same formats as predict) that the teacher labels")
+    p.add_argument("--augment-copies", type=int, default=0,
+                   help="edited copies of each training text for the teacher to label (default: 0)")
+    _add_student_flags(p, "3 (distill)")
+    p.add_argument("--name", help="name of the new run folder (default: <run>-<N>layers)")
+    p.add_argument("--output", help="folder for the new run (default: beside the source run)")
+    p.set_defaults(func=_cmd_distill)
+
+    p = verbs.add_parser("prune", help="remove the least important feed-forward neurons or layers, then recover")
+    p.add_argument("run", help="finished run folder")
+    p.add_argument("--sparsity", type=float, default=0.3,
+                   help="share of every layer's feed-forward neurons to remove, least important first (default: 0.3)")
+    p.add_argument("--drop-layers", type=int, default=0,
+                   help="also remove this many whole layers, those that change their input least (default: 0)")
+    _add_student_flags(p, "1 (recovery)")
+    p.add_argument("--name", help="name of the new run folder (default: <run>-pruned)")
+    p.add_argument("--output", help="folder for the new run (default: beside the source run)")
+    p.set_defaults(func=_cmd_prune)
 
     p = verbs.add_parser("soup", help="average the weights of runs from the same base model into a new run")
     p.add_argument("runs", nargs="+", help="finished run folders (same task, base model and splits)")

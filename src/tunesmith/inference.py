@@ -73,17 +73,19 @@ class Predictor:
     long_text: object = None  # a LongText: how the run reads texts longer than max_length
 
     @classmethod
-    def from_run(cls, run, backend: str = "torch") -> "Predictor":
-        """`backend`: "torch" (the safetensors weights) or "onnx" (the run's ONNX export,
-        run by ONNX Runtime; `tunesmith export` makes it)."""
+    def from_run(cls, run, backend: str = "auto") -> "Predictor":
+        """`backend`: "torch" (the safetensors weights), "onnx" (the run's ONNX graph, run by
+        ONNX Runtime; `tunesmith export` or `quantize` makes it), or "auto": the backend a
+        compressed run was made for, else torch."""
         from tunesmith.tasks import TASKS
 
         from tunesmith.ensemble import EnsemblePredictor, is_ensemble
 
         if is_ensemble(run):  # several runs answering as one
-            if backend != "torch":
+            if backend not in ("torch", "auto"):
                 raise UserError(f"--backend {backend}: {run.path} is an ensemble; serve it with --backend torch")
             return EnsemblePredictor.from_run(run)
+        backend = resolve_backend(run, backend)
         cfg = run.settings()
         task = TASKS[cfg.task]
         if backend == "onnx":
@@ -94,6 +96,10 @@ class Predictor:
             from tunesmith.methods import load_tuned
 
             model = load_tuned(task, str(run.model_dir))
+            if (run.compression() or {}).get("torch_int8"):  # `quantize --backend torch`: int8 made at load
+                from tunesmith.compress.quantize import torch_dynamic_int8
+
+                model = torch_dynamic_int8(model)
         tokenizer = task.load_processor(str(run.model_dir), cfg)
         from tunesmith.data.long_text import LongText
 
@@ -104,6 +110,18 @@ class Predictor:
         features = self.task.encode(self.tokenizer, inputs, None, self.labels, self.max_length, use_cache=False,
                                     long_text=self.long_text)
         return self.task.predict(self.model, features, batch_size)
+
+
+def resolve_backend(run, backend: str = "auto") -> str:
+    """"torch" or "onnx" for `run`: "auto" is what a compressed run was made for (an int8 ONNX
+    graph runs on ONNX Runtime), else torch; a backend the run has no model for is one error."""
+    made_for = (run.compression() or {}).get("backend", "torch")
+    if backend == "auto":
+        return made_for
+    if backend == "torch" and made_for == "onnx":
+        raise UserError(f"--backend torch: {run.path} holds only its quantised ONNX graph (no PyTorch weights); "
+                        "use --backend onnx or leave --backend at auto")
+    return backend
 
 
 def write_predictions(path: Path, rows: list[dict], probs: np.ndarray, labels: list[str]) -> None:

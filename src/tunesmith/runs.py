@@ -11,6 +11,8 @@
       baseline.json    the untuned baseline (linear head on frozen features)
       metrics.json     final metrics; written last, so its presence means "finished"
       report.html      curves, confusion matrix, per-class table, baseline vs tuned
+      compression.json compressed runs (quantize, prune, distill): the source run, every step
+                       from the trained run to this one, the backend that runs it, the cost table
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ class Run:
     baseline_file = property(lambda self: self.path / "baseline.json")
     metrics_file = property(lambda self: self.path / "metrics.json")
     report_file = property(lambda self: self.path / "report.html")
+    compression_file = property(lambda self: self.path / "compression.json")
 
     @property
     def finished(self) -> bool:
@@ -73,6 +76,12 @@ class Run:
             return tuple(value) if isinstance(value, list) else value
 
         return Examples([restore(r["text"]) for r in rows], [restore(r["label"]) for r in rows], str(path), where)
+
+    def compression(self) -> dict | None:
+        """What made this run from another (compress/lineage.py), or None for a trained run."""
+        if not self.compression_file.is_file():
+            return None
+        return json.loads(self.compression_file.read_text(encoding="utf-8"))
 
     def history(self) -> list[dict]:
         if not self.history_file.is_file():

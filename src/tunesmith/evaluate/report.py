@@ -128,6 +128,21 @@ def continual_table(facts: dict | None) -> str:
             + "</table>")
 
 
+def compression_table(facts: dict | None) -> str:
+    """A compressed run: its lineage and the cost table against its source (compress/costs.py)."""
+    if not facts:
+        return ""
+    e = html.escape
+    lines = [line.strip().strip("|").split("|") for line in facts["table"].strip().splitlines()]
+    header, rows = lines[0], lines[2:]  # lines[1] is Markdown's |---| rule
+    steps = " → ".join(e(step["kind"]) for step in facts["lineage"])
+    return (f"<h2>Compression: {steps} (source {e(facts['source'])})</h2>"
+            "<p>Measured on the source's test split, both models in fresh processes one after the other.</p><table>"
+            + "<tr>" + "".join(f"<th>{e(c.strip())}</th>" for c in header) + "</tr>"
+            + "".join("<tr>" + "".join(f"<td>{e(c.strip())}</td>" for c in row) + "</tr>" for row in rows)
+            + "</table>")
+
+
 def render(title: str, config: dict, metrics: dict, history: list[dict], labels: list[str]) -> str:
     e = html.escape
     test = metrics["test"]
@@ -165,7 +180,7 @@ def render(title: str, config: dict, metrics: dict, history: list[dict], labels:
         ("Confusion matrix (test)", confusion_plot(test["confusion_matrix"], labels) if "confusion_matrix" in test else None),
     ]
     figures = "".join(f"<h2>{e(t)}</h2><img src='{src}' alt='{e(t)}'>" for t, src in images if src)
-    figures = continual_table(metrics.get("continual")) + figures
+    figures = compression_table(metrics.get("compression")) + continual_table(metrics.get("continual")) + figures
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>{e(title)}</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem}}

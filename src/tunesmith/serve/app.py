@@ -67,7 +67,7 @@ def _served(predictor, settings: ServeSettings, keys: KeyRing, run_info: dict) -
 
     task = TASKS[run_info.get("task", "text-classification")]
     metrics = Metrics({"task": run_info.get("task", ""), "base_model": run_info.get("base_model", ""),
-                       "run": run_info.get("run", ""), "backend": settings.backend})
+                       "run": run_info.get("run", ""), "backend": run_info.get("backend", settings.backend)})
     # A micro-batch gathers whatever requests arrived together, short and long mixed: run as one
     # forward pass, every text would be padded to the longest. The predictor sorts it by length
     # and runs slices of `forward_batch_size` texts instead (random groups of 32 tweets on 2

@@ -24,7 +24,8 @@ def run_info(run: Run) -> dict:
     cfg = run.settings()
     info = {"run": run.path.name, "created": int(run.path.stat().st_mtime), "task": cfg.task, "labels": run.labels(),
             "base_model": cfg.resolved_model(), "method": cfg.method, "max_length": cfg.resolved_max_length(),
-            "input": "text_pair" if cfg.text_pair_col else "text"}
+            "input": "text_pair" if cfg.text_pair_col else "text",
+            "compression": [step["kind"] for step in (run.compression() or {}).get("lineage", [])]}
     if run.metrics_file.is_file():
         metrics = json.loads(run.metrics_file.read_text())
         keep = ("accuracy", "macro_f1", "weighted_f1", "f1", "precision", "recall", "micro_f1", "subset_accuracy",
@@ -38,8 +39,10 @@ def run_info(run: Run) -> dict:
 
 def check_settings(settings: ServeSettings) -> tuple[Run, KeyRing]:
     """Every reason not to start, as one clear error, before anything loads."""
+    from tunesmith.inference import resolve_backend
+
     run = open_finished(settings.run)
-    if settings.backend == "onnx":
+    if resolve_backend(run, settings.backend) == "onnx":  # a quantised run's own backend under auto
         require_export(run)
     keys = api_keys_from(settings)
     if settings.no_auth and keys:
@@ -76,7 +79,10 @@ def build_app(settings: ServeSettings):
         log.event("auth_disabled", 30, message=f"serving {run.path} WITHOUT authentication on {settings.host}")
     elif not keys:
         log.event("auth_disabled", 30, message="no API keys set: serving without authentication on loopback only")
-    return create_app(Predictor.from_run(run, settings.backend), settings, keys, run_info(run))
+    from tunesmith.inference import resolve_backend
+
+    info = {**run_info(run), "backend": resolve_backend(run, settings.backend)}
+    return create_app(Predictor.from_run(run, settings.backend), settings, keys, info)
 
 
 def app_from_env():

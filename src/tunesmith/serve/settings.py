@@ -17,9 +17,9 @@ class ServeSettings(BaseModel):
     host: str = Field("127.0.0.1", description="Interface to listen on; anything but loopback requires API keys.")
     port: int = Field(8000, ge=1, le=65535, description="TCP port.")
     workers: int = Field(1, ge=1, description="Worker processes (each loads the model).")
-    backend: Literal["torch", "onnx"] = Field(
-        "torch", description="Inference backend: torch, or onnx (the run's ONNX export under ONNX Runtime; "
-                             "`tunesmith export RUN` makes it).")
+    backend: Literal["auto", "torch", "onnx"] = Field(
+        "auto", description="Inference backend: auto (a quantised run's own backend, else torch), torch, or onnx "
+                            "(the run's ONNX export under ONNX Runtime; `tunesmith export RUN` makes it).")
     api_keys_file: Optional[str] = Field(None, description="File with one API key per line (else TUNESMITH_API_KEYS).")
     no_auth: bool = Field(False, description="Serve without API keys (logged loudly).")
     max_body_bytes: int = Field(1_000_000, gt=0, description="Largest request body (413 above).")

@@ -54,13 +54,14 @@ class Task(Protocol):
     def summary(self, metrics: dict) -> str: ...  # one line for the terminal
 
     # Capabilities and hooks, with their defaults in TaskDefaults (below): servable (and
-    # response_schema, the pydantic shape of one served answer), settings, exportable, ensemble, generative (then `answer_metrics(model, processor, inputs) -> dict`,
+    # response_schema, the pydantic shape of one served answer), settings, exportable, quantisable, ensemble, generative (then `answer_metrics(model, processor, inputs) -> dict`,
     # generated answers scored against references, added to the test metrics), serves_images,
     # sequences_per_example, problem_type, training_loss, score_reference.
     servable: bool
     response_schema: Any
     settings: tuple
     exportable: bool
+    quantisable: bool
     ensemble: tuple[str, ...]
     generative: bool
     serves_images: bool
@@ -99,6 +100,7 @@ class TaskDefaults:
     servable = True  # `serve` answers its requests
     response_schema = None  # a servable task's answer to one input (a pydantic model, serve/schemas.py)
     exportable = False  # `export --format onnx`: its model maps token ids to one row of logits
+    quantisable = False  # `quantize`: int8 (ONNX Runtime where exportable, else PyTorch dynamic)
     ensemble: tuple[str, ...] = ()  # how `ensemble` may combine its runs: "mean" of outputs, "vote"
     generative = False  # answers are generated text: `answer_metrics`, `generate`, generation parameters
     serves_images = False  # served inputs are images (base64 or multipart), not texts

@@ -26,6 +26,7 @@ class SequenceTask(TaskDefaults):
     peft_task_type = "SEQ_CLS"
     default_model = "minilm"
     exportable = True  # token ids in, one row of logits out
+    quantisable = True
     mean_pooling = True  # build_model(pooling="mean"): a head on the mean-pooled states
 
     def __init__(self, name: str, target, head, pairs: bool | None):

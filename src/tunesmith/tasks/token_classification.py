@@ -40,6 +40,7 @@ class TokenClassification(TaskDefaults):
     # --long-text: truncate only; long sentences are already cut into overlapping windows
     metrics_higher_is_better = HIGHER_IS_BETTER
     has_baseline = False  # a per-word linear probe says little about entity spans
+    quantisable = True  # PyTorch dynamic int8 (its ONNX export is not built yet)
     default_metric = "f1"
 
     # ---- data ---------------------------------------------------------------------

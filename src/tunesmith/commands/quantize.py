@@ -1,0 +1,84 @@
+"""`tunesmith quantize RUN`: an int8 copy of a finished run, as a new run folder
+(compress/quantize.py says how; compress/lineage.py what the folder holds).
+
+Everything that can be refused is refused before any work: ensembles, tasks and methods whose
+models cannot be exported, a run that is already int8, static quantisation without ONNX.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tunesmith.compress import lineage
+from tunesmith.compress.quantize import onnx_available, quantize_onnx
+from tunesmith.errors import UserError
+from tunesmith.runs import open_finished
+
+
+def quantize(run_path: str, mode: str = "dynamic", backend: str = "auto", per_channel: bool = False,
+             name: str | None = None, output: str | None = None, out=print) -> Path:
+    from tunesmith.ensemble import is_ensemble
+    from tunesmith.methods import METHODS, supporting_methods
+    from tunesmith.tasks import TASKS, supporting
+
+    source = open_finished(run_path)
+    if is_ensemble(source):
+        raise UserError(f"quantize: {run_path} is an ensemble; quantise each of its member runs instead")
+    lineage.refuse_int8_source(source, "quantize")
+    cfg = source.settings()
+    if not TASKS[cfg.task].quantisable:
+        raise UserError(f"quantize: {cfg.task} runs cannot be quantised yet "
+                        f"(quantisable: {', '.join(supporting('quantisable'))})")
+    if backend == "auto":  # ONNX Runtime's int8 kernels where the model exports, else PyTorch's
+        exportable = TASKS[cfg.task].exportable and METHODS[cfg.method].exportable
+        backend = "onnx" if exportable and onnx_available() else "torch"
+    if backend == "onnx":
+        if not TASKS[cfg.task].exportable:
+            raise UserError(f"quantize --backend onnx: {cfg.task} runs cannot be exported to ONNX yet "
+                            f"(exportable: {', '.join(supporting('exportable'))}); use --backend torch")
+        if not onnx_available():
+            raise UserError("quantize --backend onnx needs ONNX Runtime: pip install 'tunesmith[onnx]', "
+                            "or use --backend torch")
+        if not METHODS[cfg.method].exportable:
+            raise UserError(f"quantize --backend onnx: method {cfg.method}'s runs cannot be exported to ONNX "
+                            f"(exportable: {', '.join(supporting_methods('exportable'))}); use --backend torch")
+    if mode == "static" and backend != "onnx":
+        raise UserError("quantize --mode static needs --backend onnx (PyTorch's int8 here is dynamic only)")
+    target = lineage.target_folder(source, "int8", name, output)
+    settings = {"mode": mode, "per_channel": per_channel}
+
+    with lineage.building(target) as run:
+        lineage.copy_run_files(source, run)
+        if backend == "onnx":
+            _onnx_int8(run, source, mode, per_channel, out)
+            lineage.record(run, source, "quantize", {**settings, "backend": "onnx"}, backend="onnx")
+        else:
+            lineage.record(run, source, "quantize", {**settings, "backend": "torch"}, torch_int8=True)
+        lineage.finish(run, source, out)
+    out(f"wrote {target}; predict and serve it like any run (backend {backend}: chosen by --backend auto)")
+    return target
+
+
+def _onnx_int8(run, source, mode: str, per_channel: bool, out) -> None:
+    """Export the fp32 graph into the new run, quantise it in place, and drop the fp32 weights
+    (the new run runs on ONNX Runtime only; its source keeps them)."""
+    from tunesmith.compress.onnx_export import export_onnx, onnx_path
+    from tunesmith.compress.quantize import calibration_batches
+    from tunesmith.inference import Predictor
+
+    out(f"exporting {source.path} to ONNX ...")
+    fp32, _ = export_onnx(run)
+    calibration = None
+    if mode == "static":
+        predictor = Predictor.from_run(run, "torch")
+        import onnx
+
+        names = [i.name for i in onnx.load(str(fp32), load_external_data=False).graph.input]
+        calibration = calibration_batches(predictor, run.split("train").texts, names)
+        out(f"calibrating activation ranges on {sum(len(next(iter(b.values()))) for b in calibration)} "
+            "training texts ...")
+    int8 = fp32.with_name("model.int8.onnx")
+    quantize_onnx(fp32, int8, mode, per_channel, calibration)
+    int8.replace(onnx_path(run))
+    for weights in run.model_dir.glob("*.safetensors"):
+        weights.unlink()

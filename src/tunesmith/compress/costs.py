@@ -1,0 +1,117 @@
+"""What a run costs to predict with: the cost table every compressed run reports against its source.
+
+One measurement is one fresh process (`python -m tunesmith.compress.costs RUN`), so the peak
+memory it reports is that model's alone (a process's peak resident memory never goes down:
+measured in the process that also held the source model, the compressed one would inherit its
+peak). On the run's own test split it measures:
+
+- size_mb: the files the backend loads (weights, graph, tokenizer), in MB (10^6 bytes);
+- peak_memory_mb: the measuring process's peak resident memory (loading + predicting); the
+  interpreter with PyTorch and transformers imported is about 500 MB of it, for any model;
+- latency_p50_ms / latency_p95_ms: one text per call, as a client of `serve` sends it;
+- batch32_per_s: texts per second in calls of 32 texts in file order (a server's micro-batch);
+- file_per_s: texts per second over the whole split in one call (sorted by length: `predict`);
+- the task's test metrics, so the table can show what compression cost in quality.
+
+Threads are PyTorch's default (one per core) for both backends, as `predict` and `serve` run.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+LATENCY_CALLS = 200  # single-text calls timed; p95 over 200 is stable to a few percent on an idle machine
+WARMUP_CALLS = 5  # the first calls pay for thread pools, allocations and ONNX Runtime's first plan
+COLUMNS = (("size_mb", "size MB", "{:.1f}"), ("peak_memory_mb", "peak memory MB", "{:.0f}"),
+           ("latency_p50_ms", "p50 ms (1 text)", "{:.1f}"), ("latency_p95_ms", "p95 ms (1 text)", "{:.1f}"),
+           ("batch32_per_s", "texts/s (batch 32)", "{:.0f}"), ("file_per_s", "texts/s (whole file, sorted)", "{:.0f}"))
+
+
+def model_files(run, backend: str) -> list[Path]:
+    """The files of `run`'s model folder that `backend` loads: an ONNX run does not read the
+    safetensors weights, a torch run does not read an ONNX export."""
+    files = [f for f in run.model_dir.rglob("*") if f.is_file()]
+    if backend == "onnx":
+        return [f for f in files if f.suffix != ".safetensors"]
+    return [f for f in files if f.suffix != ".onnx"]
+
+
+def measure_here(run, backend: str = "auto") -> dict:
+    """The measurement itself, in this process (`measure` runs it in a fresh one)."""
+    from tunesmith.inference import Predictor, resolve_backend
+
+    backend = resolve_backend(run, backend)
+    predictor = Predictor.from_run(run, backend)
+    task = predictor.task
+    test = run.split("test")
+    texts, labels = test.texts, test.labels
+    for text in texts[:WARMUP_CALLS]:
+        predictor.predict([text])
+    latencies = []
+    for text in texts[:LATENCY_CALLS]:
+        started = time.perf_counter()
+        predictor.predict([text])
+        latencies.append((time.perf_counter() - started) * 1000)
+    started = time.perf_counter()
+    for i in range(0, len(texts), 32):
+        predictor.predict(texts[i:i + 32])
+    batch32 = len(texts) / (time.perf_counter() - started)
+    started = time.perf_counter()
+    outputs = predictor.predict(texts)
+    whole = len(texts) / (time.perf_counter() - started)
+    metrics = task.metrics(labels, outputs, predictor.labels)
+    return {
+        "backend": backend,
+        "size_mb": round(sum(f.stat().st_size for f in model_files(run, backend)) / 1e6, 2),
+        # Linux reports ru_maxrss in KiB.
+        "peak_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "latency_p50_ms": round(float(np.percentile(latencies, 50)), 2),
+        "latency_p95_ms": round(float(np.percentile(latencies, 95)), 2),
+        "batch32_per_s": round(batch32, 1),
+        "file_per_s": round(whole, 1),
+        "texts": len(texts),
+        "metrics": metrics,
+    }
+
+
+def measure(run_path: Path, backend: str = "auto") -> dict:
+    """`measure_here` in a fresh Python process: peak memory is this model's alone."""
+    from tunesmith.errors import UserError
+
+    done = subprocess.run([sys.executable, "-m", "tunesmith.compress.costs", str(run_path), backend],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        reason = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise UserError(f"{run_path}: measuring prediction costs failed ({reason})")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def table(source: dict, compressed: dict, metric: str, names: tuple[str, str] = ("source", "compressed")) -> str:
+    """The cost table as Markdown: one row per model and the change, the metric last."""
+    header = ["model", "backend", *(title for _, title, _ in COLUMNS), f"test {metric}"]
+    rows = []
+    for name, costs in zip(names, (source, compressed)):
+        value = costs["metrics"].get(metric)  # float metrics only (lineage.finish keeps those)
+        rows.append([name, costs["backend"], *(fmt.format(costs[key]) for key, _, fmt in COLUMNS),
+                     f"{value:.4f}" if value is not None else "-"])
+    change = ["change", ""]
+    for key, _, _ in COLUMNS:
+        change.append(f"{compressed[key] / source[key]:.2f}x" if source[key] else "-")
+    a, b = source["metrics"].get(metric), compressed["metrics"].get(metric)
+    change.append(f"{b - a:+.4f}" if a is not None and b is not None else "-")
+    rows.append(change)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows]) + "\n"
+
+
+if __name__ == "__main__":  # python -m tunesmith.compress.costs RUN [BACKEND]
+    from tunesmith.runs import Run
+
+    print(json.dumps(measure_here(Run(Path(sys.argv[1])), sys.argv[2] if len(sys.argv) > 2 else "auto")))

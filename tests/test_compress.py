@@ -1,0 +1,228 @@
+"""`quantize`, `distill` and `prune`: each writes a run folder that predicts and serves like any
+run, records where it came from, and reports its costs against its source."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import make_rows, train_args, write_csv
+from tunesmith.cli import main
+from tunesmith.inference import Predictor
+from tunesmith.runs import Run
+
+TEXTS = ["good good great", "bad awful terrible", "fine okay plain", "the movie was really wonderful and happy",
+         "sad film", "average story quite fine"]
+
+
+@pytest.fixture(scope="module")
+def four_layer_model(tmp_path_factory) -> str:
+    """The tiny word-level BERT with 4 layers, so a student can keep 2 of them."""
+    from transformers import BertConfig, BertModel, BertTokenizer
+
+    from conftest import CUES, FILLER
+
+    folder = tmp_path_factory.mktemp("tiny-bert-4")
+    words = sorted({w for cues in CUES.values() for w in cues} | set(FILLER) | {"unknownword"})
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=4, num_attention_heads=2,
+                         intermediate_size=64, max_position_embeddings=64, hidden_dropout_prob=0.0,
+                         attention_probs_dropout_prob=0.0)).save_pretrained(str(folder))
+    BertTokenizer(vocab={w: i for i, w in enumerate(vocab)}).save_pretrained(str(folder))
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory, four_layer_model) -> Run:
+    base = tmp_path_factory.mktemp("compress")
+    data = write_csv(base / "toy.csv", make_rows(30))
+    assert main(train_args(data, four_layer_model, base / "runs", "teacher", "--method", "full")) == 0
+    return Run(base / "runs" / "teacher")
+
+
+def probabilities(run: Run, backend: str = "auto") -> np.ndarray:
+    return Predictor.from_run(run, backend).predict(TEXTS)
+
+
+@pytest.fixture(scope="module")
+def int8(teacher) -> Run:
+    assert main(["quantize", str(teacher.path)]) == 0
+    return Run(teacher.path.parent / "teacher-int8")
+
+
+# int8 weights carry a rounding error of up to half a step (max|w| / 254) each; through this
+# model's 4 small layers that moves the logits by a few hundredths, so its probabilities stay
+# within 0.05 of fp32's and, on texts the model is sure about, pick the same label.
+PROBABILITY_TOLERANCE = 0.05
+
+
+def test_onnx_int8_run_answers_like_its_source_and_is_smaller(teacher, int8):
+    expected, got = probabilities(teacher), probabilities(int8)
+    assert np.abs(got - expected).max() < PROBABILITY_TOLERANCE
+    assert (got.argmax(1) == expected.argmax(1)).all()
+    facts = int8.compression()
+    assert facts["backend"] == "onnx" and facts["lineage"][0]["kind"] == "quantize"
+    assert not list(int8.model_dir.glob("*.safetensors"))  # runs on its int8 graph alone
+    from onnx import load
+
+    graph = load(str(int8.model_dir / "model.onnx"))
+    assert any("Integer" in node.op_type or "Quantize" in node.op_type for node in graph.graph.node)
+    costs = facts["costs"]
+    for side in ("source", "compressed"):
+        assert costs[side]["texts"] == len(teacher.split("test"))
+        assert costs[side]["latency_p95_ms"] >= costs[side]["latency_p50_ms"] > 0
+        assert costs[side]["file_per_s"] > 0 and costs[side]["peak_memory_mb"] > 0
+    metrics = json.loads(int8.metrics_file.read_text())
+    assert "| change |" in metrics["compression"]["table"]
+    assert "Compression: quantize" in int8.report_file.read_text()
+
+
+def test_static_and_torch_int8_stay_close_to_fp32(teacher):
+    expected = probabilities(teacher)
+    assert main(["quantize", str(teacher.path), "--mode", "static", "--per-channel", "--name", "static"]) == 0
+    assert main(["quantize", str(teacher.path), "--backend", "torch", "--name", "torch-int8"]) == 0
+    static, torch_int8 = Run(teacher.path.parent / "static"), Run(teacher.path.parent / "torch-int8")
+    graph = __import__("onnx").load(str(static.model_dir / "model.onnx"))
+    assert any(node.op_type == "QuantizeLinear" for node in graph.graph.node)  # fixed ranges: QDQ nodes
+    assert np.abs(probabilities(static) - expected).max() < PROBABILITY_TOLERANCE
+    model = Predictor.from_run(torch_int8).model
+    assert any("quantized.dynamic" in type(m).__module__ for m in model.modules())  # int8 linear layers
+    assert np.abs(probabilities(torch_int8) - expected).max() < PROBABILITY_TOLERANCE
+
+
+def test_predict_and_serve_take_a_quantised_run(int8, tmp_path, capsys):
+    data = write_csv(tmp_path / "in.csv", make_rows(3, seed=5), fields=("text",))
+    out = tmp_path / "out.jsonl"
+    assert main(["predict", str(int8.path), data, "-o", str(out)]) == 0  # backend auto: its ONNX graph
+    assert len(out.read_text().splitlines()) == 9
+    assert main(["predict", str(int8.path), data, "-o", str(out), "--backend", "torch"]) == 2
+    assert "holds only its quantised ONNX graph" in capsys.readouterr().err
+
+    from fastapi.testclient import TestClient
+
+    from tunesmith.serve.server import build_app
+    from tunesmith.serve.settings import ServeSettings
+
+    with TestClient(build_app(ServeSettings(run=str(int8.path))), base_url="http://localhost") as client:
+        answer = client.post("/v1/predict", json={"inputs": TEXTS[:2]})
+        assert answer.status_code == 200 and len(answer.json()) == 2
+        info = client.get("/v1/model").json()
+        assert info["backend"] == "onnx" and info["compression"] == ["quantize"]
+
+
+def test_distilled_student_has_fewer_layers_and_loads_in_plain_transformers(teacher):
+    from transformers import AutoModel
+
+    assert main(["distill", str(teacher.path), "--student-layers", "2", "--epochs", "3", "--lr", "3e-3"]) == 0
+    student_run = Run(teacher.path.parent / "teacher-2layers")
+    assert json.loads((student_run.model_dir / "config.json").read_text())["num_hidden_layers"] == 2
+    assert len(AutoModel.from_pretrained(str(student_run.model_dir)).encoder.layer) == 2  # no tunesmith code
+    assert student_run.compression()["settings"]["teacher_layers_kept"] == [1, 3]
+    assert not student_run.checkpoints.exists()
+
+
+
+def test_distillation_lowers_the_students_loss_against_the_teacher(teacher, tmp_path):
+    """Library level: a 1-layer student whose layer starts from noise learns the teacher's
+    distributions (soft loss only) on the training texts."""
+    from tunesmith.compress.distill import distillation_loss, student_features, train_student
+    from tunesmith.compress.student import keep_layers, layer_list
+    from tunesmith.data.long_text import LongText
+    from tunesmith.methods import load_tuned
+
+    cfg, task = teacher.settings(), Predictor.from_run(teacher).task
+    cfg.epochs, cfg.lr = 5, 3e-3
+    tokenizer = task.load_processor(str(teacher.model_dir), cfg)
+    teacher_model = load_tuned(task, str(teacher.model_dir))
+    student = keep_layers(teacher_model, 1)
+    torch.manual_seed(1)
+    for parameter in layer_list(student).parameters():
+        torch.nn.init.normal_(parameter, std=0.2)
+    features = student_features(task, tokenizer, teacher_model, teacher.split("train"), teacher.labels(), 16,
+                                LongText.of(cfg), [])
+    soft_only = distillation_loss(task.problem_type, 2.0, 1.0)
+    batch = features.batch(list(range(len(features))))
+    with torch.no_grad():
+        before = soft_only(student.eval(), batch)[0].item()
+    run = Run(tmp_path / "student")
+    run.path.mkdir()
+    student = train_student(student, teacher_model, teacher, run, cfg, task, tokenizer, [], 2.0, 1.0, lambda _: None)
+    with torch.no_grad():
+        after = soft_only(student, batch)[0].item()
+    assert after < before / 2, (before, after)
+
+
+def test_pruned_model_has_smaller_shapes_and_still_loads_in_transformers(teacher):
+    from transformers import AutoModel
+
+    assert main(["prune", str(teacher.path), "--sparsity", "0.5", "--drop-layers", "1", "--lr", "3e-3"]) == 0
+    pruned = Run(teacher.path.parent / "teacher-pruned")
+    config = json.loads((pruned.model_dir / "config.json").read_text())
+    assert config["intermediate_size"] == 32 and config["num_hidden_layers"] == 3
+    body = AutoModel.from_pretrained(str(pruned.model_dir))
+    assert body.encoder.layer[0].intermediate.dense.weight.shape == (32, 32)
+    settings = pruned.compression()["settings"]
+    assert settings["parameters"] < settings["source_parameters"]
+    assert Predictor.from_run(pruned).predict(TEXTS).shape == (len(TEXTS), 3)
+
+
+def test_chained_compression_records_lineage_and_int8_is_last(teacher, int8, capsys):
+    assert main(["distill", str(teacher.path), "--student-layers", "1", "--epochs", "1", "--name", "one"]) == 0
+    assert main(["quantize", str(teacher.path.parent / "one")]) == 0
+    chain = Run(teacher.path.parent / "one-int8").compression()
+    assert [step["kind"] for step in chain["lineage"]] == ["distill", "quantize"]
+    assert chain["lineage"][0]["source"] == str(teacher.path.resolve())
+    capsys.readouterr()
+    for verb in (["quantize"], ["prune"], ["distill"]):
+        assert main([*verb, str(int8.path)]) == 2
+        assert "already quantised to int8" in capsys.readouterr().err
+
+
+def test_unsupported_combinations_are_refused_before_any_work(teacher, tmp_path, capsys):
+    before = sorted(p.name for p in teacher.path.parent.iterdir())
+    refusals = [
+        (["quantize", str(teacher.path), "--mode", "static", "--backend", "torch"], "needs --backend onnx"),
+        (["distill", str(teacher.path), "--student-layers", "4"], "a student needs fewer"),
+        (["distill", str(teacher.path), "--temperature", "0"], "--temperature 0"),
+        (["prune", str(teacher.path), "--sparsity", "1.5"], "--sparsity 1.5"),
+        (["prune", str(teacher.path), "--drop-layers", "4", "--sparsity", "0.2", "--name", "x"], "--drop-layers 4"),
+        (["quantize", str(tmp_path / "nothing")], "no such run folder"),
+    ]
+    for args, message in refusals:
+        assert main(args) == 2, args
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
+    assert sorted(p.name for p in teacher.path.parent.iterdir()) == before  # nothing written
+    assert not list(teacher.path.parent.glob(".*partial"))
+
+
+def test_ner_runs_quantise_with_torch_but_are_not_distilled(tmp_path, tiny_model, capsys):
+    rows = []
+    for row in make_rows(20):  # distinct sentences; a cue word is the entity
+        words = row["text"].split()
+        rows.append({"tokens": words, "tags": ["B-X" if w in ("good", "great") else "O" for w in words]})
+    data = tmp_path / "ner.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    args = train_args(str(data), tiny_model, tmp_path / "runs", "ner", "--task", "token-classification", "--epochs", "1")
+    assert main(args) == 0
+    run = tmp_path / "runs" / "ner"
+    assert main(["distill", str(run)]) == 2
+    assert "token-classification runs cannot be distilled yet" in capsys.readouterr().err
+    assert main(["quantize", str(run)]) == 0
+    quantised = Run(tmp_path / "runs" / "ner-int8")
+    assert quantised.compression()["torch_int8"] is True
+    words = [["good", "movie"], ["film", "good"]]
+    np.testing.assert_allclose(np.concatenate(Predictor.from_run(quantised).predict(words)),
+                               np.concatenate(Predictor.from_run(Run(run)).predict(words)), atol=PROBABILITY_TOLERANCE)
+
+
+def test_compression_verbs_and_flags_are_in_help(capsys):
+    for verb, flags in (("quantize", ("--mode", "--per-channel", "--backend")),
+                        ("distill", ("--student-layers", "--unlabeled", "--temperature", "--alpha")),
+                        ("prune", ("--sparsity", "--drop-layers"))):
+        with pytest.raises(SystemExit):
+            main([verb, "--help"])
+        text = capsys.readouterr().out
+        assert all(flag in text for flag in flags), verb
