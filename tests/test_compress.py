@@ -226,3 +226,14 @@ def test_compression_verbs_and_flags_are_in_help(capsys):
             main([verb, "--help"])
         text = capsys.readouterr().out
         assert all(flag in text for flag in flags), verb
+
+
+def test_compare_runs_measures_a_run_and_its_compressed_copy_side_by_side(teacher, int8, tmp_path, capsys):
+    assert main(["compare", "--runs", f"{teacher.path},{int8.path}", "--output-folder", str(tmp_path / "c")]) == 0
+    table = (tmp_path / "c" / "compare-runs.md").read_text()
+    assert "| teacher | torch |" in table and "| teacher-int8 | onnx |" in table and "| change |" in table
+    rows = json.loads((tmp_path / "c" / "compare-runs.json").read_text())
+    assert [r["backend"] for r in rows] == ["torch", "onnx"] and all(r["file_per_s"] > 0 for r in rows)
+    capsys.readouterr()
+    assert main(["compare", "--runs", str(teacher.path)]) == 2
+    assert "at least two run folders" in capsys.readouterr().err

@@ -157,6 +157,13 @@ def _cmd_compare(args) -> int:
     from tunesmith.commands.compare import compare
     from tunesmith.config import read_yaml_mapping
 
+    if args.runs:  # finished runs measured side by side (a model and its compressed copies)
+        from tunesmith.commands.compare import compare_runs
+
+        compare_runs(args.runs, args.output_folder if args.output_folder != "runs/compare" else None)
+        return 0
+    if not args.data:
+        raise UserError("compare: give training DATA and --methods, or --runs A,B of finished runs")
     values = read_yaml_mapping(args.config) if args.config else {}
     listed = values.pop("methods", None)  # the config may list the methods itself
     methods = args.methods or listed
@@ -248,8 +255,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     from tunesmith.config import _comma_list
 
-    p = verbs.add_parser("compare", help="train several methods on the same splits; one table and chart")
-    p.add_argument("data", help="training data, as for train --data")
+    p = verbs.add_parser("compare", help="train several methods on the same splits, or measure finished runs side by "
+                                         "side (--runs); one table")
+    p.add_argument("data", nargs="?", help="training data, as for train --data")
+    p.add_argument("--runs", type=_comma_list, metavar="A,B",
+                   help="finished runs of the same splits (a model and its quantised, pruned or distilled copies): "
+                        "size, peak memory, p50/p95 latency, texts/s at batch 32 and on the whole test file, metric")
     p.add_argument("--methods", type=_comma_list, metavar="A,B",
                    help="methods to compare, e.g. full,lora,ia3,bitfit,freeze (or a `methods:` list in --config)")
     p.add_argument("--config", help="YAML config shared by every method; flags override it")

@@ -52,6 +52,36 @@ def compare(values: dict, methods: list[str], folder: str, out=print) -> list[di
     return rows
 
 
+def compare_runs(paths: list[str], folder: str | None = None, out=print) -> list[dict]:
+    """Finished runs side by side (a model and its quantised, pruned or distilled copies): the
+    cost columns of compress/costs.py and the test metric, each run measured in a fresh process
+    on the same test split."""
+    from tunesmith.compress import costs
+    from tunesmith.runs import open_finished
+
+    if len(paths) < 2:
+        raise UserError("--runs: give at least two run folders, like runs/a,runs/a-int8")
+    runs = [open_finished(path) for path in paths]
+    tests = {run.path: (run.data_dir / "test.jsonl").read_bytes() for run in runs}
+    first = runs[0]
+    for run in runs[1:]:
+        if tests[run.path] != tests[first.path]:
+            raise UserError(f"--runs: {run.path} was tested on other rows than {first.path}; compare runs of the same "
+                            "splits (a run and its compressed copies, or one `compare` folder)")
+    metric = first.settings().resolved_metric()
+    rows = []
+    for run in runs:
+        out(f"[{run.path.name}] measuring ...")
+        rows.append({"run": str(run.path), **costs.measure(run.path)})
+    text = costs.table([(Path(r["run"]).name, r) for r in rows], metric)
+    if folder:
+        target = Path(folder)
+        write_json(target / "compare-runs.json", rows)
+        write_text(target / "compare-runs.md", text)
+    out(text)
+    return rows
+
+
 def _row(method: str, cfg: TrainConfig, metrics: dict) -> dict:
     metric = cfg.resolved_metric()
     return {"method": method, "metric": metric, "value": metrics["test"][metric],

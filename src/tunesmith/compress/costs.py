@@ -93,20 +93,23 @@ def measure(run_path: Path, backend: str = "auto") -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def table(source: dict, compressed: dict, metric: str, names: tuple[str, str] = ("source", "compressed")) -> str:
-    """The cost table as Markdown: one row per model and the change, the metric last."""
+def table(named: list[tuple[str, dict]], metric: str) -> str:
+    """The cost table as Markdown: one row per (name, measurement); with two models, a last
+    row with the second's change against the first (ratios, and the metric's difference)."""
     header = ["model", "backend", *(title for _, title, _ in COLUMNS), f"test {metric}"]
     rows = []
-    for name, costs in zip(names, (source, compressed)):
+    for name, costs in named:
         value = costs["metrics"].get(metric)  # float metrics only (lineage.finish keeps those)
         rows.append([name, costs["backend"], *(fmt.format(costs[key]) for key, _, fmt in COLUMNS),
                      f"{value:.4f}" if value is not None else "-"])
-    change = ["change", ""]
-    for key, _, _ in COLUMNS:
-        change.append(f"{compressed[key] / source[key]:.2f}x" if source[key] else "-")
-    a, b = source["metrics"].get(metric), compressed["metrics"].get(metric)
-    change.append(f"{b - a:+.4f}" if a is not None and b is not None else "-")
-    rows.append(change)
+    if len(named) == 2:
+        (_, source), (_, compressed) = named
+        change = ["change", ""]
+        for key, _, _ in COLUMNS:
+            change.append(f"{compressed[key] / source[key]:.2f}x" if source[key] else "-")
+        a, b = source["metrics"].get(metric), compressed["metrics"].get(metric)
+        change.append(f"{b - a:+.4f}" if a is not None and b is not None else "-")
+        rows.append(change)
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows]) + "\n"
 

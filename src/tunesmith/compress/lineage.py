@@ -97,7 +97,8 @@ def finish(run: Run, source: Run, log=print) -> dict:
     metrics = {"test": test,
                "baseline": json.loads(source.metrics_file.read_text(encoding="utf-8")).get("baseline"),
                "compression": {"kind": facts["kind"], "source": facts["source"], "lineage": facts["lineage"],
-                               "table": costs.table(measured["source"], measured["compressed"], metric)},
+                               "table": costs.table([("source", measured["source"]), ("compressed", measured["compressed"])],
+                                                    metric)},
                "peak_memory_mb": measured["compressed"]["peak_memory_mb"]}
     write_text(run.report_file, report.render(f"tunesmith {facts['kind']} {run.path.name}", run.config(), metrics,
                                               run.history(), run.labels()))
