@@ -20,11 +20,16 @@ from tunesmith.serve.telemetry import JsonLog
 SETTINGS_ENV = "TUNESMITH_SERVE_SETTINGS"  # how worker processes receive the settings
 
 
-def run_info(run: Run) -> dict:
+def run_info(run: Run, backend: str = "auto") -> dict:
+    """What /v1/model answers: the run's task, labels, model, backend (resolved from `backend`:
+    a quantised run's own under auto), compression steps and test metrics."""
+    from tunesmith.inference import resolve_backend
+
     cfg = run.settings()
     info = {"run": run.path.name, "created": int(run.path.stat().st_mtime), "task": cfg.task, "labels": run.labels(),
             "base_model": cfg.resolved_model(), "method": cfg.method, "max_length": cfg.resolved_max_length(),
             "input": "text_pair" if cfg.text_pair_col else "text",
+            "backend": resolve_backend(run, backend),
             "compression": [step["kind"] for step in (run.compression() or {}).get("lineage", [])]}
     if run.metrics_file.is_file():
         metrics = json.loads(run.metrics_file.read_text())
@@ -79,10 +84,7 @@ def build_app(settings: ServeSettings):
         log.event("auth_disabled", 30, message=f"serving {run.path} WITHOUT authentication on {settings.host}")
     elif not keys:
         log.event("auth_disabled", 30, message="no API keys set: serving without authentication on loopback only")
-    from tunesmith.inference import resolve_backend
-
-    info = {**run_info(run), "backend": resolve_backend(run, settings.backend)}
-    return create_app(Predictor.from_run(run, settings.backend), settings, keys, info)
+    return create_app(Predictor.from_run(run, settings.backend), settings, keys, run_info(run, settings.backend))
 
 
 def app_from_env():
