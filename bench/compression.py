@@ -31,7 +31,7 @@ def best_rate(fn, count: int, repeats: int) -> float:
     return max(rates)
 
 
-def trainer_predict(run, texts: list[str]):
+def trainer_predict(run):
     """Trainer.predict on the run's own fp32 model: the plain Hugging Face way."""
     import tempfile
 
@@ -75,7 +75,7 @@ def main() -> None:
     truth = np.array([labels.index(label) for label in test.labels])
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}; "
           f"run {run.path}; {len(texts)} test texts")
-    sides = {"HF Trainer.predict (fp32)": trainer_predict(run, texts),
+    sides = {"HF Trainer.predict (fp32)": trainer_predict(run),
              "tunesmith, torch fp32": Predictor.from_run(run, "torch").predict,
              "tunesmith, int8 ONNX (quantize)": Predictor.from_run(int8).predict}
     rows = []

@@ -154,6 +154,22 @@ def test_distillation_lowers_the_students_loss_against_the_teacher(teacher, tmp_
     assert after < before / 2, (before, after)
 
 
+def test_a_mean_pooled_run_distils_and_prunes_into_smaller_plain_folders(tmp_path, tiny_sentence_model):
+    """The mean-pooled head's run folder (body + classifier.safetensors) keeps its layout."""
+    data = write_csv(tmp_path / "toy.csv", make_rows(20))
+    assert main(train_args(data, tiny_sentence_model, tmp_path / "runs", "mean", "--method", "full",
+                           "--epochs", "1")) == 0
+    source = tmp_path / "runs" / "mean"
+    assert main(["distill", str(source), "--student-layers", "1", "--epochs", "1"]) == 0
+    assert main(["prune", str(source), "--sparsity", "0.5", "--epochs", "1"]) == 0
+    for name, key, value in (("mean-1layers", "num_hidden_layers", 1), ("mean-pruned", "intermediate_size", 32)):
+        model_dir = tmp_path / "runs" / name / "model"
+        config = json.loads((model_dir / "config.json").read_text())
+        assert config[key] == value and config["tunesmith_pooling"] == "mean"
+        assert (model_dir / "classifier.safetensors").is_file()
+        assert Predictor.from_run(Run(model_dir.parent)).predict(TEXTS).shape == (len(TEXTS), 3)
+
+
 def test_pruned_model_has_smaller_shapes_and_still_loads_in_transformers(teacher):
     from transformers import AutoModel
 
@@ -187,6 +203,8 @@ def test_unsupported_combinations_are_refused_before_any_work(teacher, tmp_path,
         (["distill", str(teacher.path), "--student-layers", "4"], "a student needs fewer"),
         (["distill", str(teacher.path), "--temperature", "0"], "--temperature 0"),
         (["prune", str(teacher.path), "--sparsity", "1.5"], "--sparsity 1.5"),
+        (["prune", str(teacher.path), "--sparsity", "1.5", "--drop-layers", "1", "--name", "x"], "--sparsity 1.5"),
+        (["prune", str(teacher.path), "--sparsity", "0"], "nothing to prune"),
         (["prune", str(teacher.path), "--drop-layers", "4", "--sparsity", "0.2", "--name", "x"], "--drop-layers 4"),
         (["quantize", str(tmp_path / "nothing")], "no such run folder"),
     ]
@@ -195,7 +213,7 @@ def test_unsupported_combinations_are_refused_before_any_work(teacher, tmp_path,
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1, err
     assert sorted(p.name for p in teacher.path.parent.iterdir()) == before  # nothing written
-    assert not list(teacher.path.parent.glob(".*partial"))
+    assert not list(teacher.path.parent.glob(".*.tmp"))  # no half-built run folder (io.atomic_dir's name)
 
 
 def test_ner_runs_quantise_with_torch_but_are_not_distilled(tmp_path, tiny_model, capsys):

@@ -213,6 +213,12 @@ def _cmd_serve(args) -> int:
     return 0
 
 
+def _add_new_run_flags(p, default_name: str) -> None:
+    """Where quantize, distill and prune write their new run folder."""
+    p.add_argument("--name", help=f"name of the new run folder (default: {default_name})")
+    p.add_argument("--output", help="folder for the new run (default: beside the source run)")
+
+
 def _add_student_flags(p, epochs: str) -> None:
     """The training flags distill and prune share (compress/distill.py)."""
     p.add_argument("--epochs", type=float, help=f"passes over the training texts (default: {epochs})")
@@ -337,8 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(an int8 graph, ~4x smaller on disk), torch (int8 linear layers made at load)")
     p.add_argument("--per-channel", action="store_true",
                    help="one weight scale per output row instead of per matrix: more accurate, a little slower")
-    p.add_argument("--name", help="name of the new run folder (default: <run>-int8)")
-    p.add_argument("--output", help="folder for the new run (default: beside the source run)")
+    _add_new_run_flags(p, "<run>-int8")
     p.set_defaults(func=_cmd_quantize)
 
     p = verbs.add_parser("distill", help="train a student with fewer layers against a run's model (new run folder)")
@@ -349,8 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--augment-copies", type=int, default=0,
                    help="edited copies of each training text for the teacher to label (default: 0)")
     _add_student_flags(p, "3 (distill)")
-    p.add_argument("--name", help="name of the new run folder (default: <run>-<N>layers)")
-    p.add_argument("--output", help="folder for the new run (default: beside the source run)")
+    _add_new_run_flags(p, "<run>-<N>layers")
     p.set_defaults(func=_cmd_distill)
 
     p = verbs.add_parser("prune", help="remove the least important feed-forward neurons or layers, then recover")
@@ -360,8 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--drop-layers", type=int, default=0,
                    help="also remove this many whole layers, those that change their input least (default: 0)")
     _add_student_flags(p, "1 (recovery)")
-    p.add_argument("--name", help="name of the new run folder (default: <run>-pruned)")
-    p.add_argument("--output", help="folder for the new run (default: beside the source run)")
+    _add_new_run_flags(p, "<run>-pruned")
     p.set_defaults(func=_cmd_prune)
 
     p = verbs.add_parser("soup", help="average the weights of runs from the same base model into a new run")

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from tunesmith.compress import lineage
 from tunesmith.errors import UserError
+from tunesmith.methods import count_parameters
 from tunesmith.runs import open_finished
 
 DISTILL_EPOCHS = 3.0  # a student starting from the teacher's own layers settles in a few passes
@@ -41,8 +42,9 @@ def distill(run_path: str, student_layers: int = 3, unlabeled: str | None = None
                 "augment_copies": augment_copies, "extra_texts": len(extra), "temperature": temperature,
                 "alpha": alpha, "epochs": epochs or DISTILL_EPOCHS, "lr": lr or DISTILL_LR}
     out(f"distill: a {student_layers}-layer student from teacher layers {layers} (of {total})")
-    return _train_and_finish(source, cfg, task, teacher, keep_layers(teacher, student_layers), "distill", settings,
-                             target, extra, out)
+    tokenizer = task.load_processor(str(source.model_dir), cfg)
+    return _train_and_finish(source, cfg, task, tokenizer, teacher, keep_layers(teacher, student_layers), "distill",
+                             settings, target, extra, out)
 
 
 def prune(run_path: str, sparsity: float = 0.3, drop_layers: int = 0, epochs: float | None = None,
@@ -53,9 +55,10 @@ def prune(run_path: str, sparsity: float = 0.3, drop_layers: int = 0, epochs: fl
     from tunesmith.compress import student as cut
 
     source, cfg, task = _open(run_path, "prune", temperature, alpha)
-    if not 0 < sparsity < 1 and not drop_layers:
-        raise UserError(f"--sparsity {sparsity}: give the share of feed-forward neurons to remove (above 0, below 1), "
-                        "or --drop-layers N")
+    if not 0 <= sparsity < 1:
+        raise UserError(f"--sparsity {sparsity}: give the share of feed-forward neurons to remove, from 0 to below 1")
+    if sparsity == 0 and not drop_layers:
+        raise UserError("--sparsity 0: nothing to prune; give a share of feed-forward neurons, or --drop-layers N")
     teacher = _teacher(source, task)
     layers = cut.layer_list(teacher)
     for layer in layers:
@@ -64,18 +67,19 @@ def prune(run_path: str, sparsity: float = 0.3, drop_layers: int = 0, epochs: fl
         raise UserError(f"--drop-layers {drop_layers}: the model has {len(layers)} layers; drop between 0 and "
                         f"{len(layers) - 1}")
     target = lineage.target_folder(source, "pruned", name, output)
-    batches = _calibration(source, cfg, task)
+    tokenizer = task.load_processor(str(source.model_dir), cfg)
+    batches = _calibration(source, cfg, task, tokenizer)
     pruned = copy.deepcopy(teacher)
     kept_layers = cut.drop_layers(pruned, drop_layers, batches)
-    width = cut.prune_ffn(pruned, sparsity, batches) if 0 < sparsity < 1 else cut.feed_forward(
-        cut.layer_list(pruned)[0])[0].out_features
-    out(f"prune: kept layers {kept_layers}, feed-forward width {width} of "
-        f"{cut.feed_forward(cut.layer_list(teacher)[0])[0].out_features}; "
-        f"{_count(pruned):,} of {_count(teacher):,} parameters left")
+    source_width = cut.feed_forward(layers[0])[0].out_features
+    width = cut.prune_ffn(pruned, sparsity, batches) if sparsity else source_width
+    before, after = count_parameters(teacher)["total"], count_parameters(pruned)["total"]
+    out(f"prune: kept layers {kept_layers}, feed-forward width {width} of {source_width}; "
+        f"{after:,} of {before:,} parameters left")
     settings = {"sparsity": sparsity, "drop_layers": drop_layers, "layers_kept": kept_layers, "ffn_width": width,
-                "parameters": _count(pruned), "source_parameters": _count(teacher), "temperature": temperature,
+                "parameters": after, "source_parameters": before, "temperature": temperature,
                 "alpha": alpha, "epochs": epochs or PRUNE_EPOCHS, "lr": lr or DISTILL_LR}
-    return _train_and_finish(source, cfg, task, teacher, pruned, "prune", settings, target, [], out)
+    return _train_and_finish(source, cfg, task, tokenizer, teacher, pruned, "prune", settings, target, [], out)
 
 
 def _open(run_path: str, verb: str, temperature: float, alpha: float):
@@ -119,25 +123,23 @@ def _extra_texts(source, cfg, task, unlabeled: str | None, augment_copies: int) 
     return texts
 
 
-def _calibration(source, cfg, task) -> list[dict]:
+def _calibration(source, cfg, task, tokenizer) -> list[dict]:
     """A few batches of training texts, as the model takes them, to rank neurons and layers."""
     from tunesmith.data.long_text import LongText
 
     train = source.split("train")
-    tokenizer = task.load_processor(str(source.model_dir), cfg)
     part = train.subset(range(min(CALIBRATION_ROWS, len(train))))
     features = task.encode(tokenizer, part.texts, None, source.labels(), cfg.resolved_max_length(), use_cache=False,
                            long_text=LongText.of(cfg))
     return [features.batch(list(range(i, min(i + 32, len(features))))) for i in range(0, len(features), 32)]
 
 
-def _train_and_finish(source, cfg, task, teacher, student, kind: str, settings: dict, target: Path, extra: list,
-                      out) -> Path:
+def _train_and_finish(source, cfg, task, tokenizer, teacher, student, kind: str, settings: dict, target: Path,
+                      extra: list, out) -> Path:
     from tunesmith.compress.distill import train_student
     from tunesmith.io import atomic_dir
 
     cfg.epochs, cfg.lr = settings["epochs"], settings["lr"]
-    tokenizer = task.load_processor(str(source.model_dir), cfg)
     with lineage.building(target) as run:
         lineage.copy_run_files(source, run, model=False)
         student = train_student(student, teacher, source, run, cfg, task, tokenizer, extra, settings["temperature"],
@@ -151,6 +153,3 @@ def _train_and_finish(source, cfg, task, teacher, student, kind: str, settings: 
     out(f"wrote {target}; eval, predict, serve, export and quantize take it like any run")
     return target
 
-
-def _count(model) -> int:
-    return sum(p.numel() for p in model.parameters())

@@ -17,14 +17,13 @@ it is complete: an interrupted compression leaves no half-made run behind.
 
 from __future__ import annotations
 
-import json
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
 from tunesmith.errors import UserError
-from tunesmith.io import write_json
+from tunesmith.io import atomic_dir, read_json, write_json
 from tunesmith.runs import Run
 
 
@@ -39,16 +38,10 @@ def target_folder(source: Run, kind: str, name: str | None, output: str | None) 
 
 @contextmanager
 def building(target: Path) -> Iterator[Run]:
-    """A run folder under a temporary name, renamed to `target` only if the block succeeds."""
-    partial = target.with_name(f".{target.name}.partial")
-    shutil.rmtree(partial, ignore_errors=True)  # left by an earlier attempt that was killed
-    partial.mkdir(parents=True)
-    try:
-        yield Run(partial)
-        partial.rename(target)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
+    """A run folder under a temporary name (io.atomic_dir), in place as `target` only if the
+    block succeeds."""
+    with atomic_dir(target) as tmp:
+        yield Run(tmp)
 
 
 def copy_run_files(source: Run, run: Run, model: bool = True) -> None:
@@ -95,7 +88,7 @@ def finish(run: Run, source: Run, log=print) -> dict:
     facts = {**run.compression(), "costs": measured}
     write_json(run.compression_file, facts)
     metrics = {"test": test,
-               "baseline": json.loads(source.metrics_file.read_text(encoding="utf-8")).get("baseline"),
+               "baseline": read_json(source.metrics_file).get("baseline"),
                "compression": {"kind": facts["kind"], "source": facts["source"], "lineage": facts["lineage"],
                                "table": costs.table([("source", measured["source"]), ("compressed", measured["compressed"])],
                                                     metric)},

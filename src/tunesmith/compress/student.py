@@ -37,16 +37,7 @@ def _replace_layers(model, keep: list[int]) -> None:
         for name, child in parent.named_children():
             if child is layers:
                 setattr(parent, name, kept)
-    model.config.num_hidden_layers = len(keep)
-    _sync_body_config(model)
-
-
-def _sync_body_config(model) -> None:
-    """A mean-pooled head's body has its own config object; keep the two equal."""
-    body = getattr(model, "body", None)
-    if body is not None and body.config is not model.config:
-        body.config.num_hidden_layers = model.config.num_hidden_layers
-        body.config.intermediate_size = model.config.intermediate_size
+    model.config.num_hidden_layers = len(keep)  # a mean-pooled head shares its body's config object
 
 
 def spread_layers(total: int, keep: int) -> list[int]:
@@ -107,7 +98,6 @@ def prune_ffn(model, sparsity: float, batches) -> int:
         layer.intermediate.dense = _rows(inner, keep)
         layer.output.dense = _columns(outer, keep)
     model.config.intermediate_size = kept_width
-    _sync_body_config(model)
     return kept_width
 
 
