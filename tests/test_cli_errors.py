@@ -79,7 +79,7 @@ def test_eval_and_predict_on_missing_run(tmp_path, capsys):
 
 def test_check_passes_on_good_data_with_exit_0(tmp_path, capsys, tiny_model):
     path = write_csv(tmp_path / "d.csv", make_rows(30))
-    assert main(["check", path, "--model", tiny_model]) == 0
+    assert main(["check", path, "--model", tiny_model, "--lists", str(tmp_path / "lists")]) == 0
     out = capsys.readouterr().out
     assert "rows: train" in out and "token lengths" in out and "0 errors" in out
 

@@ -55,7 +55,7 @@ def test_check_never_suggests_more_than_the_model_reads(tmp_path, tiny_model, ca
     rows = [{"text": " ".join(["good"] * 90 + [str(i)]), "label": "positive" if i % 2 else "negative"}
             for i in range(40)]
     data = write_csv(tmp_path / "long.csv", rows)
-    assert main(["check", data, "--model", tiny_model, "--max-length", "16"]) == 0
+    assert main(["check", data, "--model", tiny_model, "--max-length", "16", "--no-quality"]) == 0
     out = capsys.readouterr().out
     assert "consider --max-length 64" in out and "reads at most 64" in out and "--long-text chunk" in out
 
@@ -132,5 +132,5 @@ def test_train_shrinks_the_micro_batch_when_memory_is_short_and_refuses_when_one
 
 
 def test_check_prints_the_estimate(tmp_path, toy_csv, tiny_model, capsys):
-    assert main(["check", toy_csv, "--model", tiny_model]) == 0
+    assert main(["check", toy_csv, "--model", tiny_model, "--lists", str(tmp_path / "lists")]) == 0
     assert "estimate: peak memory about" in capsys.readouterr().out

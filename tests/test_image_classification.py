@@ -89,7 +89,7 @@ def test_image_folder_trains_skips_the_corrupt_file_and_loads_in_plain_transform
 
 def test_corrupt_image_is_reported_by_path(tiny_resnet, tmp_path, capsys):
     data = make_folder(tmp_path / "photos", per_class=10)
-    assert main(["check", data, "--task", "image-classification", "--model", tiny_resnet]) == 0
+    assert main(["check", data, "--task", "image-classification", "--model", tiny_resnet, "--lists", str(tmp_path / "lists")]) == 0
     out = capsys.readouterr().out
     assert f"skipped 1 unreadable image(s): {tmp_path / 'photos' / 'red' / 'broken.png'}" in out
     assert main(_args(data, tiny_resnet, tmp_path, "strict", "--bad-images", "error")) == 2

@@ -97,7 +97,7 @@ def test_regression_learns_a_score_and_predicts_it(tiny_model, tmp_path, capsys)
         for cls in CUES:
             rows.append({"text": _sentence(rng, cls), "score": SCORE[cls] + rng.uniform(-0.1, 0.1)})
     data = _write(tmp_path / "scores.csv", rows, ["text", "score"])
-    assert main(["check", data, "--task", "regression", "--label-col", "score"]) == 0
+    assert main(["check", data, "--task", "regression", "--label-col", "score", "--lists", str(tmp_path / "lists")]) == 0
     assert "target (train): min" in capsys.readouterr().out
     assert main(_args(data, tiny_model, tmp_path, "reg", "regression", "--label-col", "score")) == 0
     metrics = json.loads((tmp_path / "reg" / "metrics.json").read_text())

@@ -47,7 +47,8 @@ def _cmd_check(args) -> int:
     from tunesmith.commands.check import check
 
     check(args.data, args.val_data, args.test_data, args.text_col, args.label_col, args.model,
-          args.max_length, args.encoding, as_json=args.json, task=args.task)
+          args.max_length, args.encoding, as_json=args.json, task=args.task, quality_checks=args.quality,
+          near_threshold=args.near_threshold, lists=args.lists)
     return 0
 
 
@@ -251,6 +252,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="truncation length to check against (default: the task's, 128; 512 for causal-lm)")
     p.add_argument("--encoding", default="utf-8")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--quality", action=argparse.BooleanOptionalAction, default=True,
+                   help="likely label errors, near-duplicates across splits, outliers and other-script rows, from "
+                        "the model's frozen features (seconds per 10,000 rows; --no-quality: exact checks only)")
+    p.add_argument("--near-threshold", type=float, default=0.95,
+                   help="cosine similarity at and above which two texts are near-duplicates (default: 0.95)")
+    p.add_argument("--lists", default=None, metavar="DIR",
+                   help="folder for the full lists (suspect_labels.csv, near_duplicates.csv, outliers.csv) "
+                        "(default: runs/check-<data name>)")
     p.set_defaults(func=_cmd_check)
 
     p = verbs.add_parser("train", help="fine-tune a model; writes a run folder")

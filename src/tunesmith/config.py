@@ -65,6 +65,24 @@ class DataSettings(BaseModel):
     max_eval_samples: Optional[int] = Field(
         None, gt=0, description="Use at most this many validation and test rows each (stratified sample)."
     )
+    quality_checks: bool = Field(
+        True, description="Before training, look for likely label errors, validation/test texts that nearly "
+        "repeat a training text, and outliers (what `tunesmith check` reports; seconds per 10,000 rows); the lists "
+        "go in the run folder's quality/. --no-quality-checks skips them.",
+    )
+    drop_suspect_labels: bool = Field(
+        False, description="Leave out training rows whose label looks wrong to a probe that did not see them "
+        "(confident learning; classification). They are listed in the run folder's quality/suspect_labels.csv.",
+    )
+    dedupe: Literal["exact", "near"] = Field(
+        "exact", description="exact: identical texts are removed before splitting (always). near: also leave out "
+        "validation and test rows that nearly repeat a training text (cosine >= near_threshold; images: a "
+        "perceptual hash), so the scores are on unseen data.",
+    )
+    near_threshold: float = Field(
+        0.95, gt=0, le=1, description="Cosine similarity of mean-pooled features at and above which two texts are "
+        "near-duplicates (check and --dedupe near).",
+    )
 
 
 class ModelSettings(BaseModel):
@@ -337,6 +355,11 @@ class TrainConfig(
         if self.augment_copies and TASKS[self.task].peft_task_type != "SEQ_CLS":
             raise ValueError(f"augment_copies is for text classification, pairs and regression, not {self.task} "
                              "(its edits would break token tags, conversations or images)")
+        checks = TASKS[self.task].quality_checks
+        if self.drop_suspect_labels and "label-errors" not in checks:
+            raise ValueError(f"drop_suspect_labels is for single-label classification, not {self.task}")
+        if self.dedupe == "near" and not {"near-duplicates", "images"} & set(checks):
+            raise ValueError(f"dedupe near: task {self.task} has no near-duplicate check yet; use dedupe exact")
         if self.long_text not in TASKS[self.task].long_text_modes:
             raise ValueError(f"long_text {self.long_text}: task {self.task} reads only "
                              f"{', '.join(TASKS[self.task].long_text_modes)}")

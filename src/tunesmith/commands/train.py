@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from tunesmith import models
+from tunesmith import models, quality
 from tunesmith.config import DEFAULT_EPOCHS, MIN_DEFAULT_STEPS, TrainConfig, config_to_yaml_dict
 from tunesmith.data.augment import augment_examples
 from tunesmith.data.labeled import Examples
@@ -85,6 +85,7 @@ def _train(cfg: TrainConfig, run: Run | None, processes, held: ExitStack, log, o
     findings = task.check(splits, tokenizer, cfg.resolved_max_length())
     for warning in findings.warnings:
         log(f"warning: {warning}")
+    checked = None if resuming else _quality(cfg, task, splits, source, tokenizer, score_test, log)
     if not resuming:  # a resumed run keeps its batches: its checkpoints count steps of them
         for line in budget.plan(cfg, task, source, findings.facts.get("token_lengths"), len(splits.train), adapt=True):
             log(line)
@@ -104,6 +105,9 @@ def _train(cfg: TrainConfig, run: Run | None, processes, held: ExitStack, log, o
             write_json(run.labels_file, splits.labels)
             for name in ("train", "val", "test"):
                 _write_split(run.data_dir / f"{name}.jsonl", getattr(splits, name))
+            if checked is not None:
+                checked.write(run.path / "quality")
+                write_json(run.path / "quality" / "facts.json", checked.facts)
         except BaseException:
             shutil.rmtree(run.path, ignore_errors=True)
             raise
@@ -122,6 +126,22 @@ def _train(cfg: TrainConfig, run: Run | None, processes, held: ExitStack, log, o
         if not resuming and main and not run.checkpoints.exists():
             shutil.rmtree(run.path, ignore_errors=True)
         raise
+
+
+def _quality(cfg: TrainConfig, task, splits: Splits, source: str, tokenizer, score_test: bool, log):
+    """The data-quality checks (quality/__init__.py) before anything trains, acting on them
+    when asked (--drop-suspect-labels, --dedupe near); None when they do not run. A tune trial
+    (score_test False) skips the report: its study's data was the user's to check once."""
+    acting = cfg.drop_suspect_labels or cfg.dedupe == "near"
+    if not task.quality_checks or not (acting or (cfg.quality_checks and score_test)):
+        return None
+    found = quality.inspect(task, splits, source, tokenizer, cfg.resolved_max_length(), cfg.near_threshold, cfg.seed,
+                            log=log)
+    for line in found.lines:
+        log(f"data quality: {line}")
+    for note in quality.leave_out(splits, found, cfg.drop_suspect_labels, cfg.dedupe == "near"):
+        log(note)
+    return found
 
 
 def _pooling(cfg: TrainConfig, task, method, source: str) -> str:
@@ -266,6 +286,7 @@ def _test_metrics(run: Run, cfg: TrainConfig, task, splits: Splits, examples: di
         },
         "parameters": params,
         "peak_memory_mb": peak_memory_mb(),
+        "data_quality": json.loads(facts.read_text()) if (facts := run.path / "quality" / "facts.json").is_file() else None,
         **scored,  # predict_samples_per_second, and continual's forgetting
     }
 

@@ -22,6 +22,7 @@ SHOW = 3  # how many example locations a finding lists
 class CheckReport:
     facts: dict = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    sections: list[str] = field(default_factory=list)  # whole sections printed before the warnings (data quality)
 
     def to_text(self) -> str:
         f = self.facts
@@ -44,6 +45,7 @@ class CheckReport:
                          + "\n" + "-" * 40)
         for note in f.get("notes", []):
             lines.append(f"note: {note}")
+        lines.extend(self.sections)
         for warning in self.warnings:
             lines.append(f"warning: {warning}")
         lines.append(f"{len(self.warnings)} warning(s), 0 errors")

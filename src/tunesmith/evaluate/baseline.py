@@ -45,12 +45,23 @@ def _memo(kind: str, key: tuple, compute):
     return _LAST[kind][1]
 
 
+def fit_scaler(raw: np.ndarray):
+    """A StandardScaler fitted on `raw` features, except that a dimension that is constant up
+    to float rounding (MiniLM's mean-pooled features have one with a spread of 5e-33) keeps a
+    scale of 1, as scikit-learn does for exact constants: blown up to unit variance, its
+    rounding noise would become a feature, and a mean-pooled head's gradient through the body
+    infinite (gradient clipping then zeroes every update)."""
+    from sklearn.preprocessing import StandardScaler
+
+    scaler = StandardScaler().fit(raw)
+    scaler.scale_[scaler.scale_ < DEAD_SCALE * np.median(scaler.scale_)] = 1.0
+    return scaler
+
+
 def probe_features(encoder, train_ids, pad_id, seed: int = 0):
     """(scaler, standardised mean-pooled features, row indices, key) of at most
     MAX_FIT_EXAMPLES training texts (a seeded sample when there are more); `key` names these
     weights and rows, for memoising what is fitted on them."""
-    from sklearn.preprocessing import StandardScaler
-
     with torch.no_grad():
         weights = sum(float(p.double().sum()) for p in encoder.parameters())
     key = (weights, pad_id, seed, tuple(map(tuple, train_ids)))
@@ -60,13 +71,7 @@ def probe_features(encoder, train_ids, pad_id, seed: int = 0):
         if len(train_ids) > MAX_FIT_EXAMPLES:
             rows = np.sort(np.random.default_rng(seed).choice(len(train_ids), MAX_FIT_EXAMPLES, replace=False))
         raw = embed(encoder, [train_ids[i] for i in rows], pad_id)
-        scaler = StandardScaler().fit(raw)
-        # A dimension that is constant up to float rounding (MiniLM's mean-pooled features have
-        # one with a spread of 5e-33) would be blown up to unit variance: its rounding noise
-        # would become a feature, and a mean-pooled head's gradient through the body infinite
-        # (gradient clipping then zeroes every update). Such dimensions keep a scale of 1, as
-        # scikit-learn does for exact constants.
-        scaler.scale_[scaler.scale_ < DEAD_SCALE * np.median(scaler.scale_)] = 1.0
+        scaler = fit_scaler(raw)
         return scaler, scaler.transform(raw), rows, key
 
     return _memo("features", key, compute)

@@ -11,6 +11,7 @@ import matplotlib
 matplotlib.use("Agg")  # no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from tunesmith import quality  # noqa: E402
 
 
 def png(fig) -> str:
@@ -180,7 +181,8 @@ def render(title: str, config: dict, metrics: dict, history: list[dict], labels:
         ("Confusion matrix (test)", confusion_plot(test["confusion_matrix"], labels) if "confusion_matrix" in test else None),
     ]
     figures = "".join(f"<h2>{e(t)}</h2><img src='{src}' alt='{e(t)}'>" for t, src in images if src)
-    figures = compression_table(metrics.get("compression")) + continual_table(metrics.get("continual")) + figures
+    figures = (compression_table(metrics.get("compression")) + continual_table(metrics.get("continual"))
+               + quality.report_section(metrics.get("data_quality")) + figures)
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>{e(title)}</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem}}

@@ -53,7 +53,7 @@ class Task(Protocol):
     def metrics(self, targets: list, outputs, labels: list[str]) -> dict: ...
     def summary(self, metrics: dict) -> str: ...  # one line for the terminal
 
-    # Capabilities and hooks, with their defaults in TaskDefaults (below): servable (and
+    # Capabilities and hooks, with their defaults in TaskDefaults (below): quality_checks, servable (and
     # response_schema, the pydantic shape of one served answer), settings, exportable, quantisable, ensemble, generative (then `answer_metrics(model, processor, inputs) -> dict`,
     # generated answers scored against references, added to the test metrics), serves_images,
     # sequences_per_example, problem_type, training_loss, score_reference.
@@ -105,6 +105,9 @@ class TaskDefaults:
     generative = False  # answers are generated text: `answer_metrics`, `generate`, generation parameters
     serves_images = False  # served inputs are images (base64 or multipart), not texts
     mean_pooling = False  # its head can read the body's mean-pooled states (tasks/mean_pool.py)
+    # Data-quality checks `check` and `train` run for it (quality/__init__.py): "label-errors",
+    # "near-duplicates", "outliers", "text", "images".
+    quality_checks: tuple[str, ...] = ()
     settings: tuple = ()  # its settings sections in config.py (ImageSettings, ...): keys only its runs read
     # Hooks, None where the task has none: `training_loss(model, batch, processor) -> (loss,
     # extras)` replaces the model's own loss; `score_reference(model, features)` scores every

@@ -62,6 +62,7 @@ class ImageClassification(TaskDefaults):
         self.metrics_higher_is_better = self.head.metrics_higher_is_better
         self.default_metric = self.head.default_metric
         self.has_baseline = False
+        self.quality_checks = ("images",)  # near-duplicate images across splits, single-colour images
 
     # ---- data ---------------------------------------------------------------------------
     def load_data(self, cfg) -> Splits:

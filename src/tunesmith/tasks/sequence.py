@@ -37,6 +37,7 @@ class SequenceTask(TaskDefaults):
         self.metrics_higher_is_better = head.metrics_higher_is_better
         self.default_metric = head.default_metric
         self.has_baseline = head.has_baseline
+        self.quality_checks = head.quality_checks
         self.start_head = head.start_head
         self.problem_type = head.problem_type
         self.response_schema = head.response_schema
