@@ -4,7 +4,8 @@ process, on the run's own test split:
 (a) `transformers.Trainer.predict` on the run's fp32 model (DataCollatorWithPadding, eval batch
     64, texts tokenised in one call: the cheapest plain way);
 (b) `tunesmith predict`'s path on the same fp32 model (sorted batches of 32, PyTorch);
-(c) the same on `tunesmith quantize RUN`'s int8 ONNX run (made first when RUN-int8 is absent).
+(c) the same on `tunesmith quantize RUN`'s int8 ONNX run (made first when RUN-int8 is absent);
+(d) any --also runs (a distilled student, its int8 copy), each on its own backend.
 
     python bench/compression.py --run runs/b77-full
 Prints texts/s, the ratio to (a), and the test metric of each; the best of --repeats passes.
@@ -60,6 +61,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", required=True, help="a finished single-text classification run (fp32)")
     parser.add_argument("--repeats", type=int, default=3, help="passes per setting (the best is printed)")
+    parser.add_argument("--also", default="", help="more runs of the same splits to measure the same way, comma-"
+                        "separated (e.g. RUN-3layers,RUN-3layers-int8: a distilled student and its int8 copy)")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from tunesmith.commands.quantize import quantize
@@ -78,6 +81,10 @@ def main() -> None:
     sides = {"HF Trainer.predict (fp32)": trainer_predict(run),
              "tunesmith, torch fp32": Predictor.from_run(run, "torch").predict,
              "tunesmith, int8 ONNX (quantize)": Predictor.from_run(int8).predict}
+    for other in filter(None, args.also.split(",")):
+        other_run = Run(Path(other))
+        steps = " + ".join(step["kind"] for step in (other_run.compression() or {}).get("lineage", [])) or "fp32"
+        sides[f"tunesmith, {other_run.path.name} ({steps})"] = Predictor.from_run(other_run).predict
     rows = []
     for name, predict in sides.items():
         predict(texts[:64])  # warm-up

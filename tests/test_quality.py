@@ -47,6 +47,15 @@ def test_confident_learning_uses_each_class_own_threshold():
     assert suspects[0].confidence == pytest.approx(0.65) and suspects[0].given_probability == pytest.approx(0.35)
 
 
+def test_probe_agreement_is_kappa_so_class_counts_compare():
+    y = np.array([0] * 90 + [1] * 10)
+    always_zero = np.tile([0.9, 0.1], (100, 1))  # 90% accurate by predicting the big class: no skill
+    accuracy, kappa = label_checks.agreement(always_zero, y, np.ones(100, dtype=bool))
+    assert accuracy == pytest.approx(0.9) and kappa == pytest.approx(0.0)
+    perfect = np.eye(2)[y]
+    assert label_checks.agreement(perfect, y, np.ones(100, dtype=bool)) == (1.0, 1.0)
+
+
 def test_a_class_with_one_row_is_not_judged():
     x, noisy, _ = _clusters(0, 0.0, n=20, k=3)
     x, noisy = np.vstack([x, [[9.0] * 16]]), np.append(noisy, 3)  # class 3 has a single row

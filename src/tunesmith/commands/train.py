@@ -139,6 +139,10 @@ def _quality(cfg: TrainConfig, task, splits: Splits, source: str, tokenizer, sco
                             log=log)
     for line in found.lines:
         log(f"data quality: {line}")
+    kappa = found.facts.get("suspect_labels", {}).get("probe_kappa", 1.0)
+    if cfg.drop_suspect_labels and kappa < quality.RELIABLE_KAPPA:
+        log(f"warning: --drop-suspect-labels with a weak probe (kappa {kappa:.2f} against the labels): many dropped "
+            "rows may be hard examples, not label errors (docs/benchmarks.md, \"Data quality\")")
     for note in quality.leave_out(splits, found, cfg.drop_suspect_labels, cfg.dedupe == "near"):
         log(note)
     return found

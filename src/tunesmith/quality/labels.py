@@ -87,6 +87,19 @@ def confident_suspects(probs: np.ndarray, y: np.ndarray, judged: np.ndarray | No
     return sorted(suspects, key=lambda s: s.given_probability - s.confidence)
 
 
+def agreement(probs: np.ndarray, y: np.ndarray, judged: np.ndarray) -> tuple[float, float]:
+    """(accuracy, Cohen's kappa) of the out-of-fold probe's argmax against the labels, on the
+    judged rows: how well the probe can tell the classes apart, which bounds how far its
+    disagreements can be trusted."""
+    from sklearn.metrics import cohen_kappa_score
+
+    if not judged.any():
+        return 0.0, 0.0
+    predicted, given = probs[judged].argmax(1), np.asarray(y)[judged]
+    kappa = cohen_kappa_score(given, predicted) if len(np.unique(given)) > 1 else 0.0
+    return float((predicted == given).mean()), float(kappa)
+
+
 def find_label_issues(x: np.ndarray, y, n_classes: int, folds: int = FOLDS, seed: int = 0) -> list[Suspect]:
     probs, judged = out_of_fold_probs(x, np.asarray(y), n_classes, folds, seed)
     return confident_suspects(probs, np.asarray(y), judged)
