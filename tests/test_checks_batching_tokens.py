@@ -70,3 +70,19 @@ def test_tokenisation_is_cached(tiny_model, monkeypatch, tmp_path):
     assert calls == []  # served from the cache, no tokenizer call
     tokens.tokenize(tok, texts, 8)  # another max_length is another entry
     assert calls == [1]
+
+
+def test_check_warns_when_the_tokenizer_cannot_read_the_text(tmp_path, tiny_model, capsys):
+    import json
+
+    from tunesmith.cli import main
+
+    rows = [{"text": f"这部电影真的很好看 {i}" if i % 2 else f"good movie {i}", "label": "a" if i % 2 else "b"}
+            for i in range(40)]
+    data = write_csv(tmp_path / "zh.csv", rows)
+    assert main(["check", data, "--model", tiny_model, "--no-quality", "--json"]) == 0
+    out = capsys.readouterr().out
+    facts = json.loads(out)
+    # The tiny English vocabulary knows none of the Chinese characters: half the rows are [UNK] only.
+    assert facts["facts"]["unknown_token_pct"] > 30
+    assert any("unknown to the model's tokenizer" in w for w in facts["warnings"])

@@ -30,16 +30,17 @@ def check(data: str, val_data=None, test_data=None, text_col=None, label_col=Non
                   label_col=label_col, model=model, max_length=max_length, encoding=encoding, seed=seed)
     cfg = build_config({k: v for k, v in values.items() if v is not None}, "flags")
     splits = TASKS[cfg.task].load_data(cfg)
+    early = []  # notes from before the report exists: printed with it (--json: inside it, so stdout stays JSON)
     try:
         source = models.resolve(cfg.resolved_model())
         tokenizer = TASKS[cfg.task].load_processor(source, cfg)
     except UserError as exc:
         source, tokenizer = None, None
-        out(f"note: token lengths not checked ({exc})")
+        early.append(f"token lengths not checked ({exc})")
     if tokenizer is not None:
-        for note in models.fit_max_length(cfg, source, tokenizer):
-            out(f"note: {note}")
+        early.extend(models.fit_max_length(cfg, source, tokenizer))
     report = TASKS[cfg.task].check(splits, tokenizer, cfg.resolved_max_length())
+    report.facts["notes"] = early + report.facts.get("notes", [])
     if source is not None:
         for line in budget.plan(cfg, TASKS[cfg.task], source, report.facts.get("token_lengths"), len(splits.train)):
             report.facts.setdefault("notes", []).append(line)

@@ -16,6 +16,9 @@ from tunesmith.data.labeled import Examples
 from tunesmith.data.splits import Splits
 
 SHOW = 3  # how many example locations a finding lists
+# Above this share of [UNK] tokens the model is reading another language blind: MiniLM's
+# English vocabulary turns 63% of Chinese characters into [UNK] (issue 21).
+UNKNOWN_WARN = 0.05
 
 
 @dataclass
@@ -33,6 +36,8 @@ class CheckReport:
         if "target" in f:
             t = f["target"]
             lines.append(f"target (train): min {t['min']:g}, p50 {t['p50']:g}, max {t['max']:g}, mean {t['mean']:g}, std {t['std']:g}")
+        if f.get("unknown_token_pct"):
+            lines.append(f"unknown tokens ([UNK]): {f['unknown_token_pct']:.1f}% of all tokens")
         if "token_lengths" in f:
             t = f["token_lengths"]
             lines.append(
@@ -103,6 +108,14 @@ def check_splits(splits: Splits, tokenizer=None, max_length: int = 128, count_la
         else:
             encoded = tokenizer(all_texts, add_special_tokens=True)
         lengths = np.array([len(ids) for ids in encoded["input_ids"]])
+        unknown = unknown_share(tokenizer, encoded["input_ids"])
+        if unknown is not None:
+            report.facts["unknown_token_pct"] = round(100 * unknown, 2)
+            if unknown > UNKNOWN_WARN:
+                report.warnings.append(
+                    f"{100 * unknown:.0f}% of the tokens are unknown to the model's tokenizer ([UNK]): it cannot read "
+                    "much of this text (another language or script?); choose a model whose vocabulary covers it "
+                    "(--model)")
         truncated = int((lengths > max_length).sum())
         report.facts["token_lengths"] = {
             "count": int(len(lengths)),
@@ -120,6 +133,17 @@ def check_splits(splits: Splits, tokenizer=None, max_length: int = 128, count_la
                 f"{max_length}; {longer_max_length(int(np.percentile(lengths, 99)), tokenizer)}"
             )
     return report
+
+
+def unknown_share(tokenizer, token_ids: list[list[int]]) -> float | None:
+    """The share of tokens that are the tokenizer's unknown token, special tokens excluded;
+    None when it has none (byte-level tokenizers can spell anything)."""
+    unk = getattr(getattr(tokenizer, "tokenizer", tokenizer), "unk_token_id", None)
+    if unk is None:
+        return None
+    special = set(getattr(tokenizer, "all_special_ids", [])) - {unk}
+    counted = [t for ids in token_ids for t in ids if t not in special]
+    return sum(t == unk for t in counted) / len(counted) if counted else None
 
 
 def longer_max_length(p99: int, tokenizer) -> str:
