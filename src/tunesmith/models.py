@@ -71,6 +71,31 @@ def position_limit(source: str) -> int | None:
     return limit
 
 
+MULTILINGUAL = "e5-small"  # the default for text not written in Latin script (e5small.py)
+
+
+def choose_for_data(cfg, task, texts: list) -> str | None:
+    """With no --model, a task whose default is the English MiniLM takes the multilingual model
+    when most letters of the training texts are in another script (Chinese, Cyrillic, Arabic,
+    ...): MiniLM's vocabulary turns most of them into [UNK]. Sets cfg.model and returns the
+    one line that says so; None when nothing changes. (A script check: German or Spanish in
+    Latin letters keep MiniLM; pass --model e5-small for them.)"""
+    from tunesmith.quality.text import letter_scripts
+
+    if cfg.model is not None or task.default_model not in MINILM_NAMES:
+        return None
+    scripts = letter_scripts(texts)
+    total = sum(scripts.values())
+    if not total:
+        return None
+    script, letters = scripts.most_common(1)[0]
+    if script == "LATIN":
+        return None
+    cfg.model = MULTILINGUAL
+    return (f"model: {MULTILINGUAL} (multilingual-e5-small), because {letters / total:.0%} of the training text's "
+            f"letters are {script}, which the English default (minilm) cannot read; --model minilm keeps it")
+
+
 def fit_max_length(cfg, source: str, processor) -> list[str]:
     """Hold `cfg.max_length` to what the model reads, before any run folder exists: a value
     the user gave above the limit is refused (it would crash in the first batch); a task's

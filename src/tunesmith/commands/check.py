@@ -31,6 +31,9 @@ def check(data: str, val_data=None, test_data=None, text_col=None, label_col=Non
     cfg = build_config({k: v for k, v in values.items() if v is not None}, "flags")
     splits = TASKS[cfg.task].load_data(cfg)
     early = []  # notes from before the report exists: printed with it (--json: inside it, so stdout stays JSON)
+    chosen = models.choose_for_data(cfg, TASKS[cfg.task], splits.train.texts)  # what train would read it with
+    if chosen:
+        early.append(chosen)
     try:
         source = models.resolve(cfg.resolved_model())
         tokenizer = TASKS[cfg.task].load_processor(source, cfg)

@@ -78,6 +78,9 @@ def _train(cfg: TrainConfig, run: Run | None, processes, held: ExitStack, log, o
         if cfg.epochs != DEFAULT_EPOCHS:
             log(f"epochs: {cfg.epochs:g}, so that {len(splits.train):,} training rows make at least "
                 f"{MIN_DEFAULT_STEPS} optimizer steps (--epochs sets it)")
+    chosen = None if resuming or earlier is not None else models.choose_for_data(cfg, task, splits.train.texts)
+    if chosen:
+        log(chosen)
     source = models.resolve(cfg.resolved_model())
     tokenizer = task.load_processor(cfg.resolved_model(), cfg)  # a tokenizer, or image preprocessing
     for note in models.fit_max_length(cfg, source, tokenizer):

@@ -53,4 +53,15 @@ def other_script_rows(texts: list[str]) -> tuple[str | None, list[int]]:
 
 
 def _joined(text) -> str:
-    return " ".join(text) if isinstance(text, tuple) else str(text)
+    return " ".join(text) if isinstance(text, (tuple, list)) else str(text)
+
+
+def letter_scripts(texts: list, limit: int = 2000) -> Counter:
+    """Letters per writing system over the first `limit` texts (token lists and pairs joined)."""
+    counts: Counter = Counter()
+    for text in texts[:limit]:
+        for ch in _joined(text):
+            if ch.isalpha():
+                counts[_script_of(ch)] += 1
+    return counts
+
