@@ -86,3 +86,20 @@ def test_check_warns_when_the_tokenizer_cannot_read_the_text(tmp_path, tiny_mode
     # The tiny English vocabulary knows none of the Chinese characters: half the rows are [UNK] only.
     assert facts["facts"]["unknown_token_pct"] > 30
     assert any("unknown to the model's tokenizer" in w for w in facts["warnings"])
+
+
+def test_check_finds_duplicates_that_differ_only_in_width_case_or_traditional_characters(tmp_path, tiny_model):
+    import pytest
+
+    pytest.importorskip("opencc", reason="traditional/simplified folding needs opencc-python-reimplemented")
+    train = [{"text": t, "label": l} for t, l in [("酒店房間乾淨", "pos"), ("good movie", "pos"), ("bad plot", "neg"),
+                                                  ("ＢＡＤ　ＰＬＯＴ", "neg"), ("awful", "neg"), ("great", "pos")]]
+    test = [{"text": t, "label": l} for t, l in [("酒店房间干净", "pos"), ("GOOD  movie", "pos"), ("fine", "pos")]]
+    val = [{"text": "terrible", "label": "neg"}, {"text": "nice", "label": "pos"}]
+    splits = load_splits(write_csv(tmp_path / "train.csv", train), write_csv(tmp_path / "val.csv", val),
+                         write_csv(tmp_path / "test.csv", test))
+    report = check_splits(splits)
+    assert report.facts["train_test_overlap"] == 0  # no exact copies ...
+    assert report.facts["train_test_overlap_folded"] == 2  # ... but two in another form
+    assert any("2 test texts appear in train in another form" in w for w in report.warnings)
+    assert any(w.startswith("train: 1 more rows repeat an earlier text once width") for w in report.warnings)

@@ -7,6 +7,8 @@ training, and facts (sizes, balance, length percentiles).
 
 from __future__ import annotations
 
+import functools
+import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -87,11 +89,16 @@ def check_splits(splits: Splits, tokenizer=None, max_length: int = 128, count_la
         dup, conflicting = _duplicates(ex)
         if dup:
             report.warnings.append(f"{name}: {len(dup)} rows repeat an earlier text ({_where(ex, dup)})")
+        variants = sorted(set(_duplicates(ex, folded)[0]) - set(dup))
+        if variants:
+            report.warnings.append(f"{name}: {len(variants)} more rows repeat an earlier text once {FOLDED} are "
+                                   f"ignored ({_where(ex, variants)})")
         if conflicting:
             report.warnings.append(f"{name}: {conflicting} texts appear with different labels")
 
     # Leakage: a text in both the training data and an evaluation split inflates the score.
     train_texts = set(splits.train.texts)
+    train_folded = {folded(t) for t in splits.train.texts}
     for name in ("val", "test"):
         ex = parts[name]
         shared = [i for i, t in enumerate(ex.texts) if t in train_texts]
@@ -100,6 +107,12 @@ def check_splits(splits: Splits, tokenizer=None, max_length: int = 128, count_la
             report.warnings.append(
                 f"{len(shared)} {name} texts also appear in train (leakage: the {name} score will be too high) ({_where(ex, shared)})"
             )
+        # The same text in another form: full-width letters, case, spacing, traditional characters.
+        variants = [i for i, t in enumerate(ex.texts) if t not in train_texts and folded(t) in train_folded]
+        report.facts[f"train_{name}_overlap_folded"] = len(variants)
+        if variants:
+            report.warnings.append(
+                f"{len(variants)} {name} texts appear in train in another form ({FOLDED}; leakage) ({_where(ex, variants)})")
 
     if tokenizer is not None:
         all_texts = splits.train.texts + splits.val.texts + splits.test.texts
@@ -162,10 +175,36 @@ def token_limit(tokenizer) -> int | None:
     return int(limit) if isinstance(limit, int) and 0 < limit < 10**6 else None
 
 
-def _duplicates(ex: Examples) -> tuple[list[int], int]:
+FOLDED = "width, case, spacing and traditional/simplified characters"
+
+
+def folded(text) -> str:
+    """The text with what does not change its meaning folded away: NFKC (full-width letters and
+    digits to half-width), case, runs of whitespace, and traditional Chinese characters to
+    simplified (OpenCC's t2s, when the pip package opencc-python-reimplemented is installed)."""
+    if isinstance(text, (tuple, list)):
+        return "\x1f".join(folded(part) for part in text)
+    text = " ".join(unicodedata.normalize("NFKC", text).casefold().split())
+    converter = _t2s()
+    if converter is not None and any("\u4e00" <= ch <= "\u9fff" for ch in text):
+        text = converter.convert(text)
+    return text
+
+
+@functools.lru_cache(maxsize=1)
+def _t2s():
+    try:
+        from opencc import OpenCC
+    except ImportError:
+        return None
+    return OpenCC("t2s")
+
+
+def _duplicates(ex: Examples, key=lambda text: text) -> tuple[list[int], int]:
     first_label: dict[str, str] = {}
     repeated, conflicting = [], set()
-    for i, (text, label) in enumerate(zip(ex.texts, ex.labels)):
+    for i, (raw, label) in enumerate(zip(ex.texts, ex.labels)):
+        text = key(raw)
         if text in first_label:
             repeated.append(i)
             if first_label[text] != label:
