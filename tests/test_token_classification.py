@@ -287,3 +287,19 @@ def test_ner_lora_run_interrupted_then_resumed_matches_a_straight_run(tiny_ner_m
     resumed = json.loads((tmp_path / "cut" / "metrics.json").read_text())
     assert resumed["test"] == straight["test"] and resumed["val_best"] == straight["val_best"]
     assert (tmp_path / "cut" / "adapter").is_dir()
+
+
+def test_chinese_text_is_read_one_character_at_a_time_with_character_offsets():
+    import numpy as np
+
+    from tunesmith.data.tagged import split_words
+    from tunesmith.tasks.token_classification import entities
+
+    text = "张三在北京大学读书。iPhone手机"
+    words, offsets = split_words(text)
+    assert words[:10] == list("张三在北京大学读书。") and words[10:] == ["iPhone", "手", "机"]
+    tags = ["B-PER", "I-PER", "O", "B-ORG", "I-ORG", "I-ORG", "I-ORG", "O", "O", "O", "B-MISC", "O", "O"]
+    found = entities(text, tags, np.full((len(words), 3), 0.9))
+    assert [(e["type"], e["text"], e["start"], e["end"]) for e in found] == [
+        ("PER", "张三", 0, 2), ("ORG", "北京大学", 3, 7), ("MISC", "iPhone", 10, 16)]
+    assert split_words("don't U.S 1996-08-22")[0] == ["don't", "U.S", "1996-08-22"]  # Latin words as before

@@ -195,8 +195,12 @@ def spans(tags: list[str]) -> list[tuple[str, int, int]]:
 # ------------------------------------------------------------------------------------
 
 # Words, keeping inner hyphens, apostrophes and dots ("U.S", "don't", "1996-08-22");
-# any other non-space character is a word of its own, as in CoNLL's tokenisation.
-WORD = re.compile(r"\w+(?:['’.\-/]\w+)*|[^\w\s]")
+# any other non-space character is a word of its own, as in CoNLL's tokenisation. Chinese and
+# Japanese characters are words of their own too: their text has no spaces, and their NER data
+# (People's Daily, MSRA, Weibo) is tagged one character at a time, so offsets are in characters.
+CJK = "[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]"  # kana and ideographs, not Hangul (spaced)
+_LETTERS = f"(?:(?!{CJK})\\w)+"
+WORD = re.compile(f"{CJK}|{_LETTERS}(?:['’.\\-/]{_LETTERS})*|[^\\w\\s]")
 
 
 def split_words(text: str) -> tuple[list[str], list[tuple[int, int]]]:
