@@ -134,9 +134,12 @@ def main() -> None:
     parser.add_argument("--levels", default="1,8,32")
     parser.add_argument("--client", choices=["wrk", "httpx"], default="wrk" if shutil.which("wrk") else "httpx",
                         help="load generator: wrk (apt-get install wrk; default when present) or the async httpx client")
-    parser.add_argument("--backends", default="torch", help="tunesmith backends to measure: torch, onnx or both")
+    parser.add_argument("--backends", default="torch",
+                        help="tunesmith backends to measure: torch, onnx, both, or auto (a quantised run's own)")
     parser.add_argument("--serve-args", default="",
                         help="extra flags for tunesmith serve, for example '--workers 2 --threads 1'")
+    parser.add_argument("--naive-run", help="run folder the naive server serves (default: --run; give the source "
+                        "run when --run is a quantised copy, whose folder holds only an ONNX graph)")
     parser.add_argument("--out", help="also write the results as JSON here")
     args = parser.parse_args()
     run = args.run or newest_quickstart()
@@ -148,7 +151,7 @@ def main() -> None:
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs; run {run}; {args.seconds:.0f} s per level; "
           f"client {args.client}")
     backends = args.backends.split(",")
-    if "onnx" in backends and not (Path(run) / "model" / "model.onnx").is_file():
+    if "onnx" in backends and not list((Path(run) / "model").glob("*.onnx")):
         subprocess.run([py, "-m", "tunesmith", "export", run], env=env, check=True)
     results = {}
     for port, backend in enumerate(backends, start=8731):
@@ -158,7 +161,7 @@ def main() -> None:
              "--rate-limit", "1000000", "--rate-burst", "1000000", *args.serve_args.split()],
             env, f"http://127.0.0.1:{port}/readyz", texts, levels, args.seconds, {"Authorization": f"Bearer {KEY}"}, f"http://127.0.0.1:{port}/v1/predict",
             args.client)
-    results["naive"] = run_server([py, str(ROOT / "bench" / "naive_server.py"), run, "8730"], env,
+    results["naive"] = run_server([py, str(ROOT / "bench" / "naive_server.py"), args.naive_run or run, "8730"], env,
                                   "http://127.0.0.1:8730/healthz", texts, levels, args.seconds, {},
                                   "http://127.0.0.1:8730/v1/predict", args.client)
     print("\n| backend | clients | tunesmith req/s | naive req/s | ratio | tunesmith p50 / p99 ms "
