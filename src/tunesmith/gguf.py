@@ -12,11 +12,10 @@ tokenizer are saved under the tunesmith cache. Later runs load the folder in abo
 from __future__ import annotations
 
 import importlib.util
-import os
-import shutil
 from pathlib import Path
 
 from tunesmith.errors import UserError
+from tunesmith.io import atomic_dir
 
 SMOLLM2_NAMES = {"smollm2", "smollm2-135m", "smollm2-135m-instruct", "huggingfacetb/smollm2-135m-instruct"}
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -56,11 +55,7 @@ def _convert(folder: Path, gguf_file: str, target: Path) -> None:
     plain.load_state_dict(loaded.state_dict())
     plain.generation_config.pad_token_id = tokenizer.pad_token_id
 
-    tmp = target.with_name(f"{target.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    plain.save_pretrained(str(tmp))  # safetensors
-    tokenizer.save_pretrained(str(tmp))
-    (tmp / ".complete").write_text("converted from " + gguf_file + "\n")
-    shutil.rmtree(target, ignore_errors=True)  # a half-written folder from a crash
-    target.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(tmp, target)
+    with atomic_dir(target) as tmp:  # a crash leaves no half-written folder in the cache
+        plain.save_pretrained(str(tmp))  # safetensors
+        tokenizer.save_pretrained(str(tmp))
+        (tmp / ".complete").write_text("converted from " + gguf_file + "\n")

@@ -82,6 +82,7 @@ def check_splits(splits: Splits, tokenizer=None, max_length: int = 128, count_la
             if count < 5:
                 report.warnings.append(f"label '{label}' has only {count} training example(s)")
 
+    folded_texts = {name: [folded(t) for t in ex.texts] for name, ex in parts.items()}  # each text folded once
     for name, ex in parts.items():
         empty = [i for i, t in enumerate(ex.texts) if not all(part.strip() for part in (t if isinstance(t, tuple) else (t,)))]
         if empty:
@@ -89,7 +90,7 @@ def check_splits(splits: Splits, tokenizer=None, max_length: int = 128, count_la
         dup, conflicting = _duplicates(ex)
         if dup:
             report.warnings.append(f"{name}: {len(dup)} rows repeat an earlier text ({_where(ex, dup)})")
-        variants = sorted(set(_duplicates(ex, folded)[0]) - set(dup))
+        variants = sorted(set(_duplicates(ex, folded_texts[name])[0]) - set(dup))
         if variants:
             report.warnings.append(f"{name}: {len(variants)} more rows repeat an earlier text once {FOLDED} are "
                                    f"ignored ({_where(ex, variants)})")
@@ -98,7 +99,7 @@ def check_splits(splits: Splits, tokenizer=None, max_length: int = 128, count_la
 
     # Leakage: a text in both the training data and an evaluation split inflates the score.
     train_texts = set(splits.train.texts)
-    train_folded = {folded(t) for t in splits.train.texts}
+    train_folded = set(folded_texts["train"])
     for name in ("val", "test"):
         ex = parts[name]
         shared = [i for i, t in enumerate(ex.texts) if t in train_texts]
@@ -108,7 +109,8 @@ def check_splits(splits: Splits, tokenizer=None, max_length: int = 128, count_la
                 f"{len(shared)} {name} texts also appear in train (leakage: the {name} score will be too high) ({_where(ex, shared)})"
             )
         # The same text in another form: full-width letters, case, spacing, traditional characters.
-        variants = [i for i, t in enumerate(ex.texts) if t not in train_texts and folded(t) in train_folded]
+        variants = [i for i, (t, key) in enumerate(zip(ex.texts, folded_texts[name]))
+                    if t not in train_texts and key in train_folded]
         report.facts[f"train_{name}_overlap_folded"] = len(variants)
         if variants:
             report.warnings.append(
@@ -200,11 +202,12 @@ def _t2s():
     return OpenCC("t2s")
 
 
-def _duplicates(ex: Examples, key=lambda text: text) -> tuple[list[int], int]:
+def _duplicates(ex: Examples, keys: list | None = None) -> tuple[list[int], int]:
+    """Rows whose key (the text itself, or `keys[i]`, e.g. its folded form) an earlier row
+    has, and how many such keys appear with different labels."""
     first_label: dict[str, str] = {}
     repeated, conflicting = [], set()
-    for i, (raw, label) in enumerate(zip(ex.texts, ex.labels)):
-        text = key(raw)
+    for i, (text, label) in enumerate(zip(ex.texts if keys is None else keys, ex.labels)):
         if text in first_label:
             repeated.append(i)
             if first_label[text] != label:

@@ -8,11 +8,6 @@ import numpy as np
 from tunesmith.data.tokens import tokenize, tokenize_pairs
 
 
-def text_features(source: str, tokenizer, texts: list, max_length: int) -> np.ndarray:
-    """One row per text (or text pair) of mean-pooled features from the pretrained body at `source`."""
-    return embed_with(load_encoder(source), tokenizer, texts, max_length)
-
-
 def load_encoder(source: str):
     from transformers import AutoModel
 

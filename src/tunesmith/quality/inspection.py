@@ -38,11 +38,12 @@ def inspect(task, splits, source: str | None, tokenizer, max_length: int, near_t
         _text_checks(report, splits, show_text)
     if textual - {"text"} and source is not None:
         log("data quality: embedding every text with the pretrained model ...")
-        parts = {name: getattr(splits, name) for name in ("train", "val", "test")}
+        embedding_started = time.perf_counter()
         encoder = load_encoder(source)
-        x = {name: embed_with(encoder, tokenizer, part.texts, max_length) for name, part in parts.items()}
+        x = {name: embed_with(encoder, tokenizer, getattr(splits, name).texts, max_length)
+             for name in ("train", "val", "test")}
         del encoder
-        report.facts["embedding_seconds"] = round(time.perf_counter() - started, 2)
+        report.facts["embedding_seconds"] = round(time.perf_counter() - embedding_started, 2)
         class_ids = _class_ids(splits) if checks & {"label-errors", "outliers"} else None
         if "near-duplicates" in checks:
             _near_duplicate_checks(report, splits, x, near_threshold, show_text)
@@ -74,18 +75,17 @@ def _text_checks(report: QualityReport, splits, show_text: bool) -> None:
     main, other = text.other_script_rows(splits.train.texts + splits.val.texts + splits.test.texts)
     report.facts["main_script"] = main
     report.facts["other_script"] = len(other)
-    if other:
-        offsets = _offsets(splits)
-        by_split: dict[str, list[int]] = {}
-        for i in other:
-            name, row = _locate(offsets, i)
-            by_split.setdefault(name, []).append(row)
-        for name, rows in by_split.items():
-            part = getattr(splits, name)
+    start = 0  # `other` counts rows of train, val and test in turn
+    for name in ("train", "val", "test"):
+        part = getattr(splits, name)
+        rows = [i - start for i in other if start <= i < start + len(part)]
+        start += len(part)
+        if rows:
             report.lines.append(f"{name}: {len(rows)} texts are written mostly in another script than the data's "
                                 f"{main} ({_examples(part, rows, show_text)})")
             report.tables.setdefault("outliers.csv", []).extend(
                 _row(name, part, r, reason=f"not {main} script") for r in rows)
+    if other:
         report.warnings.append(f"{len(other)} texts are not in the data's main script ({main}): another language?")
 
 
@@ -206,21 +206,6 @@ def _class_ids(splits) -> np.ndarray | None:
         return np.asarray([index[label] for label in splits.train.labels])
     except (KeyError, TypeError):  # not one class per row (scores, label sets)
         return None
-
-
-def _offsets(splits) -> list[tuple[str, int]]:
-    out, start = [], 0
-    for name in ("train", "val", "test"):
-        out.append((name, start))
-        start += len(getattr(splits, name))
-    return out
-
-
-def _locate(offsets: list[tuple[str, int]], i: int) -> tuple[str, int]:
-    for name, start in reversed(offsets):
-        if i >= start:
-            return name, i - start
-    raise IndexError(i)
 
 
 def _where(part, i: int) -> str:

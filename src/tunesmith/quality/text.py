@@ -26,10 +26,7 @@ def empty_after_normalising(texts: list[str]) -> list[int]:
 def script(text: str) -> str | None:
     """The writing system most of a text's letters are in (LATIN, CJK, CYRILLIC, ARABIC, ...);
     None for texts with fewer than MIN_LETTERS letters. Japanese kana count as CJK."""
-    counts: Counter = Counter()
-    for ch in _joined(text):
-        if ch.isalpha():
-            counts[_script_of(ch)] += 1
+    counts = letter_scripts([text])
     if sum(counts.values()) < MIN_LETTERS:
         return None
     return counts.most_common(1)[0][0]
