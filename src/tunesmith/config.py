@@ -44,7 +44,7 @@ class DataSettings(BaseModel):
     data: Optional[str] = Field(
         None,
         description="Training data: a CSV/TSV/JSONL/Parquet file, a built-in dataset "
-        "(tweets-sentiment, bbc-news) or a Hugging Face `datasets` name. A single file is "
+        "(tweets-sentiment, bbc-news; for NER peoples-daily-ner, Chinese) or a Hugging Face `datasets` name. A single file is "
         "split into train/val/test.",
     )
     val_data: Optional[str] = Field(None, description="Validation file (else split from --data).")

@@ -7,6 +7,7 @@ Formats:
 - JSONL: one sentence per line, `{"tokens": [...], "tags": [...]}` (also `words` /
   `ner_tags`, as Hugging Face datasets name them, when the tags are strings).
 - A folder holding `train`, `valid`/`dev`/`validation` and `test` files in either format.
+- A built-in set's name (`peoples-daily-ner`, Chinese; see `tunesmith.data.builtin.TAGGED`).
 
 Tags are normalised to BIO (IOB2): every entity starts with B-. Files in IOB1, where I-
 starts an entity and B- appears only between two touching entities of one type, are
@@ -43,7 +44,12 @@ class Sentence:
 
 
 def read_tagged_source(path: str, encoding: str = "utf-8") -> dict[str, list[Sentence]]:
-    """{"all": sentences} for a file; {"train": ..., "val": ..., "test": ...} for a folder."""
+    """{"all": sentences} for a file or a built-in tagged set (`builtin.TAGGED`);
+    {"train": ..., "val": ..., "test": ...} for a folder."""
+    from tunesmith.data import builtin
+
+    if path in builtin.TAGGED:
+        return {"all": builtin.TAGGED[path]()}
     p = Path(path)
     if not p.exists():
         raise UserError(f"{path}: not found; give a CoNLL or JSONL file (tokens + tags) or a folder of them")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import functools
 import html
 import io
 
@@ -12,6 +13,52 @@ matplotlib.use("Agg")  # no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from tunesmith import quality  # noqa: E402
+
+
+# matplotlib's own font (DejaVu Sans) has no Chinese, Japanese or Korean. These fonts, where one
+# is installed, draw the labels it cannot (matplotlib falls back glyph by glyph along the list).
+CJK_FONTS = ["Noto Sans CJK SC", "Noto Sans SC", "Source Han Sans SC", "WenQuanYi Zen Hei", "WenQuanYi Micro Hei",
+             "Droid Sans Fallback", "Microsoft YaHei", "SimHei", "PingFang SC", "Hiragino Sans GB",
+             "AR PL UMing CN", "Noto Sans CJK JP", "Noto Sans CJK KR"]
+
+
+@functools.lru_cache(maxsize=1)
+def _fonts() -> tuple[list[str], frozenset]:
+    """The font families the plots use (DejaVu Sans, then the CJK fonts installed) and the
+    characters they can draw between them."""
+    from matplotlib import font_manager
+    from matplotlib.ft2font import FT2Font
+
+    families, chars = [], set()
+    for family in ["DejaVu Sans", *CJK_FONTS]:
+        try:
+            path = font_manager.findfont(family, fallback_to_default=False)
+        except ValueError:  # not installed
+            continue
+        families.append(family)
+        chars.update(FT2Font(path).get_charmap())
+    return families, frozenset(chars)
+
+
+def drawable(text: str) -> bool:
+    """Whether the installed fonts draw every character of `text` (else a plot shows boxes)."""
+    chars = _fonts()[1]
+    return all(ord(ch) in chars or ch.isspace() for ch in text)
+
+
+def tick_labels(labels: list[str]) -> list[str]:
+    """Labels as a plot can show them: one the installed fonts cannot draw becomes its number,
+    which the report's key (`label_key`) maps back to the label."""
+    return [label if drawable(label) else str(i) for i, label in enumerate(labels)]
+
+
+def label_key(labels: list[str]) -> str:
+    """A line under a plot that names the labels drawn as numbers; empty when none is."""
+    numbered = [f"{i} = {html.escape(label)}" for i, label in enumerate(labels) if not drawable(label)]
+    if not numbered:
+        return ""
+    return ("<p>Labels this machine has no font to draw are numbered in the plot (install a CJK font, e.g. "
+            f"Noto Sans CJK, to see them): {'; '.join(numbered)}.</p>")
 
 
 def png(fig) -> str:
@@ -56,8 +103,10 @@ def confusion_plot(matrix: list[list[int]], labels: list[str]) -> str:
     size = min(12, 2 + 0.5 * len(labels))
     fig, ax = plt.subplots(figsize=(size, size * 0.85))
     ax.imshow(m, cmap="Blues")
-    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
-    ax.set_yticks(range(len(labels)), labels)
+    ticks = tick_labels(labels)
+    families = _fonts()[0]
+    ax.set_xticks(range(len(labels)), ticks, rotation=45, ha="right", fontfamily=families)
+    ax.set_yticks(range(len(labels)), ticks, fontfamily=families)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     if len(labels) <= 20:
@@ -181,6 +230,8 @@ def render(title: str, config: dict, metrics: dict, history: list[dict], labels:
         ("Confusion matrix (test)", confusion_plot(test["confusion_matrix"], labels) if "confusion_matrix" in test else None),
     ]
     figures = "".join(f"<h2>{e(t)}</h2><img src='{src}' alt='{e(t)}'>" for t, src in images if src)
+    if "confusion_matrix" in test:
+        figures += label_key(labels)
     figures = (compression_table(metrics.get("compression")) + continual_table(metrics.get("continual"))
                + quality.report_section(metrics.get("data_quality")) + figures)
     return f"""<!doctype html>

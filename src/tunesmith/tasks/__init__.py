@@ -132,8 +132,9 @@ def supporting(capability: str) -> list[str]:
 
 def infer_task(data: str | None) -> str:
     """The task a data source can only be for, when `--task` is not given: an image folder or
-    a built-in image set -> image-classification; CoNLL or JSONL tokens -> token-classification;
-    anything else -> text-classification."""
+    a built-in image set -> image-classification; CoNLL or JSONL tokens or a built-in tagged set
+    -> token-classification; anything else -> text-classification."""
+    from tunesmith.data import builtin
     from tunesmith.data.images import IMAGE_SUFFIXES, builtin_names
     from tunesmith.tasks.token_classification import looks_tagged
 
@@ -141,6 +142,8 @@ def infer_task(data: str | None) -> str:
         return "text-classification"
     if data in builtin_names():
         return "image-classification"
+    if data in builtin.TAGGED:
+        return "token-classification"
     path = Path(data)
     if path.is_dir():
         if any(f.suffix.lower() in IMAGE_SUFFIXES for d in path.iterdir() if d.is_dir() for f in d.iterdir()):
