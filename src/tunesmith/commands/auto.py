@@ -44,6 +44,10 @@ def auto(data: str, overrides: dict, target: str | None = None, budget: str | No
                         "or pass --folder for a new one")
 
     splits = task.load_data(cfg)
+    chosen = models.choose_for_data(cfg, task, splits.train.texts)
+    if chosen:  # Chinese, Russian, ... text: the calibration and every rung read it with the multilingual model
+        log(chosen)
+        values["model"] = cfg.model
     facts = Data(train=len(splits.train), val=len(splits.val), labels=len(splits.labels),
                  named_labels=any(not str(label).strip().isdigit() for label in splits.labels),
                  epochs=cfg.resolved_epochs(len(splits.train)))
