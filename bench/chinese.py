@@ -1,8 +1,10 @@
-"""ChnSentiCorp with the English default (MiniLM) and the multilingual e5-small: how much of the
-text each tokenizer reads, and the untuned baseline (a linear probe on frozen mean-pooled
-features) on the official dev set, on all of it and on the dev texts not in the training file.
+"""ChnSentiCorp (or English SST-2) with the English default (MiniLM) and the multilingual e5-small:
+how much of the text each tokenizer reads, and the untuned baseline (a linear probe on frozen
+mean-pooled features) on the official dev set, on all of it and on the dev texts not in the
+training file.
 
     python bench/chinese.py [--max-length 128]
+    python bench/chinese.py --data sst2 --train-samples 10000    # which model for English text
 """
 
 from __future__ import annotations
@@ -18,12 +20,13 @@ from tunesmith.data.sources import read_source
 from tunesmith.data.tokens import tokenize
 from tunesmith.evaluate.baseline import embed, fit_scaler
 
-DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "datasets" / "chnsenticorp"
+DATASETS = Path(__file__).resolve().parent.parent.parent / "shared" / "datasets"
+TEXT_COLUMN = {"chnsenticorp": "text_a", "sst2": "sentence"}
 
 
-def load(name: str) -> tuple[list[str], np.ndarray]:
-    frame = read_source(str(DATA / name), "utf-8")["all"].frame
-    return [str(t) for t in frame["text_a"]], frame["label"].to_numpy()
+def load(data: str, name: str) -> tuple[list[str], np.ndarray]:
+    frame = read_source(str(DATASETS / data / name), "utf-8")["all"].frame
+    return [str(t) for t in frame[TEXT_COLUMN[data]]], frame["label"].to_numpy()
 
 
 def main() -> None:
@@ -32,9 +35,14 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--data", choices=sorted(TEXT_COLUMN), default="chnsenticorp")
+    parser.add_argument("--train-samples", type=int, default=None, help="a seeded sample of the training file")
     args = parser.parse_args()
-    train_x, train_y = load("train.tsv")
-    dev_x, dev_y = load("dev.tsv")
+    train_x, train_y = load(args.data, "train.tsv")
+    if args.train_samples and args.train_samples < len(train_x):
+        keep = np.random.default_rng(0).choice(len(train_x), args.train_samples, replace=False)
+        train_x, train_y = [train_x[i] for i in keep], train_y[keep]
+    dev_x, dev_y = load(args.data, "dev.tsv")
     unseen = np.array([t not in set(train_x) for t in dev_x])
     print(f"train {len(train_x):,}, dev {len(dev_x):,} ({unseen.sum()} not in the training file)\n")
     print("| model | [UNK] share of train tokens | probe dev accuracy (all) | probe dev accuracy (unseen) |")
