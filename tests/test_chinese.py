@@ -89,6 +89,8 @@ def test_chinese_reviews_check_train_predict_export_quantise_and_serve(tiny_e5, 
     assert set(report["facts"]["label_counts"]) == set(CUES)
     assert report["facts"]["unknown_token_pct"] == 0 and not any("[UNK]" in w for w in report["warnings"])
     assert report["facts"]["token_lengths"]["max"] < 32
+    assert report["facts"]["scripts"] == {"CJK": 100.0}  # the language check: by writing system
+    assert report["facts"]["char_lengths"]["max"] == max(len(t) for t, _ in rows)
 
     assert _train(str(data), tiny_e5, tmp_path, "zh", "--method", "full", "--epochs", "4") == 0
     metrics = json.loads((tmp_path / "zh" / "metrics.json").read_text())

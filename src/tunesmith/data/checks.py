@@ -16,6 +16,7 @@ import numpy as np
 
 from tunesmith.data.labeled import Examples
 from tunesmith.data.splits import Splits
+from tunesmith.quality.text import letter_scripts
 
 SHOW = 3  # how many example locations a finding lists
 # Above this share of [UNK] tokens the model is reading another language blind: MiniLM's
@@ -38,6 +39,11 @@ class CheckReport:
         if "target" in f:
             t = f["target"]
             lines.append(f"target (train): min {t['min']:g}, p50 {t['p50']:g}, max {t['max']:g}, mean {t['mean']:g}, std {t['std']:g}")
+        if f.get("scripts"):
+            lines.append("writing system (letters, train): " + ", ".join(f"{k} {v:.0f}%" for k, v in f["scripts"].items()))
+        if "char_lengths" in f:
+            c = f["char_lengths"]
+            lines.append(f"character lengths: p50 {c['p50']}, p90 {c['p90']}, p99 {c['p99']}, max {c['max']}")
         if f.get("unknown_token_pct"):
             lines.append(f"unknown tokens ([UNK]): {f['unknown_token_pct']:.1f}% of all tokens")
         if "token_lengths" in f:
@@ -81,6 +87,17 @@ def check_splits(splits: Splits, tokenizer=None, max_length: int = 128, count_la
         for label, count in counts.items():
             if count < 5:
                 report.warnings.append(f"label '{label}' has only {count} training example(s)")
+
+    # The language check is by writing system (Chinese vs English, not English vs German); with the
+    # character lengths it describes the text before any tokenizer has read it.
+    scripts = letter_scripts(splits.train.texts, limit=len(splits.train.texts))
+    letters = sum(scripts.values())
+    if letters:
+        report.facts["scripts"] = {k: round(100 * v / letters, 1) for k, v in scripts.most_common() if v / letters >= 0.005}
+    chars = np.array([_characters(t) for ex in parts.values() for t in ex.texts])
+    if len(chars):
+        report.facts["char_lengths"] = {q: int(np.percentile(chars, n)) for q, n in (("p50", 50), ("p90", 90), ("p99", 99))}
+        report.facts["char_lengths"]["max"] = int(chars.max())
 
     folded_texts = {name: [folded(t) for t in ex.texts] for name, ex in parts.items()}  # each text folded once
     for name, ex in parts.items():
@@ -215,6 +232,11 @@ def _duplicates(ex: Examples, keys: list | None = None) -> tuple[list[int], int]
         else:
             first_label[text] = label
     return repeated, len(conflicting)
+
+
+def _characters(text) -> int:
+    """Characters of a text, of both texts of a pair, or of a sentence's words (NER)."""
+    return len(text) if isinstance(text, str) else sum(len(str(part)) for part in text)
 
 
 def _where(ex: Examples, indices: list[int]) -> str:
