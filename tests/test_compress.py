@@ -154,6 +154,43 @@ def test_distillation_lowers_the_students_loss_against_the_teacher(teacher, tmp_
     assert after < before / 2, (before, after)
 
 
+def test_hidden_state_loss_is_zero_for_the_teachers_own_layers_and_ignores_padding(teacher):
+    from tunesmith.compress.distill import distillation_loss, hidden_state_loss
+    from tunesmith.compress.student import keep_layers
+    from tunesmith.methods import load_tuned
+
+    states = [torch.randn(2, 5, 8)]
+    shifted = [states[0].clone()]
+    shifted[0][1, 3:] += 10.0  # differs only where the mask says padding
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+    assert hidden_state_loss(shifted, states, mask).item() == 0.0
+    assert hidden_state_loss([states[0] * 0], states, mask).item() == pytest.approx(1.0)  # relative: 1 for zeros
+
+    cfg, task = teacher.settings(), Predictor.from_run(teacher).task
+    model = load_tuned(task, str(teacher.model_dir)).eval()
+    tokenizer = task.load_processor(str(teacher.model_dir), cfg)
+    batch = dict(tokenizer(TEXTS, padding=True, return_tensors="pt"))
+    batch.pop("token_type_ids", None)
+    batch["labels"], batch["teacher"] = torch.zeros(len(TEXTS), dtype=torch.long), model(**batch).logits.detach()
+    for kept, layer_map in ((4, [0, 1, 2, 3]), (2, [1, 3])):
+        student = keep_layers(model, kept).eval()
+        loss = distillation_loss(task.problem_type, 2.0, 0.5, 1.0, student, model, layer_map)
+        with torch.no_grad():
+            hidden = loss(student, batch)[1]["hidden_loss"]
+        assert (hidden < 1e-10) if kept == 4 else (hidden > 1e-3), (kept, hidden)  # a full copy matches exactly
+
+
+def test_distill_with_the_hidden_state_loss_lowers_it_and_records_the_weight(teacher):
+    assert main(["distill", str(teacher.path), "--student-layers", "2", "--epochs", "3", "--lr", "3e-3",
+                 "--hidden-weight", "1", "--name", "hidden"]) == 0
+    run = Run(teacher.path.parent / "hidden")
+    assert run.compression()["settings"]["hidden_weight"] == 1.0
+    history = [json.loads(line) for line in (run.path / "history.jsonl").read_text().splitlines()]
+    hidden = [h["hidden_loss"] for h in history if "hidden_loss" in h]
+    assert len(hidden) >= 3 and hidden[-1] < hidden[0], hidden
+    assert main(["distill", str(teacher.path), "--hidden-weight", "-1"]) == 2
+
+
 def test_a_mean_pooled_run_distils_and_prunes_into_smaller_plain_folders(tmp_path, tiny_sentence_model):
     """The mean-pooled head's run folder (body + classifier.safetensors) keeps its layout."""
     data = write_csv(tmp_path / "toy.csv", make_rows(20))

@@ -112,7 +112,7 @@ def _cmd_distill(args) -> int:
     from tunesmith.commands.distill import distill
 
     distill(args.run, args.student_layers, args.unlabeled, args.augment_copies, args.temperature, args.alpha,
-            args.epochs, args.lr, args.name, args.output)
+            args.epochs, args.lr, args.name, args.output, hidden_weight=args.hidden_weight)
     return 0
 
 
@@ -120,7 +120,7 @@ def _cmd_prune(args) -> int:
     from tunesmith.commands.distill import prune
 
     prune(args.run, args.sparsity, args.drop_layers, args.epochs, args.lr, args.temperature, args.alpha, args.name,
-          args.output)
+          args.output, hidden_weight=args.hidden_weight)
     return 0
 
 
@@ -228,6 +228,9 @@ def _add_student_flags(p, epochs: str) -> None:
                    help="softens teacher and student distributions in the soft loss (default: 2)")
     p.add_argument("--alpha", type=float, default=0.5,
                    help="the soft (teacher) loss's share; the rest is cross-entropy on true labels (default: 0.5)")
+    p.add_argument("--hidden-weight", type=float, default=0.0,
+                   help="weight of a third loss: each student layer's output against the teacher layer it was copied "
+                        "from (relative squared error over real tokens; one teacher pass per step). Default 0: off")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -27,10 +27,10 @@ CALIBRATION_ROWS = 256  # training texts that rank neurons and layers
 
 def distill(run_path: str, student_layers: int = 3, unlabeled: str | None = None, augment_copies: int = 0,
             temperature: float = 2.0, alpha: float = 0.5, epochs: float | None = None, lr: float | None = None,
-            name: str | None = None, output: str | None = None, out=print) -> Path:
+            name: str | None = None, output: str | None = None, out=print, hidden_weight: float = 0.0) -> Path:
     from tunesmith.compress.student import keep_layers, layer_list, spread_layers
 
-    source, cfg, task = _open(run_path, "distill", temperature, alpha)
+    source, cfg, task = _open(run_path, "distill", temperature, alpha, hidden_weight)
     teacher = _teacher(source, task)
     total = len(layer_list(teacher))
     if student_layers >= total:
@@ -40,21 +40,22 @@ def distill(run_path: str, student_layers: int = 3, unlabeled: str | None = None
     target = lineage.target_folder(source, f"{student_layers}layers", name, output)
     settings = {"student_layers": student_layers, "teacher_layers_kept": layers, "unlabeled": unlabeled,
                 "augment_copies": augment_copies, "extra_texts": len(extra), "temperature": temperature,
-                "alpha": alpha, "epochs": epochs or DISTILL_EPOCHS, "lr": lr or DISTILL_LR}
+                "alpha": alpha, "hidden_weight": hidden_weight, "epochs": epochs or DISTILL_EPOCHS,
+                "lr": lr or DISTILL_LR}
     out(f"distill: a {student_layers}-layer student from teacher layers {layers} (of {total})")
     tokenizer = task.load_processor(str(source.model_dir), cfg)
     return _train_and_finish(source, cfg, task, tokenizer, teacher, keep_layers(teacher, student_layers), "distill",
-                             settings, target, extra, out)
+                             settings, target, extra, out, layers)
 
 
 def prune(run_path: str, sparsity: float = 0.3, drop_layers: int = 0, epochs: float | None = None,
           lr: float | None = None, temperature: float = 2.0, alpha: float = 0.5, name: str | None = None,
-          output: str | None = None, out=print) -> Path:
+          output: str | None = None, out=print, hidden_weight: float = 0.0) -> Path:
     import copy
 
     from tunesmith.compress import student as cut
 
-    source, cfg, task = _open(run_path, "prune", temperature, alpha)
+    source, cfg, task = _open(run_path, "prune", temperature, alpha, hidden_weight)
     if not 0 <= sparsity < 1:
         raise UserError(f"--sparsity {sparsity}: give the share of feed-forward neurons to remove, from 0 to below 1")
     if sparsity == 0 and not drop_layers:
@@ -78,11 +79,12 @@ def prune(run_path: str, sparsity: float = 0.3, drop_layers: int = 0, epochs: fl
         f"{after:,} of {before:,} parameters left")
     settings = {"sparsity": sparsity, "drop_layers": drop_layers, "layers_kept": kept_layers, "ffn_width": width,
                 "parameters": after, "source_parameters": before, "temperature": temperature,
-                "alpha": alpha, "epochs": epochs or PRUNE_EPOCHS, "lr": lr or DISTILL_LR}
-    return _train_and_finish(source, cfg, task, tokenizer, teacher, pruned, "prune", settings, target, [], out)
+                "alpha": alpha, "hidden_weight": hidden_weight, "epochs": epochs or PRUNE_EPOCHS, "lr": lr or DISTILL_LR}
+    return _train_and_finish(source, cfg, task, tokenizer, teacher, pruned, "prune", settings, target, [], out,
+                             kept_layers)
 
 
-def _open(run_path: str, verb: str, temperature: float, alpha: float):
+def _open(run_path: str, verb: str, temperature: float, alpha: float, hidden_weight: float):
     from tunesmith.compress.distill import check_distillable, distillation_loss
     from tunesmith.ensemble import is_ensemble
     from tunesmith.methods import METHODS
@@ -98,7 +100,7 @@ def _open(run_path: str, verb: str, temperature: float, alpha: float):
     if not METHODS[cfg.method].exportable:  # prompt learning: its model is not a plain encoder to cut
         raise UserError(f"{verb}: runs of method {cfg.method} cannot be {verb}ed (their model keeps a prompt "
                         "encoder beside the network); use a run of full, freeze, lora or adapter")
-    distillation_loss(task.problem_type, temperature, alpha)  # refuses a bad --temperature / --alpha now
+    distillation_loss(task.problem_type, temperature, alpha, hidden_weight)  # refuses bad flags now
     return source, cfg, task
 
 
@@ -135,7 +137,7 @@ def _calibration(source, cfg, task, tokenizer) -> list[dict]:
 
 
 def _train_and_finish(source, cfg, task, tokenizer, teacher, student, kind: str, settings: dict, target: Path,
-                      extra: list, out) -> Path:
+                      extra: list, out, layer_map: list[int]) -> Path:
     from tunesmith.compress.distill import train_student
     from tunesmith.io import atomic_dir
 
@@ -143,7 +145,7 @@ def _train_and_finish(source, cfg, task, tokenizer, teacher, student, kind: str,
     with lineage.building(target) as run:
         lineage.copy_run_files(source, run, model=False)
         student = train_student(student, teacher, source, run, cfg, task, tokenizer, extra, settings["temperature"],
-                                settings["alpha"], out)
+                                settings["alpha"], out, settings["hidden_weight"], layer_map)
         with atomic_dir(run.model_dir) as tmp:
             student.save_pretrained(str(tmp))  # a plain model already (the source's was merged when saved)
             tokenizer.save_pretrained(str(tmp))
