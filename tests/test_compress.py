@@ -253,7 +253,7 @@ def test_unsupported_combinations_are_refused_before_any_work(teacher, tmp_path,
     assert not list(teacher.path.parent.glob(".*.tmp"))  # no half-built run folder (io.atomic_dir's name)
 
 
-def test_ner_runs_quantise_with_torch_but_are_not_distilled(tmp_path, tiny_model, capsys):
+def test_ner_runs_export_and_quantise_with_onnx_or_torch_but_are_not_distilled(tmp_path, tiny_model, capsys):
     rows = []
     for row in make_rows(20):  # distinct sentences; a cue word is the entity
         words = row["text"].split()
@@ -265,12 +265,22 @@ def test_ner_runs_quantise_with_torch_but_are_not_distilled(tmp_path, tiny_model
     run = tmp_path / "runs" / "ner"
     assert main(["distill", str(run)]) == 2
     assert "token-classification runs cannot be distilled yet" in capsys.readouterr().err
+
+    words = [["good", "movie"], ["film", "good", "and", "the", "plot"], ["a"]]
+
+    def probabilities(path, backend="auto"):
+        return np.concatenate(Predictor.from_run(Run(path), backend).predict(words))
+
+    source = probabilities(run)
+    assert main(["export", str(run)]) == 0  # per-token logits, batch and length dynamic
+    np.testing.assert_allclose(probabilities(run, "onnx"), source, atol=1e-5)
     assert main(["quantize", str(run)]) == 0
-    quantised = Run(tmp_path / "runs" / "ner-int8")
-    assert quantised.compression()["torch_int8"] is True
-    words = [["good", "movie"], ["film", "good"]]
-    np.testing.assert_allclose(np.concatenate(Predictor.from_run(quantised).predict(words)),
-                               np.concatenate(Predictor.from_run(Run(run)).predict(words)), atol=PROBABILITY_TOLERANCE)
+    onnx_int8 = Run(tmp_path / "runs" / "ner-int8")
+    assert onnx_int8.compression()["backend"] == "onnx"
+    assert main(["quantize", str(run), "--backend", "torch", "--name", "ner-torch-int8"]) == 0
+    assert Run(tmp_path / "runs" / "ner-torch-int8").compression()["torch_int8"] is True
+    for int8 in (onnx_int8.path, tmp_path / "runs" / "ner-torch-int8"):
+        np.testing.assert_allclose(probabilities(int8), source, atol=PROBABILITY_TOLERANCE)
 
 
 def test_compression_verbs_and_flags_are_in_help(capsys):

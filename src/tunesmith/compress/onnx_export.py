@@ -124,7 +124,9 @@ class _LogitsOnly(torch.nn.Module):
 
 def _sample_batch(predictor, cfg) -> dict:
     texts = SAMPLE_TEXTS
-    inputs = [(t, t[::-1]) for t in texts] if cfg.text_pair_col else texts
+    pairs = bool(cfg.text_pair_col)
+    # As the server reads a request: a text, a pair, or (NER) the words of a text.
+    inputs = [predictor.task.serve_input({"text": t, "text_pair": t[::-1]} if pairs else t, pairs) for t in texts]
     features = predictor.task.encode(predictor.tokenizer, inputs, None, predictor.labels, predictor.max_length,
                                      use_cache=False)
     batch = features.batch(list(range(len(texts))))

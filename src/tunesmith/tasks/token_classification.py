@@ -40,7 +40,8 @@ class TokenClassification(TaskDefaults):
     # --long-text: truncate only; long sentences are already cut into overlapping windows
     metrics_higher_is_better = HIGHER_IS_BETTER
     has_baseline = False  # a per-word linear probe says little about entity spans
-    quantisable = True  # PyTorch dynamic int8 (its ONNX export is not built yet)
+    exportable = True  # token ids in, a row of tag logits per token out
+    quantisable = True
     default_metric = "f1"
 
     # ---- data ---------------------------------------------------------------------
