@@ -191,6 +191,34 @@ def test_distill_with_the_hidden_state_loss_lowers_it_and_records_the_weight(tea
     assert main(["distill", str(teacher.path), "--hidden-weight", "-1"]) == 2
 
 
+def test_an_interrupted_distillation_resumes_where_it_stopped_and_matches_a_straight_one(teacher, monkeypatch,
+                                                                                          capsys):
+    from conftest import interrupt_during_second_evaluation
+
+    task = Predictor.from_run(teacher).task
+    common = ["distill", str(teacher.path), "--student-layers", "2", "--epochs", "3", "--lr", "3e-3"]
+    assert main([*common, "--name", "straight"]) == 0
+    interrupt_during_second_evaluation(monkeypatch, task, [*common, "--name", "cut"])
+    partial = teacher.path.parent / ".cut.partial"
+    assert not (teacher.path.parent / "cut").exists() and (partial / "checkpoints" / "last").is_dir()
+    assert "the same command continues" in capsys.readouterr().out
+    assert main([*common, "--name", "cut"]) == 0
+    assert "resumed from step" in capsys.readouterr().out
+    assert not partial.exists()
+    straight, resumed = (json.loads((teacher.path.parent / n / "metrics.json").read_text()) for n in ("straight", "cut"))
+    assert resumed["test"] == straight["test"]
+
+    def validation(name: str) -> list:
+        history = (teacher.path.parent / name / "history.jsonl").read_text().splitlines()
+        return [(h["step"], h["val_loss"]) for h in map(json.loads, history) if "val_loss" in h]
+
+    assert validation("cut") == validation("straight") and len(validation("cut")) >= 3
+    # Other settings do not resume someone else's partial run: they start over.
+    interrupt_during_second_evaluation(monkeypatch, task, [*common, "--name", "other"])
+    assert main([*common[:-2], "--lr", "1e-3", "--name", "other"]) == 0
+    assert "resumed from step" not in capsys.readouterr().out
+
+
 def test_a_mean_pooled_run_distils_and_prunes_into_smaller_plain_folders(tmp_path, tiny_sentence_model):
     """The mean-pooled head's run folder (body + classifier.safetensors) keeps its layout."""
     data = write_csv(tmp_path / "toy.csv", make_rows(20))

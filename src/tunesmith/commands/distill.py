@@ -142,10 +142,12 @@ def _train_and_finish(source, cfg, task, tokenizer, teacher, student, kind: str,
     from tunesmith.io import atomic_dir
 
     cfg.epochs, cfg.lr = settings["epochs"], settings["lr"]
-    with lineage.building(target) as run:
-        lineage.copy_run_files(source, run, model=False)
+    identity = {"kind": kind, "source": str(source.path.resolve()), "settings": settings}
+    with lineage.training(target, identity, out) as (run, resuming):
+        if not resuming:
+            lineage.copy_run_files(source, run, model=False)
         student = train_student(student, teacher, source, run, cfg, task, tokenizer, extra, settings["temperature"],
-                                settings["alpha"], out, settings["hidden_weight"], layer_map)
+                                settings["alpha"], out, settings["hidden_weight"], layer_map, resume=resuming)
         with atomic_dir(run.model_dir) as tmp:
             student.save_pretrained(str(tmp))  # a plain model already (the source's was merged when saved)
             tokenizer.save_pretrained(str(tmp))

@@ -145,7 +145,8 @@ def distillation_loss(problem_type: str, temperature: float, alpha: float, hidde
 
 
 def train_student(student, teacher, source, run, cfg, task, tokenizer, extra_texts: list, temperature: float,
-                  alpha: float, log, hidden_weight: float = 0.0, layer_map: list[int] | None = None):
+                  alpha: float, log, hidden_weight: float = 0.0, layer_map: list[int] | None = None,
+                  resume: bool = False):
     """Fit `student` in `run`'s folder (checkpoints, history) against `teacher`; returns the
     student with its best validation checkpoint loaded. `layer_map[k]` is the teacher layer
     student layer k started from (for the hidden-state loss)."""
@@ -167,7 +168,7 @@ def train_student(student, teacher, source, run, cfg, task, tokenizer, extra_tex
 
     for parameter in student.parameters():
         parameter.requires_grad_(True)
-    fit(student, features, evaluate, cfg, run.path, metric, task.metrics_higher_is_better[metric], log=log,
+    fit(student, features, evaluate, cfg, run.path, metric, task.metrics_higher_is_better[metric], resume=resume, log=log,
         compute_loss=distillation_loss(task.problem_type, temperature, alpha, hidden_weight, student, teacher,
                                        layer_map))
     checkpoint.load_weights(checkpoint.find(run.checkpoints / "best"), student)

@@ -12,7 +12,9 @@ exact splits (so `eval` rescores the same held-out test rows), holds its own `mo
 
 `lineage` is every step from the trained run to this one, so a chain (distil, then quantise)
 says where it came from. The folder is built under a hidden temporary name and renamed when
-it is complete: an interrupted compression leaves no half-made run behind.
+it is complete: an interrupted compression leaves no half-made run behind. `distill` and
+`prune` train, so theirs (`training`) keeps its checkpoints when stopped by Ctrl-C or a kill,
+and the same command continues from the last one.
 """
 
 from __future__ import annotations
@@ -23,8 +25,9 @@ from pathlib import Path
 from typing import Iterator
 
 from tunesmith.errors import UserError
-from tunesmith.io import atomic_dir, read_json, write_json
+from tunesmith.io import atomic_dir, read_json, replace_dir, write_json
 from tunesmith.runs import Run
+from tunesmith.train import checkpoint
 
 
 def target_folder(source: Run, kind: str, name: str | None, output: str | None) -> Path:
@@ -42,6 +45,33 @@ def building(target: Path) -> Iterator[Run]:
     block succeeds."""
     with atomic_dir(target) as tmp:
         yield Run(tmp)
+
+
+@contextmanager
+def training(target: Path, identity: dict, log) -> Iterator[tuple[Run, bool]]:
+    """(run, resuming) for a compression that trains: built in `.NAME.partial` beside `target`
+    and renamed to `target` when the block succeeds. Ctrl-C (or a kill, which runs no code)
+    leaves the partial folder with its checkpoints; the next call with the same `identity`
+    (source and settings) resumes it, a call with other settings starts over. Any other error
+    removes it: a crash's cause is not something to resume into."""
+    partial = target.with_name(f".{target.name}.partial")
+    marker = partial / "building.json"
+    resuming = (marker.is_file() and read_json(marker) == identity
+                and checkpoint.find(partial / "checkpoints" / "last") is not None)
+    if not resuming:
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        write_json(marker, identity)
+    try:
+        yield Run(partial), resuming
+    except KeyboardInterrupt:
+        log(f"interrupted: {partial} keeps the checkpoints; the same command continues from the last one")
+        raise
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    marker.unlink()
+    replace_dir(partial, target)
 
 
 def copy_run_files(source: Run, run: Run, model: bool = True) -> None:
