@@ -159,6 +159,23 @@ def _declarations_are_true(task: str, run, tmp_path, capsys) -> None:
         assert (run.model_dir / "model.onnx").is_file() == declared.exportable
         if not declared.exportable:
             assert "cannot be exported" in err
+        code = main(["quantize", str(run.path), "--name", "r-int8"])
+        err = capsys.readouterr().err
+        assert (code == 0) == declared.quantisable, err
+        if declared.quantisable:  # the int8 run answers like its source (test_compress.PROBABILITY_TOLERANCE)
+            from tunesmith.inference import Predictor
+            from tunesmith.runs import Run
+
+            texts = run.split("test").texts[:4]
+            source, int8 = (Predictor.from_run(r).predict(texts) for r in (run, Run(run.path.parent / "r-int8")))
+            if hasattr(source, "thresholds"):  # multi-label: probabilities and the thresholds tuned on validation
+                assert np.array_equal(int8.thresholds, source.thresholds)
+                source, int8 = source.probs, int8.probs
+            if isinstance(source, list):  # NER: one array of tag probabilities per sentence
+                source, int8 = np.concatenate(source), np.concatenate(int8)
+            assert np.abs(np.asarray(int8) - np.asarray(source)).max() < 0.05, task
+        else:
+            assert "cannot be quantised" in err
     for vote, allowed in ((False, bool(declared.ensemble)), (True, "vote" in declared.ensemble)):
         name = f"ens-{vote}"
         code = main(["ensemble", str(run.path), str(run.path), "--name", name, "--output", str(tmp_path / "combined")]
