@@ -18,7 +18,7 @@ optuna = pytest.importorskip("optuna")
 from tunesmith.cli import main  # noqa: E402
 from tunesmith.errors import UserError  # noqa: E402
 from tunesmith.search.space import parse_space, suggest  # noqa: E402
-from tunesmith.search.study import parse_duration  # noqa: E402
+from tunesmith.durations import parse_duration  # noqa: E402
 
 def _config(tmp_path, tiny_sentence_model, search: dict | None, **extra) -> str:
     data = write_csv(tmp_path / "toy.csv", make_rows(40))

@@ -116,6 +116,16 @@ def _cmd_distill(args) -> int:
     return 0
 
 
+def _cmd_monitor(args) -> int:
+    from tunesmith.commands.monitor import monitor
+    from tunesmith.durations import parse_duration
+
+    monitor(args.sentiment, args.source, args.store, args.rules, args.topics_from, args.keywords, args.topic,
+            args.negative_label, args.text_col, args.alerts, args.webhook, args.follow,
+            parse_duration(args.poll, "--poll"), args.batch, args.report)
+    return 0
+
+
 def _cmd_prune(args) -> int:
     from tunesmith.commands.distill import prune
 
@@ -378,6 +388,28 @@ def build_parser() -> argparse.ArgumentParser:
     _add_student_flags(p, "1 (recovery)")
     _add_new_run_flags(p, "<run>-pruned")
     p.set_defaults(func=_cmd_prune)
+
+    p = verbs.add_parser("monitor", help="score a stream of texts per topic over time and alert on negative surges")
+    p.add_argument("--sentiment", required=True, help="finished sentiment run folder (its labels name the negative one)")
+    p.add_argument("--source", required=True,
+                   help="CSV/TSV/JSONL file, a folder of them, or - (standard input); rows with a text and a time")
+    p.add_argument("--store", default="monitor.db",
+                   help="SQLite file of items, read positions and alerts; the same file continues a stopped monitor "
+                        "(default: monitor.db)")
+    p.add_argument("--rules", help="alert rules (YAML: window, threshold and surge rules; see docs). Default: 60%% "
+                                   "negative, or a surge of z >= 3, in 1-hour windows of at least 20 texts")
+    p.add_argument("--topics-from", help="a field of the stream that names each text's topic (e.g. ticker)")
+    p.add_argument("--keywords", help="YAML file: topic -> words or cashtags a text of that topic contains")
+    p.add_argument("--topic", help="finished topic-classifier run folder that gives each text its topic")
+    p.add_argument("--negative-label", help="the sentiment run's negative label (default: read from the label names)")
+    p.add_argument("--text-col", help="the text field (default: text, content, sentence, message, tweet, ...)")
+    p.add_argument("--alerts", help="append every alert as one JSON line to this file")
+    p.add_argument("--webhook", help="POST every alert here (https), signed with TUNESMITH_WEBHOOK_SECRET")
+    p.add_argument("--follow", action="store_true", help="keep reading as files grow, until Ctrl-C")
+    p.add_argument("--poll", default="2s", help="with --follow: how often to look for new lines (default: 2s)")
+    p.add_argument("--batch", type=int, default=64, help="texts scored together (default: 64)")
+    p.add_argument("--report", help="write an HTML report (topics over time, alerts marked) here at the end")
+    p.set_defaults(func=_cmd_monitor)
 
     p = verbs.add_parser("soup", help="average the weights of runs from the same base model into a new run")
     p.add_argument("runs", nargs="+", help="finished run folders (same task, base model and splits)")

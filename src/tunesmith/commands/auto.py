@@ -21,7 +21,8 @@ from tunesmith.io import write_json
 from tunesmith.methods import METHODS
 from tunesmith.runs import Run
 from tunesmith.search.ladder import Data, Ladder, Outcome, Rung, parse_target, plan
-from tunesmith.search.study import parse_duration, quiet_trial_log
+from tunesmith.durations import parse_duration
+from tunesmith.search.study import quiet_trial_log
 from tunesmith.tasks import TASKS
 
 
@@ -37,7 +38,7 @@ def auto(data: str, overrides: dict, target: str | None = None, budget: str | No
         values["metric"] = goal.metric  # every rung keeps its best checkpoint by the target's metric
         cfg = build_config(values, "auto")
     metric = cfg.resolved_metric()
-    budget_s = parse_duration(budget)
+    budget_s = parse_duration(budget, "--budget")
     ladder_dir = Path(folder) if folder else Path(cfg.output) / f"auto-{Path(data).stem}"
     if (ladder_dir / "auto.json").is_file():
         raise UserError(f"{ladder_dir}: a finished ladder is already there; see {ladder_dir / 'auto.json'}, "

@@ -14,13 +14,14 @@ from pathlib import Path
 from tunesmith.commands.evaluate import evaluate
 from tunesmith.commands.train import train
 from tunesmith.config import build_config, read_yaml_mapping
+from tunesmith.durations import parse_duration
 from tunesmith.errors import UserError
 from tunesmith.io import write_text
 from tunesmith.runs import Run
 from tunesmith.search import report
 from tunesmith.search.space import default_space, grid, parse_space
 from tunesmith.search.study import (PRUNERS, SAMPLERS, StudySpec, best_config_yaml, best_run, keep_only,
-                                    parse_duration, run_study, short, trial_rows, write_trials_csv)
+                                    run_study, short, trial_rows, write_trials_csv)
 from tunesmith.tasks import TASKS
 
 

@@ -21,7 +21,6 @@ import io
 import json
 import math
 import os
-import re
 import shutil
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -66,19 +65,6 @@ class StudySpec:
     @property
     def trials_dir(self) -> Path:
         return self.folder / "trials"
-
-
-def parse_duration(text: str | None) -> float | None:
-    """'30m', '2h', '90s', '1h30m' or plain seconds -> seconds."""
-    if text is None:
-        return None
-    text = str(text).strip().lower()
-    if re.fullmatch(r"\d+(\.\d+)?", text):
-        return float(text)
-    parts = re.findall(r"(\d+(?:\.\d+)?)([hms])", text)
-    if not parts or "".join(n + u for n, u in parts) != text:
-        raise UserError(f"--timeout {text}: give a duration like 30m, 2h, 1h30m or 90s")
-    return sum(float(n) * {"h": 3600, "m": 60, "s": 1}[u] for n, u in parts)
 
 
 def open_study(spec: StudySpec, direction: str, worker: int = 0):

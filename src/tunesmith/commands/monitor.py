@@ -1,0 +1,104 @@
+"""`tunesmith monitor --sentiment RUN --source FILE|DIR|-`: score a stream of texts, keep
+per-topic aggregates over time, and alert when negative content surges (tunesmith.monitor).
+
+Without --follow it reads what is there and stops (a replay); with --follow it keeps reading
+files as they grow and folders as files appear, until Ctrl-C. Either way it can be stopped at
+any moment and run again with the same --store: it continues after the last committed line.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from tunesmith.io import write_text
+from tunesmith.monitor import report, rules as alert_rules
+from tunesmith.monitor.scoring import Scorer
+from tunesmith.monitor.sinks import Sinks
+from tunesmith.monitor.store import Store
+from tunesmith.monitor.stream import StdinLines, files_of, read_file
+
+BATCH = 64  # texts scored together: sorted batches of 32 are the predictor's sweet spot, two of them
+
+
+def monitor(sentiment: str, source: str, store_path: str = "monitor.db", rules: str | None = None,
+            topics_from: str | None = None, keywords: str | None = None, topic: str | None = None,
+            negative_label: str | None = None, text_col: str | None = None, alerts_jsonl: str | None = None,
+            webhook: str | None = None, follow: bool = False, poll: float = 2.0, batch: int = BATCH,
+            report_path: str | None = None, log=print, stdin=None, sleep=time.sleep) -> dict:
+    """Run the monitor; returns counts (texts scored, skipped lines, alerts)."""
+    from tunesmith.inference import Predictor
+    from tunesmith.runs import open_finished
+
+    checked = alert_rules.load_rules(rules)
+    sinks = Sinks(log, alerts_jsonl, webhook)  # refuses a webhook without its secret, before any work
+    scorer = Scorer(Predictor.from_run(open_finished(sentiment)), negative_label, topics_from, keywords,
+                    Predictor.from_run(open_finished(topic)) if topic else None)
+    store = Store(store_path)
+    reader = _Reader(source, store, text_col, stdin, growing=follow)
+    counts = {"scored": 0, "skipped": 0, "alerts": 0}
+    try:
+        _deliver(store, sinks)  # what a previous run stored but could not send
+        while True:
+            items, positions, skipped = reader.next(batch)
+            for problem in skipped:
+                log(f"skipped: {problem}")
+            counts["skipped"] += len(skipped)
+            if not items and not positions:
+                if not follow and reader.exhausted:
+                    break
+                sleep(poll)
+                continue
+            new = [i for i in items if i.id not in store.known([i.id for i in items])]
+            scored = scorer.score(new)
+            with store.transaction():
+                touched = store.add(scored)
+                fired = alert_rules.evaluate(checked, store, touched)
+                for name, at in positions.items():
+                    store.set_position(name, at)
+            counts["scored"] += len(scored)
+            counts["alerts"] += len(fired)
+            _deliver(store, sinks)
+    except KeyboardInterrupt:
+        log("interrupted: run the same command to continue after the last committed line")
+        raise
+    finally:
+        if report_path:
+            write_text(report_path, report.render(store, checked.window_s))
+        store.close()
+    log(f"monitor: {counts['scored']:,} texts scored, {counts['skipped']} lines skipped, {counts['alerts']} alerts; "
+        f"store {store_path}" + (f", report {report_path}" if report_path else ""))
+    return counts
+
+
+def _deliver(store: Store, sinks: Sinks) -> None:
+    for alert in store.alerts(undelivered_only=True):
+        if sinks.deliver(alert):
+            store.mark_delivered(alert["id"])
+
+
+class _Reader:
+    """The next batch from the source: items, the read positions after them, skipped lines."""
+
+    def __init__(self, source: str, store: Store, text_col: str | None, stdin=None, growing: bool = False):
+        self.stdin = StdinLines(stdin, text_col) if source == "-" else None
+        self.path = None if source == "-" else Path(source)
+        if self.path is not None:
+            files_of(self.path)  # refuses a missing source or a file of another kind now
+        self.store, self.text_col, self.growing = store, text_col, growing
+        self.exhausted = False
+
+    def next(self, limit: int):
+        skipped: list[str] = []
+        if self.stdin is not None:
+            items = self.stdin.read(limit, skipped)
+            self.exhausted = self.stdin.ended
+            return items, {}, skipped
+        for path in files_of(self.path):
+            key = str(path.resolve())
+            before = self.store.position(key)
+            items, at = read_file(path, before, self.text_col, skipped, limit, self.growing)
+            if at != before:
+                return items, {key: at}, skipped
+        self.exhausted = True
+        return [], {}, skipped

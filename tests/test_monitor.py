@@ -1,0 +1,239 @@
+"""`tunesmith monitor`: a stream scored per topic and window, alert rules, restart safety,
+signed webhooks, and the report. The sentiment run is the tiny BERT trained on the toy cues."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import random
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import pytest
+
+from conftest import CUES, FILLER, train_tiny_run
+from tunesmith.cli import main
+from tunesmith.commands.monitor import monitor
+from tunesmith.errors import UserError
+from tunesmith.monitor.store import Store
+
+HOUR = 3600.0
+START = 1_767_225_600.0  # 2026-01-01 00:00 UTC
+
+
+@pytest.fixture(scope="module")
+def sentiment(tmp_path_factory, tiny_model) -> str:
+    return str(train_tiny_run(tmp_path_factory.mktemp("monitor"), tiny_model, "full", "5", 30))
+
+
+def text(rng: random.Random, mood: str) -> str:
+    words = rng.sample(FILLER, 2) + rng.sample(CUES[mood], 2)
+    rng.shuffle(words)
+    return " ".join(words)
+
+
+def stream_rows(seed: int = 0) -> list[dict]:
+    """Eight quiet hours for two tickers (about 3 negative texts of 20 an hour each), then an
+    hour in which ACME's negative texts surge (30 of 40); ZENO stays quiet throughout."""
+    rng = random.Random(seed)
+    rows = []
+    for hour in range(9):
+        for ticker in ("ACME", "ZENO"):
+            surge = hour == 8 and ticker == "ACME"
+            moods = ["negative"] * (30 if surge else 3) + ["positive"] * (10 if surge else 10) + ["neutral"] * 7
+            for k, mood in enumerate(moods):
+                rows.append({"id": f"{ticker}-{hour}-{k}", "time": START + hour * HOUR + k * 60 + rng.random(),
+                             "ticker": ticker, "text": text(rng, mood)})
+    rows.sort(key=lambda r: r["time"])
+    return rows
+
+
+def write_jsonl(path, rows) -> str:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return str(path)
+
+
+def test_a_replay_fires_the_surge_and_threshold_alerts_on_the_surging_topic_only(sentiment, tmp_path):
+    source = write_jsonl(tmp_path / "stream.jsonl", stream_rows())
+    lines = []
+    counts = monitor(sentiment, source, str(tmp_path / "m.db"), topics_from="ticker",
+                     alerts_jsonl=str(tmp_path / "alerts.jsonl"), report_path=str(tmp_path / "report.html"),
+                     log=lines.append)
+    assert counts["scored"] == len(stream_rows()) and counts["skipped"] == 0
+    alerts = [json.loads(line) for line in (tmp_path / "alerts.jsonl").read_text().splitlines()]
+    fired = {(a["rule"], a["topic"], a["window_start"]) for a in alerts}
+    surge_hour = START + 8 * HOUR
+    # "all" mixes both tickers: 33 of 67 negative is below 60%, but the surge stands out there too.
+    assert fired == {("negative-surge", "ACME", surge_hour), ("mostly-negative", "ACME", surge_hour),
+                     ("negative-surge", "all", surge_hour)}, fired
+    surge = next(a for a in alerts if a["rule"] == "negative-surge" and a["topic"] == "ACME")
+    assert surge["facts"]["negatives"] >= 25 and surge["facts"]["z"] >= 3 and "z " in surge["why"]
+    assert surge["evidence"] and all(e["id"].startswith("ACME-8-") for e in surge["evidence"])
+    assert all(any(w in e["text"] for w in CUES["negative"]) for e in surge["evidence"])  # the texts that drove it
+    log = "\n".join(lines)
+    assert "negative-surge on topic 'ACME'" in log
+    assert not any(e["text"] in log for e in surge["evidence"])  # no user text in the log
+    html = (tmp_path / "report.html").read_text()
+    assert "ACME" in html and "negative-surge" in html and html.count("<img") >= 3
+
+
+def test_a_monitor_stopped_anywhere_continues_without_counting_twice_or_losing_alerts(sentiment, tmp_path,
+                                                                                      monkeypatch):
+    rows = stream_rows()
+    straight = tmp_path / "straight"
+    straight.mkdir()
+    monitor(sentiment, write_jsonl(straight / "s.jsonl", rows), str(straight / "m.db"), topics_from="ticker",
+            batch=50, log=lambda _: None)
+
+    # The same stream, written in two parts, with a crash inside the third batch's transaction.
+    cut = tmp_path / "cut"
+    cut.mkdir()
+    source = cut / "s.jsonl"
+    write_jsonl(source, rows[:200])
+    calls = {"n": 0}
+    original = Store.set_position
+
+    def crash_on_third(self, *args):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("power cut")
+        return original(self, *args)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Store, "set_position", crash_on_third)
+        with pytest.raises(RuntimeError):
+            monitor(sentiment, str(source), str(cut / "m.db"), topics_from="ticker", batch=50, log=lambda _: None)
+    monitor(sentiment, str(source), str(cut / "m.db"), topics_from="ticker", batch=50, log=lambda _: None)
+    with open(source, "a", encoding="utf-8") as f:  # the stream grows; the monitor is run again
+        f.write("".join(json.dumps(r) + "\n" for r in rows[200:]))
+    monitor(sentiment, str(source), str(cut / "m.db"), topics_from="ticker", batch=50, log=lambda _: None)
+
+    def state(folder):
+        store = Store(folder / "m.db")
+        items = store.db.execute("SELECT id, topic, label FROM items ORDER BY id, topic").fetchall()
+        alerts = [(a["rule"], a["topic"], a["window_start"], a["delivered"]) for a in store.alerts()]
+        store.close()
+        return items, alerts
+
+    assert state(cut) == state(straight)
+    assert len(state(cut)[0]) == 2 * len(rows)  # each item once in its ticker and once in "all"
+
+
+class Receiver(BaseHTTPRequestHandler):
+    failures_left = 0
+    received: list = []
+
+    def do_POST(self):  # noqa: N802 (http.server's name)
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        if Receiver.failures_left:
+            Receiver.failures_left -= 1
+            self.send_response(503)
+        else:
+            Receiver.received.append((dict(self.headers), body))
+            self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def receiver():
+    server = HTTPServer(("127.0.0.1", 0), Receiver)
+    Receiver.received, Receiver.failures_left = [], 0
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}/hook"
+    server.shutdown()
+
+
+def test_webhook_alerts_are_signed_retried_and_sent_again_after_an_outage(sentiment, tmp_path, monkeypatch, receiver):
+    import tunesmith.monitor.sinks as sinks
+
+    monkeypatch.setattr(sinks, "BACKOFF_S", 0.01)
+    source = write_jsonl(tmp_path / "s.jsonl", stream_rows())
+    with pytest.raises(UserError, match="TUNESMITH_WEBHOOK_SECRET"):
+        monitor(sentiment, source, str(tmp_path / "x.db"), webhook=receiver, log=lambda _: None)
+    monkeypatch.setenv("TUNESMITH_WEBHOOK_SECRET", "s3cret")
+
+    Receiver.failures_left = 10**6  # the receiver is down for the whole first run
+    lines = []
+    monitor(sentiment, source, str(tmp_path / "m.db"), topics_from="ticker", webhook=receiver, log=lines.append)
+    assert not Receiver.received and any("attempt 3 of 3 failed (HTTP 503)" in line for line in lines)
+    assert all(not a["delivered"] for a in Store(tmp_path / "m.db").alerts())
+
+    Receiver.failures_left = 1  # back up, after one more failure: the retry delivers
+    monitor(sentiment, source, str(tmp_path / "m.db"), topics_from="ticker", webhook=receiver, log=lambda _: None)
+    assert len(Receiver.received) == 3  # the three stored alerts, each once
+    for headers, body in Receiver.received:
+        expected = "sha256=" + hmac.new(b"s3cret", body, hashlib.sha256).hexdigest()
+        assert headers["X-Tunesmith-Signature"] == expected
+        assert json.loads(body)["id"] == int(headers["X-Tunesmith-Alert-Id"])
+    assert all(a["delivered"] for a in Store(tmp_path / "m.db").alerts())
+
+
+def test_follow_reads_a_growing_file_and_waits_for_a_line_being_written(sentiment, tmp_path):
+    rows = stream_rows()
+    source = tmp_path / "live.jsonl"
+    write_jsonl(source, rows[:100])
+    with open(source, "a", encoding="utf-8") as f:
+        f.write(json.dumps(rows[100])[:20])  # half a line: the writer is still at it
+    polls = {"n": 0}
+
+    def sleep(_):
+        polls["n"] += 1
+        if polls["n"] == 1:
+            with open(source, "a", encoding="utf-8") as f:
+                f.write(json.dumps(rows[100])[20:] + "\n" + "".join(json.dumps(r) + "\n" for r in rows[101:]))
+        else:
+            raise KeyboardInterrupt
+
+    lines = []
+    with pytest.raises(KeyboardInterrupt):
+        monitor(sentiment, str(source), str(tmp_path / "m.db"), topics_from="ticker", follow=True, sleep=sleep,
+                log=lines.append)
+    store = Store(tmp_path / "m.db")
+    assert store.db.execute("SELECT COUNT(DISTINCT id) FROM items").fetchone()[0] == len(rows)
+    assert any(a["rule"] == "negative-surge" for a in store.alerts())
+    assert "run the same command to continue" in lines[-1]
+
+
+def test_standard_input_bad_lines_and_bad_rules(sentiment, tmp_path, capsys):
+    import io
+
+    rows = stream_rows()[:30]
+    stdin = io.StringIO("".join(json.dumps(r) + "\n" for r in rows[:10]) + "not json\n"
+                        + json.dumps({**rows[10], "time": "yesterday"}) + "\n"
+                        + "".join(json.dumps(r) + "\n" for r in rows[11:]))
+    lines = []
+    counts = monitor(sentiment, "-", str(tmp_path / "m.db"), topics_from="ticker", stdin=stdin, log=lines.append)
+    assert counts == {"scored": 29, "skipped": 2, "alerts": 0}
+    assert any("standard input line 11: not a JSON object" in line for line in lines)
+    assert any("standard input line 12: time 'yesterday'" in line for line in lines)
+
+    rules = tmp_path / "rules.yaml"
+    for body, message in (("window: 1h\nrules:\n  - name: x\n    kind: threshold\n", "needs share_negative"),
+                          ("rules:\n  - name: x\n    kind: spike\n", "rules.0.kind"),
+                          ("window: soon\nrules: []\n", "give a duration")):
+        rules.write_text(body)
+        assert main(["monitor", "--sentiment", sentiment, "--source", "-", "--rules", str(rules)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
+    assert main(["monitor", "--sentiment", sentiment, "--source", str(tmp_path / "nowhere.csv")]) == 2
+    assert "not found" in capsys.readouterr().err
+
+
+def test_keyword_topics_and_a_csv_source(sentiment, tmp_path):
+    rng = random.Random(3)
+    lines = ["id,created_at,text"]
+    for k in range(60):
+        mood = "negative" if k % 2 else "positive"
+        ticker = "$ACME" if k % 3 else "zeno"
+        lines.append(f"{k},2026-01-01T{k % 24:02d}:00:00Z,{ticker} {text(rng, mood)}")
+    (tmp_path / "s.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (tmp_path / "kw.yaml").write_text("acme: [$acme, acme corp]\nzeno: [zeno]\n", encoding="utf-8")
+    monitor(sentiment, str(tmp_path / "s.csv"), str(tmp_path / "m.db"), keywords=str(tmp_path / "kw.yaml"),
+            log=lambda _: None)
+    topics = dict(Store(tmp_path / "m.db").topics())
+    assert topics == {"all": 60, "acme": 40, "zeno": 20}
