@@ -82,7 +82,8 @@ def _is_data(path: str) -> bool:
 def _cmd_eval(args) -> int:
     from tunesmith.commands.evaluate import evaluate
 
-    evaluate(args.run, args.data, args.text_col, args.label_col, args.encoding)
+    evaluate(args.run, args.data, args.text_col, args.label_col, args.encoding, rank=args.rank,
+             positive_label=args.positive_label)
     return 0
 
 
@@ -334,6 +335,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="run folder")
     p.add_argument("data", nargs="?", help="test data (default: the run's own held-out test split)")
     p.add_argument("--text-col"); p.add_argument("--label-col"); p.add_argument("--encoding", default="utf-8")
+    p.add_argument("--rank", action="store_true",
+                   help="pair runs: NDCG@k, MRR and recall@k per query (first text), against popularity and the "
+                        "untuned similarity")
+    p.add_argument("--positive-label", help="with --rank on a pair classifier: the label that means relevant")
     p.set_defaults(func=_cmd_eval)
 
     p = verbs.add_parser("predict", help="batch predictions to CSV/JSONL")

@@ -10,18 +10,25 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tunesmith.evaluate import report
+import numpy as np
+
+from tunesmith.errors import UserError
+from tunesmith.evaluate import ranking, report
 from tunesmith.inference import Predictor
 from tunesmith.io import write_json, write_text
 from tunesmith.runs import open_finished
 from tunesmith.tasks import TASKS
 
 
-def evaluate(run_path: str, data: str | None = None, text_col=None, label_col=None, encoding="utf-8", out=print) -> dict:
+def evaluate(run_path: str, data: str | None = None, text_col=None, label_col=None, encoding="utf-8", out=print,
+             rank: bool = False, positive_label: str | None = None) -> dict:
     run = open_finished(run_path)
     cfg = run.settings()
     labels = run.labels()
     task = TASKS[cfg.task]
+    if rank and not cfg.text_pair_col:
+        raise UserError(f"--rank: {run_path} is not a pair run; ranking needs (query or profile, candidate) rows: "
+                        "train with --task text-pair-classification or regression on two text columns")
     if data is None:
         examples = run.split("test")
         target = run.path
@@ -30,7 +37,11 @@ def evaluate(run_path: str, data: str | None = None, text_col=None, label_col=No
         target = run.path / "eval" / Path(data).stem
 
     predictor = Predictor.from_run(run)
-    metrics = task.metrics(examples.labels, predictor.predict(examples.texts), labels)
+    outputs = predictor.predict(examples.texts)
+    metrics = task.metrics(examples.labels, outputs, labels)
+    if rank:
+        metrics["ranking"] = _ranking(run, cfg, examples, outputs, labels, positive_label)
+        out(ranking.table(metrics["ranking"]))
     if task.generative:  # generative tasks: generated answers vs reference answers
         metrics.update(task.answer_metrics(predictor.model, predictor.tokenizer, examples.texts))
 
@@ -43,3 +54,23 @@ def evaluate(run_path: str, data: str | None = None, text_col=None, label_col=No
     out(f"{len(examples)} examples: {task.summary(metrics)}")
     out(f"wrote {target / 'metrics.json'} and {target / 'report.html'}")
     return metrics
+
+
+def _ranking(run, cfg, examples, outputs, labels: list[str], positive: str | None) -> dict:
+    """NDCG, MRR and recall per query for the model, popularity and the untuned similarity."""
+    from tunesmith import models
+    from tunesmith.quality.features import load_encoder
+
+    queries, candidates = [q for q, _ in examples.texts], [c for _, c in examples.texts]
+    outputs = np.asarray(outputs)
+    name = None if outputs.ndim == 1 else ranking.positive_label(labels, positive)  # None: regression scores
+    scores = outputs if name is None else outputs[:, labels.index(name)]
+    train = run.split("train")
+    popularity = ranking.popularity_scores([c for _, c in train.texts], ranking.relevance(train.labels, name), candidates)
+    source = models.resolve(cfg.resolved_model())
+    similarity = ranking.similarity_scores(load_encoder(source), models.load_tokenizer(source), queries, candidates,
+                                           cfg.resolved_max_length())
+    relevance = ranking.relevance(examples.labels, name)
+    return {"model": ranking.ranking_metrics(queries, relevance, scores),
+            "popularity": ranking.ranking_metrics(queries, relevance, popularity),
+            "untuned similarity": ranking.ranking_metrics(queries, relevance, similarity)}

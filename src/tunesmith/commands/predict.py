@@ -18,9 +18,6 @@ from tunesmith.errors import UserError
 from tunesmith.inference import Predictor
 from tunesmith.runs import open_finished
 
-POSITIVE_NAMES = ("1", "true", "yes", "positive", "match", "relevant", "clicked", "entailment")
-
-
 def predict(run_path: str, input_path: str, output: str, text_col=None, encoding="utf-8", batch_size=32,
             rank: bool = False, positive_label: str | None = None, out=print, backend: str = "torch") -> Path:
     run = open_finished(run_path)
@@ -42,14 +39,10 @@ def predict(run_path: str, input_path: str, output: str, text_col=None, encoding
 
 
 def _ranked(rows, inputs, outputs, labels, positive_label: str | None):
+    from tunesmith.evaluate.ranking import positive_label as find_positive
+
     outputs = np.asarray(outputs)
-    if outputs.ndim == 1:  # regression: the score itself
-        score = outputs
-    else:
-        positive = positive_label or next((l for l in labels if l.lower() in POSITIVE_NAMES), None)
-        if positive not in labels:
-            raise UserError(f"--positive-label: which of {', '.join(labels)} means a good match? pass --positive-label NAME")
-        score = outputs[:, labels.index(positive)]
+    score = outputs if outputs.ndim == 1 else outputs[:, labels.index(find_positive(labels, positive_label))]
     order, ranks = [], {}
     groups: dict[str, list[int]] = {}
     for i, (query, _candidate) in enumerate(inputs):
