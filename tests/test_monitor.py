@@ -237,3 +237,54 @@ def test_keyword_topics_and_a_csv_source(sentiment, tmp_path):
             log=lambda _: None)
     topics = dict(Store(tmp_path / "m.db").topics())
     assert topics == {"all": 60, "acme": 40, "zeno": 20}
+
+
+def _service(sentiment, tmp_path, keys=("k" * 24,)):
+    from fastapi.testclient import TestClient
+
+    from tunesmith.commands.monitor import _pipeline
+    from tunesmith.monitor.service import create_app
+    from tunesmith.serve.security import KeyRing
+
+    pipeline = _pipeline(sentiment, str(tmp_path / "m.db"), None, "ticker", None, None, None, None, None,
+                         lambda _: None)
+    return TestClient(create_app(pipeline, KeyRing(list(keys)), pipeline.rules.window_s), base_url="http://localhost")
+
+
+def test_the_service_ingests_over_http_with_keys_and_reports_metrics(sentiment, tmp_path):
+    pytest.importorskip("fastapi")
+    auth = {"Authorization": "Bearer " + "k" * 24}
+    rows = stream_rows()
+    with _service(sentiment, tmp_path) as client:
+        assert client.post("/v1/ingest", json={"items": rows[:5]}).status_code == 401
+        assert client.get("/metrics").status_code == 401 and client.get("/healthz").status_code == 200
+        fired = []
+        for start in range(0, len(rows), 100):
+            answer = client.post("/v1/ingest", json={"items": rows[start:start + 100]}, headers=auth)
+            assert answer.status_code == 200, answer.text
+            fired += answer.json()["alerts"]
+        assert {(a["rule"], a["topic"]) for a in fired} == {("negative-surge", "ACME"), ("mostly-negative", "ACME"),
+                                                            ("negative-surge", "all")}
+        again = client.post("/v1/ingest", json={"items": rows[:50]}, headers=auth).json()
+        assert again["scored"] == 0 and again["duplicates"] == 50  # a repeated request is not counted twice
+        bad = client.post("/v1/ingest", json={"items": [{"text": "x", "time": "soon"}]}, headers=auth)
+        assert bad.status_code == 422 and "items[0]: time 'soon'" in bad.json()["detail"]
+        assert client.post("/v1/ingest", json={"items": []}, headers=auth).status_code == 422
+        metrics = client.get("/metrics", headers=auth).text
+        assert f"tunesmith_monitor_texts_total {len(rows)}" in metrics
+        assert "tunesmith_monitor_duplicates_total 50" in metrics
+        assert 'tunesmith_monitor_alerts_total{rule="negative-surge"} 2' in metrics
+        assert 'tunesmith_monitor_topic_texts{topic="ACME"}' in metrics
+        topics = {t["topic"]: t for t in client.get("/v1/topics", headers=auth).json()}
+        assert topics["ACME"]["latest_window"]["negative"] >= 25 and topics["all"]["texts"] == len(rows)
+
+
+def test_the_service_without_keys_answers_only_to_loopback(sentiment, tmp_path, capsys):
+    pytest.importorskip("fastapi")
+    with _service(sentiment, tmp_path, keys=()) as client:
+        assert client.get("/metrics").status_code == 200
+        assert client.get("/metrics", headers={"Host": "evil.example"}).status_code == 400
+    assert main(["monitor", "--sentiment", sentiment, "--serve", "--host", "0.0.0.0"]) == 2
+    assert "needs API keys" in capsys.readouterr().err
+    assert main(["monitor", "--sentiment", sentiment]) == 2
+    assert "--source" in capsys.readouterr().err

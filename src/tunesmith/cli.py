@@ -118,9 +118,15 @@ def _cmd_distill(args) -> int:
 
 
 def _cmd_monitor(args) -> int:
-    from tunesmith.commands.monitor import monitor
+    from tunesmith.commands.monitor import monitor, serve_monitor
     from tunesmith.durations import parse_duration
 
+    if (args.source is None) == (not args.serve):
+        raise UserError("monitor: give --source FILE|DIR|- to read texts, or --serve to take them over HTTP (one)")
+    if args.serve:
+        serve_monitor(args.sentiment, args.store, args.rules, args.topics_from, args.keywords, args.topic,
+                      args.negative_label, args.alerts, args.webhook, args.host, args.port)
+        return 0
     monitor(args.sentiment, args.source, args.store, args.rules, args.topics_from, args.keywords, args.topic,
             args.negative_label, args.text_col, args.alerts, args.webhook, args.follow,
             parse_duration(args.poll, "--poll"), args.batch, args.report)
@@ -396,8 +402,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verbs.add_parser("monitor", help="score a stream of texts per topic over time and alert on negative surges")
     p.add_argument("--sentiment", required=True, help="finished sentiment run folder (its labels name the negative one)")
-    p.add_argument("--source", required=True,
+    p.add_argument("--source",
                    help="CSV/TSV/JSONL file, a folder of them, or - (standard input); rows with a text and a time")
+    p.add_argument("--serve", action="store_true",
+                   help="take texts over HTTP instead (POST /v1/ingest; GET /v1/topics, /metrics); API keys from "
+                        "TUNESMITH_API_KEYS, required off loopback")
+    p.add_argument("--host", default="127.0.0.1", help="with --serve: address to listen on (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8090, help="with --serve: port (default: 8090)")
     p.add_argument("--store", default="monitor.db",
                    help="SQLite file of items, read positions and alerts; the same file continues a stopped monitor "
                         "(default: monitor.db)")

@@ -11,8 +11,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from tunesmith.errors import UserError
 from tunesmith.io import write_text
 from tunesmith.monitor import report, rules as alert_rules
+from tunesmith.monitor.pipeline import Pipeline
 from tunesmith.monitor.scoring import Scorer
 from tunesmith.monitor.sinks import Sinks
 from tunesmith.monitor.store import Store
@@ -27,38 +29,23 @@ def monitor(sentiment: str, source: str, store_path: str = "monitor.db", rules: 
             webhook: str | None = None, follow: bool = False, poll: float = 2.0, batch: int = BATCH,
             report_path: str | None = None, log=print, stdin=None, sleep=time.sleep) -> dict:
     """Run the monitor; returns counts (texts scored, skipped lines, alerts)."""
-    from tunesmith.inference import Predictor
-    from tunesmith.runs import open_finished
-
-    checked = alert_rules.load_rules(rules)
-    sinks = Sinks(log, alerts_jsonl, webhook)  # refuses a webhook without its secret, before any work
-    scorer = Scorer(Predictor.from_run(open_finished(sentiment)), negative_label, topics_from, keywords,
-                    Predictor.from_run(open_finished(topic)) if topic else None)
-    store = Store(store_path)
+    pipeline = _pipeline(sentiment, store_path, rules, topics_from, keywords, topic, negative_label, alerts_jsonl,
+                         webhook, log)
+    store, checked = pipeline.store, pipeline.rules
     reader = _Reader(source, store, text_col, stdin, growing=follow)
-    counts = {"scored": 0, "skipped": 0, "alerts": 0}
     try:
-        _deliver(store, sinks)  # what a previous run stored but could not send
+        pipeline.deliver()  # what a previous run stored but could not send
         while True:
             items, positions, skipped = reader.next(batch)
             for problem in skipped:
                 log(f"skipped: {problem}")
-            counts["skipped"] += len(skipped)
+            pipeline.totals.update(skipped=len(skipped))
             if not items and not positions:
                 if not follow and reader.exhausted:
                     break
                 sleep(poll)
                 continue
-            new = [i for i in items if i.id not in store.known([i.id for i in items])]
-            scored = scorer.score(new)
-            with store.transaction():
-                touched = store.add(scored)
-                fired = alert_rules.evaluate(checked, store, touched)
-                for name, at in positions.items():
-                    store.set_position(name, at)
-            counts["scored"] += len(scored)
-            counts["alerts"] += len(fired)
-            _deliver(store, sinks)
+            pipeline.process(items, positions)
     except KeyboardInterrupt:
         log("interrupted: run the same command to continue after the last committed line")
         raise
@@ -66,15 +53,50 @@ def monitor(sentiment: str, source: str, store_path: str = "monitor.db", rules: 
         if report_path:
             write_text(report_path, report.render(store, checked.window_s))
         store.close()
+    counts = {key: pipeline.totals[key] for key in ("scored", "skipped", "alerts")}
     log(f"monitor: {counts['scored']:,} texts scored, {counts['skipped']} lines skipped, {counts['alerts']} alerts; "
         f"store {store_path}" + (f", report {report_path}" if report_path else ""))
     return counts
 
 
-def _deliver(store: Store, sinks: Sinks) -> None:
-    for alert in store.alerts(undelivered_only=True):
-        if sinks.deliver(alert):
-            store.mark_delivered(alert["id"])
+def serve_monitor(sentiment: str, store_path: str = "monitor.db", rules: str | None = None,
+                  topics_from: str | None = None, keywords: str | None = None, topic: str | None = None,
+                  negative_label: str | None = None, alerts_jsonl: str | None = None, webhook: str | None = None,
+                  host: str = "127.0.0.1", port: int = 8090, log=print) -> None:
+    """`monitor --serve`: texts arrive by POST /v1/ingest instead of from a file."""
+    import os
+
+    import uvicorn
+
+    from tunesmith.monitor.service import create_app
+    from tunesmith.serve.security import KeyRing
+    from tunesmith.serve.settings import LOOPBACK_HOSTS
+
+    keys = KeyRing([k.strip() for k in os.environ.get("TUNESMITH_API_KEYS", "").split(",") if k.strip()])
+    if host not in LOOPBACK_HOSTS and not keys:
+        raise UserError(f"--host {host}: off this machine the monitor needs API keys; set TUNESMITH_API_KEYS "
+                        "(comma-separated), or keep the default --host 127.0.0.1")
+    pipeline = _pipeline(sentiment, store_path, rules, topics_from, keywords, topic, negative_label, alerts_jsonl,
+                         webhook, log)
+    pipeline.deliver()
+    log(f"monitor: POST texts to http://{host}:{port}/v1/ingest" + (" (API keys on)" if keys else ""))
+    try:
+        uvicorn.run(create_app(pipeline, keys, pipeline.rules.window_s, host), host=host, port=port, log_level="warning")
+    finally:
+        pipeline.store.close()
+
+
+def _pipeline(sentiment, store_path, rules, topics_from, keywords, topic, negative_label, alerts_jsonl, webhook,
+              log) -> Pipeline:
+    """Rules, sinks, scorer and store, each refusing bad settings before any text is read."""
+    from tunesmith.inference import Predictor
+    from tunesmith.runs import open_finished
+
+    checked = alert_rules.load_rules(rules)
+    sinks = Sinks(log, alerts_jsonl, webhook)  # refuses a webhook without its secret
+    scorer = Scorer(Predictor.from_run(open_finished(sentiment)), negative_label, topics_from, keywords,
+                    Predictor.from_run(open_finished(topic)) if topic else None)
+    return Pipeline(scorer, Store(store_path), checked, sinks)
 
 
 class _Reader:

@@ -1,0 +1,39 @@
+"""One batch through the monitor, the same for a file being read and an HTTP ingest: skip the
+ids already stored, score the rest, then one transaction holds the items, the alerts they
+trigger and the read positions after them; alerts are delivered after the commit."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+
+from tunesmith.monitor import rules as alert_rules
+
+
+class Pipeline:
+    def __init__(self, scorer, store, rules, sinks):
+        self.scorer, self.store, self.rules, self.sinks = scorer, store, rules, sinks
+        self.lock = threading.Lock()  # one batch at a time: the store is one SQLite connection
+        self.totals: Counter = Counter()  # scored, duplicates, skipped, alerts (for /metrics)
+        self.alerts_by_rule: Counter = Counter()
+
+    def process(self, items: list, positions: dict | None = None) -> list[dict]:
+        """Score and store `items` (and move `positions`); returns the alerts they fired."""
+        with self.lock:
+            new = [i for i in items if i.id not in self.store.known([i.id for i in items])]
+            scored = self.scorer.score(new)
+            with self.store.transaction():
+                touched = self.store.add(scored)
+                fired = alert_rules.evaluate(self.rules, self.store, touched)
+                for name, at in (positions or {}).items():
+                    self.store.set_position(name, at)
+            self.totals.update(scored=len(scored), duplicates=len(items) - len(new), alerts=len(fired))
+            self.alerts_by_rule.update(a["rule"] for a in fired)
+            self.deliver()
+            return fired
+
+    def deliver(self) -> None:
+        """Send what is stored but not yet delivered (after an outage or a restart too)."""
+        for alert in self.store.alerts(undelivered_only=True):
+            if self.sinks.deliver(alert):
+                self.store.mark_delivered(alert["id"])

@@ -1,0 +1,26 @@
+"""The monitor as a service: the FastAPI app around a Pipeline (routes.py has the routes).
+
+The same security defaults as `serve`: without API keys it answers on loopback only, and only
+to a loopback Host header (a web page the user opens cannot reach it through DNS rebinding);
+request bodies over the limit are refused before they are read.
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from tunesmith.monitor.routes import MonitorState, router
+from tunesmith.serve.middleware import BodyLimit, HostAllowList
+from tunesmith.serve.settings import LOOPBACK_HOSTS
+
+MAX_BODY = 4 << 20  # bytes: a thousand texts of a few kilobytes
+
+
+def create_app(pipeline, keys, window_s: float, host: str = "127.0.0.1") -> FastAPI:
+    app = FastAPI(title="tunesmith monitor", version="1")
+    app.state.monitor = MonitorState(pipeline, keys, window_s)
+    app.include_router(router)
+    app.add_middleware(BodyLimit, limit=MAX_BODY)
+    hosts = ["*"] if keys else sorted(LOOPBACK_HOSTS | {host})
+    app.add_middleware(HostAllowList, hosts=hosts)
+    return app
