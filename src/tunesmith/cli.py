@@ -117,6 +117,20 @@ def _cmd_distill(args) -> int:
     return 0
 
 
+def _cmd_assistant(args) -> int:
+    from tunesmith.commands import assistant
+
+    if args.action == "build":
+        from tunesmith.assistant.build import build
+
+        build(args.kb, args.out, args.intents, args.generator, args.model, args.epochs, args.lr, args.target)
+    elif args.action == "ask":
+        assistant.ask(args.folder, args.question, args.json)
+    else:
+        assistant.serve(args.folder, args.host, args.port)
+    return 0
+
+
 def _cmd_monitor(args) -> int:
     from tunesmith.commands.monitor import monitor, serve_monitor
     from tunesmith.durations import parse_duration
@@ -399,6 +413,30 @@ def build_parser() -> argparse.ArgumentParser:
     _add_student_flags(p, "1 (recovery)")
     _add_new_run_flags(p, "<run>-pruned")
     p.set_defaults(func=_cmd_prune)
+
+    p = verbs.add_parser("assistant", help="customer-service assistant: intent templates, retrieval, generation, hand-off")
+    actions = p.add_subparsers(dest="action", required=True)
+    b = actions.add_parser("build", help="fine-tune the retriever on a knowledge base, calibrate, write a folder")
+    b.add_argument("--kb", required=True, help="CSV/TSV/JSONL of question and answer (optional intent: its template)")
+    b.add_argument("--out", required=True, help="folder for the assistant")
+    b.add_argument("--intents", help="finished text-classification run that names each question's intent")
+    b.add_argument("--generator", help="finished causal-lm run that writes answers from retrieved passages")
+    b.add_argument("--model", help="retriever's base model (default: the intent run's, else minilm)")
+    b.add_argument("--epochs", type=int, default=1, help="bi-encoder fine-tuning passes (default: 1)")
+    b.add_argument("--lr", type=float, default=2e-5, help="bi-encoder learning rate (default: 2e-5)")
+    b.add_argument("--target", type=float, default=0.9,
+                   help="accuracy the thresholds must reach on held-out data (coverage is traded for it; default 0.9)")
+    b.set_defaults(func=_cmd_assistant)
+    a = actions.add_parser("ask", help="answer one question from the command line")
+    a.add_argument("folder", help="assistant folder")
+    a.add_argument("question")
+    a.add_argument("--json", action="store_true", help="print the answer as JSON")
+    a.set_defaults(func=_cmd_assistant)
+    v = actions.add_parser("serve", help="answer questions over HTTP: POST /v1/ask")
+    v.add_argument("folder", help="assistant folder")
+    v.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    v.add_argument("--port", type=int, default=8091, help="port (default: 8091)")
+    v.set_defaults(func=_cmd_assistant)
 
     p = verbs.add_parser("monitor", help="score a stream of texts per topic over time and alert on negative surges")
     p.add_argument("--sentiment", required=True, help="finished sentiment run folder (its labels name the negative one)")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from tunesmith.errors import UserError
 from tunesmith.io import write_text
 from tunesmith.monitor import report, rules as alert_rules
 from tunesmith.monitor.pipeline import Pipeline
@@ -64,18 +63,13 @@ def serve_monitor(sentiment: str, store_path: str = "monitor.db", rules: str | N
                   negative_label: str | None = None, alerts_jsonl: str | None = None, webhook: str | None = None,
                   host: str = "127.0.0.1", port: int = 8090, log=print) -> None:
     """`monitor --serve`: texts arrive by POST /v1/ingest instead of from a file."""
-    import os
-
     import uvicorn
 
     from tunesmith.monitor.service import create_app
-    from tunesmith.serve.security import KeyRing
-    from tunesmith.serve.settings import LOOPBACK_HOSTS
+    from tunesmith.serve.keyed import keys_from_env, refuse_open_host
 
-    keys = KeyRing([k.strip() for k in os.environ.get("TUNESMITH_API_KEYS", "").split(",") if k.strip()])
-    if host not in LOOPBACK_HOSTS and not keys:
-        raise UserError(f"--host {host}: off this machine the monitor needs API keys; set TUNESMITH_API_KEYS "
-                        "(comma-separated), or keep the default --host 127.0.0.1")
+    keys = keys_from_env()
+    refuse_open_host(host, keys, "the monitor")
     pipeline = _pipeline(sentiment, store_path, rules, topics_from, keywords, topic, negative_label, alerts_jsonl,
                          webhook, log)
     pipeline.deliver()

@@ -25,6 +25,7 @@ from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from tunesmith.monitor.stream import BadLine, Item, parse_time
+from tunesmith.serve.keyed import identify
 
 MAX_ITEMS = 1000  # per request: a batch, not a bulk load (replay files with --source)
 MAX_TEXT = 20_000  # characters per text
@@ -56,14 +57,7 @@ State = Annotated[MonitorState, Depends(monitor_state)]
 
 
 async def caller(request: Request, state: State) -> str:
-    if not state.keys:
-        return "local"
-    header = request.headers.get("authorization", "")
-    key = header[7:].strip() if header.lower().startswith("bearer ") else ""
-    identity = state.keys.identify(key) if key else None
-    if identity is None:
-        raise HTTPException(401, "give an API key: Authorization: Bearer KEY", headers={"WWW-Authenticate": "Bearer"})
-    return identity
+    return identify(request, state.keys)
 
 
 Caller = Annotated[str, Depends(caller)]

@@ -10,17 +10,11 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from tunesmith.monitor.routes import MonitorState, router
-from tunesmith.serve.middleware import BodyLimit, HostAllowList
-from tunesmith.serve.settings import LOOPBACK_HOSTS
-
-MAX_BODY = 4 << 20  # bytes: a thousand texts of a few kilobytes
+from tunesmith.serve.keyed import secured
 
 
 def create_app(pipeline, keys, window_s: float, host: str = "127.0.0.1") -> FastAPI:
     app = FastAPI(title="tunesmith monitor", version="1")
     app.state.monitor = MonitorState(pipeline, keys, window_s)
     app.include_router(router)
-    app.add_middleware(BodyLimit, limit=MAX_BODY)
-    hosts = ["*"] if keys else sorted(LOOPBACK_HOSTS | {host})
-    app.add_middleware(HostAllowList, hosts=hosts)
-    return app
+    return secured(app, keys, host)

@@ -1,0 +1,70 @@
+"""Answering one question: template, retrieval, generation or hand-off (see __init__)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from tunesmith.assistant.encoder import BiEncoder
+from tunesmith.assistant.index import VectorIndex
+from tunesmith.assistant.kb import from_rows, templates
+
+HANDOFF = "I don't know the answer to that; I am passing your question to a person."
+PASSAGES = 3  # nearest knowledge-base entries a generated answer may draw on
+
+
+@dataclass
+class Answer:
+    route: str  # template | retrieval | generation | handoff
+    answer: str
+    confidence: float  # the intent probability, or the retrieval similarity, the route was taken on
+    sources: list[str]  # knowledge-base ids the answer comes from
+    intent: str | None = None
+    handoff: bool = False
+
+
+class Assistant:
+    def __init__(self, folder: str | Path):
+        from tunesmith.inference import Predictor
+        from tunesmith.runs import open_finished
+
+        self.folder = Path(folder)
+        self.config = json.loads((self.folder / "assistant.json").read_text(encoding="utf-8"))
+        rows = [json.loads(line) for line in (self.folder / "kb.jsonl").read_text(encoding="utf-8").splitlines()]
+        self.kb = from_rows(rows)
+        self.templates = templates(self.kb)
+        self.encoder = BiEncoder(str(self.folder / "encoder"), self.config["max_length"])
+        self.index = VectorIndex.load(self.folder)
+        self.intents = Predictor.from_run(open_finished(self.config["intents_run"])) if self.config["intents_run"] else None
+        self.generator = Predictor.from_run(open_finished(self.config["generator_run"])) \
+            if self.config["generator_run"] else None
+
+    def answer(self, question: str) -> Answer:
+        intent, confidence = None, 0.0
+        if self.intents is not None:
+            probs = self.intents.predict([question])[0]
+            intent, confidence = self.intents.labels[int(probs.argmax())], float(probs.max())
+            if confidence >= self.config["intent_threshold"] and intent in self.templates:
+                entry = self.templates[intent]
+                return Answer("template", entry.answer, confidence, [entry.id], intent)
+        sims, rows = self.index.search(self.encoder.embed([question]), k=PASSAGES)
+        nearest = [self.kb[int(r)] for r in rows[0]]
+        if float(sims[0][0]) >= self.config["retrieval_threshold"]:
+            return Answer("retrieval", nearest[0].answer, float(sims[0][0]), [nearest[0].id], intent)
+        if self.generator is not None:
+            return Answer("generation", self._generate(question, nearest), float(sims[0][0]), [e.id for e in nearest],
+                          intent)
+        return Answer("handoff", HANDOFF, max(confidence, float(sims[0][0])), [], intent, handoff=True)
+
+    def _generate(self, question: str, passages) -> str:
+        from tunesmith.data.conversations import render_prompt
+        from tunesmith.generation import GenerationSettings, generate
+
+        numbered = "\n".join(f"[{k}] {e.answer}" for k, e in enumerate(passages, start=1))
+        content = ("Answer the question using only the passages below, and cite the passages you use as [1], [2] "
+                   f"or [3]. If they do not answer it, say you do not know.\n\n{numbered}\n\nQuestion: {question}")
+        tokenizer = self.generator.tokenizer.tokenizer
+        prompt = render_prompt(tokenizer, [{"role": "user", "content": content}])
+        return generate(self.generator.model, tokenizer, [prompt],
+                        GenerationSettings(max_new_tokens=self.config["max_new_tokens"]))[0].strip()

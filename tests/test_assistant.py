@@ -1,0 +1,138 @@
+"""`tunesmith assistant`: routing between template, retrieval, generation and hand-off; the
+index saved and loaded; thresholds calibrated on held-out data; the CLI and the HTTP route.
+The intent run and the retriever are the tiny BERT; the generator is the tiny Llama."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+
+from conftest import CUES, FILLER, make_qa_rows, train_tiny_run
+from tunesmith.assistant import calibration
+from tunesmith.assistant.index import VectorIndex
+from tunesmith.cli import main
+
+KIND = {w: kind for kind, words in CUES.items() for w in words}
+
+
+def knowledge_base(path, per_word: int = 20, seed: int = 0) -> str:
+    """One answer per cue word, asked about in `per_word` ways; the intent is the word's class."""
+    rng = random.Random(seed)
+    lines = ["id,question,answer,intent"]
+    for word, kind in KIND.items():
+        for k in range(per_word):
+            question = " ".join(rng.sample(FILLER, 2) + [word])
+            lines.append(f"{word}-{k},{question},{word} {word} is the answer,{kind}")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, tiny_model):
+    base = tmp_path_factory.mktemp("assistant")
+    intents = train_tiny_run(base, tiny_model, "full", "5", 30)
+    kb = knowledge_base(base / "faq.csv")
+    assert main(["assistant", "build", "--kb", kb, "--out", str(base / "bot"), "--intents", str(intents),
+                 "--model", tiny_model, "--epochs", "2", "--lr", "1e-3"]) == 0
+    return base
+
+
+def _assistant(folder, **overrides):
+    from tunesmith.assistant.router import Assistant
+
+    assistant = Assistant(folder)
+    assistant.config.update(overrides)
+    return assistant
+
+
+def test_build_calibrates_both_thresholds_on_held_out_data(built):
+    settings = json.loads((built / "bot" / "assistant.json").read_text())
+    report = json.loads((built / "bot" / "calibration.json").read_text())
+    assert 0 <= settings["intent_threshold"] <= 1 and 0 <= settings["retrieval_threshold"] <= 1
+    for name in ("intent", "retrieval"):
+        curve = report["curves"][name]
+        assert curve and all(a["coverage"] >= b["coverage"] for a, b in zip(curve, curve[1:]))  # higher bar, fewer answers
+    assert set(report["retrieval"]) == {"before", "after"} and {"recall@1", "recall@5", "mrr"} <= set(report["retrieval"]["after"])
+    # Fine-tuning on the pairs teaches the random tiny encoder which answer goes with which word.
+    assert report["retrieval"]["after"]["mrr"] > report["retrieval"]["before"]["mrr"]
+    assert (built / "bot" / "encoder" / "model.safetensors").is_file() and (built / "bot" / "vectors.npy").is_file()
+
+
+def test_routes_template_retrieval_generation_and_handoff(built, tiny_causal_lm, tmp_path):
+    folder = built / "bot"
+    sure = _assistant(folder, intent_threshold=0.0).answer("the plot was wonderful")
+    assert sure.route == "template" and sure.intent == "positive" and sure.sources
+    found = _assistant(folder, intent_threshold=1.01, retrieval_threshold=-1.0).answer("the plot was wonderful")
+    assert found.route == "retrieval" and found.answer.endswith("is the answer") and not found.handoff
+    unsure = _assistant(folder, intent_threshold=1.01, retrieval_threshold=1.01).answer("the plot was wonderful")
+    assert unsure.route == "handoff" and unsure.handoff and unsure.sources == []
+
+    from test_causal_lm import write_jsonl
+
+    data = write_jsonl(tmp_path / "qa.jsonl", make_qa_rows(24))
+    assert main(["train", "--task", "causal-lm", "--data", data, "--model", tiny_causal_lm, "--output",
+                 str(tmp_path), "--name", "gen", "--max-steps", "2", "--no-baseline", "--max-length", "64"]) == 0
+    writer = _assistant(folder, intent_threshold=1.01, retrieval_threshold=1.01, generator_run=str(tmp_path / "gen"),
+                        max_new_tokens=4)
+    from tunesmith.inference import Predictor
+    from tunesmith.runs import Run
+
+    writer.generator = Predictor.from_run(Run(tmp_path / "gen"))
+    written = writer.answer("the plot was wonderful")
+    assert written.route == "generation" and len(written.sources) == 3 and not written.handoff
+
+
+def test_the_index_saves_and_loads_and_faiss_agrees_with_numpy(tmp_path, monkeypatch):
+    import tunesmith.assistant.index as index_module
+
+    rng = np.random.default_rng(0)
+    vectors, queries = rng.normal(size=(300, 16)), rng.normal(size=(5, 16))
+    index = VectorIndex(vectors)
+    index.save(tmp_path)
+    again = VectorIndex.load(tmp_path)
+    sims, rows = index.search(queries, k=4)
+    sims2, rows2 = again.search(queries, k=4)
+    assert (rows == rows2).all() and np.allclose(sims, sims2, atol=1e-6)
+    monkeypatch.setattr(index_module, "backend", lambda: "numpy")
+    plain = VectorIndex.load(tmp_path)
+    assert plain.faiss is None
+    sims3, rows3 = plain.search(queries, k=4)
+    assert (rows3 == rows).all() and np.allclose(sims3, sims, atol=1e-5)
+
+
+def test_calibration_picks_the_lowest_threshold_that_reaches_the_target():
+    confidence = [0.95, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3]
+    correct = [True, True, True, True, False, True, False, False]
+    curve = calibration.curve(confidence, correct)
+    assert curve[0]["coverage"] == 1.0 and curve[0]["accuracy"] == pytest.approx(5 / 8)
+    chosen = calibration.choose(curve, 0.8)
+    answered = [c for c in confidence if c >= chosen]
+    accuracy = np.mean([ok for c, ok in zip(confidence, correct) if c >= chosen])
+    assert accuracy >= 0.8 and len(answered) == 6  # 0.5 and up: 5 of 6 right; 0.4 would drop to 5 of 7
+    scores = calibration.out_of_scope_scores([0.9, 0.2, 0.3, 0.8], [True, False, True, False], 0.5)
+    assert scores == {"precision": 0.5, "recall": 0.5}  # flagged: rows 1 and 2; out of scope: rows 1 and 3
+
+
+def test_ask_on_the_command_line_and_over_http(built, capsys):
+    assert main(["assistant", "ask", str(built / "bot"), "the plot was wonderful", "--json"]) == 0
+    answer = json.loads(capsys.readouterr().out)
+    assert answer["route"] in ("template", "retrieval", "handoff") and set(answer) >= {"answer", "confidence", "sources"}
+    assert main(["assistant", "ask", str(built / "nowhere"), "hi"]) == 2
+    assert "not an assistant folder" in capsys.readouterr().err
+
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from tunesmith.assistant.routes import create_app
+    from tunesmith.serve.security import KeyRing
+
+    key = "a" * 24
+    with TestClient(create_app(_assistant(built / "bot"), KeyRing([key])), base_url="http://localhost") as client:
+        assert client.post("/v1/ask", json={"question": "good"}).status_code == 401
+        ok = client.post("/v1/ask", json={"question": "the plot was wonderful"},
+                         headers={"Authorization": f"Bearer {key}"})
+        assert ok.status_code == 200 and ok.json()["route"] == answer["route"]
+        assert client.post("/v1/ask", json={"question": ""}, headers={"Authorization": f"Bearer {key}"}).status_code == 422
