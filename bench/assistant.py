@@ -1,0 +1,134 @@
+"""The customer-service assistant, measured (issue 19): intents with out-of-scope questions on
+banking77, and answer retrieval before and after fine-tuning on an offline question/answer set.
+
+    python bench/assistant.py --out assistant.json      # about 10 minutes on 2 cores
+
+1. banking77: `--oos` intents (seeded) are held out of training altogether; an intent run is
+   trained on the rest (MiniLM, `--method`, 3 epochs; its validation split calibrates the
+   threshold). On the official test split: intent accuracy on in-scope questions, and how well
+   "confidence below the threshold" finds the held-out intents' questions (out-of-scope
+   precision and recall), with the share of in-scope questions answered.
+2. Answer retrieval: Alpaca's instruction (+ input) -> output pairs with a distinct output of at
+   least 40 characters, as a knowledge base; `assistant build` holds 10% of the pairs out and
+   scores recall@1/@5 and MRR of finding each held-out question's answer among all answers,
+   before and after fine-tuning the bi-encoder on the other 90%.
+3. Latency per question of the built assistant (intent run + retriever), over 200 questions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+DATASETS = Path(__file__).resolve().parent.parent.parent / "shared" / "datasets"
+
+
+def intents_with_out_of_scope(folder: Path, oos: int, method: str, seed: int) -> dict:
+    from tunesmith.assistant import calibration
+    from tunesmith.commands.train import train
+    from tunesmith.config import build_config
+    from tunesmith.inference import Predictor
+
+    train_frame = pd.read_csv(DATASETS / "banking77" / "train.csv")
+    test_frame = pd.read_csv(DATASETS / "banking77" / "test.csv")
+    held = set(random.Random(seed).sample(sorted(train_frame["category"].unique()), oos))
+    train_frame[~train_frame["category"].isin(held)].to_csv(folder / "in_scope.csv", index=False)
+    test_frame[~test_frame["category"].isin(held)].to_csv(folder / "in_scope_test.csv", index=False)
+    cfg = build_config({"data": str(folder / "in_scope.csv"), "test_data": str(folder / "in_scope_test.csv"),
+                        "label_col": "category", "method": method, "epochs": 3, "output": str(folder),
+                        "name": "intents", "seed": seed}, "train")
+    started = time.perf_counter()
+    run = train(cfg, log=lambda _: None)
+    train_s = time.perf_counter() - started
+    predictor = Predictor.from_run(run)
+    val = run.split("val")
+    val_probs = np.asarray(predictor.predict(val.texts))
+    val_correct = [predictor.labels[i] == y for i, y in zip(val_probs.argmax(1), val.labels)]
+    curve = calibration.curve(val_probs.max(1), val_correct)
+    threshold = calibration.choose(curve)
+    probs = np.asarray(predictor.predict(list(test_frame["text"])))
+    confidence = probs.max(1)
+    in_scope = ~test_frame["category"].isin(held).to_numpy()
+    predicted = np.array([predictor.labels[i] for i in probs.argmax(1)])
+    right = predicted == test_frame["category"].to_numpy()
+    answered = confidence >= threshold
+    oos_scores = calibration.out_of_scope_scores(confidence, in_scope, threshold)
+    return {"run": str(run.path), "held_out_intents": sorted(held), "method": method, "train_s": round(train_s, 1),
+            "threshold": threshold, "in_scope_test": int(in_scope.sum()), "out_of_scope_test": int((~in_scope).sum()),
+            "intent_accuracy_in_scope": float(right[in_scope].mean()),
+            "in_scope_answered": float(answered[in_scope].mean()),
+            "accuracy_of_answered_in_scope": float(right[in_scope & answered].mean()),
+            "oos_precision": oos_scores["precision"], "oos_recall": oos_scores["recall"], "curve": curve}
+
+
+def alpaca_kb(path: Path, limit: int) -> int:
+    rows = json.loads((DATASETS / "alpaca_subset" / "alpaca_5000.json").read_text(encoding="utf-8"))
+    seen, kept = set(), []
+    for row in rows:
+        answer = row["output"].strip()
+        if len(answer) < 40 or answer in seen:
+            continue
+        seen.add(answer)
+        question = (row["instruction"] + (" " + row["input"] if row["input"].strip() else "")).strip()
+        kept.append({"question": question, "answer": answer})
+    pd.DataFrame(kept[:limit]).to_json(path, orient="records", lines=True, force_ascii=False)
+    return len(kept[:limit])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--oos", type=int, default=10, help="banking77 intents held out as out of scope")
+    parser.add_argument("--method", default="freeze", help="the intent run's method (default: freeze, the fastest)")
+    parser.add_argument("--kb-rows", type=int, default=3000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="assistant.json")
+    args = parser.parse_args()
+
+    from tunesmith.assistant.build import build
+    from tunesmith.assistant.router import Assistant
+
+    folder = Path(tempfile.mkdtemp(prefix="assistant-bench-"))
+    intents = intents_with_out_of_scope(folder, args.oos, args.method, args.seed)
+    print(f"intents: {intents['in_scope_test']} in-scope and {intents['out_of_scope_test']} out-of-scope test questions; "
+          f"threshold {intents['threshold']:.3f}")
+    rows = alpaca_kb(folder / "kb.jsonl", args.kb_rows)
+    started = time.perf_counter()
+    build(str(folder / "kb.jsonl"), str(folder / "bot"), intents["run"], model="minilm", seed=args.seed)
+    build_s = time.perf_counter() - started
+    retrieval = json.loads((folder / "bot" / "calibration.json").read_text())["retrieval"]
+
+    assistant = Assistant(folder / "bot")
+    questions = list(pd.read_csv(DATASETS / "banking77" / "test.csv")["text"].sample(200, random_state=args.seed))
+    assistant.answer(questions[0])  # warm-up
+    times, routes = [], {}
+    for question in questions:
+        started = time.perf_counter()
+        route = assistant.answer(question).route
+        times.append(1000 * (time.perf_counter() - started))
+        routes[route] = routes.get(route, 0) + 1
+    latency = {"p50_ms": float(np.percentile(times, 50)), "p95_ms": float(np.percentile(times, 95)), "routes": routes}
+
+    print("\n| intents | accuracy (in scope) | answered (in scope) | accuracy of answered | OOS precision | OOS recall |")
+    print("|---|---|---|---|---|---|")
+    print(f"| banking77, {77 - args.oos} trained + {args.oos} held out ({args.method}) | "
+          f"{intents['intent_accuracy_in_scope']:.4f} | {intents['in_scope_answered']:.4f} | "
+          f"{intents['accuracy_of_answered_in_scope']:.4f} | {intents['oos_precision']:.4f} | {intents['oos_recall']:.4f} |")
+    print(f"\n| retrieval ({rows} Alpaca pairs, 10% held out) | recall@1 | recall@5 | MRR |\n|---|---|---|---|")
+    for when in ("before", "after"):
+        r = retrieval[when]
+        print(f"| {when} fine-tuning | {r['recall@1']:.4f} | {r['recall@5']:.4f} | {r['mrr']:.4f} |")
+    print(f"\nlatency per question: p50 {latency['p50_ms']:.1f} ms, p95 {latency['p95_ms']:.1f} ms; routes {routes}; "
+          f"build {build_s:.0f} s, intent run {intents['train_s']:.0f} s")
+    Path(args.out).write_text(json.dumps({"intents": intents, "retrieval": retrieval, "latency": latency,
+                                          "build_s": build_s}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
