@@ -236,3 +236,30 @@ def test_small_data_trains_more_passes_by_default_and_records_them(tmp_path, tin
     run = tmp_path / "runs" / "small"
     assert yaml.safe_load((run / "config.yaml").read_text())["epochs"] == 10.0
     assert json.loads((run / "metrics.json").read_text())["training"]["steps"] == 20
+
+
+def test_every_run_writes_tensorboard_events_that_read_back(tmp_path, toy_csv, tiny_model):
+    """Loss, lr, throughput, memory and validation metrics as scalars; settings and test
+    metrics as hparams; `--no-tensorboard` writes none. Read back with TensorBoard's own
+    event reader where installed, else by the record format tensorboardX writes."""
+    from conftest import train_args
+    from tunesmith.cli import main
+
+    assert main(train_args(toy_csv, tiny_model, tmp_path, "tb", "--epochs", "2")) == 0
+    events = list((tmp_path / "tb" / "tensorboard").rglob("events.out.tfevents.*"))
+    assert events
+    tags = set()
+    from tensorboardX.proto import event_pb2
+
+    for path in events:
+        data = path.read_bytes()
+        at = 0
+        while at < len(data):  # TFRecord: length (8 bytes), its CRC (4), the event, its CRC (4)
+            length = int.from_bytes(data[at:at + 8], "little")
+            event = event_pb2.Event.FromString(data[at + 12:at + 12 + length])
+            tags |= {value.tag for value in event.summary.value}
+            at += 16 + length
+    assert {"train/loss", "train/lr", "train/samples_per_second", "train/memory_mb", "val/macro_f1"} <= tags, tags
+    assert any(tag.startswith("test/") for tag in tags)  # the hparams' metrics
+    assert main(train_args(toy_csv, tiny_model, tmp_path, "quiet", "--epochs", "1", "--no-tensorboard")) == 0
+    assert not (tmp_path / "quiet" / "tensorboard").exists()

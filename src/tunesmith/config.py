@@ -272,6 +272,8 @@ class OutputSettings(BaseModel):
     output: str = Field("runs", description="Folder that holds run folders.")
     name: Optional[str] = Field(None, description="Run folder name (default: from task, model and method).")
     resume: Optional[str] = Field(None, description="Continue the interrupted run in this folder.")
+    tensorboard: bool = Field(True, description="Write TensorBoard event files (loss, lr, validation metrics, "
+                              "throughput, memory; settings as hparams) in RUN/tensorboard: tensorboard --logdir runs.")
 
 
 class ContinualSettings(BaseModel):

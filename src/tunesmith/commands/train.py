@@ -32,7 +32,7 @@ from tunesmith.methods import METHODS, count_parameters, load_tuned
 from tunesmith.runs import Run, training_lock
 from tunesmith.tasks import TASKS
 from tunesmith.tasks.mean_pool import trained_pooling
-from tunesmith.train import budget, checkpoint, continual, distributed
+from tunesmith.train import budget, checkpoint, continual, distributed, tracking
 from tunesmith.train.loop import FitResult, LoopState, fit
 from tunesmith.train.objective import training_objective
 
@@ -213,6 +213,7 @@ def _fine_tune_and_evaluate(run: Run, cfg: TrainConfig, task, method, splits: Sp
     metrics = _test_metrics(run, cfg, task, splits, examples, result, metric, tuned, params, earlier, log, score_test)
     write_text(run.report_file, report.render(f"tunesmith run {run.path.name}", run.config(), metrics,
                                               run.history(), splits.labels))
+    tracking.record_result(run.path, run.config(), metrics.get("test") or {}, cfg)
     write_json(run.metrics_file, metrics)  # last: its presence marks the run finished
     for line in versus_baseline(metrics, metric, task.metrics_higher_is_better[metric]):
         log(line)

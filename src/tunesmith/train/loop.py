@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from tunesmith.data.batching import Features, train_batches
 from tunesmith.errors import TrainingDiverged, UserError
 from tunesmith.io import lines, write_text
-from tunesmith.train import checkpoint
+from tunesmith.train import checkpoint, tracking
 from tunesmith.train.distributed import local_share
 from tunesmith.train.optim import build_optimizer, build_scheduler
 
@@ -109,6 +109,13 @@ def fit(
     model.train()
     bar = _progress_bar(total_steps, state.step, accelerator.is_main_process)
     main = accelerator.is_main_process  # only the main process writes the run folder
+    tensorboard = tracking.open_log(run_dir, cfg, state.step if resume else None) if main else None
+
+    def history(row: dict) -> None:
+        _append_history(history_file, row)
+        if tensorboard is not None:
+            tensorboard.row(row)
+
     recent_loss: list[float] = []
 
     try:  # the bar ends its line before any error is printed
@@ -136,8 +143,9 @@ def fit(
                 recent_loss.append(step_loss)
                 _show_progress(bar, state, recent_loss)
                 if main:
-                    _append_history(history_file, {"step": state.step, "epoch": state.epoch, "loss": step_loss,
-                                                   "lr": scheduler.get_last_lr()[0], **extras})
+                    history({"step": state.step, "epoch": state.epoch, "loss": step_loss,
+                             "lr": scheduler.get_last_lr()[0], **extras,
+                             "samples_per_second": state.samples / max(state.train_seconds, 1e-9)})
 
                 end_of_epoch = state.group_in_epoch == len(groups)
                 if state.step % eval_every == 0 or state.step == total_steps or (cfg.eval_every is None and end_of_epoch):
@@ -145,7 +153,7 @@ def fit(
                         state.epoch += 1
                         state.group_in_epoch = 0
                     _evaluate_and_checkpoint(model, accelerator, evaluate, cfg, state, optimizer, scheduler,
-                                             ckpt_dir, history_file, metric, higher_better, bar)
+                                             ckpt_dir, history, metric, higher_better, bar)
                     if end_of_epoch:
                         break
             else:
@@ -154,6 +162,8 @@ def fit(
                     state.group_in_epoch = 0
     finally:
         bar.close()
+        if tensorboard is not None:
+            tensorboard.close()
     return FitResult(state, total_steps, precision, processes=accelerator.num_processes)
 
 
@@ -226,7 +236,7 @@ def _accumulate(model, train: Features, group: list[list[int]], group_size: int,
 
 
 def _evaluate_and_checkpoint(model, accelerator, evaluate, cfg, state, optimizer, scheduler,
-                             ckpt_dir, history_file, metric, higher_better, bar) -> None:
+                             ckpt_dir, history, metric, higher_better, bar) -> None:
     # Every process evaluates (the weights are the same everywhere), so all reach the same
     # early-stopping decision without a message; only the main one writes.
     plain = accelerator.unwrap_model(model)
@@ -237,8 +247,8 @@ def _evaluate_and_checkpoint(model, accelerator, evaluate, cfg, state, optimizer
         _track(state, metrics[metric], improved, cfg)
         return
     value = metrics[metric]
-    _append_history(history_file, {"step": state.step, "epoch": state.epoch,
-                                   **{f"val_{k}": v for k, v in metrics.items() if isinstance(v, float)}})
+    history({"step": state.step, "epoch": state.epoch,
+             **{f"val_{k}": v for k, v in metrics.items() if isinstance(v, float)}})
     improved = state.best_metric is None or (value > state.best_metric if higher_better else value < state.best_metric)
     _track(state, value, improved, cfg)
     if improved:

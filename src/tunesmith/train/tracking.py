@@ -1,0 +1,66 @@
+"""Experiment tracking: every run writes TensorBoard event files in RUN/tensorboard/, so
+`tensorboard --logdir runs` (pip install tensorboard) shows every run's curves side by side.
+
+The history rows the loop writes go there as scalars: train/loss, train/lr, train/samples_per_second,
+train/memory_mb (resident memory), each extra the loss reports (train/soft_loss, ...), and
+val/<metric> at every evaluation. When the run ends, its settings and test metrics are written as
+TensorBoard hparams, so runs can be compared by their settings. tensorboardX writes the files (a
+small pure-Python package); nothing here needs TensorBoard itself. A resumed run drops the events
+logged after its checkpoint (purge_step), as history.jsonl does.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+FOLDER = "tensorboard"
+
+
+def resident_mb() -> float | None:
+    """This process's resident memory now (Linux), in MB."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class TensorBoardLog:
+    def __init__(self, run_dir: Path, resume_step: int | None = None):
+        from tensorboardX import SummaryWriter
+
+        self.writer = SummaryWriter(str(Path(run_dir) / FOLDER), purge_step=resume_step, flush_secs=10)
+
+    def row(self, row: dict) -> None:
+        step = row["step"]
+        for key, value in row.items():
+            if key in ("step", "epoch") or isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue
+            self.writer.add_scalar(f"val/{key[4:]}" if key.startswith("val_") else f"train/{key}", value, step)
+        if "loss" in row and (memory := resident_mb()) is not None:
+            self.writer.add_scalar("train/memory_mb", memory, step)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def open_log(run_dir: Path, cfg, resume_step: int | None = None) -> TensorBoardLog | None:
+    """The run's TensorBoard log, or None when `--no-tensorboard` (or tensorboardX is missing)."""
+    if not cfg.tensorboard:
+        return None
+    try:
+        return TensorBoardLog(run_dir, resume_step)
+    except ImportError:
+        return None
+
+
+def record_result(run_dir: Path, settings: dict, metrics: dict, cfg) -> None:
+    """The run's settings and test metrics as TensorBoard hparams (compare runs by settings)."""
+    log = open_log(run_dir, cfg)
+    if log is None:
+        return
+    hparams = {k: v for k, v in settings.items() if isinstance(v, (int, float, str, bool)) and not isinstance(v, list)}
+    scores = {f"test/{k}": v for k, v in metrics.items() if isinstance(v, float)}
+    log.writer.add_hparams(hparams, scores, name="hparams")
+    log.close()
