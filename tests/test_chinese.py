@@ -172,6 +172,12 @@ def test_chinese_ner_trains_predicts_character_offsets_and_serves(tiny_e5, tmp_p
     data = tmp_path / "pd.jsonl"
     data.write_text("".join(json.dumps({"tokens": s.words, "tags": s.tags}, ensure_ascii=False) + "\n"
                             for s in sentences), encoding="utf-8")
+    from tunesmith import models
+    from tunesmith.tasks.token_classification import _WordPieces
+
+    # One piece per Chinese character: SentencePiece's lone word-start piece before each is dropped.
+    pieces = _WordPieces(models.load_tokenizer(tiny_e5)).ids(list("李华来到深圳"))
+    assert all(len(p) == 1 for p in pieces) and len({p[0] for p in pieces}) == 6
     assert _train(str(data), tiny_e5, tmp_path, "ner", "--method", "full", "--epochs", "15") == 0
     metrics = json.loads((tmp_path / "ner" / "metrics.json").read_text())
     assert metrics["test"]["f1"] > 0.9, metrics["test"]

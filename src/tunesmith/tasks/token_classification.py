@@ -10,6 +10,7 @@ Predictions come back per word (the first sub-word's distribution) and decode to
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from tunesmith.data.sources import decode_file, json_lines, read_source
 from tunesmith.data.split import stratified_indices
 from tunesmith.data.splits import Splits
 from tunesmith.data.tagged import (
-    TAG, Sentence, detect_scheme, entity_type, normalise, read_tagged_file, read_tagged_source, spans, split_words,
+    CJK, TAG, Sentence, detect_scheme, entity_type, normalise, read_tagged_file, read_tagged_source, spans, split_words,
     validate_tags,
 )
 from tunesmith.errors import UserError
@@ -256,6 +257,9 @@ def entities(text: str, tags: list[str], probs: np.ndarray) -> list[dict]:
     return found
 
 
+CJK_START = re.compile(CJK)  # a word that begins with a Chinese or Japanese character
+
+
 class _WordPieces:
     """Sub-word ids per word, each distinct word tokenised once (fast and slow tokenizers alike)."""
 
@@ -272,6 +276,14 @@ class _WordPieces:
         # there, words after the first are tokenised with their leading space.
         self.space_marked = tokenizer("a b", add_special_tokens=False)["input_ids"] != (
             tokenizer("a", add_special_tokens=False)["input_ids"] + tokenizer("b", add_special_tokens=False)["input_ids"])
+        # SentencePiece (XLM-R, e5-small) starts every word with a word-boundary piece; for a
+        # Chinese character that is a lone "▁" piece before it (中 -> ▁, 中), which doubles the
+        # length of Chinese text tokenised a character at a time and puts every label on the same
+        # "▁" piece. Raw Chinese text has no spaces, so the tokenizer itself never puts one inside
+        # it: the lone piece is dropped for CJK words.
+        lone = tokenizer("中", add_special_tokens=False)["input_ids"]
+        marker = tokenizer.convert_ids_to_tokens(lone[:1])[0] if len(lone) == 2 else None
+        self.cjk_marker = lone[0] if marker is not None and marker.strip("▁ Ġ") == "" else None
 
     def ids(self, words: list[str]) -> list[list[int]]:
         keys = [(" " + w if self.space_marked and i else w) for i, w in enumerate(words)]
@@ -279,6 +291,8 @@ class _WordPieces:
         if new:
             unk = self.tokenizer.unk_token_id if self.tokenizer.unk_token_id is not None else self.pad_id
             for key, ids in zip(new, self.tokenizer(new, add_special_tokens=False)["input_ids"]):
+                if self.cjk_marker is not None and len(ids) > 1 and ids[0] == self.cjk_marker and CJK_START.match(key):
+                    ids = ids[1:]
                 self.cache[key] = ids or [unk]  # a word of only control characters still gets a position
         return [self.cache[k] for k in keys]
 
