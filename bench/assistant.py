@@ -60,7 +60,16 @@ def intents_with_out_of_scope(folder: Path, oos: int, method: str, seed: int) ->
     right = predicted == test_frame["category"].to_numpy()
     answered = confidence >= threshold
     oos_scores = calibration.out_of_scope_scores(confidence, in_scope, threshold)
-    return {"run": str(run.path), "held_out_intents": sorted(held), "method": method, "train_s": round(train_s, 1),
+    # The trade-off a user picks from: thresholds at quantiles of the validation confidences.
+    tradeoff = []
+    for q in (0.0, 0.05, 0.1, 0.2, 0.3, 0.5):
+        t = float(np.quantile(val_probs.max(1), q))
+        flagged = calibration.out_of_scope_scores(confidence, in_scope, t)
+        kept = in_scope & (confidence >= t)
+        tradeoff.append({"threshold": t, "val_quantile": q, "in_scope_answered": float(kept.sum() / in_scope.sum()),
+                         "accuracy_of_answered": float(right[kept].mean()) if kept.any() else 0.0,
+                         "oos_precision": flagged["precision"], "oos_recall": flagged["recall"]})
+    return {"tradeoff": tradeoff, "run": str(run.path), "held_out_intents": sorted(held), "method": method, "train_s": round(train_s, 1),
             "threshold": threshold, "in_scope_test": int(in_scope.sum()), "out_of_scope_test": int((~in_scope).sum()),
             "intent_accuracy_in_scope": float(right[in_scope].mean()),
             "in_scope_answered": float(answered[in_scope].mean()),
@@ -89,6 +98,7 @@ def main() -> None:
     parser.add_argument("--kb-rows", type=int, default=3000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="assistant.json")
+    parser.add_argument("--intents-only", action="store_true", help="part 1 only (no knowledge base, no latency)")
     args = parser.parse_args()
 
     from tunesmith.assistant.build import build
@@ -98,6 +108,14 @@ def main() -> None:
     intents = intents_with_out_of_scope(folder, args.oos, args.method, args.seed)
     print(f"intents: {intents['in_scope_test']} in-scope and {intents['out_of_scope_test']} out-of-scope test questions; "
           f"threshold {intents['threshold']:.3f}")
+    print("\n| threshold (validation quantile) | in-scope answered | accuracy of answered | OOS precision | OOS recall |")
+    print("|---|---|---|---|---|")
+    for row in intents["tradeoff"]:
+        print(f"| {row['threshold']:.3f} ({row['val_quantile']:.0%}) | {row['in_scope_answered']:.4f} | "
+              f"{row['accuracy_of_answered']:.4f} | {row['oos_precision']:.4f} | {row['oos_recall']:.4f} |")
+    if args.intents_only:
+        Path(args.out).write_text(json.dumps({"intents": intents}, indent=2))
+        return
     rows = alpaca_kb(folder / "kb.jsonl", args.kb_rows)
     started = time.perf_counter()
     build(str(folder / "kb.jsonl"), str(folder / "bot"), intents["run"], model="minilm", seed=args.seed)
