@@ -220,8 +220,9 @@ def test_standard_input_bad_lines_and_bad_rules(sentiment, tmp_path, capsys):
         assert main(["monitor", "--sentiment", sentiment, "--source", "-", "--rules", str(rules)]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0], err
-    assert main(["monitor", "--sentiment", sentiment, "--source", str(tmp_path / "nowhere.csv")]) == 2
-    assert "not found" in capsys.readouterr().err
+    assert main(["monitor", "--sentiment", sentiment, "--source", str(tmp_path / "nowhere.csv"), "--store",
+                 str(tmp_path / "never.db")]) == 2
+    assert "not found" in capsys.readouterr().err and not (tmp_path / "never.db").exists()
 
 
 def test_keyword_topics_and_a_csv_source(sentiment, tmp_path):

@@ -28,6 +28,8 @@ def monitor(sentiment: str, source: str, store_path: str = "monitor.db", rules: 
             webhook: str | None = None, follow: bool = False, poll: float = 2.0, batch: int = BATCH,
             report_path: str | None = None, log=print, stdin=None, sleep=time.sleep) -> dict:
     """Run the monitor; returns counts (texts scored, skipped lines, alerts)."""
+    if source != "-":
+        files_of(Path(source))  # a missing source is refused before the store file is made
     pipeline = _pipeline(sentiment, store_path, rules, topics_from, keywords, topic, negative_label, alerts_jsonl,
                          webhook, log)
     store, checked = pipeline.store, pipeline.rules
@@ -99,8 +101,6 @@ class _Reader:
     def __init__(self, source: str, store: Store, text_col: str | None, stdin=None, growing: bool = False):
         self.stdin = StdinLines(stdin, text_col) if source == "-" else None
         self.path = None if source == "-" else Path(source)
-        if self.path is not None:
-            files_of(self.path)  # refuses a missing source or a file of another kind now
         self.store, self.text_col, self.growing = store, text_col, growing
         self.exhausted = False
 
