@@ -238,12 +238,19 @@ def test_small_data_trains_more_passes_by_default_and_records_them(tmp_path, tin
     assert json.loads((run / "metrics.json").read_text())["training"]["steps"] == 20
 
 
-def test_every_run_writes_tensorboard_events_that_read_back(tmp_path, toy_csv, tiny_model):
+def test_every_run_writes_tensorboard_events_that_read_back(tmp_path, toy_csv, tiny_model, monkeypatch):
     """Loss, lr, throughput, memory and validation metrics as scalars; settings and test
-    metrics as hparams; `--no-tensorboard` writes none. Read back with TensorBoard's own
-    event reader where installed, else by the record format tensorboardX writes."""
+    metrics as hparams; `--no-tensorboard` writes none. Read back by the record format
+    tensorboardX writes. Every writer opens "in the same second" here: tensorboardX names files
+    by the second, and a second writer once overwrote the training curves."""
+    import types
+
+    import tensorboardX.event_file_writer as event_file_writer
+
     from conftest import train_args
     from tunesmith.cli import main
+
+    monkeypatch.setattr(event_file_writer, "time", types.SimpleNamespace(time=lambda: 1_767_225_600.0))
 
     assert main(train_args(toy_csv, tiny_model, tmp_path, "tb", "--epochs", "2")) == 0
     events = list((tmp_path / "tb" / "tensorboard").rglob("events.out.tfevents.*"))

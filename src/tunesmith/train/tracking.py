@@ -12,6 +12,7 @@ logged after its checkpoint (purge_step), as history.jsonl does.
 from __future__ import annotations
 
 import os
+import uuid
 from pathlib import Path
 
 FOLDER = "tensorboard"
@@ -30,7 +31,11 @@ class TensorBoardLog:
     def __init__(self, run_dir: Path, resume_step: int | None = None):
         from tensorboardX import SummaryWriter
 
-        self.writer = SummaryWriter(str(Path(run_dir) / FOLDER), purge_step=resume_step, flush_secs=10)
+        # tensorboardX names a file by the second it was opened: a second writer in the same second
+        # (the result's hparams after a short run, a resume right after a crash) would overwrite
+        # the first's events, so each file gets a suffix of its own.
+        self.writer = SummaryWriter(str(Path(run_dir) / FOLDER), purge_step=resume_step, flush_secs=10,
+                                    filename_suffix=f".{uuid.uuid4().hex[:12]}")
 
     def row(self, row: dict) -> None:
         step = row["step"]
