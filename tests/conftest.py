@@ -48,18 +48,24 @@ def tiny_model(tmp_path_factory) -> str:
 def tiny_sentence_model(tiny_model, tmp_path_factory) -> str:
     """The tiny BERT as a sentence-transformers model: its pooling config says mean pooling, so
     sequence tasks put their head on the mean-pooled states (tasks/mean_pool.py)."""
-    import json
     import shutil
 
     folder = tmp_path_factory.mktemp("tiny-sentence") / "model"
     shutil.copytree(tiny_model, folder)
+    write_mean_pooling(folder, 32)
+    return str(folder)
+
+
+def write_mean_pooling(folder, dimension: int) -> None:
+    """sentence-transformers' files that say a model folder was trained with mean pooling."""
+    import json
+
     (folder / "modules.json").write_text(json.dumps([
         {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
         {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]))
     (folder / "1_Pooling").mkdir()
     (folder / "1_Pooling" / "config.json").write_text(json.dumps(
-        {"word_embedding_dimension": 32, "pooling_mode_cls_token": False, "pooling_mode_mean_tokens": True}))
-    return str(folder)
+        {"word_embedding_dimension": dimension, "pooling_mode_cls_token": False, "pooling_mode_mean_tokens": True}))
 
 
 def make_rows(n_per_class: int, seed: int = 0) -> list[dict]:

@@ -17,6 +17,7 @@ import random
 import numpy as np
 import pytest
 
+from conftest import write_mean_pooling
 from tunesmith.cli import main
 from tunesmith.data.peoples_daily import paragraph_sentences
 from tunesmith.data.tagged import spans
@@ -52,12 +53,7 @@ def tiny_e5(tmp_path_factory) -> str:
                         hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     BertModel(config).save_pretrained(str(folder))
     e5small.build_tokenizer(e5).save_pretrained(str(folder))
-    (folder / "modules.json").write_text(json.dumps([
-        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]))
-    (folder / "1_Pooling").mkdir()
-    (folder / "1_Pooling" / "config.json").write_text(json.dumps(
-        {"word_embedding_dimension": 32, "pooling_mode_cls_token": False, "pooling_mode_mean_tokens": True}))
+    write_mean_pooling(folder, 32)  # as the conversion writes them
     return str(folder)
 
 

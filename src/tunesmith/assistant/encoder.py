@@ -32,16 +32,12 @@ class BiEncoder:
         batch.pop("token_type_ids", None)
         return F.normalize(masked_mean(self.model(**batch).last_hidden_state, batch["attention_mask"]), dim=-1)
 
-    def embed(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
-        """Unit vectors, in the order of `texts` (batched by length: less padding)."""
-        self.model.eval()
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        out = np.zeros((len(texts), self.model.config.hidden_size), dtype=np.float32)
-        with torch.inference_mode():
-            for start in range(0, len(order), batch_size):
-                rows = order[start:start + batch_size]
-                out[rows] = self._pooled([texts[i] for i in rows]).numpy()
-        return out
+    def embed(self, texts: list[str]) -> np.ndarray:
+        """Unit vectors, in the order of `texts` (the baseline's mean-pooled embedding, normalised)."""
+        from tunesmith.quality.features import embed_with
+        from tunesmith.quality.neighbours import normalise
+
+        return normalise(embed_with(self.model, self.tokenizer, list(texts), self.max_length, use_cache=False))
 
     def fine_tune(self, pairs: list[tuple[str, str]], epochs: int = 1, lr: float = 2e-5, batch_size: int = 32,
                   seed: int = 0, log=print) -> list[float]:

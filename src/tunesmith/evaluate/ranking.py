@@ -90,16 +90,13 @@ def popularity_scores(train_candidates: list[str], train_relevance, candidates: 
 def similarity_scores(encoder, tokenizer, queries: list[str], candidates: list[str], max_length: int) -> np.ndarray:
     """Cosine of the untuned model's mean-pooled embeddings of each query and its candidate."""
     from tunesmith.quality.features import embed_with
+    from tunesmith.quality.neighbours import normalise
 
     unique_q, unique_c = sorted(set(queries)), sorted(set(candidates))
-    eq = _normalised(embed_with(encoder, tokenizer, unique_q, max_length))
-    ec = _normalised(embed_with(encoder, tokenizer, unique_c, max_length))
+    eq = normalise(embed_with(encoder, tokenizer, unique_q, max_length))
+    ec = normalise(embed_with(encoder, tokenizer, unique_c, max_length))
     qi, ci = {q: i for i, q in enumerate(unique_q)}, {c: i for i, c in enumerate(unique_c)}
     return np.array([float(eq[qi[q]] @ ec[ci[c]]) for q, c in zip(queries, candidates)])
-
-
-def _normalised(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 def table(results: dict[str, dict], ks=KS) -> str:

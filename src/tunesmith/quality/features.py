@@ -14,7 +14,8 @@ def load_encoder(source: str):
     return AutoModel.from_pretrained(source).eval()
 
 
-def embed_with(encoder, tokenizer, texts: list, max_length: int) -> np.ndarray:
+def embed_with(encoder, tokenizer, texts: list, max_length: int, use_cache: bool = True) -> np.ndarray:
+    """Mean-pooled features; `use_cache=False` for texts seen once (a served question): no disk."""
     from tunesmith.evaluate.baseline import embed
 
     if not texts:
@@ -22,6 +23,6 @@ def embed_with(encoder, tokenizer, texts: list, max_length: int) -> np.ndarray:
     if isinstance(texts[0], tuple):  # pairs: both texts, as the model reads them
         ids, _ = tokenize_pairs(tokenizer, [tuple(t) for t in texts], max_length)
     else:
-        ids = tokenize(tokenizer, list(texts), max_length)
+        ids = tokenize(tokenizer, list(texts), max_length, use_cache)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     return embed(encoder, ids, pad_id)

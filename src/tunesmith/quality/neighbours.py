@@ -42,17 +42,22 @@ def nearest(index_x: np.ndarray, query_x: np.ndarray) -> tuple[np.ndarray, np.nd
     return sims, rows
 
 
-def _faiss_nearest(index_x: np.ndarray, query_x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def faiss_index(vectors: np.ndarray):
+    """A FAISS inner-product index over unit `vectors`: flat (exact) up to EXACT_ROWS, HNSW above."""
     import faiss
 
-    dim = index_x.shape[1]
-    if len(index_x) <= EXACT_ROWS:
+    dim = vectors.shape[1]
+    if len(vectors) <= EXACT_ROWS:
         index = faiss.IndexFlatIP(dim)
     else:
         index = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efSearch = 64  # recall of the top neighbour well above 0.99 at this setting
-    index.add(index_x)
-    sims, rows = index.search(query_x, 1)
+    index.add(vectors)
+    return index
+
+
+def _faiss_nearest(index_x: np.ndarray, query_x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    sims, rows = faiss_index(index_x).search(query_x, 1)
     return sims[:, 0], rows[:, 0].astype(np.int64)
 
 
