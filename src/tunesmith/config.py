@@ -274,6 +274,14 @@ class OutputSettings(BaseModel):
     resume: Optional[str] = Field(None, description="Continue the interrupted run in this folder.")
     tensorboard: bool = Field(True, description="Write TensorBoard event files (loss, lr, validation metrics, "
                               "throughput, memory; settings as hparams) in RUN/tensorboard: tensorboard --logdir runs.")
+    track: list[Literal["mlflow", "wandb"]] = Field(
+        [], description="Also log the run to these trackers: mlflow (pip install 'tunesmith[track]'; params, metrics "
+        "per step, config, report and model as artifacts), wandb (pip install 'tunesmith[wandb]').")
+    tracking_uri: Optional[str] = Field(None, description="--track mlflow: the tracking server or store (http://HOST:PORT, "
+                                        "a database URL); default MLFLOW_TRACKING_URI, else sqlite in the runs folder.")
+    experiment: str = Field("tunesmith", description="--track: the MLflow experiment (W&B project) the run goes to.")
+    tracking_parent: Optional[str] = Field(None, description="--track: the parent MLflow run (W&B group) of this run; "
+                                           "`tunesmith tune` sets it to its study's, so trials appear as children.")
 
 
 class ContinualSettings(BaseModel):

@@ -11,6 +11,8 @@
       baseline.json    the untuned baseline (linear head on frozen features)
       metrics.json     final metrics; written last, so its presence means "finished"
       report.html      curves, confusion matrix, per-class table, baseline vs tuned
+      ending.json      a run that stopped without finishing: failed or interrupted, and the error
+      tracking.json    --track: the MLflow / W&B run ids, so a resume continues them
       compression.json compressed runs (quantize, prune, distill): the source run, every step
                        from the trained run to this one, the backend that runs it, the cost table
 """
@@ -95,6 +97,53 @@ class Run:
             except json.JSONDecodeError:
                 break  # a line cut short by a crash: everything before it is good
         return rows
+
+
+ENDING = "ending.json"
+
+
+def record_ending(run: Run, exc: BaseException) -> None:
+    """How a run stopped without finishing (failed or interrupted), for `status` and the dashboard.
+    The error's first line only: a message names files and rows, never a training text."""
+    from datetime import datetime, timezone
+
+    from tunesmith.io import write_json
+    from tunesmith.track import status_of
+
+    if not run.path.is_dir():
+        return
+    message = (str(exc).splitlines() or [type(exc).__name__])[0][:300]
+    write_json(run.path / ENDING, {"status": status_of(exc), "error": message,
+                                   "time": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+
+
+def status(run: Run) -> str:
+    """finished, running (a process holds its training lock), failed or interrupted (also a run
+    killed with -9, which could write nothing)."""
+    if run.finished:
+        return "finished"
+    if _locked(run.path / ".lock"):
+        return "running"
+    ending = run.path / ENDING
+    if ending.is_file():
+        try:
+            return json.loads(ending.read_text(encoding="utf-8")).get("status", "interrupted")
+        except (OSError, json.JSONDecodeError):
+            pass
+    return "interrupted"
+
+
+def _locked(path: Path) -> bool:
+    if not path.is_file():
+        return False
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except OSError:
+        return True
+    finally:
+        os.close(fd)  # closing drops our probe's shared lock, if we got it
 
 
 @contextmanager

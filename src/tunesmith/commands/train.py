@@ -29,10 +29,12 @@ from tunesmith.evaluate import report
 from tunesmith.inference import Predictor
 from tunesmith.io import atomic_dir, write_json, write_text, write_yaml
 from tunesmith.methods import METHODS, count_parameters, load_tuned
+from tunesmith import runs as run_status
 from tunesmith.runs import Run, training_lock
 from tunesmith.tasks import TASKS
 from tunesmith.tasks.mean_pool import trained_pooling
-from tunesmith.train import budget, checkpoint, continual, distributed, tracking
+from tunesmith import track
+from tunesmith.train import budget, checkpoint, continual, distributed
 from tunesmith.train.loop import FitResult, LoopState, fit
 from tunesmith.train.objective import training_objective
 
@@ -62,6 +64,7 @@ def _train(cfg: TrainConfig, run: Run | None, processes, held: ExitStack, log, o
         run = Run(Path(distributed.from_main(str(_unused_run_folder(cfg).path) if main else None)))
     task, method = TASKS[cfg.task], METHODS[cfg.method]
     method.check(cfg, task)  # e.g. qlora without a GPU: refused before any data or model is loaded
+    track.check(cfg)  # --track mlflow without mlflow installed: refused now too
     earlier = continual.prior_run(cfg) if cfg.from_run else None
     if earlier is not None:
         cfg.model = str(earlier.model_dir.resolve())  # its model and tokenizer are the start
@@ -118,17 +121,25 @@ def _train(cfg: TrainConfig, run: Run | None, processes, held: ExitStack, log, o
         log(f"run folder: {run.path}")
     processes.wait_for_everyone()
 
+    tracking = track.Tracking(run.path, cfg, log) if main else None
     try:
-        return _fine_tune_and_evaluate(run, cfg, task, method, splits, tokenizer, model, resuming, log, earlier,
-                                       on_evaluate, score_test)
-    except KeyboardInterrupt:
-        raise Interrupted(run.path) from None
-    except UserError:
-        # Refused before any training step (a method that cannot adapt this model): nothing
-        # in the folder is worth keeping, and bad input never leaves one behind.
-        if not resuming and main and not run.checkpoints.exists():
+        done = _fine_tune_and_evaluate(run, cfg, task, method, splits, tokenizer, model, resuming, log, earlier,
+                                       on_evaluate, score_test, tracking)
+    except BaseException as exc:
+        if main:
+            tracking.close(track.status_of(exc))
+        if isinstance(exc, UserError) and not resuming and main and not run.checkpoints.exists():
+            # Refused before any training step (a method that cannot adapt this model): nothing
+            # in the folder is worth keeping, and bad input never leaves one behind.
             shutil.rmtree(run.path, ignore_errors=True)
+        elif main:
+            run_status.record_ending(run, exc)  # what the dashboard shows: failed or interrupted
+        if isinstance(exc, KeyboardInterrupt):
+            raise Interrupted(run.path) from None
         raise
+    if tracking is not None:
+        tracking.close("finished")
+    return done
 
 
 def _quality(cfg: TrainConfig, task, splits: Splits, source: str, tokenizer, score_test: bool, log):
@@ -160,7 +171,7 @@ def _pooling(cfg: TrainConfig, task, method, source: str) -> str:
 
 def _fine_tune_and_evaluate(run: Run, cfg: TrainConfig, task, method, splits: Splits, tokenizer, model,
                             resuming: bool, log, earlier: Run | None = None, on_evaluate=None,
-                            score_test: bool = True) -> Run:
+                            score_test: bool = True, tracking: track.Tracking | None = None) -> Run:
     """Steps 3-7: everything that happens inside the run folder."""
     examples, features = _encode_splits(cfg, task, splits, tokenizer, log, earlier)
     if task.score_reference is not None:  # DPO: the reference's log-probabilities, before any tuning
@@ -200,7 +211,7 @@ def _fine_tune_and_evaluate(run: Run, cfg: TrainConfig, task, method, splits: Sp
     loss = training_objective(cfg, task, method, tokenizer, examples["train"].labels, splits.labels, ewc)
     if method.trains:
         result = fit(model, features["train"], evaluate, cfg, run.path, metric, task.metrics_higher_is_better[metric],
-                     resume=resuming, log=log, compute_loss=loss, on_step=method.on_step)
+                     resume=resuming, log=log, compute_loss=loss, on_step=method.on_step, tracking=tracking)
         if not main:  # the main process keeps, exports and tests the model
             return run
         _keep_best(run, cfg, model, log)
@@ -213,8 +224,9 @@ def _fine_tune_and_evaluate(run: Run, cfg: TrainConfig, task, method, splits: Sp
     metrics = _test_metrics(run, cfg, task, splits, examples, result, metric, tuned, params, earlier, log, score_test)
     write_text(run.report_file, report.render(f"tunesmith run {run.path.name}", run.config(), metrics,
                                               run.history(), splits.labels))
-    tracking.record_result(run.path, run.config(), metrics.get("test") or {}, cfg)
     write_json(run.metrics_file, metrics)  # last: its presence marks the run finished
+    if tracking is not None:  # settings, test metrics, report and model to the trackers
+        tracking.finish(run.config(), metrics)
     for line in versus_baseline(metrics, metric, task.metrics_higher_is_better[metric]):
         log(line)
     return run

@@ -19,6 +19,7 @@ from tunesmith.errors import UserError
 from tunesmith.io import write_text
 from tunesmith.runs import Run
 from tunesmith.search import report
+from tunesmith.track import mlflow_log, status_of
 from tunesmith.search.space import default_space, grid, parse_space
 from tunesmith.search.study import (PRUNERS, SAMPLERS, StudySpec, best_config_yaml, best_run, keep_only,
                                     run_study, short, trial_rows, write_trials_csv)
@@ -61,12 +62,22 @@ def search(values: dict, space_block, source: str, folder: str, trials: int = 20
     log(f"study {study_folder} ({spec.storage_url.split('://')[0]}): {trials} trials of {cfg.task}, "
         f"searching {', '.join(space)}; selecting on val {metric}")
     TASKS[cfg.task].load_data(cfg)  # data that cannot load fails here once, not in every trial
+    if "mlflow" in cfg.track:  # the study is an MLflow run; every trial's run is its child
+        values["tracking_parent"] = mlflow_log.parent_run(cfg, study_folder, spec.trials_dir, study_folder.name)
+    elif "wandb" in cfg.track:  # W&B: the trials are one group
+        values["tracking_parent"] = study_folder.name
     try:
         study = run_study(spec, train, metric, "maximize" if higher_better else "minimize", log)
-    except KeyboardInterrupt:
-        log(f"tune: interrupted; the same command continues the study in {study_folder}")
+        best = _finish(spec, study, metric, higher_better, score_best, log)
+    except BaseException as exc:
+        if "mlflow" in cfg.track:
+            mlflow_log.end_parent_run(cfg, study_folder, spec.trials_dir, status_of(exc))
+        if isinstance(exc, KeyboardInterrupt):
+            log(f"tune: interrupted; the same command continues the study in {study_folder}")
         raise
-    return _finish(spec, study, metric, higher_better, score_best, log)
+    if "mlflow" in cfg.track:
+        mlflow_log.end_parent_run(cfg, study_folder, spec.trials_dir, "finished", {f"val_{metric}": study.best_value})
+    return best
 
 
 def _base_values(source: str, overrides: dict) -> tuple[dict, object]:

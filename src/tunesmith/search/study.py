@@ -295,7 +295,7 @@ def best_config_yaml(run_config: dict, metric: str, value: float) -> str:
     """best.yaml: the best trial's resolved config as a new run (no name, runs/ as output)."""
     import yaml
 
-    values = {k: v for k, v in run_config.items() if k not in ("name", "resume")}
+    values = {k: v for k, v in run_config.items() if k not in ("name", "resume", "tracking_parent")}
     values["output"] = "runs"
     header = (f"# The best trial of a `tunesmith tune` study (val {metric} {value:.4f}).\n"
               "# Re-run it as is: tunesmith train best.yaml\n")

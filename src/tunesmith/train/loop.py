@@ -28,7 +28,8 @@ from tqdm.auto import tqdm
 from tunesmith.data.batching import Features, train_batches
 from tunesmith.errors import TrainingDiverged, UserError
 from tunesmith.io import lines, write_text
-from tunesmith.train import checkpoint, tracking
+from tunesmith import track
+from tunesmith.train import checkpoint
 from tunesmith.train.distributed import local_share
 from tunesmith.train.optim import build_optimizer, build_scheduler
 
@@ -84,11 +85,13 @@ def fit(
     log: Callable[[str], None] = print,
     compute_loss: Callable | None = None,
     on_step: Callable | None = None,
+    tracking: track.Tracking | None = None,
 ) -> FitResult:
     """`compute_loss(model, batch) -> (loss, extras)` replaces the model's own loss (DPO);
     its extras (floats) are averaged over the step and logged in the history.
     `on_step(model, step, total_steps)` runs after each optimizer step, before the gradients
-    are cleared (AdaLoRA's rank reallocation reads them)."""
+    are cleared (AdaLoRA's rank reallocation reads them). `tracking` (the run's trackers, which
+    the caller closes) sees every history row; without it the loop opens and closes its own."""
     from accelerate import Accelerator
 
     precision = choose_precision(cfg.precision)
@@ -109,12 +112,16 @@ def fit(
     model.train()
     bar = _progress_bar(total_steps, state.step, accelerator.is_main_process)
     main = accelerator.is_main_process  # only the main process writes the run folder
-    tensorboard = tracking.open_log(run_dir, cfg, state.step if resume else None) if main else None
+    # The run's trackers (TensorBoard, --track ...): the caller's, or ours for this loop alone.
+    own_tracking = tracking is None and main
+    if own_tracking:
+        tracking = track.Tracking(run_dir, cfg, log)
+    if main:
+        tracking.start(state.step if resume else None)
 
     def history(row: dict) -> None:
         _append_history(history_file, row)
-        if tensorboard is not None:
-            tensorboard.row(row)
+        tracking.row(row)
 
     recent_loss: list[float] = []
 
@@ -160,10 +167,15 @@ def fit(
                 if state.group_in_epoch >= len(groups):
                     state.epoch += 1
                     state.group_in_epoch = 0
+    except BaseException as exc:
+        if own_tracking:
+            tracking.close(track.status_of(exc))
+            own_tracking = False
+        raise
     finally:
         bar.close()
-        if tensorboard is not None:
-            tensorboard.close()
+        if own_tracking:
+            tracking.close("finished")
     return FitResult(state, total_steps, precision, processes=accelerator.num_processes)
 
 

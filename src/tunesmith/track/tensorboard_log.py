@@ -1,7 +1,7 @@
-"""Experiment tracking: every run writes TensorBoard event files in RUN/tensorboard/, so
-`tensorboard --logdir runs` (pip install tensorboard) shows every run's curves side by side.
+"""TensorBoard: every run writes event files in RUN/tensorboard/, so `tensorboard --logdir runs`
+(pip install tensorboard) shows every run's curves side by side.
 
-The history rows the loop writes go there as scalars: train/loss, train/lr, train/samples_per_second,
+The history rows go there as scalars: train/loss, train/lr, train/samples_per_second,
 train/memory_mb (resident memory), each extra the loss reports (train/soft_loss, ...), and
 val/<metric> at every evaluation. When the run ends, its settings and test metrics are written as
 TensorBoard hparams, so runs can be compared by their settings. tensorboardX writes the files (a
@@ -15,6 +15,8 @@ import os
 import uuid
 from pathlib import Path
 
+from tunesmith.track import flat_settings, register
+
 FOLDER = "tensorboard"
 
 
@@ -27,14 +29,21 @@ def resident_mb() -> float | None:
         return None
 
 
+@register("tensorboard")
 class TensorBoardLog:
-    def __init__(self, run_dir: Path, resume_step: int | None = None):
+    def __init__(self, run_dir: Path, cfg=None):
+        import tensorboardX  # noqa: F401  (missing: ImportError now, and the run goes on without it)
+
+        self.folder = Path(run_dir) / FOLDER
+        self.writer = None
+
+    def start(self, resume_step: int | None) -> None:
         from tensorboardX import SummaryWriter
 
         # tensorboardX names a file by the second it was opened: a second writer in the same second
-        # (the result's hparams after a short run, a resume right after a crash) would overwrite
-        # the first's events, so each file gets a suffix of its own.
-        self.writer = SummaryWriter(str(Path(run_dir) / FOLDER), purge_step=resume_step, flush_secs=10,
+        # (a resume right after a crash) would overwrite the first's events, so each file gets a
+        # suffix of its own.
+        self.writer = SummaryWriter(str(self.folder), purge_step=resume_step, flush_secs=10,
                                     filename_suffix=f".{uuid.uuid4().hex[:12]}")
 
     def row(self, row: dict) -> None:
@@ -46,26 +55,10 @@ class TensorBoardLog:
         if "loss" in row and (memory := resident_mb()) is not None:
             self.writer.add_scalar("train/memory_mb", memory, step)
 
-    def close(self) -> None:
+    def finish(self, settings: dict, metrics: dict, run_dir: Path) -> None:
+        """The run's settings and test metrics as TensorBoard hparams (compare runs by settings)."""
+        scores = {f"test/{k}": v for k, v in (metrics.get("test") or {}).items() if isinstance(v, float)}
+        self.writer.add_hparams(flat_settings(settings), scores, name="hparams")
+
+    def close(self, status: str) -> None:
         self.writer.close()
-
-
-def open_log(run_dir: Path, cfg, resume_step: int | None = None) -> TensorBoardLog | None:
-    """The run's TensorBoard log, or None when `--no-tensorboard` (or tensorboardX is missing)."""
-    if not cfg.tensorboard:
-        return None
-    try:
-        return TensorBoardLog(run_dir, resume_step)
-    except ImportError:
-        return None
-
-
-def record_result(run_dir: Path, settings: dict, metrics: dict, cfg) -> None:
-    """The run's settings and test metrics as TensorBoard hparams (compare runs by settings)."""
-    log = open_log(run_dir, cfg)
-    if log is None:
-        return
-    hparams = {k: v for k, v in settings.items() if isinstance(v, (int, float, str, bool)) and not isinstance(v, list)}
-    scores = {f"test/{k}": v for k, v in metrics.items() if isinstance(v, float)}
-    log.writer.add_hparams(hparams, scores, name="hparams")
-    log.close()
