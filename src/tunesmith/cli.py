@@ -131,6 +131,13 @@ def _cmd_assistant(args) -> int:
     return 0
 
 
+def _cmd_ui(args) -> int:
+    from tunesmith.commands.ui import ui
+
+    ui(args.runs, args.host, args.port, args.data_dirs)
+    return 0
+
+
 def _cmd_monitor(args) -> int:
     from tunesmith.commands.monitor import monitor, serve_monitor
     from tunesmith.durations import parse_duration
@@ -437,6 +444,16 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     v.add_argument("--port", type=int, default=8091, help="port (default: 8091)")
     v.set_defaults(func=_cmd_assistant)
+
+    p = verbs.add_parser("ui", help="web dashboard over a runs folder: runs table, live curves, compare, try it, "
+                         "start and cancel training")
+    p.add_argument("runs", nargs="?", default="runs", help="folder that holds the run folders (default: runs)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default: 127.0.0.1; another needs TUNESMITH_API_KEYS)")
+    p.add_argument("--port", type=int, default=8095, help="port (default: 8095)")
+    p.add_argument("--data-dir", action="append", dest="data_dirs", metavar="FOLDER",
+                   help="a folder whose data files the start-a-run form may use, besides the runs folder (repeatable)")
+    p.set_defaults(func=_cmd_ui)
 
     p = verbs.add_parser("monitor", help="score a stream of texts per topic over time and alert on negative surges")
     p.add_argument("--sentiment", required=True, help="finished sentiment run folder (its labels name the negative one)")

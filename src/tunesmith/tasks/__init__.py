@@ -105,6 +105,7 @@ class TaskDefaults:
     generative = False  # answers are generated text: `answer_metrics`, `generate`, generation parameters
     serves_images = False  # served inputs are images (base64 or multipart), not texts
     mean_pooling = False  # its head can read the body's mean-pooled states (tasks/mean_pool.py)
+    class_probabilities = False  # predict gives one probability row over the labels per input (one label each)
     # Data-quality checks `check` and `train` run for it (quality/__init__.py): "label-errors",
     # "near-duplicates", "outliers", "text", "images".
     quality_checks: tuple[str, ...] = ()

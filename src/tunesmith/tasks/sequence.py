@@ -40,6 +40,7 @@ class SequenceTask(TaskDefaults):
         self.quality_checks = head.quality_checks
         self.start_head = head.start_head
         self.problem_type = head.problem_type
+        self.class_probabilities = head.problem_type == "single_label_classification"
         self.response_schema = head.response_schema
         self.ensemble = head.ensemble
         # Texts longer than the model: pairs are cut from the longer text (truncate only).

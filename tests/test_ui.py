@@ -1,0 +1,163 @@
+"""`tunesmith ui`'s API in-process (FastAPI's TestClient): the runs table, a run's details, live
+history as server-sent events, the most confident wrong predictions, try it, starting,
+cancelling and resuming training, and the security defaults. The pages themselves are tested in
+a real browser in test_ui_browser.py."""
+
+import json
+import time
+
+import numpy as np
+import pytest
+
+from conftest import make_rows, train_args, write_csv
+
+
+@pytest.fixture(scope="module")
+def runs_folder(tmp_path_factory, tiny_model):
+    from tunesmith.cli import main
+
+    base = tmp_path_factory.mktemp("ui")
+    (base / "runs").mkdir()
+    data = write_csv(base / "runs" / "toy.csv", make_rows(30))  # inside the runs folder: allowed for new runs
+    assert main(train_args(data, tiny_model, base / "runs", "first", "--epochs", "3", "--eval-every", "4")) == 0
+    return base / "runs"
+
+
+def client_for(root, keys=None, **kwargs):
+    from fastapi.testclient import TestClient
+
+    from tunesmith.serve.security import KeyRing
+    from tunesmith.ui.service import create_app
+
+    return TestClient(create_app(root, KeyRing(keys or []), **kwargs), base_url="http://127.0.0.1")
+
+
+def test_runs_table_and_a_runs_details(runs_folder):
+    client = client_for(runs_folder)
+    rows = client.get("/api/runs").json()["runs"]
+    metrics = json.loads((runs_folder / "first" / "metrics.json").read_text())
+    (row,) = [r for r in rows if r["id"] == "first"]
+    assert row["status"] == "finished" and row["split"] == "test"
+    assert row["value"] == pytest.approx(metrics["test"]["macro_f1"])
+    assert row["trainable_pct"] == pytest.approx(metrics["parameters"]["trainable_pct"])
+
+    run = client.get("/api/run", params={"id": "first"}).json()
+    assert run["labels"] == json.loads((runs_folder / "first" / "labels.json").read_text())
+    assert len(run["history"]) == len((runs_folder / "first" / "history.jsonl").read_text().splitlines())
+    assert run["test"]["confusion_matrix"] == metrics["test"]["confusion_matrix"]
+    assert client.get("/api/run", params={"id": "../first"}).status_code == 404  # nothing outside the folder
+    assert client.get("/api/run", params={"id": "nope"}).status_code == 404
+    assert client.get("/api/run/report", params={"id": "first"}).text.startswith("<!")
+    for page in ("/", "/run?id=first", "/compare?ids=first", "/static/app.js"):
+        assert client.get(page).status_code == 200
+
+
+def test_history_streams_as_server_sent_events_then_ends(runs_folder):
+    client = client_for(runs_folder)
+    with client.stream("GET", "/api/run/events", params={"id": "first"}) as answer:
+        body = "".join(answer.iter_text())
+    events = [block for block in body.split("\n\n") if block.strip()]
+    rows = [json.loads(e[len("data: "):]) for e in events if e.startswith("data: ")]
+    history = [json.loads(line) for line in (runs_folder / "first" / "history.jsonl").read_text().splitlines()]
+    assert rows == history
+    assert events[-1].startswith("event: end") and '"finished"' in events[-1]
+
+
+def test_most_confident_wrong_predictions_are_the_test_splits(runs_folder):
+    from tunesmith.inference import Predictor
+    from tunesmith.runs import Run
+
+    client = client_for(runs_folder)
+    found = client.get("/api/run/errors", params={"id": "first"}).json()
+    run = Run(runs_folder / "first")
+    test = run.split("test")
+    predictor = Predictor.from_run(run)
+    probs = np.asarray(predictor.predict(test.texts))
+    wrong = [i for i, p in enumerate(probs.argmax(axis=1)) if predictor.labels[p] != test.labels[i]]
+    assert found["available"] and found["wrong"] == len(wrong) and found["scored"] == len(test.texts)
+    confidences = [r["confidence"] for r in found["rows"]]
+    assert confidences == sorted(confidences, reverse=True)
+    assert all(r["label"] != r["predicted"] for r in found["rows"])
+    if wrong:
+        top = max(wrong, key=lambda i: probs[i].max())
+        assert found["rows"][0]["text"] == test.texts[top]
+
+
+def test_try_it_answers_as_serve_does(runs_folder):
+    client = client_for(runs_folder)
+    labels = json.loads((runs_folder / "first" / "labels.json").read_text())
+    answer = client.post("/api/run/predict", json={"id": "first", "text": "great wonderful"}).json()
+    assert answer["label"] in labels and set(answer["scores"]) <= set(labels)
+    assert client.post("/api/run/predict", json={"id": "first", "text": ""}).status_code == 422
+
+
+def test_security_defaults(runs_folder):
+    open_client = client_for(runs_folder)
+    assert open_client.get("/api/runs", headers={"host": "evil.example"}).status_code in (400, 403)
+    refused = open_client.post("/api/run/predict", json={"id": "first", "text": "x"},
+                               headers={"origin": "http://evil.example"})
+    assert refused.status_code == 403  # another site's page cannot use the dashboard
+
+    keyed = client_for(runs_folder, ["secret-key-1"], host="0.0.0.0")
+    assert keyed.get("/api/runs").status_code == 401
+    assert keyed.get("/api/runs", headers={"authorization": "Bearer secret-key-1"}).status_code == 200
+    assert keyed.get("/healthz").status_code == 200
+    assert keyed.post("/api/login", json={"key": "wrong"}).status_code == 401
+    assert keyed.post("/api/login", json={"key": "secret-key-1"}).status_code == 200
+    assert keyed.get("/api/runs").status_code == 200  # the sign-in cookie
+
+
+def test_new_runs_read_allowed_data_only(runs_folder, tmp_path):
+    client = client_for(runs_folder)
+    outside = write_csv(tmp_path / "outside.csv", make_rows(10))
+    choices = client.get("/api/choices").json()
+    values = [d["value"] for d in choices["data"]]
+    assert str(runs_folder / "toy.csv") in values and "tweets-sentiment" in values
+    assert not any("first" in v for v in values)  # a run's own splits are not offered
+    answer = client.post("/api/jobs", json={"data": outside, "name": "x"})
+    assert answer.status_code == 422 and "choose a file under" in answer.json()["detail"]
+    answer = client.post("/api/jobs", json={"data": str(runs_folder / "toy.csv"), "name": "../escape"})
+    assert answer.status_code == 422
+    answer = client.post("/api/jobs", json={"data": str(runs_folder / "toy.csv"), "name": "first"})
+    assert answer.status_code == 422 and "exists" in answer.json()["detail"]
+
+
+def _wait(predicate, seconds=120):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.3)
+    return False
+
+
+def test_cancel_keeps_a_resumable_run_and_resume_finishes_it(runs_folder, tiny_model):
+    from tunesmith.runs import Run, status
+
+    client = client_for(runs_folder)
+    settings = {"data": str(runs_folder / "toy.csv"), "name": "cancelled", "model": tiny_model, "method": "full",
+                "epochs": 100, "max_length": 16}
+    job = client.post("/api/jobs", json=settings).json()
+    assert "id" in job, job
+    run = Run(runs_folder / "cancelled")
+    # Cancel once it has a checkpoint to keep (the first evaluation writes one).
+    assert _wait(lambda: (run.checkpoints / "last").is_dir()), client.get("/api/jobs").json()
+    client.post(f"/api/jobs/{job['id']}/cancel")
+    assert _wait(lambda: client.get("/api/jobs").json()[0]["state"] != "running")
+    assert client.get("/api/jobs").json()[0]["state"] == "cancelled"
+    assert status(run) == "interrupted"
+    (row,) = [r for r in client.get("/api/runs").json()["runs"] if r["id"] == "cancelled"]
+    assert row["status"] == "interrupted"
+    assert client.post("/api/run/resume", json={"id": "first"}).status_code == 409  # finished: nothing to resume
+
+    # Resume it with fewer steps left: shorten the run by editing nothing but its epochs.
+    import yaml
+
+    config = yaml.safe_load(run.config_file.read_text())
+    config["epochs"] = 2.0
+    run.config_file.write_text(yaml.safe_dump(config))
+    resumed = client.post("/api/run/resume", json={"id": "cancelled"}).json()
+    assert _wait(lambda: client.get("/api/jobs").json()[-1]["state"] != "running", 180)
+    jobs = {j["id"]: j for j in client.get("/api/jobs").json()}
+    assert jobs[resumed["id"]]["state"] == "finished", jobs[resumed["id"]]["log"]
+    assert status(run) == "finished"
