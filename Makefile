@@ -34,7 +34,15 @@ $(VENV)/.dev: $(VENV)/.torch pyproject.toml $(LOCK)
 demo: $(VENV)/.demo
 	$(VENV)/bin/tunesmith quickstart
 
-test: $(VENV)/.dev
+# The dashboard's browser tests drive Debian's Chromium (Playwright's own browser download cannot
+# work offline). Installed here when missing and apt-get can run; otherwise those tests skip, saying why.
+CHROMIUM := /usr/bin/chromium
+$(CHROMIUM):
+	@command -v apt-get >/dev/null && { apt-get install -y -q chromium >/dev/null 2>&1 || \
+	  { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1; }; } || \
+	  echo "note: could not install chromium with apt-get; the browser tests will skip"
+
+test: $(VENV)/.dev $(CHROMIUM)
 	$(PY) -m pytest
 
 # The suite against the newest releases the index serves (no lock), in a venv of its own:
