@@ -66,11 +66,10 @@ def summary(root: Path, run: Run) -> dict:
     metric = config.get("metric") or "macro_f1"
     test, val_best = metrics.get("test") or {}, metrics.get("val_best") or {}
     training = metrics.get("training") or {}
-    history = run.history()
+    steps, best_so_far = _progress(run, metric, _higher_is_better(config.get("task"), metric))
     value, split = (test.get(metric), "test") if isinstance(test.get(metric), (int, float)) else (val_best.get(metric), "val")
     if value is None:  # a running or interrupted run: its best validation score so far
-        scores = [row[f"val_{metric}"] for row in history if isinstance(row.get(f"val_{metric}"), (int, float))]
-        value, split = (max(scores) if scores else None), "val"
+        value, split = best_so_far, "val"
     return {
         "id": run.path.resolve().relative_to(root.resolve()).as_posix(),
         "name": run.path.name,
@@ -84,9 +83,35 @@ def summary(root: Path, run: Run) -> dict:
         "seconds": training.get("train_seconds"),
         "trainable_pct": (metrics.get("parameters") or {}).get("trainable_pct"),
         "status": run_files.status(run),
-        "steps": history[-1].get("step") if history else 0,
+        "steps": steps,
         "started": run.config_file.stat().st_mtime,
     }
+
+
+_PROGRESS: dict[str, tuple] = {}  # history file -> ((size, mtime), (last step, best val score))
+
+
+def _higher_is_better(task: str | None, metric: str) -> bool:
+    from tunesmith.tasks import TASKS
+
+    return TASKS[task].metrics_higher_is_better.get(metric, True) if task in TASKS else True
+
+
+def _progress(run: Run, metric: str, higher_better: bool) -> tuple[int, float | None]:
+    """(last step, best validation score so far) from history.jsonl, re-read only when it changed:
+    the table refreshes every few seconds, and a long run's history has many thousand lines."""
+    try:
+        stat = run.history_file.stat()
+    except OSError:
+        return 0, None
+    key, stamp = str(run.history_file), (stat.st_size, stat.st_mtime_ns, metric)
+    if key in _PROGRESS and _PROGRESS[key][0] == stamp:
+        return _PROGRESS[key][1]
+    history = run.history()
+    scores = [row[f"val_{metric}"] for row in history if isinstance(row.get(f"val_{metric}"), (int, float))]
+    best = (max(scores) if higher_better else min(scores)) if scores else None
+    _PROGRESS[key] = (stamp, (history[-1].get("step", 0) if history else 0, best))
+    return _PROGRESS[key][1]
 
 
 def details(root: Path, run: Run) -> dict:

@@ -67,17 +67,19 @@ class Jobs:
         self.lock = threading.Lock()
 
     # ---- what may be trained on -----------------------------------------------------------
-    def data_files(self) -> list[dict]:
-        """Data files under the allowed folders (not inside run folders), and the built-in sets."""
+    def data_files(self, limit: int = 500) -> list[dict]:
+        """Data files under the allowed folders (never inside a run folder), and the built-in sets."""
         found = []
         for folder in self.data_dirs:
-            for path in sorted(folder.rglob("*")):
-                if len(found) >= 500:
-                    break
-                if (path.suffix.lower() in DATA_SUFFIXES and path.is_file()
-                        and not any((parent / "config.yaml").is_file() for parent in path.parents
-                                    if parent.is_relative_to(folder) and parent != folder)):
-                    found.append({"value": str(path), "label": str(path.relative_to(folder))})
+            for parent, dirs, files in os.walk(folder):
+                # A run folder's own splits are not training data to offer, and its checkpoints
+                # and models are large trees: the walk does not go into them.
+                dirs[:] = sorted(d for d in dirs if not d.startswith(".")
+                                 and not (Path(parent) / d / "config.yaml").is_file())
+                for name in sorted(files):
+                    path = Path(parent) / name
+                    if path.suffix.lower() in DATA_SUFFIXES and len(found) < limit:
+                        found.append({"value": str(path), "label": str(path.relative_to(folder))})
         return found + [{"value": name, "label": f"{name} (built-in)"} for name in builtin_names()]
 
     def allowed_data(self, data: str) -> str:
