@@ -19,6 +19,7 @@ from tunesmith.errors import UserError
 from tunesmith.io import write_text
 from tunesmith.runs import Run
 from tunesmith.search import report
+from tunesmith import track
 from tunesmith.track import mlflow_log, status_of
 from tunesmith.search.space import default_space, grid, parse_space
 from tunesmith.search.study import (PRUNERS, SAMPLERS, StudySpec, best_config_yaml, best_run, keep_only,
@@ -62,6 +63,7 @@ def search(values: dict, space_block, source: str, folder: str, trials: int = 20
     log(f"study {study_folder} ({spec.storage_url.split('://')[0]}): {trials} trials of {cfg.task}, "
         f"searching {', '.join(space)}; selecting on val {metric}")
     TASKS[cfg.task].load_data(cfg)  # data that cannot load fails here once, not in every trial
+    track.check(cfg)  # --track with its package missing: refused before the first trial
     if "mlflow" in cfg.track:  # the study is an MLflow run; every trial's run is its child
         values["tracking_parent"] = mlflow_log.parent_run(cfg, study_folder, spec.trials_dir, study_folder.name)
     elif "wandb" in cfg.track:  # W&B: the trials are one group
