@@ -48,6 +48,19 @@ def test_resolved_config_fills_method_default_lr_and_reloads():
     assert build_config(values, "config.yaml") .resolved_lr() == 5e-4
 
 
+def test_ner_has_its_own_default_lr_per_method_and_a_given_lr_wins():
+    """Token classification at the sequence tasks' rates is undertrained after 3 passes
+    (docs/benchmarks.md, "NER defaults"): its rule is full 2e-4, lora 2e-3, others their own."""
+    ner = {"data": "x.conll", "task": "token-classification"}
+    assert build_config({**ner, "method": "full"}, "flags").resolved_lr() == 2e-4
+    assert build_config({**ner, "method": "lora"}, "flags").resolved_lr() == 2e-3
+    assert build_config({**ner, "method": "adapter"}, "flags").resolved_lr() == 1e-3  # the method's own
+    assert build_config({**ner, "method": "lora", "lr": 1e-4}, "flags").resolved_lr() == 1e-4
+    assert build_config({"data": "x.csv", "method": "full"}, "flags").resolved_lr() == 5e-5  # sequence tasks: unchanged
+    values = config_to_yaml_dict(build_config({**ner, "method": "lora"}, "flags"))
+    assert values["lr"] == 2e-3  # recorded, so the run re-runs with the same rate
+
+
 def test_every_field_has_a_flag_and_help():
     import argparse
 

@@ -92,6 +92,28 @@ def test_a_run_and_a_study_land_in_a_real_mlflow_server(mlflow_server, tmp_path,
     assert "best/val_macro_f1" in client.get_run(studies[0].info.run_id).data.metrics
 
 
+def test_mlflow_defaults_to_a_sqlite_store_beside_the_runs_and_resume_continues_its_run(tmp_path, toy_csv, tiny_model,
+                                                                                       monkeypatch):
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    from conftest import interrupt_during_second_evaluation
+    from tunesmith.tasks import TASKS
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    runs = tmp_path / "runs"
+    args = train_args(toy_csv, tiny_model, runs, "local", "--epochs", "3", "--track", "mlflow")
+    interrupt_during_second_evaluation(monkeypatch, TASKS["text-classification"], args)
+    run_id = json.loads((runs / "local" / "tracking.json").read_text())["mlflow_run_id"]
+    client = MlflowClient(tracking_uri=f"sqlite:///{runs / 'mlflow.db'}")
+    assert client.get_run(run_id).info.status == "KILLED"  # Ctrl-C: the MLflow run says so
+    assert main(["train", "--resume", str(runs / "local")]) == 0
+    run = client.get_run(run_id)  # the same MLflow run, continued
+    assert run.info.status == "FINISHED" and "test/macro_f1" in run.data.metrics
+    assert (runs / "mlartifacts").is_dir()  # artifacts beside the runs, not in the working directory
+    assert {"config.yaml", "model"} <= {a.path for a in client.list_artifacts(run_id)}
+
+
 def test_an_unreachable_tracker_warns_once_and_the_run_finishes(tmp_path, toy_csv, tiny_model, monkeypatch, capsys):
     pytest.importorskip("mlflow")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
