@@ -270,3 +270,14 @@ def test_every_run_writes_tensorboard_events_that_read_back(tmp_path, toy_csv, t
     assert any(tag.startswith("test/") for tag in tags)  # the hparams' metrics
     assert main(train_args(toy_csv, tiny_model, tmp_path, "quiet", "--epochs", "1", "--no-tensorboard")) == 0
     assert not (tmp_path / "quiet" / "tensorboard").exists()
+
+
+def test_a_run_that_learned_nothing_says_so_and_names_the_lr_to_try():
+    from tunesmith.commands.train import learned_nothing
+
+    flat = [{"step": 1, "loss": 0.4}, {"step": 2, "val_f1": 0.0}, {"step": 4, "val_f1": 0.0}]
+    (line,) = learned_nothing(flat, "f1", True, 2e-3)
+    assert line.startswith("warning: validation f1 was 0 at every evaluation") and "--lr 0.0005" in line
+    assert learned_nothing(flat + [{"step": 6, "val_f1": 0.01}], "f1", True, 2e-3) == []
+    assert learned_nothing(flat, "f1", False, 2e-3) == []  # lower-is-better metrics are not judged by zero
+    assert learned_nothing([{"step": 1, "loss": 0.4}], "f1", True, 2e-3) == []  # never evaluated: nothing to say

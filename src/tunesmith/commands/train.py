@@ -229,6 +229,8 @@ def _fine_tune_and_evaluate(run: Run, cfg: TrainConfig, task, method, splits: Sp
         tracking.finish(run.config(), metrics)
     for line in versus_baseline(metrics, metric, task.metrics_higher_is_better[metric]):
         log(line)
+    for line in learned_nothing(run.history(), metric, task.metrics_higher_is_better[metric], cfg.resolved_lr()):
+        log(line)
     return run
 
 
@@ -351,6 +353,17 @@ def versus_baseline(metrics: dict, metric: str, higher_better: bool) -> list[str
         lines.append(f"warning: the fine-tuned model is worse on test {metric} than the untuned baseline; "
                      "train longer (--epochs), raise --lr or --head-lr, or try --method adapter or few-shot")
     return lines
+
+
+def learned_nothing(history: list[dict], metric: str, higher_better: bool, lr: float) -> list[str]:
+    """A warning when the validation metric sat at zero at every evaluation: the model learned
+    nothing (a tagger that collapsed to "no entity" everywhere scores entity F1 0 whatever the
+    loss says). Both causes are a learning rate: too high collapses it, too low never moves it."""
+    scores = [row[f"val_{metric}"] for row in history if isinstance(row.get(f"val_{metric}"), (int, float))]
+    if not higher_better or not scores or any(score > 0 for score in scores):
+        return []
+    return [f"warning: validation {metric} was 0 at every evaluation: the model learned nothing. A learning rate "
+            f"too high collapses it to one answer, one too low barely moves it: try --lr {lr / 4:g} (or --lr {lr * 4:g})"]
 
 
 def _silent(*_) -> None:
