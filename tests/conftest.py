@@ -6,6 +6,7 @@ down" and "accuracy beats chance" are assertions that can fail when training is 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import random
 
@@ -177,3 +178,34 @@ def make_qa_rows(n: int, seed: int = 0) -> list[dict]:
         extra = " ".join(rng.sample(["a", "short", "answer", "please"], rng.randint(0, 3)))
         rows.append({"instruction": f"{lead} {thing}", "input": extra, "output": f"it is {COLOURS[thing]}"})
     return rows
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def served_in_thread(app):
+    """`app` served by uvicorn on a free loopback port in a background thread; yields its URL."""
+    import threading
+    import time
+
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)

@@ -2,13 +2,10 @@
 routes driven by OpenAI's own Python client against a real server."""
 
 import json
-import socket
-import threading
-import time
 
 import pytest
 
-from conftest import make_qa_rows
+from conftest import make_qa_rows, served_in_thread
 from tunesmith.cli import main
 
 pytest.importorskip("fastapi")
@@ -274,22 +271,9 @@ def test_classifier_runs_have_no_openai_routes(tmp_path, tiny_model):
 
 @pytest.fixture(scope="module")
 def server(run, predictor):
-    import uvicorn
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     app = create_app(predictor, ServeSettings(run=str(run.path), max_new_tokens=64), KeyRing([KEY]), run_info(run))
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    for _ in range(300):
-        if server.started:
-            break
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}/v1"
-    server.should_exit = True
-    thread.join(timeout=30)
+    with served_in_thread(app) as url:
+        yield f"{url}/v1"
 
 
 def test_the_openai_client_chats_streams_completes_and_lists_models(server, run, predictor):

@@ -2,7 +2,6 @@
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -10,7 +9,7 @@ import time
 
 import pytest
 
-from conftest import train_tiny_run
+from conftest import free_port, train_tiny_run
 from tunesmith.cli import main
 
 httpx = pytest.importorskip("httpx")
@@ -23,12 +22,6 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 def run_path(tmp_path_factory, tiny_model):
     base = tmp_path_factory.mktemp("proc")
     return train_tiny_run(base, tiny_model, "freeze", "1", 20)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start(run_path, port, *extra):

@@ -5,7 +5,6 @@ refused before any work; a run's status (finished, failed, interrupted, running)
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -13,14 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import train_args
+from conftest import free_port, train_args
 from tunesmith.cli import main
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +22,7 @@ def mlflow_server(tmp_path_factory):
     import urllib.request
 
     folder = tmp_path_factory.mktemp("mlflow-server")
-    port = _free_port()
+    port = free_port()
     mlflow = Path(sys.executable).with_name("mlflow")
     server = subprocess.Popen([str(mlflow), "server", "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
                                "--artifacts-destination", str(folder / "artifacts"), "--host", "127.0.0.1",
@@ -118,7 +111,7 @@ def test_an_unreachable_tracker_warns_once_and_the_run_finishes(tmp_path, toy_cs
     pytest.importorskip("mlflow")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
-    closed = f"http://127.0.0.1:{_free_port()}"
+    closed = f"http://127.0.0.1:{free_port()}"
     assert main(train_args(toy_csv, tiny_model, tmp_path, "offline", "--epochs", "1", "--track", "mlflow",
                            "--tracking-uri", closed)) == 0
     out = capsys.readouterr().out

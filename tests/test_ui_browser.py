@@ -4,14 +4,11 @@ download cannot work offline). Screenshots are kept in test-artifacts/ (or $TUNE
 
 import os
 import shutil
-import socket
-import threading
-import time
 from pathlib import Path
 
 import pytest
 
-from conftest import make_rows, train_args, write_csv
+from conftest import make_rows, served_in_thread, train_args, write_csv
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 pytestmark = [
@@ -28,8 +25,6 @@ ARTIFACTS = Path(os.environ.get("TUNESMITH_TEST_ARTIFACTS", Path(__file__).resol
 @pytest.fixture(scope="module")
 def dashboard(tmp_path_factory, tiny_model):
     """Two finished tiny runs and a data file in a runs folder, the dashboard serving it on loopback."""
-    import uvicorn
-
     from tunesmith.cli import main
     from tunesmith.serve.security import KeyRing
     from tunesmith.ui.service import create_app
@@ -39,19 +34,8 @@ def dashboard(tmp_path_factory, tiny_model):
     data = write_csv(root / "toy.csv", make_rows(30))
     assert main(train_args(data, tiny_model, root, "alpha", "--epochs", "3", "--eval-every", "4")) == 0
     assert main(train_args(data, tiny_model, root, "beta", "--epochs", "2", "--method", "full", "--eval-every", "4")) == 0
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(root, KeyRing([])), host="127.0.0.1", port=port,
-                                           log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.1)
-    yield {"url": f"http://127.0.0.1:{port}", "root": root, "model": tiny_model}
-    server.should_exit = True
-    thread.join(timeout=30)
+    with served_in_thread(create_app(root, KeyRing([]))) as url:
+        yield {"url": url, "root": root, "model": tiny_model}
 
 
 @pytest.fixture(scope="module")

@@ -222,14 +222,15 @@ def _fine_tune_and_evaluate(run: Run, cfg: TrainConfig, task, method, splits: Sp
     tuned = task.tune_on_validation(model, features["val"], splits.val.labels, splits.labels)
     _export_model(method, model, tokenizer, run)
     metrics = _test_metrics(run, cfg, task, splits, examples, result, metric, tuned, params, earlier, log, score_test)
+    history = run.history()
     write_text(run.report_file, report.render(f"tunesmith run {run.path.name}", run.config(), metrics,
-                                              run.history(), splits.labels))
+                                              history, splits.labels))
     write_json(run.metrics_file, metrics)  # last: its presence marks the run finished
     if tracking is not None:  # settings, test metrics, report and model to the trackers
         tracking.finish(run.config(), metrics)
     for line in versus_baseline(metrics, metric, task.metrics_higher_is_better[metric]):
         log(line)
-    for line in learned_nothing(run.history(), metric, task.metrics_higher_is_better[metric], cfg.resolved_lr()):
+    for line in learned_nothing(history, metric, task.metrics_higher_is_better[metric], cfg.resolved_lr()):
         log(line)
     return run
 

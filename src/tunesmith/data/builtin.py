@@ -69,3 +69,8 @@ TAGGED: dict[str, Callable] = {
 
 def load(name: str):
     return DATASETS[name]()
+
+
+def names() -> list[str]:
+    """Every built-in text set's name: labelled texts, then tagged (NER) sets."""
+    return sorted(DATASETS) + sorted(TAGGED)

@@ -20,11 +20,15 @@ from pathlib import Path
 from typing import Callable, Protocol
 
 from tunesmith.errors import UserError
+from tunesmith.io import read_json, write_json
 
 STATE_FILE = "tracking.json"  # RUN/tracking.json: each tracker's id for this run, so a resume continues it
 
 
 class Tracker(Protocol):
+    package: str | None  # the package it needs (None: a core dependency), refused up front when missing
+    extra: str | None  # the tunesmith extra that installs it
+
     def start(self, resume_step: int | None) -> None: ...
 
     def row(self, row: dict) -> None: ...
@@ -55,11 +59,34 @@ def check(cfg) -> None:
     import importlib.util
 
     for name in cfg.track:
-        package = {"mlflow": "mlflow", "wandb": "wandb"}.get(name)
+        package, extra = TRACKERS[name].package, TRACKERS[name].extra
         if package and importlib.util.find_spec(package) is None:
-            extra = "track" if name == "mlflow" else "wandb"
             raise UserError(f"--track {name}: the {package} package is not installed; "
                             f"pip install 'tunesmith[{extra}]', or leave {name} out of --track")
+
+
+def scalars(row: dict) -> dict[str, float]:
+    """A history row as the trackers' scalar names: val_<metric> -> val/<metric>, the rest
+    (loss, lr, samples_per_second, the loss's extras) -> train/<key>; step and epoch are the axes."""
+    return {(f"val/{key[4:]}" if key.startswith("val_") else f"train/{key}"): float(value)
+            for key, value in row.items()
+            if key not in ("step", "epoch") and isinstance(value, (int, float)) and not isinstance(value, bool)}
+
+
+def result_scalars(metrics: dict) -> dict[str, float]:
+    """A finished run's test and baseline numbers as test/<metric> and baseline/<metric>."""
+    return {f"{split}/{key}": value for split in ("test", "baseline") for key, value in (metrics.get(split) or {}).items()
+            if isinstance(value, (int, float)) and not isinstance(value, bool)}
+
+
+def stored_ids(folder: Path) -> dict:
+    """FOLDER/tracking.json: the ids trackers gave this run (or study), so a resume continues them."""
+    path = folder / STATE_FILE
+    return read_json(path) if path.is_file() else {}
+
+
+def remember(folder: Path, key: str, value: str) -> None:
+    write_json(folder / STATE_FILE, {**stored_ids(folder), key: value})
 
 
 class Tracking:

@@ -18,8 +18,7 @@ import os
 import time
 from pathlib import Path
 
-from tunesmith.io import read_json, write_json
-from tunesmith.track import STATE_FILE, flat_settings, register
+from tunesmith.track import flat_settings, register, remember, result_scalars, scalars, stored_ids
 
 FLUSH_ROWS = 200  # metric points held before a batch is sent ...
 FLUSH_SECONDS = 10.0  # ... or after this long, so a server's charts stay live
@@ -43,17 +42,6 @@ def client_and_experiment(cfg, runs_folder: Path):
     local = uri.startswith("sqlite:///") and not cfg.tracking_uri and not os.environ.get("MLFLOW_TRACKING_URI")
     location = (runs_folder.resolve() / "mlartifacts").as_uri() if local else None
     return client, client.create_experiment(cfg.experiment, artifact_location=location)
-
-
-def stored_ids(folder: Path) -> dict:
-    path = folder / STATE_FILE
-    return read_json(path) if path.is_file() else {}
-
-
-def remember(folder: Path, key: str, value: str) -> None:
-    ids = stored_ids(folder)
-    ids[key] = value
-    write_json(folder / STATE_FILE, ids)
 
 
 def parent_run(cfg, study_folder: Path, runs_folder: Path, study_name: str) -> str:
@@ -86,6 +74,8 @@ def end_parent_run(cfg, study_folder: Path, runs_folder: Path, status: str, best
 
 @register("mlflow")
 class MlflowLog:
+    package, extra = "mlflow", "track"
+
     def __init__(self, run_dir: Path, cfg):
         import mlflow  # noqa: F401  (checked up front by track.check; ImportError here drops the tracker)
 
@@ -119,11 +109,7 @@ class MlflowLog:
         from mlflow.entities import Metric
 
         now, step = int(time.time() * 1000), int(row["step"])
-        for key, value in row.items():
-            if key in ("step", "epoch") or isinstance(value, bool) or not isinstance(value, (int, float)):
-                continue
-            name = f"val/{key[4:]}" if key.startswith("val_") else f"train/{key}"
-            self.pending.append(Metric(name, float(value), now, step))
+        self.pending.extend(Metric(name, value, now, step) for name, value in scalars(row).items())
         if len(self.pending) >= FLUSH_ROWS or time.monotonic() - self.last_flush > FLUSH_SECONDS:
             self.flush()
 
@@ -138,8 +124,7 @@ class MlflowLog:
 
         self.flush()
         now = int(time.time() * 1000)
-        scores = [Metric(f"{split}/{k}", float(v), now, 0) for split in ("test", "baseline")
-                  for k, v in (metrics.get(split) or {}).items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        scores = [Metric(name, float(value), now, 0) for name, value in result_scalars(metrics).items()]
         if scores:
             self.client.log_batch(self.run_id, metrics=scores)
         for name in ("config.yaml", "labels.json", "report.html", "baseline.json"):

@@ -15,7 +15,7 @@ import os
 import uuid
 from pathlib import Path
 
-from tunesmith.track import flat_settings, register
+from tunesmith.track import flat_settings, register, scalars
 
 FOLDER = "tensorboard"
 
@@ -31,6 +31,8 @@ def resident_mb() -> float | None:
 
 @register("tensorboard")
 class TensorBoardLog:
+    package = extra = None  # tensorboardX is a core dependency
+
     def __init__(self, run_dir: Path, cfg=None):
         import tensorboardX  # noqa: F401  (missing: ImportError now, and the run goes on without it)
 
@@ -48,10 +50,8 @@ class TensorBoardLog:
 
     def row(self, row: dict) -> None:
         step = row["step"]
-        for key, value in row.items():
-            if key in ("step", "epoch") or isinstance(value, bool) or not isinstance(value, (int, float)):
-                continue
-            self.writer.add_scalar(f"val/{key[4:]}" if key.startswith("val_") else f"train/{key}", value, step)
+        for name, value in scalars(row).items():
+            self.writer.add_scalar(name, value, step)
         if "loss" in row and (memory := resident_mb()) is not None:
             self.writer.add_scalar("train/memory_mb", memory, step)
 

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tunesmith.track import flat_settings, register
-from tunesmith.track.mlflow_log import remember, stored_ids
+from tunesmith.track import flat_settings, register, remember, result_scalars, scalars, stored_ids
 
 EXIT_CODES = {"finished": 0, "failed": 1, "interrupted": 130}
 
 
 @register("wandb")
 class WandbLog:
+    package, extra = "wandb", "wandb"
+
     def __init__(self, run_dir: Path, cfg):
         import wandb  # noqa: F401
 
@@ -36,15 +37,10 @@ class WandbLog:
             remember(self.run_dir, "wandb_run_id", self.run.id)
 
     def row(self, row: dict) -> None:
-        values = {(f"val/{k[4:]}" if k.startswith("val_") else f"train/{k}"): v for k, v in row.items()
-                  if k not in ("step", "epoch") and isinstance(v, (int, float)) and not isinstance(v, bool)}
-        self.run.log(values, step=int(row["step"]))
+        self.run.log(scalars(row), step=int(row["step"]))
 
     def finish(self, settings: dict, metrics: dict, run_dir: Path) -> None:
-        for split in ("test", "baseline"):
-            for key, value in (metrics.get(split) or {}).items():
-                if isinstance(value, (int, float)) and not isinstance(value, bool):
-                    self.run.summary[f"{split}/{key}"] = value
+        self.run.summary.update(result_scalars(metrics))
 
     def close(self, status: str) -> None:
         self.run.finish(exit_code=EXIT_CODES[status])

@@ -20,17 +20,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tunesmith.data import builtin
 from tunesmith.errors import UserError
 
 DATA_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json", ".parquet", ".txt", ".conll")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,80}$")
 LOG_TAIL = 40  # lines of a job's output the page shows
-
-
-def builtin_names() -> list[str]:
-    from tunesmith.data.builtin import DATASETS, TAGGED
-
-    return sorted(DATASETS) + sorted(TAGGED)
 
 
 @dataclass
@@ -80,10 +75,10 @@ class Jobs:
                     path = Path(parent) / name
                     if path.suffix.lower() in DATA_SUFFIXES and len(found) < limit:
                         found.append({"value": str(path), "label": str(path.relative_to(folder))})
-        return found + [{"value": name, "label": f"{name} (built-in)"} for name in builtin_names()]
+        return found + [{"value": name, "label": f"{name} (built-in)"} for name in builtin.names()]
 
     def allowed_data(self, data: str) -> str:
-        if data in builtin_names():
+        if data in builtin.names():
             return data
         path = Path(data).resolve()
         if not any(path.is_relative_to(folder) for folder in self.data_dirs) or not path.is_file():
