@@ -7,12 +7,16 @@ banking77, and answer retrieval before and after fine-tuning on an offline quest
    trained on the rest (MiniLM, `--method`, 3 epochs; its validation split calibrates the
    threshold). On the official test split: intent accuracy on in-scope questions, and how well
    "confidence below the threshold" finds the held-out intents' questions (out-of-scope
-   precision and recall), with the share of in-scope questions answered.
+   precision and recall), with the share of in-scope questions answered; then the same for the
+   assistant's out-of-scope detector (scope.py: confidence and closeness to the nearest
+   training question) at several shares of in-scope validation questions kept, against
+   max-softmax alone at the same shares.
 2. Answer retrieval: Alpaca's instruction (+ input) -> output pairs with a distinct output of at
    least 40 characters, as a knowledge base; `assistant build` holds 10% of the pairs out and
    scores recall@1/@5 and MRR of finding each held-out question's answer among all answers,
    before and after fine-tuning the bi-encoder on the other 90%.
-3. Latency per question of the built assistant (intent run + retriever), over 200 questions.
+3. Latency per question of the built assistant (intent run + retriever), over 200 questions, and
+   the built assistant's own `in_scope` answer on every banking77 test question.
 """
 
 from __future__ import annotations
@@ -69,12 +73,41 @@ def intents_with_out_of_scope(folder: Path, oos: int, method: str, seed: int) ->
         tradeoff.append({"threshold": t, "val_quantile": q, "in_scope_answered": float(kept.sum() / in_scope.sum()),
                          "accuracy_of_answered": float(right[kept].mean()) if kept.any() else 0.0,
                          "oos_precision": flagged["precision"], "oos_recall": flagged["recall"]})
-    return {"tradeoff": tradeoff, "run": str(run.path), "held_out_intents": sorted(held), "method": method, "train_s": round(train_s, 1),
+    scope_rows = scope_tradeoff(run, val, val_probs.max(1), list(test_frame["text"]), confidence, in_scope)
+    return {"tradeoff": tradeoff, "scope": scope_rows, "run": str(run.path), "held_out_intents": sorted(held), "method": method, "train_s": round(train_s, 1),
             "threshold": threshold, "in_scope_test": int(in_scope.sum()), "out_of_scope_test": int((~in_scope).sum()),
             "intent_accuracy_in_scope": float(right[in_scope].mean()),
             "in_scope_answered": float(answered[in_scope].mean()),
             "accuracy_of_answered_in_scope": float(right[in_scope & answered].mean()),
             "oos_precision": oos_scores["precision"], "oos_recall": oos_scores["recall"], "curve": curve}
+
+
+def scope_tradeoff(run, val, val_confidence, test_texts, confidence, in_scope) -> list[dict]:
+    """Out-of-scope precision/recall of the scope detector (base MiniLM vectors, as `assistant
+    build` starts from) and of max-softmax, each keeping a share of in-scope validation questions."""
+    from tunesmith import models
+    from tunesmith.assistant import calibration, scope
+    from tunesmith.assistant.encoder import BiEncoder
+
+    encoder = BiEncoder(models.resolve("minilm"))
+    embedded: dict = {}  # the three fits embed the same texts
+
+    def embed(texts):
+        if tuple(texts) not in embedded:
+            embedded[tuple(texts)] = encoder.embed(texts)
+        return embedded[tuple(texts)]
+
+    test_vectors = encoder.embed(test_texts)
+    rows = []
+    for keep in (0.95, 0.9, 0.8):
+        detector, _ = scope.fit(embed, list(run.split("train").texts), list(val.texts), val_confidence, keep)
+        scores = detector.score(confidence, test_vectors)
+        for name, values, threshold in (("max-softmax", confidence, float(np.quantile(val_confidence, 1 - keep))),
+                                        ("scope", scores, detector.threshold)):
+            flagged = calibration.out_of_scope_scores(values, in_scope, threshold)
+            rows.append({"keep": keep, "detector": name, "in_scope_kept": float((values[in_scope] >= threshold).mean()),
+                         "oos_precision": flagged["precision"], "oos_recall": flagged["recall"]})
+    return rows
 
 
 def alpaca_kb(path: Path, limit: int) -> int:
@@ -101,6 +134,7 @@ def main() -> None:
     parser.add_argument("--intents-only", action="store_true", help="part 1 only (no knowledge base, no latency)")
     args = parser.parse_args()
 
+    from tunesmith.assistant import calibration
     from tunesmith.assistant.build import build
     from tunesmith.assistant.router import Assistant
 
@@ -113,6 +147,11 @@ def main() -> None:
     for row in intents["tradeoff"]:
         print(f"| {row['threshold']:.3f} ({row['val_quantile']:.0%}) | {row['in_scope_answered']:.4f} | "
               f"{row['accuracy_of_answered']:.4f} | {row['oos_precision']:.4f} | {row['oos_recall']:.4f} |")
+    print("\n| detector | in-scope validation kept | in-scope test kept | OOS precision | OOS recall |")
+    print("|---|---|---|---|---|")
+    for row in intents["scope"]:
+        print(f"| {row['detector']} | {row['keep']:.0%} | {row['in_scope_kept']:.4f} | {row['oos_precision']:.4f} | "
+              f"{row['oos_recall']:.4f} |")
     if args.intents_only:
         Path(args.out).write_text(json.dumps({"intents": intents}, indent=2))
         return
@@ -132,6 +171,14 @@ def main() -> None:
         times.append(1000 * (time.perf_counter() - started))
         routes[route] = routes.get(route, 0) + 1
     latency = {"p50_ms": float(np.percentile(times, 50)), "p95_ms": float(np.percentile(times, 95)), "routes": routes}
+    test_frame = pd.read_csv(DATASETS / "banking77" / "test.csv")
+    truth = ~test_frame["category"].isin(intents["held_out_intents"]).to_numpy()
+    said = np.array([assistant.answer(q).in_scope for q in test_frame["text"]], dtype=bool)
+    flagged = calibration.out_of_scope_scores(said.astype(float), truth, 0.5)
+    built_scope = {"in_scope_kept": float(said[truth].mean()), "oos_precision": flagged["precision"],
+                   "oos_recall": flagged["recall"]}
+    print(f"\nthe built assistant's in_scope on {len(truth)} test questions: in-scope kept {built_scope['in_scope_kept']:.4f}, "
+          f"OOS precision {built_scope['oos_precision']:.4f}, recall {built_scope['oos_recall']:.4f}")
 
     print("\n| intents | accuracy (in scope) | answered (in scope) | accuracy of answered | OOS precision | OOS recall |")
     print("|---|---|---|---|---|---|")
@@ -145,7 +192,7 @@ def main() -> None:
     print(f"\nlatency per question: p50 {latency['p50_ms']:.1f} ms, p95 {latency['p95_ms']:.1f} ms; routes {routes}; "
           f"build {build_s:.0f} s, intent run {intents['train_s']:.0f} s")
     Path(args.out).write_text(json.dumps({"intents": intents, "retrieval": retrieval, "latency": latency,
-                                          "build_s": build_s}, indent=2))
+                                          "built_scope": built_scope, "build_s": build_s}, indent=2))
 
 
 if __name__ == "__main__":

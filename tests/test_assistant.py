@@ -63,8 +63,10 @@ def test_build_calibrates_both_thresholds_on_held_out_data(built):
 
 def test_routes_template_retrieval_generation_and_handoff(built, tiny_causal_lm, tmp_path):
     folder = built / "bot"
-    sure = _assistant(folder, intent_threshold=0.0).answer("the plot was wonderful")
-    assert sure.route == "template" and sure.intent == "positive" and sure.sources
+    confident = _assistant(folder, intent_threshold=0.0)
+    confident.scope.threshold = 0.0  # every question in scope (the scope check has its own test below)
+    sure = confident.answer("the plot was wonderful")
+    assert sure.route == "template" and sure.intent == "positive" and sure.sources and sure.in_scope
     found = _assistant(folder, intent_threshold=1.01, retrieval_threshold=-1.0).answer("the plot was wonderful")
     assert found.route == "retrieval" and found.answer.endswith("is the answer") and not found.handoff
     unsure = _assistant(folder, intent_threshold=1.01, retrieval_threshold=1.01).answer("the plot was wonderful")
@@ -136,3 +138,62 @@ def test_ask_on_the_command_line_and_over_http(built, capsys):
                          headers={"Authorization": f"Bearer {key}"})
         assert ok.status_code == 200 and ok.json()["route"] == answer["route"]
         assert client.post("/v1/ask", json={"question": ""}, headers={"Authorization": f"Bearer {key}"}).status_code == 422
+
+
+def test_scope_flags_confident_questions_far_from_every_training_question(tmp_path):
+    """Out-of-scope questions the classifier is as sure of as a typical in-scope one (so its top
+    probability cannot catch them) but that lie far from every training question are flagged;
+    the threshold lets through the asked-for share of in-scope validation questions; the detector
+    saved and loaded scores the same."""
+    from tunesmith.assistant import scope
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(5, 16))
+    table = {}
+    for k in range(5):
+        for i in range(60):
+            table[f"train-{k}-{i}"] = centres[k] + 0.2 * rng.normal(size=16)
+            table[f"val-{k}-{i}"] = centres[k] + 0.2 * rng.normal(size=16)
+    for i in range(40):
+        table[f"far-{i}"] = rng.normal(size=16) * 3
+    embed = lambda texts: np.stack([table[t] for t in texts])  # noqa: E731
+    train = [t for t in table if t.startswith("train")]
+    val = [t for t in table if t.startswith("val")]
+    val_confidence = rng.uniform(0.5, 1.0, size=len(val))
+    detector, curve = scope.fit(embed, train, val, val_confidence, keep=0.95)
+
+    val_scores = detector.score(val_confidence, embed(val))
+    assert abs((val_scores >= detector.threshold).mean() - 0.95) < 0.01
+    assert curve[0]["in_scope_kept"] == 1.0 and all(a["in_scope_kept"] >= b["in_scope_kept"] for a, b in zip(curve, curve[1:]))
+    far = [f"far-{i}" for i in range(40)]
+    typical = np.full(len(far), np.median(val_confidence))
+    assert (detector.score(typical, embed(far)) < detector.threshold).mean() >= 0.9
+    assert (typical < np.quantile(val_confidence, 0.05)).sum() == 0  # max-softmax at the same 95% flags none
+
+    detector.save(tmp_path)
+    again = scope.Scope.load(tmp_path)
+    assert again.threshold == detector.threshold
+    assert np.allclose(again.score(typical, embed(far)), detector.score(typical, embed(far)))
+    assert scope.Scope.load(tmp_path / "elsewhere") is None
+
+
+def test_an_out_of_scope_question_skips_the_intent_template(built):
+    folder = built / "bot"
+    assert (folder / "scope" / "scope.json").is_file()
+    settings = json.loads((folder / "assistant.json").read_text())
+    assert settings["keep_in_scope"] == 0.95 and 0 <= settings["scope_threshold"] <= 1
+    curve = json.loads((folder / "calibration.json").read_text())["curves"]["scope"]
+    assert curve and curve[0]["in_scope_kept"] == 1.0
+
+    sure = _assistant(folder, intent_threshold=0.0)
+    sure.scope.threshold = 0.0  # everything in scope: the template answers
+    assert sure.answer("the plot was wonderful").route == "template"
+    sure.scope.threshold = 1.01  # nothing in scope: the intent's template is not used, however confident
+    outside = sure.answer("the plot was wonderful")
+    assert outside.route != "template" and outside.in_scope is False and outside.intent == "positive"
+
+
+def test_build_refuses_a_keep_share_outside_zero_to_one(tmp_path, capsys):
+    kb = knowledge_base(tmp_path / "faq.csv", per_word=1)
+    assert main(["assistant", "build", "--kb", kb, "--out", str(tmp_path / "bot"), "--keep-in-scope", "0"]) == 2
+    assert "--keep-in-scope 0.0" in capsys.readouterr().err and not (tmp_path / "bot").exists()

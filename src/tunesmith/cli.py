@@ -123,7 +123,8 @@ def _cmd_assistant(args) -> int:
     if args.action == "build":
         from tunesmith.assistant.build import build
 
-        build(args.kb, args.out, args.intents, args.generator, args.model, args.epochs, args.lr, args.target)
+        build(args.kb, args.out, args.intents, args.generator, args.model, args.epochs, args.lr, args.target,
+              keep_in_scope=args.keep_in_scope)
     elif args.action == "ask":
         assistant.ask(args.folder, args.question, args.json)
     else:
@@ -433,6 +434,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--lr", type=float, default=2e-5, help="bi-encoder learning rate (default: 2e-5)")
     b.add_argument("--target", type=float, default=0.9,
                    help="accuracy the thresholds must reach on held-out data (coverage is traded for it; default 0.9)")
+    b.add_argument("--keep-in-scope", type=float, default=0.95,
+                   help="share of the intent run's validation questions the out-of-scope check lets through; lower "
+                        "catches more out-of-scope questions and answers fewer in-scope ones (default: 0.95)")
     b.set_defaults(func=_cmd_assistant)
     a = actions.add_parser("ask", help="answer one question from the command line")
     a.add_argument("folder", help="assistant folder")

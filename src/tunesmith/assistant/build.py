@@ -4,6 +4,7 @@
     kb.jsonl         the knowledge base as read
     encoder/         the fine-tuned bi-encoder (safetensors)
     vectors.npy      the answers' vectors; index.faiss, the FAISS index over them
+    scope/           with an intent run: the out-of-scope detector (scope.py)
     calibration.json the coverage/accuracy curves the thresholds were chosen on, and the
                      retrieval scores before and after fine-tuning on held-out pairs
 """
@@ -12,11 +13,12 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from tunesmith.assistant import calibration
+from tunesmith.assistant import calibration, scope
 from tunesmith.assistant.encoder import BiEncoder, retrieval_metrics
 from tunesmith.assistant.index import VectorIndex
 from tunesmith.assistant.kb import read_kb, to_rows
@@ -30,12 +32,15 @@ K = 5
 
 def build(kb_path: str, folder: str, intents_run: str | None = None, generator_run: str | None = None,
           model: str | None = None, epochs: int = 1, lr: float = 2e-5, target: float = calibration.TARGET_ACCURACY,
-          max_length: int = 128, max_new_tokens: int = 96, seed: int = 0, log=print) -> Path:
+          max_length: int = 128, max_new_tokens: int = 96, seed: int = 0, keep_in_scope: float = scope.KEEP_IN_SCOPE,
+          log=print) -> Path:
     from tunesmith import models
     from tunesmith.inference import Predictor
     from tunesmith.io import atomic_dir, write_json
     from tunesmith.runs import open_finished
 
+    if not 0 < keep_in_scope <= 1:
+        raise UserError(f"--keep-in-scope {keep_in_scope}: a share of questions, above 0 and at most 1 (e.g. 0.95)")
     entries = read_kb(kb_path)
     intents = _intents(intents_run, open_finished, Predictor)
     if generator_run and not Predictor.from_run(open_finished(generator_run)).task.generative:
@@ -58,7 +63,7 @@ def build(kb_path: str, folder: str, intents_run: str | None = None, generator_r
     index = VectorIndex(encoder.embed(answers))
     settings = {"kb": str(kb_path), "intents_run": intents_run, "generator_run": generator_run, "model": base,
                 "max_length": max_length, "max_new_tokens": max_new_tokens, "target_accuracy": target}
-    curves: dict = {"retrieval": [], "intent": []}
+    curves: dict = {"retrieval": [], "intent": [], "scope": []}
     if held:
         scores["after"] = _retrieval(encoder, entries, held, answers, index)
         log("retrieval after fine-tuning: " + _line(scores["after"]))
@@ -67,10 +72,15 @@ def build(kb_path: str, folder: str, intents_run: str | None = None, generator_r
     else:
         settings["retrieval_threshold"] = DEFAULT_SIMILARITY
         log(f"{len(entries)} pairs: too few to hold some out; retrieval threshold {DEFAULT_SIMILARITY} (not calibrated)")
+    detector = None
     if intents is not None:
-        confidence, correct = intents
-        curves["intent"] = calibration.curve(confidence, correct)
+        curves["intent"] = calibration.curve(intents.confidence, intents.correct)
         settings["intent_threshold"] = calibration.choose(curves["intent"], target)
+        detector, curves["scope"] = scope.fit(encoder.embed, intents.train_texts, intents.val_texts,
+                                              intents.confidence, keep_in_scope, seed)
+        settings["scope_threshold"], settings["keep_in_scope"] = detector.threshold, keep_in_scope
+        log(f"out-of-scope detector: threshold {detector.threshold:.3f} keeps {keep_in_scope:.0%} of the intent run's "
+            "validation questions")
     else:
         settings["intent_threshold"] = 1.01  # no intent run: the template route is never taken
     target_dir = Path(folder)
@@ -80,6 +90,8 @@ def build(kb_path: str, folder: str, intents_run: str | None = None, generator_r
                                       encoding="utf-8")
         encoder.save(tmp / "encoder")
         index.save(tmp)
+        if detector is not None:
+            detector.save(tmp)
         write_json(tmp / "calibration.json", {"curves": curves, "retrieval": {k: {m: v for m, v in s.items()
                                                                                     if not m.startswith("top_")}
                                                                                 for k, s in scores.items()}})
@@ -88,8 +100,16 @@ def build(kb_path: str, folder: str, intents_run: str | None = None, generator_r
     return target_dir
 
 
-def _intents(intents_run, open_finished, Predictor):
-    """(confidence, correct) of the intent run on its own validation split, or None."""
+@dataclass
+class IntentSplits:
+    confidence: np.ndarray  # the intent run's top probability on each validation question
+    correct: list[bool]  # whether its top intent is the true one
+    val_texts: list[str]
+    train_texts: list[str]
+
+
+def _intents(intents_run, open_finished, Predictor) -> IntentSplits | None:
+    """The intent run on its own validation split (and its training questions), or None."""
     if intents_run is None:
         return None
     run = open_finished(intents_run)
@@ -100,7 +120,8 @@ def _intents(intents_run, open_finished, Predictor):
     val = run.split("val")
     probs = np.asarray(predictor.predict(val.texts))
     predicted = [predictor.labels[i] for i in probs.argmax(1)]
-    return probs.max(1), [p == y for p, y in zip(predicted, val.labels)]
+    return IntentSplits(probs.max(1), [p == y for p, y in zip(predicted, val.labels)], list(val.texts),
+                        list(run.split("train").texts))
 
 
 def _retrieval(encoder, entries, held: list[int], answers: list[str], index=None) -> dict:

@@ -9,6 +9,7 @@ from pathlib import Path
 from tunesmith.assistant.encoder import BiEncoder
 from tunesmith.assistant.index import VectorIndex
 from tunesmith.assistant.kb import from_rows, templates
+from tunesmith.assistant.scope import Scope
 
 HANDOFF = "I don't know the answer to that; I am passing your question to a person."
 PASSAGES = 3  # nearest knowledge-base entries a generated answer may draw on
@@ -22,6 +23,7 @@ class Answer:
     sources: list[str]  # knowledge-base ids the answer comes from
     intent: str | None = None
     handoff: bool = False
+    in_scope: bool | None = None  # the intent run's scope check (scope.py); None without an intent run
 
 
 class Assistant:
@@ -36,26 +38,30 @@ class Assistant:
         self.templates = templates(self.kb)
         self.encoder = BiEncoder(str(self.folder / "encoder"), self.config["max_length"])
         self.index = VectorIndex.load(self.folder)
+        self.scope = Scope.load(self.folder)
         self.intents = Predictor.from_run(open_finished(self.config["intents_run"])) if self.config["intents_run"] else None
         self.generator = Predictor.from_run(open_finished(self.config["generator_run"])) \
             if self.config["generator_run"] else None
 
     def answer(self, question: str) -> Answer:
-        intent, confidence = None, 0.0
+        intent, confidence, in_scope = None, 0.0, None
+        vector = self.encoder.embed([question])  # one embedding serves the scope check and retrieval
         if self.intents is not None:
             probs = self.intents.predict([question])[0]
             intent, confidence = self.intents.labels[int(probs.argmax())], float(probs.max())
-            if confidence >= self.config["intent_threshold"] and intent in self.templates:
+            in_scope = self.scope is None or bool(self.scope.score([confidence], vector)[0] >= self.scope.threshold)
+            if in_scope and confidence >= self.config["intent_threshold"] and intent in self.templates:
                 entry = self.templates[intent]
-                return Answer("template", entry.answer, confidence, [entry.id], intent)
-        sims, rows = self.index.search(self.encoder.embed([question]), k=PASSAGES)
+                return Answer("template", entry.answer, confidence, [entry.id], intent, in_scope=True)
+        sims, rows = self.index.search(vector, k=PASSAGES)
         nearest = [self.kb[int(r)] for r in rows[0]]
         if float(sims[0][0]) >= self.config["retrieval_threshold"]:
-            return Answer("retrieval", nearest[0].answer, float(sims[0][0]), [nearest[0].id], intent)
+            return Answer("retrieval", nearest[0].answer, float(sims[0][0]), [nearest[0].id], intent, in_scope=in_scope)
         if self.generator is not None:
             return Answer("generation", self._generate(question, nearest), float(sims[0][0]), [e.id for e in nearest],
-                          intent)
-        return Answer("handoff", HANDOFF, max(confidence, float(sims[0][0])), [], intent, handoff=True)
+                          intent, in_scope=in_scope)
+        return Answer("handoff", HANDOFF, max(confidence, float(sims[0][0])), [], intent, handoff=True,
+                      in_scope=in_scope)
 
     def _generate(self, question: str, passages) -> str:
         from tunesmith.data.conversations import render_prompt
