@@ -208,7 +208,7 @@ def test_standard_input_bad_lines_and_bad_rules(sentiment, tmp_path, capsys):
                         + "".join(json.dumps(r) + "\n" for r in rows[11:]))
     lines = []
     counts = monitor(sentiment, "-", str(tmp_path / "m.db"), topics_from="ticker", stdin=stdin, log=lines.append)
-    assert counts == {"scored": 29, "skipped": 2, "alerts": 0}
+    assert counts == {"scored": 29, "skipped": 2, "expired": 0, "alerts": 0}
     assert any("standard input line 11: not a JSON object" in line for line in lines)
     assert any("standard input line 12: time 'yesterday'" in line for line in lines)
 
@@ -223,6 +223,38 @@ def test_standard_input_bad_lines_and_bad_rules(sentiment, tmp_path, capsys):
     assert main(["monitor", "--sentiment", sentiment, "--source", str(tmp_path / "nowhere.csv"), "--store",
                  str(tmp_path / "never.db")]) == 2
     assert "not found" in capsys.readouterr().err and not (tmp_path / "never.db").exists()
+
+
+def test_retention_deletes_old_texts_without_changing_the_alerts(sentiment, tmp_path, capsys):
+    """Texts older than --retain (in event time) are deleted as the stream moves on, a late text
+    older than that is not counted, and the alerts are those of a monitor that keeps everything:
+    a retention shorter than the rules' look-back is refused before any work."""
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("window: 1h\nrules:\n  - name: surge\n    kind: surge\n    baseline: 3\n    min_volume: 20\n")
+    rows = stream_rows()
+    source = write_jsonl(tmp_path / "stream.jsonl", rows)
+    fired = {}
+    for retain in ("forever", "5h"):
+        store = tmp_path / f"{retain}.db"
+        monitor(sentiment, source, str(store), str(rules), topics_from="ticker", retain=retain,
+                alerts_jsonl=str(tmp_path / f"{retain}.jsonl"), log=lambda _: None)
+        fired[retain] = {(a["rule"], a["topic"], a["window_start"])
+                         for a in map(json.loads, (tmp_path / f"{retain}.jsonl").read_text().splitlines())}
+    assert fired["5h"] == fired["forever"] and ("surge", "ACME", START + 8 * HOUR) in fired["5h"]
+    kept = Store(tmp_path / "5h.db")
+    newest = max(r["time"] for r in rows)
+    assert kept.db.execute("SELECT MIN(time) FROM items").fetchone()[0] >= newest - 5 * HOUR
+    assert dict(Store(tmp_path / "forever.db").topics())["all"] == len(rows) > dict(kept.topics())["all"]
+
+    late = write_jsonl(tmp_path / "late.jsonl", [{"id": "late-1", "time": START, "ticker": "ACME", "text": "late"}])
+    counts = monitor(sentiment, late, str(tmp_path / "5h.db"), str(rules), topics_from="ticker", retain="5h",
+                     log=lambda _: None)
+    assert counts["expired"] == 1 and counts["scored"] == 0
+
+    assert main(["monitor", "--sentiment", sentiment, "--source", source, "--rules", str(rules), "--retain", "3h",
+                 "--store", str(tmp_path / "never.db")]) == 2
+    err = capsys.readouterr().err
+    assert "--retain 3h: shorter than the alert rules look back (4h" in err and not (tmp_path / "never.db").exists()
 
 
 def test_keyword_topics_and_a_csv_source(sentiment, tmp_path):
@@ -247,7 +279,7 @@ def _service(sentiment, tmp_path, keys=("k" * 24,)):
     from tunesmith.monitor.service import create_app
     from tunesmith.serve.security import KeyRing
 
-    pipeline = _pipeline(sentiment, str(tmp_path / "m.db"), None, "ticker", None, None, None, None, None,
+    pipeline = _pipeline(sentiment, str(tmp_path / "m.db"), None, "ticker", None, None, None, None, None, "90d",
                          lambda _: None)
     return TestClient(create_app(pipeline, KeyRing(list(keys)), pipeline.rules.window_s), base_url="http://localhost")
 
@@ -273,7 +305,7 @@ def test_the_service_ingests_over_http_with_keys_and_reports_metrics(sentiment, 
         assert client.post("/v1/ingest", json={"items": []}, headers=auth).status_code == 422
         metrics = client.get("/metrics", headers=auth).text
         assert f"tunesmith_monitor_texts_total {len(rows)}" in metrics
-        assert "tunesmith_monitor_duplicates_total 50" in metrics
+        assert "tunesmith_monitor_duplicates_total 50" in metrics and "tunesmith_monitor_expired_total 0" in metrics
         assert 'tunesmith_monitor_alerts_total{rule="negative-surge"} 2' in metrics
         assert 'tunesmith_monitor_topic_texts{topic="ACME"}' in metrics
         topics = {t["topic"]: t for t in client.get("/v1/topics", headers=auth).json()}

@@ -147,11 +147,11 @@ def _cmd_monitor(args) -> int:
         raise UserError("monitor: give --source FILE|DIR|- to read texts, or --serve to take them over HTTP (one)")
     if args.serve:
         serve_monitor(args.sentiment, args.store, args.rules, args.topics_from, args.keywords, args.topic,
-                      args.negative_label, args.alerts, args.webhook, args.host, args.port)
+                      args.negative_label, args.alerts, args.webhook, args.host, args.port, args.retain)
         return 0
     monitor(args.sentiment, args.source, args.store, args.rules, args.topics_from, args.keywords, args.topic,
             args.negative_label, args.text_col, args.alerts, args.webhook, args.follow,
-            parse_duration(args.poll, "--poll"), args.batch, args.report)
+            parse_duration(args.poll, "--poll"), args.batch, args.report, args.retain)
     return 0
 
 
@@ -484,6 +484,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--poll", default="2s", help="with --follow: how often to look for new lines (default: 2s)")
     p.add_argument("--batch", type=int, default=64, help="texts scored together (default: 64)")
     p.add_argument("--report", help="write an HTML report (topics over time, alerts marked) here at the end")
+    p.add_argument("--retain", default="90d",
+                   help="keep texts this long in event time (before the newest text's time), then delete them; "
+                        "alerts stay. At least the rules' look-back; 'forever' keeps all (default: 90d)")
     p.set_defaults(func=_cmd_monitor)
 
     p = verbs.add_parser("soup", help="average the weights of runs from the same base model into a new run")

@@ -111,7 +111,7 @@ def topic_table(state: MonitorState) -> list[dict]:
     with state.pipeline.lock:
         rows = []
         for topic, count in store.topics():
-            latest = store.series(topic, size)[-1]
+            latest = store.latest_window(topic, size)
             rows.append({"topic": topic, "texts": count, "latest_window_start": latest[0],
                          "latest_window": {"texts": latest[1].count, "negative": latest[1].negatives,
                                            "share_negative": round(latest[1].share, 4),
@@ -134,6 +134,8 @@ def prometheus(state: MonitorState) -> str:
     metric("tunesmith_monitor_texts_total", "counter", "Texts scored and stored.", [("", totals["scored"])])
     metric("tunesmith_monitor_duplicates_total", "counter", "Texts received again (same id) and not counted.",
            [("", totals["duplicates"])])
+    metric("tunesmith_monitor_expired_total", "counter", "Texts older than the retention horizon, not counted.",
+           [("", totals["expired"])])
     metric("tunesmith_monitor_alerts_total", "counter", "Alerts fired, per rule.",
            [(f'{{rule="{_label(rule)}"}}', n) for rule, n in sorted(state.pipeline.alerts_by_rule.items())])
     table = topic_table(state)

@@ -57,6 +57,11 @@ class Rules(BaseModel):
     def window_s(self) -> float:
         return parse_duration(self.window, "rules window:")
 
+    @property
+    def history_s(self) -> float:
+        """Event time the rules look back over: the current window and the longest surge baseline."""
+        return self.window_s * (1 + max((r.baseline for r in self.rules if r.kind == "surge"), default=0))
+
 
 DEFAULT = Rules(rules=[Rule(name="mostly-negative", kind="threshold", share_negative=0.6),
                        Rule(name="negative-surge", kind="surge")])

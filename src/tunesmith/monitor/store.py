@@ -6,6 +6,10 @@ already counted are skipped by id (the primary key), positions point after the l
 line, and alerts not yet delivered are still marked so. Aggregates per topic and window are
 computed from the items (an index on topic and time), so they cannot drift from them.
 
+Retention: items older than the store's horizon (the newest item's time minus `--retain`, in
+event time so a replay keeps what the live stream kept) are deleted in the same transaction,
+texts and all; alerts stay (each keeps the few texts that drove it as evidence).
+
 The SQL is plain (no SQLite-only functions) so the schema can move to PostgreSQL for scale.
 """
 
@@ -24,6 +28,7 @@ CREATE TABLE IF NOT EXISTS items (
     id TEXT NOT NULL, topic TEXT NOT NULL, time REAL NOT NULL, label TEXT NOT NULL,
     negative INTEGER NOT NULL, score REAL NOT NULL, text TEXT NOT NULL, PRIMARY KEY (id, topic));
 CREATE INDEX IF NOT EXISTS items_topic_time ON items (topic, time);
+CREATE INDEX IF NOT EXISTS items_time ON items (time);
 CREATE TABLE IF NOT EXISTS positions (source TEXT PRIMARY KEY, byte_offset INTEGER NOT NULL, line INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS alerts (
     id INTEGER PRIMARY KEY AUTOINCREMENT, rule TEXT NOT NULL, topic TEXT NOT NULL, window_start REAL NOT NULL,
@@ -104,6 +109,20 @@ class Store:
             "SELECT COUNT(*), COALESCE(SUM(negative), 0), COALESCE(AVG(score), 0) FROM items "
             "WHERE topic = ? AND time >= ? AND time < ?", (topic, start, end)).fetchone()
         return WindowStats(count, negatives, mean)
+
+    def newest_time(self) -> float | None:
+        return self.db.execute("SELECT MAX(time) FROM items").fetchone()[0]
+
+    def expire(self, before: float) -> int:
+        """Delete the items older than `before`; returns how many rows went."""
+        return self.db.execute("DELETE FROM items WHERE time < ?", (before,)).rowcount
+
+    def latest_window(self, topic: str, size: float) -> tuple[float, WindowStats]:
+        """The start and stats of `topic`'s newest window that has items (two indexed lookups,
+        however long the topic's history)."""
+        newest = self.db.execute("SELECT MAX(time) FROM items WHERE topic = ?", (topic,)).fetchone()[0]
+        start = (newest // size) * size
+        return start, self.window(topic, start, start + size)
 
     def first_time(self, topic: str) -> float | None:
         return self.db.execute("SELECT MIN(time) FROM items WHERE topic = ?", (topic,)).fetchone()[0]
