@@ -103,6 +103,9 @@ def test_mlflow_defaults_to_a_sqlite_store_beside_the_runs_and_resume_continues_
     assert main(["train", "--resume", str(runs / "local")]) == 0
     run = client.get_run(run_id)  # the same MLflow run, continued
     assert run.info.status == "FINISHED" and "test/macro_f1" in run.data.metrics
+    steps = [m.step for m in client.get_metric_history(run_id, "train/loss")]
+    history = [json.loads(line) for line in (runs / "local" / "history.jsonl").read_text().splitlines()]
+    assert sorted(steps) == sorted({r["step"] for r in history if "loss" in r})  # each step once, none missing
     assert (runs / "mlartifacts").is_dir()  # artifacts beside the runs, not in the working directory
     assert {"config.yaml", "model"} <= {a.path for a in client.list_artifacts(run_id)}
 

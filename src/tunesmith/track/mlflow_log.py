@@ -8,7 +8,9 @@ the old `./mlruns` file store in maintenance mode, so the local default follows 
 `mlflow ui --backend-store-uri sqlite:///runs/mlflow.db` shows it.
 
 The MLflow run's id is kept in RUN/tracking.json, so `train --resume` continues the same MLflow
-run. A `tune` study is an MLflow run of its own with its trials as children (`--tracking-parent`,
+run. Steps between the checkpoint and the stop are trained again after a resume; MLflow cannot
+delete points, so those steps are not sent a second time (each step has one point per metric).
+ A `tune` study is an MLflow run of its own with its trials as children (`--tracking-parent`,
 set by tune). Metrics are sent in batches (MLflow takes up to 1,000 per call), not one call per step.
 """
 
@@ -83,6 +85,7 @@ class MlflowLog:
         self.client = self.run_id = None
         self.pending: list = []
         self.last_flush = time.monotonic()
+        self.sent_through = -1  # after a resume: the last step MLflow already holds
 
     def start(self, resume_step: int | None) -> None:
         from mlflow.entities import Param, RunStatus
@@ -91,6 +94,8 @@ class MlflowLog:
         self.run_id = stored_ids(self.run_dir).get("mlflow_run_id")
         if self.run_id:  # a resumed run continues its MLflow run
             self.client.update_run(self.run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+            self.sent_through = max((m.step for m in self.client.get_metric_history(self.run_id, "train/loss")),
+                                    default=-1)
             return
         tags = {"tunesmith.task": self.cfg.task, "tunesmith.method": self.cfg.method,
                 "tunesmith.run_dir": str(self.run_dir.resolve())}
@@ -109,6 +114,8 @@ class MlflowLog:
         from mlflow.entities import Metric
 
         now, step = int(time.time() * 1000), int(row["step"])
+        if step <= self.sent_through:
+            return
         self.pending.extend(Metric(name, value, now, step) for name, value in scalars(row).items())
         if len(self.pending) >= FLUSH_ROWS or time.monotonic() - self.last_flush > FLUSH_SECONDS:
             self.flush()
