@@ -197,3 +197,12 @@ def test_build_refuses_a_keep_share_outside_zero_to_one(tmp_path, capsys):
     kb = knowledge_base(tmp_path / "faq.csv", per_word=1)
     assert main(["assistant", "build", "--kb", kb, "--out", str(tmp_path / "bot"), "--keep-in-scope", "0"]) == 2
     assert "--keep-in-scope 0.0" in capsys.readouterr().err and not (tmp_path / "bot").exists()
+
+
+def test_scope_ranks_ties_in_the_middle_of_their_run():
+    from tunesmith.assistant.scope import rank
+
+    quantiles = np.array([0.1, 0.5, 1.0, 1.0, 1.0, 1.0])  # a confidence that saturates
+    assert rank([0.0], quantiles)[0] == 0.0 and rank([2.0], quantiles)[0] == 1.0
+    assert rank([1.0], quantiles)[0] == pytest.approx((2 + 6) / 12)  # the middle of the four 1.0s
+    assert rank([0.3], quantiles)[0] == pytest.approx(1 / 6)

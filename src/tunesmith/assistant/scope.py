@@ -40,8 +40,12 @@ FOLDER = "scope"
 
 
 def rank(values, quantiles: np.ndarray) -> np.ndarray:
-    """Where each value falls among the validation values (0..1), interpolated between quantiles."""
-    return np.interp(np.asarray(values, dtype=float), quantiles, np.linspace(0.0, 1.0, len(quantiles)))
+    """Where each value falls among the validation values (0: below all, 1: above all). A value
+    equal to many of them (a classifier's confidence saturates at 1.0) gets the middle of their
+    run, so equal inputs always get equal ranks."""
+    values = np.asarray(values, dtype=float)
+    below, through = np.searchsorted(quantiles, values, "left"), np.searchsorted(quantiles, values, "right")
+    return (below + through) / (2.0 * len(quantiles))
 
 
 @dataclass
