@@ -136,7 +136,7 @@ def test_cancel_keeps_a_resumable_run_and_resume_finishes_it(runs_folder, tiny_m
 
     client = client_for(runs_folder)
     settings = {"data": str(runs_folder / "toy.csv"), "name": "cancelled", "model": tiny_model, "method": "full",
-                "epochs": 100, "max_length": 16}
+                "epochs": 100, "batch_size": 1, "max_length": 16}  # a minute or more: the cancel lands well before the end
     job = client.post("/api/jobs", json=settings).json()
     assert "id" in job, job
     run = Run(runs_folder / "cancelled")
