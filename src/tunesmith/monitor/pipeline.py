@@ -16,7 +16,7 @@ class Pipeline:
         self.scorer, self.store, self.rules, self.sinks = scorer, store, rules, sinks
         self.retain_s = retain_s  # event-time seconds of items kept; None keeps every item
         self.lock = threading.Lock()  # one batch at a time: the store is one SQLite connection
-        self.totals: Counter = Counter()  # scored, duplicates, skipped, alerts (for /metrics)
+        self.totals: Counter = Counter()  # scored, duplicates, expired, skipped, alerts (for /metrics)
         self.alerts_by_rule: Counter = Counter()
 
     def process(self, items: list, positions: dict | None = None) -> list[dict]:
@@ -43,7 +43,8 @@ class Pipeline:
         """Event time before which items are not kept: the newest time seen minus the retention."""
         if self.retain_s is None:
             return None
-        times = [i.time for i in new] + [t for t in (self.store.newest_time(),) if t is not None]
+        stored = self.store.newest_time()
+        times = [i.time for i in new] + ([stored] if stored is not None else [])
         return max(times) - self.retain_s if times else None
 
     def deliver(self) -> None:

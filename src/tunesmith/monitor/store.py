@@ -10,7 +10,10 @@ Retention: items older than the store's horizon (the newest item's time minus `-
 event time so a replay keeps what the live stream kept) are deleted in the same transaction,
 texts and all; alerts stay (each keeps the few texts that drove it as evidence).
 
-The SQL is plain (no SQLite-only functions) so the schema can move to PostgreSQL for scale.
+The queries use no SQLite-only functions, but the store is SQLite's alone today: the alerts
+table's `AUTOINCREMENT`, `BEGIN IMMEDIATE` and the WAL pragma are SQLite syntax, and
+`CAST(x AS INTEGER)` (window starts in `series`) truncates here where PostgreSQL rounds. A
+PostgreSQL store needs those changed, a driver, and a test against a real server.
 """
 
 from __future__ import annotations

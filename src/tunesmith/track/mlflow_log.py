@@ -10,8 +10,8 @@ the old `./mlruns` file store in maintenance mode, so the local default follows 
 The MLflow run's id is kept in RUN/tracking.json, so `train --resume` continues the same MLflow
 run. Steps between the checkpoint and the stop are trained again after a resume; MLflow cannot
 delete points, so those steps are not sent a second time (each step has one point per metric).
- A `tune` study is an MLflow run of its own with its trials as children (`--tracking-parent`,
-set by tune). Metrics are sent in batches (MLflow takes up to 1,000 per call), not one call per step.
+A `tune` study is an MLflow run of its own with its trials as children (`--tracking-parent`, set
+by tune). Metrics are sent in batches (MLflow takes up to 1,000 per call), not one call per step.
 """
 
 from __future__ import annotations
