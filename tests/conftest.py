@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import os
 import random
 
 import pytest
@@ -209,3 +210,78 @@ def served_in_thread(app):
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+def _postgres_programs() -> tuple[str, str] | None:
+    """initdb and pg_ctl: on the PATH, or where Debian's postgresql package puts them."""
+    import glob
+    import shutil
+
+    found = [shutil.which("initdb"), shutil.which("pg_ctl")]
+    if all(found):
+        return found[0], found[1]
+    for folder in sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True):
+        if all(os.path.exists(f"{folder}/{name}") for name in ("initdb", "pg_ctl")):
+            return f"{folder}/initdb", f"{folder}/pg_ctl"
+    return None
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A throwaway PostgreSQL server for the session (the machine's own initdb and pg_ctl, a Unix
+    socket only, trust authentication); yields the URL of its `postgres` database. Skips, saying
+    why, where there is no server program or no driver."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    pytest.importorskip("psycopg", reason="psycopg (the PostgreSQL driver, tunesmith[postgres]) is not installed")
+    programs = _postgres_programs()
+    if programs is None:
+        pytest.skip("no PostgreSQL server programs (initdb, pg_ctl) on this machine: apt-get install postgresql")
+    initdb, pg_ctl = programs
+    as_user: list[str] = []
+    root = tempfile.mkdtemp(prefix="pg-", dir="/tmp")  # a short path: a Unix socket's path is at most 107 bytes
+    if os.geteuid() == 0:  # initdb refuses to run as root: the server runs as the postgres account
+        if shutil.which("runuser") is None or not _account_exists("postgres"):
+            pytest.skip("running as root without a 'postgres' account to run the test server as")
+        shutil.chown(root, "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    data = f"{root}/data"
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.PIPE, "check": True}
+    subprocess.run([*as_user, initdb, "-D", data, "-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync"], **quiet)
+    subprocess.run([*as_user, pg_ctl, "-D", data, "-l", f"{root}/log", "-w", "-o",
+                    f"-k {root} -c listen_addresses='' -F", "start"], **quiet)
+    try:
+        yield f"postgresql://postgres@/postgres?host={root}"
+    finally:
+        subprocess.run([*as_user, pg_ctl, "-D", data, "-m", "immediate", "stop"], stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _account_exists(name: str) -> bool:
+    import pwd
+
+    try:
+        pwd.getpwnam(name)
+        return True
+    except KeyError:
+        return False
+
+
+@pytest.fixture
+def postgres_database(postgres_server):
+    """A factory of new, empty databases on the test server: each call returns one's URL."""
+    import uuid
+
+    import psycopg
+
+    def make() -> str:
+        name = f"t_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(postgres_server, autocommit=True) as connection:
+            connection.execute(f"CREATE DATABASE {name}")
+        # The server trusts local connections; the password is there so tests can check no log shows it.
+        return postgres_server.replace("postgres@/postgres?", f"postgres:not-for-logs@/{name}?")
+
+    return make

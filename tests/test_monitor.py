@@ -27,6 +27,16 @@ def sentiment(tmp_path_factory, tiny_model) -> str:
     return str(train_tiny_run(tmp_path_factory.mktemp("monitor"), tiny_model, "full", "5", 30))
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def new_store(request, tmp_path):
+    """A factory of empty stores, each a new SQLite file or a new database on a test PostgreSQL
+    server (the same tests run on both)."""
+    if request.param == "sqlite":
+        count = iter(range(1000))
+        return lambda: str(tmp_path / f"store-{next(count)}.db")
+    return request.getfixturevalue("postgres_database")
+
+
 def text(rng: random.Random, mood: str) -> str:
     words = rng.sample(FILLER, 2) + rng.sample(CUES[mood], 2)
     rng.shuffle(words)
@@ -54,10 +64,10 @@ def write_jsonl(path, rows) -> str:
     return str(path)
 
 
-def test_a_replay_fires_the_surge_and_threshold_alerts_on_the_surging_topic_only(sentiment, tmp_path):
+def test_a_replay_fires_the_surge_and_threshold_alerts_on_the_surging_topic_only(sentiment, tmp_path, new_store):
     source = write_jsonl(tmp_path / "stream.jsonl", stream_rows())
     lines = []
-    counts = monitor(sentiment, source, str(tmp_path / "m.db"), topics_from="ticker",
+    counts = monitor(sentiment, source, new_store(), topics_from="ticker",
                      alerts_jsonl=str(tmp_path / "alerts.jsonl"), report_path=str(tmp_path / "report.html"),
                      log=lines.append)
     assert counts["scored"] == len(stream_rows()) and counts["skipped"] == 0
@@ -72,18 +82,17 @@ def test_a_replay_fires_the_surge_and_threshold_alerts_on_the_surging_topic_only
     assert surge["evidence"] and all(e["id"].startswith("ACME-8-") for e in surge["evidence"])
     assert all(any(w in e["text"] for w in CUES["negative"]) for e in surge["evidence"])  # the texts that drove it
     log = "\n".join(lines)
-    assert "negative-surge on topic 'ACME'" in log
+    assert "negative-surge on topic 'ACME'" in log and "not-for-logs" not in log  # a PostgreSQL URL's password
     assert not any(e["text"] in log for e in surge["evidence"])  # no user text in the log
     html = (tmp_path / "report.html").read_text()
     assert "ACME" in html and "negative-surge" in html and html.count("<img") >= 3
 
 
 def test_a_monitor_stopped_anywhere_continues_without_counting_twice_or_losing_alerts(sentiment, tmp_path,
-                                                                                      monkeypatch):
+                                                                                      monkeypatch, new_store):
     rows = stream_rows()
-    straight = tmp_path / "straight"
-    straight.mkdir()
-    monitor(sentiment, write_jsonl(straight / "s.jsonl", rows), str(straight / "m.db"), topics_from="ticker",
+    straight, cut_store = new_store(), new_store()
+    monitor(sentiment, write_jsonl(tmp_path / "s.jsonl", rows), straight, topics_from="ticker",
             batch=50, log=lambda _: None)
 
     # The same stream, written in two parts, with a crash inside the third batch's transaction.
@@ -103,21 +112,21 @@ def test_a_monitor_stopped_anywhere_continues_without_counting_twice_or_losing_a
     with monkeypatch.context() as patch:
         patch.setattr(Store, "set_position", crash_on_third)
         with pytest.raises(RuntimeError):
-            monitor(sentiment, str(source), str(cut / "m.db"), topics_from="ticker", batch=50, log=lambda _: None)
-    monitor(sentiment, str(source), str(cut / "m.db"), topics_from="ticker", batch=50, log=lambda _: None)
+            monitor(sentiment, str(source), cut_store, topics_from="ticker", batch=50, log=lambda _: None)
+    monitor(sentiment, str(source), cut_store, topics_from="ticker", batch=50, log=lambda _: None)
     with open(source, "a", encoding="utf-8") as f:  # the stream grows; the monitor is run again
         f.write("".join(json.dumps(r) + "\n" for r in rows[200:]))
-    monitor(sentiment, str(source), str(cut / "m.db"), topics_from="ticker", batch=50, log=lambda _: None)
+    monitor(sentiment, str(source), cut_store, topics_from="ticker", batch=50, log=lambda _: None)
 
-    def state(folder):
-        store = Store(folder / "m.db")
+    def state(where):
+        store = Store(where)
         items = store.db.execute("SELECT id, topic, label FROM items ORDER BY id, topic").fetchall()
         alerts = [(a["rule"], a["topic"], a["window_start"], a["delivered"]) for a in store.alerts()]
         store.close()
         return items, alerts
 
-    assert state(cut) == state(straight)
-    assert len(state(cut)[0]) == 2 * len(rows)  # each item once in its ticker and once in "all"
+    assert state(cut_store) == state(straight)
+    assert len(state(cut_store)[0]) == 2 * len(rows)  # each item once in its ticker and once in "all"
 
 
 class Receiver(BaseHTTPRequestHandler):
@@ -321,3 +330,60 @@ def test_the_service_without_keys_answers_only_to_loopback(sentiment, tmp_path, 
     assert "needs API keys" in capsys.readouterr().err
     assert main(["monitor", "--sentiment", sentiment]) == 2
     assert "--source" in capsys.readouterr().err
+
+
+def _store_answers(where: str) -> dict:
+    """Every query the monitor makes, on a small hand-made history (times in hours)."""
+    from tunesmith.monitor.store import Scored
+
+    store = Store(where)
+    with store.transaction():
+        # 0.7 h falls in window 0: a window number rounded instead of floored would put it in hour 1.
+        store.add([Scored("a", 0.7 * HOUR, "awful", "negative", True, -0.8, ["X", "all"]),
+                   Scored("b", 1.2 * HOUR, "fine", "neutral", False, 0.1, ["X", "all"]),
+                   Scored("c", 1.9 * HOUR, "bad", "negative", True, -0.6, ["X", "all"]),
+                   Scored("d", 5.5 * HOUR, "good", "positive", False, 0.9, ["Y", "all"])])
+        store.add([Scored("a", 0.7 * HOUR, "awful", "negative", True, -0.8, ["X"])])  # again: not counted twice
+        store.add_alert({"rule": "r", "topic": "X", "window_start": HOUR, "window_end": 2 * HOUR, "why": "w",
+                         "facts": {"n": 2}, "evidence": [{"id": "c", "text": "bad"}]})
+    with store.transaction():
+        store.set_position("s.jsonl", store.position("s.jsonl").__class__(120, 3))
+        store.set_position("s.jsonl", store.position("s.jsonl").__class__(240, 6))  # an update, not a second row
+    answers = {
+        "series": [(start, stats.count, stats.negatives, round(stats.mean_score, 6)) for start, stats in
+                   store.series("X", HOUR)],
+        "window": store.window("X", HOUR, 2 * HOUR), "latest": store.latest_window("all", HOUR),
+        "topics": store.topics(), "known": store.known(["a", "d", "zz"]), "newest": store.newest_time(),
+        "first": store.first_time("Y"), "evidence": store.most_negative("X", 0, 2 * HOUR),
+        "position": store.position("s.jsonl"), "alerted": store.alerted("r", "X", HOUR),
+        "last_alert": store.last_alert("r", "X", 5 * HOUR),
+        "alerts": [(a["rule"], a["facts"], a["evidence"], a["delivered"]) for a in store.alerts(undelivered_only=True)],
+    }
+    store.mark_delivered(store.alerts()[0]["id"])
+    with store.transaction():
+        answers["expired"] = store.expire(1.5 * HOUR)
+    answers["after"] = (store.alerts(undelivered_only=True), store.topics())
+    store.close()
+    return answers
+
+
+def test_the_store_gives_the_same_answers_on_sqlite_and_postgresql(tmp_path, postgres_database):
+    from tunesmith.monitor.store import WindowStats
+    from tunesmith.monitor.stream import Position
+
+    on_sqlite, on_postgres = _store_answers(str(tmp_path / "m.db")), _store_answers(postgres_database())
+    assert on_sqlite["series"] == [(0.0, 1, 1, -0.8), (HOUR, 2, 1, -0.25)]
+    assert on_sqlite["window"] == WindowStats(2, 1, (0.1 - 0.6) / 2) and on_sqlite["latest"][0] == 5 * HOUR
+    assert on_sqlite["topics"] == [("all", 4), ("X", 3), ("Y", 1)] and on_sqlite["known"] == {"a", "d"}
+    assert on_sqlite["position"] == Position(240, 6) and on_sqlite["alerted"] and on_sqlite["last_alert"] == HOUR
+    assert [e["id"] for e in on_sqlite["evidence"]] == ["a", "c"]  # most negative first
+    assert on_sqlite["expired"] == 4 and on_sqlite["after"] == ([], [("all", 2), ("X", 1), ("Y", 1)])
+    assert on_postgres == on_sqlite
+
+
+def test_a_postgresql_store_that_cannot_be_reached_is_refused_without_its_password(tmp_path, postgres_server):
+    url = postgres_server.replace("postgres@", "postgres:hunter2@").replace("host=", "host=/nonexistent")
+    with pytest.raises(UserError) as refused:
+        Store(url)
+    assert "cannot connect" in str(refused.value) and "hunter2" not in str(refused.value)
+    assert "postgres:***@" in str(refused.value)

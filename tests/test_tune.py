@@ -31,8 +31,10 @@ def _config(tmp_path, tiny_sentence_model, search: dict | None, **extra) -> str:
     return str(path)
 
 
-def _study(folder: Path):
-    return optuna.load_study(study_name=folder.name, storage=f"sqlite:///{folder / 'study.db'}")
+def _study(folder: Path, url: str | None = None):
+    from tunesmith.search.study import sqlalchemy_url
+
+    return optuna.load_study(study_name=folder.name, storage=sqlalchemy_url(url or f"sqlite:///{folder / 'study.db'}"))
 
 
 # ---- the search space -----------------------------------------------------------------------
@@ -183,15 +185,21 @@ def test_the_same_command_continues_an_interrupted_study(tmp_path, tiny_sentence
         sorted(Path(t.user_attrs["run"]).name for t in trials if t.state.name == "COMPLETE")
 
 
-def test_two_worker_processes_share_one_storage_without_losing_or_repeating_trials(tmp_path, tiny_sentence_model):
+@pytest.mark.parametrize("storage", ["sqlite", "postgresql"])
+def test_two_worker_processes_share_one_storage_without_losing_or_repeating_trials(tmp_path, tiny_sentence_model,
+                                                                                   storage, request):
     config = _config(tmp_path, tiny_sentence_model, {"lr": {"low": 1e-3, "high": 1e-2, "log": True}}, epochs=1)
     env = {**os.environ, "TUNESMITH_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"}
     command = [sys.executable, "-m", "tunesmith", "tune", config, "--trials", "4", "--pruner", "none"]
+    url = None
+    if storage == "postgresql":  # a plain postgresql:// URL, as a user writes it: psycopg 3 is the driver
+        url = request.getfixturevalue("postgres_database")()
+        command += ["--storage", url]
     workers = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
                for _ in range(2)]
     outputs = [w.communicate(timeout=600)[0] for w in workers]
     assert [w.returncode for w in workers] == [0, 0], outputs
-    trials = _study(tmp_path / "runs" / "tune-study").trials
+    trials = _study(tmp_path / "runs" / "tune-study", url).trials
     numbers = [t.number for t in trials]
     assert numbers == list(range(len(trials)))  # none lost
     finished = [t for t in trials if t.state.name == "COMPLETE"]

@@ -469,8 +469,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="with --serve: address to listen on (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=8090, help="with --serve: port (default: 8090)")
     p.add_argument("--store", default="monitor.db",
-                   help="SQLite file of items, read positions and alerts; the same file continues a stopped monitor "
-                        "(default: monitor.db)")
+                   help="where items, read positions and alerts are kept: a SQLite file, or a PostgreSQL URL "
+                        "(postgresql://user:password@host/db; pip install 'tunesmith[postgres]'); the same store "
+                        "continues a stopped monitor (default: monitor.db)")
     p.add_argument("--rules", help="alert rules (YAML: window, threshold and surge rules; see docs). Default: 60%% "
                                    "negative, or a surge of z >= 3, in 1-hour windows of at least 20 texts")
     p.add_argument("--topics-from", help="a field of the stream that names each text's topic (e.g. ticker)")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from tunesmith.databases import redacted
 from tunesmith.durations import parse_duration
 from tunesmith.errors import UserError
 from tunesmith.io import write_text
@@ -60,7 +61,7 @@ def monitor(sentiment: str, source: str, store_path: str = "monitor.db", rules: 
     counts = {key: pipeline.totals[key] for key in ("scored", "skipped", "expired", "alerts")}
     expired = f", {counts['expired']:,} older than --retain" if counts["expired"] else ""
     log(f"monitor: {counts['scored']:,} texts scored, {counts['skipped']} lines skipped{expired}, {counts['alerts']} alerts; "
-        f"store {store_path}" + (f", report {report_path}" if report_path else ""))
+        f"store {redacted(store_path)}" + (f", report {report_path}" if report_path else ""))
     return counts
 
 

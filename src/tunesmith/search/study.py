@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from tunesmith.databases import redacted
 from tunesmith.errors import Interrupted, UserError
 from tunesmith.io import write_text
 from tunesmith.search.space import Param, grid, grid_size, suggest
@@ -102,10 +103,25 @@ def _storage(url: str):
     engine = {"connect_args": {"timeout": 120}} if url.startswith("sqlite:") else None
     try:
         return optuna.storages.RDBStorage(
-            url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+            sqlalchemy_url(url), engine_kwargs=engine, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
             failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=1))
-    except Exception as exc:  # a wrong URL, a missing driver (psycopg2 for PostgreSQL), a server away
-        raise UserError(f"--storage {url}: cannot open it ({type(exc).__name__}: {exc})") from None
+    except Exception as exc:  # a wrong URL, a missing driver, a server away
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise UserError(f"--storage {redacted(url)}: cannot open it ({type(exc).__name__}: {redacted(reason)})") from None
+
+
+def sqlalchemy_url(url: str) -> str:
+    """A plain postgresql:// URL names SQLAlchemy's default driver, psycopg2; tunesmith[postgres]
+    installs psycopg 3, so the URL is pointed at it when psycopg2 is absent."""
+    import importlib.util
+
+    scheme, sep, rest = url.partition("://")
+    if scheme in ("postgresql", "postgres") and importlib.util.find_spec("psycopg2") is None:
+        if importlib.util.find_spec("psycopg") is None:
+            raise UserError(f"--storage {redacted(url)}: a PostgreSQL study needs a driver: "
+                            "pip install 'tunesmith[postgres]'")
+        return f"postgresql+psycopg{sep}{rest}"
+    return url
 
 
 def _create_or_load(spec: StudySpec, storage, direction: str, worker: int):
@@ -129,7 +145,7 @@ def _create_or_load(spec: StudySpec, storage, direction: str, worker: int):
     study = optuna.create_study(storage=storage, sampler=sampler, pruner=pruner, study_name=spec.name,
                                 direction=direction, load_if_exists=True)
     if study.direction.name.lower() != direction:
-        raise UserError(f"{spec.storage_url}: study {spec.name} was created to {study.direction.name.lower()} its metric, "
+        raise UserError(f"{redacted(spec.storage_url)}: study {spec.name} was created to {study.direction.name.lower()} its metric, "
                         f"this config's metric needs {direction}; use another study folder")
     return study
 
