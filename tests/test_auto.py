@@ -75,11 +75,34 @@ def test_estimates_learn_from_a_slow_machine():
     freeze = estimate_seconds(Rung("freeze", "freeze", 1.0), DATA, FORWARD_S)
     adapter = estimate_seconds(Rung("adapter", "adapter", 2.2), DATA, FORWARD_S)
     budget = 2 * freeze + adapter * 1.5  # the raw adapter estimate fits; the corrected one does not
-    ladder = _ladder(budget, None, {"freeze": 0.8, "adapter": 0.9}, clock, slowdown=2.0, started=started)
+    ladder = _ladder(budget, None, {"freeze": 0.8, "adapter": 0.9, "full": 0.85}, clock, slowdown=2.0, started=started)
     outcomes = ladder.climb()
-    assert started == ["freeze"]
-    assert outcomes[1].estimate_s == pytest.approx(2 * adapter)
+    assert started == ["freeze", "full"]  # full, shortened to what is left at the corrected speed
+    assert outcomes[1].status == "skipped" and outcomes[1].estimate_s == pytest.approx(2 * adapter)
+    assert outcomes[3].rung.passes < DATA.epochs
     assert clock.now <= budget
+
+
+def test_the_dearest_rung_is_shortened_to_the_budget_instead_of_skipped():
+    """Large data, a short budget: freeze fits, adapter and lora do not, and full trains for the
+    part of a pass that the time left affords (its outcome says so)."""
+    clock, started = FakeClock(), []
+    freeze = estimate_seconds(Rung("freeze", "freeze", 1.0), DATA, FORWARD_S)
+    full = estimate_seconds(Rung("full", "full", 3.0), DATA, FORWARD_S)
+    budget = freeze + full / 3  # room for about a third of full's three passes
+    ladder = _ladder(budget, None, {"freeze": 0.8, "adapter": 0.9, "lora": 0.9, "full": 0.88}, clock,
+                     started=started)
+    outcomes = ladder.climb()
+    assert started == ["freeze", "full"]
+    assert [o.status for o in outcomes[:4]] == ["done", "skipped", "skipped", "done"]
+    shortened = outcomes[3]
+    assert 0.25 <= shortened.rung.passes < 1.0 and "shortened to the budget" in shortened.note
+    assert clock.now <= budget
+    assert ladder.best().rung.name == "full"
+
+    clock, started = FakeClock(), []  # too little left for a quarter of a pass: skipped, as before
+    ladder = _ladder(freeze + 0.1 * full, None, {"freeze": 0.8, "full": 0.88}, clock, started=started)
+    assert [o.status for o in ladder.climb()][3] == "skipped" and started == ["freeze"]
 
 
 def test_the_tune_rung_searches_around_the_best_method_with_what_is_left():
@@ -143,3 +166,21 @@ def test_auto_picks_the_multilingual_model_for_chinese_text_before_calibrating(t
     assert f"model: {tiny_sentence_model}" in out and out.index("model: ") < out.index("calibrating")
     summary = json.loads((tmp_path / "runs" / "auto-zh" / "auto.json").read_text())
     assert f"model: {tiny_sentence_model}" in (Path(summary["winner"]) / "config.yaml").read_text()
+
+
+def test_a_shortened_rung_trains_for_its_passes(tmp_path, tiny_sentence_model, monkeypatch):
+    """The ladder's shortened full rung reaches `train` as a fraction of a pass: half the steps."""
+    import tunesmith.commands.auto as auto_command
+    from tunesmith.cli import main
+
+    monkeypatch.setattr(auto_command, "plan", lambda task, methods, data: [Rung("full", "full", 3.0, passes=0.5)])
+    data = write_csv(tmp_path / "toy.csv", make_rows(40))
+    assert main(["auto", data, "--model", tiny_sentence_model, "--max-length", "16", "--batch-size", "8",
+                 "--epochs", "2", "--seed", "0", "--output", str(tmp_path / "runs")]) == 0
+    summary = json.loads((tmp_path / "runs" / "auto-toy" / "auto.json").read_text())
+    assert summary["rungs"][0]["note"] == "0.5 of 2 passes (shortened to the budget)"
+    run = Path(summary["winner"])
+    assert "epochs: 0.5" in (run / "config.yaml").read_text()
+    training = json.loads((run / "metrics.json").read_text())["training"]
+    # 120 rows, of which about 96 train: half a pass is 6 batches of 8, and no pass completes.
+    assert training["epochs_completed"] == 0 and training["steps"] * 8 <= 0.5 * 120

@@ -63,8 +63,9 @@ def auto(data: str, overrides: dict, target: str | None = None, budget: str | No
         try:
             if rung.tune:
                 return _tune_rung(rung, values, ladder_dir, metric, ladder, seconds_left, log)
-            return _outcome(rung, train(_rung_config(values, rung.method, ladder_dir, rung.name), log=quiet_trial_log,
-                                        score_test=False), metric)
+            settings = values if rung.passes is None else {**values, "epochs": rung.passes}
+            return _outcome(rung, train(_rung_config(settings, rung.method, ladder_dir, rung.name),
+                                        log=quiet_trial_log, score_test=False), metric)
         except UserError as exc:  # a method that cannot adapt this model, say: the next rung may
             return Outcome(rung, "failed", note=str(exc))
 
@@ -138,5 +139,6 @@ def _print_table(outcomes: list[Outcome], winner: Outcome, metric: str, log) -> 
         pct = f"{o.trainable_pct:.2f}" if o.trainable_pct is not None else "-"
         size = f"{o.size_mb:.1f}" if o.size_mb is not None else "-"
         mark = "  <- kept" if o is winner else ""
-        log(f"{o.rung.name:<14} {value:>12} {o.seconds:>8.0f} {o.estimate_s:>9.0f} {pct:>11} {size:>8}  {o.status}{mark}")
+        status = o.status + (f": {o.note}" if o.status == "done" and o.note else "")
+        log(f"{o.rung.name:<14} {value:>12} {o.seconds:>8.0f} {o.estimate_s:>9.0f} {pct:>11} {size:>8}  {status}{mark}")
 
