@@ -220,7 +220,8 @@ def test_train_warns_when_the_untuned_baseline_wins():
     better = {"test": {"macro_f1": 0.93}, "baseline": {"macro_f1": 0.91}}
     assert len(versus_baseline(better, "macro_f1", higher_better=True)) == 1
     # Lower is better for a loss: a higher tuned loss is the losing case.
-    assert len(versus_baseline({"test": {"loss": 0.5}, "baseline": {"loss": 0.4}}, "loss", higher_better=False)) == 2
+    lost = versus_baseline({"test": {"loss": 0.5}, "baseline": {"loss": 0.4}}, "loss", False, "the model before tuning")
+    assert len(lost) == 2 and "untuned baseline, the model before tuning: 0.4000" in lost[0]
     assert versus_baseline({"test": {"macro_f1": 0.9}, "baseline": None}, "macro_f1", True) == ["test macro_f1 0.9000"]
 
 

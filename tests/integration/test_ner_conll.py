@@ -19,18 +19,19 @@ def _write(path, sentences):
 def test_ner_on_conll_subset_beats_floor(tmp_path, capsys):
     needs_minilm()
     conll = needs_dataset("conll2003")
-    train = read_tagged_file(conll / "train.txt")[:2000]
-    test = read_tagged_file(conll / "test.txt")[:1000]
+    train = read_tagged_file(conll / "train.txt")[:1000]
+    test = read_tagged_file(conll / "test.txt")[:500]
     code = main(["train", "--task", "token-classification", "--data", _write(tmp_path / "train.txt", train),
                  "--val-data", _write(tmp_path / "val.txt", read_tagged_file(conll / "valid.txt")[:300]),
-                 "--test-data", _write(tmp_path / "test.txt", test), "--method", "full", "--lr", "1e-4",
+                 "--test-data", _write(tmp_path / "test.txt", test), "--method", "full",
                  "--batch-size", "16", "--epochs", "2", "--output", str(tmp_path / "runs"), "--name", "ner"])
     assert code == 0
     metrics = json.loads((tmp_path / "runs" / "ner" / "metrics.json").read_text())
-    assert metrics["test"]["count"] == 1000
-    # 2,000 sentences, two epochs: measured 0.720 entity F1 (seed 42, 2-core CPU). The full
-    # training set, 4 epochs, reaches 0.872 on the whole test set (docs/benchmarks.md).
-    assert metrics["test"]["f1"] >= 0.68
+    assert metrics["test"]["count"] == 500
+    # 1,000 sentences, two epochs at NER's default learning rate (2e-4): measured 0.764 entity F1
+    # on the first 500 test sentences (seed 42, 2-core AMD EPYC). The full training set, 4 epochs,
+    # reaches 0.872 on the whole test set (docs/benchmarks.md).
+    assert metrics["test"]["f1"] >= 0.70
 
     out = tmp_path / "entities.jsonl"
     (tmp_path / "news.txt").write_text("Angela Merkel met Emmanuel Macron in Paris on Tuesday .\n")

@@ -228,7 +228,7 @@ def _fine_tune_and_evaluate(run: Run, cfg: TrainConfig, task, method, splits: Sp
     write_json(run.metrics_file, metrics)  # last: its presence marks the run finished
     if tracking is not None:  # settings, test metrics, report and model to the trackers
         tracking.finish(run.config(), metrics)
-    for line in versus_baseline(metrics, metric, task.metrics_higher_is_better[metric]):
+    for line in versus_baseline(metrics, metric, task.metrics_higher_is_better[metric], task.baseline_name):
         log(line)
     for line in learned_nothing(history, metric, task.metrics_higher_is_better[metric], cfg.resolved_lr()):
         log(line)
@@ -338,7 +338,8 @@ def _score_test(run: Run, cfg: TrainConfig, task, splits: Splits, examples: dict
     return scored
 
 
-def versus_baseline(metrics: dict, metric: str, higher_better: bool) -> list[str]:
+def versus_baseline(metrics: dict, metric: str, higher_better: bool,
+                    baseline: str = "a linear probe on frozen features") -> list[str]:
     """The test metric beside the untuned baseline's, and what to do when tuning lost to it.
 
     A linear probe on frozen sentence embeddings is a strong model (on banking77 it beats 3
@@ -349,10 +350,10 @@ def versus_baseline(metrics: dict, metric: str, higher_better: bool) -> list[str
         return []
     if not isinstance(base, float):
         return [f"test {metric} {tuned:.4f}"]
-    lines = [f"test {metric} {tuned:.4f} (untuned baseline, a linear probe on frozen features: {base:.4f})"]
+    lines = [f"test {metric} {tuned:.4f} (untuned baseline, {baseline}: {base:.4f})"]
     if (tuned < base) if higher_better else (tuned > base):
         lines.append(f"warning: the fine-tuned model is worse on test {metric} than the untuned baseline; "
-                     "train longer (--epochs), raise --lr or --head-lr, or try --method adapter or few-shot")
+                     "train longer (--epochs), raise --lr, or try another --method (`tunesmith compare` trains several)")
     return lines
 
 

@@ -20,6 +20,7 @@ class Task(Protocol):
     metrics_higher_is_better: dict[str, bool]  # metrics that can select the best checkpoint
     default_metric: str
     has_baseline: bool  # whether `baseline` (an untuned linear probe) is meaningful for the task
+    baseline_name: str  # what the baseline is, as `train` names it beside the test metric
 
     # Data: validated examples, and the task's own checks (run before any compute).
     def load_data(self, cfg): ...  # -> Splits
@@ -93,6 +94,7 @@ class TaskDefaults:
     keeping lists of task names."""
 
     train_defaults: dict = {}  # TrainConfig settings that differ for this task, used when not given
+    baseline_name = "a linear probe on frozen features"
     default_max_length = 128
     long_text_modes: tuple[str, ...] = ("truncate",)
     sequences_per_example = 1  # sequences one example puts through the model (a DPO pair: 2)

@@ -224,6 +224,7 @@ class CausalLMTask(TaskDefaults):
     generative = True  # --long-text: truncate only (a conversation keeps its start, the prompt)
     default_max_length = 512
     has_baseline = True  # the base model's loss and answers, beside the tuned model's
+    baseline_name = "the model before tuning"
 
     def default_lr(self, method: str, model: str) -> float | None:
         return None

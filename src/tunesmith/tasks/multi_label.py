@@ -82,6 +82,7 @@ class MultiLabelHead:
     metrics_higher_is_better = {"micro_f1": True, "macro_f1": True, "subset_accuracy": True, "hamming_accuracy": True}
     default_metric = "micro_f1"
     has_baseline = True  # one logistic regression per label on the frozen mean-pooled features
+    baseline_name = "a logistic regression per label on frozen features"
     quality_checks = ("near-duplicates", "text")  # label sets: confident learning here is one class per row
     ensemble = ("mean",)  # per-label probabilities average (a vote has no single label)
 

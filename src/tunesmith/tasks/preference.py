@@ -160,6 +160,7 @@ class PreferenceTask(TaskDefaults):
     sequences_per_example = 2  # chosen and rejected: what a memory estimate counts per pair
     default_max_length = 512
     has_baseline = True
+    baseline_name = "the model before tuning"
 
     def default_lr(self, method: str, model: str) -> float | None:
         return None

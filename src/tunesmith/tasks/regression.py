@@ -39,6 +39,7 @@ class RegressionHead:
     metrics_higher_is_better = {"mse": False, "rmse": False, "mae": False, "r2": True, "pearson": True, "spearman": True}
     default_metric = "mse"  # what the loss optimises; pick spearman when only the ranking matters
     has_baseline = True  # ridge regression on the frozen mean-pooled features
+    baseline_name = "ridge regression on frozen features"
     quality_checks = ("near-duplicates", "text")  # scores have no classes to disagree with or be far from
     ensemble = ("mean",)  # scores average; there is no label to vote on
 

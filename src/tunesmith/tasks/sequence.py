@@ -36,7 +36,7 @@ class SequenceTask(TaskDefaults):
         self.pairs = pairs  # True: two texts per example; None: two when a second column is given or found
         self.metrics_higher_is_better = head.metrics_higher_is_better
         self.default_metric = head.default_metric
-        self.has_baseline = head.has_baseline
+        self.has_baseline, self.baseline_name = head.has_baseline, head.baseline_name
         self.quality_checks = head.quality_checks
         self.start_head = head.start_head
         self.problem_type = head.problem_type

@@ -26,6 +26,7 @@ class ClassifierHead:
     default_metric = "macro_f1"
     ensemble = ("mean", "vote")  # probabilities average; labels can be voted on
     has_baseline = True  # a linear probe on frozen features shows what fine-tuning bought
+    baseline_name = "a linear probe on frozen features"
     # One class per row: label errors (probe disagreement) and distance from every class mean.
     quality_checks = ("label-errors", "near-duplicates", "outliers", "text")
     count_labels = staticmethod(Counter)
