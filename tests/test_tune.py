@@ -191,12 +191,17 @@ def test_two_worker_processes_share_one_storage_without_losing_or_repeating_tria
     config = _config(tmp_path, tiny_sentence_model, {"lr": {"low": 1e-3, "high": 1e-2, "log": True}}, epochs=1)
     env = {**os.environ, "TUNESMITH_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"}
     command = [sys.executable, "-m", "tunesmith", "tune", config, "--trials", "4", "--pruner", "none"]
-    url = None
-    if storage == "postgresql":  # a plain postgresql:// URL, as a user writes it: psycopg 3 is the driver
+    commands, url = [command, command], None
+    if storage == "postgresql":
+        # Two machines: each worker has its own folder (no shared lock file), one study in the
+        # database, named by the folder. A plain postgresql:// URL, as a user writes it.
         url = request.getfixturevalue("postgres_database")()
-        command += ["--storage", url]
-    workers = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-               for _ in range(2)]
+        (tmp_path / "machine2").mkdir()
+        elsewhere = _config(tmp_path / "machine2", tiny_sentence_model, {"lr": {"low": 1e-3, "high": 1e-2, "log": True}},
+                            epochs=1)
+        commands = [command + ["--storage", url], command[:4] + [elsewhere] + command[5:] + ["--storage", url]]
+    workers = [subprocess.Popen(c, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+               for c in commands]
     outputs = [w.communicate(timeout=600)[0] for w in workers]
     assert [w.returncode for w in workers] == [0, 0], outputs
     trials = _study(tmp_path / "runs" / "tune-study", url).trials
@@ -228,3 +233,29 @@ def test_bad_flags_and_configs_fail_before_any_trial(tmp_path, tiny_sentence_mod
     assert main(["tune", str(tmp_path / "missing.csv"), "--model", tiny_sentence_model]) == 2
     assert "missing.csv" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
+
+
+def test_workers_on_several_machines_wait_for_each_other_in_the_database(tmp_path, postgres_database):
+    """A PostgreSQL storage is shared by machines that share no folder: the worker that creates
+    the tables and the study holds a lock in the database, and the others wait for it."""
+    import threading
+
+    import psycopg
+
+    from tunesmith.search.study import STUDY_LOCK_KEY, StudySpec, open_study
+
+    url = postgres_database()
+    spec = StudySpec(values={}, space=parse_space({"lr": {"low": 1e-3, "high": 1e-2}}, "c.yaml"),
+                     folder=tmp_path / "study", storage=url)
+    opened = []
+    with psycopg.connect(url, autocommit=True) as other_machine:
+        other_machine.execute("SELECT pg_advisory_lock(%s)", (STUDY_LOCK_KEY,))  # another worker is creating
+        worker = threading.Thread(target=lambda: opened.append(open_study(spec, "maximize")))
+        worker.start()
+        worker.join(timeout=3)
+        assert worker.is_alive() and not opened  # waiting, not racing it
+        tables = other_machine.execute("SELECT COUNT(*) FROM pg_tables WHERE tablename = 'studies'").fetchone()[0]
+        assert tables == 0
+        other_machine.execute("SELECT pg_advisory_unlock(%s)", (STUDY_LOCK_KEY,))
+        worker.join(timeout=60)
+    assert opened and opened[0].study_name == "study"

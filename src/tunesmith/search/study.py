@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from tunesmith.databases import redacted
+from tunesmith.databases import is_postgres_url, redacted
 from tunesmith.errors import Interrupted, UserError
 from tunesmith.io import write_text
 from tunesmith.search.space import Param, grid, grid_size, suggest
@@ -37,6 +37,7 @@ PRUNERS = ("median", "hyperband", "none")
 # A trial whose process died (kill -9, a lost machine) stops sending heartbeats; after the
 # grace period the next worker to start a trial marks it failed and queues its parameters again.
 HEARTBEAT_S, GRACE_S = 20, 60
+STUDY_LOCK_KEY = 7_281_126  # the advisory lock workers on one PostgreSQL storage take while creating
 
 
 @dataclass
@@ -80,8 +81,9 @@ def open_study(spec: StudySpec, direction: str, worker: int = 0):
     url = spec.storage_url
     spec.folder.mkdir(parents=True, exist_ok=True)
     # Workers started together would both create the storage's tables (and the study) and one
-    # would fail: whoever comes first creates them while the others wait on a lock in the folder.
-    with _folder_lock(spec.folder):
+    # would fail: whoever comes first creates them while the others wait, on a lock in the folder
+    # (workers on one machine) or, for PostgreSQL, in the database (workers on several machines).
+    with _database_lock(url) if is_postgres_url(url) else _folder_lock(spec.folder):
         storage = _storage(url)
         return _create_or_load(spec, storage, direction, worker)
 
@@ -94,6 +96,26 @@ def _folder_lock(folder: Path):
         yield
     finally:
         os.close(fd)  # closing releases the lock, as does the process dying
+
+
+@contextmanager
+def _database_lock(url: str):
+    """PostgreSQL's advisory lock, held on a connection of its own while the tables and the study
+    are made; the server releases it if the process dies."""
+    try:
+        import psycopg
+    except ImportError:
+        raise UserError(f"--storage {redacted(url)}: a PostgreSQL study needs a driver: "
+                        "pip install 'tunesmith[postgres]'") from None
+    scheme, sep, rest = url.partition("://")
+    try:
+        connection = psycopg.connect(f"postgresql{sep}{rest}", autocommit=True)  # without SQLAlchemy's +driver
+    except psycopg.Error as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UserError(f"--storage {redacted(url)}: cannot connect ({redacted(reason)})") from None
+    with connection:
+        connection.execute("SELECT pg_advisory_lock(%s)", (STUDY_LOCK_KEY,))
+        yield
 
 
 def _storage(url: str):
