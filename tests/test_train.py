@@ -212,17 +212,20 @@ def test_eval_detects_the_same_columns_as_train(finished_run, tmp_path):
 
 def test_train_warns_when_the_untuned_baseline_wins():
     from tunesmith.commands.train import versus_baseline
+    from tunesmith.tasks import TASKS
+
+    probe = TASKS["text-classification"].baseline_name
 
     worse = {"test": {"macro_f1": 0.80}, "baseline": {"macro_f1": 0.91}}
-    lines = versus_baseline(worse, "macro_f1", higher_better=True)
+    lines = versus_baseline(worse, "macro_f1", True, probe)
     assert "0.8000" in lines[0] and "0.9100" in lines[0]
     assert lines[1].startswith("warning:") and "--epochs" in lines[1]
     better = {"test": {"macro_f1": 0.93}, "baseline": {"macro_f1": 0.91}}
-    assert len(versus_baseline(better, "macro_f1", higher_better=True)) == 1
+    assert len(versus_baseline(better, "macro_f1", True, probe)) == 1
     # Lower is better for a loss: a higher tuned loss is the losing case.
     lost = versus_baseline({"test": {"loss": 0.5}, "baseline": {"loss": 0.4}}, "loss", False, "the model before tuning")
     assert len(lost) == 2 and "untuned baseline, the model before tuning: 0.4000" in lost[0]
-    assert versus_baseline({"test": {"macro_f1": 0.9}, "baseline": None}, "macro_f1", True) == ["test macro_f1 0.9000"]
+    assert versus_baseline({"test": {"macro_f1": 0.9}, "baseline": None}, "macro_f1", True, probe) == ["test macro_f1 0.9000"]
 
 
 def test_small_data_trains_more_passes_by_default_and_records_them(tmp_path, tiny_model, capsys):

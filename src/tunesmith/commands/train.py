@@ -338,8 +338,7 @@ def _score_test(run: Run, cfg: TrainConfig, task, splits: Splits, examples: dict
     return scored
 
 
-def versus_baseline(metrics: dict, metric: str, higher_better: bool,
-                    baseline: str = "a linear probe on frozen features") -> list[str]:
+def versus_baseline(metrics: dict, metric: str, higher_better: bool, baseline: str) -> list[str]:
     """The test metric beside the untuned baseline's, and what to do when tuning lost to it.
 
     A linear probe on frozen sentence embeddings is a strong model (on banking77 it beats 3

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from tunesmith.databases import is_postgres_url, redacted
+from tunesmith.databases import connect_postgres, is_postgres_url, postgres_driver, redacted
 from tunesmith.errors import Interrupted, UserError
 from tunesmith.io import write_text
 from tunesmith.search.space import Param, grid, grid_size, suggest
@@ -102,18 +102,7 @@ def _folder_lock(folder: Path):
 def _database_lock(url: str):
     """PostgreSQL's advisory lock, held on a connection of its own while the tables and the study
     are made; the server releases it if the process dies."""
-    try:
-        import psycopg
-    except ImportError:
-        raise UserError(f"--storage {redacted(url)}: a PostgreSQL study needs a driver: "
-                        "pip install 'tunesmith[postgres]'") from None
-    scheme, sep, rest = url.partition("://")
-    try:
-        connection = psycopg.connect(f"postgresql{sep}{rest}", autocommit=True)  # without SQLAlchemy's +driver
-    except psycopg.Error as exc:
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise UserError(f"--storage {redacted(url)}: cannot connect ({redacted(reason)})") from None
-    with connection:
+    with connect_postgres(url, "--storage") as connection:
         connection.execute("SELECT pg_advisory_lock(%s)", (STUDY_LOCK_KEY,))
         yield
 
@@ -139,9 +128,7 @@ def sqlalchemy_url(url: str) -> str:
 
     scheme, sep, rest = url.partition("://")
     if scheme in ("postgresql", "postgres") and importlib.util.find_spec("psycopg2") is None:
-        if importlib.util.find_spec("psycopg") is None:
-            raise UserError(f"--storage {redacted(url)}: a PostgreSQL study needs a driver: "
-                            "pip install 'tunesmith[postgres]'")
+        postgres_driver(url, "--storage")  # one line saying how to install it, when it is missing too
         return f"postgresql+psycopg{sep}{rest}"
     return url
 
