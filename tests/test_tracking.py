@@ -130,6 +130,12 @@ def test_wandb_offline_keeps_the_curves_and_results(tmp_path, toy_csv, tiny_mode
     monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
     monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / "wandb-cache"))
     assert main(train_args(toy_csv, tiny_model, tmp_path / "runs", "wb", "--epochs", "1", "--track", "wandb")) == 0
+    # run.finish() only tells W&B's background service that the run is over; the service writes the
+    # rest of the offline file when it closes the stream, a moment later (a process's exit waits for
+    # it, but this test reads the file in the same process). teardown() waits for the service.
+    import wandb
+
+    wandb.teardown()
     run_dir = tmp_path / "runs" / "wb"
     run_id = json.loads((run_dir / "tracking.json").read_text())["wandb_run_id"]
     files = list((run_dir / "wandb").glob(f"offline-run-*-{run_id}/run-{run_id}.wandb"))
