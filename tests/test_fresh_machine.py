@@ -134,3 +134,28 @@ def test_train_shrinks_the_micro_batch_when_memory_is_short_and_refuses_when_one
 def test_check_prints_the_estimate(tmp_path, toy_csv, tiny_model, capsys):
     assert main(["check", toy_csv, "--model", tiny_model, "--lists", str(tmp_path / "lists")]) == 0
     assert "estimate: peak memory about" in capsys.readouterr().out
+
+
+def test_the_time_estimate_counts_what_the_method_computes(tiny_model, monkeypatch):
+    """A frozen body runs forward only; full fine-tuning adds a backward of twice the work: the
+    epoch estimate follows each method's cost (train printed the full cost for every method, and
+    LoRA's estimate ran 4x over its measured time on tweets-sentiment)."""
+    from tunesmith.config import TrainConfig
+    from tunesmith.methods import METHODS
+    from tunesmith.tasks import TASKS
+    from tunesmith.train import budget
+
+    monkeypatch.setattr(budget, "measured_flops", lambda: 1e9)
+    lengths = {"p50": 20, "p99": 40}
+
+    def seconds(method: str) -> float:
+        cfg = TrainConfig(data="x.csv", model=tiny_model, method=method)
+        line = budget.plan(cfg, TASKS["text-classification"], tiny_model, lengths, rows=100_000)[0]
+        minutes = line.split("about ")[2].split(" per epoch")[0]  # "... about 12 min per epoch ..."
+        number, unit = minutes.split()
+        return float(number) * {"s": 1, "min": 60, "h": 3600}[unit]
+
+    full, lora, freeze = seconds("full"), seconds("lora"), seconds("freeze")
+    assert freeze < lora < full
+    assert full / freeze == pytest.approx(METHODS["full"].relative_cost / METHODS["freeze"].relative_cost, rel=0.05)
+

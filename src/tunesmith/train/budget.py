@@ -6,8 +6,9 @@ recomputation"), for float32 on a CPU: the weights, the gradients and AdamW's tw
 of what trains, and per transformer layer about 34 x 2 bytes of saved activations per
 token and hidden unit (memory-efficient attention keeps no seq x seq scores), plus one
 chunk of the loss's logits. It errs high, deliberately: the estimate exists to refuse or
-shrink a run *before* the kernel kills it. Time is 6 (full) or 4 (frozen body: no weight
-gradients) multiply-adds per parameter per token, at the rate this machine measures for a
+shrink a run *before* the kernel kills it. Time is 2 operations per parameter and token for each
+forward pass a training example costs (the method's `relative_cost`: 3 for full fine-tuning,
+about 2 for LoRA or adapters, 1 for a frozen body), at the rate this machine measures for a
 float32 matrix product. Only the layers' parameters count there (12 h^2 a layer): an embedding
 row is looked up, not multiplied, and a large vocabulary would otherwise dominate (e5-small's
 250k-piece embeddings are 96M of its 118M parameters: counted, its estimate was 14 h an epoch
@@ -55,10 +56,13 @@ def shape_of(source: str, parameters: int | None = None) -> dict | None:
 
 
 def estimate(shape: dict, trainable: int, batch_size: int, row_tokens: int, rows_per_epoch: int,
-             lm_loss: bool, flops: float | None = None, typical_tokens: int | None = None) -> Estimate:
+             lm_loss: bool, flops: float | None = None, typical_tokens: int | None = None,
+             cost: float = 3.0) -> Estimate:
     """`row_tokens`: tokens of a long row (the 99th percentile, at most max_length), which sets
     the memory; `typical_tokens`: of a typical row (the median), which sets the time;
-    `lm_loss`: a language model's loss over the vocabulary (chunked: one chunk at a time)."""
+    `lm_loss`: a language model's loss over the vocabulary (chunked: one chunk at a time);
+    `cost`: one training example in forward passes (the method's `relative_cost`: 3 for full
+    fine-tuning, a forward and a backward of twice its work; 1 for a frozen body)."""
     from tunesmith.train.token_logprobs import CHUNK
 
     tokens = batch_size * row_tokens
@@ -69,10 +73,11 @@ def estimate(shape: dict, trainable: int, batch_size: int, row_tokens: int, rows
     runtime = 600 * 2**20  # Python, torch and the tokenizer
     seconds = None
     if flops:
+        # A forward pass is 2 operations (a multiply and an add) per weight and token.
         computing = 12 * shape["layers"] * shape["hidden"] ** 2  # the layers' matrices; embeddings are looked up
-        per_token = (6 if trainable > shape["parameters"] / 2 else 4) * computing
         if lm_loss:  # the output projection over the vocabulary is a matrix product
-            per_token += 6 * shape["vocab"] * shape["hidden"]
+            computing += shape["vocab"] * shape["hidden"]
+        per_token = 2 * cost * computing
         seconds = per_token * (typical_tokens or row_tokens) * rows_per_epoch / (flops * TRAINING_EFFICIENCY)
     return Estimate(weights + optimizer + activations + logits + runtime, seconds, tokens)
 
@@ -103,16 +108,22 @@ def available_memory() -> float | None:
 
 
 def measured_flops() -> float:
-    """Float32 operations per second of a 512 x 512 matrix product here (a tenth of a second)."""
+    """Float32 operations per second of a 512 x 512 matrix product here: the best of three
+    windows of 50 ms after a warm-up. A cold first window reads half the rate or less (the
+    thread pool and the clock speed are still waking up), which doubled the time estimate."""
     import torch
 
     a, b = torch.randn(512, 512), torch.randn(512, 512)
-    torch.mm(a, b)  # warm-up
-    runs, started = 0, time.perf_counter()
-    while time.perf_counter() - started < 0.1:
+    best, warm_until = 0.0, time.perf_counter() + 0.05
+    while time.perf_counter() < warm_until:
         torch.mm(a, b)
-        runs += 1
-    return 2 * 512**3 * runs / (time.perf_counter() - started)
+    for _ in range(3):
+        runs, started = 0, time.perf_counter()
+        while time.perf_counter() - started < 0.05:
+            torch.mm(a, b)
+            runs += 1
+        best = max(best, 2 * 512**3 * runs / (time.perf_counter() - started))
+    return best
 
 
 def _duration(seconds: float) -> str:
@@ -129,6 +140,7 @@ def plan(cfg, task, source: str, token_lengths: dict | None, rows: int, paramete
     estimate says will not fit in the memory available now is halved (accumulation doubled:
     the same effective batch) until it fits, and a run where one row does not fit is refused."""
     from tunesmith.errors import UserError
+    from tunesmith.methods import METHODS
 
     shape = shape_of(source, parameters)
     if shape is None or not token_lengths:
@@ -141,7 +153,8 @@ def plan(cfg, task, source: str, token_lengths: dict | None, rows: int, paramete
     # What trains is known only once the method is applied: count it all (errs high for LoRA).
     trainable = shape["parameters"]
     typical = sequences * min(int(token_lengths.get("p50", token_lengths["p99"])), longest)
-    found = estimate(shape, trainable, cfg.batch_size, row_tokens, rows, lm_loss, measured_flops(), typical)
+    found = estimate(shape, trainable, cfg.batch_size, row_tokens, rows, lm_loss, measured_flops(), typical,
+                     METHODS[cfg.method].relative_cost)
     lines = [found.line() + f" (micro-batch {cfg.batch_size})"]
     available = available_memory()
     if not adapt or available is None or found.peak_bytes <= available:
