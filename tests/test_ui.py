@@ -131,6 +131,26 @@ def _wait(predicate, seconds=120):
     return False
 
 
+def test_a_cancel_the_process_does_not_act_on_still_ends_the_job(tmp_path, monkeypatch):
+    """SIGINT normally stops a run between steps; a process stuck where the signal cannot reach is
+    killed after the grace period, so a cancelled job never stays "running"."""
+    import subprocess
+    import sys
+
+    from tunesmith.ui import jobs as jobs_module
+
+    monkeypatch.setattr(jobs_module, "STOP_GRACE", 1.0)
+    jobs = jobs_module.Jobs(tmp_path, [])
+    deaf = subprocess.Popen([sys.executable, "-c", "import signal, sys, time\n"
+                             "signal.signal(signal.SIGINT, signal.SIG_IGN)\nprint('ready', flush=True)\ntime.sleep(120)"],
+                            stdout=subprocess.PIPE, text=True)
+    assert deaf.stdout.readline().strip() == "ready"  # its SIGINT handler is set before the cancel
+    jobs.jobs[1] = jobs_module.Job(1, "deaf", [], deaf, tmp_path / "deaf.log")
+    assert jobs.cancel(1).state() == "running"  # SIGINT alone does nothing to it
+    assert _wait(lambda: jobs.get(1).state() != "running", 30)
+    assert jobs.get(1).state() == "cancelled" and deaf.returncode == -9
+
+
 def test_cancel_keeps_a_resumable_run_and_resume_finishes_it(runs_folder, tiny_model):
     from tunesmith.runs import Run, status
 
@@ -143,7 +163,7 @@ def test_cancel_keeps_a_resumable_run_and_resume_finishes_it(runs_folder, tiny_m
     # Cancel once it has a checkpoint to keep (the first evaluation writes one).
     assert _wait(lambda: (run.checkpoints / "last").is_dir()), client.get("/api/jobs").json()
     client.post(f"/api/jobs/{job['id']}/cancel")
-    assert _wait(lambda: client.get("/api/jobs").json()[0]["state"] != "running")
+    assert _wait(lambda: client.get("/api/jobs").json()[0]["state"] != "running"), client.get("/api/jobs").json()
     assert client.get("/api/jobs").json()[0]["state"] == "cancelled"
     assert status(run) == "interrupted"
     (row,) = [r for r in client.get("/api/runs").json()["runs"] if r["id"] == "cancelled"]

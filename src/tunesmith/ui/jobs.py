@@ -4,7 +4,9 @@ ordinary run (resumable from the command line too).
 
 Data comes from the allowed folders only (the runs folder and `ui --data-dir`), or a built-in
 dataset name: a page cannot make the server read an arbitrary file. Cancelling sends SIGINT,
-which the trainer turns into "interrupted, checkpoint kept": the run can be resumed.
+which the trainer turns into "interrupted, checkpoint kept": the run can be resumed. A run that
+has not stopped STOP_GRACE seconds later is killed: its checkpoints are written atomically, so
+the last complete one still resumes it, and a cancel always ends the job.
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ from tunesmith.errors import UserError
 DATA_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json", ".parquet", ".txt", ".conll")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,80}$")
 LOG_TAIL = 40  # lines of a job's output the page shows
+# Ctrl-C stops a run between steps, in well under a second for any model this machine can
+# train; a process still running this long after it is stuck somewhere the signal cannot reach.
+STOP_GRACE = 30.0
 
 
 @dataclass
@@ -109,6 +114,7 @@ class Jobs:
         if job.state() == "running":
             job.cancelled = True
             job.process.send_signal(signal.SIGINT)  # the trainer keeps its checkpoint: resumable
+            threading.Thread(target=_stop_within, args=(job.process, STOP_GRACE), daemon=True).start()
         return job
 
     def get(self, job_id: int) -> Job:
@@ -136,7 +142,13 @@ class Jobs:
             if job.state() == "running":
                 job.process.send_signal(signal.SIGINT)
         for job in self.jobs.values():
-            try:
-                job.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                job.process.kill()
+            _stop_within(job.process, STOP_GRACE)
+
+
+def _stop_within(process: subprocess.Popen, seconds: float) -> None:
+    """Wait for an interrupted process to exit; kill it if it has not within `seconds`."""
+    try:
+        process.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
