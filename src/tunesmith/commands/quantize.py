@@ -7,6 +7,7 @@ models cannot be exported, a run that is already int8, static quantisation witho
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from tunesmith.compress import lineage
@@ -66,8 +67,16 @@ def _onnx_int8(run, source, mode: str, per_channel: bool, out) -> None:
     from tunesmith.compress.quantize import calibration_batches
     from tunesmith.inference import Predictor
 
-    out(f"exporting {source.path} to ONNX ...")
-    fp32, _ = export_onnx(run)
+    exported = onnx_path(source)
+    if _current_export(source):
+        # `tunesmith export` checked this graph against PyTorch when it wrote it, and a finished
+        # run's weights do not change: exporting again would only cost the time.
+        out(f"using {source.path}'s ONNX export ({exported.name}, written after its weights)")
+        fp32 = onnx_path(run)
+        shutil.copy2(exported, fp32)
+    else:
+        out(f"exporting {source.path} to ONNX ...")
+        fp32, _ = export_onnx(run)
     calibration = None
     if mode == "static":
         predictor = Predictor.from_run(run, "torch")
@@ -82,3 +91,14 @@ def _onnx_int8(run, source, mode: str, per_channel: bool, out) -> None:
     int8.replace(onnx_path(run))
     for weights in run.model_dir.glob("*.safetensors"):
         weights.unlink()
+
+
+def _current_export(source) -> bool:
+    """Whether the source run has an ONNX export newer than each of its weight files."""
+    from tunesmith.compress.onnx_export import onnx_path
+
+    exported = onnx_path(source)
+    if not exported.is_file():
+        return False
+    written = exported.stat().st_mtime
+    return all(weights.stat().st_mtime <= written for weights in source.model_dir.glob("*.safetensors"))

@@ -3,7 +3,10 @@
 One measurement is one fresh process (`python -m tunesmith.compress.costs RUN`), so the peak
 memory it reports is that model's alone (a process's peak resident memory never goes down:
 measured in the process that also held the source model, the compressed one would inherit its
-peak). On the run's own test split it measures:
+peak). Several runs (a source and its compressed copy) are measured by processes started
+together: their imports and model loading overlap, which is most of a small model's time, but
+each waits until the one before it has finished before it times anything, so no two timings
+share the CPU. On the run's own test split it measures:
 
 - size_mb: the files the backend loads (weights, graph, tokenizer), in MB (10^6 bytes);
 - peak_memory_mb: the measuring process's peak resident memory (loading + predicting); the
@@ -43,8 +46,9 @@ def model_files(run, backend: str) -> list[Path]:
     return [f for f in files if f.suffix != ".onnx"]
 
 
-def measure_here(run, backend: str = "auto") -> dict:
-    """The measurement itself, in this process (`measure` runs it in a fresh one)."""
+def measure_here(run, backend: str = "auto", loaded=lambda: None) -> dict:
+    """The measurement itself, in this process (`measure` runs it in a fresh one); `loaded` is
+    called once the model is loaded, before anything is timed."""
     from tunesmith.inference import Predictor, resolve_backend
 
     backend = resolve_backend(run, backend)
@@ -52,6 +56,7 @@ def measure_here(run, backend: str = "auto") -> dict:
     task = predictor.task
     test = run.split("test")
     texts, labels = test.texts, test.labels
+    loaded()
     for text in texts[:WARMUP_CALLS]:
         predictor.predict([text])
     latencies = []
@@ -93,16 +98,50 @@ def peak_resident_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # elsewhere: KiB on Linux, the best left
 
 
-def measure(run_path: Path, backend: str = "auto") -> dict:
-    """`measure_here` in a fresh Python process: peak memory is this model's alone."""
+READY, GO = "loaded", "go"  # the lines a measuring process and its parent exchange
+
+
+def measure(run_paths: list[Path], backend: str = "auto") -> list[dict]:
+    """`measure_here` for each run, each in a fresh Python process (peak memory is that model's
+    alone). The processes start together and load in parallel; then each in turn is told to go
+    and times its model while the others wait, idle, for their turn."""
+    processes = [subprocess.Popen([sys.executable, "-m", "tunesmith.compress.costs", str(path), backend, "--wait"],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for path in run_paths]
+    try:
+        for path, process in zip(run_paths, processes):  # all loaded before the first timing starts
+            if not _loaded(process):
+                _failed(path, process)
+        results = []
+        for path, process in zip(run_paths, processes):
+            out, err = process.communicate(GO + "\n")
+            if process.returncode != 0:
+                _failed(path, process, err)
+            results.append(json.loads(out.strip().splitlines()[-1]))
+        return results
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+
+def _loaded(process: subprocess.Popen) -> bool:
+    """Read the process's output up to its READY line (a library may print before it)."""
+    for line in process.stdout:
+        if line.strip() == READY:
+            return True
+    return False  # it exited first
+
+
+def _failed(path: Path, process: subprocess.Popen, err: str | None = None):
     from tunesmith.errors import UserError
 
-    done = subprocess.run([sys.executable, "-m", "tunesmith.compress.costs", str(run_path), backend],
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        reason = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        raise UserError(f"{run_path}: measuring prediction costs failed ({reason})")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    if err is None:
+        process.kill()
+        _, err = process.communicate()
+    reason = (err.strip().splitlines() or ["no output"])[-1]
+    raise UserError(f"{path}: measuring prediction costs failed ({reason})")
 
 
 def table(named: list[tuple[str, dict]], metric: str) -> str:
@@ -126,7 +165,15 @@ def table(named: list[tuple[str, dict]], metric: str) -> str:
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows]) + "\n"
 
 
-if __name__ == "__main__":  # python -m tunesmith.compress.costs RUN [BACKEND]
+def _wait_for_go() -> None:
+    print(READY, flush=True)
+    if sys.stdin.readline().strip() != GO:  # the parent went away: nothing to report to
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":  # python -m tunesmith.compress.costs RUN [BACKEND] [--wait]
     from tunesmith.runs import Run
 
-    print(json.dumps(measure_here(Run(Path(sys.argv[1])), sys.argv[2] if len(sys.argv) > 2 else "auto")))
+    arguments = [a for a in sys.argv[1:] if a != "--wait"]
+    loaded = _wait_for_go if "--wait" in sys.argv else (lambda: None)
+    print(json.dumps(measure_here(Run(Path(arguments[0])), arguments[1] if len(arguments) > 1 else "auto", loaded)))
