@@ -25,6 +25,7 @@ import json
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -105,25 +106,29 @@ def measure(run_paths: list[Path], backend: str = "auto") -> list[dict]:
     """`measure_here` for each run, each in a fresh Python process (peak memory is that model's
     alone). The processes start together and load in parallel; then each in turn is told to go
     and times its model while the others wait, idle, for their turn."""
+    # stderr goes to files, not pipes: a process writing many warnings while it waits for its
+    # turn would otherwise fill a pipe nobody reads yet, and block.
+    errors = [tempfile.TemporaryFile(mode="w+", encoding="utf-8") for _ in run_paths]
     processes = [subprocess.Popen([sys.executable, "-m", "tunesmith.compress.costs", str(path), backend, "--wait"],
-                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                 for path in run_paths]
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=error, text=True)
+                 for path, error in zip(run_paths, errors)]
     try:
-        for path, process in zip(run_paths, processes):  # all loaded before the first timing starts
+        for path, process, error in zip(run_paths, processes, errors):  # all loaded before the first timing
             if not _loaded(process):
-                _failed(path, process)
+                _failed(path, process, error)
         results = []
-        for path, process in zip(run_paths, processes):
-            out, err = process.communicate(GO + "\n")
+        for path, process, error in zip(run_paths, processes, errors):
+            out, _ = process.communicate(GO + "\n")
             if process.returncode != 0:
-                _failed(path, process, err)
+                _failed(path, process, error)
             results.append(json.loads(out.strip().splitlines()[-1]))
         return results
     finally:
-        for process in processes:
+        for process, error in zip(processes, errors):
             if process.poll() is None:
                 process.kill()
                 process.wait()
+            error.close()
 
 
 def _loaded(process: subprocess.Popen) -> bool:
@@ -134,13 +139,14 @@ def _loaded(process: subprocess.Popen) -> bool:
     return False  # it exited first
 
 
-def _failed(path: Path, process: subprocess.Popen, err: str | None = None):
+def _failed(path: Path, process: subprocess.Popen, error) -> None:
     from tunesmith.errors import UserError
 
-    if err is None:
+    if process.poll() is None:
         process.kill()
-        _, err = process.communicate()
-    reason = (err.strip().splitlines() or ["no output"])[-1]
+    process.wait()
+    error.seek(0)
+    reason = (error.read().strip().splitlines() or ["no output"])[-1]
     raise UserError(f"{path}: measuring prediction costs failed ({reason})")
 
 
