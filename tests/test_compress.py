@@ -304,7 +304,8 @@ def test_ner_runs_export_and_quantise_with_onnx_or_torch_but_are_not_distilled(t
     np.testing.assert_allclose(probabilities(run, "onnx"), source, atol=1e-5)
     capsys.readouterr()
     assert main(["quantize", str(run)]) == 0
-    assert "using" in capsys.readouterr().out  # the export just checked, not a second one
+    out = capsys.readouterr().out
+    assert "ONNX export (model.onnx, written after its weights)" in out and "exporting" not in out  # no second export
     onnx_int8 = Run(tmp_path / "runs" / "ner-int8")
     assert onnx_int8.compression()["backend"] == "onnx"
     assert main(["quantize", str(run), "--backend", "torch", "--name", "ner-torch-int8"]) == 0
@@ -316,19 +317,19 @@ def test_ner_runs_export_and_quantise_with_onnx_or_torch_but_are_not_distilled(t
 def test_quantize_reuses_an_export_only_when_it_is_newer_than_the_weights(tmp_path):
     import os
 
-    from tunesmith.commands.quantize import _current_export
+    from tunesmith.compress.onnx_export import current_export
 
     run = Run(tmp_path / "r")
     run.model_dir.mkdir(parents=True)
     weights, exported = run.model_dir / "model.safetensors", run.model_dir / "model.onnx"
     weights.write_bytes(b"w")
-    assert not _current_export(run)  # nothing exported
+    assert current_export(run) is None  # nothing exported
     exported.write_bytes(b"g")
     os.utime(weights, (1_000, 1_000))
     os.utime(exported, (2_000, 2_000))
-    assert _current_export(run)
+    assert current_export(run) == exported
     os.utime(weights, (3_000, 3_000))  # weights written after the export: it is stale
-    assert not _current_export(run)
+    assert current_export(run) is None
 
 
 def test_a_run_that_cannot_be_measured_is_named_and_no_measuring_process_is_left(teacher, tmp_path):

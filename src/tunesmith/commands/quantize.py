@@ -63,12 +63,12 @@ def quantize(run_path: str, mode: str = "dynamic", backend: str = "auto", per_ch
 def _onnx_int8(run, source, mode: str, per_channel: bool, out) -> None:
     """Export the fp32 graph into the new run, quantise it in place, and drop the fp32 weights
     (the new run runs on ONNX Runtime only; its source keeps them)."""
-    from tunesmith.compress.onnx_export import export_onnx, onnx_path
+    from tunesmith.compress.onnx_export import current_export, export_onnx, onnx_path
     from tunesmith.compress.quantize import calibration_batches
     from tunesmith.inference import Predictor
 
-    exported = onnx_path(source)
-    if _current_export(source):
+    exported = current_export(source)
+    if exported is not None:
         # `tunesmith export` checked this graph against PyTorch when it wrote it, and a finished
         # run's weights do not change: exporting again would only cost the time.
         out(f"using {source.path}'s ONNX export ({exported.name}, written after its weights)")
@@ -91,14 +91,3 @@ def _onnx_int8(run, source, mode: str, per_channel: bool, out) -> None:
     int8.replace(onnx_path(run))
     for weights in run.model_dir.glob("*.safetensors"):
         weights.unlink()
-
-
-def _current_export(source) -> bool:
-    """Whether the source run has an ONNX export newer than each of its weight files."""
-    from tunesmith.compress.onnx_export import onnx_path
-
-    exported = onnx_path(source)
-    if not exported.is_file():
-        return False
-    written = exported.stat().st_mtime
-    return all(weights.stat().st_mtime <= written for weights in source.model_dir.glob("*.safetensors"))

@@ -118,6 +118,7 @@ def measure(run_paths: list[Path], backend: str = "auto") -> list[dict]:
                 _failed(path, process, error)
         results = []
         for path, process, error in zip(run_paths, processes, errors):
+            # Nothing was read past READY: the process writes no more until it is told to go.
             out, _ = process.communicate(GO + "\n")
             if process.returncode != 0:
                 _failed(path, process, error)

@@ -39,6 +39,17 @@ def onnx_path(run) -> Path:
     return run.model_dir / ONNX_FILE
 
 
+def current_export(run) -> Path | None:
+    """The run's ONNX export if it was written after each of its weight files (so it is of these
+    weights, as `export` checked it), else None."""
+    path = onnx_path(run)
+    if not path.is_file():
+        return None
+    written = path.stat().st_mtime
+    current = all(weights.stat().st_mtime <= written for weights in run.model_dir.glob("*.safetensors"))
+    return path if current else None
+
+
 def require_export(run) -> Path:
     """The run's ONNX file, or the one error that says how to make it (`--backend onnx`)."""
     path = onnx_path(run)
