@@ -184,3 +184,53 @@ def test_a_shortened_rung_trains_for_its_passes(tmp_path, tiny_sentence_model, m
     training = json.loads((run / "metrics.json").read_text())["training"]
     # 120 rows, of which about 96 train: half a pass is 6 batches of 8, and no pass completes.
     assert training["epochs_completed"] == 0 and training["steps"] * 8 <= 0.5 * 120
+
+
+def test_validation_rows_that_nearly_repeat_a_training_text_train_instead(tmp_path, tiny_sentence_model, monkeypatch,
+                                                                           capsys):
+    """A validation split carved from a file of near-copies scores high: auto moves those rows
+    to train (uppercase copies: the tiny tokenizer lowercases, so they read as the same text),
+    judges the rungs on the rest, and leaves the test split as it was."""
+    import tunesmith.commands.auto as auto_command
+    from tunesmith.cli import main
+    from tunesmith.config import build_config
+    from tunesmith.tasks import TASKS
+
+    monkeypatch.setattr(auto_command, "plan", lambda task, methods, data: [Rung("freeze", "freeze", 1.0)])
+    rows = make_rows(40, seed=7)
+    rows += [{"text": row["text"].upper(), "label": row["label"]} for row in rows[:60]]
+    data = write_csv(tmp_path / "copies.csv", rows)
+    settings = ["--model", tiny_sentence_model, "--max-length", "16", "--batch-size", "8", "--epochs", "1",
+                "--seed", "0", "--near-threshold", "0.9999"]
+    assert main(["auto", data, *settings, "--output", str(tmp_path / "runs")]) == 0
+    out = capsys.readouterr().out
+    assert "rows nearly repeat a training text" in out and "the test split is unchanged" in out
+
+    before = TASKS["text-classification"].load_data(build_config({"data": data, "seed": 0}, "test"))
+    planted = [t for t in before.val.texts if t.lower() in {x.lower() for x in before.train.texts}]
+    assert planted  # some copies fell into validation with their original in train (or the reverse)
+    summary = json.loads((tmp_path / "runs" / "auto-copies" / "auto.json").read_text())
+    moved = summary["validation"]["near_copies_moved_to_train"]
+    assert moved >= len(planted) and summary["validation"]["rows"] == len(before.val) - moved
+
+    run = Path(summary["winner"])
+    def texts(name):
+        return [json.loads(line)["text"] for line in (run / "data" / f"{name}.jsonl").open(encoding="utf-8")]
+    train = {t.lower() for t in texts("train")}
+    assert not [t for t in texts("val") if t.lower() in train]  # what is left is unlike the training data
+    assert set(planted) <= set(texts("train")) and len(texts("train")) == len(before.train) + moved
+    assert texts("test") == before.test.texts  # the test split: the same rows, in the same order
+    assert f"data: {tmp_path / 'runs' / 'auto-copies' / 'data' / 'train.jsonl'}" in (run / "config.yaml").read_text()
+
+
+def test_a_validation_file_the_user_chose_is_left_as_it_is(tmp_path, tiny_sentence_model):
+    from tunesmith.commands.auto import honest_validation
+    from tunesmith.config import build_config
+    from tunesmith.tasks import TASKS
+
+    data = write_csv(tmp_path / "train.csv", make_rows(10))
+    val = write_csv(tmp_path / "val.csv", [{"text": r["text"].upper(), "label": r["label"]} for r in make_rows(10)])
+    cfg = build_config({"data": data, "val_data": val, "model": tiny_sentence_model}, "test")
+    splits = TASKS[cfg.task].load_data(cfg)
+    assert honest_validation(cfg, TASKS[cfg.task], splits, tmp_path / "out", log=print) == (splits, {})
+    assert not (tmp_path / "out").exists()

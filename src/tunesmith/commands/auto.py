@@ -2,7 +2,8 @@
 good enough (search/ladder.py climbs; this file trains its rungs).
 
 Every rung is an ordinary run folder under <output>/auto-<data name>/, selected on validation;
-the test split is scored once, for the model kept at the end.
+the test split is scored once, for the model kept at the end. Validation rows that nearly repeat
+a training text train instead (`honest_validation`), so the target is judged on new-looking text.
 """
 
 from __future__ import annotations
@@ -16,14 +17,19 @@ from tunesmith.commands.evaluate import evaluate
 from tunesmith.commands.train import train
 from tunesmith.commands.tune import search
 from tunesmith.config import build_config, keys_read
+from tunesmith.data.labeled import write_split
 from tunesmith.errors import UserError
 from tunesmith.io import write_json
 from tunesmith.methods import METHODS
+from tunesmith.quality import holdout
 from tunesmith.runs import Run
 from tunesmith.search.ladder import Data, Ladder, Outcome, Rung, parse_target, plan
 from tunesmith.durations import parse_duration
 from tunesmith.search.study import quiet_trial_log
 from tunesmith.tasks import TASKS
+
+# Settings about reading and sampling the user's files, which the written splits no longer need.
+READ_AS_WRITTEN = ("max_train_samples", "max_eval_samples", "text_col", "label_col", "encoding")
 
 
 def auto(data: str, overrides: dict, target: str | None = None, budget: str | None = None,
@@ -49,6 +55,9 @@ def auto(data: str, overrides: dict, target: str | None = None, budget: str | No
     if chosen:  # Chinese, Russian, ... text: the calibration and every rung read it with the multilingual model
         log(chosen)
         values["model"] = cfg.model
+    splits, honest = honest_validation(cfg, task, splits, ladder_dir / "data", log)
+    if honest:  # the rungs read the written splits as they are: sampled already, JSON lines
+        values = {k: v for k, v in values.items() if k not in READ_AS_WRITTEN} | honest["settings"]
     facts = Data(train=len(splits.train), val=len(splits.val), labels=len(splits.labels),
                  named_labels=any(not str(label).strip().isdigit() for label in splits.labels),
                  epochs=cfg.resolved_epochs(len(splits.train)))
@@ -81,6 +90,7 @@ def auto(data: str, overrides: dict, target: str | None = None, budget: str | No
     _print_table(outcomes, winner, metric, log)
     write_json(ladder_dir / "auto.json", {
         "metric": metric, "target": str(goal) if goal else None, "budget_s": budget_s, "winner": winner.run,
+        "validation": {"rows": len(splits.val), "near_copies_moved_to_train": honest.get("moved", 0)},
         "test": {k: v for k, v in test.items() if isinstance(v, float)},
         "rungs": [{"rung": o.rung.name, "status": o.status, "val": o.value, "seconds": round(o.seconds, 1),
                    "estimated_s": round(o.estimate_s, 1), "trainable_pct": o.trainable_pct, "size_mb": o.size_mb,
@@ -90,6 +100,37 @@ def auto(data: str, overrides: dict, target: str | None = None, budget: str | No
         + (f", test {metric} {score:.4f}" if isinstance(score, float) else "")
         + ("" if goal is None or goal.met(winner.value) else f"; the target {goal} was not met"))
     return Path(winner.run)
+
+
+def honest_validation(cfg, task, splits, folder: Path, log) -> tuple:
+    """Validation rows carved out of the training file that nearly repeat a training text train
+    instead (quality/holdout.py says why), and the three splits are written to `folder` so every
+    rung reads the same ones. Returns the splits and {"moved": rows, "settings": the rungs' data
+    keys}, or the splits unchanged and {} where nothing moves: a validation file the user chose,
+    --dedupe near (the rungs drop near-copies themselves), --no-quality-checks, or rows that are
+    not one text and one label."""
+    if ("near-duplicates" not in task.quality_checks or not cfg.quality_checks or cfg.val_data
+            or cfg.dedupe == "near" or not all(map(holdout.plain_rows, (splits.train, splits.val, splits.test)))):
+        return splits, {}
+    log("validation: looking for rows that nearly repeat a training text ...")
+    rows = holdout.near_copy_rows(splits.train, splits.val, models.resolve(cfg.resolved_model()),
+                                  task.load_processor(cfg.resolved_model(), cfg), cfg.resolved_max_length(),
+                                  cfg.near_threshold)
+    if not rows:
+        return splits, {}
+    if len(rows) == len(splits.val):
+        log(f"warning: every validation row nearly repeats a training text (cosine >= {cfg.near_threshold:g}): "
+            "validation scores will run high; give --val-data with texts unlike the training data")
+        return splits, {}
+    log(f"validation: {len(rows):,} of {len(splits.val):,} rows nearly repeat a training text (cosine >= "
+        f"{cfg.near_threshold:g}) and would score high: they train instead, so the target is judged on the "
+        f"{len(splits.val) - len(rows):,} others; the test split is unchanged ({folder})")
+    splits = holdout.move_to_train(splits, rows)
+    for name in ("train", "val", "test"):
+        write_split(folder / f"{name}.jsonl", getattr(splits, name))
+    return splits, {"moved": len(rows), "settings": {"data": str(folder / "train.jsonl"),
+                                                     "val_data": str(folder / "val.jsonl"),
+                                                     "test_data": str(folder / "test.jsonl")}}
 
 
 def calibrate(cfg, task, splits, sample: int = 64) -> float:

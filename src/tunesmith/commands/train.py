@@ -21,7 +21,7 @@ import torch
 from tunesmith import models, quality
 from tunesmith.config import DEFAULT_EPOCHS, MIN_DEFAULT_STEPS, TrainConfig, config_to_yaml_dict
 from tunesmith.data.augment import augment_examples
-from tunesmith.data.labeled import Examples
+from tunesmith.data.labeled import write_split
 from tunesmith.data.long_text import LongText
 from tunesmith.data.splits import Splits
 from tunesmith.errors import Interrupted, UserError
@@ -110,7 +110,7 @@ def _train(cfg: TrainConfig, run: Run | None, processes, held: ExitStack, log, o
             write_yaml(run.config_file, config_to_yaml_dict(cfg))
             write_json(run.labels_file, splits.labels)
             for name in ("train", "val", "test"):
-                _write_split(run.data_dir / f"{name}.jsonl", getattr(splits, name))
+                write_split(run.data_dir / f"{name}.jsonl", getattr(splits, name))
             if checked is not None:
                 checked.write(run.path / "quality")
                 write_json(run.path / "quality" / "facts.json", checked.facts)
@@ -403,13 +403,6 @@ def _unused_run_folder(cfg: TrainConfig) -> Run:
     if run.path.exists():
         raise UserError(f"{run.path}: already exists; choose another --name, or continue it with --resume {run.path}")
     return run
-
-
-def _write_split(path: Path, examples: Examples) -> None:
-    # Inputs and targets are whatever the task uses (a text, a list of words, a number...):
-    # JSON keeps them exactly, and `Run.split` reads them back.
-    lines = (json.dumps({"text": t, "label": l}, ensure_ascii=False) for t, l in zip(examples.texts, examples.labels))
-    write_text(path, "".join(line + "\n" for line in lines))
 
 
 def _saved_splits(run: Run, cfg: TrainConfig) -> Splits:

@@ -6,10 +6,13 @@ present; the error for a bad row names the file and the row.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from tunesmith.data.sources import Table
 from tunesmith.errors import UserError
+from tunesmith.io import write_text
 
 # Checked in order; the first column present wins.
 TEXT_COLUMNS = ("text", "sentence", "review", "content", "document", "utterance", "query", "question", "tweet", "body", "text_a")
@@ -36,6 +39,14 @@ class Examples:
             self.source,
             [self.where[i] for i in indices] if self.where else [],
         )
+
+
+def write_split(path: Path, examples: Examples) -> None:
+    """One JSON object per line, {"text": ..., "label": ...}, written atomically. Inputs and
+    targets are whatever the task uses (a text, a list of words, a number...): JSON keeps them
+    exactly, `Run.split` reads them back, and plain rows load again as `--data`."""
+    lines = (json.dumps({"text": t, "label": l}, ensure_ascii=False) for t, l in zip(examples.texts, examples.labels))
+    write_text(path, "".join(line + "\n" for line in lines))
 
 
 def pick_column(table: Table, given: str | None, candidates: tuple[str, ...], role: str, flag: str) -> str:
