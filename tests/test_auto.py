@@ -186,11 +186,11 @@ def test_a_shortened_rung_trains_for_its_passes(tmp_path, tiny_sentence_model, m
     assert training["epochs_completed"] == 0 and training["steps"] * 8 <= 0.5 * 120
 
 
-def test_validation_rows_that_nearly_repeat_a_training_text_train_instead(tmp_path, tiny_sentence_model, monkeypatch,
-                                                                           capsys):
-    """A validation split carved from a file of near-copies scores high: auto moves those rows
-    to train (uppercase copies: the tiny tokenizer lowercases, so they read as the same text),
-    judges the rungs on the rest, and leaves the test split as it was."""
+def test_validation_near_copies_train_instead_until_validation_looks_like_the_test_file(
+        tmp_path, tiny_sentence_model, monkeypatch, capsys):
+    """A validation split carved from a file of near-copies (uppercase copies: the tiny tokenizer
+    lowercases, so they read as the same text) against a test file without any: auto moves
+    them to train, judges the rungs on the rest, and leaves the test split as it was."""
     import tunesmith.commands.auto as auto_command
     from tunesmith.cli import main
     from tunesmith.config import build_config
@@ -200,13 +200,14 @@ def test_validation_rows_that_nearly_repeat_a_training_text_train_instead(tmp_pa
     rows = make_rows(40, seed=7)
     rows += [{"text": row["text"].upper(), "label": row["label"]} for row in rows[:60]]
     data = write_csv(tmp_path / "copies.csv", rows)
-    settings = ["--model", tiny_sentence_model, "--max-length", "16", "--batch-size", "8", "--epochs", "1",
-                "--seed", "0", "--near-threshold", "0.9999"]
+    test = write_csv(tmp_path / "test.csv", make_rows(5, seed=8))
+    settings = ["--test-data", test, "--model", tiny_sentence_model, "--max-length", "16", "--batch-size", "8",
+                "--epochs", "1", "--seed", "0", "--near-threshold", "0.9999"]
     assert main(["auto", data, *settings, "--output", str(tmp_path / "runs")]) == 0
     out = capsys.readouterr().out
-    assert "rows nearly repeat a training text" in out and "the test split is unchanged" in out
+    assert "validation rows nearly repeat a training text" in out and "the test split is unchanged" in out
 
-    before = TASKS["text-classification"].load_data(build_config({"data": data, "seed": 0}, "test"))
+    before = TASKS["text-classification"].load_data(build_config({"data": data, "test_data": test, "seed": 0}, "test"))
     planted = [t for t in before.val.texts if t.lower() in {x.lower() for x in before.train.texts}]
     assert planted  # some copies fell into validation with their original in train (or the reverse)
     summary = json.loads((tmp_path / "runs" / "auto-copies" / "auto.json").read_text())
@@ -217,20 +218,36 @@ def test_validation_rows_that_nearly_repeat_a_training_text_train_instead(tmp_pa
     def texts(name):
         return [json.loads(line)["text"] for line in (run / "data" / f"{name}.jsonl").open(encoding="utf-8")]
     train = {t.lower() for t in texts("train")}
-    assert not [t for t in texts("val") if t.lower() in train]  # what is left is unlike the training data
+    assert not [t for t in texts("val") if t.lower() in train]  # the test file has no near-copies: neither does val
     assert set(planted) <= set(texts("train")) and len(texts("train")) == len(before.train) + moved
     assert texts("test") == before.test.texts  # the test split: the same rows, in the same order
     assert f"data: {tmp_path / 'runs' / 'auto-copies' / 'data' / 'train.jsonl'}" in (run / "config.yaml").read_text()
 
 
-def test_a_validation_file_the_user_chose_is_left_as_it_is(tmp_path, tiny_sentence_model):
+def test_validation_keeps_as_many_near_copies_as_the_test_file_has():
+    from tunesmith.quality.holdout import rows_to_move
+
+    near = list(range(0, 100, 2))  # 50 of 100 validation rows
+    assert rows_to_move(near, 100, test_share=0.5, seed=0) == []  # already like the test file
+    assert rows_to_move(near, 100, test_share=0.6, seed=0) == []
+    assert rows_to_move(near, 100, test_share=0.0, seed=0) == near  # a test file without any: all train
+    moved = rows_to_move(near, 100, test_share=0.2, seed=0)  # (50 - m) / (100 - m) = 0.2: m = 37.5
+    assert len(moved) == 38 and set(moved) <= set(near) and moved == rows_to_move(near, 100, 0.2, seed=0)
+    assert (50 - len(moved)) / (100 - len(moved)) == pytest.approx(0.2, abs=0.01)
+
+
+def test_a_validation_file_or_a_carved_test_split_is_left_as_it_is(tmp_path, tiny_sentence_model):
+    """Nothing is embedded or written: the user chose the validation file, or the test split was
+    carved like validation (the same share of near-copies, by construction)."""
     from tunesmith.commands.auto import honest_validation
     from tunesmith.config import build_config
     from tunesmith.tasks import TASKS
 
     data = write_csv(tmp_path / "train.csv", make_rows(10))
-    val = write_csv(tmp_path / "val.csv", [{"text": r["text"].upper(), "label": r["label"]} for r in make_rows(10)])
-    cfg = build_config({"data": data, "val_data": val, "model": tiny_sentence_model}, "test")
-    splits = TASKS[cfg.task].load_data(cfg)
-    assert honest_validation(cfg, TASKS[cfg.task], splits, tmp_path / "out", log=print) == (splits, {})
+    copies = [{"text": r["text"].upper(), "label": r["label"]} for r in make_rows(10)]
+    val = write_csv(tmp_path / "val.csv", copies)
+    for given in ({"val_data": val, "test_data": val}, {}):
+        cfg = build_config({"data": data, "model": tiny_sentence_model, **given}, "test")
+        splits = TASKS[cfg.task].load_data(cfg)
+        assert honest_validation(cfg, TASKS[cfg.task], splits, tmp_path / "out", log=print) == (splits, {})
     assert not (tmp_path / "out").exists()

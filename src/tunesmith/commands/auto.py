@@ -2,8 +2,9 @@
 good enough (search/ladder.py climbs; this file trains its rungs).
 
 Every rung is an ordinary run folder under <output>/auto-<data name>/, selected on validation;
-the test split is scored once, for the model kept at the end. Validation rows that nearly repeat
-a training text train instead (`honest_validation`), so the target is judged on new-looking text.
+the test split is scored once, for the model kept at the end. A validation split carved from the
+training file is made to look like the test file (`honest_validation`): where more of its rows
+nearly repeat a training text, enough of them train instead.
 """
 
 from __future__ import annotations
@@ -103,28 +104,33 @@ def auto(data: str, overrides: dict, target: str | None = None, budget: str | No
 
 
 def honest_validation(cfg, task, splits, folder: Path, log) -> tuple:
-    """Validation rows carved out of the training file that nearly repeat a training text train
-    instead (quality/holdout.py says why), and the three splits are written to `folder` so every
-    rung reads the same ones. Returns the splits and {"moved": rows, "settings": the rungs' data
-    keys}, or the splits unchanged and {} where nothing moves: a validation file the user chose,
-    --dedupe near (the rungs drop near-copies themselves), --no-quality-checks, or rows that are
-    not one text and one label."""
+    """A validation split carved out of the training file, made to look like the test file
+    (quality/holdout.py says why): where more of its rows nearly repeat a training text than the
+    test file's do, enough of them train instead. The three splits are then written to `folder`
+    so every rung reads the same ones. Returns the splits and {"moved": rows, "settings": the
+    rungs' data keys}, or the splits unchanged and {} where nothing moves: a validation file the
+    user chose, a test split carved like validation (it has the same share), --dedupe near (the
+    rungs drop near-copies themselves), --no-quality-checks, or rows that are not one text and
+    one label."""
     if ("near-duplicates" not in task.quality_checks or not cfg.quality_checks or cfg.val_data
-            or cfg.dedupe == "near" or not all(map(holdout.plain_rows, (splits.train, splits.val, splits.test)))):
+            or not cfg.test_data or cfg.dedupe == "near"
+            or not all(map(holdout.plain_rows, (splits.train, splits.val, splits.test)))):
         return splits, {}
-    log("validation: looking for rows that nearly repeat a training text ...")
-    rows = holdout.near_copy_rows(splits.train, splits.val, models.resolve(cfg.resolved_model()),
-                                  task.load_processor(cfg.resolved_model(), cfg), cfg.resolved_max_length(),
-                                  cfg.near_threshold)
+    log("validation: comparing its near-copies of training texts with the test file's ...")
+    near_val, near_test = holdout.near_copy_rows(
+        splits.train, [splits.val, splits.test], models.resolve(cfg.resolved_model()),
+        task.load_processor(cfg.resolved_model(), cfg), cfg.resolved_max_length(), cfg.near_threshold)
+    test_share = len(near_test) / len(splits.test)
+    rows = holdout.rows_to_move(near_val, len(splits.val), test_share, cfg.seed)
     if not rows:
         return splits, {}
+    shares = (f"{len(near_val):,} of {len(splits.val):,} validation rows nearly repeat a training text (cosine >= "
+              f"{cfg.near_threshold:g}), against {test_share:.0%} of the test file's")
     if len(rows) == len(splits.val):
-        log(f"warning: every validation row nearly repeats a training text (cosine >= {cfg.near_threshold:g}): "
-            "validation scores will run high; give --val-data with texts unlike the training data")
+        log(f"warning: {shares}: validation scores will run high; give --val-data with texts like the test data")
         return splits, {}
-    log(f"validation: {len(rows):,} of {len(splits.val):,} rows nearly repeat a training text (cosine >= "
-        f"{cfg.near_threshold:g}) and would score high: they train instead, so the target is judged on the "
-        f"{len(splits.val) - len(rows):,} others; the test split is unchanged ({folder})")
+    log(f"validation: {shares}; {len(rows):,} of them train instead, so the target is judged on rows like the test "
+        f"data (the splits: {folder}; the test split is unchanged)")
     splits = holdout.move_to_train(splits, rows)
     for name in ("train", "val", "test"):
         write_split(folder / f"{name}.jsonl", getattr(splits, name))
