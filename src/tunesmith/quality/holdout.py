@@ -43,9 +43,9 @@ def rows_to_move(near_val: list[int], val_rows: int, test_share: float, seed: in
     k near-copies among n rows, with (k - m) / (n - m) = share; none when validation has no more
     than the test split."""
     k, n = len(near_val), val_rows
-    if n == 0 or k / n <= test_share:
+    if n == 0 or k / n <= test_share:  # also every share >= 1: k <= n
         return []
-    m = round((k - test_share * n) / (1 - test_share)) if test_share < 1 else 0
+    m = round((k - test_share * n) / (1 - test_share))
     return sorted(random.Random(seed).sample(near_val, min(k, m)))
 
 
