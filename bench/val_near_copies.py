@@ -1,6 +1,8 @@
 """How much a validation split's near-copies of training texts flatter it: for each finished
 single-label text run, its accuracy on all validation rows, on the rows its quality check found
-nearly repeating a training text (quality/near_duplicates.csv), on the others, and on test.
+nearly repeating a training text (quality/near_duplicates.csv), on the rows whose text appears
+inside a training text (a phrase cut from a training sentence: SST-2's treebank phrases), on the
+rows that are neither, and on test; and how many test rows appear inside a training text.
 
     python bench/val_near_copies.py runs/sst2-full-all ...
 """
@@ -33,10 +35,27 @@ def main() -> None:
         probs = np.asarray(Predictor.from_run(run, "torch").predict(val.texts))
         right = np.array([labels[i] == str(given) for i, given in zip(probs.argmax(1), val.labels)])
         is_near = np.array([text in near for text in val.texts])
+        inside = inside_training(run.split("train").texts)
+        is_inside = np.array([inside(text) for text in val.texts])
+        neither = ~(is_near | is_inside)
         test = json.loads(run.metrics_file.read_text(encoding="utf-8"))["test"]
+        test_inside = sum(map(inside, run.split("test").texts))
         print(f"{folder}: validation accuracy {right.mean():.4f} on all {len(right)} rows, "
-              f"{right[is_near].mean() if is_near.any() else float('nan'):.4f} on the {is_near.sum()} near-copies, "
-              f"{right[~is_near].mean():.4f} on the other {(~is_near).sum()}; test accuracy {test['accuracy']:.4f}")
+              f"{share(right, is_near)} on the {is_near.sum()} near-copies, "
+              f"{share(right, ~is_near)} on the other {(~is_near).sum()}, "
+              f"{share(right, is_inside)} on the {is_inside.sum()} found inside a training text, "
+              f"{share(right, neither)} on the {neither.sum()} that are neither; "
+              f"test accuracy {test['accuracy']:.4f} ({test_inside} of {len(run.split('test'))} test rows inside a training text)")
+
+
+def inside_training(train_texts: list[str]):
+    """A test `text -> bool`: does the text (lowercased, stripped) appear inside a training text?"""
+    blob = "\n".join(t.strip().lower() for t in train_texts)
+    return lambda text: text.strip().lower() in blob
+
+
+def share(right: np.ndarray, rows: np.ndarray) -> str:
+    return f"{right[rows].mean():.4f}" if rows.any() else "nan"
 
 
 if __name__ == "__main__":
