@@ -39,19 +39,22 @@ def main() -> None:
         is_inside = np.array([inside(text) for text in val.texts])
         neither = ~(is_near | is_inside)
         test = json.loads(run.metrics_file.read_text(encoding="utf-8"))["test"]
-        test_inside = sum(map(inside, run.split("test").texts))
+        test_texts = run.split("test").texts
+        test_inside = sum(map(inside, test_texts))
         print(f"{folder}: validation accuracy {right.mean():.4f} on all {len(right)} rows, "
               f"{share(right, is_near)} on the {is_near.sum()} near-copies, "
               f"{share(right, ~is_near)} on the other {(~is_near).sum()}, "
               f"{share(right, is_inside)} on the {is_inside.sum()} found inside a training text, "
               f"{share(right, neither)} on the {neither.sum()} that are neither; "
-              f"test accuracy {test['accuracy']:.4f} ({test_inside} of {len(run.split('test'))} test rows inside a training text)")
+              f"test accuracy {test['accuracy']:.4f} ({test_inside} of {len(test_texts)} test rows inside a training text)")
 
 
 def inside_training(train_texts: list[str]):
-    """A test `text -> bool`: does the text (lowercased, stripped) appear inside a training text?"""
-    blob = "\n".join(t.strip().lower() for t in train_texts)
-    return lambda text: text.strip().lower() in blob
+    """A test `text -> bool`: do the text's words (lowercased) appear, whole and in order, inside
+    one training text? Padding with spaces keeps "art" from matching inside "heart", and a
+    newline between texts keeps a match from spanning two of them."""
+    blob = "\n".join(f" {' '.join(t.lower().split())} " for t in train_texts)
+    return lambda text: bool(text.split()) and f" {' '.join(text.lower().split())} " in blob
 
 
 def share(right: np.ndarray, rows: np.ndarray) -> str:
