@@ -112,6 +112,75 @@ def test_the_tune_rung_searches_around_the_best_method_with_what_is_left():
     assert started[-1] == "tune adapter" and outcomes[-1].rung.method == "adapter"
 
 
+def test_the_ensemble_rung_averages_the_best_trained_rungs_when_none_met_the_target():
+    """Before the search: no training, the top MAX_MEMBERS trained rungs by validation. The
+    tune rung still searches around the best single method when the ensemble scores higher."""
+    from tunesmith.methods import METHODS
+
+    clock, seen = FakeClock(), {}
+    rungs = [Rung(n, n, METHODS[n].relative_cost) for n in ("zero-shot", "freeze", "adapter", "lora", "full")]
+    rungs += [Rung("ensemble", "", 0.0, ensemble=True), Rung("tune", "", tune=True)]
+    scores = {"zero-shot": 0.87, "freeze": 0.80, "adapter": 0.86, "lora": 0.84, "full": 0.88, "ensemble": 0.89}
+
+    def run(rung, left):
+        seen.setdefault("order", []).append(rung.name)
+        if rung.ensemble:
+            seen["members"] = [o.rung.name for o in ladder.members()]
+        clock.now += 10
+        return Outcome(rung, "done", value=scores.get(rung.name, 0.87), run=f"runs/{rung.name}")
+
+    ladder = Ladder(rungs, "macro_f1", DATA, FORWARD_S, None, parse_target("macro_f1>=0.96", {"macro_f1": True}),
+                    True, run, clock, log=lambda _: None)
+    ladder.climb()
+    assert seen["order"] == ["zero-shot", "freeze", "adapter", "lora", "full", "ensemble", "tune full"]
+    assert seen["members"] == ["full", "adapter", "lora"]  # trained, best first: zero-shot trains nothing
+    assert ladder.best().rung.name == "ensemble" and ladder.best(single=True).rung.name == "full"
+
+    clock, seen = FakeClock(), {}  # the target met on the way: no ensemble
+    scores["adapter"] = 0.97
+    ladder = Ladder(rungs[1:], "macro_f1", DATA, FORWARD_S, None, parse_target("macro_f1>=0.96", {"macro_f1": True}),
+                    True, run, clock, log=lambda _: None)
+    ladder.climb()
+    assert seen["order"] == ["freeze", "adapter"]
+
+    clock, seen = FakeClock(), {}  # one trained rung: nothing to average, straight to the search
+    ladder = Ladder([rungs[1]] + rungs[5:], "macro_f1", DATA, FORWARD_S, None, None, True, run, clock,
+                    log=lambda _: None)
+    ladder.climb()
+    assert seen["order"] == ["freeze", "tune freeze"]
+
+
+def test_auto_keeps_an_ensemble_rung_as_a_run_that_loads_and_scores_like_any_other(
+        tmp_path, tiny_sentence_model, monkeypatch):
+    """A target no single rung meets: the ensemble rung averages them on validation, its folder
+    is `tunesmith ensemble`'s, and only the kept model is scored on the test split."""
+    import tunesmith.commands.auto as auto_command
+    from tunesmith.cli import main
+    from tunesmith.inference import Predictor
+    from tunesmith.runs import Run
+    from tunesmith.tasks import TASKS
+
+    monkeypatch.setattr(auto_command, "plan", lambda task, methods, data, ensemble: [
+        Rung("freeze", "freeze", 1.0), Rung("full", "full", 3.0), Rung("ensemble", "", 0.0, ensemble=ensemble)])
+    data = write_csv(tmp_path / "toy.csv", make_rows(30, seed=3))
+    assert main(["auto", data, "--model", tiny_sentence_model, "--target", "accuracy>=1.01", "--max-length", "16",
+                 "--batch-size", "8", "--epochs", "1", "--seed", "0", "--output", str(tmp_path / "runs")]) == 0
+    summary = json.loads((tmp_path / "runs" / "auto-toy" / "auto.json").read_text())
+    rung = {r["rung"]: r for r in summary["rungs"]}["ensemble"]
+    assert rung["status"] == "done" and rung["note"] == "mean of " + ", ".join(
+        r["rung"] for r in sorted(summary["rungs"][:2], key=lambda r: -r["val"]))
+    run = Run(Path(rung["run"]))
+    assert (run.path / "ensemble.json").is_file() and len(list((run.path / "members").iterdir())) == 2
+    val = run.split("val")  # the value the ladder compared is the loaded ensemble's on validation
+    outputs = Predictor.from_run(run).predict(val.texts)
+    assert rung["val"] == pytest.approx(TASKS["text-classification"].metrics(val.labels, outputs, run.labels())["accuracy"])
+    for r in summary["rungs"]:
+        test = json.loads((Path(r["run"]) / "metrics.json").read_text()).get("test")
+        assert bool(test) == (r["run"] == summary["winner"])
+    best = max(r["val"] for r in summary["rungs"])  # no rung met the target: the best kept, the first of a tie
+    assert summary["winner"] == next(r["run"] for r in summary["rungs"] if r["val"] == best)
+
+
 def test_the_plan_fits_the_data():
     from tunesmith.methods import METHODS
 
@@ -119,6 +188,8 @@ def test_the_plan_fits_the_data():
     assert [r.name for r in small] == ["zero-shot", "few-shot", "freeze", "adapter", "lora", "full", "tune"]
     large_ids = plan("text-classification", METHODS, Data(10_000, 1000, 4, False, 3))
     assert [r.name for r in large_ids] == ["freeze", "adapter", "lora", "full", "tune"]
+    assert [r.name for r in plan("text-classification", METHODS, Data(10_000, 1000, 4, False, 3), ensemble=True)][-2:] \
+        == ["ensemble", "tune"]
     regression = [r.name for r in plan("regression", METHODS, Data(100, 20, 1, False, 3))]
     assert "zero-shot" not in regression and "few-shot" not in regression
 
@@ -173,7 +244,7 @@ def test_a_shortened_rung_trains_for_its_passes(tmp_path, tiny_sentence_model, m
     import tunesmith.commands.auto as auto_command
     from tunesmith.cli import main
 
-    monkeypatch.setattr(auto_command, "plan", lambda task, methods, data: [Rung("full", "full", 3.0, passes=0.5)])
+    monkeypatch.setattr(auto_command, "plan", lambda task, methods, data, ensemble: [Rung("full", "full", 3.0, passes=0.5)])
     data = write_csv(tmp_path / "toy.csv", make_rows(40))
     assert main(["auto", data, "--model", tiny_sentence_model, "--max-length", "16", "--batch-size", "8",
                  "--epochs", "2", "--seed", "0", "--output", str(tmp_path / "runs")]) == 0
@@ -194,18 +265,20 @@ def test_validation_near_copies_train_instead_until_validation_looks_like_the_te
     import tunesmith.commands.auto as auto_command
     from tunesmith.cli import main
     from tunesmith.config import build_config
+    from tunesmith.quality.overlap import TrainingIndex
     from tunesmith.tasks import TASKS
 
-    monkeypatch.setattr(auto_command, "plan", lambda task, methods, data: [Rung("freeze", "freeze", 1.0)])
+    monkeypatch.setattr(auto_command, "plan", lambda task, methods, data, ensemble: [Rung("freeze", "freeze", 1.0)])
     rows = make_rows(40, seed=7)
     rows += [{"text": row["text"].upper(), "label": row["label"]} for row in rows[:60]]
     data = write_csv(tmp_path / "copies.csv", rows)
-    test = write_csv(tmp_path / "test.csv", make_rows(5, seed=8))
+    index = TrainingIndex([row["text"] for row in rows])  # a test file that repeats no training text word for word
+    test = write_csv(tmp_path / "test.csv", [r for r in make_rows(8, seed=8) if index.overlap(r["text"]) is None])
     settings = ["--test-data", test, "--model", tiny_sentence_model, "--max-length", "16", "--batch-size", "8",
                 "--epochs", "1", "--seed", "0", "--near-threshold", "0.9999"]
     assert main(["auto", data, *settings, "--output", str(tmp_path / "runs")]) == 0
     out = capsys.readouterr().out
-    assert "validation rows nearly repeat a training text" in out and "the test split is unchanged" in out
+    assert "validation rows repeat a training text" in out and "the test split is unchanged" in out
 
     before = TASKS["text-classification"].load_data(build_config({"data": data, "test_data": test, "seed": 0}, "test"))
     planted = [t for t in before.val.texts if t.lower() in {x.lower() for x in before.train.texts}]

@@ -188,3 +188,37 @@ def test_quality_flags_are_in_help_and_readme():
         assert flag in train_help and flag in readme, flag
     for flag in ("--no-quality", "--lists", "--near-threshold"):
         assert flag in check_help and flag in readme, flag
+
+
+def test_overlaps_find_phrases_inside_training_texts_and_shared_spans_on_whole_words_only():
+    from tunesmith.quality import overlap
+
+    train = ["A gripping , funny and heartfelt film that never lets go of its audience",
+             "the art of the deal", "refund please"]
+    index = overlap.TrainingIndex(train, span=5)
+    assert index.overlap("funny and HEARTFELT film") == (0, "inside")  # a phrase cut from a training sentence
+    assert index.overlap("the art") == (1, "inside")
+    assert index.overlap("art of the heart") is None  # "art" is not inside "heart": whole words only
+    assert index.overlap("never lets go of its grip") == (0, "shared span")  # 5 words in a row, then differs
+    assert index.overlap("never lets go of grip") is None  # 4 words in a row: common phrasing, not a repeat
+    assert index.overlap("") is None and index.overlap("please refund") is None  # order matters
+    assert overlap.overlapping_rows(index, ["nothing here", "the deal", "refund please"]) == [
+        (1, 1, "inside"), (2, 2, "inside")]
+
+
+def test_check_reports_validation_phrases_cut_from_training_sentences(tmp_path, tiny_sentence_model, capsys):
+    """Treebank-style data: the evaluation rows are phrases of training sentences. Their
+    embeddings are not near-copies (threshold 0.9999), but the words are the training text's."""
+    train = make_rows(20, seed=1)
+    test = make_rows(5, seed=2)
+    test[0] = {"text": " ".join(train[3]["text"].split()[1:]), "label": train[3]["label"]}  # the sentence minus a word
+    assert len(test[0]["text"].split()) >= 2
+    data, test_file = write_csv(tmp_path / "train.csv", train), write_csv(tmp_path / "test.csv", test)
+    assert main(["check", data, "--test-data", test_file, "--model", tiny_sentence_model, "--near-threshold", "0.9999",
+                 "--lists", str(tmp_path / "lists")]) == 0
+    out = capsys.readouterr().out
+    assert "texts repeat part of a training text word for word" in out
+    found = pd.read_csv(tmp_path / "lists" / "overlaps.csv")
+    assert test[0]["text"] in list(found["text"]) and set(found["kind"]) <= {"inside", "shared span"}
+    row = found[found["text"] == test[0]["text"]].iloc[0]
+    assert row["split"] == "test" and row["train_text"] == train[3]["text"]

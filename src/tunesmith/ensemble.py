@@ -44,12 +44,16 @@ class EnsemblePredictor:
         return self.members[0].tokenizer
 
     def predict(self, inputs: list, batch_size: int = 32):
-        answers = [m.predict(inputs, batch_size) for m in self.members]
-        if not isinstance(answers[0], np.ndarray):  # outputs with decision settings of their own
-            return type(answers[0]).mean(answers)  # (multi-label: probabilities and thresholds)
-        outputs = np.stack(answers)
-        if self.combine == "vote":
-            # Each member's label as a one-hot vote; ties go to the higher mean probability.
-            votes = np.eye(outputs.shape[-1])[outputs.argmax(-1)].mean(0)
-            return votes + 1e-6 * outputs.mean(0)
-        return outputs.mean(0)
+        return combine_outputs([m.predict(inputs, batch_size) for m in self.members], self.combine)
+
+
+def combine_outputs(answers: list, how: str = "mean"):
+    """The members' outputs for the same inputs as one: their mean, or with "vote" each
+    member's label as a one-hot vote (ties go to the higher mean probability)."""
+    if not isinstance(answers[0], np.ndarray):  # outputs with decision settings of their own
+        return type(answers[0]).mean(answers)  # (multi-label: probabilities and thresholds)
+    outputs = np.stack(answers)
+    if how == "vote":
+        votes = np.eye(outputs.shape[-1])[outputs.argmax(-1)].mean(0)
+        return votes + 1e-6 * outputs.mean(0)
+    return outputs.mean(0)

@@ -10,6 +10,7 @@ shared splits, `ensemble.json`, and metrics and report from the shared test spli
 from __future__ import annotations
 
 import shutil
+
 from tunesmith.commands.evaluate import evaluate
 from tunesmith.commands.members import compatible_runs, start_combined_run
 from tunesmith.errors import UserError
@@ -18,7 +19,15 @@ from tunesmith.runs import Run
 from tunesmith.tasks import TASKS, supporting
 
 def ensemble(run_paths: list[str], name: str, output: str = "runs", vote: bool = False, out=print) -> Run:
-    runs = compatible_runs(run_paths, "ensemble")
+    target = combine(compatible_runs(run_paths, "ensemble"), name, output, vote)
+    out(f"combined {len(run_paths)} runs into {target.path} ({'majority vote' if vote else 'mean of outputs'})")
+    evaluate(str(target.path), out=out)
+    return target
+
+
+def combine(runs: list[Run], name: str, output: str, vote: bool = False) -> Run:
+    """The ensemble run folder of `runs` (already checked by `compatible_runs`), not yet scored:
+    `tunesmith auto` scores its ensemble rung on validation and the test split only if kept."""
     cfg = runs[0].settings()
     task = TASKS[cfg.task]
     if not task.ensemble:
@@ -36,6 +45,4 @@ def ensemble(run_paths: list[str], name: str, output: str = "runs", vote: bool =
     write_json(tmp / "ensemble.json", {"combine": "vote" if vote else "mean", "members": members,
                                        "from": [str(r.path) for r in runs]})
     replace_dir(tmp, target.path)
-    out(f"combined {len(runs)} runs into {target.path} ({'majority vote' if vote else 'mean of outputs'})")
-    evaluate(str(target.path), out=out)
     return target

@@ -4,7 +4,8 @@ for images near-duplicate and single-colour images.
 
 Which checks apply is the task's declaration (`quality_checks`):
   "label-errors"     single-label classes: confident learning on out-of-fold probe predictions (labels.py)
-  "near-duplicates"  validation and test texts whose embedding nearly equals a training text's (neighbours.py)
+  "near-duplicates"  validation and test texts whose embedding nearly equals a training text's (neighbours.py),
+                     or that repeat part of one word for word (overlap.py)
   "outliers"         texts far from every class centroid (outliers.py)
   "text"             texts empty after normalisation, rows in another script (text.py)
   "images"           near-duplicate images across splits, single-colour images (images.py)

@@ -6,12 +6,15 @@ them. SST-2's training file holds the treebank's phrases, parts of the same sent
 validation split drawn from it nearly repeats a training phrase (cosine >= 0.95), none of the
 official dev set's whole sentences does, and the carved split scored 3-4 points above dev, so
 `auto` stopped a rung early on a target the model did not meet on the test data
-(docs/benchmarks.md, "`tunesmith auto` on SST-2"). Where the test file has as many near-copies
-(banking77: 26% of the carved split, 29% of the official test set: customers ask the same
-questions), the carved split already looks like it and is left alone.
+(docs/benchmarks.md, "`tunesmith auto` on SST-2"). Nor does the embedding comparison find them all: a phrase and the sentence it was cut from
+are far apart as vectors, so rows that repeat part of a training text word for word count too
+(overlap.py: 97% of the carved SST-2 rows, 0.6% of dev's). Where the test file has as many
+(banking77: 26% of the carved split and 29% of the official test set nearly repeat a training
+question, 9% and 10% overlap one: customers ask in the same words), the carved split already
+looks like it and is left alone.
 
-So: enough of the validation near-copies, chosen at random, train instead that validation has
-the test split's share of them. Moving rows to train loses no data, and the test split is left
+So: enough of the validation rows that repeat training text, chosen at random, train instead
+that validation has the test split's share of them. Moving rows to train loses no data, and the test split is left
 exactly as it was.
 """
 
@@ -21,26 +24,29 @@ import random
 from dataclasses import replace
 
 from tunesmith.data.labeled import Examples
-from tunesmith.quality import neighbours
+from tunesmith.quality import neighbours, overlap
 from tunesmith.quality.features import embed_with, load_encoder
 
 
-def near_copy_rows(train: Examples, parts: list[Examples], source: str, tokenizer, max_length: int,
+def repeating_rows(train: Examples, parts: list[Examples], source: str, tokenizer, max_length: int,
                    threshold: float) -> list[list[int]]:
-    """For each of `parts`, its rows whose nearest training text has cosine >= `threshold` (the
-    backbone's mean-pooled features, the same ones `check` compares)."""
+    """For each of `parts`, its rows that repeat a training text: their nearest training text
+    has cosine >= `threshold` (the backbone's mean-pooled features, the same ones `check`
+    compares), or they overlap one word for word (overlap.py)."""
     encoder = load_encoder(source)
     x_train = embed_with(encoder, tokenizer, train.texts, max_length)
+    index = overlap.TrainingIndex(train.texts)
     found = []
     for part in parts:
         x = embed_with(encoder, tokenizer, part.texts, max_length)
-        found.append(sorted(q for q, _, _ in neighbours.near_duplicates(x_train, x, threshold)))
+        near = {q for q, _, _ in neighbours.near_duplicates(x_train, x, threshold)}
+        found.append(sorted(near | {q for q, _, _ in overlap.overlapping_rows(index, part.texts)}))
     return found
 
 
 def rows_to_move(near_val: list[int], val_rows: int, test_share: float, seed: int) -> list[int]:
-    """The validation near-copies to move so that what stays has `test_share` of them: m of the
-    k near-copies among n rows, with (k - m) / (n - m) = share; none when validation has no more
+    """The validation rows that repeat training text to move so that what stays has `test_share`
+    of them: m of the k such rows among n, with (k - m) / (n - m) = share; none when validation has no more
     than the test split."""
     k, n = len(near_val), val_rows
     if n == 0 or k / n <= test_share:  # also every share >= 1: k <= n

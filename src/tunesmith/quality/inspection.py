@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 
-from tunesmith.quality import images, labels as label_checks, neighbours, outliers, text
+from tunesmith.quality import images, labels as label_checks, neighbours, outliers, overlap, text
 from tunesmith.quality.features import embed_with, load_encoder
 from tunesmith.quality.report import EVAL_SPLITS, QualityReport
 
@@ -93,11 +93,16 @@ def _text_checks(report: QualityReport, splits, show_text: bool) -> None:
 
 def _near_duplicate_checks(report: QualityReport, splits, x: dict, threshold: float, show_text: bool) -> None:
     report.facts["near_duplicates"] = {"threshold": threshold, "index": neighbours.backend()}
+    index = overlap.TrainingIndex(splits.train.texts)
+    report.facts["overlaps"] = {"span_words": index.span if index.spans_indexed else None}
     for name in EVAL_SPLITS:
         part = getattr(splits, name)
         found = neighbours.near_duplicates(x["train"], x[name], threshold)
         report.near[name] = found
         report.facts["near_duplicates"][name] = len(found)
+        near = {q for q, _, _ in found}
+        _overlap_checks(report, splits, name, [o for o in overlap.overlapping_rows(index, part.texts) if o[0] not in near],
+                        show_text)
         if not found:
             continue
         shown = ", ".join(f"{_where(part, q)} ~ {_where(splits.train, t)} ({s:.3f})"
@@ -111,6 +116,28 @@ def _near_duplicate_checks(report: QualityReport, splits, x: dict, threshold: fl
             {"split": name, "where": _where(part, q), "text": _plain(part.texts[q]), "label": part.labels[q],
              "train_where": _where(splits.train, t), "train_text": _plain(splits.train.texts[t]),
              "train_label": splits.train.labels[t], "similarity": round(s, 4)} for q, t, s in found)
+
+
+def _overlap_checks(report: QualityReport, splits, name: str, found: list, show_text: bool) -> None:
+    """Evaluation rows that repeat part of a training text word for word (overlap.py), besides
+    the near-copies: a phrase cut from a training sentence, or the sentence a phrase came from."""
+    part = getattr(splits, name)
+    report.facts["overlaps"][name] = len(found)
+    if not found:
+        return
+    shown = ", ".join(f"{_where(part, q)} {kind} {_where(splits.train, t)}"
+                      + (f" {_snippet(part.texts[q])!r} ~ {_snippet(splits.train.texts[t])!r}" if show_text else "")
+                      for q, t, kind in found[:SHOW])
+    span = report.facts["overlaps"]["span_words"]
+    report.lines.append(f"{name}: {len(found)} of {len(part)} texts repeat part of a training text word for word "
+                        f"(inside one{f', or sharing {span} words in a row' if span else ''}): {shown}")
+    report.warnings.append(f"{len(found)} {name} texts repeat part of a training text word for word: if they are parts "
+                           f"of the same documents, the {name} score will be too high; split by document, or compare "
+                           "with a test file from elsewhere (tunesmith auto does)")
+    report.tables.setdefault("overlaps.csv", []).extend(
+        {"split": name, "where": _where(part, q), "text": _plain(part.texts[q]), "label": part.labels[q],
+         "kind": kind, "train_where": _where(splits.train, t), "train_text": _plain(splits.train.texts[t]),
+         "train_label": splits.train.labels[t]} for q, t, kind in found)
 
 
 def _label_checks(report: QualityReport, splits, x_train: np.ndarray, class_ids: np.ndarray, seed: int,

@@ -59,6 +59,10 @@ def report_section(facts: dict | None) -> str:
             if name in near:
                 rows.append((f"{name} texts nearly repeating a training text (cosine >= {near['threshold']:g})",
                              f"{near[name]}" + (f" (left out: {removed[name]})" if removed.get(name) else "")))
+    overlaps = facts.get("overlaps") or {}
+    for name in EVAL_SPLITS:
+        if overlaps.get(name):
+            rows.append((f"{name} texts repeating part of a training text word for word", str(overlaps[name])))
     for name, count in (facts.get("near_duplicate_images") or {}).items():
         rows.append((f"{name} images nearly repeating a training image", str(count)))
     for name, count in (facts.get("outliers") or {}).items():
