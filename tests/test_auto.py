@@ -284,7 +284,7 @@ def test_validation_near_copies_train_instead_until_validation_looks_like_the_te
     planted = [t for t in before.val.texts if t.lower() in {x.lower() for x in before.train.texts}]
     assert planted  # some copies fell into validation with their original in train (or the reverse)
     summary = json.loads((tmp_path / "runs" / "auto-copies" / "auto.json").read_text())
-    moved = summary["validation"]["near_copies_moved_to_train"]
+    moved = summary["validation"]["repeats_moved_to_train"]
     assert moved >= len(planted) and summary["validation"]["rows"] == len(before.val) - moved
 
     run = Path(summary["winner"])
@@ -324,3 +324,19 @@ def test_a_validation_file_or_a_carved_test_split_is_left_as_it_is(tmp_path, tin
         splits = TASKS[cfg.task].load_data(cfg)
         assert honest_validation(cfg, TASKS[cfg.task], splits, tmp_path / "out", log=print) == (splits, {})
     assert not (tmp_path / "out").exists()
+
+
+def test_phrases_cut_from_training_sentences_count_as_repeats_though_their_embeddings_differ(tiny_sentence_model):
+    """The SST-2 case: a validation phrase inside a training sentence is not a near-copy by
+    embedding (threshold 0.9999 here), yet it repeats training text; a test sentence that only
+    uses the same words in another order does not."""
+    from tunesmith import models
+    from tunesmith.data.labeled import Examples
+    from tunesmith.quality.holdout import repeating_rows
+
+    train = Examples(["good acting and a really great story overall", "bad plot"], ["pos", "neg"], "train.csv")
+    val = Examples(["really great story", "great really story", "terrible"], ["pos", "pos", "neg"], "val")
+    test = Examples(["story great really acting"], ["pos"], "test.csv")
+    tokenizer = models.load_tokenizer(tiny_sentence_model)
+    near_val, near_test = repeating_rows(train, [val, test], tiny_sentence_model, tokenizer, 16, threshold=0.9999)
+    assert near_val == [0] and near_test == []

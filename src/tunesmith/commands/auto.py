@@ -98,7 +98,7 @@ def auto(data: str, overrides: dict, target: str | None = None, budget: str | No
     _print_table(outcomes, winner, metric, log)
     write_json(ladder_dir / "auto.json", {
         "metric": metric, "target": str(goal) if goal else None, "budget_s": budget_s, "winner": winner.run,
-        "validation": {"rows": len(splits.val), "near_copies_moved_to_train": honest.get("moved", 0)},
+        "validation": {"rows": len(splits.val), "repeats_moved_to_train": honest.get("moved", 0)},
         "test": {k: v for k, v in test.items() if isinstance(v, float)},
         "rungs": [{"rung": o.rung.name, "status": o.status, "val": o.value, "seconds": round(o.seconds, 1),
                    "estimated_s": round(o.estimate_s, 1), "trainable_pct": o.trainable_pct, "size_mb": o.size_mb,
