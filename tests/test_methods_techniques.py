@@ -10,6 +10,7 @@ from pathlib import Path
 import math
 
 import pytest
+import yaml
 import torch
 from safetensors.torch import load_file
 
@@ -213,12 +214,16 @@ def test_adversarial_training_changes_the_gradient_and_leaves_weights_alone(tiny
     assert all(torch.equal(before[n], p) for n, p in model.named_parameters())  # nothing leaks into weights
 
 
-def test_fgm_works_with_frozen_embeddings_under_lora(tmp_path, tiny_model, toy_csv):
+def test_fgm_works_with_frozen_embeddings_under_lora(tmp_path, tiny_model, toy_csv, capsys):
     args = train_args(toy_csv, tiny_model, tmp_path, "fgm", "--method", "lora", "--epochs", "1", "--adversarial", "fgm",
                       "--adv-epsilon", "0.5")
+    del args[args.index("--lr"):args.index("--lr") + 2]  # LoRA's default rate
     assert main(args) == 0
     history = [json.loads(line) for line in (tmp_path / "fgm" / "history.jsonl").read_text().splitlines()]
     assert history[0]["perturbation_norm"] == pytest.approx(0.5, rel=1e-3)
+    # A short classification run takes LoRA's short-run rate, recorded so the run re-runs the same.
+    assert yaml.safe_load((tmp_path / "fgm" / "config.yaml").read_text())["lr"] == 2e-3
+    assert "lr: 0.002, lora's rate for" in capsys.readouterr().out
 
 
 def test_soup_is_the_arithmetic_mean_of_its_members_and_a_normal_run(tmp_path, tiny_model, toy_csv, capsys):

@@ -414,15 +414,26 @@ class TrainConfig(
         """Optimizer steps in one pass over `train_rows` examples (the last batch may be short)."""
         return math.ceil(math.ceil(train_rows / self.batch_size) / self.grad_accum)
 
-    def resolved_lr(self) -> float:
+    def resolved_lr(self, train_rows: int | None = None) -> float:
+        """--lr, else the task's rate for this method and model (NER's, a CNN's), else the
+        method's: for a run over `train_rows` where the task allows it, the method's rate for
+        that many optimizer steps (LoRA: larger on short runs), else its one default."""
         from tunesmith.methods import METHODS
-
         from tunesmith.tasks import TASKS
 
         if self.lr is not None:
             return self.lr
-        task_lr = TASKS[self.task].default_lr(self.method, self.resolved_model())
-        return task_lr if task_lr is not None else METHODS[self.method].default_lr
+        task, method = TASKS[self.task], METHODS[self.method]
+        task_lr = task.default_lr(self.method, self.resolved_model())
+        if task_lr is not None:
+            return task_lr
+        if train_rows is not None and task.lr_by_steps:
+            return method.lr_for_steps(self.training_steps(train_rows))
+        return method.default_lr
+
+    def training_steps(self, train_rows: int) -> int:
+        """Optimizer steps of the whole run over `train_rows` examples."""
+        return math.ceil(self.steps_per_epoch(train_rows) * self.resolved_epochs(train_rows))
 
 
 # ------------------------------------------------------------------------------------

@@ -81,6 +81,11 @@ def _train(cfg: TrainConfig, run: Run | None, processes, held: ExitStack, log, o
         if cfg.epochs != DEFAULT_EPOCHS:
             log(f"epochs: {cfg.epochs:g}, so that {len(splits.train):,} training rows make at least "
                 f"{MIN_DEFAULT_STEPS} optimizer steps (--epochs sets it)")
+    if cfg.lr is None:  # some methods' default follows the run's length (recorded in config.yaml)
+        cfg.lr = cfg.resolved_lr(len(splits.train))
+        if task.lr_by_steps and cfg.lr != method.default_lr:
+            log(f"lr: {cfg.lr:.2g}, {cfg.method}'s rate for {cfg.training_steps(len(splits.train)):,} optimizer "
+                f"steps (--lr sets it)")
     chosen = None if resuming or earlier is not None else models.choose_for_data(cfg, task, splits.train.texts)
     if chosen:
         log(chosen)

@@ -30,6 +30,7 @@ class Method(Protocol):
     def export(self, model, folder: Path): ...  # -> plain transformers model; may save extras in folder
     def check(self, cfg, task) -> None: ...  # refuses a run this machine cannot do, before anything is written
     def search_space(self, cfg) -> dict: ...  # `tune`'s default space, in the `search:` block's format
+    def lr_for_steps(self, steps: int) -> float: ...  # the default rate for a run of `steps` optimizer steps
     def fits_ladder(self, data) -> bool: ...  # whether `auto` tries it on this data (search/ladder.Data)
     # Hooks, None where the method has none (MethodDefaults): `training_loss(model, batch)`,
     # the method's own loss (few-shot's contrastive stage; the config refuses loss options
@@ -66,6 +67,9 @@ class MethodDefaults:
 
     def fits_ladder(self, data) -> bool:
         return True
+
+    def lr_for_steps(self, steps: int) -> float:
+        return self.default_lr  # one rate, however long the run (LoRA's falls with the steps)
 
     def search_space(self, cfg) -> dict:
         """`tunesmith tune`'s space when the config has no `search:` block. The learning rate

@@ -37,6 +37,9 @@ class Task(Protocol):
     # (method, model) pair that differs from the method's default (None: the method's).
     train_defaults: dict
     def default_lr(self, method: str, model: str) -> float | None: ...
+    # Whether the method's learning rate may follow the run's length (Method.lr_for_steps): true
+    # where that was measured (single-label sequence classification, docs/benchmarks.md).
+    lr_by_steps: bool
     def load_processor(self, source: str, cfg): ...  # cfg: the run's TrainConfig
     # pooling: "mean" puts a sequence head on the mean of the body's last hidden states
     # (tasks/mean_pool.py); tasks without a sequence head ignore it.
@@ -99,6 +102,7 @@ class TaskDefaults:
     long_text_modes: tuple[str, ...] = ("truncate",)
     sequences_per_example = 1  # sequences one example puts through the model (a DPO pair: 2)
     problem_type: str | None = None  # a sequence head's: single_label_classification, regression, ...
+    lr_by_steps = False  # the method's one default rate, however long the run
     servable = True  # `serve` answers its requests
     response_schema = None  # a servable task's answer to one input (a pydantic model, serve/schemas.py)
     exportable = False  # `export --format onnx`: its model maps token ids to one row of logits

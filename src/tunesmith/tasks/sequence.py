@@ -41,6 +41,9 @@ class SequenceTask(TaskDefaults):
         self.start_head = head.start_head
         self.problem_type = head.problem_type
         self.class_probabilities = head.problem_type == "single_label_classification"
+        # LoRA's rate falling with the run's length was measured on single-label classification
+        # (banking77, SST-2, ChnSentiCorp); regression and multi-label keep the method's one rate.
+        self.lr_by_steps = self.class_probabilities
         self.response_schema = head.response_schema
         self.ensemble = head.ensemble
         # Texts longer than the model: pairs are cut from the longer text (truncate only).
