@@ -181,6 +181,68 @@ def test_auto_keeps_an_ensemble_rung_as_a_run_that_loads_and_scores_like_any_oth
     assert summary["winner"] == next(r["run"] for r in summary["rungs"] if r["val"] == best)
 
 
+def test_a_stopped_climb_keeps_its_finished_rungs_and_their_time_counts_against_the_budget():
+    clock, started = FakeClock(), []
+    freeze = estimate_seconds(Rung("freeze", "freeze", 1.0), DATA, FORWARD_S)
+    adapter = estimate_seconds(Rung("adapter", "adapter", 2.2), DATA, FORWARD_S)
+    ladder = _ladder(freeze + adapter + 10, None, {"freeze": 0.8, "adapter": 0.85, "lora": 0.9}, clock, started=started)
+    ladder.earlier = {"freeze": Outcome(Rung("freeze", "freeze", 1.0), "done", seconds=freeze, value=0.8, run="f")}
+    recorded = []
+    ladder.record = recorded.append
+    outcomes = ladder.climb()
+    assert started == ["adapter"]  # freeze is not trained again
+    assert [o.status for o in outcomes] == ["done", "done", "skipped", "skipped", "skipped"]  # its time was spent
+    assert outcomes[0] is ladder.earlier["freeze"] and [o.rung.name for o in recorded] == ["adapter"]
+    # A rung finished before the stop that met the target ends the climb as it would have then.
+    clock, started = FakeClock(), []
+    ladder = _ladder(None, "macro_f1>=0.8", {"adapter": 0.85}, clock, started=started)
+    ladder.earlier = {"freeze": Outcome(Rung("freeze", "freeze", 1.0), "done", seconds=5, value=0.8, run="f")}
+    ladder.climb()
+    assert started == [] and ladder.best().rung.name == "freeze"
+
+
+def test_auto_stopped_in_a_rung_continues_with_the_same_command(tmp_path, tiny_sentence_model, monkeypatch, capsys):
+    """Ctrl-C in the second rung: the same command keeps the first rung's run (not trained
+    again), continues the second from its folder, and finishes the ladder; another command is
+    refused rather than mixed into it."""
+    import tunesmith.commands.auto as auto_command
+    from tunesmith.cli import main
+
+    monkeypatch.setattr(auto_command, "plan", lambda task, methods, data, ensemble: [
+        Rung("freeze", "freeze", 1.0), Rung("full", "full", 3.0)])
+    real_train, trained = auto_command.train, []
+
+    def stopped_in_full(cfg, **kwargs):
+        trained.append(cfg.method if cfg.resume is None else "resume")
+        if cfg.method == "full" and trained.count("full") == 1:
+            def interrupt(metrics):
+                raise KeyboardInterrupt
+            return real_train(cfg, on_evaluate=interrupt, **kwargs)
+        return real_train(cfg, **kwargs)
+
+    monkeypatch.setattr(auto_command, "train", stopped_in_full)
+    data = write_csv(tmp_path / "toy.csv", make_rows(30, seed=3))
+    args = ["auto", data, "--model", tiny_sentence_model, "--target", "accuracy>=1.01", "--max-length", "16",
+            "--batch-size", "8", "--epochs", "2", "--seed", "0", "--output", str(tmp_path / "runs")]
+    assert main(args) == 130
+    assert "run the same command to continue the ladder" in capsys.readouterr().err
+    folder = tmp_path / "runs" / "auto-toy"
+    progress = json.loads((folder / "progress.json").read_text())
+    assert [r["rung"] for r in progress["rungs"]] == ["freeze"] and (folder / "full" / "config.yaml").is_file()
+    capsys.readouterr()
+    assert main([*args[:-4], "--seed", "1", *args[-2:]]) == 2  # another seed: another ladder
+    assert "a ladder with other settings stopped there" in capsys.readouterr().err
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "continuing the ladder" in out and "freeze: done before the stop" in out
+    assert "full: continuing from its last checkpoint" in out
+    assert trained == ["freeze", "full", "resume"]  # freeze trained once; full went on in its own folder
+    summary = json.loads((folder / "auto.json").read_text())
+    assert [(r["rung"], r["status"]) for r in summary["rungs"]] == [("freeze", "done"), ("full", "done")]
+    assert summary["rungs"][0]["seconds"] == progress["rungs"][0]["seconds"]
+    assert not (folder / "progress.json").exists()
+
+
 def test_the_plan_fits_the_data():
     from tunesmith.methods import METHODS
 

@@ -25,5 +25,5 @@ class Interrupted(Exception):
 
     exit_code = 130
 
-    def __init__(self, run_path):
-        super().__init__(f"interrupted; the last checkpoint is kept: tunesmith train --resume {run_path}")
+    def __init__(self, run_path, to_continue: str | None = None):
+        super().__init__("interrupted; " + (to_continue or f"the last checkpoint is kept: tunesmith train --resume {run_path}"))

@@ -5,12 +5,19 @@ Every rung is an ordinary run folder under <output>/auto-<data name>/, selected 
 the test split is scored once, for the model kept at the end. A validation split carved from the
 training file is made to look like the test file (`honest_validation`): where more of its rows
 repeat a training text (nearly, or word for word), enough of them train instead.
+
+A ladder can take hours, so it survives a stop: `progress.json` in its folder records the
+command, the splits and each finished rung, and the same command run again continues: finished
+rungs are kept, the interrupted one resumes from its last checkpoint, and the time already spent
+counts against `--budget`.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 from tunesmith import models
@@ -21,7 +28,7 @@ from tunesmith.commands.tune import search
 from tunesmith.config import build_config, keys_read
 from tunesmith.data.labeled import write_split
 from tunesmith.ensemble import combine_outputs
-from tunesmith.errors import UserError
+from tunesmith.errors import Interrupted, UserError
 from tunesmith.inference import Predictor
 from tunesmith.io import write_json
 from tunesmith.methods import METHODS
@@ -55,15 +62,28 @@ def auto(data: str, overrides: dict, target: str | None = None, budget: str | No
     if (ladder_dir / "auto.json").is_file():
         raise UserError(f"{ladder_dir}: a finished ladder is already there; see {ladder_dir / 'auto.json'}, "
                         "or pass --folder for a new one")
+    command = {"data": data, "settings": dict(values), "target": target}  # --budget may change between tries
+    progress = Progress.open(ladder_dir / "progress.json", command)
 
-    splits = task.load_data(cfg)
-    chosen = models.choose_for_data(cfg, task, splits.train.texts)
-    if chosen:  # Chinese, Russian, ... text: the calibration and every rung read it with the multilingual model
-        log(chosen)
-        values["model"] = cfg.model
-    splits, honest = honest_validation(cfg, task, splits, ladder_dir / "data", log)
-    if honest:  # the rungs read the written splits as they are: sampled already, JSON lines
-        values = {k: v for k, v in values.items() if k not in READ_AS_WRITTEN} | honest["settings"]
+    if progress.honest is not None:  # a stopped ladder: its splits as written, not carved again
+        honest = progress.honest
+        if progress.record["model"]:  # the model chosen for the data the first time
+            values["model"] = progress.record["model"]
+        if honest:
+            values = {k: v for k, v in values.items() if k not in READ_AS_WRITTEN} | honest["settings"]
+        cfg = build_config(values, "auto")
+        splits = task.load_data(cfg)
+        log(f"auto: continuing the ladder in {ladder_dir} ({len(progress.rungs)} rungs finished before the stop)")
+    else:
+        splits = task.load_data(cfg)
+        chosen = models.choose_for_data(cfg, task, splits.train.texts)
+        if chosen:  # Chinese, Russian, ... text: the calibration and every rung read it with the multilingual model
+            log(chosen)
+            values["model"] = cfg.model
+        splits, honest = honest_validation(cfg, task, splits, ladder_dir / "data", log)
+        if honest:  # the rungs read the written splits as they are: sampled already, JSON lines
+            values = {k: v for k, v in values.items() if k not in READ_AS_WRITTEN} | honest["settings"]
+        progress.start(honest, values.get("model"))
     facts = Data(train=len(splits.train), val=len(splits.val), labels=len(splits.labels),
                  named_labels=any(not str(label).strip().isdigit() for label in splits.labels),
                  epochs=cfg.resolved_epochs(len(splits.train)))
@@ -79,16 +99,27 @@ def auto(data: str, overrides: dict, target: str | None = None, budget: str | No
             if rung.tune:
                 return _tune_rung(rung, values, ladder_dir, metric, ladder, seconds_left, log)
             if rung.ensemble:
+                shutil.rmtree(ladder_dir / rung.name, ignore_errors=True)  # a stopped one's part-written folder
                 return _ensemble_rung(rung, ladder.members(), task, metric, ladder.higher_better, ladder_dir)
             settings = values if rung.passes is None else {**values, "epochs": rung.passes}
-            return _outcome(rung, train(_rung_config(settings, rung.method, ladder_dir, rung.name),
-                                        log=quiet_trial_log, score_test=False), metric)
+            rung_cfg = _rung_config(settings, rung.method, ladder_dir, rung.name)
+            stopped = Run(ladder_dir / rung.name)
+            if stopped.config_file.is_file() and not stopped.finished:  # this rung was training at the stop
+                log(f"{rung.name}: continuing from its last checkpoint")
+                rung_cfg = build_config({"resume": str(stopped.path)}, f"auto rung {rung.name}")
+            else:  # nothing to continue from (or it finished after the last record): train it afresh
+                shutil.rmtree(stopped.path, ignore_errors=True)
+            return _outcome(rung, train(rung_cfg, log=quiet_trial_log, score_test=False), metric)
         except UserError as exc:  # a method that cannot adapt this model, say: the next rung may
             return Outcome(rung, "failed", note=str(exc))
 
     ladder = Ladder(rungs, metric, facts, forward_s, budget_s, goal, task.metrics_higher_is_better[metric],
-                    run_rung, clock, log)
-    outcomes = ladder.climb()
+                    run_rung, clock, log, earlier=progress.finished_rungs(), record=progress.add)
+    try:
+        outcomes = ladder.climb()
+    except (Interrupted, KeyboardInterrupt):  # a rung's own message would say to resume that rung alone
+        raise Interrupted(ladder_dir, f"the finished rungs and the last checkpoint are kept in {ladder_dir}: "
+                                      "run the same command to continue the ladder") from None
     winner = ladder.best()
     if winner is None:
         reasons = "; ".join(f"{o.rung.name}: {o.status} ({o.note})" for o in outcomes)
@@ -100,9 +131,8 @@ def auto(data: str, overrides: dict, target: str | None = None, budget: str | No
         "metric": metric, "target": str(goal) if goal else None, "budget_s": budget_s, "winner": winner.run,
         "validation": {"rows": len(splits.val), "repeats_moved_to_train": honest.get("moved", 0)},
         "test": {k: v for k, v in test.items() if isinstance(v, float)},
-        "rungs": [{"rung": o.rung.name, "status": o.status, "val": o.value, "seconds": round(o.seconds, 1),
-                   "estimated_s": round(o.estimate_s, 1), "trainable_pct": o.trainable_pct, "size_mb": o.size_mb,
-                   "run": o.run, "note": o.note} for o in outcomes]})
+        "rungs": [_row(o) for o in outcomes]})
+    progress.path.unlink()  # auto.json says it all now
     score = test.get(metric)
     log(f"kept: {winner.rung.name} ({winner.run}); val {metric} {winner.value:.4f}"
         + (f", test {metric} {score:.4f}" if isinstance(score, float) else "")
@@ -198,6 +228,54 @@ def _ensemble_rung(rung: Rung, members: list[Outcome], task, metric: str, higher
     size = sum(f.stat().st_size for f in (kept.path / "members").rglob("*") if f.is_file()) / 2**20
     return Outcome(rung, "done", value=float(scores[metric]), size_mb=round(size, 1), run=str(kept.path),
                    note=f"mean of {', '.join(o.rung.name for o in members[:k])}")
+
+
+def _row(o: Outcome) -> dict:
+    """One rung as auto.json lists it."""
+    return {"rung": o.rung.name, "status": o.status, "val": o.value, "seconds": round(o.seconds, 1),
+            "estimated_s": round(o.estimate_s, 1), "trainable_pct": o.trainable_pct, "size_mb": o.size_mb,
+            "run": o.run, "note": o.note}
+
+
+class Progress:
+    """`progress.json`: what a ladder that may be stopped needs to continue. The command (a
+    different one is refused rather than mixed in), the splits' settings (`honest_validation`'s
+    answer, None until it is known) and each finished rung."""
+
+    def __init__(self, path: Path, record: dict):
+        self.path, self.record = path, record
+
+    @classmethod
+    def open(cls, path: Path, command: dict) -> "Progress":
+        if not path.is_file():
+            return cls(path, {"command": command, "honest": None, "model": None, "rungs": []})
+        record = json.loads(path.read_text(encoding="utf-8"))
+        if json.dumps(record["command"], sort_keys=True, default=str) != json.dumps(command, sort_keys=True, default=str):
+            raise UserError(f"{path.parent}: a ladder with other settings stopped there ({path}); run the same "
+                            "command to continue it, or pass --folder for a new one")
+        return cls(path, record)
+
+    honest = property(lambda self: self.record["honest"])
+    rungs = property(lambda self: self.record["rungs"])
+
+    def start(self, honest: dict, model: str | None) -> None:
+        self.record |= {"honest": honest, "model": model}
+        write_json(self.path, self.record)
+
+    def add(self, outcome: Outcome) -> None:
+        self.rungs.append({"spec": asdict(outcome.rung), **_row(outcome)})
+        write_json(self.path, self.record)
+
+    def finished_rungs(self) -> dict[str, Outcome]:
+        """The recorded rungs whose run folders are still there and finished (a failed rung has
+        none), by name."""
+        kept = {}
+        for row in self.rungs:
+            if row["run"] and not Run(Path(row["run"])).finished:
+                continue
+            kept[row["rung"]] = Outcome(Rung(**row["spec"]), row["status"], row["seconds"], row["estimated_s"],
+                                        row["val"], row["trainable_pct"], row["size_mb"], row["run"], row["note"])
+        return kept
 
 
 def _tune_rung(rung: Rung, values: dict, folder: Path, metric: str, ladder: Ladder, seconds_left: float | None,

@@ -10,7 +10,9 @@ sees); a rung that would overrun the budget is skipped, except the dearest train
 which instead trains for the passes the time left affords: on large data a short budget is
 better spent on part of a pass of the strongest method than on nothing. After each rung the
 estimates are corrected by how far off the last one was. The climb stops at the first rung
-whose validation metric meets the target. Everything here is plain logic over injected
+whose validation metric meets the target. A climb that was stopped (Ctrl-C, a crash) continues
+from the rungs it finished (`earlier`): they are kept as they were and their time counts
+against the budget. Everything here is plain logic over injected
 functions (training, the clock), so a test can drive it with a fake clock.
 """
 
@@ -146,14 +148,32 @@ class Ladder:
     clock: Callable[[], float]
     log: Callable[[str], None] = print
     min_tune_trials: int = 2
+    # Rungs a stopped climb finished, by name: kept as they were, their seconds spent already.
+    earlier: dict[str, Outcome] = field(default_factory=dict)
+    record: Callable[[Outcome], None] = lambda outcome: None  # sees each rung that finished (done or failed)
     outcomes: list[Outcome] = field(default_factory=list)
 
     def climb(self) -> list[Outcome]:
-        started = self.clock()
+        started = self.clock() - sum(o.seconds for o in self.earlier.values())
         correction = 1.0  # measured / estimated time of the last rung that ran
         trained = [r for r in self.rungs if not r.tune and r.cost > 0]
         dearest = trained[-1] if trained else None
         for rung in self.rungs:
+            if rung.tune:
+                best = self.best(single=True)
+                if best is None or best.rung.cost == 0:
+                    continue  # nothing trained to search around (zero-shot: no training cost)
+                rung = Rung(f"tune {best.rung.method}", best.rung.method, best.rung.cost, tune=True)
+            if rung.name in self.earlier:
+                outcome = self.earlier[rung.name]
+                self.outcomes.append(outcome)
+                if outcome.status == "done" and not rung.tune and not rung.ensemble and rung.cost > 0:
+                    correction = _correction(outcome.seconds, estimate_seconds(outcome.rung, self.data, self.forward_s))
+                self.log(f"{rung.name}: {outcome.status} before the stop"
+                         + (f" (val {self.metric} {outcome.value:.4f})" if outcome.value is not None else ""))
+                if self.target is not None and self.target.met(outcome.value):
+                    break
+                continue
             left = None if self.budget_s is None else self.budget_s - (self.clock() - started)
             if rung.ensemble:
                 members = self.members()
@@ -162,10 +182,6 @@ class Ladder:
                 # No training: each member predicts the validation rows once.
                 estimate = (OVERHEAD_S + self.forward_s * self.data.val * len(members)) * correction
             elif rung.tune:
-                best = self.best(single=True)
-                if best is None or best.rung.cost == 0:
-                    continue  # nothing trained to search around (zero-shot: no training cost)
-                rung = Rung(f"tune {best.rung.method}", best.rung.method, best.rung.cost, tune=True)
                 one = best.seconds  # a trial costs about what the rung it searches around cost
                 estimate = one * self.min_tune_trials
             else:
@@ -190,13 +206,12 @@ class Ladder:
             if rung.passes is not None:
                 outcome.note = f"{rung.passes:g} of {self.data.epochs:g} passes (shortened to the budget)"
             self.outcomes.append(outcome)
+            self.record(outcome)
             if outcome.status != "done":
                 self.log(f"{rung.name}: {outcome.status}: {outcome.note}")
                 continue
             if not rung.tune and not rung.ensemble and rung.cost > 0:
-                # How far off the cost model was on this machine and data, bounded so one odd
-                # rung (a cache hit, a slow first load) cannot swing the next estimate wildly.
-                correction = min(5.0, max(0.2, outcome.seconds / (estimate / correction)))
+                correction = _correction(outcome.seconds, estimate / correction)
             self.log(f"{rung.name}: val {self.metric} {outcome.value:.4f} in {outcome.seconds:.0f} s")
             if self.target is not None and self.target.met(outcome.value):
                 self.log(f"{rung.name} meets the target {self.target}: stopping here")
@@ -222,3 +237,9 @@ class Ladder:
             if met:
                 return met[0]
         return (max if self.higher_better else min)(done, key=lambda o: o.value)
+
+
+def _correction(seconds: float, estimated_s: float) -> float:
+    """How far off the cost model was on this machine and data (measured / estimated), bounded
+    so one odd rung (a cache hit, a slow first load) cannot swing the next estimate wildly."""
+    return min(5.0, max(0.2, seconds / max(estimated_s, 1e-9)))
