@@ -241,6 +241,8 @@ def test_auto_stopped_in_a_rung_continues_with_the_same_command(tmp_path, tiny_s
     assert [(r["rung"], r["status"]) for r in summary["rungs"]] == [("freeze", "done"), ("full", "done")]
     assert summary["rungs"][0]["seconds"] == progress["rungs"][0]["seconds"]
     assert not (folder / "progress.json").exists()
+    (folder / "auto.json").unlink()  # a folder with runs but no record of a ladder is not taken over
+    assert main(args) == 2 and "not a ladder to continue" in capsys.readouterr().err
 
 
 def test_the_plan_fits_the_data():

@@ -248,6 +248,9 @@ class Progress:
     @classmethod
     def open(cls, path: Path, command: dict) -> "Progress":
         if not path.is_file():
+            if path.parent.is_dir() and any(p.name != "data" for p in path.parent.iterdir()):
+                raise UserError(f"{path.parent}: holds other files but no progress.json, so it is not a ladder to "
+                                "continue; pass --folder for a new one")
             return cls(path, {"command": command, "honest": None, "model": None, "rungs": []})
         record = json.loads(path.read_text(encoding="utf-8"))
         if json.dumps(record["command"], sort_keys=True, default=str) != json.dumps(command, sort_keys=True, default=str):
