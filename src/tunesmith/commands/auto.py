@@ -69,8 +69,7 @@ def auto(data: str, overrides: dict, target: str | None = None, budget: str | No
         honest = progress.honest
         if progress.record["model"]:  # the model chosen for the data the first time
             values["model"] = progress.record["model"]
-        if honest:
-            values = {k: v for k, v in values.items() if k not in READ_AS_WRITTEN} | honest["settings"]
+        values = _reading_splits(values, honest)
         cfg = build_config(values, "auto")
         splits = task.load_data(cfg)
         log(f"auto: continuing the ladder in {ladder_dir} ({len(progress.rungs)} rungs finished before the stop)")
@@ -81,8 +80,7 @@ def auto(data: str, overrides: dict, target: str | None = None, budget: str | No
             log(chosen)
             values["model"] = cfg.model
         splits, honest = honest_validation(cfg, task, splits, ladder_dir / "data", log)
-        if honest:  # the rungs read the written splits as they are: sampled already, JSON lines
-            values = {k: v for k, v in values.items() if k not in READ_AS_WRITTEN} | honest["settings"]
+        values = _reading_splits(values, honest)
         progress.start(honest, values.get("model"))
     facts = Data(train=len(splits.train), val=len(splits.val), labels=len(splits.labels),
                  named_labels=any(not str(label).strip().isdigit() for label in splits.labels),
@@ -182,6 +180,14 @@ def honest_validation(cfg, task, splits, folder: Path, log) -> tuple:
                                                      "test_data": str(folder / "test.jsonl")}}
 
 
+def _reading_splits(values: dict, honest: dict) -> dict:
+    """The rungs' settings: where `honest_validation` wrote the splits, they read those as they
+    are (sampled already, JSON lines) instead of the user's files."""
+    if not honest:
+        return values
+    return {k: v for k, v in values.items() if k not in READ_AS_WRITTEN} | honest["settings"]
+
+
 def calibrate(cfg, task, splits, sample: int = 64) -> float:
     """Seconds of one forward pass per training example, measured on up to `sample` of them
     (after a warm-up batch: the first call pays for thread pools and allocations)."""
@@ -276,8 +282,10 @@ class Progress:
         for row in self.rungs:
             if row["run"] and not Run(Path(row["run"])).finished:
                 continue
-            kept[row["rung"]] = Outcome(Rung(**row["spec"]), row["status"], row["seconds"], row["estimated_s"],
-                                        row["val"], row["trainable_pct"], row["size_mb"], row["run"], row["note"])
+            kept[row["rung"]] = Outcome(Rung(**row["spec"]), row["status"], seconds=row["seconds"],
+                                        estimate_s=row["estimated_s"], value=row["val"],
+                                        trainable_pct=row["trainable_pct"], size_mb=row["size_mb"], run=row["run"],
+                                        note=row["note"])
         return kept
 
 

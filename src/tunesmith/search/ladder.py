@@ -78,6 +78,11 @@ class Rung:
     ensemble: bool = False  # the trained rungs so far, averaged (no training of its own)
     passes: float | None = None  # set when the budget shortened the rung: its training passes
 
+    @property
+    def trains(self) -> bool:
+        """It trains one model of its own (not zero-shot, the ensemble or the search)."""
+        return self.cost > 0 and not self.tune and not self.ensemble
+
 
 @dataclass
 class Outcome:
@@ -156,7 +161,7 @@ class Ladder:
     def climb(self) -> list[Outcome]:
         started = self.clock() - sum(o.seconds for o in self.earlier.values())
         correction = 1.0  # measured / estimated time of the last rung that ran
-        trained = [r for r in self.rungs if not r.tune and r.cost > 0]
+        trained = [r for r in self.rungs if r.trains]
         dearest = trained[-1] if trained else None
         for rung in self.rungs:
             if rung.tune:
@@ -167,7 +172,7 @@ class Ladder:
             if rung.name in self.earlier:
                 outcome = self.earlier[rung.name]
                 self.outcomes.append(outcome)
-                if outcome.status == "done" and not rung.tune and not rung.ensemble and rung.cost > 0:
+                if outcome.status == "done" and rung.trains:
                     correction = _correction(outcome.seconds, estimate_seconds(outcome.rung, self.data, self.forward_s))
                 self.log(f"{rung.name}: {outcome.status} before the stop"
                          + (f" (val {self.metric} {outcome.value:.4f})" if outcome.value is not None else ""))
@@ -210,7 +215,7 @@ class Ladder:
             if outcome.status != "done":
                 self.log(f"{rung.name}: {outcome.status}: {outcome.note}")
                 continue
-            if not rung.tune and not rung.ensemble and rung.cost > 0:
+            if rung.trains:
                 correction = _correction(outcome.seconds, estimate / correction)
             self.log(f"{rung.name}: val {self.metric} {outcome.value:.4f} in {outcome.seconds:.0f} s")
             if self.target is not None and self.target.met(outcome.value):
@@ -221,8 +226,7 @@ class Ladder:
     def members(self) -> list[Outcome]:
         """The ensemble rung's members: the finished trained rungs (not zero-shot, which trains
         nothing, nor an ensemble), best on validation first, at most MAX_MEMBERS."""
-        trained = [o for o in self.outcomes if o.status == "done" and o.value is not None and o.run
-                   and o.rung.cost > 0 and not o.rung.tune and not o.rung.ensemble]
+        trained = [o for o in self.outcomes if o.status == "done" and o.value is not None and o.run and o.rung.trains]
         return sorted(trained, key=lambda o: o.value, reverse=self.higher_better)[:MAX_MEMBERS]
 
     def best(self, single: bool = False) -> Outcome | None:
