@@ -97,6 +97,20 @@ def test_each_method_declares_a_default_space():
         default_space(build_config({"method": "zero-shot"}, "t"))
 
 
+def test_the_default_lr_range_centres_on_the_rate_train_would_choose_for_the_data():
+    """LoRA's rate follows the run's length, so 4x either side of its one 5e-4 default would put a
+    short run's 2e-3 at the range's top edge."""
+    from tunesmith.config import build_config
+    from tunesmith.search.space import default_space
+
+    cfg = build_config({"method": "lora"}, "t")
+    short, long = (default_space(cfg, rows)["lr"] for rows in (800, 200_000))
+    assert (short.low, short.high) == (5e-4, 8e-3)  # 2e-3: 75 steps of 32 over 3 epochs
+    assert (long.low, long.high) == (1.3e-4, 2e-3)  # 5e-4: the floor, 18,750 steps
+    ner = default_space(build_config({"method": "lora", "task": "token-classification"}, "t"), 800)["lr"]
+    assert ner.low < build_config({"method": "lora", "task": "token-classification"}, "t").resolved_lr() < ner.high
+
+
 # ---- studies ------------------------------------------------------------------------------------
 
 def test_a_study_selects_on_validation_scores_test_once_and_best_yaml_reruns(tmp_path, tiny_sentence_model, capsys):

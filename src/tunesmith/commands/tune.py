@@ -51,7 +51,8 @@ def search(values: dict, space_block, source: str, folder: str, trials: int = 20
         raise UserError(f"tune: --sampler is one of {', '.join(SAMPLERS)}; --pruner one of {', '.join(PRUNERS)}")
     if keep not in ("all", "best"):
         raise UserError("tune: --keep all or best")
-    space = parse_space(space_block, source) if space_block is not None else default_space(cfg)
+    splits = TASKS[cfg.task].load_data(cfg)  # data that cannot load fails here once, not in every trial
+    space = parse_space(space_block, source) if space_block is not None else default_space(cfg, len(splits.train))
     if sampler == "grid":
         grid(space)  # every key needs choices or a step: refused now, not after the first trial
     metric = cfg.resolved_metric()
@@ -62,7 +63,6 @@ def search(values: dict, space_block, source: str, folder: str, trials: int = 20
                      workers=jobs)
     log(f"study {study_folder} ({spec.storage_url.split('://')[0]}): {trials} trials of {cfg.task}, "
         f"searching {', '.join(space)}; selecting on val {metric}")
-    TASKS[cfg.task].load_data(cfg)  # data that cannot load fails here once, not in every trial
     track.check(cfg)  # --track with its package missing: refused before the first trial
     if "mlflow" in cfg.track:  # the study is an MLflow run; every trial's run is its child
         values["tracking_parent"] = mlflow_log.parent_run(cfg, study_folder, spec.trials_dir, study_folder.name)

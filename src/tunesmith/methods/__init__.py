@@ -29,7 +29,7 @@ class Method(Protocol):
     def apply(self, model, cfg, task): ...  # -> the model to train for `task` (possibly wrapped)
     def export(self, model, folder: Path): ...  # -> plain transformers model; may save extras in folder
     def check(self, cfg, task) -> None: ...  # refuses a run this machine cannot do, before anything is written
-    def search_space(self, cfg) -> dict: ...  # `tune`'s default space, in the `search:` block's format
+    def search_space(self, cfg, train_rows: int | None = None) -> dict: ...  # `tune`'s default space, as a `search:` block
     def lr_for_steps(self, steps: int) -> float: ...  # the default rate for a run of `steps` optimizer steps
     def fits_ladder(self, data) -> bool: ...  # whether `auto` tries it on this data (search/ladder.Data)
     # Hooks, None where the method has none (MethodDefaults): `training_loss(model, batch)`,
@@ -71,14 +71,15 @@ class MethodDefaults:
     def lr_for_steps(self, steps: int) -> float:
         return self.default_lr  # one rate, however long the run (LoRA's falls with the steps)
 
-    def search_space(self, cfg) -> dict:
+    def search_space(self, cfg, train_rows: int | None = None) -> dict:
         """`tunesmith tune`'s space when the config has no `search:` block. The learning rate
-        matters most for every method; a range of 4x either side of the default covers where
-        the default goes wrong (too slow on few steps, unstable on many). Methods add their
-        own size knob."""
+        matters most for every method; a range of 4x either side of the rate `train` would
+        choose for `train_rows` examples (LoRA's follows the run's length) covers where the
+        default goes wrong (too slow on few steps, unstable on many). Methods add their own
+        size knob."""
         if not self.trains:
             return {}
-        lr = cfg.resolved_lr()
+        lr = cfg.resolved_lr(train_rows)
         return {"lr": {"low": float(f"{lr / 4:.2g}"), "high": float(f"{lr * 4:.2g}"), "log": True}}
 
 

@@ -101,8 +101,8 @@ class Adapter(MethodDefaults):
     ladder_rung = 3
     relative_cost = 2.2  # the backward still runs through every layer, but few weights get gradients
 
-    def search_space(self, cfg) -> dict:
-        return {**super().search_space(cfg), "adapter_size": [16, 32, 64, 128]}
+    def search_space(self, cfg, train_rows: int | None = None) -> dict:
+        return {**super().search_space(cfg, train_rows), "adapter_size": [16, 32, 64, 128]}
 
     def apply(self, model, cfg, task):
         for p in model.parameters():

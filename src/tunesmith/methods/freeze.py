@@ -15,8 +15,8 @@ class Freeze(MethodDefaults):
     ladder_rung = 2
     relative_cost = 1.0  # the body runs forward only; the head's backward is negligible
 
-    def search_space(self, cfg) -> dict:
-        return {**super().search_space(cfg), "unfreeze_top_k": [0, 1, 2]}
+    def search_space(self, cfg, train_rows: int | None = None) -> dict:
+        return {**super().search_space(cfg, train_rows), "unfreeze_top_k": [0, 1, 2]}
 
     def apply(self, model, cfg, task):
         body = body_of(model)

@@ -30,8 +30,8 @@ class Lora(MethodDefaults):
     ladder_rung = 4
     relative_cost = 2.2  # as adapter: a backward through every layer, few weight gradients
 
-    def search_space(self, cfg) -> dict:
-        return {**super().search_space(cfg), "lora_r": [4, 8, 16, 32]}
+    def search_space(self, cfg, train_rows: int | None = None) -> dict:
+        return {**super().search_space(cfg, train_rows), "lora_r": [4, 8, 16, 32]}
 
     def lr_for_steps(self, steps: int) -> float:
         falling = SHORT_RUN_LR * SHORT_RUN_STEPS / max(1, steps)

@@ -144,11 +144,12 @@ def grid_size(space: dict[str, Param]) -> int:
     return math.prod(len(values) for values in grid(space).values())
 
 
-def default_space(cfg) -> dict[str, Param]:
-    """The method's own space for this config (see `search_space` on the methods)."""
+def default_space(cfg, train_rows: int | None = None) -> dict[str, Param]:
+    """The method's own space for this config and `train_rows` training examples (see
+    `search_space` on the methods)."""
     from tunesmith.methods import METHODS
 
-    block = METHODS[cfg.method].search_space(cfg)
+    block = METHODS[cfg.method].search_space(cfg, train_rows)
     if not block:
         raise UserError(f"tune: method {cfg.method} trains nothing, so there is nothing to search; "
                         "give a `search:` block (e.g. over the method) or choose a method that trains")
