@@ -199,6 +199,16 @@ def test_a_stopped_climb_keeps_its_finished_rungs_and_their_time_counts_against_
     ladder.earlier = {"freeze": Outcome(Rung("freeze", "freeze", 1.0), "done", seconds=5, value=0.8, run="f")}
     ladder.climb()
     assert started == [] and ladder.best().rung.name == "freeze"
+    # The time spent in the rung that was training at the stop counts too: with it, adapter no longer fits.
+    clock, started = FakeClock(), []
+    ladder = _ladder(freeze + adapter + 10, None, {"freeze": 0.8, "adapter": 0.85, "lora": 0.9, "full": 0.9}, clock,
+                     started=started)
+    ladder.earlier = {"freeze": Outcome(Rung("freeze", "freeze", 1.0), "done", seconds=freeze, value=0.8, run="f")}
+    ladder.unfinished_s = 20.0
+    assert ladder.spent_s() == freeze + 20.0  # before the climb: what the record says
+    outcomes = ladder.climb()
+    assert (outcomes[1].rung.name, outcomes[1].status) == ("adapter", "skipped") and "adapter" not in started
+    assert ladder.spent_s() == clock.now + freeze + 20.0  # the clock started at 0 in this climb
 
 
 def test_auto_stopped_in_a_rung_continues_with_the_same_command(tmp_path, tiny_sentence_model, monkeypatch, capsys):
@@ -229,12 +239,15 @@ def test_auto_stopped_in_a_rung_continues_with_the_same_command(tmp_path, tiny_s
     folder = tmp_path / "runs" / "auto-toy"
     progress = json.loads((folder / "progress.json").read_text())
     assert [r["rung"] for r in progress["rungs"]] == ["freeze"] and (folder / "full" / "config.yaml").is_file()
+    assert progress["unfinished_s"] > 0  # the seconds full trained before the stop count against --budget
     capsys.readouterr()
     assert main([*args[:-4], "--seed", "1", *args[-2:]]) == 2  # another seed: another ladder
     assert "a ladder with other settings stopped there" in capsys.readouterr().err
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "continuing the ladder" in out and "freeze: done before the stop" in out
+    spent = progress["unfinished_s"] + progress["rungs"][0]["seconds"]
+    assert f"{spent:.0f} s of the budget spent" in out
     assert "full: continuing from its last checkpoint" in out
     assert trained == ["freeze", "full", "resume"]  # freeze trained once; full went on in its own folder
     summary = json.loads((folder / "auto.json").read_text())

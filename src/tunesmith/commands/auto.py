@@ -72,7 +72,8 @@ def auto(data: str, overrides: dict, target: str | None = None, budget: str | No
         values = _reading_splits(values, honest)
         cfg = build_config(values, "auto")
         splits = task.load_data(cfg)
-        log(f"auto: continuing the ladder in {ladder_dir} ({len(progress.rungs)} rungs finished before the stop)")
+        log(f"auto: continuing the ladder in {ladder_dir} ({len(progress.rungs)} rungs finished before the stop; "
+            f"{progress.spent_s:.0f} s of the budget spent)")
     else:
         splits = task.load_data(cfg)
         chosen = models.choose_for_data(cfg, task, splits.train.texts)
@@ -112,10 +113,12 @@ def auto(data: str, overrides: dict, target: str | None = None, budget: str | No
             return Outcome(rung, "failed", note=str(exc))
 
     ladder = Ladder(rungs, metric, facts, forward_s, budget_s, goal, task.metrics_higher_is_better[metric],
-                    run_rung, clock, log, earlier=progress.finished_rungs(), record=progress.add)
+                    run_rung, clock, log, earlier=progress.finished_rungs(), record=progress.add,
+                    unfinished_s=progress.unfinished_s)
     try:
         outcomes = ladder.climb()
     except (Interrupted, KeyboardInterrupt):  # a rung's own message would say to resume that rung alone
+        progress.stopped(ladder.spent_s())
         raise Interrupted(ladder_dir, f"the finished rungs and the last checkpoint are kept in {ladder_dir}: "
                                       "run the same command to continue the ladder") from None
     winner = ladder.best()
@@ -266,9 +269,18 @@ class Progress:
 
     honest = property(lambda self: self.record["honest"])
     rungs = property(lambda self: self.record["rungs"])
+    # Seconds spent outside the finished rungs (the rung that was training at a stop).
+    unfinished_s = property(lambda self: self.record.get("unfinished_s", 0.0))
+    spent_s = property(lambda self: self.unfinished_s + sum(row["seconds"] for row in self.rungs))
 
     def start(self, honest: dict, model: str | None) -> None:
         self.record |= {"honest": honest, "model": model}
+        write_json(self.path, self.record)
+
+    def stopped(self, spent_s: float) -> None:
+        """The climb stopped having spent `spent_s` of the budget: what the finished rungs do not
+        account for was spent in the one that was training, and counts when the ladder continues."""
+        self.record["unfinished_s"] = round(max(0.0, spent_s - sum(row["seconds"] for row in self.rungs)), 1)
         write_json(self.path, self.record)
 
     def add(self, outcome: Outcome) -> None:

@@ -11,8 +11,9 @@ which instead trains for the passes the time left affords: on large data a short
 better spent on part of a pass of the strongest method than on nothing. After each rung the
 estimates are corrected by how far off the last one was. The climb stops at the first rung
 whose validation metric meets the target. A climb that was stopped (Ctrl-C, a crash) continues
-from the rungs it finished (`earlier`): they are kept as they were and their time counts
-against the budget. Everything here is plain logic over injected
+from the rungs it finished (`earlier`): they are kept as they were, and their time, with the
+time spent in the rung that was training at the stop (`unfinished_s`), counts against the
+budget. Everything here is plain logic over injected
 functions (training, the clock), so a test can drive it with a fake clock.
 """
 
@@ -155,11 +156,15 @@ class Ladder:
     min_tune_trials: int = 2
     # Rungs a stopped climb finished, by name: kept as they were, their seconds spent already.
     earlier: dict[str, Outcome] = field(default_factory=dict)
+    # Seconds a stopped climb spent outside the rungs it finished: the rung training at the stop,
+    # which continues from its checkpoint but whose Outcome times only the part after it.
+    unfinished_s: float = 0.0
+    _started: float | None = field(default=None, init=False, repr=False)  # the clock at the budget's start
     record: Callable[[Outcome], None] = lambda outcome: None  # sees each rung that finished (done or failed)
     outcomes: list[Outcome] = field(default_factory=list)
 
     def climb(self) -> list[Outcome]:
-        started = self.clock() - sum(o.seconds for o in self.earlier.values())
+        self._started = started = self.clock() - sum(o.seconds for o in self.earlier.values()) - self.unfinished_s
         correction = 1.0  # measured / estimated time of the last rung that ran
         trained = [r for r in self.rungs if r.trains]
         dearest = trained[-1] if trained else None
@@ -228,6 +233,12 @@ class Ladder:
         nothing, nor an ensemble), best on validation first, at most MAX_MEMBERS."""
         trained = [o for o in self.outcomes if o.status == "done" and o.value is not None and o.run and o.rung.trains]
         return sorted(trained, key=lambda o: o.value, reverse=self.higher_better)[:MAX_MEMBERS]
+
+    def spent_s(self) -> float:
+        """Seconds of the budget this climb has spent, counting a stopped climb's before it."""
+        if self._started is None:  # not climbing yet
+            return self.unfinished_s + sum(o.seconds for o in self.earlier.values())
+        return self.clock() - self._started
 
     def best(self, single: bool = False) -> Outcome | None:
         """The rung to keep: the first (cheapest) that met the target, else the best on
