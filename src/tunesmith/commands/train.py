@@ -347,7 +347,12 @@ def versus_baseline(metrics: dict, metric: str, higher_better: bool, baseline: s
     """The test metric beside the untuned baseline's, and what to do when tuning lost to it.
 
     A linear probe on frozen sentence embeddings is a strong model (on banking77 it beats 3
-    epochs of full fine-tuning); a user should hear it when the fine-tuned model did worse.
+    epochs of full fine-tuning); a user should hear it when the fine-tuned model did worse. A
+    difference smaller than the score's own noise on this many test rows is not a loss, though:
+    BBC News' 212 test articles put a probe at 0.9723 macro-F1 and LoRA at 0.9673, one article
+    apart, where telling the user to train longer would send them after noise. For a score that
+    is a share (0 to 1, higher better) the yardstick is one binomial standard error,
+    sqrt(p(1-p)/n), of the baseline's score.
     """
     tuned, base = metrics["test"].get(metric), (metrics.get("baseline") or {}).get(metric)
     if not isinstance(tuned, float):
@@ -355,7 +360,15 @@ def versus_baseline(metrics: dict, metric: str, higher_better: bool, baseline: s
     if not isinstance(base, float):
         return [f"test {metric} {tuned:.4f}"]
     lines = [f"test {metric} {tuned:.4f} (untuned baseline, {baseline}: {base:.4f})"]
-    if (tuned < base) if higher_better else (tuned > base):
+    if not ((tuned < base) if higher_better else (tuned > base)):
+        return lines
+    rows = metrics["test"].get("count")
+    noise = (base * (1 - base) / rows) ** 0.5 if higher_better and 0 <= base <= 1 and rows else None
+    if noise is not None and base - tuned <= noise:
+        lines.append(f"note: the fine-tuned model is {base - tuned:.4f} below the untuned baseline on test {metric}, "
+                     f"within the noise of {rows:,} test rows (one standard error: {noise:.4f}): no better than the "
+                     "baseline here, which is the cheaper model (--method freeze trains only its head)")
+    else:
         lines.append(f"warning: the fine-tuned model is worse on test {metric} than the untuned baseline; "
                      "train longer (--epochs), raise --lr, or try another --method (`tunesmith compare` trains several)")
     return lines
