@@ -118,8 +118,8 @@ def test_prompt_methods_keep_transformers_own_head(tiny_sentence_model, tmp_path
 def test_a_soup_of_mean_pooled_runs_averages_their_heads_too(tiny_sentence_model, tmp_path):
     data = write_csv(tmp_path / "toy.csv", make_rows(20))
     members = []
-    for name, lr in (("a", "3e-3"), ("b", "1e-3")):
-        assert main(train_args(data, tiny_sentence_model, tmp_path, name, "--method", "full", "--epochs", "1",
+    for name, lr in (("a", "3e-3"), ("b", "1e-3")):  # 3 epochs: enough steps to beat the probe they start as
+        assert main(train_args(data, tiny_sentence_model, tmp_path, name, "--method", "full", "--epochs", "3",
                                "--lr", lr)) == 0
         members.append(tmp_path / name)
     assert main(["soup", *map(str, members), "--name", "soup", "--output", str(tmp_path)]) == 0
@@ -127,6 +127,23 @@ def test_a_soup_of_mean_pooled_runs_averages_their_heads_too(tiny_sentence_model
     assert not torch.equal(a["weight"], b["weight"])
     mean = load_file(str(tmp_path / "soup" / "model" / "classifier.safetensors"))
     torch.testing.assert_close(mean["weight"], (a["weight"] + b["weight"]) / 2)
+
+
+def test_a_run_that_training_cannot_improve_keeps_its_starting_point_the_probe(tiny_sentence_model, tmp_path, capsys):
+    """The head starts as the untuned baseline's probe and is validated at step 0 like any
+    checkpoint: where no step beats it on validation (a rate too small to move anything), the
+    run keeps it, says so, and scores on test exactly as the baseline does."""
+    data = write_csv(tmp_path / "toy.csv", make_rows(20))
+    assert main(train_args(data, tiny_sentence_model, tmp_path, "still", "--method", "lora", "--epochs", "1",
+                           "--lr", "1e-12", "--baseline")) == 0
+    run = Run(tmp_path / "still")
+    metrics = json.loads(run.metrics_file.read_text())
+    assert metrics["val_best"]["step"] == 0
+    assert metrics["test"]["accuracy"] == metrics["baseline"]["accuracy"]
+    assert metrics["test"]["macro_f1"] == metrics["baseline"]["macro_f1"]
+    assert [row["step"] for row in run.history() if "val_macro_f1" in row][0] == 0
+    out = capsys.readouterr().out
+    assert "step 0: val macro_f1" in out and "no step beat the starting model" in out
 
 
 def test_pooling_can_be_chosen_and_is_refused_where_no_head_reads_it(tiny_model, tiny_sentence_model, tmp_path,

@@ -180,7 +180,7 @@ def test_the_same_command_continues_an_interrupted_study(tmp_path, tiny_sentence
 
     def interrupting(self, *rest):
         calls["n"] += 1
-        if calls["n"] == 3:  # trial 0 evaluates twice; the first evaluation of trial 1 is cut
+        if calls["n"] == 4:  # trial 0 evaluates three times (its start, two epochs); trial 1 is cut at its start
             raise KeyboardInterrupt
         return original(self, *rest)
 

@@ -192,10 +192,12 @@ def _fine_tune_and_evaluate(run: Run, cfg: TrainConfig, task, method, splits: Sp
         write_json(run.baseline_file, baseline)
 
     # 5. Fine-tune (continual learning: from the earlier run's model, its head extended).
+    started_as_probe = False  # the head starts as the baseline's probe: step 0 is the baseline
     if task.start_head is not None and not resuming and earlier is None:
         note = task.start_head(model, features["train"], examples["train"].labels, splits.labels, cfg.seed)
         if note:
             log(note)
+            started_as_probe = True
     model, ewc = _prepare_model(model, cfg, task, method, splits, tokenizer, earlier, log)
     params = count_parameters(model)
     log(f"method {cfg.method}: {params['trainable']:,} of {params['total']:,} parameters train "
@@ -205,9 +207,12 @@ def _fine_tune_and_evaluate(run: Run, cfg: TrainConfig, task, method, splits: Sp
         if method.fit_head is not None:
             method.fit_head(m, features["train"], examples["train"].labels, splits.labels)
 
-    def evaluate(m) -> dict:
+    def validate(m) -> dict:
         fit_head(m)
-        metrics = task.metrics(splits.val.labels, task.predict(m, features["val"]), splits.labels)
+        return task.metrics(splits.val.labels, task.predict(m, features["val"]), splits.labels)
+
+    def evaluate(m) -> dict:
+        metrics = validate(m)
         if on_evaluate is not None:
             on_evaluate(metrics)
         return metrics
@@ -216,9 +221,14 @@ def _fine_tune_and_evaluate(run: Run, cfg: TrainConfig, task, method, splits: Sp
     loss = training_objective(cfg, task, method, tokenizer, examples["train"].labels, splits.labels, ewc)
     if method.trains:
         result = fit(model, features["train"], evaluate, cfg, run.path, metric, task.metrics_higher_is_better[metric],
-                     resume=resuming, log=log, compute_loss=loss, on_step=method.on_step, tracking=tracking)
+                     resume=resuming, log=log, compute_loss=loss, on_step=method.on_step, tracking=tracking,
+                     evaluate_start=validate if started_as_probe else None)
         if not main:  # the main process keeps, exports and tests the model
             return run
+        if result.state.best_step == 0 and not cfg.average_last:
+            log(f"note: no step beat the starting model (the untuned probe) on validation {metric}, so the run keeps "
+                f"it; for more from training try --lr {cfg.resolved_lr() / 4:g} or --lr {cfg.resolved_lr() * 4:g}, or "
+                "more data")
         _keep_best(run, cfg, model, log)
         fit_head(model)
     else:  # zero-shot: nothing trains; the validation score is still reported

@@ -86,12 +86,17 @@ def fit(
     compute_loss: Callable | None = None,
     on_step: Callable | None = None,
     tracking: track.Tracking | None = None,
+    evaluate_start: Callable[[object], dict] | None = None,
 ) -> FitResult:
     """`compute_loss(model, batch) -> (loss, extras)` replaces the model's own loss (DPO);
     its extras (floats) are averaged over the step and logged in the history.
     `on_step(model, step, total_steps)` runs after each optimizer step, before the gradients
     are cleared (AdaLoRA's rank reallocation reads them). `tracking` (the run's trackers, which
-    the caller closes) sees every history row; without it the loop opens and closes its own."""
+    the caller closes) sees every history row; without it the loop opens and closes its own.
+    `evaluate_start(model) -> metrics`, when given, validates the model before the first step
+    too, as a checkpoint like any other (step 0), so a run whose training never beats its
+    starting point keeps that point. (A callback of its own: a study's pruner must not see it,
+    since every trial starts from the same point.)"""
     from accelerate import Accelerator
 
     precision = choose_precision(cfg.precision)
@@ -126,6 +131,8 @@ def fit(
     recent_loss: list[float] = []
 
     try:  # the bar ends its line before any error is printed
+        if evaluate_start is not None and state.step == 0 and state.best_metric is None:
+            _evaluate_start(model, accelerator, evaluate_start, state, ckpt_dir, history, metric, bar)
         while state.step < total_steps and not state.stopped_early:
             batches = train_batches(lengths, cfg.batch_size, cfg.seed, state.epoch)
             groups = [batches[i : i + cfg.grad_accum] for i in range(0, len(batches), cfg.grad_accum)]
@@ -272,6 +279,22 @@ def _evaluate_and_checkpoint(model, accelerator, evaluate, cfg, state, optimizer
         for old in sorted(ckpt_dir.glob("eval-*"))[: -cfg.average_last]:
             shutil.rmtree(old, ignore_errors=True)
     checkpoint.save(ckpt_dir / "last", plain, optimizer, scheduler, asdict(state))
+
+
+def _evaluate_start(model, accelerator, evaluate, state, ckpt_dir, history, metric, bar) -> None:
+    """Step 0: the starting model scored on validation and kept as the best so far. Where the
+    head starts as the untuned baseline's probe (and the method leaves the body's output as it
+    was: LoRA's B is zero), this is the baseline itself, so training must beat it on validation
+    to replace it: a run never ends below where it started. No `last` checkpoint: a stop before
+    the first step simply starts again."""
+    plain = accelerator.unwrap_model(model)
+    metrics = evaluate(plain)
+    value = metrics[metric]
+    state.best_metric, state.best_step = value, 0
+    if accelerator.is_main_process:
+        history({"step": 0, "epoch": 0, **{f"val_{k}": v for k, v in metrics.items() if isinstance(v, float)}})
+        checkpoint.save(ckpt_dir / "best", plain, state={"step": 0, metric: value})
+        bar.write(f"step 0: val {metric} {value:.4f} (the starting model)")
 
 
 def _track(state: LoopState, value: float, improved: bool, cfg) -> None:
