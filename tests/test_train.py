@@ -299,3 +299,29 @@ def test_a_run_that_learned_nothing_says_so_and_names_the_lr_to_try():
     assert learned_nothing(flat + [{"step": 6, "val_f1": 0.01}], "f1", True, 2e-3) == []
     assert learned_nothing(flat, "f1", False, 2e-3) == []  # lower-is-better metrics are not judged by zero
     assert learned_nothing([{"step": 1, "loss": 0.4}], "f1", True, 2e-3) == []  # never evaluated: nothing to say
+
+
+def test_a_run_stopped_before_its_first_checkpoint_resumes_as_it_would_have_started(
+        tiny_sentence_model, tmp_path, monkeypatch, capsys):
+    """Ctrl-C during the starting model's validation (step 0: no checkpoint yet): `--resume`
+    starts over, its head again starting as the probe, and ends where a straight run ends."""
+    from tunesmith.tasks import TASKS
+
+    data = write_csv(tmp_path / "toy.csv", make_rows(20))
+    common = ("--method", "lora", "--epochs", "2")
+    assert main(train_args(data, tiny_sentence_model, tmp_path, "straight", *common)) == 0
+    task = TASKS["text-classification"]
+    original = type(task).metrics
+
+    def interrupted(self, *rest):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patched:
+        patched.setattr(type(task), "metrics", interrupted)
+        assert main(train_args(data, tiny_sentence_model, tmp_path, "cut", *common)) == 130
+    assert not (tmp_path / "cut" / "checkpoints" / "last").exists()
+    assert type(task).metrics is original
+    assert main(["train", "--resume", str(tmp_path / "cut")]) == 0
+    assert "head: starts as the linear probe" in capsys.readouterr().out
+    straight, resumed = (json.loads((tmp_path / n / "metrics.json").read_text()) for n in ("straight", "cut"))
+    assert resumed["val_best"] == straight["val_best"] and resumed["test"] == straight["test"]

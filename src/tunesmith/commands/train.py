@@ -193,7 +193,9 @@ def _fine_tune_and_evaluate(run: Run, cfg: TrainConfig, task, method, splits: Sp
 
     # 5. Fine-tune (continual learning: from the earlier run's model, its head extended).
     started_as_probe = False  # the head starts as the baseline's probe: step 0 is the baseline
-    if task.start_head is not None and not resuming and earlier is None:
+    # A run resumed before its first checkpoint starts over, so its head starts as a fresh one does.
+    from_checkpoint = resuming and checkpoint.find(run.checkpoints / "last") is not None
+    if task.start_head is not None and not from_checkpoint and earlier is None:
         note = task.start_head(model, features["train"], examples["train"].labels, splits.labels, cfg.seed)
         if note:
             log(note)
