@@ -206,6 +206,22 @@ def test_overlaps_find_phrases_inside_training_texts_and_shared_spans_on_whole_w
         (1, 1, "inside"), (2, 2, "inside")]
 
 
+def test_chinese_text_overlaps_character_by_character_over_a_longer_span():
+    """Chinese has no spaces: each character is a word, and 8 of them in a row are common
+    phrasing, so where most of the training text is Chinese the span is 16 characters."""
+    from tunesmith.quality import overlap
+
+    train = ["外观很漂亮，出人意料地漂亮，做工非常好，帮人代买，很满意，比本地电脑城便宜很多。", "服务态度很好，早餐也丰富"]
+    index = overlap.TrainingIndex(train)
+    assert (index.span, index.unit) == (overlap.SPAN_CHARACTERS, "characters")
+    assert index.overlap("做工非常好") == (0, "inside")  # a phrase of a training review
+    assert index.overlap("外观很漂亮，出人意料地漂亮，做工非常好，加了一条2G内存") == (0, "shared span")  # the review edited
+    assert index.overlap("房间服务态度很好，就是贵") is None  # 6 characters in a row: common phrasing
+    assert overlap.words("2G内存 Fast") == ["2g", "内", "存", "fast"]
+    assert (overlap.TrainingIndex(["the art of the deal"]).span, overlap.TrainingIndex(["a b"]).unit) == (
+        overlap.SPAN_WORDS, "words")
+
+
 def test_check_reports_validation_phrases_cut_from_training_sentences(tmp_path, tiny_sentence_model, capsys):
     """Treebank-style data: the evaluation rows are phrases of training sentences. Their
     embeddings are not near-copies (threshold 0.9999), but the words are the training text's."""

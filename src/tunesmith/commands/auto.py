@@ -32,7 +32,7 @@ from tunesmith.errors import Interrupted, UserError
 from tunesmith.inference import Predictor
 from tunesmith.io import write_json
 from tunesmith.methods import METHODS
-from tunesmith.quality import holdout, overlap
+from tunesmith.quality import holdout
 from tunesmith.runs import Run
 from tunesmith.search.ladder import Data, Ladder, Outcome, Rung, parse_target, plan
 from tunesmith.durations import parse_duration
@@ -163,7 +163,7 @@ def honest_validation(cfg, task, splits, folder: Path, log) -> tuple:
     if not rows:
         return splits, {}
     shares = (f"{len(near_val):,} of {len(splits.val):,} validation rows repeat a training text (cosine >= "
-              f"{cfg.near_threshold:g}, or word for word: inside one or sharing {overlap.SPAN_WORDS} words), against "
+              f"{cfg.near_threshold:g}, or word for word: inside one or sharing a run of words), against "
               f"{test_share:.1%} of the test file's")
     if len(rows) == len(splits.val):
         log(f"warning: {shares}: validation scores will run high; give --val-data with texts like the test data")

@@ -94,7 +94,7 @@ def _text_checks(report: QualityReport, splits, show_text: bool) -> None:
 def _near_duplicate_checks(report: QualityReport, splits, x: dict, threshold: float, show_text: bool) -> None:
     report.facts["near_duplicates"] = {"threshold": threshold, "index": neighbours.backend()}
     index = overlap.TrainingIndex(splits.train.texts)
-    report.facts["overlaps"] = {"span_words": index.span if index.spans_indexed else None}
+    report.facts["overlaps"] = {"span_words": index.span if index.spans_indexed else None, "span_unit": index.unit}
     for name in EVAL_SPLITS:
         part = getattr(splits, name)
         found = neighbours.near_duplicates(x["train"], x[name], threshold)
@@ -128,9 +128,9 @@ def _overlap_checks(report: QualityReport, splits, name: str, found: list, show_
     shown = ", ".join(f"{_where(part, q)} {kind} {_where(splits.train, t)}"
                       + (f" {_snippet(part.texts[q])!r} ~ {_snippet(splits.train.texts[t])!r}" if show_text else "")
                       for q, t, kind in found[:SHOW])
-    span = report.facts["overlaps"]["span_words"]
+    span, unit = report.facts["overlaps"]["span_words"], report.facts["overlaps"]["span_unit"]
     report.lines.append(f"{name}: {len(found)} of {len(part)} texts repeat part of a training text word for word "
-                        f"(inside one{f', or sharing {span} words in a row' if span else ''}): {shown}")
+                        f"(inside one{f', or sharing {span} {unit} in a row' if span else ''}): {shown}")
     report.warnings.append(f"{len(found)} {name} texts repeat part of a training text word for word: if they are parts "
                            f"of the same documents, the {name} score will be too high; split by document, or compare "
                            "with a test file from elsewhere (tunesmith auto does)")

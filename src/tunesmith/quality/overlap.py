@@ -17,35 +17,51 @@ file overlaps as much (banking77: 7.8% of a carved split and 7.4% of the officia
 an 8-word span: customers ask in the same words), the overlap is how the data is, not a leak of
 the split; `tunesmith auto` compares the two shares before moving anything (holdout.py).
 
-Words are whitespace-separated and lower-cased, so text written without spaces (Chinese,
-Japanese) counts as one word: only whole-text repeats are found there (the embedding check
-still finds near-copies).
+Words are whitespace-separated and lower-cased, and each Chinese or Japanese character is a
+word of its own (that text has no spaces). A character carries less than a word, so where most
+of the training text is such characters the span is SPAN_CHARACTERS long: on ChnSentiCorp 8
+characters in a row are common phrasing (17% of a carved validation split and 15% of the
+official dev set share them with training), while 16 find the same review edited or pasted
+into another (1.8% and 1.5%; bench/overlap_span.py, docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
+import re
+
 SPAN_WORDS = 8  # shorter runs are common phrasing: 31% of banking77's test questions share 6 words with training
+SPAN_CHARACTERS = 16  # the span where most training words are single Chinese/Japanese characters
+# Han (with extension A and compatibility ideographs), hiragana and katakana.
+CJK = re.compile(r"([\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff])")
 # Above this many training words the span index (one entry per word position) would take
 # gigabytes in Python; the check then looks for texts inside a training text only.
 MAX_SPAN_INDEX_WORDS = 3_000_000
 
 
 def words(text: str) -> list[str]:
-    return text.lower().split()
+    return CJK.sub(r" \1 ", text.lower()).split()
+
+
+def span_for(tokenized: list[list[str]]) -> tuple[int, str]:
+    """(span length, unit): SPAN_CHARACTERS "characters" where most training words are single
+    CJK characters, else SPAN_WORDS "words"."""
+    total = sum(len(w) for w in tokenized)
+    cjk = sum(1 for w in tokenized for word in w if len(word) == 1 and CJK.match(word))
+    return (SPAN_CHARACTERS, "characters") if total and cjk > total / 2 else (SPAN_WORDS, "words")
 
 
 class TrainingIndex:
     """The training texts, indexed to answer `overlap(text)` without scanning all of them."""
 
-    def __init__(self, train_texts: list[str], span: int = SPAN_WORDS):
-        self.span = span
+    def __init__(self, train_texts: list[str], span: int | None = None):
+        tokenized = [words(text) if isinstance(text, str) else [] for text in train_texts]
+        self.span, self.unit = (span, "words") if span else span_for(tokenized)
         self.padded = []  # " w1 w2 ... " per training text: a match on whole words only
         self.rows_with = {}  # word -> training rows holding it
         self.spans = {}  # hash of a run of `span` words -> the first training row holding it
-        total = sum(len(t.split()) for t in train_texts if isinstance(t, str))
-        self.spans_indexed = total <= MAX_SPAN_INDEX_WORDS
-        for row, text in enumerate(train_texts):
-            w = words(text) if isinstance(text, str) else []
+        self.spans_indexed = sum(map(len, tokenized)) <= MAX_SPAN_INDEX_WORDS
+        span = self.span
+        for row, w in enumerate(tokenized):
             self.padded.append(f" {' '.join(w)} ")
             for word in set(w):
                 self.rows_with.setdefault(word, []).append(row)
