@@ -271,7 +271,8 @@ class Progress:
     rungs = property(lambda self: self.record["rungs"])
     # Seconds spent outside the finished rungs (the rung that was training at a stop).
     unfinished_s = property(lambda self: self.record.get("unfinished_s", 0.0))
-    spent_s = property(lambda self: self.unfinished_s + sum(row["seconds"] for row in self.rungs))
+    finished_s = property(lambda self: sum(row["seconds"] for row in self.rungs))
+    spent_s = property(lambda self: self.unfinished_s + self.finished_s)
 
     def start(self, honest: dict, model: str | None) -> None:
         self.record |= {"honest": honest, "model": model}
@@ -280,7 +281,7 @@ class Progress:
     def stopped(self, spent_s: float) -> None:
         """The climb stopped having spent `spent_s` of the budget: what the finished rungs do not
         account for was spent in the one that was training, and counts when the ladder continues."""
-        self.record["unfinished_s"] = round(max(0.0, spent_s - sum(row["seconds"] for row in self.rungs)), 1)
+        self.record["unfinished_s"] = round(max(0.0, spent_s - self.finished_s), 1)
         write_json(self.path, self.record)
 
     def add(self, outcome: Outcome) -> None:

@@ -132,7 +132,7 @@ def fit(
 
     try:  # the bar ends its line before any error is printed
         if evaluate_start is not None and state.step == 0 and state.best_metric is None:
-            _evaluate_start(model, accelerator, evaluate_start, state, ckpt_dir, history, metric, bar)
+            _evaluate_start(model, accelerator, evaluate_start, cfg, state, ckpt_dir, history, metric, bar)
         while state.step < total_steps and not state.stopped_early:
             batches = train_batches(lengths, cfg.batch_size, cfg.seed, state.epoch)
             groups = [batches[i : i + cfg.grad_accum] for i in range(0, len(batches), cfg.grad_accum)]
@@ -266,8 +266,7 @@ def _evaluate_and_checkpoint(model, accelerator, evaluate, cfg, state, optimizer
         _track(state, metrics[metric], improved, cfg)
         return
     value = metrics[metric]
-    history({"step": state.step, "epoch": state.epoch,
-             **{f"val_{k}": v for k, v in metrics.items() if isinstance(v, float)}})
+    history(_validation_row(state, metrics))
     improved = state.best_metric is None or (value > state.best_metric if higher_better else value < state.best_metric)
     _track(state, value, improved, cfg)
     if improved:
@@ -281,7 +280,7 @@ def _evaluate_and_checkpoint(model, accelerator, evaluate, cfg, state, optimizer
     checkpoint.save(ckpt_dir / "last", plain, optimizer, scheduler, asdict(state))
 
 
-def _evaluate_start(model, accelerator, evaluate, state, ckpt_dir, history, metric, bar) -> None:
+def _evaluate_start(model, accelerator, evaluate, cfg, state, ckpt_dir, history, metric, bar) -> None:
     """Step 0: the starting model scored on validation and kept as the best so far. Where the
     head starts as the untuned baseline's probe (and the method leaves the body's output as it
     was: LoRA's B is zero), this is the baseline itself, so training must beat it on validation
@@ -290,11 +289,17 @@ def _evaluate_start(model, accelerator, evaluate, state, ckpt_dir, history, metr
     plain = accelerator.unwrap_model(model)
     metrics = evaluate(plain)
     value = metrics[metric]
-    state.best_metric, state.best_step = value, 0
+    _track(state, value, True, cfg)  # the first score is the best so far
     if accelerator.is_main_process:
-        history({"step": 0, "epoch": 0, **{f"val_{k}": v for k, v in metrics.items() if isinstance(v, float)}})
+        history(_validation_row(state, metrics))
         checkpoint.save(ckpt_dir / "best", plain, state={"step": 0, metric: value})
         bar.write(f"step 0: val {metric} {value:.4f} (the starting model)")
+
+
+def _validation_row(state: LoopState, metrics: dict) -> dict:
+    """A validation result as the history logs it."""
+    scores = {f"val_{k}": v for k, v in metrics.items() if isinstance(v, float)}
+    return {"step": state.step, "epoch": state.epoch, **scores}
 
 
 def _track(state: LoopState, value: float, improved: bool, cfg) -> None:
