@@ -416,4 +416,44 @@ def test_phrases_cut_from_training_sentences_count_as_repeats_though_their_embed
     test = Examples(["story great really acting"], ["pos"], "test.csv")
     tokenizer = models.load_tokenizer(tiny_sentence_model)
     near_val, near_test = repeating_rows(train, [val, test], tiny_sentence_model, tokenizer, 16, threshold=0.9999)
-    assert near_val == [0] and near_test == []
+    assert near_val == {0: "inside"} and near_test == {}
+
+
+def test_a_whole_sentence_stays_in_validation_and_its_phrases_leave_training():
+    """Phrase data (SST-2): a validation sentence whose own long phrase trains shares a span with
+    it; rather than lose the sentence to training, the phrase leaves training. A validation phrase
+    inside a training sentence moves to train as before; and a moved phrase that holds a short
+    sentence kept in validation leaves training too, or that sentence would repeat it."""
+    from tunesmith.data.labeled import Examples
+    from tunesmith.data.splits import Splits
+    from tunesmith.quality import holdout
+
+    sentence = "a gorgeous , witty , seductive movie that never lets its audience go"
+    train = Examples(["a gorgeous , witty , seductive movie that never lets", "dull and tired",
+                      "the plot is thin but the cast keeps it moving along nicely", "awful"] + ["fine"] * 36,
+                     ["pos", "neg", "pos", "neg"] + ["pos"] * 36, "train.csv")
+    val = Examples([sentence,                       # shares 10 words with its phrase in training: stays
+                    "the plot is thin",             # inside a training sentence: moves to train
+                    "really dull and tired stuff",  # holds a training text of 3 words, shares no span: clean
+                    "short and sweet",              # clean, but inside the next row, which moves
+                    "the cast keeps it moving , short and sweet"],  # a near-copy of a training text by embedding
+                   ["pos", "pos", "neg", "pos", "pos"], "val")
+    splits = Splits(train=train, val=val, test=Examples(["fresh text"], ["pos"], "test.csv"), labels=["neg", "pos"],
+                    text_col="text", label_col="label")
+    repeats = {0: "shared span", 1: "inside", 4: "near"}
+
+    honest, done = holdout.make_honest(splits, repeats, test_share=0.0, seed=0)
+    assert sentence in honest.val.texts and "short and sweet" in honest.val.texts
+    assert "the plot is thin" in honest.train.texts  # moved
+    assert "a gorgeous , witty , seductive movie that never lets" not in honest.train.texts  # the sentence's phrase
+    assert "dull and tired" in honest.train.texts  # 3 words inside a validation text: common phrasing, kept
+    index = holdout.overlap.TrainingIndex(honest.train.texts)
+    assert [t for t in honest.val.texts if index.overlap(t)] == []  # validation repeats nothing now
+    assert done == holdout.Honest(moved=2, mended=1, dropped=2)  # dropped: the sentence's phrase, the near-copy
+    assert len(honest.train) == len(train) + done.moved - done.dropped and honest.test == splits.test
+
+    # No room to drop training rows: the sentence moves, as before the mending existed.
+    assert holdout.rows_to_mend(train.texts, val.texts, [0], span=8, cap=0, seed=0) == []
+    assert holdout.rows_to_mend(train.texts, val.texts, [0], span=8, cap=1, seed=0) == [0]
+    # Validation already like the test file: nothing changes.
+    assert holdout.make_honest(splits, repeats, test_share=0.8, seed=0) == (splits, holdout.Honest())

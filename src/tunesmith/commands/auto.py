@@ -130,7 +130,9 @@ def auto(data: str, overrides: dict, target: str | None = None, budget: str | No
     _print_table(outcomes, winner, metric, log)
     write_json(ladder_dir / "auto.json", {
         "metric": metric, "target": str(goal) if goal else None, "budget_s": budget_s, "winner": winner.run,
-        "validation": {"rows": len(splits.val), "repeats_moved_to_train": honest.get("moved", 0)},
+        "validation": {"rows": len(splits.val), "repeats_moved_to_train": honest.get("moved", 0),
+                       "repeats_kept_by_dropping_training_rows": honest.get("mended", 0),
+                       "training_rows_dropped": honest.get("dropped", 0)},
         "test": {k: v for k, v in test.items() if isinstance(v, float)},
         "rungs": [_row(o) for o in outcomes]})
     progress.path.unlink()  # auto.json says it all now
@@ -144,9 +146,11 @@ def auto(data: str, overrides: dict, target: str | None = None, budget: str | No
 def honest_validation(cfg, task, splits, folder: Path, log) -> tuple:
     """A validation split carved out of the training file, made to look like the test file
     (quality/holdout.py says why): where more of its rows repeat a training text (nearly, or word
-    for word) than the test file's do, enough of them train instead. The three splits are then
-    written to `folder` so every rung reads the same ones. Returns the splits and {"moved": rows, "settings": the
-    rungs' data keys}, or the splits unchanged and {} where nothing moves: a validation file the
+    for word) than the test file's do, enough of them train instead, or stay while the training
+    rows they share a run of words with leave (holdout.make_honest). The three splits are then
+    written to `folder` so every rung reads the same ones. Returns the splits and {"moved",
+    "mended", "dropped": row counts, "settings": the rungs' data keys}, or the splits unchanged
+    and {} where nothing changes: a validation file the
     user chose, a test split carved like validation (it has the same share), --dedupe near (the
     rungs drop near-copies themselves), --no-quality-checks, or rows that are not one text and
     one label."""
@@ -155,32 +159,33 @@ def honest_validation(cfg, task, splits, folder: Path, log) -> tuple:
             or not all(map(holdout.plain_rows, (splits.train, splits.val, splits.test)))):
         return splits, {}
     log("validation: comparing how often it repeats training text with how often the test file does ...")
-    near_val, near_test = holdout.repeating_rows(
+    repeats_val, repeats_test = holdout.repeating_rows(
         splits.train, [splits.val, splits.test], models.resolve(cfg.resolved_model()),
         task.load_processor(cfg.resolved_model(), cfg), cfg.resolved_max_length(), cfg.near_threshold)
-    test_share = len(near_test) / len(splits.test)
-    rows = holdout.rows_to_move(near_val, len(splits.val), test_share, cfg.seed)
-    if not rows:
+    test_share = len(repeats_test) / len(splits.test)
+    honest_splits, done = holdout.make_honest(splits, repeats_val, test_share, cfg.seed)
+    if done == holdout.Honest():
         return splits, {}
-    shares = (f"{len(near_val):,} of {len(splits.val):,} validation rows repeat a training text (cosine >= "
+    shares = (f"{len(repeats_val):,} of {len(splits.val):,} validation rows repeat a training text (cosine >= "
               f"{cfg.near_threshold:g}, or word for word: inside one or sharing a run of words), against "
               f"{test_share:.1%} of the test file's")
-    if len(rows) == len(splits.val):
+    if not honest_splits.val:
         log(f"warning: {shares}: validation scores will run high; give --val-data with texts like the test data")
         return splits, {}
-    staying = len(splits.val) - len(rows)
-    log(f"validation: {shares}; {len(rows):,} of them train instead, so the target is judged on rows like the test "
-        f"data (the splits: {folder}; the test split is unchanged)")
+    log(f"validation: {shares}; {done.moved:,} of them train instead"
+        + (f", and {done.mended:,} stay while the {done.dropped:,} training rows that share a run of words with a "
+           "validation row leave training" if done.dropped else "")
+        + f", so the target is judged on rows like the test data (the splits: {folder}; the test split is unchanged)")
+    staying = len(honest_splits.val)
     if staying < FEW_VALIDATION_ROWS:
         log(f"warning: only {staying} validation rows stay: a score on them is uncertain by up to "
             f"{100 * (0.25 / staying) ** 0.5:.1f} points (one standard error); --val-data with more texts like "
             "the test data gives a steadier one")
-    splits = holdout.move_to_train(splits, rows)
     for name in ("train", "val", "test"):
-        write_split(folder / f"{name}.jsonl", getattr(splits, name))
-    return splits, {"moved": len(rows), "settings": {"data": str(folder / "train.jsonl"),
-                                                     "val_data": str(folder / "val.jsonl"),
-                                                     "test_data": str(folder / "test.jsonl")}}
+        write_split(folder / f"{name}.jsonl", getattr(honest_splits, name))
+    return honest_splits, {"moved": done.moved, "mended": done.mended, "dropped": done.dropped,
+                           "settings": {"data": str(folder / "train.jsonl"), "val_data": str(folder / "val.jsonl"),
+                                        "test_data": str(folder / "test.jsonl")}}
 
 
 def _reading_splits(values: dict, honest: dict) -> dict:

@@ -74,16 +74,38 @@ class TrainingIndex:
         w = words(text) if isinstance(text, str) else []
         if not w:
             return None
+        inside = self.containing(w, first=True)
+        if inside:
+            return inside[0], "inside"
+        shared = self.sharing_a_span(w, first=True)
+        return (shared[0], "shared span") if shared else None
+
+    def containing(self, w: list[str], first: bool = False) -> list[int]:
+        """The indexed rows that hold the words `w` whole and in order; only the first with `first`."""
+        if not w:
+            return []
         rarest = min(w, key=lambda word: len(self.rows_with.get(word, ())))  # fewest candidates to check
         needle = f" {' '.join(w)} "
+        found = []
         for row in self.rows_with.get(rarest, ()):
             if needle in self.padded[row]:
-                return row, "inside"
+                found.append(row)
+                if first:
+                    break
+        return found
+
+    def sharing_a_span(self, w: list[str], first: bool = False) -> list[int]:
+        """The indexed rows that hold a run of `span` of the words `w` (for each run, the first
+        row indexed with it); only the first one found with `first`."""
+        found = []
         for i in range(len(w) - self.span + 1):
             row = self.spans.get(hash(tuple(w[i:i + self.span])))
-            if row is not None and f" {' '.join(w[i:i + self.span])} " in self.padded[row]:  # rules out a hash collision
-                return row, "shared span"
-        return None
+            if (row is not None and row not in found
+                    and f" {' '.join(w[i:i + self.span])} " in self.padded[row]):  # rules out a hash collision
+                found.append(row)
+                if first:
+                    break
+        return found
 
 
 def overlapping_rows(index: TrainingIndex, texts: list) -> list[tuple[int, int, str]]:
