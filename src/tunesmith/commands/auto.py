@@ -4,7 +4,8 @@ good enough (search/ladder.py climbs; this file trains its rungs).
 Every rung is an ordinary run folder under <output>/auto-<data name>/, selected on validation;
 the test split is scored once, for the model kept at the end. A validation split carved from the
 training file is made to look like the test file (`honest_validation`): where more of its rows
-repeat a training text (nearly, or word for word), enough of them train instead.
+repeat a training text (nearly, or word for word), enough of them train instead, or stay while
+the training rows they share a run of words with leave training.
 
 A ladder can take hours, so it survives a stop: `progress.json` in its folder records the
 command, the splits and each finished rung, and the same command run again continues: finished
