@@ -418,6 +418,30 @@ def test_phrases_cut_from_training_sentences_count_as_repeats_though_their_embed
     near_val, near_test = repeating_rows(train, [val, test], tiny_sentence_model, tokenizer, 16, threshold=0.9999)
     assert near_val == {0: "inside"} and near_test == {}
 
+    # At cosine >= -1 every training text is near every row: a sentence stays "shared span" only
+    # while all of them are its own phrases.
+    sentence = Examples(["good acting and a really great story overall , and a fine cast"], ["pos"], "val")
+    phrases = Examples(["good acting and a really great story overall", "really great story overall , and a fine cast"],
+                       ["pos", "pos"], "train.csv")
+    assert repeating_rows(phrases, [sentence], tiny_sentence_model, tokenizer, 16, threshold=-1.0) == [{0: "shared span"}]
+    other = Examples(phrases.texts + ["bad plot"], phrases.labels + ["neg"], "train.csv")
+    assert repeating_rows(other, [sentence], tiny_sentence_model, tokenizer, 16, threshold=-1.0) == [{0: "near"}]
+
+
+def test_a_sentence_that_nearly_repeats_only_its_own_phrases_can_stay():
+    """A whole sentence is a near-copy by embedding of its own long phrase; when every near
+    training text is one it shares a span with, dropping those mends it, so it is not "near"."""
+    import numpy as np
+
+    from tunesmith.quality import holdout, neighbours
+
+    sentence = "a gorgeous , witty , seductive movie that never lets its audience go"
+    phrase = "a gorgeous , witty , seductive movie that never lets"
+    assert holdout.own_phrases(sentence, [phrase], span=8)
+    assert not holdout.own_phrases(sentence, [phrase, "a gorgeous and witty movie"], span=8)  # another text is near too
+    index = np.array([[1.0, 0.0], [0.96, 0.28], [0.0, 1.0]])  # cosines with [1, 0]: 1.0, 0.96, 0.0
+    assert neighbours.within(index, np.array([[2.0, 0.0], [0.0, 1.0]]), 0.95) == [[0, 1], [2]]
+
 
 def test_a_whole_sentence_stays_in_validation_and_its_phrases_leave_training():
     """Phrase data (SST-2): a validation sentence whose own long phrase trains shares a span with

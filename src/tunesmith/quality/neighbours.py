@@ -42,6 +42,17 @@ def nearest(index_x: np.ndarray, query_x: np.ndarray) -> tuple[np.ndarray, np.nd
     return sims, rows
 
 
+def within(index_x: np.ndarray, query_x: np.ndarray, threshold: float) -> list[list[int]]:
+    """For each query row, every indexed row at least `threshold` similar (exact, NumPy blocks:
+    meant for a few hundred queries, whose similarity to every indexed row is computed)."""
+    index_x, query_x = normalise(index_x), normalise(query_x)
+    found = []
+    for start in range(0, len(query_x), BLOCK):
+        block = query_x[start:start + BLOCK] @ index_x.T
+        found += [np.flatnonzero(row >= threshold).tolist() for row in block]
+    return found
+
+
 def faiss_index(vectors: np.ndarray):
     """A FAISS inner-product index over unit `vectors`: flat (exact) up to EXACT_ROWS, HNSW above."""
     import faiss
