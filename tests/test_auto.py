@@ -444,24 +444,22 @@ def test_a_sentence_that_nearly_repeats_only_its_own_phrases_can_stay():
 
 
 def test_a_whole_sentence_stays_in_validation_and_its_phrases_leave_training():
-    """Phrase data (SST-2): a validation sentence whose own long phrase trains shares a span with
-    it; rather than lose the sentence to training, the phrase leaves training. A validation phrase
+    """Phrase data (SST-2): a validation sentence whose own phrases train (a long one sharing a
+    span with it, a short one inside it) stays, and those phrases leave training. A validation phrase
     inside a training sentence moves to train as before; and a moved phrase that holds a short
     sentence kept in validation leaves training too, or that sentence would repeat it."""
-    from dataclasses import replace
-
     from tunesmith.data.labeled import Examples
     from tunesmith.data.splits import Splits
     from tunesmith.quality import holdout
 
     sentence = "a gorgeous , witty , seductive movie that never lets its audience go"
-    train = Examples(["a gorgeous , witty , seductive movie that never lets", "dull and tired",
+    train = Examples(["a gorgeous , witty , seductive movie that never lets", "tired stuff",
                       "the plot is thin but the cast keeps it moving along nicely", "awful",
                       "its audience go"] + ["fine"] * 35,
                      ["pos", "neg", "pos", "neg", "pos"] + ["pos"] * 35, "train.csv")
     val = Examples([sentence,                       # shares 10 words with its phrase in training: stays
                     "the plot is thin",             # inside a training sentence: moves to train
-                    "really dull and tired stuff",  # holds a training text of 3 words, shares no span: clean
+                    "really dull and tired stuff",  # holds a training text of 2 words, shares no span: clean
                     "short and sweet",              # clean, but inside the next row, which moves
                     "the cast keeps it moving , short and sweet"],  # a near-copy of a training text by embedding
                    ["pos", "pos", "neg", "pos", "pos"], "val")
@@ -473,21 +471,18 @@ def test_a_whole_sentence_stays_in_validation_and_its_phrases_leave_training():
     assert sentence in honest.val.texts and "short and sweet" in honest.val.texts
     assert "the plot is thin" in honest.train.texts  # moved
     assert "a gorgeous , witty , seductive movie that never lets" not in honest.train.texts  # the sentence's phrase
-    # 3 words inside a validation text: common phrasing, kept (SST-2's dev sentences hold such).
-    assert "dull and tired" in honest.train.texts and "its audience go" in honest.train.texts
+    # 3 words or more inside a kept sentence are a piece of it; 2 are common phrasing, and stay
+    # (SST-2's dev sentences hold such).
+    assert "its audience go" not in honest.train.texts and "tired stuff" in honest.train.texts
     index = holdout.overlap.TrainingIndex(honest.train.texts)
     assert [t for t in honest.val.texts if index.overlap(t)] == []  # validation repeats nothing now
-    assert done == holdout.Honest(moved=2, mended=1, dropped=2)  # dropped: the sentence's phrase, the near-copy
+    # Dropped: the sentence's two phrases and the moved near-copy that holds "short and sweet".
+    assert done == holdout.Honest(moved=2, mended=1, dropped=3)
     assert len(honest.train) == len(train) + done.moved - done.dropped and honest.test == splits.test
 
-    # A phrase of 4 words or more inside a kept sentence is a piece of it too, and leaves training.
-    longer = replace(splits, train=Examples(train.texts + ["lets its audience go"], train.labels + ["pos"], "train.csv"))
-    honest, done = holdout.make_honest(longer, repeats, test_share=0.0, seed=0)
-    assert "lets its audience go" not in honest.train.texts and done == holdout.Honest(moved=2, mended=1, dropped=3)
-
-    # No room to drop training rows: the sentence moves, as before the mending existed; a row
+    # No room to drop the sentence's 2 pieces: it moves, as before the mending existed; a row
     # without pieces always stays.
-    assert holdout.rows_to_mend(train.texts, val.texts, [0, 2], span=8, cap=0, seed=0) == {2: 0}
-    assert holdout.rows_to_mend(train.texts, val.texts, [0, 2], span=8, cap=1, seed=0) == {0: 1, 2: 0}
+    assert holdout.rows_to_mend(train.texts, val.texts, [0, 2], span=8, cap=1, seed=0) == {2: 0}
+    assert holdout.rows_to_mend(train.texts, val.texts, [0, 2], span=8, cap=2, seed=0) == {0: 2, 2: 0}
     # Validation already like the test file: nothing changes.
     assert holdout.make_honest(splits, repeats, test_share=0.8, seed=0) == (splits, holdout.Honest())

@@ -5,7 +5,7 @@ Every rung is an ordinary run folder under <output>/auto-<data name>/, selected 
 the test split is scored once, for the model kept at the end. A validation split carved from the
 training file is made to look like the test file (`honest_validation`): where more of its rows
 repeat a training text (nearly, or word for word), enough of them train instead, or stay while
-the training rows they share a run of words with leave training.
+the training rows that are pieces of them (their own phrases) leave training.
 
 A ladder can take hours, so it survives a stop: `progress.json` in its folder records the
 command, the splits and each finished rung, and the same command run again continues: finished
@@ -148,7 +148,7 @@ def honest_validation(cfg, task, splits, folder: Path, log) -> tuple:
     """A validation split carved out of the training file, made to look like the test file
     (quality/holdout.py says why): where more of its rows repeat a training text (nearly, or word
     for word) than the test file's do, enough of them train instead, or stay while the training
-    rows they share a run of words with leave (holdout.make_honest). The three splits are then
+    rows that are pieces of them leave (holdout.make_honest). The three splits are then
     written to `folder` so every rung reads the same ones. Returns the splits and {"moved",
     "mended", "dropped": row counts, "settings": the rungs' data keys}, or the splits unchanged
     and {} where nothing changes: a validation file the
@@ -174,8 +174,8 @@ def honest_validation(cfg, task, splits, folder: Path, log) -> tuple:
         log(f"warning: {shares}: validation scores will run high; give --val-data with texts like the test data")
         return splits, {}
     log(f"validation: {shares}; {done.moved:,} of them train instead"
-        + (f", and {done.mended:,} stay while the {done.dropped:,} training rows that share a run of words with a "
-           "validation row leave training" if done.dropped else "")
+        + (f", and {done.mended:,} stay while their pieces leave training ({done.dropped:,} training rows that share "
+           "a run of words with a validation row or lie inside one, 3 words or more)" if done.dropped else "")
         + f", so the target is judged on rows like the test data (the splits: {folder}; the test split is unchanged)")
     staying = len(honest_splits.val)
     if staying < FEW_VALIDATION_ROWS:
