@@ -109,9 +109,9 @@ def make_honest(splits, repeats: dict[int, str], test_share: float, seed: int):
 def is_piece(w: list[str], index: overlap.TrainingIndex) -> list[int]:
     """The indexed (validation) rows of which the training text with words `w` is a piece: it
     shares a run of `index.span` words with one, or lies inside one and is at least 3/8 of a span
-    long (3 words; 6 Chinese characters). Why 3: of SST-2's dev sentences 59% hold a training
-    phrase of 2 words or more (common phrasing), 12% one of 3 or more and 2% one of 4 or more,
-    against 97% of 3 or more and 82% of 4 or more for the carved rows left after the span check,
+    long (3 words; 6 Chinese characters). Why 3: of SST-2's dev sentences 60% hold a training
+    phrase of 2 words or more (common phrasing), 13% one of 3 or more and 3% one of 4 or more,
+    against 91% of 3 or more and 82% of 4 or more for the carved rows left after the span check,
     which scored 1.4 points above dev while those phrases trained (docs/benchmarks.md)."""
     rows = index.sharing_a_span(w) if index.spans_indexed else []
     if len(w) >= max(2, round(index.span * 3 / 8)):
