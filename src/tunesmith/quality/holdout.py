@@ -113,7 +113,7 @@ def is_piece(w: list[str], index: overlap.TrainingIndex) -> list[int]:
     phrase of 2 words or more (common phrasing), 13% one of 3 or more and 3% one of 4 or more,
     against 91% of 3 or more and 82% of 4 or more for the carved rows left after the span check,
     which scored 1.4 points above dev while those phrases trained (docs/benchmarks.md)."""
-    rows = index.sharing_a_span(w) if index.spans_indexed else []
+    rows = index.sharing_a_span(w)  # empty where the index has no spans (too many words)
     if len(w) >= max(2, round(index.span * 3 / 8)):
         rows += [row for row in index.containing(w) if row not in rows]
     return rows
