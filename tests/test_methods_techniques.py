@@ -459,6 +459,43 @@ def test_adapter_run_keeps_base_weights_and_reloads_with_its_adapters(tmp_path, 
     predictor.model = AutoModelForSequenceClassification.from_pretrained(run.model_dir).eval()
     assert not np.allclose(predictor.predict(texts), with_adapters, atol=1e-6)
 
+    # Loaded from Python, the run says nothing about the adapter weights plain transformers does
+    # not know (it lists them as UNEXPECTED in a LOAD REPORT, as the plain load here still does).
+    import logging
+
+    import transformers
+
+    reports = []
+    collect = logging.Handler()
+    collect.emit = lambda record: reports.append(record.getMessage())
+    logger, verbosity = logging.getLogger("transformers.modeling_utils"), transformers.utils.logging.get_verbosity()
+    logger.addHandler(collect)
+    transformers.utils.logging.set_verbosity_warning()  # the CLI above turned it down
+    try:
+        Predictor.from_run(run)
+        AutoModelForSequenceClassification.from_pretrained(run.model_dir)
+    finally:
+        logger.removeHandler(collect)
+        transformers.utils.logging.set_verbosity(verbosity)
+    assert len(reports) == 1 and "LOAD REPORT" in reports[0] and ".adapter." in reports[0]
+
+
+def test_a_load_report_naming_more_than_adapter_keys_still_reaches_the_user():
+    import logging
+
+    from tunesmith.methods.adapter import _OnlyAdapterKeys
+
+    def report(*rows):
+        record = logging.LogRecord("transformers.modeling_utils", logging.WARNING, __file__, 1,
+                                   "BertModel LOAD REPORT from: run/model\nKey | Status |  | \n---+---\n"
+                                   + "\n".join(rows) + "\n\nNotes:\n- UNEXPECTED: can be ignored", None, None)
+        return _OnlyAdapterKeys().filter(record)
+
+    assert not report("encoder.layer.{0, 1}.output.dense.adapter.up.weight | UNEXPECTED |  | ")
+    assert report("encoder.layer.{0, 1}.output.dense.adapter.up.weight | UNEXPECTED |  | ",
+                  "encoder.layer.0.attention.self.query.weight | MISSING |  | ")  # a damaged folder
+    assert report("pooler.dense.weight | UNEXPECTED |  | ")
+
 
 def test_average_last_keeps_the_mean_of_the_last_k_evaluations(tmp_path, tiny_model, toy_csv):
     assert main(train_args(toy_csv, tiny_model, tmp_path, "avg", "--method", "full", "--epochs", "2",

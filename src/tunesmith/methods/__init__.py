@@ -103,10 +103,12 @@ def load_tuned(task, folder: str):
     """A saved run's model, as every verb loads it: the task's model (safetensors only), with
     what plain transformers drops on load put back by the method that tuned it (bottleneck
     adapters, a prompt encoder). The one place a run's model is loaded, whatever the task."""
-    from tunesmith.methods.adapter import restore_adapters
+    from tunesmith.methods.adapter import adapter_keys_expected, restore_adapters
     from tunesmith.methods.prompt_learning import restore_prompt
 
-    return restore_prompt(restore_adapters(task.load_model(folder), folder), folder)
+    with adapter_keys_expected(folder):
+        model = task.load_model(folder)
+    return restore_prompt(restore_adapters(model, folder), folder)
 
 
 from tunesmith.methods import (  # noqa: E402,F401  (they register themselves)

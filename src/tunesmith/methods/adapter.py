@@ -16,6 +16,8 @@ the base weights keep their names; the saved config carries `tunesmith_adapter`,
 from __future__ import annotations
 
 import json
+import logging
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -70,6 +72,39 @@ def insert_adapters(model, layout: str, size: int) -> int:
         linear.register_forward_hook(_add_adapter_output)
     model.config.tunesmith_adapter = {"layout": layout, "size": size}
     return len(points)
+
+
+def is_adapter_folder(folder: str) -> bool:
+    path = Path(folder) / "config.json"
+    return path.is_file() and bool(json.loads(path.read_text(encoding="utf-8")).get("tunesmith_adapter"))
+
+
+class _OnlyAdapterKeys(logging.Filter):
+    """Drops transformers' LOAD REPORT when every key it lists is an adapter's, UNEXPECTED to
+    plain transformers and put back by `restore_adapters` right after; a report naming any
+    other key (a missing body weight: a damaged folder) still reaches the user."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if "LOAD REPORT" not in text:
+            return True
+        rows = [line for line in text.splitlines() if "|" in line and ("." in line.split("|")[0])]
+        return not rows or not all(".adapter." in row and "UNEXPECTED" in row for row in rows)
+
+
+@contextmanager
+def adapter_keys_expected(folder: str):
+    """While loading a saved adapter run, keep transformers from reporting its adapter weights
+    as unexpected (a Python user saw a 12-line table on every load; the CLI hides all of it)."""
+    if not is_adapter_folder(folder):
+        yield
+        return
+    logger, only_adapters = logging.getLogger("transformers.modeling_utils"), _OnlyAdapterKeys()
+    logger.addFilter(only_adapters)
+    try:
+        yield
+    finally:
+        logger.removeFilter(only_adapters)
 
 
 def restore_adapters(model, folder: str):
