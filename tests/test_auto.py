@@ -144,6 +144,15 @@ def test_the_ensemble_rung_averages_the_best_trained_rungs_when_none_met_the_tar
                     True, run, clock, log=lambda _: None)
     ladder.climb()
     assert ladder.best().rung.name == "ensemble" and seen["order"][-1] == "tune full"
+    # An ensemble within the noise that meets the target is kept (the target is the user's "good
+    # enough"), and the log does not say otherwise; one within the noise below it is not kept.
+    for ensemble, target, kept in ((0.89, "macro_f1>=0.885", "ensemble"), (0.89, "macro_f1>=0.96", "full")):
+        scores["ensemble"], lines, clock, seen = ensemble, [], FakeClock(), {}
+        ladder = Ladder(rungs[:6], "macro_f1", DATA, FORWARD_S, None, parse_target(target, {"macro_f1": True}),
+                        True, run, clock, log=lines.append)
+        ladder.climb()
+        assert ladder.best().rung.name == kept
+        assert any("the ensemble is not kept" in line for line in lines) == (kept != "ensemble")
     scores["ensemble"] = 0.89
 
     clock, seen = FakeClock(), {}  # the target met on the way: no ensemble

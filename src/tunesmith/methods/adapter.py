@@ -74,9 +74,11 @@ def insert_adapters(model, layout: str, size: int) -> int:
     return len(points)
 
 
-def is_adapter_folder(folder: str) -> bool:
+def saved_adapters(folder: str) -> dict | None:
+    """A run folder's adapter layout and size (config.json's `tunesmith_adapter`), None for a
+    model tuned without adapters."""
     path = Path(folder) / "config.json"
-    return path.is_file() and bool(json.loads(path.read_text(encoding="utf-8")).get("tunesmith_adapter"))
+    return json.loads(path.read_text(encoding="utf-8")).get("tunesmith_adapter") if path.is_file() else None
 
 
 class _OnlyAdapterKeys(logging.Filter):
@@ -96,7 +98,7 @@ class _OnlyAdapterKeys(logging.Filter):
 def adapter_keys_expected(folder: str):
     """While loading a saved adapter run, keep transformers from reporting its adapter weights
     as unexpected (a Python user saw a 12-line table on every load; the CLI hides all of it)."""
-    if not is_adapter_folder(folder):
+    if not saved_adapters(folder):
         yield
         return
     logger, only_adapters = logging.getLogger("transformers.modeling_utils"), _OnlyAdapterKeys()
@@ -109,8 +111,7 @@ def adapter_keys_expected(folder: str):
 
 def restore_adapters(model, folder: str):
     """A saved adapter run: the adapters back in place, with their trained weights."""
-    config = json.loads((Path(folder) / "config.json").read_text())
-    spec = config.get("tunesmith_adapter")
+    spec = saved_adapters(folder)
     if not spec:
         return model
     from safetensors.torch import load_file

@@ -11,10 +11,10 @@ which instead trains for the passes the time left affords: on large data a short
 better spent on part of a pass of the strongest method than on nothing. After each rung the
 estimates are corrected by how far off the last one was. The climb stops at the first rung
 whose validation metric meets the target; with none, the best on validation is kept, an
-ensemble only where it beats the best single rung by more than validation's noise. A climb that was stopped (Ctrl-C, a crash) continues
-from the rungs it finished (`earlier`): they are kept as they were, and their time, with the
-time spent in the rung that was training at the stop (`unfinished_s`), counts against the
-budget. Everything here is plain logic over injected
+ensemble only where it beats the best single rung by more than validation's noise. A climb
+that was stopped (Ctrl-C, a crash) continues from the rungs it finished (`earlier`): they are
+kept as they were, and their time, with the time spent in the rung that was training at the
+stop (`unfinished_s`), counts against the budget. Everything here is plain logic over injected
 functions (training, the clock), so a test can drive it with a fake clock.
 """
 
@@ -225,9 +225,8 @@ class Ladder:
             if rung.trains:
                 correction = _correction(outcome.seconds, estimate / correction)
             self.log(f"{rung.name}: val {self.metric} {outcome.value:.4f} in {outcome.seconds:.0f} s")
-            alone = self.best(single=True) if rung.ensemble else None
-            if alone is not None and not self.clearly_better(outcome.value, alone.value):
-                self.log(f"{rung.name}: not clearly better than {alone.rung.name} alone ({alone.value:.4f}: "
+            if rung.ensemble and (kept := self.best()) is not outcome:  # best() says why not
+                self.log(f"{rung.name}: not clearly better than {kept.rung.name} alone ({kept.value:.4f}: "
                          f"within the noise of {self.data.val:,} validation rows), which serves at a fraction "
                          "of its cost; the ensemble is not kept")
             if self.target is not None and self.target.met(outcome.value):
