@@ -135,7 +135,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from tunesmith.assistant import calibration
-    from tunesmith.assistant.build import build
+    from tunesmith.assistant.build import BuildArgs, build
     from tunesmith.assistant.router import Assistant
 
     folder = Path(tempfile.mkdtemp(prefix="assistant-bench-"))
@@ -157,7 +157,8 @@ def main() -> None:
         return
     rows = alpaca_kb(folder / "kb.jsonl", args.kb_rows)
     started = time.perf_counter()
-    build(str(folder / "kb.jsonl"), str(folder / "bot"), intents["run"], model="minilm", seed=args.seed)
+    build(BuildArgs(kb=str(folder / "kb.jsonl"), out=str(folder / "bot"), intents=intents["run"], model="minilm",
+                    seed=args.seed))
     build_s = time.perf_counter() - started
     retrieval = json.loads((folder / "bot" / "calibration.json").read_text())["retrieval"]
 

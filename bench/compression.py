@@ -65,14 +65,14 @@ def main() -> None:
                         "separated (e.g. RUN-3layers,RUN-3layers-int8: a distilled student and its int8 copy)")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from tunesmith.commands.quantize import quantize
+    from tunesmith.commands.quantize import QuantizeArgs, quantize
     from tunesmith.inference import Predictor
     from tunesmith.runs import Run
 
     run = Run(Path(args.run))
     int8 = Run(run.path.parent / f"{run.path.name}-int8")
     if not int8.path.is_dir():
-        quantize(str(run.path), out=lambda _: None)
+        quantize(QuantizeArgs(run=str(run.path)), out=lambda _: None)
     test = run.split("test")
     texts, labels = list(test.texts), run.labels()
     truth = np.array([labels.index(label) for label in test.labels])

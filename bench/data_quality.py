@@ -25,7 +25,7 @@ from tunesmith import models, quality
 from tunesmith.config import build_config
 from tunesmith.evaluate.baseline import fit_scaler
 from tunesmith.quality import labels as label_checks, neighbours
-from tunesmith.quality.features import embed_with, load_encoder
+from tunesmith.evaluate.features import embed_with, load_encoder
 from tunesmith.tasks import TASKS
 
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "datasets"

@@ -119,8 +119,8 @@ def main() -> None:
     if not (SST2 / "train.tsv").is_file():
         raise SystemExit(f"{SST2}: SST-2 not found; this benchmark needs ../shared/datasets/sst2")
     wanted = set(args.only.split(",")) if args.only else None
-    from tunesmith.commands.ensemble import ensemble
-    from tunesmith.commands.soup import soup
+    from tunesmith.commands.ensemble import EnsembleArgs, ensemble
+    from tunesmith.commands.soup import SoupArgs, soup
 
     rows = read_tsv(SST2 / "train.tsv")
     test = read_tsv(SST2 / "dev.tsv")
@@ -140,8 +140,9 @@ def main() -> None:
         done = {r["name"]: r["run"].path for r in results}
         members = [done[n] for n in ("baseline", "layer_decay", "label_smoothing") if n in done]
         if len(members) == 3 and (wanted is None or "ensemble" in wanted):
-            for kind, combine in (("ensemble_of_3", ensemble), ("soup_of_3", soup)):
-                combined = combine([str(p) for p in members], kind, str(work / "runs"), out=lambda *_: None)
+            for kind, combine, args in (("ensemble_of_3", ensemble, EnsembleArgs), ("soup_of_3", soup, SoupArgs)):
+                combined = combine(args(runs=[str(p) for p in members], name=kind, output=str(work / "runs")),
+                                   out=lambda *_: None)
                 acc, f1 = accuracy_of(combined.path, test)
                 results.append({"name": kind, "accuracy": acc, "macro_f1": f1, "train_s": 0.0, "run_s": 0.0, "peak_mb": 0})
                 print(f"{kind}: accuracy {acc:.4f}", flush=True)

@@ -285,3 +285,13 @@ def postgres_database(postgres_server):
         return postgres_server.replace("postgres@/postgres?", f"postgres:not-for-logs@/{name}?")
 
     return make
+
+
+def split_data(data, val_data=None, test_data=None, **settings):
+    """`data.splits.load_splits` over the settings a run would have for these flags."""
+    from tunesmith.config import build_config
+    from tunesmith.data.splits import load_splits
+
+    given = {"data": data, "val_data": val_data, "test_data": test_data, **settings}
+    return load_splits(build_config({"task": "text-classification", **{k: v for k, v in given.items() if v is not None}},
+                                    "test"))

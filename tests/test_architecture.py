@@ -7,6 +7,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from tunesmith.methods import METHODS
+from tunesmith.serve.schemas import response_schema
 from tunesmith.tasks import TASKS, TaskDefaults
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "tunesmith"
@@ -15,11 +16,104 @@ DOC = Path(__file__).resolve().parents[1] / "docs" / "architecture.md"
 
 def test_the_registration_examples_in_the_docs_are_the_code():
     doc = DOC.read_text(encoding="utf-8")
-    section = doc[doc.index("## Adding a task, a method or a verb"):]
+    section = doc[doc.index("## Adding a task, a method, a verb or a tracker"):]
     examples = re.findall(r"```python\n(.*?)\n```", section, flags=re.S)
     assert len(examples) == 2
     assert examples[0] in (SRC / "tasks" / "text_classification.py").read_text(encoding="utf-8")
     assert examples[1] in (SRC / "methods" / "lora.py").read_text(encoding="utf-8")
+
+
+# The layers (docs/architecture.md): the core below the applications, imports one way. A
+# unit is a top-level module or package of tunesmith.
+CORE = {"errors", "io", "durations", "databases", "data", "evaluate", "quality", "models", "e5small", "gguf",
+        "runtimes", "forward", "generation", "tasks", "methods", "config", "plan", "runs", "track", "train",
+        "inference", "ensemble"}
+APPLICATIONS = {"serve", "ui", "monitor", "assistant", "search", "compress", "commands", "cli", "__main__"}
+
+
+def _unit(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if parts[0] == "tunesmith" and len(parts) > 1 else None
+
+
+def _imports() -> dict[str, dict[str, list[str]]]:
+    """unit -> {imported unit: [file:line, ...]} over every import of tunesmith's own modules,
+    module-level and function-level alike."""
+    found: dict[str, dict[str, list[str]]] = {}
+    for path in SRC.rglob("*.py"):
+        rel = path.relative_to(SRC)
+        here = rel.parts[0].removesuffix(".py")
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module == "tunesmith":
+                targets = [f"tunesmith.{alias.name}" for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                targets = [node.module]
+            elif isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            else:
+                continue
+            for unit in filter(None, map(_unit, targets)):
+                if unit != here:
+                    found.setdefault(here, {}).setdefault(unit, []).append(f"{rel}:{node.lineno}")
+    return found
+
+
+def test_every_unit_is_placed_in_a_layer():
+    units = {p.relative_to(SRC).parts[0].removesuffix(".py") for p in SRC.rglob("*.py")} - {"__init__"}
+    assert units - CORE - APPLICATIONS == set(), "add the new module to CORE or APPLICATIONS (and the map)"
+
+
+def test_the_core_never_imports_an_application():
+    graph = _imports()
+    upward = [where for unit in CORE for target, places in graph.get(unit, {}).items() if target in APPLICATIONS
+              for where in places]
+    assert upward == []
+
+
+def test_no_import_cycle_among_core_units():
+    """Tarjan's strongly connected components over the core's import graph: each must be one unit."""
+    graph = {unit: {t for t in targets if t in CORE} for unit, targets in _imports().items() if unit in CORE}
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    cycles = []
+
+    def visit(unit: str) -> None:
+        index[unit] = low[unit] = len(index)
+        stack.append(unit)
+        for target in graph.get(unit, ()):
+            if target not in index:
+                visit(target)
+                low[unit] = min(low[unit], low[target])
+            elif target in stack:
+                low[unit] = min(low[unit], index[target])
+        if low[unit] == index[unit]:
+            component = {stack.pop()}
+            while unit not in component:
+                component.add(stack.pop())
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for unit in sorted(graph):
+        if unit not in index:
+            visit(unit)
+    edges = {f"{a} -> {b}: {_imports()[a][b][0]}" for c in cycles for a in c for b in graph.get(a, ()) if b in c}
+    assert cycles == [], sorted(edges)
+
+
+def test_every_path_the_map_names_exists():
+    doc = DOC.read_text(encoding="utf-8")
+    root = SRC.parents[1]
+    named = set()
+    for path in re.findall(r"`((?:[a-z_]+/)*[a-z_]+\.py|(?:[a-z_]+/)+)`", doc):
+        rooted = path.startswith(("src/", "tests/", "docs/", "bench/"))
+        named.add(path if rooted else f"src/tunesmith/{path}")
+    assert len(named) > 20
+    assert sorted(p for p in named if not (root / p).exists()) == []
+
+
+def test_the_map_is_one_page():
+    assert len(DOC.read_text(encoding="utf-8").splitlines()) <= 150
 
 
 def test_no_library_module_imports_from_commands():
@@ -39,7 +133,7 @@ def test_every_task_and_method_declares_its_capabilities():
         assert set(task.ensemble) <= {"mean", "vote"}, name
         assert "truncate" in task.long_text_modes, name
         if task.servable:  # its answers are documented in /openapi.json and checked in test_registry_walk
-            assert isinstance(task.response_schema, type) and issubclass(task.response_schema, BaseModel), name
+            assert issubclass(response_schema(task), BaseModel), name
     for name, method in METHODS.items():
         assert method.tasks is None or set(method.tasks) <= set(TASKS), name
         assert "truncate" in method.long_text_modes, name
@@ -89,7 +183,7 @@ def test_a_key_only_another_method_or_task_reads_is_refused():
     from tunesmith.config import build_config, run_settings
     from tunesmith.errors import UserError
 
-    with pytest.raises(UserError, match="lora_r is read only with --method lora or adalora or qlora"):
+    with pytest.raises(UserError, match="lora_r is read only with --method adalora or lora or qlora"):
         build_config({"method": "full", "lora_r": 16}, "flags")
     with pytest.raises(UserError, match="image_flip is read only with --task image-classification"):
         build_config({"task": "text-classification", "image_flip": False}, "flags")

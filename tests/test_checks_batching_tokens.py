@@ -1,9 +1,8 @@
 import numpy as np
 
-from conftest import make_rows, write_csv
+from conftest import make_rows, split_data as load_splits, write_csv
 from tunesmith.data.batching import collate, inference_batches, train_batches
 from tunesmith.data.checks import check_splits
-from tunesmith.data.splits import load_splits
 from tunesmith.data import tokens
 
 

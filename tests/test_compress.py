@@ -127,13 +127,14 @@ def test_distilled_student_has_fewer_layers_and_loads_in_plain_transformers(teac
 def test_distillation_lowers_the_students_loss_against_the_teacher(teacher, tmp_path):
     """Library level: a 1-layer student whose layer starts from noise learns the teacher's
     distributions (soft loss only) on the training texts."""
-    from tunesmith.compress.distill import distillation_loss, student_features, train_student
+    from tunesmith.compress.distill import Lesson, Teacher, distillation_loss, student_features, train_student
     from tunesmith.compress.student import keep_layers, layer_list
     from tunesmith.data.long_text import LongText
     from tunesmith.methods import load_tuned
 
-    cfg, task = teacher.settings(), Predictor.from_run(teacher).task
-    cfg.epochs, cfg.lr = 5, 3e-3
+    from tunesmith.plan import settings_with
+
+    cfg, task = settings_with(teacher.settings(), epochs=5, lr=3e-3), Predictor.from_run(teacher).task
     tokenizer = task.load_processor(str(teacher.model_dir), cfg)
     teacher_model = load_tuned(task, str(teacher.model_dir))
     student = keep_layers(teacher_model, 1)
@@ -148,7 +149,8 @@ def test_distillation_lowers_the_students_loss_against_the_teacher(teacher, tmp_
         before = soft_only(student.eval(), batch)[0].item()
     run = Run(tmp_path / "student")
     run.path.mkdir()
-    student = train_student(student, teacher_model, teacher, run, cfg, task, tokenizer, [], 2.0, 1.0, lambda _: None)
+    taught = Teacher(teacher, cfg, task, tokenizer, teacher_model)
+    student = train_student(student, taught, run, Lesson(2.0, 1.0), log=lambda _: None)
     with torch.no_grad():
         after = soft_only(student, batch)[0].item()
     assert after < before / 2, (before, after)

@@ -2,6 +2,7 @@ import pytest
 
 from tunesmith.config import TrainConfig, build_config, config_to_yaml_dict, load_config
 from tunesmith.errors import UserError
+from tunesmith.plan import epochs, learning_rate, settings_with, training_steps
 
 
 def test_flag_overrides_file(tmp_path):
@@ -41,11 +42,19 @@ def test_yaml_that_is_not_a_mapping(tmp_path):
         load_config(path, {})
 
 
-def test_resolved_config_fills_method_default_lr_and_reloads():
+def test_a_config_is_frozen_and_changes_only_into_a_new_one():
+    from pydantic import ValidationError
+
     cfg = TrainConfig(data="x.csv", method="lora")
-    values = config_to_yaml_dict(cfg)
-    assert values["lr"] == 5e-4
-    assert build_config(values, "config.yaml") .resolved_lr() == 5e-4
+    with pytest.raises(ValidationError, match="frozen"):
+        cfg.lr = 1e-3
+    changed = settings_with(cfg, lr=1e-3)
+    assert changed.lr == 1e-3 and cfg.lr is None
+    with pytest.raises(ValidationError):  # a new config is validated like any other
+        settings_with(cfg, lr=-1.0)
+    values = config_to_yaml_dict(changed)
+    assert values["lr"] == 1e-3 and values["resume"] is None
+    assert learning_rate(build_config(values, "config.yaml"), None) == 1e-3
 
 
 def test_ner_defaults_to_full_at_its_own_lr_and_a_given_lr_or_method_wins():
@@ -54,12 +63,10 @@ def test_ner_defaults_to_full_at_its_own_lr_and_a_given_lr_or_method_wins():
     2e-4 unless told otherwise; other methods keep their own rate."""
     ner = {"data": "x.conll", "task": "token-classification"}
     cfg = build_config(ner, "flags")
-    assert cfg.method == "full" and cfg.resolved_lr() == 2e-4
-    assert build_config({**ner, "method": "lora"}, "flags").resolved_lr() == 5e-4  # lora's own
-    assert build_config({**ner, "method": "lora", "lr": 1e-4}, "flags").resolved_lr() == 1e-4
-    assert build_config({"data": "x.csv", "method": "full"}, "flags").resolved_lr() == 5e-5  # sequence tasks: unchanged
-    values = config_to_yaml_dict(cfg)
-    assert values["lr"] == 2e-4 and values["method"] == "full"  # recorded: the run re-runs the same
+    assert cfg.method == "full" and learning_rate(cfg, None) == 2e-4
+    assert learning_rate(build_config({**ner, "method": "lora"}, "flags"), None) == 5e-4  # lora's own
+    assert learning_rate(build_config({**ner, "method": "lora", "lr": 1e-4}, "flags"), None) == 1e-4
+    assert learning_rate(build_config({"data": "x.csv", "method": "full"}, "flags"), None) == 5e-5  # sequence tasks: unchanged
 
 
 def test_lora_rate_falls_with_the_run_length_on_classification_only():
@@ -67,26 +74,26 @@ def test_lora_rate_falls_with_the_run_length_on_classification_only():
     "LoRA's learning rate and the run's length"): classification gets 2e-3 up to 1,000 steps, then
     a rate that halves as the steps double, down to the 5e-4 default. Other tasks and methods keep one rate."""
     lora = build_config({"data": "x.csv", "method": "lora"}, "flags")  # batch 32, 3 passes
-    assert lora.training_steps(9_000) == 3 * 282
-    assert lora.resolved_lr(9_000) == 2e-3  # banking77: 846 steps
-    assert lora.resolved_lr(20_000) == pytest.approx(2e-3 * 1000 / 1_875)  # 1,875 steps: 1.07e-3
-    assert lora.resolved_lr(60_280) == 5e-4  # all of SST-2, 5,652 steps: the floor, measured best there
-    assert lora.resolved_lr() == 5e-4  # without the data: the method's one default
-    rates = [lora.resolved_lr(rows) for rows in (100, 10_000, 40_000, 80_000, 200_000)]
+    assert training_steps(lora, 9_000) == 3 * 282
+    assert learning_rate(lora, 9_000) == 2e-3  # banking77: 846 steps
+    assert learning_rate(lora, 20_000) == pytest.approx(2e-3 * 1000 / 1_875)  # 1,875 steps: 1.07e-3
+    assert learning_rate(lora, 60_280) == 5e-4  # all of SST-2, 5,652 steps: the floor, measured best there
+    assert learning_rate(lora, None) == 5e-4  # without the data: the method's one default
+    rates = [learning_rate(lora, rows) for rows in (100, 10_000, 40_000, 80_000, 200_000)]
     assert rates == sorted(rates, reverse=True) and len(set(rates)) > 2  # never rises with more steps
-    assert build_config({"data": "x.csv", "method": "lora", "lr": 1e-4}, "flags").resolved_lr(100) == 1e-4
-    assert build_config({"data": "x.csv", "method": "full"}, "flags").resolved_lr(100) == 5e-5
+    assert learning_rate(build_config({"data": "x.csv", "method": "lora", "lr": 1e-4}, "flags"), 100) == 1e-4
+    assert learning_rate(build_config({"data": "x.csv", "method": "full"}, "flags"), 100) == 5e-5
     for task in ("regression", "token-classification", "causal-lm"):  # not measured there: one rate
-        assert build_config({"data": "x.csv", "method": "lora", "task": task}, "flags").resolved_lr(100) == 5e-4
+        assert learning_rate(build_config({"data": "x.csv", "method": "lora", "task": task}, "flags"), 100) == 5e-4
 
 
 def test_every_field_has_a_flag_and_help():
     import argparse
 
-    from tunesmith.config import add_config_flags
+    from tunesmith.commands.flags import add_flags
 
     parser = argparse.ArgumentParser()
-    add_config_flags(parser)
+    add_flags(parser, TrainConfig)
     args = parser.parse_args(["--lora-targets", "query,value", "--no-baseline", "--epochs", "1.5"])
     assert args.lora_targets == ["query", "value"] and args.baseline is False and args.epochs == 1.5
     for field in TrainConfig.model_fields.values():
@@ -101,7 +108,8 @@ def test_a_finished_run_reads_back_as_a_typed_config_and_old_layouts_migrate(tmp
 
     run = Run(tmp_path / "run")
     run.path.mkdir()
-    written = config_to_yaml_dict(TrainConfig(data="x.csv", method="lora", long_text="chunk"))
+    written = config_to_yaml_dict(TrainConfig(data="x.csv", method="lora", long_text="chunk", lr=5e-4,
+                                              model="minilm"))
     run.config_file.write_text(yaml.safe_dump(written))
     settings = run.settings()
     assert isinstance(settings, TrainConfig) and settings.long_text == "chunk"
@@ -126,10 +134,10 @@ def test_default_epochs_give_small_data_enough_steps():
 
     cfg = build_config({"method": "lora"}, "t")  # batch 32
     assert cfg.epochs is None
-    assert cfg.resolved_epochs(9000) == 3.0  # 282 steps a pass
-    assert cfg.resolved_epochs(320) == 10.0  # 10 steps a pass: 100 steps need 10
-    assert cfg.resolved_epochs(1000) == 4.0  # 32 steps a pass: 4 passes make 128
-    assert cfg.resolved_epochs(10) == 10.0  # never more than 10
-    assert build_config({"epochs": 1}, "t").resolved_epochs(320) == 1.0
+    assert epochs(cfg, 9000) == 3.0  # 282 steps a pass
+    assert epochs(cfg, 320) == 10.0  # 10 steps a pass: 100 steps need 10
+    assert epochs(cfg, 1000) == 4.0  # 32 steps a pass: 4 passes make 128
+    assert epochs(cfg, 10) == 10.0  # never more than 10
+    assert epochs(build_config({"epochs": 1}, "t"), 320) == 1.0
     accumulated = build_config({"batch_size": 8, "grad_accum": 4}, "t")  # 32 rows a step, as above
-    assert accumulated.resolved_epochs(320) == 10.0
+    assert epochs(accumulated, 320) == 10.0

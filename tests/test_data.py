@@ -3,10 +3,9 @@ import json
 import pandas as pd
 import pytest
 
-from conftest import make_rows, write_csv
+from conftest import make_rows, split_data as load_splits, write_csv
 from tunesmith.data.sources import read_source
 from tunesmith.data.split import dedupe, stratified_indices
-from tunesmith.data.splits import load_splits
 from tunesmith.errors import UserError
 
 

@@ -105,15 +105,16 @@ def test_e5_small_resolves_by_name_and_says_how_to_install(monkeypatch, tmp_path
 
 
 def test_text_in_another_script_gets_the_multilingual_model_by_default():
-    from tunesmith.config import TrainConfig
-    from tunesmith.models import choose_for_data
-    from tunesmith.tasks import TASKS
+    from types import SimpleNamespace
 
-    task = TASKS["text-classification"]
-    chinese = ["这部电影真的很好看", "服务态度很差，不推荐", "ok 好的"]
-    cfg = TrainConfig()
-    line = choose_for_data(cfg, task, chinese)
-    assert cfg.model == "e5-small" and "CJK" in line and "--model minilm" in line
-    assert choose_for_data(TrainConfig(), task, ["a fine film", "Ein gutes Buch"]) is None  # Latin script: MiniLM
-    given = TrainConfig(model="minilm")
-    assert choose_for_data(given, task, chinese) is None and given.model == "minilm"  # the user's choice stands
+    from tunesmith.config import TrainConfig
+    from tunesmith.plan import choose_model
+
+    def splits_of(texts):
+        return SimpleNamespace(train=SimpleNamespace(texts=texts))
+
+    chinese = splits_of(["这部电影真的很好看", "服务态度很差，不推荐", "ok 好的"])
+    model, line = choose_model(TrainConfig(), chinese)
+    assert model == "e5-small" and "CJK" in line and "--model minilm" in line
+    assert choose_model(TrainConfig(), splits_of(["a fine film", "Ein gutes Buch"]))[0] == "minilm"  # Latin script
+    assert choose_model(TrainConfig(model="minilm"), chinese) == ("minilm", "given")  # the user's choice stands

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from conftest import make_rows, train_args, write_csv
+from tunesmith.plan import learning_rate
 from tunesmith.cli import main
 from tunesmith.config import build_config
 
@@ -28,8 +29,8 @@ def _one_error_line(capsys) -> str:
 
 def test_each_task_gets_its_own_defaults_and_what_the_user_gives_wins():
     image = build_config({"task": "image-classification"}, "flags")
-    assert image.method == "full" and image.resolved_lr() == 1e-3  # LoRA cannot adapt the default CNN
-    assert build_config({"task": "image-classification", "model": "some/vit"}, "flags").resolved_lr() == 5e-5
+    assert image.method == "full" and learning_rate(image, None) == 1e-3  # LoRA cannot adapt the default CNN
+    assert learning_rate(build_config({"task": "image-classification", "model": "some/vit"}, "flags"), None) == 5e-5
     lm = build_config({"task": "causal-lm"}, "flags")
     assert (lm.batch_size, lm.grad_accum, lm.method) == (2, 16, "lora")
     pairs = build_config({"task": "preference"}, "flags")

@@ -387,6 +387,23 @@ def test_compare_trains_each_method_on_the_same_splits_and_tabulates_them(tmp_pa
     assert "unknown method 'nonsense'" in capsys.readouterr().err and not (tmp_path / "x").exists()
 
 
+def test_compare_and_train_resolve_a_method_the_same_way(tmp_path, tiny_model, toy_csv):
+    """`compare --methods lora` once wrote each config before reading the data, so its LoRA
+    trained at the method's long-run 5e-4 while `train --method lora` on the same data chose
+    2e-3 for its few steps. Both now record the plan resolved from the data."""
+    import yaml
+
+    shared = [toy_csv, "--model", tiny_model, "--max-length", "16", "--batch-size", "8", "--max-steps", "2",
+              "--no-baseline", "--no-quality-checks", "--seed", "0"]
+    assert main(["compare", *shared[:1], "--methods", "lora", "--output-folder", str(tmp_path / "cmp"), *shared[1:]]) == 0
+    assert main(["train", "--data", *shared, "--method", "lora", "--output", str(tmp_path), "--name", "alone"]) == 0
+    compared = yaml.safe_load((tmp_path / "cmp" / "runs" / "lora" / "config.yaml").read_text())
+    alone = yaml.safe_load((tmp_path / "alone" / "config.yaml").read_text())
+    for key in ("lr", "epochs", "model", "max_length", "metric", "batch_size", "grad_accum"):
+        assert compared[key] == alone[key], key
+    assert alone["lr"] == 2e-3 and alone["epochs"] > 3  # a short run: LoRA's short-run rate, raised passes
+
+
 @pytest.mark.parametrize("verb", ["train", "check", "eval", "predict", "serve", "generate", "compare", "soup",
                                   "ensemble", "quickstart"])
 def test_every_verb_has_working_help(verb, capsys):

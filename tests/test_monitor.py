@@ -14,7 +14,7 @@ import pytest
 
 from conftest import CUES, FILLER, train_tiny_run
 from tunesmith.cli import main
-from tunesmith.commands.monitor import monitor
+from tunesmith.commands import monitor as monitor_command
 from tunesmith.errors import UserError
 from tunesmith.monitor.store import Store
 
@@ -57,6 +57,14 @@ def stream_rows(seed: int = 0) -> list[dict]:
                              "ticker": ticker, "text": text(rng, mood)})
     rows.sort(key=lambda r: r["time"])
     return rows
+
+
+def monitor(sentiment, source, store, rules=None, *, log=print, stdin=None, sleep=None, alerts_jsonl=None,
+            report_path=None, **settings) -> dict:
+    """The monitor over `source`, its settings as `tunesmith monitor` flags name them."""
+    args = monitor_command.MonitorArgs(sentiment=sentiment, source=source, store=store, rules=rules,
+                                       alerts=alerts_jsonl, report=report_path, **settings)
+    return monitor_command.monitor(args, log=log, stdin=stdin, **({"sleep": sleep} if sleep else {}))
 
 
 def write_jsonl(path, rows) -> str:
@@ -284,11 +292,11 @@ def test_keyword_topics_and_a_csv_source(sentiment, tmp_path):
 def _service(sentiment, tmp_path, keys=("k" * 24,)):
     from fastapi.testclient import TestClient
 
-    from tunesmith.commands.monitor import _pipeline
+    from tunesmith.commands.monitor import MonitorArgs, _pipeline
     from tunesmith.monitor.service import create_app
     from tunesmith.serve.security import KeyRing
 
-    pipeline = _pipeline(sentiment, str(tmp_path / "m.db"), None, "ticker", None, None, None, None, None, "90d",
+    pipeline = _pipeline(MonitorArgs(sentiment=sentiment, store=str(tmp_path / "m.db"), topics_from="ticker"),
                          lambda _: None)
     return TestClient(create_app(pipeline, KeyRing(list(keys)), pipeline.rules.window_s), base_url="http://localhost")
 

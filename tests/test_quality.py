@@ -12,7 +12,8 @@ import yaml
 from conftest import make_rows, write_csv
 
 from tunesmith.cli import build_parser, main
-from tunesmith.quality import images, inspect, labels as label_checks, neighbours, text
+from tunesmith.data import text
+from tunesmith.quality import images, inspect, labels as label_checks, neighbours
 
 
 def _clusters(seed: int, share: float, n: int = 100, k: int = 5, d: int = 16):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tunesmith.data.batching import IGNORE
-from tunesmith.train.token_logprobs import answer_logprobs, mean_answer_loss
+from tunesmith.tasks.token_logprobs import answer_logprobs, mean_answer_loss
 
 
 def _batch(vocab: int):

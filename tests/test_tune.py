@@ -15,6 +15,7 @@ from conftest import make_rows, write_csv
 
 optuna = pytest.importorskip("optuna")
 
+from tunesmith.plan import learning_rate
 from tunesmith.cli import main  # noqa: E402
 from tunesmith.errors import UserError  # noqa: E402
 from tunesmith.search.space import parse_space, suggest  # noqa: E402
@@ -108,7 +109,7 @@ def test_the_default_lr_range_centres_on_the_rate_train_would_choose_for_the_dat
     assert (short.low, short.high) == (5e-4, 8e-3)  # 2e-3: 75 steps of 32 over 3 epochs
     assert (long.low, long.high) == (1.3e-4, 2e-3)  # 5e-4: the floor, 18,750 steps
     ner = default_space(build_config({"method": "lora", "task": "token-classification"}, "t"), 800)["lr"]
-    assert ner.low < build_config({"method": "lora", "task": "token-classification"}, "t").resolved_lr() < ner.high
+    assert ner.low < learning_rate(build_config({"method": "lora", "task": "token-classification"}, "t"), None) < ner.high
 
 
 # ---- studies ------------------------------------------------------------------------------------

@@ -7,11 +7,8 @@ the key and say what is allowed. Config files are plain YAML data: nothing in th
 
 from __future__ import annotations
 
-import argparse
 import difflib
 import math
-import types
-import typing
 from pathlib import Path
 from typing import Any, Literal, Optional
 
@@ -19,6 +16,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tunesmith.errors import UserError
+from tunesmith.methods import METHODS
+from tunesmith.quality.inspection import NEAR_THRESHOLD
+from tunesmith.tasks import TASKS, infer_task, single_label
 
 
 CONFIG_VERSION = 2  # the layout of config.yaml; `migrate` brings older run folders up to it
@@ -27,9 +27,6 @@ CONFIG_VERSION = 2  # the layout of config.yaml; `migrate` brings older run fold
 # Settings sections: each group of keys is its own small model, so a method or task reads (and
 # declares, as `settings`) only its own section. Flags and YAML keys stay flat: `--lora-r 16`,
 # `lora_r: 16`; a section's keys are simply the fields `TrainConfig` inherits from it.
-
-# The default number of passes (see TrainConfig.resolved_epochs).
-DEFAULT_EPOCHS, MIN_DEFAULT_STEPS, MAX_DEFAULT_EPOCHS = 3.0, 100, 10.0
 
 class DataSettings(BaseModel):
     """What to learn from: the task, the data files and how they are split."""
@@ -80,7 +77,7 @@ class DataSettings(BaseModel):
         "perceptual hash), so the scores are on unseen data.",
     )
     near_threshold: float = Field(
-        0.95, gt=0, le=1, description="Cosine similarity of mean-pooled features at and above which two texts are "
+        NEAR_THRESHOLD, gt=0, le=1, description="Cosine similarity of mean-pooled features at and above which two texts are "
         "near-duplicates (check and --dedupe near).",
     )
 
@@ -106,83 +103,6 @@ class ModelSettings(BaseModel):
         "auto", description="What a sequence head reads: auto (what the backbone was trained to give: mean for "
         "sentence-embedding models whose pooling config says so, such as minilm; else [CLS]), mean (the mean of the "
         "last hidden states over real tokens; the head starts as the linear probe), or cls (transformers' own head).")
-
-
-class FreezeSettings(BaseModel):
-    """freeze: how much of the body trains beside the head."""
-
-    unfreeze_top_k: int = Field(0, ge=0, description="freeze: also train the top k transformer layers.")
-
-
-class AdapterSettings(BaseModel):
-    """adapter: the bottleneck adapters inserted in each layer."""
-
-    adapter_layout: Literal["houlsby", "pfeiffer"] = Field(
-        "houlsby", description="adapter: after attention and feed-forward (houlsby) or after feed-forward only (pfeiffer).")
-    adapter_size: int = Field(64, gt=0, description="adapter: bottleneck width.")
-
-
-class PromptSettings(BaseModel):
-    """prefix, prompt, ptuning: the learned virtual tokens."""
-
-    prompt_tokens: int = Field(20, gt=0, description="prefix, prompt, ptuning: number of learned virtual tokens.")
-
-
-class ZeroShotSettings(BaseModel):
-    """zero-shot: what each label's embedding is made from."""
-
-    label_descriptions: Optional[dict[str, str]] = Field(
-        None, description="zero-shot: a description per label (YAML mapping, or JSON on the command line), "
-        "embedded instead of the bare label name.")
-
-
-class LoraSettings(BaseModel):
-    """lora, adalora, qlora: the low-rank update."""
-
-    lora_r: int = Field(8, gt=0, description="LoRA rank.")
-    lora_alpha: float = Field(16.0, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
-    lora_dropout: float = Field(0.1, ge=0, lt=1, description="Dropout on the LoRA input.")
-    lora_targets: Optional[list[str]] = Field(
-        None, description="Module names LoRA adapts (default: chosen per architecture)."
-    )
-    lora_rslora: bool = Field(False, description="LoRA: rank-stabilised scaling alpha / sqrt(r) (rsLoRA).")
-    lora_dora: bool = Field(False, description="LoRA: weight-decomposed adapters (DoRA): a learned magnitude per output.")
-
-
-class ImageSettings(BaseModel):
-    """image-classification: the pictures and their augmentation."""
-
-    image_size: Optional[int] = Field(None, gt=7, description="image-classification: input side in pixels "
-                                      "(default: the backbone's, 224 for efficientnet-lite0).")
-    image_flip: bool = Field(True, description="image-classification: random horizontal flips in training "
-                             "(turn off for digits and text in images).")
-    bad_images: Literal["skip", "error"] = Field(
-        "skip", description="image-classification: unreadable images are reported and skipped, or refused."
-    )
-
-
-class ChatSettings(BaseModel):
-    """causal-lm: which tokens train and how rows are filled."""
-
-    train_on_prompt: bool = Field(False, description="causal-lm: train on every token, not only the assistant's answers.")
-    packing: bool = Field(False, description="causal-lm: pack short training examples into max_length rows "
-                          "(examples never attend to each other).")
-
-
-class AnswerSettings(BaseModel):
-    """causal-lm and preference: the answers generated in evaluation and predict."""
-
-    eval_answers: int = Field(20, ge=0, description="causal-lm, preference: test prompts answered for exact match and "
-                              "ROUGE-L (base and tuned model); 0: none.")
-    max_new_tokens: int = Field(128, gt=0, description="causal-lm, preference: longest generated answer in evaluation "
-                                "and predict.")
-
-
-class DpoSettings(BaseModel):
-    """preference: Direct Preference Optimisation."""
-
-    dpo_beta: float = Field(0.1, gt=0, description="preference: DPO's beta (how far the policy may move from "
-                            "the reference; smaller = further).")
 
 
 class OptimSettings(BaseModel):
@@ -295,17 +215,27 @@ class ContinualSettings(BaseModel):
                               "weights near their old values (0: off; 1e2-1e4 is typical). full, freeze, bitfit.")
 
 
+def plugin_sections() -> tuple[type[BaseModel], ...]:
+    """The settings sections the registered tasks and methods declare (each in its own
+    module, as LoraSettings in methods/peft_common.py), once each, in registration order."""
+    found: list[type[BaseModel]] = []
+    for plugin in [*TASKS.values(), *METHODS.values()]:
+        found.extend(section for section in plugin.settings if section not in found)
+    return tuple(found)
+
+
 class TrainConfig(
     # pydantic lists the fields of the last base first, so the sections read bottom-up here
-    # and top-down in `--help` and config.yaml.
+    # and top-down in `--help` and config.yaml: data, model, the plug-ins' sections, then
+    # optimisation and the rest.
     ContinualSettings, OutputSettings, EvalSettings, RegularisationSettings, OptimSettings,
-    DpoSettings, AnswerSettings, ChatSettings, ImageSettings, LoraSettings, ZeroShotSettings, PromptSettings, AdapterSettings,
-    FreezeSettings, ModelSettings, DataSettings,
+    *reversed(plugin_sections()), ModelSettings, DataSettings,
 ):
     """Settings of one fine-tuning run (`tunesmith train`), and of a finished run when read
     back from its config.yaml (`Run.settings()`)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # Frozen: a run's settings are resolved once (plan.py) into a new config, never edited.
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     config_version: int = Field(CONFIG_VERSION, ge=1, description="Layout version of the config (written to "
                                 "every run's config.yaml; older run folders are migrated when read).")
@@ -315,8 +245,6 @@ class TrainConfig(
     def _task_defaults(cls, values: Any) -> Any:
         """Settings the user left out take the task's defaults (a causal LM's batch is not a
         sentence classifier's; LoRA cannot adapt a CNN). What was given is kept as it is."""
-        from tunesmith.tasks import TASKS
-
         if not isinstance(values, dict):
             return values
         task = TASKS.get(values.get("task", cls.model_fields["task"].default))
@@ -331,9 +259,6 @@ class TrainConfig(
     @classmethod
     def _registered(cls, value: str, info) -> str:
         """Tasks and methods are plug-ins: the valid names are whatever is registered."""
-        from tunesmith.methods import METHODS
-        from tunesmith.tasks import TASKS
-
         registry = TASKS if info.field_name == "task" else METHODS
         if value not in registry:
             raise ValueError(f"unknown {info.field_name} {value!r}; available: {', '.join(sorted(registry))}")
@@ -341,10 +266,6 @@ class TrainConfig(
 
     @model_validator(mode="after")
     def _metric_of_task(self) -> "TrainConfig":
-        from tunesmith.methods import METHODS
-        from tunesmith.tasks import TASKS
-        from tunesmith.train.losses import single_label
-
         method = METHODS[self.method]
         if method.tasks is not None and self.task not in method.tasks:
             raise ValueError(f"method {self.method} is for {' and '.join(method.tasks)}, not {self.task}")
@@ -386,54 +307,17 @@ class TrainConfig(
         return self
 
     def resolved_metric(self) -> str:
-        from tunesmith.tasks import TASKS
-
         return self.metric or TASKS[self.task].default_metric
 
     def resolved_model(self) -> str:
-        from tunesmith.tasks import TASKS
-
         return self.model or TASKS[self.task].default_model
 
     def resolved_max_length(self) -> int:
-        from tunesmith.tasks import TASKS
-
         return self.max_length or TASKS[self.task].default_max_length
-
-    def resolved_epochs(self, train_rows: int) -> float:
-        """--epochs, else 3 passes, raised so that training takes at least MIN_DEFAULT_STEPS
-        optimizer steps (at most MAX_DEFAULT_EPOCHS passes). Three passes over 320 rows are 30
-        steps: too few for a head and an adapter to settle (measured in docs/benchmarks.md,
-        "Defaults")."""
-        if self.epochs is not None:
-            return self.epochs
-        passes = math.ceil(MIN_DEFAULT_STEPS / max(1, self.steps_per_epoch(train_rows)))
-        return float(min(MAX_DEFAULT_EPOCHS, max(DEFAULT_EPOCHS, passes)))
 
     def steps_per_epoch(self, train_rows: int) -> int:
         """Optimizer steps in one pass over `train_rows` examples (the last batch may be short)."""
         return math.ceil(math.ceil(train_rows / self.batch_size) / self.grad_accum)
-
-    def resolved_lr(self, train_rows: int | None = None) -> float:
-        """--lr, else the task's rate for this method and model (NER's, a CNN's), else the
-        method's: for a run over `train_rows` where the task allows it, the method's rate for
-        that many optimizer steps (LoRA: larger on short runs), else its one default."""
-        from tunesmith.methods import METHODS
-        from tunesmith.tasks import TASKS
-
-        if self.lr is not None:
-            return self.lr
-        task, method = TASKS[self.task], METHODS[self.method]
-        task_lr = task.default_lr(self.method, self.resolved_model())
-        if task_lr is not None:
-            return task_lr
-        if train_rows is not None and task.lr_by_steps:
-            return method.lr_for_steps(self.training_steps(train_rows))
-        return method.default_lr
-
-    def training_steps(self, train_rows: int) -> int:
-        """Optimizer steps of the whole run over `train_rows` examples."""
-        return math.ceil(self.steps_per_epoch(train_rows) * self.resolved_epochs(train_rows))
 
 
 # ------------------------------------------------------------------------------------
@@ -492,8 +376,6 @@ def build_config(values: dict[str, Any], source: str) -> TrainConfig:
         if earlier.is_file():
             values = {**values, "task": read_yaml_mapping(str(earlier)).get("task")}
     if "task" not in values and values.get("data"):
-        from tunesmith.tasks import infer_task
-
         values = {**values, "task": infer_task(str(values["data"]))}  # only where the data is unambiguous
     try:
         return TrainConfig(**values)
@@ -538,9 +420,6 @@ def keys_read(values: dict[str, Any]) -> dict[str, Any]:
 def unread_sections(task: str, method: str) -> dict[str, str]:
     """Keys of the settings sections that neither `task` nor `method` declares, each with who
     reads it ("--method lora, adalora, qlora"): setting one is a mistake the config refuses."""
-    from tunesmith.methods import METHODS
-    from tunesmith.tasks import TASKS
-
     own = set(getattr(TASKS.get(task), "settings", ())) | set(getattr(METHODS.get(method), "settings", ()))
     readers: dict[type, str] = {}
     for flag, registry in (("--task", TASKS), ("--method", METHODS)):
@@ -551,62 +430,5 @@ def unread_sections(task: str, method: str) -> dict[str, str]:
 
 
 def config_to_yaml_dict(cfg: TrainConfig) -> dict[str, Any]:
-    """The fully resolved config, as written to a run's config.yaml (re-runnable as is)."""
-    values = cfg.model_dump()
-    values["lr"] = cfg.resolved_lr()
-    values["metric"] = cfg.resolved_metric()
-    values["model"] = cfg.resolved_model()
-    values["max_length"] = cfg.resolved_max_length()
-    values["resume"] = None
-    return values
-
-
-FLAG_ALIASES = {"from_run": "--from"}  # the short spelling users type: tunesmith train --from RUN
-
-
-def add_config_flags(parser: argparse.ArgumentParser, model: type[BaseModel] = None, skip: tuple = ()) -> None:
-    """One `--flag` per field of `model` (TrainConfig by default), typed, with its description as help."""
-    for name, field in (model or TrainConfig).model_fields.items():
-        if name in skip or name == "config_version":  # written by tunesmith, not a setting to choose
-            continue
-        flags = ["--" + name.replace("_", "-")] + ([FLAG_ALIASES[name]] if name in FLAG_ALIASES else [])
-        kind, choices = _flag_type(field.annotation)
-        help_text = f"{field.description} (default: {field.default})"
-        if kind is bool and field.default is False:  # an opt-in switch: --no-auth, not --no-no-auth
-            parser.add_argument(*flags, dest=name, action="store_true", default=None, help=help_text)
-        elif kind is bool:
-            parser.add_argument(*flags, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
-        elif kind is list:
-            parser.add_argument(*flags, dest=name, type=_comma_list, default=None, metavar="A,B", help=help_text)
-        else:
-            parser.add_argument(*flags, dest=name, type=kind, choices=choices, default=None, help=help_text)
-
-
-def _flag_type(annotation: Any) -> tuple[Any, Optional[list[str]]]:
-    origin = typing.get_origin(annotation)
-    if origin in (typing.Union, types.UnionType):
-        inner = [a for a in typing.get_args(annotation) if a is not type(None)]
-        return _flag_type(inner[0])
-    if origin is Literal:
-        return str, list(typing.get_args(annotation))
-    if origin is list:
-        return list, None
-    if origin is dict:
-        return _json_mapping, None
-    return annotation, None
-
-
-def _json_mapping(text: str) -> dict:
-    import json
-
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError:
-        raise argparse.ArgumentTypeError('give a JSON object, like \'{"refund": "asks for money back"}\'') from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError("give a JSON object of names to texts")
-    return value
-
-
-def _comma_list(text: str) -> list[str]:
-    return [part.strip() for part in text.split(",") if part.strip()]
+    """A run's config.yaml: its settings as a plan resolved them (re-runnable as is)."""
+    return {**cfg.model_dump(), "resume": None}

@@ -28,11 +28,10 @@ class EnsemblePredictor:
     max_length: int
 
     @classmethod
-    def from_run(cls, run: Run) -> "EnsemblePredictor":
-        from tunesmith.inference import Predictor
-
+    def from_run(cls, run: Run, load_member) -> "EnsemblePredictor":
+        """`load_member(Run)`: a member's predictor (`Predictor.from_run`, which loads this)."""
         spec = read_json(run.path / "ensemble.json")
-        members = [Predictor.from_run(Run(run.path / m)) for m in spec["members"]]
+        members = [load_member(Run(run.path / m)) for m in spec["members"]]
         return cls(members, spec["combine"], run.labels(), task=members[0].task, max_length=members[0].max_length)
 
     @property

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from tunesmith.inference import evaluating
+from tunesmith.forward import evaluating
 
 GENERATE_BATCH = 8  # prompts decoded together (left-padded); bigger batches pad more on CPU
 

@@ -74,15 +74,15 @@ def position_limit(source: str) -> int | None:
 MULTILINGUAL = "e5-small"  # the default for text not written in Latin script (e5small.py)
 
 
-def choose_for_data(cfg, task, texts: list) -> str | None:
-    """With no --model, a task whose default is the English MiniLM takes the multilingual model
-    when most letters of the training texts are in another script (Chinese, Cyrillic, Arabic,
-    ...): MiniLM's vocabulary turns most of them into [UNK]. Sets cfg.model and returns the
-    one line that says so; None when nothing changes. (A script check: German or Spanish in
-    Latin letters keep MiniLM; pass --model e5-small for them.)"""
-    from tunesmith.quality.text import letter_scripts
+def multilingual_choice(task, texts: list) -> str | None:
+    """The line saying why a run with no --model reads `texts` with the multilingual model, or
+    None when the task's default stays: a task whose default is the English MiniLM switches when
+    most letters of the training texts are in another script (Chinese, Cyrillic, Arabic, ...),
+    which MiniLM's vocabulary turns into [UNK]. (A script check: German or Spanish in Latin
+    letters keep MiniLM; pass --model e5-small for them.)"""
+    from tunesmith.data.text import letter_scripts
 
-    if cfg.model is not None or task.default_model not in MINILM_NAMES:
+    if task.default_model not in MINILM_NAMES:
         return None
     scripts = letter_scripts(texts)
     total = sum(scripts.values())
@@ -91,29 +91,31 @@ def choose_for_data(cfg, task, texts: list) -> str | None:
     script, letters = scripts.most_common(1)[0]
     if script == "LATIN":
         return None
-    cfg.model = MULTILINGUAL
     return (f"model: {MULTILINGUAL} (multilingual-e5-small), because {letters / total:.0%} of the training text's "
             f"letters are {script}, which the English default (minilm) cannot read; --model minilm keeps it")
 
 
-def fit_max_length(cfg, source: str, processor) -> list[str]:
-    """Hold `cfg.max_length` to what the model reads, before any run folder exists: a value
-    the user gave above the limit is refused (it would crash in the first batch); a task's
-    default above it is lowered, with a note. The limit is also set on the tokenizer, so
-    `check` never suggests more. Returns the notes."""
+def max_length_for(cfg, source: str) -> tuple[int, str | None]:
+    """The longest tokenised text of a run of `cfg` on the model at `source`, and a note when
+    the task's default had to come down to what the model reads. A value the user gave above
+    the model's limit is refused (it would crash in the first batch)."""
+    wanted = cfg.resolved_max_length()
     limit = position_limit(source)
-    if limit is None:
-        return []
-    tokenizer = getattr(processor, "tokenizer", processor)
-    if hasattr(tokenizer, "model_max_length"):
-        tokenizer.model_max_length = limit
-    if cfg.max_length is not None and cfg.max_length > limit:
+    if limit is None or wanted <= limit:
+        return wanted, None
+    if cfg.max_length is not None:
         raise UserError(f"--max-length {cfg.max_length}: {cfg.resolved_model()} reads at most {limit} tokens "
                         f"(its position embeddings); use --max-length {limit} or less")
-    if cfg.resolved_max_length() > limit:
-        cfg.max_length = limit
-        return [f"max_length {limit}: the most {cfg.resolved_model()} reads"]
-    return []
+    return limit, f"max_length {limit}: the most {cfg.resolved_model()} reads"
+
+
+def hold_to_limit(processor, source: str) -> None:
+    """Tell the tokenizer how many tokens the model at `source` reads, so `check` never
+    suggests a longer max_length."""
+    limit = position_limit(source)
+    tokenizer = getattr(processor, "tokenizer", processor)
+    if limit is not None and hasattr(tokenizer, "model_max_length"):
+        tokenizer.model_max_length = limit
 
 
 def with_new_head(auto_class, source: str, labels: list[str], **extra):

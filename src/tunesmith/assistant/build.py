@@ -15,8 +15,10 @@ import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
+from pydantic import BaseModel, Field
 
 from tunesmith.assistant import calibration, scope
 from tunesmith.assistant.encoder import BiEncoder, retrieval_metrics
@@ -30,25 +32,41 @@ DEFAULT_SIMILARITY = 0.6  # retrieval threshold when there is nothing to calibra
 K = 5
 
 
-def build(kb_path: str, folder: str, intents_run: str | None = None, generator_run: str | None = None,
-          model: str | None = None, epochs: int = 1, lr: float = 2e-5, target: float = calibration.TARGET_ACCURACY,
-          max_length: int = 128, max_new_tokens: int = 96, seed: int = 0, keep_in_scope: float = scope.KEEP_IN_SCOPE,
-          log=print) -> Path:
+class BuildArgs(BaseModel):
+    """`tunesmith assistant build --kb FAQ.csv --out FOLDER`."""
+
+    kb: str = Field(description="CSV/TSV/JSONL of question and answer (optional intent: its template)")
+    out: str = Field(description="folder for the assistant")
+    intents: Optional[str] = Field(None, description="finished text-classification run that names each question's "
+                                   "intent")
+    generator: Optional[str] = Field(None, description="finished causal-lm run that writes answers from retrieved "
+                                     "passages")
+    model: Optional[str] = Field(None, description="retriever's base model (default: the intent run's, else minilm)")
+    epochs: int = Field(1, gt=0, description="bi-encoder fine-tuning passes")
+    lr: float = Field(2e-5, gt=0, description="bi-encoder learning rate")
+    target: float = Field(calibration.TARGET_ACCURACY, gt=0, le=1, description="accuracy the thresholds must reach "
+                          "on held-out data (coverage is traded for it)")
+    keep_in_scope: float = Field(scope.KEEP_IN_SCOPE, gt=0, le=1, description="share of the intent run's validation "
+                                 "questions the out-of-scope check lets through; lower catches more out-of-scope "
+                                 "questions and answers fewer in-scope ones")
+    max_length: int = Field(128, gt=1, description="longest question or answer the retriever reads, in tokens")
+    max_new_tokens: int = Field(96, gt=0, description="with --generator: longest generated answer")
+    seed: int = Field(0, description="seed of the held-out split and the fine-tuning")
+
+
+def build(args: BuildArgs, log=print) -> Path:
     from tunesmith import models
     from tunesmith.inference import Predictor
-    from tunesmith.io import atomic_dir, write_json
     from tunesmith.runs import open_finished
 
-    if not 0 < keep_in_scope <= 1:
-        raise UserError(f"--keep-in-scope {keep_in_scope}: a share of questions, above 0 and at most 1 (e.g. 0.95)")
-    entries = read_kb(kb_path)
-    intents = _intents(intents_run, open_finished, Predictor)
-    if generator_run and not Predictor.from_run(open_finished(generator_run)).task.generative:
-        raise UserError(f"--generator {generator_run}: not a causal-lm or preference run; it cannot write answers")
-    base = model or (open_finished(intents_run).settings().resolved_model() if intents_run else "minilm")
-    encoder = BiEncoder(models.resolve(base), max_length)
+    entries = read_kb(args.kb)
+    intents = _intents(args.intents, open_finished, Predictor)
+    if args.generator and not Predictor.from_run(open_finished(args.generator)).task.generative:
+        raise UserError(f"--generator {args.generator}: not a causal-lm or preference run; it cannot write answers")
+    base = args.model or (open_finished(args.intents).settings().resolved_model() if args.intents else "minilm")
+    encoder = BiEncoder(models.resolve(base), args.max_length)
 
-    rng = random.Random(seed)
+    rng = random.Random(args.seed)
     order = list(range(len(entries)))
     rng.shuffle(order)
     held = order[:int(HOLDOUT * len(entries))] if len(entries) >= MIN_HOLDOUT_PAIRS / HOLDOUT else []
@@ -59,31 +77,48 @@ def build(kb_path: str, folder: str, intents_run: str | None = None, generator_r
     if held:
         scores["before"] = _retrieval(encoder, entries, held, answers)
         log(f"retrieval before fine-tuning, {len(held)} held-out questions: " + _line(scores["before"]))
-    encoder.fine_tune(train, epochs=epochs, lr=lr, seed=seed, log=log)
+    encoder.fine_tune(train, epochs=args.epochs, lr=args.lr, seed=args.seed, log=log)
     index = VectorIndex(encoder.embed(answers))
-    settings = {"kb": str(kb_path), "intents_run": intents_run, "generator_run": generator_run, "model": base,
-                "max_length": max_length, "max_new_tokens": max_new_tokens, "target_accuracy": target}
+    settings = {"kb": str(args.kb), "intents_run": args.intents, "generator_run": args.generator, "model": base,
+                "max_length": args.max_length, "max_new_tokens": args.max_new_tokens, "target_accuracy": args.target}
     curves: dict = {"retrieval": [], "intent": [], "scope": []}
     if held:
         scores["after"] = _retrieval(encoder, entries, held, answers, index)
         log("retrieval after fine-tuning: " + _line(scores["after"]))
         curves["retrieval"] = calibration.curve(scores["after"]["top_similarity"], scores["after"]["top_correct"])
-        settings["retrieval_threshold"] = calibration.choose(curves["retrieval"], target)
+        settings["retrieval_threshold"] = calibration.choose(curves["retrieval"], args.target)
     else:
         settings["retrieval_threshold"] = DEFAULT_SIMILARITY
         log(f"{len(entries)} pairs: too few to hold some out; retrieval threshold {DEFAULT_SIMILARITY} (not calibrated)")
-    detector = None
-    if intents is not None:
-        curves["intent"] = calibration.curve(intents.confidence, intents.correct)
-        settings["intent_threshold"] = calibration.choose(curves["intent"], target)
-        detector, curves["scope"] = scope.fit(encoder.embed, intents.train_texts, intents.val_texts,
-                                              intents.confidence, keep_in_scope, seed)
-        settings["scope_threshold"], settings["keep_in_scope"] = detector.threshold, keep_in_scope
-        log(f"out-of-scope detector: threshold {detector.threshold:.3f} keeps {keep_in_scope:.0%} of the intent run's "
-            "validation questions")
-    else:
+    detector = _intent_calibration(intents, encoder, args, settings, curves, log)
+    target_dir = Path(args.out)
+    _write(target_dir, settings, entries, encoder, index, detector, {"curves": curves, "retrieval": {
+        k: {m: v for m, v in s.items() if not m.startswith("top_")} for k, s in scores.items()}})
+    log(f"wrote {target_dir}: intent threshold {settings['intent_threshold']:.3f}, retrieval threshold "
+        f"{settings['retrieval_threshold']:.3f} (each the lowest reaching {args.target:.0%} accuracy on held-out data)")
+    return target_dir
+
+
+def _intent_calibration(intents, encoder, args: BuildArgs, settings: dict, curves: dict, log):
+    """The intent route's threshold and the out-of-scope detector, into `settings` and `curves`;
+    the detector (None without an intent run)."""
+    if intents is None:
         settings["intent_threshold"] = 1.01  # no intent run: the template route is never taken
-    target_dir = Path(folder)
+        return None
+    curves["intent"] = calibration.curve(intents.confidence, intents.correct)
+    settings["intent_threshold"] = calibration.choose(curves["intent"], args.target)
+    detector, curves["scope"] = scope.fit(encoder.embed, intents.train_texts, intents.val_texts,
+                                          intents.confidence, args.keep_in_scope, args.seed)
+    settings["scope_threshold"], settings["keep_in_scope"] = detector.threshold, args.keep_in_scope
+    log(f"out-of-scope detector: threshold {detector.threshold:.3f} keeps {args.keep_in_scope:.0%} of the intent "
+        "run's validation questions")
+    return detector
+
+
+def _write(target_dir: Path, settings: dict, entries, encoder, index, detector, calibrated: dict) -> None:
+    """The assistant folder, all of it or nothing."""
+    from tunesmith.io import atomic_dir, write_json
+
     with atomic_dir(target_dir) as tmp:
         write_json(tmp / "assistant.json", settings)
         (tmp / "kb.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in to_rows(entries)),
@@ -92,12 +127,7 @@ def build(kb_path: str, folder: str, intents_run: str | None = None, generator_r
         index.save(tmp)
         if detector is not None:
             detector.save(tmp)
-        write_json(tmp / "calibration.json", {"curves": curves, "retrieval": {k: {m: v for m, v in s.items()
-                                                                                    if not m.startswith("top_")}
-                                                                                for k, s in scores.items()}})
-    log(f"wrote {target_dir}: intent threshold {settings['intent_threshold']:.3f}, retrieval threshold "
-        f"{settings['retrieval_threshold']:.3f} (each the lowest reaching {target:.0%} accuracy on held-out data)")
-    return target_dir
+        write_json(tmp / "calibration.json", calibrated)
 
 
 @dataclass

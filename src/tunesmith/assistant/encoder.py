@@ -34,8 +34,8 @@ class BiEncoder:
 
     def embed(self, texts: list[str]) -> np.ndarray:
         """Unit vectors, in the order of `texts` (the baseline's mean-pooled embedding, normalised)."""
-        from tunesmith.quality.features import embed_with
-        from tunesmith.quality.neighbours import normalise
+        from tunesmith.evaluate.features import embed_with
+        from tunesmith.evaluate.features import normalise
 
         return normalise(embed_with(self.model, self.tokenizer, list(texts), self.max_length, use_cache=False))
 

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tunesmith.quality.neighbours import backend, faiss_index, normalise
+from tunesmith.evaluate.features import normalise
+from tunesmith.quality.neighbours import backend, faiss_index
 
 
 class VectorIndex:

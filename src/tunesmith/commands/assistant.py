@@ -6,12 +6,32 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 
+from pydantic import BaseModel, Field
 
-def ask(folder: str, question: str, as_json: bool = False, out=print) -> dict:
+from tunesmith.commands.flags import positional
+
+
+class AskArgs(BaseModel):
+    """`tunesmith assistant ask FOLDER QUESTION`."""
+
+    folder: str = Field(description="assistant folder", json_schema_extra=positional())
+    question: str = Field(description="the question", json_schema_extra=positional())
+    as_json: bool = Field(False, description="print the answer as JSON", json_schema_extra={"flags": ["--json"]})
+
+
+class AssistantServeArgs(BaseModel):
+    """`tunesmith assistant serve FOLDER`."""
+
+    folder: str = Field(description="assistant folder", json_schema_extra=positional())
+    host: str = Field("127.0.0.1", description="address to listen on")
+    port: int = Field(8091, ge=1, le=65535, description="port")
+
+
+def ask(args: AskArgs, out=print) -> dict:
     from tunesmith.assistant.router import Assistant
 
-    answer = asdict(Assistant(_existing(folder)).answer(question))
-    if as_json:
+    answer = asdict(Assistant(_existing(args.folder)).answer(args.question))
+    if args.as_json:
         out(json.dumps(answer, ensure_ascii=False))
     else:
         sources = f" (sources: {', '.join(answer['sources'])})" if answer["sources"] else ""
@@ -19,13 +39,14 @@ def ask(folder: str, question: str, as_json: bool = False, out=print) -> dict:
     return answer
 
 
-def serve(folder: str, host: str = "127.0.0.1", port: int = 8091, log=print) -> None:
+def serve(args: AssistantServeArgs, log=print) -> None:
     import uvicorn
 
     from tunesmith.assistant.router import Assistant
     from tunesmith.assistant.routes import create_app
     from tunesmith.serve.keyed import keys_from_env, refuse_open_host
 
+    folder, host, port = args.folder, args.host, args.port
     keys = keys_from_env()
     refuse_open_host(host, keys, "the assistant")
     app = create_app(Assistant(_existing(folder)), keys, host)

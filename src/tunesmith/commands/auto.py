@@ -18,14 +18,18 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Optional
+
+from pydantic import BaseModel, Field
 
 from tunesmith import models
 from tunesmith.commands.ensemble import combine
-from tunesmith.commands.evaluate import evaluate
+from tunesmith.commands.evaluate import EvalArgs, evaluate
+from tunesmith.commands.flags import positional
 from tunesmith.commands.train import train
-from tunesmith.commands.tune import search
+from tunesmith.commands.tune import TuneArgs, search
 from tunesmith.config import build_config, keys_read
 from tunesmith.data.labeled import write_split
 from tunesmith.ensemble import combine_outputs
@@ -33,6 +37,7 @@ from tunesmith.errors import Interrupted, UserError
 from tunesmith.inference import Predictor
 from tunesmith.io import write_json
 from tunesmith.methods import METHODS
+from tunesmith.plan import choose_model, epochs as planned_epochs
 from tunesmith.quality import holdout
 from tunesmith.runs import Run
 from tunesmith.search.ladder import Data, Ladder, Outcome, Rung, parse_target, plan
@@ -46,97 +51,153 @@ READ_AS_WRITTEN = ("max_train_samples", "max_eval_samples", "text_col", "label_c
 FEW_VALIDATION_ROWS = 400
 
 
-def auto(data: str, overrides: dict, target: str | None = None, budget: str | None = None,
-         folder: str | None = None, log=print, clock=time.monotonic) -> Path:
+class AutoArgs(BaseModel):
+    """`tunesmith auto DATA`: the climb's own settings (the training flags go in `training`)."""
+
+    data: str = Field(description="training data, as for train --data", json_schema_extra=positional())
+    target: Optional[str] = Field(None, description='goal on the validation split, e.g. "macro_f1>=0.9" (none: '
+                                  "climb every rung)")
+    budget: Optional[str] = Field(None, description="time for the whole climb, e.g. 30m, 2h (none: no limit)")
+    folder: Optional[str] = Field(None, description="folder of the rungs' runs (default: <output>/auto-<data name>)")
+    training: dict = Field({}, description="training settings given as flags", json_schema_extra={"hidden": True})
+
+
+@dataclass
+class Climb:
+    """An `auto` run's state in one place: the rungs' shared settings, the goal, the folder and
+    its progress record, and the splits every rung reads."""
+
+    values: dict  # the settings every rung shares (the method aside)
+    cfg: object  # those settings, validated
+    task: object
+    goal: object  # the parsed --target, or None
+    ladder_dir: Path
+    progress: Progress
+    splits: object = None
+    honest: dict = field(default_factory=dict)  # what honest_validation moved, mended and dropped
+
+    @property
+    def metric(self) -> str:
+        return self.cfg.resolved_metric()
+
+
+def auto(args: AutoArgs, log=print, clock=time.monotonic) -> Path:
     """Climb the ladder; returns the kept run folder."""
-    values = {"data": data, **{k: v for k, v in overrides.items() if v is not None}}
+    climb = _start(args)
+    _read_splits(climb, log)
+    budget_s = parse_duration(args.budget, "--budget")
+    ladder = _ladder(climb, budget_s, clock, log)
+    try:
+        outcomes = ladder.climb()
+    except (Interrupted, KeyboardInterrupt):  # a rung's own message would say to resume that rung alone
+        climb.progress.stopped(ladder.spent_s())
+        raise Interrupted(climb.ladder_dir, f"the finished rungs and the last checkpoint are kept in "
+                                            f"{climb.ladder_dir}: run the same command to continue the ladder") from None
+    return _keep(climb, ladder, outcomes, budget_s, log)
+
+
+def _start(args: AutoArgs) -> Climb:
+    """The settings every rung shares (validated), the goal, and the ladder's folder and progress."""
+    values = {"data": args.data, **{k: v for k, v in args.training.items() if v is not None}}
     values.pop("method", None)  # the ladder chooses it
     cfg = build_config(values, "auto")
     task = TASKS[cfg.task]
-    goal = parse_target(target, task.metrics_higher_is_better) if target else None
+    goal = parse_target(args.target, task.metrics_higher_is_better) if args.target else None
     if goal is not None:
         values["metric"] = goal.metric  # every rung keeps its best checkpoint by the target's metric
         cfg = build_config(values, "auto")
-    metric = cfg.resolved_metric()
-    budget_s = parse_duration(budget, "--budget")
-    ladder_dir = Path(folder) if folder else Path(cfg.output) / f"auto-{Path(data).stem}"
+    ladder_dir = Path(args.folder) if args.folder else Path(cfg.output) / f"auto-{Path(args.data).stem}"
     if (ladder_dir / "auto.json").is_file():
         raise UserError(f"{ladder_dir}: a finished ladder is already there; see {ladder_dir / 'auto.json'}, "
                         "or pass --folder for a new one")
-    command = {"data": data, "settings": dict(values), "target": target}  # --budget may change between tries
-    progress = Progress.open(ladder_dir / "progress.json", command)
+    command = {"data": args.data, "settings": dict(values), "target": args.target}  # --budget may change
+    return Climb(values, cfg, task, goal, ladder_dir, Progress.open(ladder_dir / "progress.json", command))
 
+
+def _read_splits(climb: Climb, log) -> None:
+    """The splits every rung reads: a stopped ladder's as written, else carved honestly now
+    (with the model the data calls for)."""
+    progress = climb.progress
     if progress.honest is not None:  # a stopped ladder: its splits as written, not carved again
-        honest = progress.honest
+        climb.honest = progress.honest
         if progress.record["model"]:  # the model chosen for the data the first time
-            values["model"] = progress.record["model"]
-        values = _reading_splits(values, honest)
-        cfg = build_config(values, "auto")
-        splits = task.load_data(cfg)
-        log(f"auto: continuing the ladder in {ladder_dir} ({len(progress.rungs)} rungs finished before the stop; "
-            f"{progress.spent_s:.0f} s of the budget spent)")
-    else:
-        splits = task.load_data(cfg)
-        chosen = models.choose_for_data(cfg, task, splits.train.texts)
-        if chosen:  # Chinese, Russian, ... text: the calibration and every rung read it with the multilingual model
-            log(chosen)
-            values["model"] = cfg.model
-        splits, honest = honest_validation(cfg, task, splits, ladder_dir / "data", log)
-        values = _reading_splits(values, honest)
-        progress.start(honest, values.get("model"))
+            climb.values["model"] = progress.record["model"]
+        climb.values = _reading_splits(climb.values, climb.honest)
+        climb.cfg = build_config(climb.values, "auto")
+        climb.splits = climb.task.load_data(climb.cfg)
+        log(f"auto: continuing the ladder in {climb.ladder_dir} ({len(progress.rungs)} rungs finished before the "
+            f"stop; {progress.spent_s:.0f} s of the budget spent)")
+        return
+    splits = climb.task.load_data(climb.cfg)
+    model, why = choose_model(climb.cfg, splits)
+    if model != climb.cfg.resolved_model():  # Chinese, Russian, ... text: every rung reads it with that model
+        log(why)
+        climb.values["model"] = model
+        climb.cfg = build_config(climb.values, "auto")
+    climb.splits, climb.honest = honest_validation(climb.cfg, climb.task, splits, climb.ladder_dir / "data", log)
+    climb.values = _reading_splits(climb.values, climb.honest)
+    progress.start(climb.honest, climb.values.get("model"))
+
+
+def _ladder(climb: Climb, budget_s: float | None, clock, log) -> Ladder:
+    """The rungs that apply, costed by one measured forward pass, with how to run each."""
+    cfg, task, splits, metric = climb.cfg, climb.task, climb.splits, climb.metric
     facts = Data(train=len(splits.train), val=len(splits.val), labels=len(splits.labels),
                  named_labels=any(not str(label).strip().isdigit() for label in splits.labels),
-                 epochs=cfg.resolved_epochs(len(splits.train)))
+                 epochs=planned_epochs(cfg, len(splits.train)))
     log(f"calibrating: one forward pass of {cfg.resolved_model()} on training texts ...")
     forward_s = calibrate(cfg, task, splits)
     rungs = plan(cfg.task, METHODS, facts, ensemble="mean" in task.ensemble)
     log(f"auto: {len(splits.train):,} training rows, {len(splits.labels)} labels; rungs "
-        f"{', '.join(r.name for r in rungs)}" + (f"; target val {goal}" if goal else "")
+        f"{', '.join(r.name for r in rungs)}" + (f"; target val {climb.goal}" if climb.goal else "")
         + (f"; budget {budget_s:.0f} s" if budget_s else ""))
+    ladder = Ladder(rungs, metric, facts, forward_s, budget_s, climb.goal, task.metrics_higher_is_better[metric],
+                    lambda rung, seconds_left: _run_rung(climb, ladder, rung, seconds_left, log), clock, log,
+                    earlier=climb.progress.finished_rungs(), record=climb.progress.add,
+                    unfinished_s=climb.progress.unfinished_s)
+    return ladder
 
-    def run_rung(rung: Rung, seconds_left: float | None) -> Outcome:
-        try:
-            if rung.tune:
-                return _tune_rung(rung, values, ladder_dir, metric, ladder, seconds_left, log)
-            if rung.ensemble:
-                shutil.rmtree(ladder_dir / rung.name, ignore_errors=True)  # a stopped one's part-written folder
-                return _ensemble_rung(rung, ladder.members(), task, metric, ladder.higher_better, ladder_dir)
-            settings = values if rung.passes is None else {**values, "epochs": rung.passes}
-            rung_cfg = _rung_config(settings, rung.method, ladder_dir, rung.name)
-            stopped = Run(ladder_dir / rung.name)
-            if stopped.config_file.is_file() and not stopped.finished:  # this rung was training at the stop
-                log(f"{rung.name}: continuing from its last checkpoint")
-                rung_cfg = build_config({"resume": str(stopped.path)}, f"auto rung {rung.name}")
-            else:  # nothing to continue from (or it finished after the last record): train it afresh
-                shutil.rmtree(stopped.path, ignore_errors=True)
-            return _outcome(rung, train(rung_cfg, log=quiet_trial_log, score_test=False), metric)
-        except UserError as exc:  # a method that cannot adapt this model, say: the next rung may
-            return Outcome(rung, "failed", note=str(exc))
 
-    ladder = Ladder(rungs, metric, facts, forward_s, budget_s, goal, task.metrics_higher_is_better[metric],
-                    run_rung, clock, log, earlier=progress.finished_rungs(), record=progress.add,
-                    unfinished_s=progress.unfinished_s)
+def _run_rung(climb: Climb, ladder: Ladder, rung: Rung, seconds_left: float | None, log) -> Outcome:
+    """One rung trained (or continued from its last checkpoint), tuned or ensembled."""
+    ladder_dir, metric = climb.ladder_dir, climb.metric
     try:
-        outcomes = ladder.climb()
-    except (Interrupted, KeyboardInterrupt):  # a rung's own message would say to resume that rung alone
-        progress.stopped(ladder.spent_s())
-        raise Interrupted(ladder_dir, f"the finished rungs and the last checkpoint are kept in {ladder_dir}: "
-                                      "run the same command to continue the ladder") from None
+        if rung.tune:
+            return _tune_rung(rung, climb.values, ladder_dir, metric, ladder, seconds_left, log)
+        if rung.ensemble:
+            shutil.rmtree(ladder_dir / rung.name, ignore_errors=True)  # a stopped one's part-written folder
+            return _ensemble_rung(rung, ladder.members(), climb.task, metric, ladder.higher_better, ladder_dir)
+        settings = climb.values if rung.passes is None else {**climb.values, "epochs": rung.passes}
+        rung_cfg = _rung_config(settings, rung.method, ladder_dir, rung.name)
+        stopped = Run(ladder_dir / rung.name)
+        if stopped.config_file.is_file() and not stopped.finished:  # this rung was training at the stop
+            log(f"{rung.name}: continuing from its last checkpoint")
+            rung_cfg = build_config({"resume": str(stopped.path)}, f"auto rung {rung.name}")
+        else:  # nothing to continue from (or it finished after the last record): train it afresh
+            shutil.rmtree(stopped.path, ignore_errors=True)
+        return _outcome(rung, train(rung_cfg, log=quiet_trial_log, score_test=False), metric)
+    except UserError as exc:  # a method that cannot adapt this model, say: the next rung may
+        return Outcome(rung, "failed", note=str(exc))
+
+
+def _keep(climb: Climb, ladder: Ladder, outcomes: list, budget_s: float | None, log) -> Path:
+    """The winner scored on test (once), the table, auto.json; the progress record removed."""
+    metric, goal, honest = climb.metric, climb.goal, climb.honest
     winner = ladder.best()
     if winner is None:
         reasons = "; ".join(f"{o.rung.name}: {o.status} ({o.note})" for o in outcomes)
         raise UserError(f"auto: no rung finished within the budget ({reasons}); give a larger --budget")
-    evaluate(winner.run, out=lambda _: None)  # the test split, scored once, for the kept model
+    evaluate(EvalArgs(run=winner.run), out=lambda _: None)  # the test split, scored once, for the kept model
     test = json.loads(Run(Path(winner.run)).metrics_file.read_text(encoding="utf-8"))["test"]
     _print_table(outcomes, winner, metric, log)
-    write_json(ladder_dir / "auto.json", {
+    write_json(climb.ladder_dir / "auto.json", {
         "metric": metric, "target": str(goal) if goal else None, "budget_s": budget_s, "winner": winner.run,
-        "validation": {"rows": len(splits.val), "repeats_moved_to_train": honest.get("moved", 0),
+        "validation": {"rows": len(climb.splits.val), "repeats_moved_to_train": honest.get("moved", 0),
                        "repeats_kept_by_dropping_training_rows": honest.get("mended", 0),
                        "training_rows_dropped": honest.get("dropped", 0)},
         "test": {k: v for k, v in test.items() if isinstance(v, float)},
         "rungs": [_row(o) for o in outcomes]})
-    progress.path.unlink()  # auto.json says it all now
+    climb.progress.path.unlink()  # auto.json says it all now
     score = test.get(metric)
     log(f"kept: {winner.rung.name} ({winner.run}); val {metric} {winner.value:.4f}"
         + (f", test {metric} {score:.4f}" if isinstance(score, float) else "")
@@ -315,8 +376,9 @@ def _tune_rung(rung: Rung, values: dict, folder: Path, metric: str, ladder: Ladd
     one = max(1.0, ladder.best(single=True).seconds)
     trials = 8 if seconds_left is None else max(ladder.min_tune_trials, int(seconds_left // one))
     timeout = None if seconds_left is None else max(1.0, seconds_left - one)
-    best = search(keys_read({**values, "method": rung.method}), None, f"auto rung {rung.name}", folder=str(folder / "tune"), trials=min(trials, 20),
-                  timeout=f"{timeout:.0f}" if timeout else None, score_best=False, log=log)
+    study = TuneArgs(source=f"auto rung {rung.name}", study_folder=str(folder / "tune"), trials=min(trials, 20),
+                     timeout=f"{timeout:.0f}" if timeout else None)
+    best = search(keys_read({**values, "method": rung.method}), None, study, score_best=False, log=log)
     return _outcome(rung, Run(best), metric)
 
 

@@ -10,8 +10,12 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Optional
 
-from tunesmith import models, quality
+from pydantic import BaseModel, Field
+
+from tunesmith import models, plan, quality
+from tunesmith.commands.flags import positional, training_field
 from tunesmith.config import build_config
 from tunesmith.data.checks import CheckReport
 from tunesmith.errors import UserError
@@ -19,47 +23,73 @@ from tunesmith.tasks import TASKS
 from tunesmith.train import budget
 
 
-def check(data: str, val_data=None, test_data=None, text_col=None, label_col=None, model=None,
-          max_length=None, encoding="utf-8", seed=42, as_json=False, task=None, quality_checks: bool = True,
-          near_threshold: float = quality.NEAR_THRESHOLD, lists: str | None = None, out=print) -> CheckReport:
+class CheckArgs(BaseModel):
+    """`tunesmith check DATA`: what to check and how."""
+
+    data: str = Field(description="CSV/TSV/JSONL/Parquet file, CoNLL file or folder, or built-in dataset name",
+                      json_schema_extra=positional())
+    task: Optional[str] = Field(None, description="task the data is for (default: inferred from the data: image "
+                                "folder -> image-classification, CoNLL -> token-classification, else "
+                                "text-classification)")
+    val_data: Optional[str] = training_field("val_data")
+    test_data: Optional[str] = training_field("test_data")
+    text_col: Optional[str] = training_field("text_col")
+    label_col: Optional[str] = training_field("label_col")
+    model: Optional[str] = Field(None, description="tokenizer for the length check (default: the task's, minilm "
+                                 "for text)")
+    max_length: Optional[int] = Field(None, gt=1, description="truncation length to check against (default: the "
+                                      "task's, 128; 512 for causal-lm)")
+    encoding: str = training_field("encoding")
+    seed: int = training_field("seed")
+    as_json: bool = Field(False, description="print the report as JSON", json_schema_extra={"flags": ["--json"]})
+    quality_checks: bool = Field(
+        True, description="likely label errors, near-duplicates across splits, outliers and other-script rows, from "
+        "the model's frozen features (seconds per 10,000 rows; --no-quality: exact checks only)",
+        json_schema_extra={"flags": ["--quality-checks", "--quality"]})
+    near_threshold: float = training_field("near_threshold")
+    lists: Optional[str] = Field(None, description="folder for the full lists (suspect_labels.csv, "
+                                 "near_duplicates.csv, outliers.csv) (default: runs/check-<data name>)",
+                                 json_schema_extra={"metavar": "DIR"})
+
+
+def check(args: CheckArgs, out=print) -> CheckReport:
     """The task's checks; with `quality_checks`, also the data-quality section (quality/),
     whose full lists are written to `lists` (default runs/check-<data name>)."""
-    if not 0 < near_threshold <= 1:
-        raise UserError(f"--near-threshold {near_threshold}: give a cosine similarity in (0, 1], e.g. 0.95")
-    values = dict(task=task, data=data, val_data=val_data, test_data=test_data, text_col=text_col,
-                  label_col=label_col, model=model, max_length=max_length, encoding=encoding, seed=seed)
-    cfg = build_config({k: v for k, v in values.items() if v is not None}, "flags")
+    reading = ("task", "data", "val_data", "test_data", "text_col", "label_col", "model", "max_length", "encoding",
+               "seed")
+    cfg = build_config({key: getattr(args, key) for key in reading if getattr(args, key) is not None}, "flags")
     splits = TASKS[cfg.task].load_data(cfg)
     early = []  # notes from before the report exists: printed with it (--json: inside it, so stdout stays JSON)
-    chosen = models.choose_for_data(cfg, TASKS[cfg.task], splits.train.texts)  # what train would read it with
-    if chosen:
-        early.append(chosen)
+    source, tokenizer = None, None
     try:
-        source = models.resolve(cfg.resolved_model())
+        run_plan = plan.resolve(cfg, splits)  # what train would read the data with
+        cfg, source = run_plan.settings, run_plan.source
+        early.extend(note for key, note in run_plan.notes.items() if key in ("model", "max_length"))
+        early.append(run_plan.summary())  # what `train` would use on this data
         tokenizer = TASKS[cfg.task].load_processor(source, cfg)
+        models.hold_to_limit(tokenizer, source)
     except UserError as exc:
-        source, tokenizer = None, None
+        if cfg.max_length is not None:  # a --max-length the model cannot read: the user's to fix
+            raise
         early.append(f"token lengths not checked ({exc})")
-    if tokenizer is not None:
-        early.extend(models.fit_max_length(cfg, source, tokenizer))
     report = TASKS[cfg.task].check(splits, tokenizer, cfg.resolved_max_length())
     report.facts["notes"] = early + report.facts.get("notes", [])
     if source is not None:
         for line in budget.plan(cfg, TASKS[cfg.task], source, report.facts.get("token_lengths"), len(splits.train)):
             report.facts.setdefault("notes", []).append(line)
-    if quality_checks and TASKS[cfg.task].quality_checks:
-        found = quality.inspect(TASKS[cfg.task], splits, source, tokenizer, cfg.resolved_max_length(), near_threshold,
-                                seed, show_text=not as_json)
-        found.write(Path(lists) if lists else Path("runs") / f"check-{_name(data)}")
+    if args.quality_checks and TASKS[cfg.task].quality_checks:
+        found = quality.inspect(TASKS[cfg.task], splits, source, tokenizer, cfg.resolved_max_length(),
+                                args.near_threshold, args.seed, show_text=not args.as_json)
+        found.write(Path(args.lists) if args.lists else Path("runs") / f"check-{_name(args.data)}")
         report.facts["quality"] = found.facts
         report.warnings.extend(found.warnings)
         report.sections.append(found.text() + "".join(f"\n  full list: {path}" for path in found.facts["files"].values()))
-    if as_json:
+    if args.as_json:
         out(json.dumps({"facts": report.facts, "warnings": report.warnings}, indent=2))
     else:
         columns = f"text column '{splits.text_col}', label column '{splits.label_col}'" if splits.label_col else \
             f"read as {splits.text_col}s"
-        out(f"checked {data}: {columns}")
+        out(f"checked {args.data}: {columns}")
         out(report.to_text())
     return report
 

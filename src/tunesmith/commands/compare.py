@@ -12,10 +12,44 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Optional
 
-from tunesmith.config import TrainConfig, build_config, config_to_yaml_dict
+from pydantic import BaseModel, Field
+
+from tunesmith.commands.flags import positional
+from tunesmith.config import TrainConfig, build_config, read_yaml_mapping
 from tunesmith.errors import UserError
 from tunesmith.io import write_json, write_text, write_yaml
+
+
+class CompareArgs(BaseModel):
+    """`tunesmith compare DATA --methods A,B` or `--runs A,B` (the training flags go in `training`)."""
+
+    data: Optional[str] = Field(None, description="training data, as for train --data",
+                                json_schema_extra=positional())
+    runs: Optional[list[str]] = Field(None, description="finished runs of the same splits (a model and its quantised, "
+                                      "pruned or distilled copies): size, peak memory, p50/p95 latency, texts/s at "
+                                      "batch 32 and on the whole test file, metric")
+    methods: Optional[list[str]] = Field(None, description="methods to compare, e.g. full,lora,ia3,bitfit,freeze (or "
+                                         "a `methods:` list in --config)")
+    config: Optional[str] = Field(None, description="YAML config shared by every method; flags override it")
+    output_folder: str = Field("runs/compare", description="folder for the table, chart and runs")
+    training: dict = Field({}, description="training settings given as flags", json_schema_extra={"hidden": True})
+
+
+def main(args: CompareArgs) -> None:
+    """The verb: methods trained on the same splits, or finished runs measured side by side."""
+    if args.runs:  # finished runs measured side by side (a model and its compressed copies)
+        compare_runs(args.runs, args.output_folder if args.output_folder != "runs/compare" else None)
+        return
+    if not args.data:
+        raise UserError("compare: give training DATA and --methods, or --runs A,B of finished runs")
+    values = read_yaml_mapping(args.config) if args.config else {}
+    listed = values.pop("methods", None)  # the config may list the methods itself
+    methods = args.methods or listed
+    if not methods or not isinstance(methods, list):
+        raise UserError("compare: give --methods full,lora,... or a `methods:` list in --config")
+    compare({**values, **args.training, "data": args.data}, [str(m) for m in methods], args.output_folder)
 
 
 def compare(values: dict, methods: list[str], folder: str, out=print) -> list[dict]:
@@ -32,7 +66,9 @@ def compare(values: dict, methods: list[str], folder: str, out=print) -> list[di
     rows = []
     for method, cfg in configs.items():
         config_file = target / "configs" / f"{method}.yaml"
-        write_yaml(config_file, config_to_yaml_dict(cfg))
+        # The settings as given: the subprocess's `train` resolves the rest from the data, as
+        # `tunesmith train --method M` would (a learning rate that follows the run's length).
+        write_yaml(config_file, {key: value for key, value in cfg.model_dump().items() if value is not None})
         out(f"[{method}] training ...")
         done = subprocess.run([sys.executable, "-m", "tunesmith.cli", "train", str(config_file)],
                               capture_output=True, text=True)

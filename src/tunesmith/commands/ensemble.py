@@ -11,17 +11,30 @@ from __future__ import annotations
 
 import shutil
 
-from tunesmith.commands.evaluate import evaluate
+from pydantic import BaseModel, Field
+
+from tunesmith.commands.flags import positional
+from tunesmith.commands.evaluate import EvalArgs, evaluate
 from tunesmith.commands.members import compatible_runs, start_combined_run
 from tunesmith.errors import UserError
 from tunesmith.io import replace_dir, write_json
 from tunesmith.runs import Run
 from tunesmith.tasks import TASKS, supporting
 
-def ensemble(run_paths: list[str], name: str, output: str = "runs", vote: bool = False, out=print) -> Run:
-    target = combine(compatible_runs(run_paths, "ensemble"), name, output, vote)
+class EnsembleArgs(BaseModel):
+    """`tunesmith ensemble RUN1 RUN2 ... --name NAME`."""
+
+    runs: list[str] = Field(description="finished run folders (same task, labels and splits)", json_schema_extra=positional())
+    name: str = Field(description="name of the new run folder")
+    output: str = Field("runs", description="folder for the new run")
+    vote: bool = Field(False, description="majority vote of labels instead of mean probabilities")
+
+
+def ensemble(args: EnsembleArgs, out=print) -> Run:
+    run_paths, vote = args.runs, args.vote
+    target = combine(compatible_runs(run_paths, "ensemble"), args.name, args.output, vote)
     out(f"combined {len(run_paths)} runs into {target.path} ({'majority vote' if vote else 'mean of outputs'})")
-    evaluate(str(target.path), out=out)
+    evaluate(EvalArgs(run=str(target.path)), out=out)
     return target
 
 

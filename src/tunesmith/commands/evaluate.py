@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
+from pydantic import BaseModel, Field
 
+from tunesmith.commands.flags import positional, training_field
 from tunesmith.errors import UserError
 from tunesmith.evaluate import ranking, report
 from tunesmith.inference import Predictor
@@ -20,8 +23,23 @@ from tunesmith.runs import open_finished
 from tunesmith.tasks import TASKS
 
 
-def evaluate(run_path: str, data: str | None = None, text_col=None, label_col=None, encoding="utf-8", out=print,
-             rank: bool = False, positive_label: str | None = None) -> dict:
+class EvalArgs(BaseModel):
+    """`tunesmith eval RUN [DATA]`."""
+
+    run: str = Field(description="run folder", json_schema_extra=positional())
+    data: Optional[str] = Field(None, description="test data (default: the run's own held-out test split)",
+                                json_schema_extra=positional())
+    text_col: Optional[str] = training_field("text_col")
+    label_col: Optional[str] = training_field("label_col")
+    encoding: str = training_field("encoding")
+    rank: bool = Field(False, description="pair runs: NDCG@k, MRR and recall@k per query (first text), against "
+                       "popularity and the untuned similarity")
+    positive_label: Optional[str] = Field(None, description="with --rank on a pair classifier: the label that "
+                                          "means relevant")
+
+
+def evaluate(args: EvalArgs, out=print) -> dict:
+    run_path, data, rank = args.run, args.data, args.rank
     run = open_finished(run_path)
     cfg = run.settings()
     labels = run.labels()
@@ -33,14 +51,15 @@ def evaluate(run_path: str, data: str | None = None, text_col=None, label_col=No
         examples = run.split("test")
         target = run.path
     else:
-        examples = task.read_labeled(data, cfg, labels, text_col=text_col, label_col=label_col, encoding=encoding)
+        examples = task.read_labeled(data, cfg, labels, text_col=args.text_col, label_col=args.label_col,
+                                      encoding=args.encoding)
         target = run.path / "eval" / Path(data).stem
 
     predictor = Predictor.from_run(run)
     outputs = predictor.predict(examples.texts)
     metrics = task.metrics(examples.labels, outputs, labels)
     if rank:
-        metrics["ranking"] = _ranking(run, cfg, examples, outputs, labels, positive_label)
+        metrics["ranking"] = _ranking(run, cfg, examples, outputs, labels, args.positive_label)
         out(ranking.table(metrics["ranking"]))
     if task.generative:  # generative tasks: generated answers vs reference answers
         metrics.update(task.answer_metrics(predictor.model, predictor.tokenizer, examples.texts))
@@ -59,7 +78,7 @@ def evaluate(run_path: str, data: str | None = None, text_col=None, label_col=No
 def _ranking(run, cfg, examples, outputs, labels: list[str], positive: str | None) -> dict:
     """NDCG, MRR and recall per query for the model, popularity and the untuned similarity."""
     from tunesmith import models
-    from tunesmith.quality.features import load_encoder
+    from tunesmith.evaluate.features import load_encoder
 
     queries, candidates = [q for q, _ in examples.texts], [c for _, c in examples.texts]
     outputs = np.asarray(outputs)

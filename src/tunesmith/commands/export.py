@@ -5,14 +5,25 @@ when ONNX Runtime reproduces PyTorch's logits; `predict` and `serve` run it with
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
+from pydantic import BaseModel, Field
+
+from tunesmith.commands.flags import positional
 from tunesmith.runs import open_finished
 
 
-def export(run_path: str, fmt: str = "onnx", out=print) -> Path:
+class ExportArgs(BaseModel):
+    """`tunesmith export RUN`."""
+
+    run: str = Field(description="finished run folder", json_schema_extra=positional())
+    format: Literal["onnx"] = Field("onnx", description="export format")
+
+
+def export(args: ExportArgs, out=print) -> Path:
     from tunesmith.compress.onnx_export import export_onnx
 
-    run = open_finished(run_path)
+    run = open_finished(args.run)
     path, difference = export_onnx(run)
     size_mb = path.stat().st_size / 1e6
     out(f"wrote {path} ({size_mb:.1f} MB); largest logit difference from PyTorch on sample texts: {difference:.1e}")

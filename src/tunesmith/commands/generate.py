@@ -9,18 +9,56 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Optional
 
+from pydantic import BaseModel, Field
+
+from tunesmith.commands.flags import positional, training_field
 from tunesmith.data.conversations import render_prompt
 from tunesmith.errors import UserError
 from tunesmith.generation import GenerationSettings, generate
-from tunesmith.inference import Predictor, write_rows
+from tunesmith.forward import write_rows
+from tunesmith.inference import Predictor
 from tunesmith.runs import open_finished
 
 
-def generate_answers(run_path: str, prompt: str | None = None, file: str | None = None, output: str | None = None,
-                     settings: GenerationSettings | None = None, system: str | None = None, encoding: str = "utf-8",
-                     out=print, stream=None) -> list[str]:
-    settings = settings or GenerationSettings()
+class GenerateArgs(BaseModel):
+    """`tunesmith generate RUN "PROMPT"` or `--file PROMPTS`."""
+
+    run: str = Field(description="run folder of a causal-lm or preference run", json_schema_extra=positional())
+    prompt: Optional[str] = Field(None, description="the prompt (a user message); or use --file",
+                                  json_schema_extra=positional())
+    file: Optional[str] = Field(None, description="prompts: a .txt file (one per line) or rows in any layout train "
+                                "reads")
+    output: Optional[str] = Field(None, description="write answers beside the prompt rows (.csv, .tsv or .jsonl)",
+                                  json_schema_extra={"flags": ["-o", "--output"]})
+    max_new_tokens: int = Field(128, gt=0, description="longest answer in tokens")
+    temperature: float = Field(0.0, description="0: greedy, deterministic; >0: sampling")
+    top_p: float = Field(1.0, description="nucleus sampling mass, with --temperature > 0")
+    stop: Optional[list[str]] = Field(None, description="stop at this string (repeatable); it is not included",
+                                      json_schema_extra={"repeat": True})
+    system: Optional[str] = Field(None, description="a system message put before every prompt")
+    seed: int = Field(0, description="sampling seed")
+    encoding: str = training_field("encoding")
+
+    def generation(self) -> GenerationSettings:
+        return GenerationSettings(max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p,
+                                  stop=self.stop or [], seed=self.seed)
+
+
+def main(args: GenerateArgs) -> None:
+    """The verb: one prompt's answer streamed to the terminal as it is decoded."""
+
+    def stream(text: str) -> None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    generate_answers(args, stream=stream)
+
+
+def generate_answers(args: GenerateArgs, out=print, stream=None) -> list[str]:
+    run_path, prompt, file, output, system = args.run, args.prompt, args.file, args.output, args.system
+    settings = args.generation()
     if (prompt is None) == (file is None):
         raise UserError('give one prompt ("...") or --file PROMPTS, not both and not neither')
     if output and Path(output).suffix.lower() not in (".csv", ".tsv", ".jsonl", ".json"):
@@ -36,7 +74,7 @@ def generate_answers(run_path: str, prompt: str | None = None, file: str | None 
     if prompt is not None:
         rows, conversations = [{"prompt": prompt}], [[{"role": "user", "content": prompt}]]
     else:
-        rows, conversations = predictor.task.read_inputs(file, encoding, None)
+        rows, conversations = predictor.task.read_inputs(file, args.encoding, None)
     if system:
         conversations = [[{"role": "system", "content": system}] + [m for m in c if m["role"] != "system"]
                          for c in conversations]

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Optional
+
+from pydantic import BaseModel, Field
 
 from tunesmith.databases import redacted
 from tunesmith.durations import parse_duration
@@ -26,22 +29,66 @@ BATCH = 64  # texts scored together: sorted batches of 32 are the predictor's sw
 RETAIN = "90d"  # items (texts included) kept, in event time: a quarter of trend, bounded disk; alerts stay
 
 
-def monitor(sentiment: str, source: str, store_path: str = "monitor.db", rules: str | None = None,
-            topics_from: str | None = None, keywords: str | None = None, topic: str | None = None,
-            negative_label: str | None = None, text_col: str | None = None, alerts_jsonl: str | None = None,
-            webhook: str | None = None, follow: bool = False, poll: float = 2.0, batch: int = BATCH,
-            report_path: str | None = None, retain: str = RETAIN, log=print, stdin=None, sleep=time.sleep) -> dict:
-    """Run the monitor; returns counts (texts scored, skipped lines, alerts)."""
+class MonitorArgs(BaseModel):
+    """`tunesmith monitor --sentiment RUN --source FILE|DIR|-` (or `--serve`)."""
+
+    sentiment: str = Field(description="finished sentiment run folder (its labels name the negative one)")
+    source: Optional[str] = Field(None, description="CSV/TSV/JSONL file, a folder of them, or - (standard input); "
+                                  "rows with a text and a time")
+    serve: bool = Field(False, description="take texts over HTTP instead (POST /v1/ingest; GET /v1/topics, "
+                        "/metrics); API keys from TUNESMITH_API_KEYS, required off loopback")
+    host: str = Field("127.0.0.1", description="with --serve: address to listen on")
+    port: int = Field(8090, ge=1, le=65535, description="with --serve: port")
+    store: str = Field("monitor.db", description="where items, read positions and alerts are kept: a SQLite file, "
+                       "or a PostgreSQL URL (postgresql://user:password@host/db; pip install 'tunesmith[postgres]'); "
+                       "the same store continues a stopped monitor")
+    rules: Optional[str] = Field(None, description="alert rules (YAML: window, threshold and surge rules; see docs). "
+                                 "Default: 60%% negative, or a surge of z >= 3, in 1-hour windows of at least 20 texts")
+    topics_from: Optional[str] = Field(None, description="a field of the stream that names each text's topic "
+                                       "(e.g. ticker)")
+    keywords: Optional[str] = Field(None, description="YAML file: topic -> words or cashtags a text of that topic "
+                                    "contains")
+    topic: Optional[str] = Field(None, description="finished topic-classifier run folder that gives each text its "
+                                 "topic")
+    negative_label: Optional[str] = Field(None, description="the sentiment run's negative label (default: read from "
+                                          "the label names)")
+    text_col: Optional[str] = Field(None, description="the text field (default: text, content, sentence, message, "
+                                    "tweet, ...)")
+    alerts: Optional[str] = Field(None, description="append every alert as one JSON line to this file")
+    webhook: Optional[str] = Field(None, description="POST every alert here (https), signed with "
+                                   "TUNESMITH_WEBHOOK_SECRET")
+    follow: bool = Field(False, description="keep reading as files grow, until Ctrl-C")
+    poll: str = Field("2s", description="with --follow: how often to look for new lines")
+    batch: int = Field(BATCH, gt=0, description="texts scored together")
+    report: Optional[str] = Field(None, description="write an HTML report (topics over time, alerts marked) here at "
+                                  "the end")
+    retain: str = Field(RETAIN, description="keep texts this long in event time (before the newest text's time), "
+                        "then delete them; alerts stay. At least the rules' look-back; 'forever' keeps all")
+
+
+def main(args: MonitorArgs) -> None:
+    """The verb: a stream read from --source, or texts taken over HTTP with --serve."""
+    if (args.source is None) == (not args.serve):
+        raise UserError("monitor: give --source FILE|DIR|- to read texts, or --serve to take them over HTTP (one)")
+    if args.serve:
+        serve_monitor(args)
+    else:
+        monitor(args)
+
+
+def monitor(args: MonitorArgs, log=print, stdin=None, sleep=time.sleep) -> dict:
+    """Run the monitor over `args.source`; returns counts (texts scored, skipped lines, alerts)."""
+    source, follow = args.source, args.follow
+    poll = parse_duration(args.poll, "--poll")
     if source != "-":
         files_of(Path(source))  # a missing source is refused before the store file is made
-    pipeline = _pipeline(sentiment, store_path, rules, topics_from, keywords, topic, negative_label, alerts_jsonl,
-                         webhook, retain, log)
+    pipeline = _pipeline(args, log)
     store, checked = pipeline.store, pipeline.rules
-    reader = _Reader(source, store, text_col, stdin, growing=follow)
+    reader = _Reader(source, store, args.text_col, stdin, growing=follow)
     try:
         pipeline.deliver()  # what a previous run stored but could not send
         while True:
-            items, positions, skipped = reader.next(batch)
+            items, positions, skipped = reader.next(args.batch)
             for problem in skipped:
                 log(f"skipped: {problem}")
             pipeline.totals.update(skipped=len(skipped))
@@ -55,20 +102,17 @@ def monitor(sentiment: str, source: str, store_path: str = "monitor.db", rules: 
         log("interrupted: run the same command to continue after the last committed line")
         raise
     finally:
-        if report_path:
-            write_text(report_path, report.render(store, checked.window_s))
+        if args.report:
+            write_text(args.report, report.render(store, checked.window_s))
         store.close()
     counts = {key: pipeline.totals[key] for key in ("scored", "skipped", "expired", "alerts")}
     expired = f", {counts['expired']:,} older than --retain" if counts["expired"] else ""
     log(f"monitor: {counts['scored']:,} texts scored, {counts['skipped']} lines skipped{expired}, {counts['alerts']} alerts; "
-        f"store {redacted(store_path)}" + (f", report {report_path}" if report_path else ""))
+        f"store {redacted(args.store)}" + (f", report {args.report}" if args.report else ""))
     return counts
 
 
-def serve_monitor(sentiment: str, store_path: str = "monitor.db", rules: str | None = None,
-                  topics_from: str | None = None, keywords: str | None = None, topic: str | None = None,
-                  negative_label: str | None = None, alerts_jsonl: str | None = None, webhook: str | None = None,
-                  host: str = "127.0.0.1", port: int = 8090, retain: str = RETAIN, log=print) -> None:
+def serve_monitor(args: MonitorArgs, log=print) -> None:
     """`monitor --serve`: texts arrive by POST /v1/ingest instead of from a file."""
     import uvicorn
 
@@ -76,29 +120,28 @@ def serve_monitor(sentiment: str, store_path: str = "monitor.db", rules: str | N
     from tunesmith.serve.keyed import keys_from_env, refuse_open_host
 
     keys = keys_from_env()
-    refuse_open_host(host, keys, "the monitor")
-    pipeline = _pipeline(sentiment, store_path, rules, topics_from, keywords, topic, negative_label, alerts_jsonl,
-                         webhook, retain, log)
+    refuse_open_host(args.host, keys, "the monitor")
+    pipeline = _pipeline(args, log)
     pipeline.deliver()
-    log(f"monitor: POST texts to http://{host}:{port}/v1/ingest" + (" (API keys on)" if keys else ""))
+    log(f"monitor: POST texts to http://{args.host}:{args.port}/v1/ingest" + (" (API keys on)" if keys else ""))
     try:
-        uvicorn.run(create_app(pipeline, keys, pipeline.rules.window_s, host), host=host, port=port, log_level="warning")
+        uvicorn.run(create_app(pipeline, keys, pipeline.rules.window_s, args.host), host=args.host, port=args.port,
+                    log_level="warning")
     finally:
         pipeline.store.close()
 
 
-def _pipeline(sentiment, store_path, rules, topics_from, keywords, topic, negative_label, alerts_jsonl, webhook,
-              retain, log) -> Pipeline:
+def _pipeline(args: MonitorArgs, log) -> Pipeline:
     """Rules, sinks, scorer and store, each refusing bad settings before any text is read."""
     from tunesmith.inference import Predictor
     from tunesmith.runs import open_finished
 
-    checked = alert_rules.load_rules(rules)
-    retain_s = retention(retain, checked)
-    sinks = Sinks(log, alerts_jsonl, webhook)  # refuses a webhook without its secret
-    scorer = Scorer(Predictor.from_run(open_finished(sentiment)), negative_label, topics_from, keywords,
-                    Predictor.from_run(open_finished(topic)) if topic else None)
-    return Pipeline(scorer, Store(store_path), checked, sinks, retain_s)
+    checked = alert_rules.load_rules(args.rules)
+    retain_s = retention(args.retain, checked)
+    sinks = Sinks(log, args.alerts, args.webhook)  # refuses a webhook without its secret
+    scorer = Scorer(Predictor.from_run(open_finished(args.sentiment)), args.negative_label, args.topics_from,
+                    args.keywords, Predictor.from_run(open_finished(args.topic)) if args.topic else None)
+    return Pipeline(scorer, Store(args.store), checked, sinks, retain_s)
 
 
 def retention(retain: str, checked) -> float | None:

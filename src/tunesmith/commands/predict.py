@@ -11,15 +11,37 @@ probability of the positive class of a pair classifier.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal, Optional
 
 import numpy as np
+from pydantic import BaseModel, Field
 
+from tunesmith.commands.flags import positional, training_field
 from tunesmith.errors import UserError
 from tunesmith.inference import Predictor
 from tunesmith.runs import open_finished
 
-def predict(run_path: str, input_path: str, output: str, text_col=None, encoding="utf-8", batch_size=32,
-            rank: bool = False, positive_label: str | None = None, out=print, backend: str = "torch") -> Path:
+class PredictArgs(BaseModel):
+    """`tunesmith predict RUN INPUT -o OUTPUT`."""
+
+    run: str = Field(description="run folder", json_schema_extra=positional())
+    input: str = Field(description="CSV/TSV/JSONL/Parquet/TXT file of texts (pairs: two text columns; NER: also "
+                       "CoNLL)", json_schema_extra=positional())
+    output: str = Field(description="output file (.csv, .tsv or .jsonl)", json_schema_extra={"flags": ["-o", "--output"]})
+    text_col: Optional[str] = training_field("text_col")
+    encoding: str = training_field("encoding")
+    batch_size: int = Field(32, gt=0, description="texts per inference batch")
+    rank: bool = Field(False, description="pair runs: sort candidates best first within each query / user profile, "
+                       "with a rank column")
+    positive_label: Optional[str] = Field(None, description="with --rank on a pair classifier: the label that means "
+                                          "a good match")
+    backend: Literal["auto", "torch", "onnx"] = Field(
+        "auto", description="auto (a quantised run's own backend, else torch), torch, or onnx: the run's ONNX export "
+        "under ONNX Runtime (`tunesmith export` makes it)")
+
+
+def predict(args: PredictArgs, out=print) -> Path:
+    run_path, output, rank = args.run, args.output, args.rank
     run = open_finished(run_path)
     output_path = Path(output)
     if output_path.suffix.lower() not in (".csv", ".tsv", ".jsonl", ".json"):
@@ -28,11 +50,11 @@ def predict(run_path: str, input_path: str, output: str, text_col=None, encoding
     if rank and not cfg.text_pair_col:
         raise UserError(f"--rank: {run_path} is not a pair run; train with --task text-pair-classification or "
                         "regression on two text columns (query or profile, candidate)")
-    predictor = Predictor.from_run(run, backend)
-    rows, inputs = predictor.task.read_inputs(input_path, encoding, text_col, cfg.text_pair_col)
-    outputs = predictor.predict(inputs, batch_size=batch_size)
+    predictor = Predictor.from_run(run, args.backend)
+    rows, inputs = predictor.task.read_inputs(args.input, args.encoding, args.text_col, cfg.text_pair_col)
+    outputs = predictor.predict(inputs, batch_size=args.batch_size)
     if rank:
-        rows, outputs = _ranked(rows, inputs, outputs, predictor.labels, positive_label)
+        rows, outputs = _ranked(rows, inputs, outputs, predictor.labels, args.positive_label)
     predictor.task.write_predictions(output_path, rows, outputs, predictor.labels)
     out(f"wrote {len(inputs)} predictions to {output_path}" + (" (ranked within each query)" if rank else ""))
     return output_path

@@ -9,19 +9,40 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Literal, Optional
 
+from pydantic import BaseModel, Field
+
+from tunesmith.commands.flags import positional
 from tunesmith.compress import lineage
 from tunesmith.compress.quantize import onnx_available, quantize_onnx
 from tunesmith.errors import UserError
 from tunesmith.runs import open_finished
 
 
-def quantize(run_path: str, mode: str = "dynamic", backend: str = "auto", per_channel: bool = False,
-             name: str | None = None, output: str | None = None, out=print) -> Path:
+class QuantizeArgs(BaseModel):
+    """`tunesmith quantize RUN`."""
+
+    run: str = Field(description="finished run folder (a trained, pruned or distilled run)",
+                     json_schema_extra=positional())
+    mode: Literal["dynamic", "static"] = Field(
+        "dynamic", description="dynamic (activation ranges per batch, nothing to calibrate) or static (ranges "
+        "calibrated on 256 texts of the run's training split; ONNX only)")
+    backend: Literal["auto", "onnx", "torch"] = Field(
+        "auto", description="auto (ONNX Runtime where the run exports and it is installed, else PyTorch), onnx (an "
+        "int8 graph, ~4x smaller on disk), torch (int8 linear layers made at load)")
+    per_channel: bool = Field(False, description="one weight scale per output row instead of per matrix: more "
+                              "accurate, a little slower")
+    name: Optional[str] = Field(None, description="name of the new run folder (default: <run>-int8)")
+    output: Optional[str] = Field(None, description="folder for the new run (default: beside the source run)")
+
+
+def quantize(args: QuantizeArgs, out=print) -> Path:
     from tunesmith.ensemble import is_ensemble
     from tunesmith.methods import METHODS, supporting_methods
     from tunesmith.tasks import TASKS, supporting
 
+    run_path, mode, backend, per_channel = args.run, args.mode, args.backend, args.per_channel
     source = open_finished(run_path)
     if is_ensemble(source):
         raise UserError(f"quantize: {run_path} is an ensemble; quantise each of its member runs instead")
@@ -45,7 +66,7 @@ def quantize(run_path: str, mode: str = "dynamic", backend: str = "auto", per_ch
                             f"(exportable: {', '.join(supporting_methods('exportable'))}); use --backend torch")
     if mode == "static" and backend != "onnx":
         raise UserError("quantize --mode static needs --backend onnx (PyTorch's int8 here is dynamic only)")
-    target = lineage.target_folder(source, "int8", name, output)
+    target = lineage.target_folder(source, "int8", args.name, args.output)
     settings = {"mode": mode, "per_channel": per_channel}
 
     with lineage.building(target) as run:

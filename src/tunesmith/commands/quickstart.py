@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from pydantic import BaseModel, Field
+
 from tunesmith.commands.train import train
 from tunesmith.config import TrainConfig
 
@@ -27,8 +29,14 @@ QUICKSTART = dict(
 )
 
 
-def quickstart(output: str = "runs", out=print, **overrides) -> None:
-    cfg = TrainConfig(**{**QUICKSTART, **overrides, "output": output,
+class QuickstartArgs(BaseModel):
+    """`tunesmith quickstart`."""
+
+    output: str = Field("runs", description="folder for the run folder")
+
+
+def quickstart(args: QuickstartArgs = QuickstartArgs(), out=print, **overrides) -> None:
+    cfg = TrainConfig(**{**QUICKSTART, **overrides, "output": args.output,
                          "name": f"quickstart-{datetime.now():%Y%m%d-%H%M%S}"})
     out("tunesmith quickstart: LoRA fine-tuning of all-MiniLM-L6-v2 on tweet sentiment, offline")
     run = train(cfg, log=out)

@@ -14,7 +14,10 @@ import shutil
 import torch
 from safetensors.torch import load_file, save_file
 
-from tunesmith.commands.evaluate import evaluate
+from pydantic import BaseModel, Field
+
+from tunesmith.commands.flags import positional
+from tunesmith.commands.evaluate import EvalArgs, evaluate
 from tunesmith.errors import UserError
 from tunesmith.commands.members import compatible_runs, start_combined_run
 from tunesmith.io import replace_dir, write_json
@@ -34,7 +37,16 @@ def average_state_dicts(states: list[dict[str, torch.Tensor]]) -> dict[str, torc
     return out
 
 
-def soup(run_paths: list[str], name: str, output: str = "runs", out=print) -> Run:
+class SoupArgs(BaseModel):
+    """`tunesmith soup RUN1 RUN2 ... --name NAME`."""
+
+    runs: list[str] = Field(description="finished run folders (same task, base model and splits)", json_schema_extra=positional())
+    name: str = Field(description="name of the new run folder")
+    output: str = Field("runs", description="folder for the new run")
+
+
+def soup(args: SoupArgs, out=print) -> Run:
+    run_paths, name, output = args.runs, args.name, args.output
     runs = compatible_runs(run_paths, "soup")
     first = runs[0]
     # Every weights file averages: model.safetensors, and a head kept beside it (a mean-pooled
@@ -61,5 +73,5 @@ def soup(run_paths: list[str], name: str, output: str = "runs", out=print) -> Ru
     write_json(tmp / "soup.json", {"members": [str(r.path) for r in runs], "kind": "uniform weight average"})
     replace_dir(tmp, target.path)
     out(f"averaged {len(runs)} runs into {target.path}")
-    evaluate(str(target.path), out=out)
+    evaluate(EvalArgs(run=str(target.path)), out=out)
     return target

@@ -12,14 +12,18 @@ import resource
 import shutil
 import sys
 import time
+from dataclasses import dataclass, field
 from contextlib import ExitStack
 from datetime import datetime
 from pathlib import Path
+from typing import Callable, Optional
 
 import torch
+from pydantic import BaseModel, Field
 
-from tunesmith import models, quality
-from tunesmith.config import DEFAULT_EPOCHS, MIN_DEFAULT_STEPS, TrainConfig, config_to_yaml_dict
+from tunesmith import models, plan, quality
+from tunesmith.commands.flags import positional
+from tunesmith.config import TrainConfig, config_to_yaml_dict, load_config
 from tunesmith.data.augment import augment_examples
 from tunesmith.data.labeled import write_split
 from tunesmith.data.long_text import LongText
@@ -35,8 +39,36 @@ from tunesmith.tasks import TASKS
 from tunesmith.tasks.mean_pool import trained_pooling
 from tunesmith import track
 from tunesmith.train import budget, checkpoint, continual, distributed
-from tunesmith.train.loop import FitResult, LoopState, fit
+from tunesmith.train.loop import FitResult, Goal, Hooks, LoopState, fit
 from tunesmith.train.objective import training_objective
+
+
+class TrainArgs(BaseModel):
+    """`tunesmith train [CONFIG|DATA] [--flag value ...]` (the training flags go in `training`)."""
+
+    config: Optional[str] = Field(None, description="YAML config file (flags override its values), or the training "
+                                  "data itself", json_schema_extra=positional())
+    training: dict = Field({}, description="training settings given as flags", json_schema_extra={"hidden": True})
+
+
+def main(args: TrainArgs) -> None:
+    """The verb: the config file (or the data named in its place) with the flags on top."""
+    overrides, config = dict(args.training), args.config
+    if config is not None and _is_data(config):
+        # `tunesmith train data.csv` names the data, as `compare DATA` does; a config is YAML.
+        if overrides.get("data") is not None:
+            raise UserError(f"train: {config} looks like data, and --data {overrides['data']} is given too; "
+                            "pass one data set (the positional argument is a YAML config or the data)")
+        config, overrides["data"] = None, config
+    run = train(load_config(config, overrides))
+    print(f"finished: {run.path} (report: {run.report_file})")
+
+
+def _is_data(path: str) -> bool:
+    """Whether a positional argument names data (a table or an image folder), not a YAML config."""
+    from tunesmith.data.sources import TABLE_SUFFIXES
+
+    return Path(path).suffix.lower() in TABLE_SUFFIXES or Path(path).is_dir()
 
 
 def train(cfg: TrainConfig, log=print, on_evaluate=None, score_test: bool = True) -> Run:
@@ -45,106 +77,354 @@ def train(cfg: TrainConfig, log=print, on_evaluate=None, score_test: bool = True
     trial: selection sees validation only) neither the baseline nor the model touches the test
     split; `tunesmith eval RUN` scores it later."""
     processes = distributed.processes()  # several under `accelerate launch`; only the main one writes
-    main = processes.is_main_process
-    if not main:
-        log = _silent
-    resuming = cfg.resume is not None
+    log = log if processes.is_main_process else _silent
     with ExitStack() as held:
-        if resuming:
+        run = None
+        if cfg.resume is not None:
             cfg, run = _config_of_interrupted_run(cfg.resume)
-            if main:
+            if processes.is_main_process:
                 held.enter_context(training_lock(run))  # before any work: a second resume is refused now
-        return _train(cfg, run if resuming else None, processes, held, log, on_evaluate, score_test)
+        return _train(Start(cfg, run, processes, log, on_evaluate, score_test), held)
 
 
-def _train(cfg: TrainConfig, run: Run | None, processes, held: ExitStack, log, on_evaluate, score_test) -> Run:
-    main, resuming = processes.is_main_process, run is not None
-    if not resuming:
-        # A taken name fails now, not after loading everything; the others use the main's folder.
-        run = Run(Path(distributed.from_main(str(_unused_run_folder(cfg).path) if main else None)))
+@dataclass(frozen=True)
+class Start:
+    """How a run was asked for: its settings (as given), its folder when resuming, and who is watching."""
+
+    cfg: TrainConfig
+    run: Run | None  # an interrupted run to continue; None: a new one
+    processes: object  # accelerate's view of the processes (one, or several under `accelerate launch`)
+    log: Callable
+    on_evaluate: Callable | None = None
+    score_test: bool = True
+
+
+@dataclass
+class Training:
+    """A run in progress: what each stage has built, in one place, so the stages read top to
+    bottom. The settings are the resolved plan's, frozen."""
+
+    cfg: TrainConfig
+    source: str  # where the pretrained weights load from
+    run: Run
+    task: object
+    method: object
+    splits: Splits
+    tokenizer: object
+    model: object
+    start: Start
+    earlier: Run | None = None  # continual learning: the finished run this one continues
+    checked: object = None  # the data-quality findings, when they ran
+    examples: dict = field(default_factory=dict)  # split name -> the Examples that train or score
+    features: dict = field(default_factory=dict)  # split name -> encoded features
+    started_as_probe: bool = False  # the head starts as the baseline's probe: step 0 is the baseline
+    params: dict = field(default_factory=dict)  # trainable and total parameters, the method applied
+    tracking: object = None
+
+    @property
+    def resuming(self) -> bool:
+        return self.start.run is not None
+
+    @property
+    def main(self) -> bool:
+        return self.start.processes.is_main_process
+
+    def log(self, line: str) -> None:
+        self.start.log(line)
+
+
+def _train(start: Start, held: ExitStack) -> Run:
+    """The stages: prepare (data, plan, model), the run folder, features, baseline, fine-tune
+    and keep the best, test, report."""
+    state = _prepare(start)
+    _open_run_folder(state, held)
+    state.tracking = track.Tracking(state.run.path, state.cfg, state.log) if state.main else None
+    try:
+        _encode(state)
+        _baseline(state)
+        result = _fine_tune(state)
+        if state.main:  # the main process keeps, exports and tests the model
+            _finish(state, result)
+    except BaseException as exc:
+        _record_failure(state, exc)
+        if isinstance(exc, KeyboardInterrupt):
+            raise Interrupted(state.run.path) from None
+        raise
+    if state.tracking is not None:
+        state.tracking.close("finished")
+    return state.run
+
+
+def _prepare(start: Start) -> Training:
+    """1. Data, the plan (every default resolved once, from the data) and the model, each
+    refused before anything is written when it cannot work."""
+    cfg, log, resuming = start.cfg, start.log, start.run is not None
+    run = start.run or Run(Path(distributed.from_main(  # a taken name fails now; the others use the main's folder
+        str(_unused_run_folder(cfg).path) if start.processes.is_main_process else None)))
     task, method = TASKS[cfg.task], METHODS[cfg.method]
     method.check(cfg, task)  # e.g. qlora without a GPU: refused before any data or model is loaded
     track.check(cfg)  # --track mlflow without mlflow installed: refused now too
     earlier = continual.prior_run(cfg) if cfg.from_run else None
     if earlier is not None:
-        cfg.model = str(earlier.model_dir.resolve())  # its model and tokenizer are the start
         log(f"continual learning: starting from {earlier.path} ({len(earlier.labels())} labels)")
-
-    # 1. Data and model, validated before anything is written.
     splits = _saved_splits(run, cfg) if resuming else task.load_data(cfg)
-    if splits.pair_col and not cfg.text_pair_col:
-        cfg.text_pair_col = splits.pair_col  # recorded, so eval and predict read pairs the same way
     for note in splits.notes:
         log(note)
-    if cfg.epochs is None:  # the default depends on how many steps the data makes (recorded in config.yaml)
-        cfg.epochs = cfg.resolved_epochs(len(splits.train))
-        if cfg.epochs != DEFAULT_EPOCHS:
-            log(f"epochs: {cfg.epochs:g}, so that {len(splits.train):,} training rows make at least "
-                f"{MIN_DEFAULT_STEPS} optimizer steps (--epochs sets it)")
-    if cfg.lr is None:  # some methods' default follows the run's length (recorded in config.yaml)
-        cfg.lr = cfg.resolved_lr(len(splits.train))
-        if task.lr_by_steps and cfg.lr != method.default_lr:
-            log(f"lr: {cfg.lr:.2g}, {cfg.method}'s rate for {cfg.training_steps(len(splits.train)):,} optimizer "
-                f"steps (--lr sets it)")
-    chosen = None if resuming or earlier is not None else models.choose_for_data(cfg, task, splits.train.texts)
-    if chosen:
-        log(chosen)
-    source = models.resolve(cfg.resolved_model())
-    tokenizer = task.load_processor(cfg.resolved_model(), cfg)  # a tokenizer, or image preprocessing
-    for note in models.fit_max_length(cfg, source, tokenizer):
-        log(f"note: {note}")
-    findings = task.check(splits, tokenizer, cfg.resolved_max_length())
+    run_plan = plan.resolve(cfg, splits, str(earlier.model_dir.resolve()) if earlier is not None else None)
+    tokenizer = task.load_processor(run_plan.settings.model, run_plan.settings)  # or image preprocessing
+    models.hold_to_limit(tokenizer, run_plan.source)
+    findings = task.check(splits, tokenizer, run_plan.settings.max_length)
+    lengths = findings.facts.get("token_lengths")
+    smaller = None if resuming else budget.fitting_micro_batch(run_plan.settings, task, run_plan.source, lengths,
+                                                               len(splits.train))
+    if smaller is not None:  # a resumed run keeps its batches: its checkpoints count steps of them
+        run_plan = run_plan.with_batch(*smaller)
+    cfg = run_plan.settings
+    for key, note in run_plan.notes.items():
+        log(f"note: {note}" if key == "max_length" else note)
     for warning in findings.warnings:
         log(f"warning: {warning}")
-    checked = None if resuming else _quality(cfg, task, splits, source, tokenizer, score_test, log)
-    if not resuming:  # a resumed run keeps its batches: its checkpoints count steps of them
-        for line in budget.plan(cfg, task, source, findings.facts.get("token_lengths"), len(splits.train), adapt=True):
-            log(line)
+    checked = None if resuming else _quality(cfg, task, splits, run_plan.source, tokenizer, start.score_test, log)
+    for line in [] if resuming else budget.plan(cfg, task, run_plan.source, lengths, len(splits.train)):
+        log(line)
     torch.manual_seed(cfg.seed)  # the head's initialisation is part of what the seed fixes
     if earlier is not None:  # its labels keep their class ids; new ones come after them
         splits.labels = continual.extended_labels(earlier.labels(), splits.labels)
         model = load_tuned(task, str(earlier.model_dir))
     else:
-        pooling = _pooling(cfg, task, method, source)
-        model = task.build_model(source, splits.labels, pooling)
+        model = task.build_model(run_plan.source, splits.labels, _pooling(cfg, task, method, run_plan.source))
+    return Training(cfg, run_plan.source, run, task, method, splits, tokenizer, model, start, earlier, checked)
 
-    # 2. The run folder, with the resolved config that re-runs it and the exact splits.
-    if not resuming and main:
+
+def _open_run_folder(state: Training, held: ExitStack) -> None:
+    """2. The run folder, with the resolved config that re-runs it and the exact splits; all of
+    it or nothing."""
+    run, splits = state.run, state.splits
+    if not state.resuming and state.main:
         run.path.mkdir(parents=True)
         try:
-            write_yaml(run.config_file, config_to_yaml_dict(cfg))
+            write_yaml(run.config_file, config_to_yaml_dict(state.cfg))
             write_json(run.labels_file, splits.labels)
             for name in ("train", "val", "test"):
                 write_split(run.data_dir / f"{name}.jsonl", getattr(splits, name))
-            if checked is not None:
-                checked.write(run.path / "quality")
-                write_json(run.path / "quality" / "facts.json", checked.facts)
+            if state.checked is not None:
+                state.checked.write(run.path / "quality")
+                write_json(run.path / "quality" / "facts.json", state.checked.facts)
         except BaseException:
             shutil.rmtree(run.path, ignore_errors=True)
             raise
         held.enter_context(training_lock(run))
-        log(f"run folder: {run.path}")
-    processes.wait_for_everyone()
+        state.log(f"run folder: {run.path}")
+    state.start.processes.wait_for_everyone()
 
-    tracking = track.Tracking(run.path, cfg, log) if main else None
-    try:
-        done = _fine_tune_and_evaluate(run, cfg, task, method, splits, tokenizer, model, resuming, log, earlier,
-                                       on_evaluate, score_test, tracking)
-    except BaseException as exc:
-        if main:
-            tracking.close(track.status_of(exc))
-        if isinstance(exc, UserError) and not resuming and main and not run.checkpoints.exists():
-            # Refused before any training step (a method that cannot adapt this model): nothing
-            # in the folder is worth keeping, and bad input never leaves one behind.
-            shutil.rmtree(run.path, ignore_errors=True)
-        elif main:
-            run_status.record_ending(run, exc)  # what the dashboard shows: failed or interrupted
-        if isinstance(exc, KeyboardInterrupt):
-            raise Interrupted(run.path) from None
-        raise
-    if tracking is not None:
-        tracking.close("finished")
-    return done
+
+def _record_failure(state: Training, exc: BaseException) -> None:
+    """What a run that stopped leaves: the trackers closed, and the folder removed (refused
+    before any step: nothing in it is worth keeping) or marked failed or interrupted."""
+    if not state.main:
+        return
+    state.tracking.close(track.status_of(exc))
+    if isinstance(exc, UserError) and not state.resuming and not state.run.checkpoints.exists():
+        shutil.rmtree(state.run.path, ignore_errors=True)  # bad input never leaves a folder behind
+    else:
+        run_status.record_ending(state.run, exc)  # what the dashboard shows: failed or interrupted
+
+
+def _encode(state: Training) -> None:
+    """3. Features (token ids cached on disk) with targets, for every split. Augmentation
+    touches the training split only, never val or test: text edits (EDA) here, and the
+    task's own (image flips and crops) inside encode."""
+    cfg, splits = state.cfg, state.splits
+    examples = {"train": splits.train, "val": splits.val, "test": splits.test}
+    if state.earlier is not None and cfg.replay:  # continual learning: rehearse some of the old training data
+        examples["train"] = continual.with_replay(splits.train, state.earlier.split("train"), cfg.replay, cfg.seed)
+        state.log(f"replay: {len(examples['train']) - len(splits.train):,} old training examples mixed in")
+    if cfg.augment_copies:
+        examples["train"] = augment_examples(splits.train, cfg.augment_copies, cfg.augment_ops, cfg.augment_rate,
+                                             cfg.seed)
+        state.log(f"augmentation: {len(splits.train):,} training examples + "
+                  f"{len(examples['train']) - len(splits.train):,} edited copies ({', '.join(cfg.augment_ops)})")
+    state.examples = examples
+    state.features = {name: state.task.encode(state.tokenizer, part.texts, part.labels, splits.labels,
+                                              cfg.max_length, augment=name == "train", long_text=LongText.of(cfg))
+                      for name, part in examples.items()}
+    if state.task.score_reference is not None:  # DPO: the reference's log-probabilities, before any tuning
+        state.log("scoring every pair with the reference (the starting model) ...")
+        state.task.score_reference(state.model, state.features)
+
+
+def _baseline(state: Training) -> None:
+    """4. The untuned baseline, from the pristine pretrained encoder (once per run); then the
+    head starts as its probe where the task has one, so step 0 is the baseline."""
+    cfg, task, run, splits = state.cfg, state.task, state.run, state.splits
+    if cfg.baseline and state.start.score_test and task.has_baseline and state.main and not run.baseline_file.is_file():
+        state.log("baseline: scoring the untuned model on the test split ...")
+        baseline = task.baseline(state.model, state.features["train"], state.features["test"],
+                                 state.examples["train"].labels, splits.test.labels, splits.labels, cfg.seed)
+        write_json(run.baseline_file, baseline)
+    # A run resumed before its first checkpoint starts over, so its head starts as a fresh one does.
+    from_checkpoint = state.resuming and checkpoint.find(run.checkpoints / "last") is not None
+    if task.start_head is not None and not from_checkpoint and state.earlier is None:
+        note = task.start_head(state.model, state.features["train"], state.examples["train"].labels, splits.labels,
+                               cfg.seed)
+        if note:
+            state.log(note)
+            state.started_as_probe = True
+
+
+def _fine_tune(state: Training) -> FitResult:
+    """5-6. The method applied, the loop run, and the best checkpoint (chosen on validation,
+    never on test) kept in `state.model`."""
+    cfg, task, method = state.cfg, state.task, state.method
+    ewc = _prepare_model(state)
+    params = state.params = count_parameters(state.model)
+    state.log(f"method {cfg.method}: {params['trainable']:,} of {params['total']:,} parameters train "
+              f"({params['trainable_pct']:.2f}%), lr {cfg.lr:g}")
+    validate, evaluate, fit_head = _validation(state)
+    metric = cfg.metric
+    if not method.trains:  # zero-shot: nothing trains; the validation score is still reported
+        state.log(f"method {cfg.method}: no training")
+        return FitResult(LoopState(best_metric=evaluate(state.model)[metric], best_step=0), 0, "no")
+    loss = training_objective(cfg, task, method, state.tokenizer, state.examples["train"].labels,
+                              state.splits.labels, ewc)
+    hooks = Hooks(evaluate, loss, method.on_step, validate if state.started_as_probe else None, state.tracking)
+    result = fit(state.model, state.features["train"], cfg, state.run.path, hooks,
+                 Goal(metric, task.metrics_higher_is_better[metric]), resume=state.resuming, log=state.log)
+    if not state.main:
+        return result
+    if result.state.best_step == 0 and not cfg.average_last:
+        state.log(f"note: no step beat the starting model (the untuned probe) on validation {metric}, so the run "
+                  f"keeps it; for more from training try --lr {cfg.lr / 4:g} or --lr {cfg.lr * 4:g}, or more data")
+    _keep_best(state.run, cfg, state.model, state.log)
+    fit_head(state.model)
+    return result
+
+
+def _validation(state: Training):
+    """`validate(model) -> metrics` on the validation split (few-shot's head fitted first),
+    `evaluate`, the same reported to whoever watches (a tune trial's pruner), and `fit_head`."""
+    task, method, splits, features = state.task, state.method, state.splits, state.features
+
+    def fit_head(m) -> None:  # few-shot: the head is fitted on the training split, outside the loop
+        if method.fit_head is not None:
+            method.fit_head(m, features["train"], state.examples["train"].labels, splits.labels)
+
+    def validate(m) -> dict:
+        fit_head(m)
+        return task.metrics(splits.val.labels, task.predict(m, features["val"]), splits.labels)
+
+    def evaluate(m) -> dict:
+        metrics = validate(m)
+        if state.start.on_evaluate is not None:
+            state.start.on_evaluate(metrics)
+        return metrics
+
+    return validate, evaluate, fit_head
+
+
+def _prepare_model(state: Training):
+    """The model the loop trains, into `state.model` (the method applied; continual learning:
+    the earlier run's head extended, EWC's penalty bound to it); returns the penalty or None."""
+    cfg, earlier, model = state.cfg, state.earlier, state.model
+    ewc = None
+    if earlier is not None:
+        if cfg.ewc_lambda:
+            state.log("EWC: weighing each weight's importance on the old training data ...")
+            old_train = earlier.split("train")
+            sample = old_train.subset(range(min(len(old_train), continual.FISHER_SAMPLES)))
+            ewc = continual.EWC(model, state.task.encode(state.tokenizer, sample.texts, sample.labels,
+                                                         state.splits.labels, cfg.max_length), cfg.ewc_lambda)
+        model = continual.extend_head(model, earlier.labels(), state.splits.labels)
+    if cfg.gradient_checkpointing:
+        _checkpoint_activations(model, cfg)
+    state.model = state.method.apply(model, cfg, state.task)
+    if ewc is not None:
+        ewc.bind(state.model)
+    return ewc
+
+
+def _keep_best(run: Run, cfg: TrainConfig, model, log) -> None:
+    """The best checkpoint into `model`, or the average of the last k evaluations' weights."""
+    kept = sorted(run.checkpoints.glob("eval-*"))[-cfg.average_last:] if cfg.average_last else []
+    if kept:
+        log(f"averaging the weights of the last {len(kept)} evaluations ({', '.join(k.name for k in kept)})")
+        checkpoint.average_weights(kept, model)
+    else:
+        checkpoint.load_weights(checkpoint.find(run.checkpoints / "best"), model)
+
+
+def _finish(state: Training, result: FitResult) -> None:
+    """7-8. The model saved, the test split scored from it, the report and metrics.json (last:
+    its presence marks the run finished), and what the result says to the user."""
+    cfg, task, run, metric = state.cfg, state.task, state.run, state.cfg.metric
+    tuned = task.tune_on_validation(state.model, state.features["val"], state.splits.val.labels, state.splits.labels)
+    _export_model(state.method, state.model, state.tokenizer, run)
+    metrics = _metrics(state, result, tuned, state.params)
+    history = run.history()
+    write_text(run.report_file, report.render(f"tunesmith run {run.path.name}", run.config(), metrics,
+                                              history, state.splits.labels))
+    write_json(run.metrics_file, metrics)
+    if state.tracking is not None:  # settings, test metrics, report and model to the trackers
+        state.tracking.finish(run.config(), metrics)
+    higher_better = task.metrics_higher_is_better[metric]
+    for line in versus_baseline(metrics, metric, higher_better, task.baseline_name):
+        state.log(line)
+    for line in learned_nothing(history, metric, higher_better, cfg.lr):
+        state.log(line)
+
+
+def _metrics(state: Training, result: FitResult, tuned: dict, params: dict) -> dict:
+    """The run's metrics: what training cost, the best validation score, and (unless a tune
+    trial asked not to: the test entry then stays empty, and `tunesmith eval RUN` fills it)
+    the test split scored from the saved model."""
+    run, metric = state.run, state.cfg.metric
+    scored = _score_test(state) if state.start.score_test else {"test": {}}
+    facts = run.path / "quality" / "facts.json"
+    return {
+        "test": scored.pop("test"),
+        "val_best": {metric: result.state.best_metric, "step": result.state.best_step},
+        **({"tuned_on_validation": tuned} if tuned else {}),
+        "baseline": json.loads(run.baseline_file.read_text()) if run.baseline_file.is_file() else None,
+        "training": {
+            "train_seconds": result.state.train_seconds,
+            "samples_per_second": result.state.samples / max(result.state.train_seconds, 1e-9),
+            "steps": result.state.step,
+            "total_steps": result.total_steps,
+            "epochs_completed": result.state.epoch,
+            "stopped_early": result.state.stopped_early,
+            "best_step": result.state.best_step,
+            "precision": "fp32" if result.precision == "no" else result.precision,
+            "processes": result.processes,
+        },
+        "parameters": params,
+        "peak_memory_mb": peak_memory_mb(),
+        "data_quality": json.loads(facts.read_text()) if facts.is_file() else None,
+        **scored,  # predict_samples_per_second, and continual's forgetting
+    }
+
+
+def _score_test(state: Training) -> dict:
+    """Test metrics from the saved model, exactly as `eval` and `predict` will load it; for
+    continual learning, the old test split scored again."""
+    task, splits, earlier, metric = state.task, state.splits, state.earlier, state.cfg.metric
+    predictor = Predictor.from_run(state.run)
+    started = time.perf_counter()
+    test_outputs = predictor.predict(splits.test.texts)
+    predict_seconds = time.perf_counter() - started
+    test_metrics = task.metrics(splits.test.labels, test_outputs, splits.labels)
+    if task.generative:  # generative tasks: answers to held-out prompts vs references
+        state.log("answering test prompts for exact match and ROUGE-L ...")
+        test_metrics.update(task.answer_metrics(predictor.model, predictor.tokenizer, splits.test.texts))
+    scored = {"test": test_metrics, "predict_samples_per_second": len(splits.test) / max(predict_seconds, 1e-9)}
+    if earlier is not None:  # forgetting: the old test split, as the old run scored it and now
+        old_test = earlier.split("test")
+        after = task.metrics(old_test.labels, predictor.predict(old_test.texts), splits.labels)
+        scored["continual"] = {
+            "from": str(earlier.path), "replayed": len(state.examples["train"]) - len(splits.train),
+            "ewc_lambda": state.cfg.ewc_lambda, "new_labels": splits.labels[len(earlier.labels()):],
+            "old_test": continual.forgetting(continual.old_metrics(earlier), after, metric,
+                                             task.metrics_higher_is_better[metric])}
+    return scored
 
 
 def _quality(cfg: TrainConfig, task, splits: Splits, source: str, tokenizer, score_test: bool, log):
@@ -172,187 +452,6 @@ def _pooling(cfg: TrainConfig, task, method, source: str) -> str:
     if cfg.pooling != "auto":
         return cfg.pooling  # the config refused "mean" where the task or method has no such head
     return trained_pooling(source) if task.mean_pooling and method.mean_pooling else "cls"
-
-
-def _fine_tune_and_evaluate(run: Run, cfg: TrainConfig, task, method, splits: Splits, tokenizer, model,
-                            resuming: bool, log, earlier: Run | None = None, on_evaluate=None,
-                            score_test: bool = True, tracking: track.Tracking | None = None) -> Run:
-    """Steps 3-7: everything that happens inside the run folder."""
-    examples, features = _encode_splits(cfg, task, splits, tokenizer, log, earlier)
-    if task.score_reference is not None:  # DPO: the reference's log-probabilities, before any tuning
-        log("scoring every pair with the reference (the starting model) ...")
-        task.score_reference(model, features)
-
-    # 4. The untuned baseline, from the pristine pretrained encoder (once per run).
-    main = distributed.processes().is_main_process
-    if cfg.baseline and score_test and task.has_baseline and main and not run.baseline_file.is_file():
-        log("baseline: scoring the untuned model on the test split ...")
-        baseline = task.baseline(model, features["train"], features["test"], examples["train"].labels,
-                                 splits.test.labels, splits.labels, cfg.seed)
-        write_json(run.baseline_file, baseline)
-
-    # 5. Fine-tune (continual learning: from the earlier run's model, its head extended).
-    started_as_probe = False  # the head starts as the baseline's probe: step 0 is the baseline
-    # A run resumed before its first checkpoint starts over, so its head starts as a fresh one does.
-    from_checkpoint = resuming and checkpoint.find(run.checkpoints / "last") is not None
-    if task.start_head is not None and not from_checkpoint and earlier is None:
-        note = task.start_head(model, features["train"], examples["train"].labels, splits.labels, cfg.seed)
-        if note:
-            log(note)
-            started_as_probe = True
-    model, ewc = _prepare_model(model, cfg, task, method, splits, tokenizer, earlier, log)
-    params = count_parameters(model)
-    log(f"method {cfg.method}: {params['trainable']:,} of {params['total']:,} parameters train "
-        f"({params['trainable_pct']:.2f}%), lr {cfg.resolved_lr():g}")
-
-    def fit_head(m) -> None:  # few-shot: the head is fitted on the training split, outside the loop
-        if method.fit_head is not None:
-            method.fit_head(m, features["train"], examples["train"].labels, splits.labels)
-
-    def validate(m) -> dict:
-        fit_head(m)
-        return task.metrics(splits.val.labels, task.predict(m, features["val"]), splits.labels)
-
-    def evaluate(m) -> dict:
-        metrics = validate(m)
-        if on_evaluate is not None:
-            on_evaluate(metrics)
-        return metrics
-
-    metric = cfg.resolved_metric()
-    loss = training_objective(cfg, task, method, tokenizer, examples["train"].labels, splits.labels, ewc)
-    if method.trains:
-        result = fit(model, features["train"], evaluate, cfg, run.path, metric, task.metrics_higher_is_better[metric],
-                     resume=resuming, log=log, compute_loss=loss, on_step=method.on_step, tracking=tracking,
-                     evaluate_start=validate if started_as_probe else None)
-        if not main:  # the main process keeps, exports and tests the model
-            return run
-        if result.state.best_step == 0 and not cfg.average_last:
-            log(f"note: no step beat the starting model (the untuned probe) on validation {metric}, so the run keeps "
-                f"it; for more from training try --lr {cfg.resolved_lr() / 4:g} or --lr {cfg.resolved_lr() * 4:g}, or "
-                "more data")
-        _keep_best(run, cfg, model, log)
-        fit_head(model)
-    else:  # zero-shot: nothing trains; the validation score is still reported
-        log(f"method {cfg.method}: no training")
-        result = FitResult(LoopState(best_metric=evaluate(model)[metric], best_step=0), 0, "no")
-    tuned = task.tune_on_validation(model, features["val"], splits.val.labels, splits.labels)
-    _export_model(method, model, tokenizer, run)
-    metrics = _test_metrics(run, cfg, task, splits, examples, result, metric, tuned, params, earlier, log, score_test)
-    history = run.history()
-    write_text(run.report_file, report.render(f"tunesmith run {run.path.name}", run.config(), metrics,
-                                              history, splits.labels))
-    write_json(run.metrics_file, metrics)  # last: its presence marks the run finished
-    if tracking is not None:  # settings, test metrics, report and model to the trackers
-        tracking.finish(run.config(), metrics)
-    for line in versus_baseline(metrics, metric, task.metrics_higher_is_better[metric], task.baseline_name):
-        log(line)
-    for line in learned_nothing(history, metric, task.metrics_higher_is_better[metric], cfg.resolved_lr()):
-        log(line)
-    return run
-
-
-def _encode_splits(cfg: TrainConfig, task, splits: Splits, tokenizer, log, earlier: Run | None):
-    """3. Features (token ids cached on disk) with targets, for every split. Augmentation
-    touches the training split only, never val or test: text edits (EDA) here, and the
-    task's own (image flips and crops) inside encode."""
-    examples = {"train": splits.train, "val": splits.val, "test": splits.test}
-    if earlier is not None and cfg.replay:  # continual learning: rehearse some of the old training data
-        examples["train"] = continual.with_replay(splits.train, earlier.split("train"), cfg.replay, cfg.seed)
-        log(f"replay: {len(examples['train']) - len(splits.train):,} old training examples mixed in")
-    if cfg.augment_copies:
-        examples["train"] = augment_examples(splits.train, cfg.augment_copies, cfg.augment_ops, cfg.augment_rate,
-                                             cfg.seed)
-        log(f"augmentation: {len(splits.train):,} training examples + {len(examples['train']) - len(splits.train):,} "
-            f"edited copies ({', '.join(cfg.augment_ops)})")
-    features = {name: task.encode(tokenizer, part.texts, part.labels, splits.labels, cfg.resolved_max_length(),
-                                  augment=name == "train", long_text=LongText.of(cfg))
-                for name, part in examples.items()}
-    return examples, features
-
-
-def _prepare_model(model, cfg: TrainConfig, task, method, splits: Splits, tokenizer, earlier: Run | None, log):
-    """The model the loop trains (the method applied; continual learning: the earlier run's
-    head extended, EWC's penalty bound to it), and the EWC penalty or None."""
-    ewc = None
-    if earlier is not None:
-        if cfg.ewc_lambda:
-            log("EWC: weighing each weight's importance on the old training data ...")
-            old_train = earlier.split("train")
-            sample = old_train.subset(range(min(len(old_train), continual.FISHER_SAMPLES)))
-            ewc = continual.EWC(model, task.encode(tokenizer, sample.texts, sample.labels, splits.labels,
-                                                   cfg.resolved_max_length()), cfg.ewc_lambda)
-        model = continual.extend_head(model, earlier.labels(), splits.labels)
-    if cfg.gradient_checkpointing:
-        _checkpoint_activations(model, cfg)
-    model = method.apply(model, cfg, task)
-    if ewc is not None:
-        ewc.bind(model)
-    return model, ewc
-
-
-def _keep_best(run: Run, cfg: TrainConfig, model, log) -> None:
-    """6. The best checkpoint (chosen on validation, never on test) into `model`, or the
-    average of the last k evaluations' weights."""
-    kept = sorted(run.checkpoints.glob("eval-*"))[-cfg.average_last:] if cfg.average_last else []
-    if kept:
-        log(f"averaging the weights of the last {len(kept)} evaluations ({', '.join(k.name for k in kept)})")
-        checkpoint.average_weights(kept, model)
-    else:
-        checkpoint.load_weights(checkpoint.find(run.checkpoints / "best"), model)
-
-
-def _test_metrics(run: Run, cfg: TrainConfig, task, splits: Splits, examples: dict, result: FitResult, metric: str,
-                  tuned: dict, params: dict, earlier: Run | None, log, score_test: bool = True) -> dict:
-    """7. The run's metrics: what training cost, the best validation score, and (unless
-    `score_test` is False: the test entry then stays empty, and `tunesmith eval RUN` fills it)
-    the test split scored from the saved model."""
-    scored = _score_test(run, cfg, task, splits, examples, metric, earlier, log) if score_test else {"test": {}}
-    return {
-        "test": scored.pop("test"),
-        "val_best": {metric: result.state.best_metric, "step": result.state.best_step},
-        **({"tuned_on_validation": tuned} if tuned else {}),
-        "baseline": json.loads(run.baseline_file.read_text()) if run.baseline_file.is_file() else None,
-        "training": {
-            "train_seconds": result.state.train_seconds,
-            "samples_per_second": result.state.samples / max(result.state.train_seconds, 1e-9),
-            "steps": result.state.step,
-            "total_steps": result.total_steps,
-            "epochs_completed": result.state.epoch,
-            "stopped_early": result.state.stopped_early,
-            "best_step": result.state.best_step,
-            "precision": "fp32" if result.precision == "no" else result.precision,
-            "processes": result.processes,
-        },
-        "parameters": params,
-        "peak_memory_mb": peak_memory_mb(),
-        "data_quality": json.loads(facts.read_text()) if (facts := run.path / "quality" / "facts.json").is_file() else None,
-        **scored,  # predict_samples_per_second, and continual's forgetting
-    }
-
-
-def _score_test(run: Run, cfg: TrainConfig, task, splits: Splits, examples: dict, metric: str, earlier: Run | None,
-                log) -> dict:
-    """Test metrics from the saved model, exactly as `eval` and `predict` will load it; for
-    continual learning, the old test split scored again."""
-    predictor = Predictor.from_run(run)
-    started = time.perf_counter()
-    test_outputs = predictor.predict(splits.test.texts)
-    predict_seconds = time.perf_counter() - started
-    test_metrics = task.metrics(splits.test.labels, test_outputs, splits.labels)
-    if task.generative:  # generative tasks: answers to held-out prompts vs references
-        log("answering test prompts for exact match and ROUGE-L ...")
-        test_metrics.update(task.answer_metrics(predictor.model, predictor.tokenizer, splits.test.texts))
-    scored = {"test": test_metrics, "predict_samples_per_second": len(splits.test) / max(predict_seconds, 1e-9)}
-    if earlier is not None:  # forgetting: the old test split, as the old run scored it and now
-        old_test = earlier.split("test")
-        after = task.metrics(old_test.labels, predictor.predict(old_test.texts), splits.labels)
-        scored["continual"] = {
-            "from": str(earlier.path), "replayed": len(examples["train"]) - len(splits.train), "ewc_lambda": cfg.ewc_lambda,
-            "new_labels": splits.labels[len(earlier.labels()):],
-            "old_test": continual.forgetting(continual.old_metrics(earlier), after, metric,
-                                             task.metrics_higher_is_better[metric])}
-    return scored
 
 
 def versus_baseline(metrics: dict, metric: str, higher_better: bool, baseline: str) -> list[str]:

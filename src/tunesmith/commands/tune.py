@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Literal, Optional
 
-from tunesmith.commands.evaluate import evaluate
+from pydantic import BaseModel, Field
+
+from tunesmith.commands.evaluate import EvalArgs, evaluate
+from tunesmith.commands.flags import positional
 from tunesmith.commands.train import train
 from tunesmith.config import build_config, read_yaml_mapping
 from tunesmith.durations import parse_duration
@@ -22,45 +26,60 @@ from tunesmith.search import report
 from tunesmith import track
 from tunesmith.track import mlflow_log, status_of
 from tunesmith.search.space import default_space, grid, parse_space
-from tunesmith.search.study import (PRUNERS, SAMPLERS, StudySpec, best_config_yaml, best_run, keep_only,
+from tunesmith.search.study import (StudySpec, best_config_yaml, best_run, keep_only,
                                     run_study, short, trial_rows, write_trials_csv)
 from tunesmith.tasks import TASKS
 
 
-def tune(source: str, overrides: dict, folder: str | None = None, **options) -> Path:
-    """Run (or continue) the study of a data file or YAML config, in `folder` (default:
-    <output>/tune-<source name>); returns the best trial's run folder. `options` are
-    `search`'s (trials, timeout, sampler, ...)."""
-    values, space_block = _base_values(source, overrides)
-    if folder is None:
-        folder = str(Path(build_config(values, source).output) / f"tune-{Path(source).stem}")
-    return search(values, space_block, source, folder, **options)
+class TuneArgs(BaseModel):
+    """`tunesmith tune DATA|CONFIG`: the study's own settings (the training flags go in `training`)."""
+
+    source: str = Field(description="training data, or a YAML config (with an optional search: block)",
+                        json_schema_extra=positional(metavar="DATA|CONFIG"))
+    trials: int = Field(20, ge=1, description="trials in the study, over every worker and restart")
+    timeout: Optional[str] = Field(None, description="stop starting trials after this long, e.g. 30m, 2h")
+    sampler: Literal["tpe", "random", "grid"] = Field("tpe", description="tpe, random, or grid (every key needs "
+                                                      "choices or a step)")
+    pruner: Literal["median", "hyperband", "none"] = Field(
+        "median", description="stop trials whose validation metric trails the others' after an evaluation")
+    n_jobs: int = Field(1, ge=1, description="worker processes sharing the study")
+    storage: Optional[str] = Field(None, description="study storage URL (default: sqlite in the study folder); "
+                                   "postgresql://... lets several machines share one study")
+    study_folder: Optional[str] = Field(None, description="folder of the study (default: <output>/tune-<data or "
+                                        "config name>)")
+    keep: Literal["all", "best"] = Field("all", description="keep every trial's run folder or only the best one")
+    sampler_seed: Optional[int] = Field(None, description="seed of the sampler, for a reproducible single-worker "
+                                        "study")
+    training: dict = Field({}, description="training settings given as flags", json_schema_extra={"hidden": True})
 
 
-def search(values: dict, space_block, source: str, folder: str, trials: int = 20, timeout: str | None = None,
-           sampler: str = "tpe", pruner: str = "median", jobs: int = 1, storage: str | None = None,
-           keep: str = "all", sampler_seed: int | None = None, score_best: bool = True, log=print) -> Path:
-    """A study over training `values` (the keys every trial shares) in `folder`; the space is
-    `space_block` (a config's `search:` mapping), or the method's own when None. With
+def tune(args: TuneArgs) -> Path:
+    """Run (or continue) the study of a data file or YAML config, in `args.study_folder`
+    (default: <output>/tune-<source name>); returns the best trial's run folder."""
+    values, space_block = _base_values(args.source, args.training)
+    if args.study_folder is None:
+        folder = str(Path(build_config(values, args.source).output) / f"tune-{Path(args.source).stem}")
+        args = args.model_copy(update={"study_folder": folder})
+    return search(values, space_block, args)
+
+
+def search(values: dict, space_block, args: TuneArgs, score_best: bool = True, log=print) -> Path:
+    """A study over training `values` (the keys every trial shares) in `args.study_folder`; the
+    space is `space_block` (a config's `search:` mapping), or the method's own when None. With
     `score_best=False` the winner's test split stays unscored (`auto` scores only the model it
     finally keeps)."""
+    source, trials, sampler = args.source, args.trials, args.sampler
     cfg = build_config(values, source)  # the shared settings must be valid before any trial starts
-    if trials < 1 or jobs < 1:
-        raise UserError("tune: --trials and --n-jobs must be at least 1")
-    if sampler not in SAMPLERS or pruner not in PRUNERS:
-        raise UserError(f"tune: --sampler is one of {', '.join(SAMPLERS)}; --pruner one of {', '.join(PRUNERS)}")
-    if keep not in ("all", "best"):
-        raise UserError("tune: --keep all or best")
     splits = TASKS[cfg.task].load_data(cfg)  # data that cannot load fails here once, not in every trial
     space = parse_space(space_block, source) if space_block is not None else default_space(cfg, len(splits.train))
     if sampler == "grid":
         grid(space)  # every key needs choices or a step: refused now, not after the first trial
     metric = cfg.resolved_metric()
     higher_better = TASKS[cfg.task].metrics_higher_is_better[metric]
-    study_folder = Path(folder)
-    spec = StudySpec(values=values, space=space, folder=study_folder, trials=trials, timeout_s=parse_duration(timeout),
-                     sampler=sampler, pruner=pruner, storage=storage, sampler_seed=sampler_seed, keep=keep,
-                     workers=jobs)
+    study_folder = Path(args.study_folder)
+    spec = StudySpec(values=values, space=space, folder=study_folder, trials=trials,
+                     timeout_s=parse_duration(args.timeout), sampler=sampler, pruner=args.pruner, storage=args.storage,
+                     sampler_seed=args.sampler_seed, keep=args.keep, workers=args.n_jobs)
     log(f"study {study_folder} ({spec.storage_url.split('://')[0]}): {trials} trials of {cfg.task}, "
         f"searching {', '.join(space)}; selecting on val {metric}")
     track.check(cfg)  # --track with its package missing: refused before the first trial
@@ -106,7 +125,7 @@ def _finish(spec: StudySpec, study, metric: str, higher_better: bool, score_best
     metrics = json.loads(run.metrics_file.read_text(encoding="utf-8"))
     if score_best and not metrics.get("test"):  # the first time the study ends with this winner
         log(f"scoring the best trial ({best.name}) on the test split, once ...")
-        evaluate(str(best), out=lambda _: None)
+        evaluate(EvalArgs(run=str(best)), out=lambda _: None)
         metrics = json.loads(run.metrics_file.read_text(encoding="utf-8"))
     write_text(spec.folder / "best.yaml", best_config_yaml(run.config(), metric, study.best_value))
     if spec.keep == "best":

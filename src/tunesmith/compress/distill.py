@@ -26,12 +26,14 @@ and the test split is scored once, at the end (compress/lineage.finish): as in `
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
 from tunesmith.data.batching import IGNORE, Features
 from tunesmith.errors import UserError
-from tunesmith.inference import predict_logits
+from tunesmith.forward import predict_logits
 
 PROBLEMS = ("single_label_classification", "regression")  # what the soft loss is defined for here
 
@@ -144,23 +146,43 @@ def distillation_loss(problem_type: str, temperature: float, alpha: float, hidde
     return loss
 
 
-def train_student(student, teacher, source, run, cfg, task, tokenizer, extra_texts: list, temperature: float,
-                  alpha: float, log, hidden_weight: float = 0.0, layer_map: list[int] | None = None,
-                  resume: bool = False):
+@dataclass(frozen=True)
+class Teacher:
+    """The run a smaller model learns from, loaded: its folder, settings, task, tokenizer and model."""
+
+    source: object  # the Run
+    cfg: object  # its TrainConfig, with the student's epochs and learning rate
+    task: object
+    tokenizer: object
+    model: torch.nn.Module
+
+
+@dataclass(frozen=True)
+class Lesson:
+    """How the student learns: the soft loss's temperature and share, and the hidden-state loss's weight."""
+
+    temperature: float = 2.0
+    alpha: float = 0.5
+    hidden_weight: float = 0.0
+
+
+def train_student(student, teacher: Teacher, run, lesson: Lesson, extra_texts: list = (),
+                  layer_map: list[int] | None = None, resume: bool = False, log=print):
     """Fit `student` in `run`'s folder (checkpoints, history) against `teacher`; returns the
     student with its best validation checkpoint loaded. `layer_map[k]` is the teacher layer
     student layer k started from (for the hidden-state loss)."""
     from tunesmith.data.long_text import LongText
     from tunesmith.train import checkpoint
-    from tunesmith.train.loop import fit
+    from tunesmith.train.loop import Goal, Hooks, fit
 
+    cfg, task, source = teacher.cfg, teacher.task, teacher.source
     labels = source.labels()
     train, val = source.split("train"), source.split("val")
     log(f"teacher: scoring {len(train) + len(extra_texts):,} training texts ...")
-    features = student_features(task, tokenizer, teacher, train, labels, cfg.resolved_max_length(), LongText.of(cfg),
-                                extra_texts)
-    val_features = task.encode(tokenizer, val.texts, val.labels, labels, cfg.resolved_max_length(), use_cache=False,
-                               long_text=LongText.of(cfg))
+    features = student_features(task, teacher.tokenizer, teacher.model, train, labels, cfg.resolved_max_length(),
+                                LongText.of(cfg), list(extra_texts))
+    val_features = task.encode(teacher.tokenizer, val.texts, val.labels, labels, cfg.resolved_max_length(),
+                               use_cache=False, long_text=LongText.of(cfg))
     metric = cfg.resolved_metric()
 
     def evaluate(model) -> dict:
@@ -168,9 +190,9 @@ def train_student(student, teacher, source, run, cfg, task, tokenizer, extra_tex
 
     for parameter in student.parameters():
         parameter.requires_grad_(True)
-    fit(student, features, evaluate, cfg, run.path, metric, task.metrics_higher_is_better[metric], resume=resume, log=log,
-        compute_loss=distillation_loss(task.problem_type, temperature, alpha, hidden_weight, student, teacher,
-                                       layer_map))
+    loss = distillation_loss(task.problem_type, lesson.temperature, lesson.alpha, lesson.hidden_weight, student,
+                             teacher.model, layer_map)
+    fit(student, features, cfg, run.path, Hooks(evaluate, loss), Goal(metric, task.metrics_higher_is_better[metric]),
+        resume=resume, log=log)
     checkpoint.load_weights(checkpoint.find(run.checkpoints / "best"), student)
     return student.eval()
-

@@ -31,15 +31,6 @@ from tunesmith.errors import UserError
 CALIBRATION_ROWS = 256  # static ranges settle after a few hundred texts; more only costs time
 
 
-def torch_dynamic_int8(model):
-    """`model` with its nn.Linear layers as PyTorch's dynamically quantised int8 ones."""
-    import torch
-
-    with warnings.catch_warnings():  # torch.ao's quantised tensors warn that torchao will replace them
-        warnings.simplefilter("ignore")
-        return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8).eval()
-
-
 def onnx_available() -> bool:
     try:
         import onnxruntime.quantization  # noqa: F401

@@ -16,7 +16,7 @@ import numpy as np
 
 from tunesmith.data.labeled import Examples
 from tunesmith.data.splits import Splits
-from tunesmith.quality.text import letter_scripts
+from tunesmith.data.text import letter_scripts
 
 SHOW = 3  # how many example locations a finding lists
 # Above this share of [UNK] tokens the model is reading another language blind: MiniLM's
@@ -72,25 +72,39 @@ def check_splits(splits: Splits, tokenizer=None, max_length: int = 128, count_la
     parts = {"train": splits.train, "val": splits.val, "test": splits.test}
     report.facts["rows"] = {name: len(ex) for name, ex in parts.items()}
     report.facts["notes"] = list(splits.notes)
-    counts = count_labels(splits.train.labels)
+    _check_labels(report, splits.train.labels, count_labels)
+    _describe_text(report, splits.train.texts, parts)
+    folded_texts = {name: [folded(t) for t in ex.texts] for name, ex in parts.items()}  # each text folded once
+    for name, ex in parts.items():
+        _check_rows(report, name, ex, folded_texts[name])
+    _check_leakage(report, parts, folded_texts)
+    if tokenizer is not None:
+        _check_tokens(report, splits.train.texts + splits.val.texts + splits.test.texts, tokenizer, max_length)
+    return report
+
+
+def _check_labels(report: CheckReport, labels: list, count_labels) -> None:
+    """Class counts and imbalance, or a numeric target's spread."""
+    counts = count_labels(labels)
     if counts is None:
-        values = np.asarray(splits.train.labels, dtype=float)
+        values = np.asarray(labels, dtype=float)
         report.facts["target"] = {"min": float(values.min()), "p50": float(np.median(values)), "max": float(values.max()),
                                   "mean": float(values.mean()), "std": float(values.std())}
-    else:
-        report.facts["label_counts"] = dict(counts.most_common())
-        report.facts["imbalance_ratio"] = max(counts.values()) / min(counts.values())
-        if report.facts["imbalance_ratio"] >= 10:
-            report.warnings.append(
-                f"labels are imbalanced ({report.facts['imbalance_ratio']:.0f}:1); watch macro-F1, not only accuracy"
-            )
-        for label, count in counts.items():
-            if count < 5:
-                report.warnings.append(f"label '{label}' has only {count} training example(s)")
+        return
+    report.facts["label_counts"] = dict(counts.most_common())
+    report.facts["imbalance_ratio"] = max(counts.values()) / min(counts.values())
+    if report.facts["imbalance_ratio"] >= 10:
+        report.warnings.append(
+            f"labels are imbalanced ({report.facts['imbalance_ratio']:.0f}:1); watch macro-F1, not only accuracy")
+    for label, count in counts.items():
+        if count < 5:
+            report.warnings.append(f"label '{label}' has only {count} training example(s)")
 
-    # The language check is by writing system (Chinese vs English, not English vs German); with the
-    # character lengths it describes the text before any tokenizer has read it.
-    scripts = letter_scripts(splits.train.texts, limit=len(splits.train.texts))
+
+def _describe_text(report: CheckReport, train_texts: list, parts: dict) -> None:
+    """The writing systems of the training text (Chinese vs English, not English vs German) and
+    character lengths: the text described before any tokenizer has read it."""
+    scripts = letter_scripts(train_texts, limit=len(train_texts))
     letters = sum(scripts.values())
     if letters:
         report.facts["scripts"] = {k: round(100 * v / letters, 1) for k, v in scripts.most_common() if v / letters >= 0.005}
@@ -99,33 +113,35 @@ def check_splits(splits: Splits, tokenizer=None, max_length: int = 128, count_la
         report.facts["char_lengths"] = {q: int(np.percentile(chars, n)) for q, n in (("p50", 50), ("p90", 90), ("p99", 99))}
         report.facts["char_lengths"]["max"] = int(chars.max())
 
-    folded_texts = {name: [folded(t) for t in ex.texts] for name, ex in parts.items()}  # each text folded once
-    for name, ex in parts.items():
-        empty = [i for i, t in enumerate(ex.texts) if not all(part.strip() for part in (t if isinstance(t, tuple) else (t,)))]
-        if empty:
-            report.warnings.append(f"{name}: {len(empty)} empty or whitespace-only texts ({_where(ex, empty)})")
-        dup, conflicting = _duplicates(ex)
-        if dup:
-            report.warnings.append(f"{name}: {len(dup)} rows repeat an earlier text ({_where(ex, dup)})")
-        variants = sorted(set(_duplicates(ex, folded_texts[name])[0]) - set(dup))
-        if variants:
-            report.warnings.append(f"{name}: {len(variants)} more rows repeat an earlier text once {FOLDED} are "
-                                   f"ignored ({_where(ex, variants)})")
-        if conflicting:
-            report.warnings.append(f"{name}: {conflicting} texts appear with different labels")
 
-    # Leakage: a text in both the training data and an evaluation split inflates the score.
-    train_texts = set(splits.train.texts)
+def _check_rows(report: CheckReport, name: str, ex, folded_texts: list) -> None:
+    """Empty texts, repeated texts (as written and once folded) and conflicting labels in one split."""
+    empty = [i for i, t in enumerate(ex.texts) if not all(part.strip() for part in (t if isinstance(t, tuple) else (t,)))]
+    if empty:
+        report.warnings.append(f"{name}: {len(empty)} empty or whitespace-only texts ({_where(ex, empty)})")
+    dup, conflicting = _duplicates(ex)
+    if dup:
+        report.warnings.append(f"{name}: {len(dup)} rows repeat an earlier text ({_where(ex, dup)})")
+    variants = sorted(set(_duplicates(ex, folded_texts)[0]) - set(dup))
+    if variants:
+        report.warnings.append(f"{name}: {len(variants)} more rows repeat an earlier text once {FOLDED} are "
+                               f"ignored ({_where(ex, variants)})")
+    if conflicting:
+        report.warnings.append(f"{name}: {conflicting} texts appear with different labels")
+
+
+def _check_leakage(report: CheckReport, parts: dict, folded_texts: dict) -> None:
+    """A text in both the training data and an evaluation split inflates the score: as
+    written, or in another form (full-width letters, case, spacing, traditional characters)."""
+    train_texts = set(parts["train"].texts)
     train_folded = set(folded_texts["train"])
     for name in ("val", "test"):
         ex = parts[name]
         shared = [i for i, t in enumerate(ex.texts) if t in train_texts]
         report.facts[f"train_{name}_overlap"] = len(shared)
         if shared:
-            report.warnings.append(
-                f"{len(shared)} {name} texts also appear in train (leakage: the {name} score will be too high) ({_where(ex, shared)})"
-            )
-        # The same text in another form: full-width letters, case, spacing, traditional characters.
+            report.warnings.append(f"{len(shared)} {name} texts also appear in train (leakage: the {name} score will be "
+                                   f"too high) ({_where(ex, shared)})")
         variants = [i for i, (t, key) in enumerate(zip(ex.texts, folded_texts[name]))
                     if t not in train_texts and key in train_folded]
         report.facts[f"train_{name}_overlap_folded"] = len(variants)
@@ -133,38 +149,31 @@ def check_splits(splits: Splits, tokenizer=None, max_length: int = 128, count_la
             report.warnings.append(
                 f"{len(variants)} {name} texts appear in train in another form ({FOLDED}; leakage) ({_where(ex, variants)})")
 
-    if tokenizer is not None:
-        all_texts = splits.train.texts + splits.val.texts + splits.test.texts
-        if all_texts and isinstance(all_texts[0], tuple):  # pairs: both texts, as the model sees them
-            encoded = tokenizer([a for a, _ in all_texts], [b for _, b in all_texts], add_special_tokens=True)
-        else:
-            encoded = tokenizer(all_texts, add_special_tokens=True)
-        lengths = np.array([len(ids) for ids in encoded["input_ids"]])
-        unknown = unknown_share(tokenizer, encoded["input_ids"])
-        if unknown is not None:
-            report.facts["unknown_token_pct"] = round(100 * unknown, 2)
-            if unknown > UNKNOWN_WARN:
-                report.warnings.append(
-                    f"{100 * unknown:.0f}% of the tokens are unknown to the model's tokenizer ([UNK]): it cannot read "
-                    "much of this text (another language or script?); choose a model whose vocabulary covers it "
-                    "(--model)")
-        truncated = int((lengths > max_length).sum())
-        report.facts["token_lengths"] = {
-            "count": int(len(lengths)),
-            "p50": int(np.percentile(lengths, 50)),
-            "p90": int(np.percentile(lengths, 90)),
-            "p99": int(np.percentile(lengths, 99)),
-            "max": int(lengths.max()),
-            "max_length": max_length,
-            "truncated": truncated,
-            "truncated_pct": 100.0 * truncated / len(lengths),
-        }
-        if truncated / len(lengths) > 0.05:
+
+def _check_tokens(report: CheckReport, all_texts: list, tokenizer, max_length: int) -> None:
+    """Token lengths against max_length, and the share of tokens the tokenizer cannot read."""
+    if all_texts and isinstance(all_texts[0], tuple):  # pairs: both texts, as the model sees them
+        encoded = tokenizer([a for a, _ in all_texts], [b for _, b in all_texts], add_special_tokens=True)
+    else:
+        encoded = tokenizer(all_texts, add_special_tokens=True)
+    lengths = np.array([len(ids) for ids in encoded["input_ids"]])
+    unknown = unknown_share(tokenizer, encoded["input_ids"])
+    if unknown is not None:
+        report.facts["unknown_token_pct"] = round(100 * unknown, 2)
+        if unknown > UNKNOWN_WARN:
             report.warnings.append(
-                f"{truncated} texts ({100.0 * truncated / len(lengths):.0f}%) will be truncated at max_length "
-                f"{max_length}; {longer_max_length(int(np.percentile(lengths, 99)), tokenizer)}"
-            )
-    return report
+                f"{100 * unknown:.0f}% of the tokens are unknown to the model's tokenizer ([UNK]): it cannot read "
+                "much of this text (another language or script?); choose a model whose vocabulary covers it (--model)")
+    truncated = int((lengths > max_length).sum())
+    report.facts["token_lengths"] = {
+        "count": int(len(lengths)), "p50": int(np.percentile(lengths, 50)), "p90": int(np.percentile(lengths, 90)),
+        "p99": int(np.percentile(lengths, 99)), "max": int(lengths.max()), "max_length": max_length,
+        "truncated": truncated, "truncated_pct": 100.0 * truncated / len(lengths),
+    }
+    if truncated / len(lengths) > 0.05:
+        report.warnings.append(
+            f"{truncated} texts ({100.0 * truncated / len(lengths):.0f}%) will be truncated at max_length "
+            f"{max_length}; {longer_max_length(int(np.percentile(lengths, 99)), tokenizer)}")
 
 
 def unknown_share(tokenizer, token_ids: list[list[int]]) -> float | None:
@@ -189,7 +198,7 @@ def longer_max_length(p99: int, tokenizer) -> str:
 
 
 def token_limit(tokenizer) -> int | None:
-    """The most tokens the model takes (set from its config by `models.fit_max_length`)."""
+    """The most tokens the model takes (set from its config by `models.hold_to_limit`)."""
     limit = getattr(getattr(tokenizer, "tokenizer", tokenizer), "model_max_length", None)
     return int(limit) if isinstance(limit, int) and 0 < limit < 10**6 else None
 

@@ -29,91 +29,87 @@ class Splits:
     pair_col: str | None = None  # the second text column, for pair tasks
 
 
-def load_splits(
-    data: str | None,
-    val_data: str | None = None,
-    test_data: str | None = None,
-    text_col: str | None = None,
-    label_col: str | None = None,
-    encoding: str = "utf-8",
-    val_fraction: float = 0.1,
-    test_fraction: float = 0.1,
-    seed: int = 42,
-    max_train_samples: int | None = None,
-    max_eval_samples: int | None = None,
-    target=None,
-    text_pair_col: str | None = None,
-    pairs: bool | None = False,
-    label_sep: str | None = None,
-) -> Splits:
-    """`target` parses the label cells (one class by default); `pairs`: True needs two text
+def load_splits(cfg, target=None, pairs: bool | None = False) -> Splits:
+    """The train/val/test splits a run's settings `cfg` name (its data fields and seed).
+    `target` parses the label cells (one class by default); `pairs`: True needs two text
     columns, None takes a second one when --text-pair-col is given or a known name is present."""
     target = target or ClassTarget()
-    if label_sep is not None:
-        target = target.with_separator(label_sep)
-    if not data:
+    if cfg.label_sep is not None:
+        target = target.with_separator(cfg.label_sep)
+    if not cfg.data:
         raise UserError("no training data: pass --data FILE (or set 'data:' in the config)")
-    tables = read_source(data, encoding)
+    tables = read_source(cfg.data, cfg.encoding)
     train_table = tables.get("train", tables.get("all"))
     if train_table is None:
-        raise UserError(f"--data {data!r}: has no 'train' split (splits: {', '.join(tables)})")
-    pair_col = pair_column(train_table, text_pair_col, pairs)
-    text_col = pick_column(train_table, text_col, PAIR_FIRST_COLUMNS if pair_col else TEXT_COLUMNS, "text", "--text-col")
-    label_col = pick_column(train_table, label_col, LABEL_COLUMNS, "labels", "--label-col")
-    if len({text_col, label_col, pair_col or text_col}) < (3 if pair_col else 2):
-        raise UserError(f"{train_table.source}: the text, pair and label columns must differ; pass --text-col, "
-                        "--text-pair-col and --label-col")
+        raise UserError(f"--data {cfg.data!r}: has no 'train' split (splits: {', '.join(tables)})")
+    columns = _columns(train_table, cfg, pairs)
 
     def examples_from(table: Table) -> Examples:
-        for column, flag in ((text_col, "--text-col"), (label_col, "--label-col"), (pair_col, "--text-pair-col")):
+        for column, flag in zip(columns, ("--text-col", "--label-col", "--text-pair-col")):
             if column is not None:
                 pick_column(table, column, (), "text", flag)
-        return to_examples(table, text_col, label_col, target, pair_col)
+        return to_examples(table, columns[0], columns[1], target, columns[2])
 
     notes: list[str] = []
     train = examples_from(train_table)
-    val = examples_from(read_source(val_data, encoding)["all"]) if val_data else _split_table(tables, "val", examples_from)
-    test = examples_from(read_source(test_data, encoding)["all"]) if test_data else _split_table(tables, "test", examples_from)
-
-    # Carve whatever split is missing out of the training data, after removing exact
-    # duplicate texts so that no text can be both trained on and tested on.
-    missing = [name for name, split in (("val", val), ("test", test)) if split is None]
-    if missing:
-        train, removed = dedupe(train)
-        if removed:
-            notes.append(f"removed {removed} exact duplicate texts before splitting")
-        fractions = [val_fraction if name == "val" else test_fraction for name in missing]
-        groups = stratified_indices(target.strata(train.labels), fractions, seed)
-        carved = {name: train.subset(groups[k]) for k, name in enumerate(missing)}
-        train = train.subset(groups[-1])
-        val = carved.get("val", val)
-        test = carved.get("test", test)
-        notes.append(
-            "split " + data + " " + "/".join(
-                f"{name} {len(split)}" for name, split in (("train", train), ("val", val), ("test", test))
-            ) + f" (stratified, seed {seed})"
-        )
-
-    labels = target.names(train.labels, train_table.source, label_col)
+    val = examples_from(read_source(cfg.val_data, cfg.encoding)["all"]) if cfg.val_data else \
+        _split_table(tables, "val", examples_from)
+    test = examples_from(read_source(cfg.test_data, cfg.encoding)["all"]) if cfg.test_data else \
+        _split_table(tables, "test", examples_from)
+    if val is None or test is None:
+        train, val, test = _carve(train, val, test, cfg, target, notes)
+    labels = target.names(train.labels, train_table.source, columns[1])
     for name, split in (("validation", val), ("test", test)):
         unseen = target.unseen(split.labels, labels)
         if unseen:
             shown = ", ".join(repr(u) for u in unseen[:5])
-            raise UserError(
-                f"{split.source}: {name} labels never seen in training: {shown}; "
-                "add training examples for them or remove those rows"
-            )
+            raise UserError(f"{split.source}: {name} labels never seen in training: {shown}; "
+                            "add training examples for them or remove those rows")
+    train, val, test = _sampled((train, val, test), cfg, target, notes)
+    return Splits(train, val, test, labels, columns[0], columns[1], notes, pair_col=columns[2])
 
-    sizes = (len(train), len(val), len(test))
-    train = sample(train, max_train_samples, seed, target.strata)
-    val = sample(val, max_eval_samples, seed, target.strata)
-    test = sample(test, max_eval_samples, seed, target.strata)
+
+def _columns(train_table: Table, cfg, pairs: bool | None) -> tuple[str, str, str | None]:
+    """The text, label and second-text columns: given, else detected by name."""
+    pair_col = pair_column(train_table, cfg.text_pair_col, pairs)
+    text_col = pick_column(train_table, cfg.text_col, PAIR_FIRST_COLUMNS if pair_col else TEXT_COLUMNS, "text",
+                           "--text-col")
+    label_col = pick_column(train_table, cfg.label_col, LABEL_COLUMNS, "labels", "--label-col")
+    if len({text_col, label_col, pair_col or text_col}) < (3 if pair_col else 2):
+        raise UserError(f"{train_table.source}: the text, pair and label columns must differ; pass --text-col, "
+                        "--text-pair-col and --label-col")
+    return text_col, label_col, pair_col
+
+
+def _carve(train: Examples, val, test, cfg, target, notes: list[str]):
+    """The missing validation or test split carved out of training, after removing exact
+    duplicate texts so that no text can be both trained on and tested on."""
+    missing = [name for name, split in (("val", val), ("test", test)) if split is None]
+    train, removed = dedupe(train)
+    if removed:
+        notes.append(f"removed {removed} exact duplicate texts before splitting")
+    fractions = [cfg.val_fraction if name == "val" else cfg.test_fraction for name in missing]
+    groups = stratified_indices(target.strata(train.labels), fractions, cfg.seed)
+    carved = {name: train.subset(groups[k]) for k, name in enumerate(missing)}
+    train = train.subset(groups[-1])
+    val, test = carved.get("val", val), carved.get("test", test)
+    sizes = "/".join(f"{name} {len(split)}" for name, split in (("train", train), ("val", val), ("test", test)))
+    notes.append(f"split {cfg.data} {sizes} (stratified, seed {cfg.seed})")
+    return train, val, test
+
+
+def _sampled(splits: tuple, cfg, target, notes: list[str]) -> tuple:
+    """The splits cut to --max-train-samples / --max-eval-samples (stratified); none may be empty."""
+    sizes = tuple(len(split) for split in splits)
+    limits = (cfg.max_train_samples, cfg.max_eval_samples, cfg.max_eval_samples)
+    train, val, test = (sample(split, limit, cfg.seed, target.strata) for split, limit in zip(splits, limits))
     if (len(train), len(val), len(test)) != sizes:
         notes.append(f"sampled train {len(train)}/val {len(val)}/test {len(test)} (max_train_samples, max_eval_samples)")
     for name, split in (("train", train), ("validation", val), ("test", test)):
         if len(split) == 0:
-            raise UserError(f"{data}: the {name} split is empty; add data or give --{'val' if name == 'validation' else name}-data")
-    return Splits(train, val, test, labels, text_col, label_col, notes, pair_col=pair_col)
+            flag = "val" if name == "validation" else name
+            raise UserError(f"{cfg.data}: the {name} split is empty; add data or give --{flag}-data")
+    return train, val, test
 
 
 def pair_column(table: Table, given: str | None, pairs: bool | None) -> str | None:

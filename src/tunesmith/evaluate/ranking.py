@@ -89,8 +89,8 @@ def popularity_scores(train_candidates: list[str], train_relevance, candidates: 
 
 def similarity_scores(encoder, tokenizer, queries: list[str], candidates: list[str], max_length: int) -> np.ndarray:
     """Cosine of the untuned model's mean-pooled embeddings of each query and its candidate."""
-    from tunesmith.quality.features import embed_with
-    from tunesmith.quality.neighbours import normalise
+    from tunesmith.evaluate.features import embed_with
+    from tunesmith.evaluate.features import normalise
 
     unique_q, unique_c = sorted(set(queries)), sorted(set(candidates))
     eq = normalise(embed_with(encoder, tokenizer, unique_q, max_length))

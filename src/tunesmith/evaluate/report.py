@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import functools
 import html
+from pathlib import Path
 import io
 
 import matplotlib
@@ -12,7 +13,6 @@ import matplotlib
 matplotlib.use("Agg")  # no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from tunesmith import quality  # noqa: E402
 
 
 # matplotlib's own font (DejaVu Sans) has no Chinese, Japanese or Korean. These fonts, where one
@@ -233,7 +233,7 @@ def render(title: str, config: dict, metrics: dict, history: list[dict], labels:
     if "confusion_matrix" in test:
         figures += label_key(labels)
     figures = (compression_table(metrics.get("compression")) + continual_table(metrics.get("continual"))
-               + quality.report_section(metrics.get("data_quality")) + figures)
+               + data_quality_section(metrics.get("data_quality")) + figures)
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>{e(title)}</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem}}
@@ -249,3 +249,38 @@ img{{max-width:100%}}</style></head><body>
 {per_class}
 </body></html>
 """
+
+
+def data_quality_section(facts: dict | None) -> str:
+    """The run report's HTML section on data quality (from metrics.json's data_quality)."""
+    if not facts:
+        return ""
+    rows = []
+    suspects = facts.get("suspect_labels")
+    if suspects:
+        rows.append(("training labels that look wrong", f"{suspects['count']} of {suspects['of']}"
+                     + (f" (dropped: {facts.get('dropped_suspect_labels', 0)})" if facts.get("dropped_suspect_labels") else "")))
+    near = facts.get("near_duplicates")
+    if near:
+        removed = facts.get("removed_near_duplicates") or {}
+        for name in ("val", "test"):
+            if name in near:
+                rows.append((f"{name} texts nearly repeating a training text (cosine >= {near['threshold']:g})",
+                             f"{near[name]}" + (f" (left out: {removed[name]})" if removed.get(name) else "")))
+    overlaps = facts.get("overlaps") or {}
+    for name in ("val", "test"):
+        if overlaps.get(name):
+            rows.append((f"{name} texts repeating part of a training text word for word", str(overlaps[name])))
+    for name, count in (facts.get("near_duplicate_images") or {}).items():
+        rows.append((f"{name} images nearly repeating a training image", str(count)))
+    for name, count in (facts.get("outliers") or {}).items():
+        if name != "cutoff":
+            rows.append((f"{name} texts far from every class", str(count)))
+    if facts.get("empty_after_normalisation"):
+        rows.append(("texts empty after normalisation", str(facts["empty_after_normalisation"])))
+    if facts.get("other_script"):
+        rows.append((f"texts not in the main script ({facts.get('main_script')})", str(facts["other_script"])))
+    files = ", ".join(Path(p).name for p in (facts.get("files") or {}).values())
+    body = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(v)}</td></tr>" for k, v in rows)
+    return ("<h2>Data quality (before training)</h2><table><tr><th>finding</th><th>rows</th></tr>" + body + "</table>"
+            + (f"<p>Full lists in the run folder's quality/: {html.escape(files)}.</p>" if files else ""))

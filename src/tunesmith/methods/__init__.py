@@ -20,18 +20,16 @@ class Method(Protocol):
     trains: bool  # False: nothing to train (zero-shot)
     tunes_own_weights: bool  # the model's own weights train, not added ones (what EWC protects)
     long_text_modes: tuple[str, ...]  # how it can read texts longer than max_length (data/long_text.py)
-    settings: tuple[type, ...]  # its settings sections in config.py (LoraSettings, ...): keys only it reads
+    settings: tuple[type, ...]  # its settings sections, defined beside it (LoraSettings, ...): keys only it reads
     mean_pooling: bool  # may tune a head on the body's mean-pooled states (tasks/mean_pool.py)
     exportable: bool  # its runs' models export to ONNX (where the task's do)
-    ladder_rung: int | None  # `auto` tries rungs in this order (cheapest first); None: not a rung
-    relative_cost: float  # one training example's cost in forward passes (`auto`'s time estimate)
+    relative_cost: float  # one training example's cost in forward passes (the time estimates of train and auto)
 
     def apply(self, model, cfg, task): ...  # -> the model to train for `task` (possibly wrapped)
     def export(self, model, folder: Path): ...  # -> plain transformers model; may save extras in folder
     def check(self, cfg, task) -> None: ...  # refuses a run this machine cannot do, before anything is written
-    def search_space(self, cfg, train_rows: int | None = None) -> dict: ...  # `tune`'s default space, as a `search:` block
+    def search_space(self, lr: float) -> dict: ...  # `tune`'s default space, as a `search:` block
     def lr_for_steps(self, steps: int) -> float: ...  # the default rate for a run of `steps` optimizer steps
-    def fits_ladder(self, data) -> bool: ...  # whether `auto` tries it on this data (search/ladder.Data)
     # Hooks, None where the method has none (MethodDefaults): `training_loss(model, batch)`,
     # the method's own loss (few-shot's contrastive stage; the config refuses loss options
     # beside it); `fit_head(model, train_features, targets, labels)`, a head fitted outside
@@ -54,7 +52,6 @@ class MethodDefaults:
     # transformers' own classifier class (PEFT's prompt learning) say False.
     mean_pooling = True
     exportable = True
-    ladder_rung = None
     # Full fine-tuning's cost: a forward, and a backward that computes gradients for the
     # activations and the weights (about twice the forward).
     relative_cost = 3.0
@@ -65,21 +62,16 @@ class MethodDefaults:
     def check(self, cfg, task) -> None:
         pass
 
-    def fits_ladder(self, data) -> bool:
-        return True
-
     def lr_for_steps(self, steps: int) -> float:
         return self.default_lr  # one rate, however long the run (LoRA's falls with the steps)
 
-    def search_space(self, cfg, train_rows: int | None = None) -> dict:
-        """`tunesmith tune`'s space when the config has no `search:` block. The learning rate
-        matters most for every method; a range of 4x either side of the rate `train` would
-        choose for `train_rows` examples (LoRA's follows the run's length) covers where the
-        default goes wrong (too slow on few steps, unstable on many). Methods add their own
-        size knob."""
+    def search_space(self, lr: float) -> dict:
+        """`tunesmith tune`'s space when the config has no `search:` block, around `lr`, the rate
+        `train` would choose (plan.learning_rate). The learning rate matters most for every
+        method; a range of 4x either side covers where the default goes wrong (too slow on few
+        steps, unstable on many). Methods add their own size knob."""
         if not self.trains:
             return {}
-        lr = cfg.resolved_lr(train_rows)
         return {"lr": {"low": float(f"{lr / 4:.2g}"), "high": float(f"{lr * 4:.2g}"), "log": True}}
 
 

@@ -9,9 +9,9 @@ final ranks fixed) and then calls PEFT's `update_and_allocate` after every optim
 
 from pathlib import Path
 
-from tunesmith.config import LoraSettings
+from tunesmith.methods.peft_common import LoraSettings
 from tunesmith.methods import MethodDefaults, register_method
-from tunesmith.methods.lora import HEADS, _present, _require_transformer, peft_task_type
+from tunesmith.methods.peft_common import HEADS, peft_task_type, present, require_transformer
 
 
 class AdaLora(MethodDefaults):
@@ -22,7 +22,7 @@ class AdaLora(MethodDefaults):
     def apply(self, model, cfg, task):
         from peft import AdaLoraConfig, TaskType, get_peft_model
 
-        _require_transformer(model, cfg, self.name)
+        require_transformer(model, cfg, self.name)
         task_type = peft_task_type(model, task)
         config = AdaLoraConfig(
             task_type=TaskType[task_type] if task_type else None,
@@ -32,7 +32,7 @@ class AdaLora(MethodDefaults):
             lora_alpha=cfg.lora_alpha,
             lora_dropout=cfg.lora_dropout,
             target_modules=cfg.lora_targets or "all-linear",
-            exclude_modules=None if cfg.lora_targets else _present(model, HEADS),
+            exclude_modules=None if cfg.lora_targets else present(model, HEADS),
             total_step=1_000_000,  # replaced by the real number of steps in on_step
         )
         return get_peft_model(model, config)

@@ -22,10 +22,21 @@ from pathlib import Path
 
 import torch
 
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
 from tunesmith.errors import UserError
-from tunesmith.config import AdapterSettings
 from tunesmith.methods import MethodDefaults, register_method
 from tunesmith.methods.layers import body_of
+
+
+class AdapterSettings(BaseModel):
+    """adapter: the bottleneck adapters inserted in each layer."""
+
+    adapter_layout: Literal["houlsby", "pfeiffer"] = Field(
+        "houlsby", description="adapter: after attention and feed-forward (houlsby) or after feed-forward only (pfeiffer).")
+    adapter_size: int = Field(64, gt=0, description="adapter: bottleneck width.")
 
 # (after attention, after feed-forward) output projections, by module-name suffix.
 POINTS = [("attention.output.dense", "output.dense"),  # BERT, RoBERTa, MiniLM, ELECTRA
@@ -134,11 +145,10 @@ class Adapter(MethodDefaults):
     name = "adapter"
     settings = (AdapterSettings,)
     default_lr = 1e-3  # adapters start at the identity and are small: the papers use 1e-4..1e-3
-    ladder_rung = 3
     relative_cost = 2.2  # the backward still runs through every layer, but few weights get gradients
 
-    def search_space(self, cfg, train_rows: int | None = None) -> dict:
-        return {**super().search_space(cfg, train_rows), "adapter_size": [16, 32, 64, 128]}
+    def search_space(self, lr: float) -> dict:
+        return {**super().search_space(lr), "adapter_size": [16, 32, 64, 128]}
 
     def apply(self, model, cfg, task):
         for p in model.parameters():

@@ -26,9 +26,20 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from tunesmith.config import ZeroShotSettings
+from typing import Optional
+
+from pydantic import BaseModel, Field
+
 from tunesmith.evaluate.baseline import masked_mean
 from tunesmith.methods import MethodDefaults, register_method
+
+
+class ZeroShotSettings(BaseModel):
+    """zero-shot: what each label's embedding is made from."""
+
+    label_descriptions: Optional[dict[str, str]] = Field(
+        None, description="zero-shot: a description per label (YAML mapping, or JSON on the command line), "
+        "embedded instead of the bare label name.")
 
 HEAD_FILE = "embedding_head.safetensors"
 ZERO_SHOT_SCALE = 20.0  # cosine similarities (-1..1) times 20: softmax probabilities that are not all ~equal
@@ -84,7 +95,7 @@ def _wrap(model) -> EmbeddingClassifier:
 
 def embed_texts(model: EmbeddingClassifier, features, batch_size: int = 32) -> np.ndarray:
     from tunesmith.data.batching import inference_batches
-    from tunesmith.inference import evaluating
+    from tunesmith.forward import evaluating
 
     out = np.zeros((len(features), model.classifier.in_features), dtype=np.float32)
     with evaluating(model) as device:
@@ -115,11 +126,7 @@ class ZeroShot(MethodDefaults):
     tasks = ("text-classification",)  # one text, one label (a label's name or description)
     default_lr = 1e-3  # unused: nothing trains
     trains = False
-    ladder_rung = 0  # auto's first rung: no training at all
     relative_cost = 0.0
-
-    def fits_ladder(self, data) -> bool:
-        return data.named_labels  # it embeds the label names: ids like "3" say nothing
 
     def apply(self, model, cfg, task):
         from tunesmith import models
@@ -150,13 +157,7 @@ class FewShot(MethodDefaults):
     long_text_modes = ("truncate", "head-tail")  # an embedding per text, not pooled windows
     tasks = ("text-classification",)  # one text, one label (SetFit's setting)
     default_lr = 2e-5  # SetFit's body learning rate
-    ladder_rung = 1
     relative_cost = 2.2  # contrastive pairs through the body, about an adapter's cost
-    max_rows_per_class = 64  # SetFit's regime: with more data the other rungs learn more
-
-    def fits_ladder(self, data) -> bool:
-        return data.train <= self.max_rows_per_class * data.labels
-
     def apply(self, model, cfg, task):
         wrapped = _wrap(model)
         for p in wrapped.classifier.parameters():

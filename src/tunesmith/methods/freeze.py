@@ -1,10 +1,17 @@
 """freeze: the pretrained body stays fixed; the task head trains, and with `unfreeze_top_k`
 the top k transformer blocks too (the layers nearest the head adapt most to a new task)."""
 
+from pydantic import BaseModel, Field
+
 from tunesmith.errors import UserError
-from tunesmith.config import FreezeSettings
 from tunesmith.methods import MethodDefaults, register_method
 from tunesmith.methods.layers import blocks, body_of
+
+
+class FreezeSettings(BaseModel):
+    """freeze: how much of the body trains beside the head."""
+
+    unfreeze_top_k: int = Field(0, ge=0, description="freeze: also train the top k transformer layers.")
 
 
 class Freeze(MethodDefaults):
@@ -12,11 +19,10 @@ class Freeze(MethodDefaults):
     settings = (FreezeSettings,)
     tunes_own_weights = True
     default_lr = 1e-3  # a randomly initialised head alone tolerates (and needs) a large step
-    ladder_rung = 2
     relative_cost = 1.0  # the body runs forward only; the head's backward is negligible
 
-    def search_space(self, cfg, train_rows: int | None = None) -> dict:
-        return {**super().search_space(cfg, train_rows), "unfreeze_top_k": [0, 1, 2]}
+    def search_space(self, lr: float) -> dict:
+        return {**super().search_space(lr), "unfreeze_top_k": [0, 1, 2]}
 
     def apply(self, model, cfg, task):
         body = body_of(model)

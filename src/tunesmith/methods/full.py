@@ -7,7 +7,6 @@ class Full(MethodDefaults):
     name = "full"
     tunes_own_weights = True
     default_lr = 5e-5  # BERT's fine-tuning range is 2e-5..5e-5; small encoders like the top of it
-    ladder_rung = 5  # auto's dearest rung before the search
 
     def apply(self, model, cfg, task):
         for p in model.parameters():

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from tunesmith.errors import UserError
 from tunesmith.methods import MethodDefaults, register_method
-from tunesmith.methods.lora import HEADS, _present, _require_transformer, peft_task_type
+from tunesmith.methods.peft_common import HEADS, peft_task_type, present, require_transformer
 
 
 class IA3(MethodDefaults):
@@ -17,10 +17,10 @@ class IA3(MethodDefaults):
     def apply(self, model, cfg, task):
         from peft import IA3Config, TaskType, get_peft_model
 
-        _require_transformer(model, cfg, self.name)
+        require_transformer(model, cfg, self.name)
         task_type = peft_task_type(model, task)
         config = IA3Config(task_type=TaskType[task_type] if task_type else None,
-                           modules_to_save=None if task_type else _present(model, HEADS))
+                           modules_to_save=None if task_type else present(model, HEADS))
         try:
             return get_peft_model(model, config)
         except ValueError as exc:

@@ -7,11 +7,9 @@ plain `transformers` with no PEFT and runs as fast as the base model.
 
 from pathlib import Path
 
-from tunesmith.config import LoraSettings
 from tunesmith.methods import MethodDefaults, register_method
+from tunesmith.methods.peft_common import HEADS, LoraSettings, peft_task_type, present, require_transformer
 
-
-HEADS = ["classifier", "score"]  # the head names PEFT's task types train in full
 
 # LoRA's learning rate by the run's length (where the task allows it: Task.lr_by_steps).
 # Measured on MiniLM and e5-small classification (docs/benchmarks.md, "LoRA's learning rate and
@@ -27,11 +25,10 @@ class Lora(MethodDefaults):
     name = "lora"
     settings = (LoraSettings,)
     default_lr = 5e-4  # long runs; shorter ones get more (lr_for_steps): B starts at 0 and needs ~10x full's rate
-    ladder_rung = 4
     relative_cost = 2.2  # as adapter: a backward through every layer, few weight gradients
 
-    def search_space(self, cfg, train_rows: int | None = None) -> dict:
-        return {**super().search_space(cfg, train_rows), "lora_r": [4, 8, 16, 32]}
+    def search_space(self, lr: float) -> dict:
+        return {**super().search_space(lr), "lora_r": [4, 8, 16, 32]}
 
     def lr_for_steps(self, steps: int) -> float:
         falling = SHORT_RUN_LR * SHORT_RUN_STEPS / max(1, steps)
@@ -40,7 +37,7 @@ class Lora(MethodDefaults):
     def apply(self, model, cfg, task):
         from peft import LoraConfig, TaskType, get_peft_model
 
-        _require_transformer(model, cfg, self.name)
+        require_transformer(model, cfg, self.name)
         task_type = peft_task_type(model, task)
         config = LoraConfig(
             # The task type keeps the task head trainable; tasks PEFT has no type for name it.
@@ -54,7 +51,7 @@ class Lora(MethodDefaults):
             target_modules=cfg.lora_targets or "all-linear",
             # The task head trains in full (modules_to_save); it must not also get an adapter,
             # which "all-linear" would give a token-classification head.
-            exclude_modules=None if cfg.lora_targets else _present(model, HEADS),
+            exclude_modules=None if cfg.lora_targets else present(model, HEADS),
             # rsLoRA (Kalajievsky 2023): scale by alpha / sqrt(r), not alpha / r, so higher ranks
             # keep learning; DoRA (Liu et al. 2024): a learned magnitude per output beside the
             # low-rank direction update.
@@ -66,31 +63,6 @@ class Lora(MethodDefaults):
     def export(self, model, folder: Path):
         model.save_pretrained(str(folder / "adapter"))
         return model.merge_and_unload()
-
-
-def _require_transformer(model, cfg, method: str) -> None:
-    from transformers import PreTrainedModel
-
-    from tunesmith.errors import UserError
-    from tunesmith.methods.layers import body_of
-
-    if not isinstance(body_of(model), PreTrainedModel):
-        raise UserError(f"--method {method}: needs a transformer backbone; {cfg.resolved_model()} is not one "
-                        "(use full, freeze or bitfit, or a Hugging Face model such as a ViT)")
-
-
-def peft_task_type(model, task) -> str | None:
-    """PEFT's task type for a transformers model of `task`; None for a model of our own around a
-    transformers body (tasks/mean_pool.py), whose head then trains in full by name (HEADS)."""
-    from transformers import PreTrainedModel
-
-    return task.peft_task_type if isinstance(model, PreTrainedModel) else None
-
-
-def _present(model, names: list[str]) -> list[str] | None:
-    """The names among `names` that the model has (PEFT warns about absent ones)."""
-    found = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-    return [n for n in names if n in found] or None
 
 
 register_method(Lora())

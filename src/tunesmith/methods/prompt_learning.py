@@ -20,10 +20,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from pydantic import BaseModel, Field
+
 from tunesmith.errors import UserError
-from tunesmith.config import PromptSettings
 from tunesmith.methods import MethodDefaults, register_method
-from tunesmith.methods.lora import _require_transformer
+from tunesmith.methods.peft_common import require_transformer
+
+
+class PromptSettings(BaseModel):
+    """prefix, prompt, ptuning: the learned virtual tokens."""
+
+    prompt_tokens: int = Field(20, gt=0, description="prefix, prompt, ptuning: number of learned virtual tokens.")
 
 KEY = "tunesmith_prompt"
 
@@ -51,7 +58,7 @@ class PromptLearning(MethodDefaults):
         from peft import get_peft_model
 
         self.check(cfg, task)
-        _require_transformer(model, cfg, self.name)
+        require_transformer(model, cfg, self.name)
         return accept_prefix(get_peft_model(model, self.peft_config(cfg)))
 
     def export(self, model, folder: Path):

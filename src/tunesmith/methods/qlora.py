@@ -8,7 +8,7 @@ is written, and says to use `lora` (the same adapters on an fp32 base).
 from pathlib import Path
 
 from tunesmith.errors import UserError
-from tunesmith.config import LoraSettings
+from tunesmith.methods.peft_common import LoraSettings
 from tunesmith.methods import MethodDefaults, register_method
 from tunesmith.methods.lora import Lora
 

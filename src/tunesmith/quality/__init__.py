@@ -14,6 +14,6 @@ which `write` puts in CSV files the user can review (and that load back with pan
 """
 
 from tunesmith.quality.inspection import NEAR_THRESHOLD, RELIABLE_KAPPA, inspect, leave_out
-from tunesmith.quality.report import QualityReport, report_section
+from tunesmith.quality.report import QualityReport
 
-__all__ = ["NEAR_THRESHOLD", "RELIABLE_KAPPA", "QualityReport", "inspect", "leave_out", "report_section"]
+__all__ = ["NEAR_THRESHOLD", "RELIABLE_KAPPA", "QualityReport", "inspect", "leave_out"]

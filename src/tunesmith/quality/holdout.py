@@ -34,7 +34,7 @@ from dataclasses import dataclass, replace
 
 from tunesmith.data.labeled import Examples
 from tunesmith.quality import neighbours, overlap
-from tunesmith.quality.features import embed_with, load_encoder
+from tunesmith.evaluate.features import embed_with, load_encoder
 
 
 # At most this share of the training rows leaves training so that validation rows can stay.

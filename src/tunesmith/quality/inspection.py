@@ -7,8 +7,9 @@ import time
 
 import numpy as np
 
-from tunesmith.quality import images, labels as label_checks, neighbours, outliers, overlap, text
-from tunesmith.quality.features import embed_with, load_encoder
+from tunesmith.data import text
+from tunesmith.quality import images, labels as label_checks, neighbours, outliers, overlap
+from tunesmith.evaluate.features import embed_with, load_encoder
 from tunesmith.quality.report import EVAL_SPLITS, QualityReport
 
 NEAR_THRESHOLD = 0.95  # cosine of mean-pooled MiniLM features; measured in docs/benchmarks.md ("Data quality")

@@ -9,14 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from tunesmith.evaluate.features import normalise
+
 EXACT_ROWS = 200_000  # beyond this many indexed rows a flat search costs minutes: HNSW instead
 BLOCK = 1024  # query rows per NumPy block: bounds the similarity matrix's memory
-
-
-def normalise(x: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit length (cosine similarity = inner product); zero rows stay zero."""
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 def backend() -> str:

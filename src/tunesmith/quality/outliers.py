@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tunesmith.quality.neighbours import normalise
+from tunesmith.evaluate.features import normalise
 
 MAD_CUTOFF = 4.0  # robust z below -4: under 1 row in 10,000 of a normal spread gets there by chance
 

@@ -4,7 +4,7 @@ The rungs, cheapest first: zero-shot (label names, no training), few-shot (small
 freeze (a head on frozen features, starting from the linear probe), adapter, lora, full, an
 ensemble of the best two or three trained rungs (no training: their outputs averaged, at their
 serving cost together), and a short `tune` of the best single rung with whatever budget is left; each method declares its place
-(`ladder_rung`), its cost (`relative_cost`) and when it applies (`fits_ladder`). Before each rung its time is
+(LADDER, with when each applies) and its cost (the method's `relative_cost`). Before each rung its time is
 estimated (a calibrated forward pass, times the method's relative cost, times the examples it
 sees); a rung that would overrun the budget is skipped, except the dearest trained rung (full),
 which instead trains for the passes the time left affords: on large data a short budget is
@@ -113,13 +113,26 @@ class Data:
     epochs: float
 
 
+# auto's rungs, cheapest first: each a method and when it applies to the data. Zero-shot
+# embeds the label names, so ids like "3" say nothing to it; few-shot (SetFit) is for its own
+# regime of a few rows per class, where the other rungs learn little.
+FEW_SHOT_ROWS_PER_CLASS = 64
+LADDER: tuple[tuple[str, Callable[[Data], bool]], ...] = (
+    ("zero-shot", lambda data: data.named_labels),
+    ("few-shot", lambda data: data.train <= FEW_SHOT_ROWS_PER_CLASS * data.labels),
+    ("freeze", lambda data: True),
+    ("adapter", lambda data: True),
+    ("lora", lambda data: True),
+    ("full", lambda data: True),
+)
+
+
 def plan(task: str, methods: dict, data: Data, ensemble: bool = False) -> list[Rung]:
-    """The rungs that apply to this task and data, in the order the methods declare
-    (`ladder_rung`, cheapest first), then the ensemble rung where the task's outputs can be
-    averaged (`ensemble`), and the tune rung last."""
-    ladder = sorted((m for m in methods.values() if m.ladder_rung is not None), key=lambda m: m.ladder_rung)
-    rungs = [Rung(m.name, m.name, m.relative_cost) for m in ladder
-             if (m.tasks is None or task in m.tasks) and m.fits_ladder(data)]
+    """The rungs of LADDER that apply to this task and data (a registered method for the
+    task), then the ensemble rung where the task's outputs can be averaged (`ensemble`), and
+    the tune rung last. A rung's cost is its method's `relative_cost`."""
+    rungs = [Rung(name, name, methods[name].relative_cost) for name, applies in LADDER
+             if name in methods and (methods[name].tasks is None or task in methods[name].tasks) and applies(data)]
     return rungs + ([Rung("ensemble", "", 0.0, ensemble=True)] if ensemble else []) + [Rung("tune", "", tune=True)]
 
 
@@ -162,12 +175,13 @@ class Ladder:
     # which continues from its checkpoint but whose Outcome times only the part after it.
     unfinished_s: float = 0.0
     _started: float | None = field(default=None, init=False, repr=False)  # the clock at the budget's start
+    _correction: float = field(default=1.0, init=False, repr=False)  # measured / estimated time of the last rung
     record: Callable[[Outcome], None] = lambda outcome: None  # sees each rung that finished (done or failed)
     outcomes: list[Outcome] = field(default_factory=list)
 
     def climb(self) -> list[Outcome]:
-        self._started = started = self.clock() - sum(o.seconds for o in self.earlier.values()) - self.unfinished_s
-        correction = 1.0  # measured / estimated time of the last rung that ran
+        """Each rung in turn, within the budget, until one meets the target; the outcomes."""
+        self._started = self.clock() - sum(o.seconds for o in self.earlier.values()) - self.unfinished_s
         trained = [r for r in self.rungs if r.trains]
         dearest = trained[-1] if trained else None
         for rung in self.rungs:
@@ -176,63 +190,76 @@ class Ladder:
                 if best is None or best.rung.cost == 0:
                     continue  # nothing trained to search around (zero-shot: no training cost)
                 rung = Rung(f"tune {best.rung.method}", best.rung.method, best.rung.cost, tune=True)
-            if rung.name in self.earlier:
-                outcome = self.earlier[rung.name]
-                self.outcomes.append(outcome)
-                if outcome.status == "done" and rung.trains:
-                    correction = _correction(outcome.seconds, estimate_seconds(outcome.rung, self.data, self.forward_s))
-                self.log(f"{rung.name}: {outcome.status} before the stop"
-                         + (f" (val {self.metric} {outcome.value:.4f})" if outcome.value is not None else ""))
-                if self.target is not None and self.target.met(outcome.value):
-                    break
-                continue
-            left = None if self.budget_s is None else self.budget_s - (self.clock() - started)
-            if rung.ensemble:
-                members = self.members()
-                if len(members) < 2:
-                    continue  # fewer than two trained rungs finished: nothing to average
-                # No training: each member predicts the validation rows once.
-                estimate = (OVERHEAD_S + self.forward_s * self.data.val * len(members)) * correction
-            elif rung.tune:
-                one = best.seconds  # a trial costs about what the rung it searches around cost
-                estimate = one * self.min_tune_trials
-            else:
-                estimate = estimate_seconds(rung, self.data, self.forward_s) * correction
-            if left is not None and estimate > left and rung is dearest:
-                passes = min(self.data.epochs, passes_within(rung, self.data, self.forward_s, SAFETY * left / correction))
-                if passes >= MIN_PASSES:
-                    self.log(f"{rung.name}: {self.data.epochs:g} passes would take {estimate:.0f} s; "
-                             f"{passes:.2f} fit in the {left:.0f} s left")
-                    rung = replace(rung, passes=round(passes, 3))
-                    estimate = estimate_seconds(rung, self.data, self.forward_s) * correction
-            if left is not None and estimate > left:
-                self.outcomes.append(Outcome(rung, "skipped", estimate_s=estimate,
-                                             note=f"estimated {estimate:.0f} s, {max(left, 0):.0f} s left"))
-                self.log(f"{rung.name}: skipped (estimated {estimate:.0f} s; {max(left, 0):.0f} s of the budget left)")
-                continue
-            doing = f"averaging {', '.join(o.rung.name for o in members)}" if rung.ensemble else "training"
-            self.log(f"{rung.name}: {doing} (estimated {estimate:.0f} s)")
-            at = self.clock()
-            outcome = self.run(rung, left)
-            outcome.seconds, outcome.estimate_s = self.clock() - at, estimate
-            if rung.passes is not None:
-                outcome.note = f"{rung.passes:g} of {self.data.epochs:g} passes (shortened to the budget)"
-            self.outcomes.append(outcome)
-            self.record(outcome)
-            if outcome.status != "done":
-                self.log(f"{rung.name}: {outcome.status}: {outcome.note}")
-                continue
-            if rung.trains:
-                correction = _correction(outcome.seconds, estimate / correction)
-            self.log(f"{rung.name}: val {self.metric} {outcome.value:.4f} in {outcome.seconds:.0f} s")
-            if rung.ensemble and (kept := self.best()) is not outcome:  # best() says why not
-                self.log(f"{rung.name}: not clearly better than {kept.rung.name} alone ({kept.value:.4f}: "
-                         f"within the noise of {self.data.val:,} validation rows), which serves at a fraction "
-                         "of its cost; the ensemble is not kept")
-            if self.target is not None and self.target.met(outcome.value):
-                self.log(f"{rung.name} meets the target {self.target}: stopping here")
+            outcome = self._replay(rung) if rung.name in self.earlier else self._attempt(rung, rung is dearest)
+            if outcome is not None and self.target is not None and self.target.met(outcome.value):
+                if rung.name not in self.earlier:
+                    self.log(f"{rung.name} meets the target {self.target}: stopping here")
                 break
         return self.outcomes
+
+    def _replay(self, rung: Rung) -> Outcome:
+        """A rung a stopped climb finished: kept as it was; its time corrects the estimates."""
+        outcome = self.earlier[rung.name]
+        self.outcomes.append(outcome)
+        if outcome.status == "done" and rung.trains:
+            self._correction = _correction(outcome.seconds, estimate_seconds(outcome.rung, self.data, self.forward_s))
+        self.log(f"{rung.name}: {outcome.status} before the stop"
+                 + (f" (val {self.metric} {outcome.value:.4f})" if outcome.value is not None else ""))
+        return outcome
+
+    def _estimate(self, rung: Rung) -> float:
+        """Seconds `rung` should take, corrected by how the last rung's estimate turned out."""
+        if rung.ensemble:  # no training: each member predicts the validation rows once
+            return (OVERHEAD_S + self.forward_s * self.data.val * len(self.members())) * self._correction
+        if rung.tune:  # a trial costs about what the rung it searches around cost
+            return self.best(single=True).seconds * self.min_tune_trials
+        return estimate_seconds(rung, self.data, self.forward_s) * self._correction
+
+    def _attempt(self, rung: Rung, dearest: bool) -> Outcome | None:
+        """Run `rung` if it fits the budget left (the dearest trained rung shortened to fit);
+        its outcome when it finished, None when it was skipped or failed."""
+        if rung.ensemble and len(self.members()) < 2:
+            return None  # fewer than two trained rungs finished: nothing to average
+        left = None if self.budget_s is None else self.budget_s - (self.clock() - self._started)
+        estimate = self._estimate(rung)
+        if left is not None and estimate > left and dearest:
+            passes = min(self.data.epochs,
+                         passes_within(rung, self.data, self.forward_s, SAFETY * left / self._correction))
+            if passes >= MIN_PASSES:
+                self.log(f"{rung.name}: {self.data.epochs:g} passes would take {estimate:.0f} s; "
+                         f"{passes:.2f} fit in the {left:.0f} s left")
+                rung = replace(rung, passes=round(passes, 3))
+                estimate = self._estimate(rung)
+        if left is not None and estimate > left:
+            self.outcomes.append(Outcome(rung, "skipped", estimate_s=estimate,
+                                         note=f"estimated {estimate:.0f} s, {max(left, 0):.0f} s left"))
+            self.log(f"{rung.name}: skipped (estimated {estimate:.0f} s; {max(left, 0):.0f} s of the budget left)")
+            return None
+        outcome = self._run(rung, left, estimate)
+        if outcome.status != "done":
+            self.log(f"{rung.name}: {outcome.status}: {outcome.note}")
+            return None
+        if rung.trains:
+            self._correction = _correction(outcome.seconds, estimate / self._correction)
+        self.log(f"{rung.name}: val {self.metric} {outcome.value:.4f} in {outcome.seconds:.0f} s")
+        if rung.ensemble and (kept := self.best()) is not outcome:  # best() says why not
+            self.log(f"{rung.name}: not clearly better than {kept.rung.name} alone ({kept.value:.4f}: "
+                     f"within the noise of {self.data.val:,} validation rows), which serves at a fraction "
+                     "of its cost; the ensemble is not kept")
+        return outcome
+
+    def _run(self, rung: Rung, left: float | None, estimate: float) -> Outcome:
+        """The rung run and timed, its outcome recorded."""
+        doing = f"averaging {', '.join(o.rung.name for o in self.members())}" if rung.ensemble else "training"
+        self.log(f"{rung.name}: {doing} (estimated {estimate:.0f} s)")
+        at = self.clock()
+        outcome = self.run(rung, left)
+        outcome.seconds, outcome.estimate_s = self.clock() - at, estimate
+        if rung.passes is not None:
+            outcome.note = f"{rung.passes:g} of {self.data.epochs:g} passes (shortened to the budget)"
+        self.outcomes.append(outcome)
+        self.record(outcome)
+        return outcome
 
     def members(self) -> list[Outcome]:
         """The ensemble rung's members: the finished trained rungs (not zero-shot, which trains

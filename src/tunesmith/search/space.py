@@ -148,8 +148,9 @@ def default_space(cfg, train_rows: int | None = None) -> dict[str, Param]:
     """The method's own space for this config and `train_rows` training examples (see
     `search_space` on the methods)."""
     from tunesmith.methods import METHODS
+    from tunesmith.plan import learning_rate
 
-    block = METHODS[cfg.method].search_space(cfg, train_rows)
+    block = METHODS[cfg.method].search_space(learning_rate(cfg, train_rows))
     if not block:
         raise UserError(f"tune: method {cfg.method} trains nothing, so there is nothing to search; "
                         "give a `search:` block (e.g. over the method) or choose a method that trains")

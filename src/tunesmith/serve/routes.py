@@ -8,13 +8,13 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 
 from tunesmith.serve import handlers
 from tunesmith.serve.dependencies import Caller, State
-from tunesmith.serve.schemas import PredictRequest
+from tunesmith.serve.schemas import PredictRequest, response_schema
 from tunesmith.tasks import TASKS
 
 router = APIRouter()
 
 # One answer of any servable task, as each task declares it (documented in /openapi.json).
-Output = Union[tuple(dict.fromkeys(task.response_schema for task in TASKS.values() if task.servable))]
+Output = Union[tuple(dict.fromkeys(response_schema(task) for task in TASKS.values() if task.servable))]
 
 
 @router.post("/v1/predict", response_model=list[Output])

@@ -79,3 +79,16 @@ class EntitiesOutput(BaseModel):
 
 class GenerationOutput(BaseModel):
     generated: str
+
+
+# One answer of each kind a task declares (`Task.answer`): the shape /openapi.json documents
+# and the tests hold every served answer to. A task with a new kind of answer adds it here.
+ANSWERS: dict[str, type[BaseModel]] = {
+    "classification": ClassificationOutput, "regression": RegressionOutput, "multi-label": MultiLabelOutput,
+    "entities": EntitiesOutput, "generation": GenerationOutput,
+}
+
+
+def response_schema(task) -> type[BaseModel]:
+    """The pydantic shape of one answer of a servable `task`."""
+    return ANSWERS[task.answer]

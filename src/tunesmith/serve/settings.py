@@ -13,7 +13,7 @@ LOOPBACK_HOSTS = LOOPBACK_NAMES | {"127.0.0.1", "::1", "[::1]"}
 
 
 class ServeSettings(BaseModel):
-    run: str = Field(description="Run folder to serve.")
+    run: str = Field(description="Run folder to serve.", json_schema_extra={"positional": True})
     host: str = Field("127.0.0.1", description="Interface to listen on; anything but loopback requires API keys.")
     port: int = Field(8000, ge=1, le=65535, description="TCP port.")
     workers: int = Field(1, ge=1, description="Worker processes (each loads the model).")

@@ -58,11 +58,11 @@ class Task(Protocol):
     def summary(self, metrics: dict) -> str: ...  # one line for the terminal
 
     # Capabilities and hooks, with their defaults in TaskDefaults (below): quality_checks, servable (and
-    # response_schema, the pydantic shape of one served answer), settings, exportable, quantisable, ensemble, generative (then `answer_metrics(model, processor, inputs) -> dict`,
+    # answer, the kind of one served answer, which serve/schemas.py turns into its shape), settings, exportable, quantisable, ensemble, generative (then `answer_metrics(model, processor, inputs) -> dict`,
     # generated answers scored against references, added to the test metrics), serves_images,
     # sequences_per_example, problem_type, training_loss, score_reference.
     servable: bool
-    response_schema: Any
+    answer: str | None
     settings: tuple
     exportable: bool
     quantisable: bool
@@ -104,7 +104,7 @@ class TaskDefaults:
     problem_type: str | None = None  # a sequence head's: single_label_classification, regression, ...
     lr_by_steps = False  # the method's one default rate, however long the run
     servable = True  # `serve` answers its requests
-    response_schema = None  # a servable task's answer to one input (a pydantic model, serve/schemas.py)
+    answer: str | None = None  # a servable task's kind of answer: classification, entities, ... (serve/schemas.py)
     exportable = False  # `export --format onnx`: its model maps token ids to one row of logits
     quantisable = False  # `quantize`: int8 (ONNX Runtime where exportable, else PyTorch dynamic)
     ensemble: tuple[str, ...] = ()  # how `ensemble` may combine its runs: "mean" of outputs, "vote"
@@ -115,7 +115,7 @@ class TaskDefaults:
     # Data-quality checks `check` and `train` run for it (quality/__init__.py): "label-errors",
     # "near-duplicates", "outliers", "text", "images".
     quality_checks: tuple[str, ...] = ()
-    settings: tuple = ()  # its settings sections in config.py (ImageSettings, ...): keys only its runs read
+    settings: tuple = ()  # its settings sections, defined beside it (ImageSettings, ...): keys only its runs read
     # Hooks, None where the task has none: `training_loss(model, batch, processor) -> (loss,
     # extras)` replaces the model's own loss; `score_reference(model, features)` scores every
     # split with the untuned model before training (DPO's reference log-probabilities);
@@ -130,6 +130,11 @@ class TaskDefaults:
 
     def answer_metrics(self, model, processor, inputs: list) -> dict:
         raise NotImplementedError(f"{self.name} generates no answers (generative is False)")
+
+
+def single_label(task) -> bool:
+    """One label per input from a softmax head: what label smoothing, class weights and focal loss fit."""
+    return task.problem_type == "single_label_classification"
 
 
 def supporting(capability: str) -> list[str]:

@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tunesmith.config import AnswerSettings, ChatSettings
+from pydantic import BaseModel, Field
+
 from tunesmith.data import conversations as conv
 from tunesmith.data.batching import IGNORE, Features, collate_rows, inference_batches
 from tunesmith.data.checks import CheckReport, _where, longer_max_length
@@ -27,10 +28,25 @@ from tunesmith.data.split import dedupe
 from tunesmith.data.splits import Splits
 from tunesmith.errors import UserError
 from tunesmith.generation import GenerationSettings, answer_scores, generate
-from tunesmith.inference import evaluating
-from tunesmith.serve.schemas import GenerationOutput
+from tunesmith.forward import evaluating
 from tunesmith.tasks import TaskDefaults, register_task
-from tunesmith.train.token_logprobs import answer_logprobs, mean_answer_loss
+from tunesmith.tasks.token_logprobs import answer_logprobs, mean_answer_loss
+
+
+class ChatSettings(BaseModel):
+    """causal-lm: which tokens train and how rows are filled."""
+
+    train_on_prompt: bool = Field(False, description="causal-lm: train on every token, not only the assistant's answers.")
+    packing: bool = Field(False, description="causal-lm: pack short training examples into max_length rows "
+                          "(examples never attend to each other).")
+
+class AnswerSettings(BaseModel):
+    """causal-lm and preference: the answers generated in evaluation and predict."""
+
+    eval_answers: int = Field(20, ge=0, description="causal-lm, preference: test prompts answered for exact match and "
+                              "ROUGE-L (base and tuned model); 0: none.")
+    max_new_tokens: int = Field(128, gt=0, description="causal-lm, preference: longest generated answer in evaluation "
+                                "and predict.")
 
 LOSS_BATCH = 8  # rows per scoring batch (the loss never holds full-vocabulary logits for them all)
 SAMPLES = 3  # generated answers shown in the report, base and tuned side by side
@@ -208,7 +224,7 @@ def read_prompts(path: str, encoding: str, text_col: str | None) -> tuple[list[d
 
 class CausalLMTask(TaskDefaults):
     name = "causal-lm"
-    response_schema = GenerationOutput
+    answer = "generation"
     settings = (ChatSettings, AnswerSettings)
     peft_task_type = "CAUSAL_LM"
     metrics_higher_is_better = {"loss": False, "perplexity": False}
@@ -344,7 +360,7 @@ class CausalLMTask(TaskDefaults):
         return {"nll": nll, "tokens": tokens, "answers": answers}
 
     def training_loss(self, model, batch: dict, processor) -> tuple[torch.Tensor, dict]:
-        """The model's own loss, computed without full-vocabulary logits (train/token_logprobs.py)."""
+        """The model's own loss, computed without full-vocabulary logits (tasks/token_logprobs.py)."""
         return mean_answer_loss(model, batch), {}
 
     def metrics(self, targets, outputs, labels) -> dict:
@@ -377,7 +393,7 @@ class CausalLMTask(TaskDefaults):
         return read_prompts(path, encoding, text_col)
 
     def write_predictions(self, path: Path, rows, outputs, labels) -> None:
-        from tunesmith.inference import write_rows
+        from tunesmith.forward import write_rows
 
         write_rows(path, [{**row, "generated": answer} for row, answer in zip(rows, outputs["answers"])])
 

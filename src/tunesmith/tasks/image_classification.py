@@ -21,7 +21,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tunesmith.config import ImageSettings
+from typing import Literal, Optional
+
+from pydantic import BaseModel, Field
+
 from tunesmith.data.batching import Features
 from tunesmith.data.checks import check_splits
 from tunesmith.data.images import (IMAGE_SUFFIXES, ImageItems, ImagePreprocessor, content_hash, find_unreadable,
@@ -31,9 +34,21 @@ from tunesmith.data.split import dedupe, sample, stratified_indices
 from tunesmith.data.splits import Splits
 from tunesmith.data.targets import ClassTarget
 from tunesmith.errors import UserError
-from tunesmith.inference import INFERENCE_BATCH, predict_logits
+from tunesmith.forward import INFERENCE_BATCH, predict_logits
 from tunesmith.tasks import TaskDefaults, register_task
 from tunesmith.tasks.text_classification import ClassifierHead
+
+
+class ImageSettings(BaseModel):
+    """image-classification: the pictures and their augmentation."""
+
+    image_size: Optional[int] = Field(None, gt=7, description="image-classification: input side in pixels "
+                                      "(default: the backbone's, 224 for efficientnet-lite0).")
+    image_flip: bool = Field(True, description="image-classification: random horizontal flips in training "
+                             "(turn off for digits and text in images).")
+    bad_images: Literal["skip", "error"] = Field(
+        "skip", description="image-classification: unreadable images are reported and skipped, or refused."
+    )
 
 EFFICIENTNET = "efficientnet-lite0"
 # EfficientNet-Lite's own normalisation, (rgb - 127) / 128, on the [0, 1] scale.
@@ -58,7 +73,7 @@ class ImageClassification(TaskDefaults):
     def __init__(self):
         self.head = ClassifierHead()
         self.problem_type = self.head.problem_type
-        self.response_schema = self.head.response_schema
+        self.answer = self.head.answer
         self.metrics_higher_is_better = self.head.metrics_higher_is_better
         self.default_metric = self.head.default_metric
         self.has_baseline = False

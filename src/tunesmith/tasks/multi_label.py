@@ -16,8 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from tunesmith.data.targets import LabelSetTarget
-from tunesmith.inference import write_rows
-from tunesmith.serve.schemas import MultiLabelOutput
+from tunesmith.forward import write_rows
 from tunesmith.tasks import register_task
 from tunesmith.tasks.sequence import SequenceTask
 
@@ -78,7 +77,7 @@ def multilabel_metrics(y_true: np.ndarray, y_pred: np.ndarray, labels: list[str]
 
 class MultiLabelHead:
     problem_type = "multi_label_classification"
-    response_schema = MultiLabelOutput  # one served answer
+    answer = "multi-label"  # one served answer's shape (serve/schemas.py)
     metrics_higher_is_better = {"micro_f1": True, "macro_f1": True, "subset_accuracy": True, "hamming_accuracy": True}
     default_metric = "micro_f1"
     has_baseline = True  # one logistic regression per label on the frozen mean-pooled features

@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tunesmith.config import AnswerSettings, DpoSettings
+from pydantic import BaseModel, Field
+
 from tunesmith.data import conversations as conv
 from tunesmith.data.batching import IGNORE, Features, inference_batches
 from tunesmith.data.checks import CheckReport, longer_max_length
@@ -32,12 +33,18 @@ from tunesmith.data.labeled import Examples
 from tunesmith.data.sources import read_source
 from tunesmith.data.splits import Splits
 from tunesmith.errors import UserError
-from tunesmith.inference import evaluating
-from tunesmith.serve.schemas import GenerationOutput
+from tunesmith.forward import evaluating
 from tunesmith.tasks import TaskDefaults, register_task
-from tunesmith.tasks.causal_lm import (CausalLMTask, ChatProcessor, answer_metrics, assemble_splits, load_causal_lm,
+from tunesmith.tasks.causal_lm import (AnswerSettings, CausalLMTask, ChatProcessor, answer_metrics, assemble_splits, load_causal_lm,
                                        load_saved_causal_lm, read_prompts, token_length_facts)
-from tunesmith.train.token_logprobs import answer_logprobs
+from tunesmith.tasks.token_logprobs import answer_logprobs
+
+
+class DpoSettings(BaseModel):
+    """preference: Direct Preference Optimisation."""
+
+    dpo_beta: float = Field(0.1, gt=0, description="preference: DPO's beta (how far the policy may move from "
+                            "the reference; smaller = further).")
 
 SCORE_BATCH = 4  # pairs per scoring batch (8 sequences)
 
@@ -117,7 +124,7 @@ def drop_unusable(examples: Examples, name: str) -> tuple[Examples, list[str]]:
 
 def sequence_logps(model, input_ids, labels, attention_mask) -> torch.Tensor:
     """Summed log-probability of the labelled (answer) tokens of each row (computed in chunks,
-    never as full-vocabulary log-softmax over every position: train/token_logprobs.py)."""
+    never as full-vocabulary log-softmax over every position: tasks/token_logprobs.py)."""
     return answer_logprobs(model, input_ids, labels, attention_mask)[0]
 
 
@@ -148,7 +155,7 @@ def collate_pairs(rows: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
 
 class PreferenceTask(TaskDefaults):
     name = "preference"
-    response_schema = GenerationOutput
+    answer = "generation"
     settings = (AnswerSettings, DpoSettings)
     peft_task_type = "CAUSAL_LM"
     metrics_higher_is_better = {"loss": False, "reward_accuracy": True, "reward_margin": True}

@@ -8,8 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from tunesmith.data.targets import NumberTarget
-from tunesmith.inference import write_rows
-from tunesmith.serve.schemas import RegressionOutput
+from tunesmith.forward import write_rows
 from tunesmith.tasks import register_task
 from tunesmith.tasks.sequence import SequenceTask
 
@@ -35,7 +34,7 @@ def regression_metrics(y_true, y_pred) -> dict:
 
 class RegressionHead:
     problem_type = "regression"
-    response_schema = RegressionOutput  # one served answer
+    answer = "regression"  # one served answer's shape (serve/schemas.py)
     metrics_higher_is_better = {"mse": False, "rmse": False, "mae": False, "r2": True, "pearson": True, "spearman": True}
     default_metric = "mse"  # what the loss optimises; pick spearman when only the ranking matters
     has_baseline = True  # ridge regression on the frozen mean-pooled features

@@ -18,7 +18,7 @@ from tunesmith.data.sources import read_source
 from tunesmith.data.splits import Splits, pair_column, load_splits
 from tunesmith.data.tokens import tokenize, tokenize_pairs
 from tunesmith.errors import UserError
-from tunesmith.inference import INFERENCE_BATCH, predict_logits
+from tunesmith.forward import INFERENCE_BATCH, predict_logits
 from tunesmith.tasks import TaskDefaults
 
 
@@ -44,7 +44,7 @@ class SequenceTask(TaskDefaults):
         # LoRA's rate falling with the run's length was measured on single-label classification
         # (banking77, SST-2, ChnSentiCorp); regression and multi-label keep the method's one rate.
         self.lr_by_steps = self.class_probabilities
-        self.response_schema = head.response_schema
+        self.answer = head.answer
         self.ensemble = head.ensemble
         # Texts longer than the model: pairs are cut from the longer text (truncate only).
         self.long_text_modes = ("truncate",) if pairs else MODES
@@ -54,11 +54,7 @@ class SequenceTask(TaskDefaults):
 
     # ---- data ---------------------------------------------------------------------------
     def load_data(self, cfg) -> Splits:
-        return load_splits(
-            cfg.data, cfg.val_data, cfg.test_data, cfg.text_col, cfg.label_col, cfg.encoding,
-            cfg.val_fraction, cfg.test_fraction, cfg.seed, cfg.max_train_samples, cfg.max_eval_samples,
-            target=self.target, text_pair_col=cfg.text_pair_col, pairs=self.pairs, label_sep=cfg.label_sep,
-        )
+        return load_splits(cfg, target=self.target, pairs=self.pairs)
 
     def read_labeled(self, source, cfg, labels, text_col=None, label_col=None, encoding="utf-8") -> Examples:
         tables = read_source(source, encoding)

@@ -11,8 +11,7 @@ import numpy as np
 from tunesmith.data.targets import ClassTarget
 from tunesmith.evaluate.baseline import fit_probe, linear_probe, probe_as_linear_layer
 from tunesmith.evaluate.metrics import HIGHER_IS_BETTER, classification_metrics
-from tunesmith.inference import softmax, write_predictions
-from tunesmith.serve.schemas import ClassificationOutput
+from tunesmith.forward import softmax, write_predictions
 from tunesmith.tasks import register_task
 from tunesmith.tasks.sequence import SequenceTask
 
@@ -21,7 +20,7 @@ class ClassifierHead:
     """Softmax over classes, cross-entropy loss; outputs are class probabilities."""
 
     problem_type = "single_label_classification"
-    response_schema = ClassificationOutput  # one served answer
+    answer = "classification"  # one served answer's shape (serve/schemas.py)
     metrics_higher_is_better = HIGHER_IS_BETTER
     default_metric = "macro_f1"
     ensemble = ("mean", "vote")  # probabilities average; labels can be voted on

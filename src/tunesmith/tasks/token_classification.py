@@ -28,14 +28,13 @@ from tunesmith.data.tagged import (
 )
 from tunesmith.errors import UserError
 from tunesmith.evaluate.entities import HIGHER_IS_BETTER, entity_metrics
-from tunesmith.inference import INFERENCE_BATCH, forward_batches, softmax, write_rows
-from tunesmith.serve.schemas import EntitiesOutput
+from tunesmith.forward import INFERENCE_BATCH, forward_batches, softmax, write_rows
 from tunesmith.tasks import TaskDefaults, register_task
 
 
 class TokenClassification(TaskDefaults):
     name = "token-classification"
-    response_schema = EntitiesOutput
+    answer = "entities"
     peft_task_type = "TOKEN_CLS"
     default_model = "minilm"
     # --long-text: truncate only; long sentences are already cut into overlapping windows

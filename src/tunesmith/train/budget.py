@@ -17,6 +17,8 @@ for a run that took 14 minutes). Time reads the median row length, memory the 99
 
 from __future__ import annotations
 
+import functools
+
 import math
 import time
 from dataclasses import dataclass
@@ -63,7 +65,7 @@ def estimate(shape: dict, trainable: int, batch_size: int, row_tokens: int, rows
     `lm_loss`: a language model's loss over the vocabulary (chunked: one chunk at a time);
     `cost`: one training example in forward passes (the method's `relative_cost`: 3 for full
     fine-tuning, a forward and a backward of twice its work; 1 for a frozen body)."""
-    from tunesmith.train.token_logprobs import CHUNK
+    from tunesmith.tasks.token_logprobs import CHUNK
 
     tokens = batch_size * row_tokens
     weights = 4 * shape["parameters"]
@@ -107,6 +109,7 @@ def available_memory() -> float | None:
     return None
 
 
+@functools.lru_cache(maxsize=1)  # one process, one machine: timed once
 def measured_flops() -> float:
     """Float32 operations per second of a 512 x 512 matrix product here: the best of three
     windows of 50 ms after a warm-up. A cold first window reads half the rate or less (the
@@ -134,17 +137,41 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def plan(cfg, task, source: str, token_lengths: dict | None, rows: int, parameters: int | None = None,
-         adapt: bool = False) -> list[str]:
-    """The lines `check` and `train` print about cost. With `adapt` (train), a micro-batch the
-    estimate says will not fit in the memory available now is halved (accumulation doubled:
-    the same effective batch) until it fits, and a run where one row does not fit is refused."""
+def plan(cfg, task, source: str, token_lengths: dict | None, rows: int, parameters: int | None = None) -> list[str]:
+    """The lines `check` and `train` print about cost."""
+    costing = _costing(cfg, task, source, token_lengths, rows, parameters)
+    return [] if costing is None else [costing[0].line() + f" (micro-batch {cfg.batch_size})"]
+
+
+def fitting_micro_batch(cfg, task, source: str, token_lengths: dict | None, rows: int) -> tuple[int, int, str] | None:
+    """For `train`: a micro-batch the estimate says will not fit in the memory available now is
+    halved (accumulation doubled: the same effective batch) until it fits. Returns the new
+    (batch_size, grad_accum, the line that says so), None when the run fits as it is; a run
+    where one row does not fit is refused."""
     from tunesmith.errors import UserError
+
+    costing = _costing(cfg, task, source, token_lengths, rows)
+    available = available_memory()
+    if costing is None or available is None or costing[0].peak_bytes <= available:
+        return None
+    found, shape, trainable, row_tokens, lm_loss = costing
+    fit = fitting_batch(shape, trainable, cfg.batch_size, cfg.grad_accum, row_tokens, lm_loss, available)
+    if fit is None:
+        raise UserError(f"--max-length {cfg.resolved_max_length()}: one row of this model needs more memory than "
+                        f"the {available / GB:.1f} GB available; lower --max-length or use a smaller --model")
+    return (*fit, f"memory: {found.peak_bytes / GB:.1f} GB estimated but {available / GB:.1f} GB available; "
+                  f"micro-batch {cfg.batch_size} -> {fit[0]} with --grad-accum {cfg.grad_accum} -> {fit[1]} "
+                  "(the same effective batch)")
+
+
+def _costing(cfg, task, source: str, token_lengths: dict | None, rows: int, parameters: int | None = None):
+    """The estimate of a run, with the shape facts `fitting_micro_batch` reuses; None when the
+    model's shape or the token lengths are unknown."""
     from tunesmith.methods import METHODS
 
     shape = shape_of(source, parameters)
     if shape is None or not token_lengths:
-        return []
+        return None
     sequences = task.sequences_per_example  # a preference pair is two
     # --long-text chunk: a long text is up to max_windows rows of max_length in one forward
     longest = cfg.resolved_max_length() * (cfg.max_windows if cfg.long_text == "chunk" else 1)
@@ -155,16 +182,4 @@ def plan(cfg, task, source: str, token_lengths: dict | None, rows: int, paramete
     typical = sequences * min(int(token_lengths.get("p50", token_lengths["p99"])), longest)
     found = estimate(shape, trainable, cfg.batch_size, row_tokens, rows, lm_loss, measured_flops(), typical,
                      METHODS[cfg.method].relative_cost)
-    lines = [found.line() + f" (micro-batch {cfg.batch_size})"]
-    available = available_memory()
-    if not adapt or available is None or found.peak_bytes <= available:
-        return lines
-    fit = fitting_batch(shape, trainable, cfg.batch_size, cfg.grad_accum, row_tokens, lm_loss, available)
-    if fit is None:
-        raise UserError(f"--max-length {cfg.resolved_max_length()}: one row of this model needs more memory than "
-                        f"the {available / GB:.1f} GB available; lower --max-length or use a smaller --model")
-    lines.append(f"memory: {found.peak_bytes / GB:.1f} GB estimated but {available / GB:.1f} GB available; "
-                 f"micro-batch {cfg.batch_size} -> {fit[0]} with --grad-accum {cfg.grad_accum} -> {fit[1]} "
-                 "(the same effective batch)")
-    cfg.batch_size, cfg.grad_accum = fit
-    return lines
+    return found, shape, trainable, row_tokens, lm_loss

@@ -73,117 +73,173 @@ def choose_precision(requested: str) -> str:
     return {"fp32": "no"}.get(requested, requested)
 
 
-def fit(
-    model,
-    train: Features,
-    evaluate: Callable[[object], dict],
-    cfg,
-    run_dir: Path,
-    metric: str,
-    higher_better: bool,
-    resume: bool = False,
-    log: Callable[[str], None] = print,
-    compute_loss: Callable | None = None,
-    on_step: Callable | None = None,
-    tracking: track.Tracking | None = None,
-    evaluate_start: Callable[[object], dict] | None = None,
-) -> FitResult:
-    """`compute_loss(model, batch) -> (loss, extras)` replaces the model's own loss (DPO);
-    its extras (floats) are averaged over the step and logged in the history.
-    `on_step(model, step, total_steps)` runs after each optimizer step, before the gradients
-    are cleared (AdaLoRA's rank reallocation reads them). `tracking` (the run's trackers, which
-    the caller closes) sees every history row; without it the loop opens and closes its own.
-    `evaluate_start(model) -> metrics`, when given, validates the model before the first step
-    too, as a checkpoint like any other (step 0), so a run whose training never beats its
-    starting point keeps that point. (A callback of its own: a study's pruner must not see it,
-    since every trial starts from the same point.)"""
-    from accelerate import Accelerator
+@dataclass(frozen=True)
+class Hooks:
+    """What the loop calls besides the model. `evaluate(model) -> metrics` validates.
+    `compute_loss(model, batch) -> (loss, extras)` replaces the model's own loss (DPO); its
+    extras (floats) are averaged over the step and logged in the history. `on_step(model,
+    step, total_steps)` runs after each optimizer step, before the gradients are cleared
+    (AdaLoRA's rank reallocation reads them). `evaluate_start(model) -> metrics`, when given,
+    validates the model before the first step too, as a checkpoint like any other (step 0),
+    so a run whose training never beats its starting point keeps that point (a callback of its
+    own: a study's pruner must not see it, since every trial starts from the same point).
+    `tracking` (the run's trackers, which the caller closes) sees every history row; without
+    it the loop opens and closes its own."""
 
-    precision = choose_precision(cfg.precision)
-    accelerator = Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available())
-    log(f"device {accelerator.device}, precision {'fp32' if precision == 'no' else precision}")
+    evaluate: Callable[[object], dict]
+    compute_loss: Callable | None = None
+    on_step: Callable | None = None
+    evaluate_start: Callable[[object], dict] | None = None
+    tracking: track.Tracking | None = None
 
-    lengths = train.lengths
-    total_steps, eval_every = _schedule(len(train), cfg)
 
-    optimizer = build_optimizer(model, cfg.resolved_lr(), cfg.weight_decay, cfg.layer_decay, cfg.head_lr)
-    scheduler = build_scheduler(optimizer, cfg.scheduler, total_steps, cfg.warmup_ratio)
-    model, optimizer = accelerator.prepare(model, optimizer)
+@dataclass(frozen=True)
+class Goal:
+    """The validation metric that picks the best checkpoint, and its direction."""
 
-    ckpt_dir = run_dir / "checkpoints"
-    history_file = run_dir / "history.jsonl"
-    state = _starting_state(resume, ckpt_dir, history_file, accelerator, model, optimizer, scheduler, total_steps, log)
+    metric: str
+    higher_better: bool = True
 
-    model.train()
-    bar = _progress_bar(total_steps, state.step, accelerator.is_main_process)
-    main = accelerator.is_main_process  # only the main process writes the run folder
-    # The run's trackers (TensorBoard, --track ...): the caller's, or ours for this loop alone.
-    own_tracking = tracking is None and main
-    if own_tracking:
-        tracking = track.Tracking(run_dir, cfg, log)
-    if main:
-        tracking.start(state.step if resume else None)
+    def improved(self, value: float, best: float | None) -> bool:
+        return best is None or (value > best if self.higher_better else value < best)
 
-    def history(row: dict) -> None:
-        _append_history(history_file, row)
-        tracking.row(row)
 
-    recent_loss: list[float] = []
+def fit(model, train: Features, cfg, run_dir: Path, hooks: Hooks, goal: Goal, resume: bool = False,
+        log: Callable[[str], None] = print) -> FitResult:
+    """Train `model` on `train` under `cfg` in `run_dir` (checkpoints, history.jsonl)."""
+    return _Loop(model, train, cfg, run_dir, hooks, goal, log).run(resume)
 
-    try:  # the bar ends its line before any error is printed
-        if evaluate_start is not None and state.step == 0 and state.best_metric is None:
-            _evaluate_start(model, accelerator, evaluate_start, cfg, state, ckpt_dir, history, metric, bar)
-        while state.step < total_steps and not state.stopped_early:
-            batches = train_batches(lengths, cfg.batch_size, cfg.seed, state.epoch)
-            groups = [batches[i : i + cfg.grad_accum] for i in range(0, len(batches), cfg.grad_accum)]
-            while state.group_in_epoch < len(groups) and state.step < total_steps:
-                started = time.perf_counter()
-                group = groups[state.group_in_epoch]
-                group_size = sum(len(b) for b in group)
-                step_loss, extras = _accumulate(model, train, group, group_size, accelerator, compute_loss, state, cfg,
-                                                ckpt_dir)
-                if cfg.max_grad_norm:
-                    accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                if on_step is not None:
-                    on_step(accelerator.unwrap_model(model), state.step, total_steps)
-                optimizer.zero_grad(set_to_none=True)
 
-                state.step += 1
-                state.group_in_epoch += 1
-                state.samples += group_size
-                state.train_seconds += time.perf_counter() - started
-                recent_loss.append(step_loss)
-                _show_progress(bar, state, recent_loss)
-                if main:
-                    history({"step": state.step, "epoch": state.epoch, "loss": step_loss,
-                             "lr": scheduler.get_last_lr()[0], **extras,
-                             "samples_per_second": state.samples / max(state.train_seconds, 1e-9)})
+class _Loop:
+    """One training run's loop, its state in one place: the prepared model, optimizer and
+    schedule, where it is (`state`), and where it writes."""
 
-                end_of_epoch = state.group_in_epoch == len(groups)
-                if state.step % eval_every == 0 or state.step == total_steps or (cfg.eval_every is None and end_of_epoch):
-                    if end_of_epoch:  # the checkpoint must point at the start of the next epoch
-                        state.epoch += 1
-                        state.group_in_epoch = 0
-                    _evaluate_and_checkpoint(model, accelerator, evaluate, cfg, state, optimizer, scheduler,
-                                             ckpt_dir, history, metric, higher_better, bar)
-                    if end_of_epoch:
-                        break
-            else:
-                if state.group_in_epoch >= len(groups):
+    def __init__(self, model, train: Features, cfg, run_dir: Path, hooks: Hooks, goal: Goal, log):
+        from accelerate import Accelerator
+
+        self.precision = choose_precision(cfg.precision)
+        self.accelerator = Accelerator(mixed_precision=self.precision, cpu=not torch.cuda.is_available())
+        log(f"device {self.accelerator.device}, precision {'fp32' if self.precision == 'no' else self.precision}")
+        self.train, self.cfg, self.hooks, self.goal, self.log = train, cfg, hooks, goal, log
+        self.total_steps, self.eval_every = _schedule(len(train), cfg)
+        optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, cfg.layer_decay, cfg.head_lr)
+        self.scheduler = build_scheduler(optimizer, cfg.scheduler, self.total_steps, cfg.warmup_ratio)
+        self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+        self.run_dir, self.ckpt_dir, self.history_file = run_dir, run_dir / "checkpoints", run_dir / "history.jsonl"
+        self.main = self.accelerator.is_main_process  # only the main process writes the run folder
+        self.state = LoopState()
+        self.recent_loss: list[float] = []
+        self.tracking, self.bar = hooks.tracking, None
+
+    def run(self, resume: bool) -> FitResult:
+        self.state = _starting_state(resume, self)
+        self.model.train()
+        self.bar = _progress_bar(self.total_steps, self.state.step, self.main)
+        # The run's trackers (TensorBoard, --track ...): the caller's, or ours for this loop alone.
+        own_tracking = self.tracking is None and self.main
+        if own_tracking:
+            self.tracking = track.Tracking(self.run_dir, self.cfg, self.log)
+        if self.main:
+            self.tracking.start(self.state.step if resume else None)
+        try:  # the bar ends its line before any error is printed
+            if self.hooks.evaluate_start is not None and self.state.step == 0 and self.state.best_metric is None:
+                self._evaluate_start()
+            while self.state.step < self.total_steps and not self.state.stopped_early:
+                self._epoch()
+        except BaseException as exc:
+            if own_tracking:
+                self.tracking.close(track.status_of(exc))
+                own_tracking = False
+            raise
+        finally:
+            self.bar.close()
+            if own_tracking:
+                self.tracking.close("finished")
+        return FitResult(self.state, self.total_steps, self.precision, processes=self.accelerator.num_processes)
+
+    def _epoch(self) -> None:
+        """The rest of the current epoch (from `group_in_epoch`): a step per group of
+        grad_accum micro-batches, evaluating where due."""
+        state, cfg = self.state, self.cfg
+        batches = train_batches(self.train.lengths, cfg.batch_size, cfg.seed, state.epoch)
+        groups = [batches[i : i + cfg.grad_accum] for i in range(0, len(batches), cfg.grad_accum)]
+        while state.group_in_epoch < len(groups) and state.step < self.total_steps:
+            self._step(groups[state.group_in_epoch])
+            end_of_epoch = state.group_in_epoch == len(groups)
+            due = state.step % self.eval_every == 0 or state.step == self.total_steps
+            if due or (cfg.eval_every is None and end_of_epoch):
+                if end_of_epoch:  # the checkpoint must point at the start of the next epoch
                     state.epoch += 1
                     state.group_in_epoch = 0
-    except BaseException as exc:
-        if own_tracking:
-            tracking.close(track.status_of(exc))
-            own_tracking = False
-        raise
-    finally:
-        bar.close()
-        if own_tracking:
-            tracking.close("finished")
-    return FitResult(state, total_steps, precision, processes=accelerator.num_processes)
+                self._evaluate_and_checkpoint()
+                if end_of_epoch:
+                    return
+        if state.group_in_epoch >= len(groups):
+            state.epoch += 1
+            state.group_in_epoch = 0
+
+    def _step(self, group: list[list[int]]) -> None:
+        """One optimizer step over `group`'s micro-batches, logged in the history."""
+        state, cfg, optimizer = self.state, self.cfg, self.optimizer
+        started = time.perf_counter()
+        group_size = sum(len(b) for b in group)
+        step_loss, extras = _accumulate(self, group, group_size)
+        if cfg.max_grad_norm:
+            self.accelerator.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+        optimizer.step()
+        self.scheduler.step()
+        if self.hooks.on_step is not None:
+            self.hooks.on_step(self.accelerator.unwrap_model(self.model), state.step, self.total_steps)
+        optimizer.zero_grad(set_to_none=True)
+        state.step += 1
+        state.group_in_epoch += 1
+        state.samples += group_size
+        state.train_seconds += time.perf_counter() - started
+        self.recent_loss.append(step_loss)
+        _show_progress(self.bar, state, self.recent_loss)
+        if self.main:
+            self._history({"step": state.step, "epoch": state.epoch, "loss": step_loss,
+                           "lr": self.scheduler.get_last_lr()[0], **extras,
+                           "samples_per_second": state.samples / max(state.train_seconds, 1e-9)})
+
+    def _history(self, row: dict) -> None:
+        _append_history(self.history_file, row)
+        self.tracking.row(row)
+
+    def _evaluate_and_checkpoint(self) -> None:
+        # Every process evaluates (the weights are the same everywhere), so all reach the same
+        # early-stopping decision without a message; only the main one writes.
+        state, cfg, metric, ckpt_dir = self.state, self.cfg, self.goal.metric, self.ckpt_dir
+        plain = self.accelerator.unwrap_model(self.model)
+        value = (metrics := self.hooks.evaluate(plain))[metric]
+        improved = self.goal.improved(value, state.best_metric)
+        _track(state, value, improved, cfg)
+        if not self.main:
+            return
+        self._history(_validation_row(state, metrics))
+        if improved:
+            checkpoint.save(ckpt_dir / "best", plain, state={"step": state.step, metric: value})
+        self.bar.write(f"step {state.step}: val {metric} {value:.4f}" + (" (best)" if improved else "")
+                       + (" - early stopping" if state.stopped_early else ""))
+        if cfg.average_last:  # keep the last k evaluations' weights for averaging at the end
+            checkpoint.save(ckpt_dir / f"eval-{state.step:07d}", plain, state={"step": state.step, metric: value})
+            for old in sorted(ckpt_dir.glob("eval-*"))[: -cfg.average_last]:
+                shutil.rmtree(old, ignore_errors=True)
+        checkpoint.save(ckpt_dir / "last", plain, self.optimizer, self.scheduler, asdict(state))
+
+    def _evaluate_start(self) -> None:
+        """Step 0: the starting model scored on validation and kept as the best so far. Where
+        the head starts as the untuned baseline's probe (and the method leaves the body's
+        output as it was: LoRA's B is zero), this is the baseline itself, so training must
+        beat it on validation to replace it: a run never ends below where it started. No
+        `last` checkpoint: a stop before the first step simply starts again."""
+        plain = self.accelerator.unwrap_model(self.model)
+        value = (metrics := self.hooks.evaluate_start(plain))[self.goal.metric]
+        _track(self.state, value, True, self.cfg)  # the first score is the best so far
+        if self.main:
+            self._history(_validation_row(self.state, metrics))
+            checkpoint.save(self.ckpt_dir / "best", plain, state={"step": 0, self.goal.metric: value})
+            self.bar.write(f"step 0: val {self.goal.metric} {value:.4f} (the starting model)")
 
 
 def _schedule(examples: int, cfg) -> tuple[int, int]:
@@ -207,33 +263,33 @@ def _show_progress(bar, state: LoopState, recent_loss: list[float]) -> None:
                     samples_s=f"{state.samples / max(state.train_seconds, 1e-9):.1f}", refresh=False)
 
 
-def _starting_state(resume: bool, ckpt_dir: Path, history_file: Path, accelerator, model, optimizer, scheduler,
-                    total_steps: int, log) -> LoopState:
+def _starting_state(resume: bool, loop: _Loop) -> LoopState:
     """A fresh state, or (resume) the last checkpoint's, with the history logged after it dropped."""
     state = LoopState()
     if resume:
-        last = checkpoint.find(ckpt_dir / "last")
+        last = checkpoint.find(loop.ckpt_dir / "last")
         if last is not None:
-            state = LoopState(**checkpoint.load(last, accelerator.unwrap_model(model), optimizer, scheduler))
-            log(f"resumed from step {state.step} of {total_steps}")
-        if accelerator.is_main_process:
-            _truncate_history(history_file, state.step)
-    elif history_file.exists() and accelerator.is_main_process:
-        history_file.unlink()
+            state = LoopState(**checkpoint.load(last, loop.accelerator.unwrap_model(loop.model), loop.optimizer,
+                                                loop.scheduler))
+            loop.log(f"resumed from step {state.step} of {loop.total_steps}")
+        if loop.main:
+            _truncate_history(loop.history_file, state.step)
+    elif loop.history_file.exists() and loop.main:
+        loop.history_file.unlink()
     return state
 
 
-def _accumulate(model, train: Features, group: list[list[int]], group_size: int, accelerator, compute_loss,
-                state: LoopState, cfg, ckpt_dir: Path) -> tuple[float, dict]:
+def _accumulate(loop: _Loop, group: list[list[int]], group_size: int) -> tuple[float, dict]:
     """Forward and backward over one step's micro-batches (`group_size` examples in all); the
     gradients add up to the mean over the step's examples. Returns the step's loss and its
     averaged extras."""
+    model, accelerator, compute_loss, state = loop.model, loop.accelerator, loop.hooks.compute_loss, loop.state
     step_loss, extras = 0.0, {}
     for indices in group:
         # Under DDP each process runs its share of the micro-batch (`factor` rescales
         # its loss so that the averaged gradient is the micro-batch's).
         local, factor = local_share(indices, accelerator.process_index, accelerator.num_processes)
-        batch = {k: v.to(accelerator.device) for k, v in train.batch(local).items()}
+        batch = {k: v.to(accelerator.device) for k, v in loop.train.batch(local).items()}
         if compute_loss is None:
             loss = model(**batch).loss
         else:
@@ -243,7 +299,7 @@ def _accumulate(model, train: Features, group: list[list[int]], group_size: int,
         if not torch.isfinite(loss):  # (the bar is closed on the way out)
             raise TrainingDiverged(
                 f"loss became {loss.item()} at step {state.step + 1}; the last good checkpoint is kept in "
-                f"{ckpt_dir}; lower --lr (now {cfg.resolved_lr():g}) or set --max-grad-norm"
+                f"{loop.ckpt_dir}; lower --lr (now {loop.cfg.lr:g}) or set --max-grad-norm"
             )
         # Weight each micro-batch by its share of the step's examples: the
         # gradient is then exactly the mean over the step, however it is cut.
@@ -252,48 +308,6 @@ def _accumulate(model, train: Features, group: list[list[int]], group_size: int,
     if accelerator.num_processes > 1:  # the step's loss over all processes' shares
         step_loss = accelerator.reduce(torch.tensor(step_loss, device=accelerator.device), "sum").item()
     return step_loss, extras
-
-
-def _evaluate_and_checkpoint(model, accelerator, evaluate, cfg, state, optimizer, scheduler,
-                             ckpt_dir, history, metric, higher_better, bar) -> None:
-    # Every process evaluates (the weights are the same everywhere), so all reach the same
-    # early-stopping decision without a message; only the main one writes.
-    plain = accelerator.unwrap_model(model)
-    metrics = evaluate(plain)
-    if not accelerator.is_main_process:
-        improved = state.best_metric is None or (metrics[metric] > state.best_metric if higher_better
-                                                 else metrics[metric] < state.best_metric)
-        _track(state, metrics[metric], improved, cfg)
-        return
-    value = metrics[metric]
-    history(_validation_row(state, metrics))
-    improved = state.best_metric is None or (value > state.best_metric if higher_better else value < state.best_metric)
-    _track(state, value, improved, cfg)
-    if improved:
-        checkpoint.save(ckpt_dir / "best", plain, state={"step": state.step, metric: value})
-    bar.write(f"step {state.step}: val {metric} {value:.4f}" + (" (best)" if improved else "")
-              + (" - early stopping" if state.stopped_early else ""))
-    if cfg.average_last:  # keep the last k evaluations' weights for averaging at the end
-        checkpoint.save(ckpt_dir / f"eval-{state.step:07d}", plain, state={"step": state.step, metric: value})
-        for old in sorted(ckpt_dir.glob("eval-*"))[: -cfg.average_last]:
-            shutil.rmtree(old, ignore_errors=True)
-    checkpoint.save(ckpt_dir / "last", plain, optimizer, scheduler, asdict(state))
-
-
-def _evaluate_start(model, accelerator, evaluate, cfg, state, ckpt_dir, history, metric, bar) -> None:
-    """Step 0: the starting model scored on validation and kept as the best so far. Where the
-    head starts as the untuned baseline's probe (and the method leaves the body's output as it
-    was: LoRA's B is zero), this is the baseline itself, so training must beat it on validation
-    to replace it: a run never ends below where it started. No `last` checkpoint: a stop before
-    the first step simply starts again."""
-    plain = accelerator.unwrap_model(model)
-    metrics = evaluate(plain)
-    value = metrics[metric]
-    _track(state, value, True, cfg)  # the first score is the best so far
-    if accelerator.is_main_process:
-        history(_validation_row(state, metrics))
-        checkpoint.save(ckpt_dir / "best", plain, state={"step": 0, metric: value})
-        bar.write(f"step 0: val {metric} {value:.4f} (the starting model)")
 
 
 def _validation_row(state: LoopState, metrics: dict) -> dict:

@@ -56,5 +56,3 @@ def loss_for(cfg, task, train_labels: list, labels: list[str]):
     return compute_loss
 
 
-def single_label(task) -> bool:
-    return task.problem_type == "single_label_classification"
