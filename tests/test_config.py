@@ -141,3 +141,21 @@ def test_default_epochs_give_small_data_enough_steps():
     assert epochs(build_config({"epochs": 1}, "t"), 320) == 1.0
     accumulated = build_config({"batch_size": 8, "grad_accum": 4}, "t")  # 32 rows a step, as above
     assert epochs(accumulated, 320) == 10.0
+
+
+def test_a_tracking_uri_is_stored_without_its_secret_and_read_back_from_the_environment(monkeypatch, tmp_path):
+    """config.yaml feeds the dashboard, MLflow params, W&B config and TensorBoard hparams: the
+    database password of --tracking-uri must not reach any of them."""
+    from tunesmith.databases import redacted
+    from tunesmith.track.mlflow_log import tracking_uri
+
+    uri = "postgresql://mlflow:hunter2@db.example/mlflow"
+    written = config_to_yaml_dict(settings_with(TrainConfig(data="x.csv", lr=1e-3, model="minilm"), tracking_uri=uri))
+    assert written["tracking_uri"] == "postgresql://mlflow:***@db.example/mlflow"
+    assert redacted("postgresql://:hunter2@db/x?sslpassword=hunter3&password=hunter4") == \
+        "postgresql://:***@db/x?sslpassword=***&password=***"
+    back = build_config(written, "config.yaml")
+    with pytest.raises(UserError, match="set MLFLOW_TRACKING_URI"):
+        tracking_uri(back, tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    assert tracking_uri(back, tmp_path) == uri

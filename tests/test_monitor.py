@@ -8,6 +8,8 @@ import hmac
 import json
 import random
 import threading
+import time
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
@@ -141,9 +143,13 @@ class Receiver(BaseHTTPRequestHandler):
     failures_left = 0
     received: list = []
 
+    refuse = False  # answer 400: the receiver will never take the alert
+
     def do_POST(self):  # noqa: N802 (http.server's name)
         body = self.rfile.read(int(self.headers["Content-Length"]))
-        if Receiver.failures_left:
+        if Receiver.refuse:
+            self.send_response(400)
+        elif Receiver.failures_left:
             Receiver.failures_left -= 1
             self.send_response(503)
         else:
@@ -166,9 +172,10 @@ def receiver():
 
 
 def test_webhook_alerts_are_signed_retried_and_sent_again_after_an_outage(sentiment, tmp_path, monkeypatch, receiver):
-    import tunesmith.monitor.sinks as sinks
+    import tunesmith.monitor.deliver as deliver
 
-    monkeypatch.setattr(sinks, "BACKOFF_S", 0.01)
+    monkeypatch.setattr(deliver, "BACKOFF_S", 0.02)
+    monkeypatch.setattr(deliver, "FLUSH_S", 0.3)  # a replay's last tries, before leaving alerts for the next run
     source = write_jsonl(tmp_path / "s.jsonl", stream_rows())
     with pytest.raises(UserError, match="TUNESMITH_WEBHOOK_SECRET"):
         monitor(sentiment, source, str(tmp_path / "x.db"), webhook=receiver, log=lambda _: None)
@@ -176,18 +183,150 @@ def test_webhook_alerts_are_signed_retried_and_sent_again_after_an_outage(sentim
 
     Receiver.failures_left = 10**6  # the receiver is down for the whole first run
     lines = []
-    monitor(sentiment, source, str(tmp_path / "m.db"), topics_from="ticker", webhook=receiver, log=lines.append)
-    assert not Receiver.received and any("attempt 3 of 3 failed (HTTP 503)" in line for line in lines)
-    assert all(not a["delivered"] for a in Store(tmp_path / "m.db").alerts())
+    monitor(sentiment, source, str(tmp_path / "m.db"), topics_from="ticker", webhook=receiver, log=lines.append,
+            alerts_jsonl=str(tmp_path / "alerts.jsonl"))
+    assert not Receiver.received and any("failed (HTTP 503); trying again" in line for line in lines)
+    stored = Store(tmp_path / "m.db").alerts()
+    assert len(stored) == 3 and all(not a["delivered"] for a in stored)
+    # The other sinks do not wait for the webhook: the file and the log have every alert, once.
+    assert len((tmp_path / "alerts.jsonl").read_text().splitlines()) == 3 and all(a["sent_local"] for a in stored)
 
     Receiver.failures_left = 1  # back up, after one more failure: the retry delivers
-    monitor(sentiment, source, str(tmp_path / "m.db"), topics_from="ticker", webhook=receiver, log=lambda _: None)
+    monitor(sentiment, source, str(tmp_path / "m.db"), topics_from="ticker", webhook=receiver, log=lambda _: None,
+            alerts_jsonl=str(tmp_path / "alerts.jsonl"))
     assert len(Receiver.received) == 3  # the three stored alerts, each once
     for headers, body in Receiver.received:
         expected = "sha256=" + hmac.new(b"s3cret", body, hashlib.sha256).hexdigest()
         assert headers["X-Tunesmith-Signature"] == expected
         assert json.loads(body)["id"] == int(headers["X-Tunesmith-Alert-Id"])
     assert all(a["delivered"] for a in Store(tmp_path / "m.db").alerts())
+    assert len((tmp_path / "alerts.jsonl").read_text().splitlines()) == 3  # not written again
+
+
+def test_a_webhook_that_refuses_an_alert_dead_letters_it_instead_of_retrying_for_ever(sentiment, tmp_path,
+                                                                                       monkeypatch, receiver):
+    monkeypatch.setenv("TUNESMITH_WEBHOOK_SECRET", "s3cret")
+    monkeypatch.setattr(Receiver, "refuse", True, raising=False)
+    lines = []
+    monitor(sentiment, write_jsonl(tmp_path / "s.jsonl", stream_rows()), str(tmp_path / "m.db"), topics_from="ticker",
+            webhook=receiver, log=lines.append)
+    stored = Store(tmp_path / "m.db").alerts()
+    assert [a["webhook_state"] for a in stored] == [2, 2, 2] and all(a["delivered"] for a in stored)
+    assert sum("refused (permanent: HTTP 400)" in line for line in lines) == 3
+
+
+def test_a_webhook_outage_does_not_hold_up_ingestion(sentiment, tmp_path):
+    """Delivery runs beside the pipeline: a post that hangs (a receiver that accepts and never
+    answers) does not stop the next batch from being scored and stored."""
+    from tunesmith.commands.monitor import MonitorArgs, _pipeline
+
+    pipeline, deliverer = _pipeline(MonitorArgs(sentiment=sentiment, store=str(tmp_path / "m.db"), topics_from="ticker",
+                                                retain="forever"), lambda _: None, live=False)
+    hang, posted = threading.Event(), threading.Event()
+
+    def stuck(url, body, headers):
+        posted.set()
+        hang.wait(30)
+        return "TimeoutError"
+
+    deliverer.sinks.webhook, deliverer.sinks.post_body, deliverer.sinks.secret = "https://x.example/", stuck, "s"
+    rows = stream_rows()
+    fired, _ = pipeline.process([_item(r) for r in rows[:-40]])
+    fired += pipeline.process([_item(r) for r in rows[-40:]])[0]  # the surge hour: alerts fire
+    assert fired and posted.wait(10)  # the deliverer is inside a post that hangs ...
+    started = time.perf_counter()
+    again, _ = pipeline.process([_item({**r, "id": r["id"] + "-b"}) for r in rows[:50]])
+    assert time.perf_counter() - started < 5  # ... and ingestion goes on
+    hang.set()
+    deliverer.stop()
+    pipeline.store.close()
+
+
+def _item(row):
+    from tunesmith.monitor.stream import Item
+
+    return Item(row["id"], row["time"], row["text"], {"ticker": row["ticker"]})
+
+
+def test_a_far_future_time_is_refused_and_cannot_expire_the_real_items(sentiment, tmp_path):
+    """One item dated 2999 once set the retention horizon past every real item: the store lost
+    them and every later item counted as expired. Now it is refused, over HTTP and from a file."""
+    now = time.time()
+    rows = [{"id": f"now-{k}", "time": now - 60 * k, "ticker": "ACME", "text": "fine day"} for k in range(3)]
+    future = {"id": "typo", "time": "2999-01-01T00:00:00Z", "ticker": "ACME", "text": "from the future"}
+    with _live_service(sentiment, tmp_path / "live.db", retain="30d") as (client, auth):
+        assert client.post("/v1/ingest", json={"items": rows[:2]}, headers=auth).json()["scored"] == 2
+        refused = client.post("/v1/ingest", json={"items": [future]}, headers=auth)
+        assert refused.status_code == 422 and "items[0]: dated 973 years ahead" in refused.text
+        assert client.post("/v1/ingest", json={"items": rows[2:]}, headers=auth).json()["scored"] == 1
+        assert 'tunesmith_monitor_refused_total{reason="future"} 1' in client.get("/metrics", headers=auth).text
+    held = Store(tmp_path / "live.db")
+    assert sorted(r[0] for r in held.db.execute("SELECT id FROM items WHERE topic = 'all'")) == ["now-0", "now-1", "now-2"]
+    held.close()
+
+    lines = []
+    counts = monitor(sentiment, write_jsonl(tmp_path / "s.jsonl", [rows[0], future, rows[1]]), str(tmp_path / "f.db"),
+                     topics_from="ticker", retain="30d", log=lines.append)
+    assert counts["scored"] == 2 and counts["skipped"] == 1
+    assert any(line.startswith("skipped: item typo: dated 973 years ahead") for line in lines)
+
+
+def test_a_live_stream_keeps_retain_before_the_clock_and_a_replay_before_its_own_newest_time(sentiment, tmp_path):
+    from tunesmith.commands.monitor import MonitorArgs, _pipeline
+    from tunesmith.monitor.pipeline import Clock
+
+    rows = [_item(r) for r in stream_rows()]  # nine hours of January
+    for live, kept in ((True, 0), (False, len(rows))):
+        args = MonitorArgs(sentiment=sentiment, store=str(tmp_path / f"{live}.db"), retain="2d")
+        pipeline, deliverer = _pipeline(args, lambda _: None, live=live)
+        pipeline.clock = Clock(live=live, now=lambda: START + 30 * 86_400)  # a month later
+        pipeline.process(rows)
+        assert pipeline.store.db.execute("SELECT COUNT(*) FROM items WHERE topic = 'all'").fetchone()[0] == kept
+        deliverer.stop()
+        pipeline.store.close()
+
+
+def test_two_monitors_cannot_share_a_store(sentiment, tmp_path):
+    source = write_jsonl(tmp_path / "s.jsonl", stream_rows()[:10])
+    first = Store(tmp_path / "m.db")
+    first.claim()
+    with pytest.raises(UserError, match="another monitor is using this store"):
+        monitor(sentiment, source, str(tmp_path / "m.db"), log=lambda _: None)
+    first.close()  # the claim goes with the process (or the store) that held it
+    assert monitor(sentiment, source, str(tmp_path / "m.db"), log=lambda _: None)["scored"] == 10
+
+
+def test_topics_are_capped_and_counted_and_the_topic_table_is_two_queries(sentiment, tmp_path):
+    rows = [{"id": f"t{k}", "time": time.time() - k, "ticker": f"T{k}", "text": "fine"} for k in range(30)]
+    with _live_service(sentiment, tmp_path / "m.db", max_topics=11) as (client, auth):  # "all" and ten tickers
+        assert client.post("/v1/ingest", json={"items": rows}, headers=auth).json()["scored"] == 30
+        table = {row["topic"]: row["texts"] for row in client.get("/v1/topics", headers=auth).json()}
+        assert table["all"] == 30 and len(table) == 11
+        assert 'tunesmith_monitor_refused_total{reason="topic"} 20' in client.get("/metrics", headers=auth).text
+    store = Store(tmp_path / "m.db")
+    queries = []
+    store.db.set_trace_callback(queries.append)
+    assert store.latest_windows(3600.0)["all"][1].count == 30 and len(queries) == 1
+    store.close()
+
+
+@contextmanager
+def _live_service(sentiment, store, **settings):
+    from fastapi.testclient import TestClient
+
+    from tunesmith.commands.monitor import MonitorArgs, _pipeline
+    from tunesmith.monitor.service import create_app
+    from tunesmith.serve.security import KeyRing
+
+    pipeline, deliverer = _pipeline(MonitorArgs(sentiment=sentiment, store=str(store), topics_from="ticker",
+                                                **settings), lambda _: None, live=True)
+    key = "k" * 32
+    try:
+        yield (TestClient(create_app(pipeline, KeyRing([key]), pipeline.rules.window_s), base_url="http://localhost"),
+               {"Authorization": f"Bearer {key}"})
+    finally:
+        deliverer.stop()
+        pipeline.store.close()
 
 
 def test_follow_reads_a_growing_file_and_waits_for_a_line_being_written(sentiment, tmp_path):
@@ -208,8 +347,9 @@ def test_follow_reads_a_growing_file_and_waits_for_a_line_being_written(sentimen
 
     lines = []
     with pytest.raises(KeyboardInterrupt):
+        # January's rows in a live stream: kept whole (a live stream keeps --retain before now)
         monitor(sentiment, str(source), str(tmp_path / "m.db"), topics_from="ticker", follow=True, sleep=sleep,
-                log=lines.append)
+                log=lines.append, retain="forever")
     store = Store(tmp_path / "m.db")
     assert store.db.execute("SELECT COUNT(DISTINCT id) FROM items").fetchone()[0] == len(rows)
     assert any(a["rule"] == "negative-surge" for a in store.alerts())
@@ -296,8 +436,9 @@ def _service(sentiment, tmp_path, keys=("k" * 24,)):
     from tunesmith.monitor.service import create_app
     from tunesmith.serve.security import KeyRing
 
-    pipeline = _pipeline(MonitorArgs(sentiment=sentiment, store=str(tmp_path / "m.db"), topics_from="ticker"),
-                         lambda _: None)
+    # The fixture's stream is from January: kept whole here (a live stream keeps --retain before now).
+    pipeline, _ = _pipeline(MonitorArgs(sentiment=sentiment, store=str(tmp_path / "m.db"), topics_from="ticker",
+                                        retain="forever"), lambda _: None, live=True)
     return TestClient(create_app(pipeline, KeyRing(list(keys)), pipeline.rules.window_s), base_url="http://localhost")
 
 

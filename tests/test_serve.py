@@ -78,9 +78,10 @@ def test_auth(run_path, predictor):
         assert client.post("/v1/predict", json={"inputs": "good"}, headers={"X-API-Key": KEY}).status_code == 200
         assert client.get("/v1/model").status_code == 401
         assert client.get("/metrics").status_code == 401
-        # Probes and the schema stay open: they reveal nothing about the model or data.
+        # Probes stay open: they reveal nothing about the model or data. The schema needs the key.
         assert client.get("/healthz").status_code == 200 and client.get("/readyz").status_code == 200
-        assert client.get("/openapi.json").status_code == 200
+        assert client.get("/openapi.json").status_code == 401
+        assert client.get("/openapi.json", headers=AUTH).json()["info"]["title"] == "tunesmith"
 
 
 def test_several_keys_each_work(run_path, predictor):
@@ -217,6 +218,20 @@ def test_logs_never_hold_raw_text_by_default(run_path, predictor):
 ])
 def test_mask_each_pii_kind(text, masked):
     assert mask_pii(text) == masked
+
+
+def test_masking_costs_the_same_per_character_on_hostile_text():
+    """The e-mail pattern tried at every start of one long word was quadratic: 0.56 s for a
+    10,000-character text, which 64 requests turned into ~35 s of a frozen event loop. Bounded
+    patterns scan a fixed stretch from each start: a 200,000-character word (20x the largest
+    text a server takes) is masked in well under a second; the old pattern took minutes."""
+    import time
+
+    for hostile in ("a" * 200_000, "a." * 100_000 + "@", "1-" * 100_000):
+        started = time.perf_counter()
+        mask_pii(hostile)
+        assert time.perf_counter() - started < 1.0
+    assert mask_pii("x" * 70 + "@mail.example.com") == "x" * 6 + "[EMAIL]"  # the 64 before the @ are masked
 
 
 def test_masking_leaves_ordinary_text_and_non_card_numbers():
@@ -540,3 +555,20 @@ def test_poison_requests_mixed_into_traffic_fail_alone(run_path, predictor):
     assert normal_codes == [200] * 40
     assert all(len(a.json()) == 2 and "label" in a.json()[0] for kind, a in answers if kind == "normal")
     assert all(400 <= code < 500 for code in poison_codes), poison_codes
+
+
+def test_no_service_believes_forwarded_addresses_it_was_not_told_to(monkeypatch):
+    """uvicorn believes X-Forwarded-For from 127.0.0.1 unless told otherwise: a local client
+    could then choose the address its failed-key limit counts against."""
+    import uvicorn
+
+    from tunesmith.serve.keyed import run_server
+    from tunesmith.serve.server import uvicorn_options
+    from tunesmith.serve.settings import ServeSettings
+
+    assert uvicorn_options(ServeSettings(run="r"))["proxy_headers"] is False
+    seen = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **options: seen.update(options))
+    run_server(object(), "127.0.0.1", 8090)  # the monitor, the assistant and the dashboard
+    assert seen["proxy_headers"] is False
+

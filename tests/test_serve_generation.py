@@ -97,6 +97,23 @@ def test_a_cancelled_sequence_leaves_the_batch_and_the_others_finish(predictor):
         engine.stop()
 
 
+def test_one_caller_cannot_fill_the_queue_and_callers_join_in_turn(predictor):
+    """One key sending many requests once filled the whole generation queue, and every later
+    caller waited behind all of them. A caller now holds at most a quarter of the places, and
+    the engine admits callers in turn."""
+    from tunesmith.serve.engine import Busy
+
+    engine = GenerationEngine(predictor.model, predictor.tokenizer.tokenizer, max_batch=2, max_waiting=8)  # not started
+    settings = GenerationSettings(max_new_tokens=1)
+    for k in range(2):
+        engine.submit(Sequence([1, 2], settings, client="greedy"))
+    with pytest.raises(Busy, match="its share of the queue"):
+        engine.submit(Sequence([1, 2], settings, client="greedy"))
+    engine.submit(Sequence([3], settings, client="patient"))
+    order = [engine._next(block=False).client for _ in range(3)]
+    assert order == ["greedy", "patient", "greedy"] and engine.waiting == 0
+
+
 def test_sampling_settings_at_their_extremes_still_pick_a_token():
     import torch
 

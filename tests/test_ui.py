@@ -5,11 +5,13 @@ a real browser in test_ui_browser.py."""
 
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from conftest import make_rows, train_args, write_csv
+from tunesmith.errors import UserError
 
 
 @pytest.fixture(scope="module")
@@ -97,6 +99,9 @@ def test_security_defaults(runs_folder):
     refused = open_client.post("/api/run/predict", json={"id": "first", "text": "x"},
                                headers={"origin": "http://evil.example"})
     assert refused.status_code == 403  # another site's page cannot use the dashboard
+    # A page can POST a body with no Content-Type without a preflight: it is not read as JSON.
+    blob = open_client.post("/api/run/predict", content=b'{"id": "first", "text": "x"}')
+    assert blob.status_code == 422
 
     keyed = client_for(runs_folder, ["secret-key-1"], host="0.0.0.0")
     assert keyed.get("/api/runs").status_code == 401
@@ -105,6 +110,63 @@ def test_security_defaults(runs_folder):
     assert keyed.post("/api/login", json={"key": "wrong"}).status_code == 401
     assert keyed.post("/api/login", json={"key": "secret-key-1"}).status_code == 200
     assert keyed.get("/api/runs").status_code == 200  # the sign-in cookie
+    cookie = keyed.cookies.get("tunesmith_session")
+    assert cookie and "secret-key-1" not in cookie  # a session token, never the key itself
+    keyed.cookies.clear()
+    keyed.cookies.set("tunesmith_session", "made-up-token")
+    assert keyed.get("/api/runs").status_code == 401
+    assert keyed.get("/openapi.json").status_code == 404  # no schema pages to probe
+
+
+def test_failed_sign_ins_are_limited_per_address(runs_folder, monkeypatch):
+    from fastapi.testclient import TestClient
+
+    from tunesmith.serve.keyed import keys_from_env
+    from tunesmith.ui.service import create_app
+
+    monkeypatch.setenv("TUNESMITH_API_KEYS", "k" * 20)
+    keyed = TestClient(create_app(runs_folder, keys_from_env(), host="0.0.0.0"), base_url="http://127.0.0.1")
+    codes = [keyed.post("/api/login", json={"key": f"guess-{k}"}).status_code for k in range(14)]
+    assert codes[:10] == [401] * 10 and 429 in codes[10:]  # a burst of 10, then one a second
+    assert keyed.get("/api/runs", headers={"authorization": "Bearer " + "k" * 20}).status_code == 200
+
+
+def test_a_short_key_is_refused_for_every_service(monkeypatch):
+    from tunesmith.errors import UserError
+    from tunesmith.serve.keyed import keys_from_env
+
+    monkeypatch.setenv("TUNESMITH_API_KEYS", "short-key")
+    with pytest.raises(UserError, match="at least 16 characters"):
+        keys_from_env()
+
+
+def test_a_run_folder_from_someone_else_cannot_reach_outside_it_or_script_the_dashboard(runs_folder, tmp_path):
+    """A run folder may come from someone else. Its files may be symbolic links (history.jsonl ->
+    /etc/passwd was streamed over /api/run/events), and its report.html may hold script, which
+    served from the dashboard's origin would run with the sign-in cookie."""
+    import shutil
+
+    hostile = runs_folder / "hostile"
+    shutil.copytree(runs_folder / "first", hostile)
+    secret = tmp_path / "secret.txt"
+    secret.write_text('{"step": 1, "loss": 0.5, "secret": "do not show"}\n')
+    (hostile / "history.jsonl").unlink()
+    (hostile / "history.jsonl").symlink_to(secret)
+    (hostile / "report.html").write_text("<script>fetch('/api/jobs', {method: 'POST'})</script>")
+    (runs_folder / "linked").symlink_to(runs_folder / "first")  # a symlinked run folder
+    client = client_for(runs_folder)
+    runs = client.get("/api/runs")
+    assert runs.status_code == 200 and "linked" not in {r["id"] for r in runs.json()["runs"]}
+    assert client.get("/api/run", params={"id": "linked"}).status_code == 404
+    page = client.get("/api/run", params={"id": "hostile"}).json()
+    assert page["history"] == []
+    with client.stream("GET", "/api/run/events", params={"id": "hostile"}) as events:
+        assert "do not show" not in "".join(events.iter_text())
+    report = client.get("/api/run/report", params={"id": "hostile"})
+    assert report.headers["content-security-policy"].startswith("sandbox")
+    assert "script-src 'self'" in client.get("/").headers["content-security-policy"]
+    shutil.rmtree(hostile)
+    (runs_folder / "linked").unlink()
 
 
 def test_new_runs_read_allowed_data_only(runs_folder, tmp_path):
@@ -120,6 +182,43 @@ def test_new_runs_read_allowed_data_only(runs_folder, tmp_path):
     assert answer.status_code == 422
     answer = client.post("/api/jobs", json={"data": str(runs_folder / "toy.csv"), "name": "first"})
     assert answer.status_code == 422 and "exists" in answer.json()["detail"]
+
+
+def test_jobs_queue_beyond_one_confine_the_model_and_get_no_secrets(runs_folder, tmp_path, monkeypatch):
+    """Each POST used to start a trainer at once, with any Hub id or folder as its model and the
+    dashboard's whole environment (API keys, the webhook secret)."""
+    from tunesmith.ui import jobs as jobs_module
+
+    started = []
+
+    class Trainer:  # stands in for the subprocess: running until told to stop
+        def __init__(self, args, env, **_):
+            self.args, self.env, self.code = args, env, None
+            started.append(self)
+
+        def poll(self):
+            return self.code
+
+    monkeypatch.setattr(jobs_module.subprocess, "Popen", Trainer)
+    monkeypatch.setenv("TUNESMITH_API_KEYS", "k" * 20)
+    monkeypatch.setenv("TUNESMITH_WEBHOOK_SECRET", "hush")
+    jobs = jobs_module.Jobs(runs_folder, [])
+    data = str(runs_folder / "toy.csv")
+    first = jobs.start(data, "text-classification", "lora", "one", {})
+    second = jobs.start(data, "text-classification", "lora", "two", {})
+    assert (first.state(), second.state(), len(started)) == ("running", "queued", 1)
+    assert "TUNESMITH_API_KEYS" not in started[0].env and "TUNESMITH_WEBHOOK_SECRET" not in started[0].env
+    assert "PATH" in started[0].env
+    started[0].code = 0  # the first finishes: the queued one starts
+    jobs.start_queued()
+    assert second.state() == "running" and len(started) == 2
+    for model in ("someone/huge-model", str(tmp_path)):
+        with pytest.raises(UserError, match="choose a built-in model"):
+            jobs.start(data, "text-classification", "lora", "three", {"model": model})
+    assert jobs.start(data, "text-classification", "lora", "three", {"model": "minilm"}).state() == "queued"
+    with pytest.raises(UserError, match="letters, digits"):
+        jobs.start(data, "text-classification", "lora", "bad\n", {})  # a trailing newline is not a name
+    jobs._closing = True
 
 
 def _wait(predicate, seconds=120):
@@ -154,7 +253,7 @@ def test_a_cancel_the_process_does_not_act_on_still_ends_the_job(tmp_path, monke
 def test_cancel_keeps_a_resumable_run_and_resume_finishes_it(runs_folder, tiny_model):
     from tunesmith.runs import Run, status
 
-    client = client_for(runs_folder)
+    client = client_for(runs_folder, data_dirs=[Path(tiny_model).parent])  # the model's folder is allowed
     settings = {"data": str(runs_folder / "toy.csv"), "name": "cancelled", "model": tiny_model, "method": "full",
                 "epochs": 100, "batch_size": 1, "max_length": 16}  # a minute or more: the cancel lands well before the end
     job = client.post("/api/jobs", json=settings).json()

@@ -15,6 +15,7 @@ from typing import Any, Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from tunesmith.databases import redacted
 from tunesmith.errors import UserError
 from tunesmith.methods import METHODS
 from tunesmith.quality.inspection import NEAR_THRESHOLD
@@ -430,5 +431,8 @@ def unread_sections(task: str, method: str) -> dict[str, str]:
 
 
 def config_to_yaml_dict(cfg: TrainConfig) -> dict[str, Any]:
-    """A run's config.yaml: its settings as a plan resolved them (re-runnable as is)."""
-    return {**cfg.model_dump(), "resume": None}
+    """A run's config.yaml: its settings as a plan resolved them (re-runnable as is). A tracking
+    URI's password never goes into it (nor, from it, to the trackers' params or the dashboard):
+    a run that needs it again reads it from MLFLOW_TRACKING_URI (track/mlflow_log.py)."""
+    uri = redacted(cfg.tracking_uri) if cfg.tracking_uri else None
+    return {**cfg.model_dump(), "resume": None, "tracking_uri": uri}

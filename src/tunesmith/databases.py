@@ -14,9 +14,14 @@ def is_postgres_url(where: str | Path) -> bool:
     return str(where).startswith(("postgresql://", "postgres://", "postgresql+"))
 
 
+SECRET_PARAMS = r"password|passwd|pwd|secret|token|api_key|apikey|key|sslpassword"
+
+
 def redacted(text: str | Path) -> str:
-    """`text` with any URL's password replaced by ***: user:secret@host -> user:***@host."""
-    return re.sub(r"(://[^:/@\s]+:)[^\s/]*@", r"\1***@", str(text))
+    """`text` with any URL's password replaced by ***: user:secret@host -> user:***@host (an
+    empty user too: ://:secret@host), and secret query values: ?password=secret -> ?password=***."""
+    text = re.sub(r"(://[^:/@\s]*:)[^\s/@]*@", r"\1***@", str(text))
+    return re.sub(rf"([?&;](?:{SECRET_PARAMS})=)[^&;\s#]*", r"\1***", text, flags=re.IGNORECASE)
 
 
 def postgres_driver(url: str, flag: str):

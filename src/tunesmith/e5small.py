@@ -229,7 +229,8 @@ def convert(path: Path, target: Path) -> None:
         raise RuntimeError(f"e5 conversion: tensors do not match BertModel: missing {missing}, unexpected {unexpected}")
     tokenizer = build_tokenizer(e5)
 
-    with atomic_dir(target) as tmp:  # a crash leaves no half-written folder in the cache
+    # A crash leaves no half-written folder in the cache; of two first-time conversions, the first wins.
+    with atomic_dir(target, keep_existing=True) as tmp:
         model.to(torch.float32).save_pretrained(str(tmp))  # safetensors
         tokenizer.save_pretrained(str(tmp))
         # sentence-transformers' layout: the pooling config tells tunesmith (and sentence-transformers)

@@ -17,6 +17,21 @@ def is_ensemble(run: Run) -> bool:
     return (run.path / "ensemble.json").is_file()
 
 
+def member_folder(run: Run, name: str):
+    """A member's folder inside the ensemble run (its `members/`); an ensemble.json naming one
+    elsewhere (../another-run, an absolute path, a symlink out) is refused: a run folder from
+    someone else must not make tunesmith load models from other places."""
+    from tunesmith.errors import UserError
+
+    folder = run.path / str(name)
+    inside = folder.resolve().is_relative_to(run.path.resolve()) and not any(
+        p.is_symlink() for p in (folder, *folder.parents) if p.is_relative_to(run.path) and p != run.path)
+    if not inside:
+        raise UserError(f"{run.path / 'ensemble.json'}: member {name!r} is not inside the ensemble's folder; "
+                        "an ensemble keeps its members under members/ (make it again with `tunesmith ensemble`)")
+    return folder
+
+
 @dataclass
 class EnsemblePredictor:
     """Member predictors behind the Predictor interface (`predict`, `labels`, `task`)."""
@@ -31,7 +46,7 @@ class EnsemblePredictor:
     def from_run(cls, run: Run, load_member) -> "EnsemblePredictor":
         """`load_member(Run)`: a member's predictor (`Predictor.from_run`, which loads this)."""
         spec = read_json(run.path / "ensemble.json")
-        members = [load_member(Run(run.path / m)) for m in spec["members"]]
+        members = [load_member(Run(member_folder(run, m))) for m in spec["members"]]
         return cls(members, spec["combine"], run.labels(), task=members[0].task, max_length=members[0].max_length)
 
     @property

@@ -55,7 +55,8 @@ def _convert(folder: Path, gguf_file: str, target: Path) -> None:
     plain.load_state_dict(loaded.state_dict())
     plain.generation_config.pad_token_id = tokenizer.pad_token_id
 
-    with atomic_dir(target) as tmp:  # a crash leaves no half-written folder in the cache
+    # A crash leaves no half-written folder in the cache; of two first-time conversions, the first wins.
+    with atomic_dir(target, keep_existing=True) as tmp:
         plain.save_pretrained(str(tmp))  # safetensors
         tokenizer.save_pretrained(str(tmp))
         (tmp / ".complete").write_text("converted from " + gguf_file + "\n")

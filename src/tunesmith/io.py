@@ -39,20 +39,68 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
 
 @contextmanager
-def atomic_dir(final_dir: Path) -> Iterator[Path]:
+def atomic_dir(final_dir: Path, keep_existing: bool = False) -> Iterator[Path]:
     """Yield an empty folder beside `final_dir` to write into; when the block succeeds it
     replaces `final_dir` (`replace_dir`), and on any failure (a full disk, Ctrl-C) it is
-    removed, so no half-written folder stays behind. A leftover from a process killed
-    mid-write has the same name and is cleared by the next write."""
-    tmp = final_dir.with_name(f".{final_dir.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    removed, so no half-written folder stays behind. The folder's name is this process's own,
+    so two processes writing the same `final_dir` never delete each other's work; leftovers of
+    processes that died are cleared. With `keep_existing` (a cache two processes may fill at
+    once with the same content), a `final_dir` that appeared meanwhile is kept and this copy
+    dropped: the first to finish wins, atomically."""
+    final_dir.parent.mkdir(parents=True, exist_ok=True)
+    _clear_dead_leftovers(final_dir)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final_dir.name}.{os.getpid()}.", suffix=".tmp", dir=final_dir.parent))
     try:
         yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    replace_dir(tmp, final_dir)
+    if not keep_existing:
+        replace_dir(tmp, final_dir)
+        return
+    _fsync_tree(tmp)
+    try:
+        os.rename(tmp, final_dir)  # fails when final_dir exists and is not empty: someone finished first
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not final_dir.is_dir():
+            raise
+    _fsync(final_dir.parent)
+
+
+def _clear_dead_leftovers(final_dir: Path) -> None:
+    """Remove `.NAME.<pid>.*.tmp` folders whose process is gone (killed mid-write)."""
+    for leftover in final_dir.parent.glob(f".{final_dir.name}.*.tmp"):
+        pid = leftover.name[len(final_dir.name) + 2:].split(".", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
+
+
+@contextmanager
+def exclusive(path: Path, what: str) -> Iterator[None]:
+    """Hold an flock on `path` (a lock file) for the block; a second holder is refused with one
+    line naming `what`. The OS releases it when the process dies, however it ends."""
+    import fcntl
+
+    from tunesmith.errors import UserError
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as held:
+        try:
+            fcntl.flock(held.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(f"{what}: another process is writing it now; wait for it to finish") from None
+        yield
 
 
 def write_text(path: str | Path, text: str) -> None:

@@ -21,7 +21,7 @@ class BiEncoder:
 
         from tunesmith import models
 
-        self.model = AutoModel.from_pretrained(source)
+        self.model = AutoModel.from_pretrained(source, use_safetensors=True)  # never unpickle a folder
         self.tokenizer = models.load_tokenizer(source)
         self.max_length = max_length
 

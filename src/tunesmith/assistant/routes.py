@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
-from tunesmith.serve.keyed import identify, secured
+from tunesmith.serve.keyed import identify, secured, service
 
 MAX_QUESTION = 2_000  # characters
 
@@ -52,7 +52,7 @@ async def healthz() -> dict:
 
 
 def create_app(assistant, keys, host: str = "127.0.0.1") -> FastAPI:
-    app = FastAPI(title="tunesmith assistant", version="1")
+    app = service("tunesmith assistant", keys)
     app.state.assistant = AssistantState(assistant, keys)
     app.include_router(router)
     return secured(app, keys, host)

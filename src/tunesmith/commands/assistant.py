@@ -40,18 +40,16 @@ def ask(args: AskArgs, out=print) -> dict:
 
 
 def serve(args: AssistantServeArgs, log=print) -> None:
-    import uvicorn
-
     from tunesmith.assistant.router import Assistant
     from tunesmith.assistant.routes import create_app
-    from tunesmith.serve.keyed import keys_from_env, refuse_open_host
+    from tunesmith.serve.keyed import keys_from_env, refuse_open_host, run_server
 
     folder, host, port = args.folder, args.host, args.port
     keys = keys_from_env()
     refuse_open_host(host, keys, "the assistant")
     app = create_app(Assistant(_existing(folder)), keys, host)
     log(f"assistant: POST questions to http://{host}:{port}/v1/ask" + (" (API keys on)" if keys else ""))
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    run_server(app, host, port)
 
 
 def _existing(folder: str) -> str:

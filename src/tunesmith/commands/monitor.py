@@ -18,12 +18,12 @@ from tunesmith.databases import redacted
 from tunesmith.durations import parse_duration
 from tunesmith.errors import UserError
 from tunesmith.io import write_text
-from tunesmith.monitor import report, rules as alert_rules
-from tunesmith.monitor.pipeline import Pipeline
+from tunesmith.monitor import deliver, report, rules as alert_rules
+from tunesmith.monitor.pipeline import MAX_TOPICS, Clock, Pipeline
 from tunesmith.monitor.scoring import Scorer
 from tunesmith.monitor.sinks import Sinks
 from tunesmith.monitor.store import Store
-from tunesmith.monitor.stream import StdinLines, files_of, read_file
+from tunesmith.monitor.stream import Position, StdinLines, files_of, read_file
 
 BATCH = 64  # texts scored together: sorted batches of 32 are the predictor's sweet spot, two of them
 RETAIN = "90d"  # items (texts included) kept, in event time: a quarter of trend, bounded disk; alerts stay
@@ -62,8 +62,14 @@ class MonitorArgs(BaseModel):
     batch: int = Field(BATCH, gt=0, description="texts scored together")
     report: Optional[str] = Field(None, description="write an HTML report (topics over time, alerts marked) here at "
                                   "the end")
-    retain: str = Field(RETAIN, description="keep texts this long in event time (before the newest text's time), "
-                        "then delete them; alerts stay. At least the rules' look-back; 'forever' keeps all")
+    retain: str = Field(RETAIN, description="keep texts this long, then delete them (alerts stay): before this "
+                        "machine's clock for a live stream (--serve, --follow), before the newest text's time for a "
+                        "replay of files. At least the rules' look-back; 'forever' keeps all")
+    future_tolerance: str = Field("10m", description="refuse texts dated more than this ahead of this machine's "
+                                  "clock (a wrong timezone or a typo, which would otherwise count as the newest "
+                                  "time); 422 over HTTP, a skipped line from a file")
+    max_topics: int = Field(MAX_TOPICS, gt=0, description="most distinct topics kept apart; a text whose topic "
+                            "would be one more still counts in its other topics (\"all\" among them)")
 
 
 def main(args: MonitorArgs) -> None:
@@ -82,26 +88,27 @@ def monitor(args: MonitorArgs, log=print, stdin=None, sleep=time.sleep) -> dict:
     poll = parse_duration(args.poll, "--poll")
     if source != "-":
         files_of(Path(source))  # a missing source is refused before the store file is made
-    pipeline = _pipeline(args, log)
+    pipeline, deliverer = _pipeline(args, log, live=follow)
     store, checked = pipeline.store, pipeline.rules
-    reader = _Reader(source, store, args.text_col, stdin, growing=follow)
+    reader = _Reader(source, store, args.text_col, stdin, growing=follow, log=log)
+    flush_s = deliver.FLUSH_S  # a replay that ends tries a while longer to deliver what it owes
     try:
-        pipeline.deliver()  # what a previous run stored but could not send
         while True:
             items, positions, skipped = reader.next(args.batch)
-            for problem in skipped:
-                log(f"skipped: {problem}")
-            pipeline.totals.update(skipped=len(skipped))
             if not items and not positions:
+                _skip(pipeline, skipped, log)
                 if not follow and reader.exhausted:
                     break
                 sleep(poll)
                 continue
-            pipeline.process(items, positions)
+            _, refused = pipeline.process(items, positions)
+            _skip(pipeline, skipped + refused, log)
     except KeyboardInterrupt:
+        deliverer.stop()  # what is owed stays in the store for the next run
         log("interrupted: run the same command to continue after the last committed line")
         raise
     finally:
+        deliverer.stop(flush_s)
         if args.report:
             write_text(args.report, report.render(store, checked.window_s))
         store.close()
@@ -114,34 +121,47 @@ def monitor(args: MonitorArgs, log=print, stdin=None, sleep=time.sleep) -> dict:
 
 def serve_monitor(args: MonitorArgs, log=print) -> None:
     """`monitor --serve`: texts arrive by POST /v1/ingest instead of from a file."""
-    import uvicorn
-
     from tunesmith.monitor.service import create_app
-    from tunesmith.serve.keyed import keys_from_env, refuse_open_host
+    from tunesmith.serve.keyed import keys_from_env, refuse_open_host, run_server
 
     keys = keys_from_env()
     refuse_open_host(args.host, keys, "the monitor")
-    pipeline = _pipeline(args, log)
-    pipeline.deliver()
+    pipeline, deliverer = _pipeline(args, log, live=True)
     log(f"monitor: POST texts to http://{args.host}:{args.port}/v1/ingest" + (" (API keys on)" if keys else ""))
     try:
-        uvicorn.run(create_app(pipeline, keys, pipeline.rules.window_s, args.host), host=args.host, port=args.port,
-                    log_level="warning")
+        run_server(create_app(pipeline, keys, pipeline.rules.window_s, args.host), args.host, args.port)
     finally:
+        deliverer.stop()
         pipeline.store.close()
 
 
-def _pipeline(args: MonitorArgs, log) -> Pipeline:
-    """Rules, sinks, scorer and store, each refusing bad settings before any text is read."""
+def _skip(pipeline: Pipeline, problems: list[str], log) -> None:
+    for problem in problems:
+        log(f"skipped: {problem}")
+    pipeline.totals.update(skipped=len(problems))
+
+
+def _pipeline(args: MonitorArgs, log, live: bool) -> tuple[Pipeline, deliver.Deliverer]:
+    """Rules, sinks, scorer and store, each refusing bad settings before any text is read, and
+    the deliverer already sending what an earlier run stored but could not send."""
     from tunesmith.inference import Predictor
     from tunesmith.runs import open_finished
 
     checked = alert_rules.load_rules(args.rules)
     retain_s = retention(args.retain, checked)
+    clock = Clock(live=live, future_tolerance_s=parse_duration(args.future_tolerance, "--future-tolerance"))
     sinks = Sinks(log, args.alerts, args.webhook)  # refuses a webhook without its secret
     scorer = Scorer(Predictor.from_run(open_finished(args.sentiment)), args.negative_label, args.topics_from,
                     args.keywords, Predictor.from_run(open_finished(args.topic)) if args.topic else None)
-    return Pipeline(scorer, Store(args.store), checked, sinks, retain_s)
+    store = Store(args.store)
+    try:
+        store.claim()  # one monitor per store: two would both score and both send every alert
+    except BaseException:
+        store.close()
+        raise
+    pipeline = Pipeline(scorer, store, checked, retain_s, clock, args.max_topics)
+    pipeline.deliverer = deliver.Deliverer(store, pipeline.lock, sinks).start()
+    return pipeline, pipeline.deliverer
 
 
 def retention(retain: str, checked) -> float | None:
@@ -158,10 +178,11 @@ def retention(retain: str, checked) -> float | None:
 class _Reader:
     """The next batch from the source: items, the read positions after them, skipped lines."""
 
-    def __init__(self, source: str, store: Store, text_col: str | None, stdin=None, growing: bool = False):
+    def __init__(self, source: str, store: Store, text_col: str | None, stdin=None, growing: bool = False,
+                 log=print):
         self.stdin = StdinLines(stdin, text_col) if source == "-" else None
         self.path = None if source == "-" else Path(source)
-        self.store, self.text_col, self.growing = store, text_col, growing
+        self.store, self.text_col, self.growing, self.log = store, text_col, growing, log
         self.exhausted = False
 
     def next(self, limit: int):
@@ -173,6 +194,10 @@ class _Reader:
         for path in files_of(self.path):
             key = str(path.resolve())
             before = self.store.position(key)
+            if before.offset > path.stat().st_size:  # emptied in place (logrotate's copytruncate): read it anew
+                self.log(f"{path}: shorter than the {before.offset:,} bytes already read (rotated in place?); "
+                         f"reading it from the start, line numbers going on from {before.line}")
+                before = Position(0, before.line)
             items, at = read_file(path, before, self.text_col, skipped, limit, self.growing)
             if at != before:
                 return items, {key: at}, skipped

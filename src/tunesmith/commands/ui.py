@@ -23,9 +23,7 @@ class UiArgs(BaseModel):
 
 
 def ui(args: UiArgs, log=print) -> None:
-    import uvicorn
-
-    from tunesmith.serve.keyed import keys_from_env, refuse_open_host
+    from tunesmith.serve.keyed import keys_from_env, refuse_open_host, run_server
     from tunesmith.ui.service import create_app
 
     runs, host, port = args.runs, args.host, args.port
@@ -41,4 +39,4 @@ def ui(args: UiArgs, log=print) -> None:
     refuse_open_host(host, keys, "the dashboard")
     app = create_app(root, keys, host, folders)
     log(f"dashboard: http://{host}:{port}/ over {root.resolve()}" + (" (API keys on)" if keys else ""))
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    run_server(app, host, port)

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Iterator
 
 from tunesmith.errors import UserError
-from tunesmith.io import atomic_dir, read_json, replace_dir, write_json
+from tunesmith.io import atomic_dir, exclusive, read_json, replace_dir, write_json
 from tunesmith.runs import Run
 from tunesmith.train import checkpoint
 
@@ -43,7 +43,7 @@ def target_folder(source: Run, kind: str, name: str | None, output: str | None) 
 def building(target: Path) -> Iterator[Run]:
     """A run folder under a temporary name (io.atomic_dir), in place as `target` only if the
     block succeeds."""
-    with atomic_dir(target) as tmp:
+    with exclusive(target.with_name(f".{target.name}.lock"), str(target)), atomic_dir(target) as tmp:
         yield Run(tmp)
 
 
@@ -54,6 +54,11 @@ def training(target: Path, identity: dict, log) -> Iterator[tuple[Run, bool]]:
     leaves the partial folder with its checkpoints; the next call with the same `identity`
     (source and settings) resumes it, a call with other settings starts over. Any other error
     removes it: a crash's cause is not something to resume into."""
+    with exclusive(target.with_name(f".{target.name}.lock"), str(target)):  # one writer: the partial is shared
+        yield from _training(target, identity, log)
+
+
+def _training(target: Path, identity: dict, log):
     partial = target.with_name(f".{target.name}.partial")
     marker = partial / "building.json"
     resuming = (marker.is_file() and read_json(marker) == identity

@@ -13,7 +13,7 @@ from tunesmith.evaluate.baseline import embed
 def load_encoder(source: str):
     from transformers import AutoModel
 
-    return AutoModel.from_pretrained(source).eval()
+    return AutoModel.from_pretrained(source, use_safetensors=True).eval()
 
 
 def embed_with(encoder, tokenizer, texts: list, max_length: int, use_cache: bool = True) -> np.ndarray:

@@ -96,10 +96,14 @@ def ingest_items(state: MonitorState, body: IngestRequest) -> dict:
             moment = parse_time(raw.time, f"items[{index}]") if raw.time is not None else time.time()
         except BadLine as exc:
             raise HTTPException(422, str(exc)) from None
+        problem = state.pipeline.ahead_of_clock(moment)
+        if problem is not None:  # counted as refused, and nothing of this request is stored
+            state.pipeline.totals.update(future=1)
+            raise HTTPException(422, f"items[{index}]: {problem}")
         key = raw.id or "http:" + hashlib.sha1(f"{moment}\n{raw.text}".encode("utf-8")).hexdigest()[:16]
         items.append(Item(key, moment, raw.text, fields))
     before = dict(state.pipeline.totals)
-    fired = state.pipeline.process(items)
+    fired, _ = state.pipeline.process(items)
     return {"received": len(items), "scored": state.pipeline.totals["scored"] - before.get("scored", 0),
             "duplicates": state.pipeline.totals["duplicates"] - before.get("duplicates", 0),
             "alerts": [{"rule": a["rule"], "topic": a["topic"], "window_start": a["window_start"], "why": a["why"]}
@@ -107,11 +111,13 @@ def ingest_items(state: MonitorState, body: IngestRequest) -> dict:
 
 
 def topic_table(state: MonitorState) -> list[dict]:
+    """Each topic's texts and latest window: two queries, however many topics."""
     store, size = state.pipeline.store, state.window_s
     with state.pipeline.lock:
+        counts, windows = store.topics(), store.latest_windows(size)
         rows = []
-        for topic, count in store.topics():
-            latest = store.latest_window(topic, size)
+        for topic, count in counts:
+            latest = windows[topic]
             rows.append({"topic": topic, "texts": count, "latest_window_start": latest[0],
                          "latest_window": {"texts": latest[1].count, "negative": latest[1].negatives,
                                            "share_negative": round(latest[1].share, 4),
@@ -136,6 +142,14 @@ def prometheus(state: MonitorState) -> str:
            [("", totals["duplicates"])])
     metric("tunesmith_monitor_expired_total", "counter", "Texts older than the retention horizon, not counted.",
            [("", totals["expired"])])
+    metric("tunesmith_monitor_refused_total", "counter", "Texts refused, per reason: future (dated too far ahead "
+           "of the clock), topic (a new topic past --max-topics; the text still counts in its others).",
+           [('{reason="future"}', totals["future"]), ('{reason="topic"}', totals["topics_refused"])])
+    deliveries = state.pipeline.deliverer.counts if state.pipeline.deliverer is not None else {}
+    metric("tunesmith_monitor_webhook_total", "counter", "Webhook posts, per outcome: sent, failed (tried "
+           "again later), dead_letter (refused by the receiver; not sent again).",
+           [(f'{{outcome="{name}"}}', deliveries.get(key, 0))
+            for name, key in (("sent", "webhook_sent"), ("failed", "webhook_failed"), ("dead_letter", "dead_letters"))])
     metric("tunesmith_monitor_alerts_total", "counter", "Alerts fired, per rule.",
            [(f'{{rule="{_label(rule)}"}}', n) for rule, n in sorted(state.pipeline.alerts_by_rule.items())])
     table = topic_table(state)

@@ -10,11 +10,11 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from tunesmith.monitor.routes import MonitorState, router
-from tunesmith.serve.keyed import secured
+from tunesmith.serve.keyed import secured, service
 
 
 def create_app(pipeline, keys, window_s: float, host: str = "127.0.0.1") -> FastAPI:
-    app = FastAPI(title="tunesmith monitor", version="1")
+    app = service("tunesmith monitor", keys)
     app.state.monitor = MonitorState(pipeline, keys, window_s)
     app.include_router(router)
     return secured(app, keys, host)

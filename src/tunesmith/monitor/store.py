@@ -8,9 +8,10 @@ already counted are skipped by id (the primary key), positions point after the l
 line, and alerts not yet delivered are still marked so. Aggregates per topic and window are
 computed from the items (an index on topic and time), so they cannot drift from them.
 
-Retention: items older than the store's horizon (the newest item's time minus `--retain`, in
-event time so a replay keeps what the live stream kept) are deleted in the same transaction,
-texts and all; alerts stay (each keeps the few texts that drove it as evidence).
+Retention: items older than the pipeline's horizon (pipeline.py: the clock minus `--retain` for
+a live stream, the newest item's time minus it for a replay) are deleted in the same
+transaction, texts and all; alerts stay (each keeps the few texts that drove it as evidence).
+One monitor writes a store at a time (`claim`).
 
 The two databases share every query; what differs is in `Dialect`: the placeholder, the
 alerts' generated id, how a write transaction starts (SQLite takes its write lock up front),
@@ -19,13 +20,15 @@ and the window number of a time (SQLite's CAST truncates, PostgreSQL's rounds, s
 
 from __future__ import annotations
 
+import fcntl
 import json
 import sqlite3
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from tunesmith.databases import connect_postgres, is_postgres_url
+from tunesmith.databases import connect_postgres, is_postgres_url, redacted
+from tunesmith.errors import UserError
 from tunesmith.monitor.stream import Position
 
 # Times and scores are DOUBLE PRECISION: PostgreSQL's REAL is 4 bytes (a Unix time would lose its
@@ -42,6 +45,12 @@ CREATE TABLE IF NOT EXISTS alerts (
     window_end DOUBLE PRECISION NOT NULL, why TEXT NOT NULL, facts TEXT NOT NULL, evidence TEXT NOT NULL,
     delivered INTEGER NOT NULL DEFAULT 0, UNIQUE (rule, topic, window_start));
 """
+CLAIM_KEY = 20261207  # the advisory lock one monitor holds on a PostgreSQL store
+
+# Columns added after the first stores were made: each added where it is missing.
+# sent_local: the log and JSONL file have the alert; webhook_state: 0 owed, 1 sent, 2 refused.
+ADDED_COLUMNS = (("alerts", "sent_local", "INTEGER NOT NULL DEFAULT 0"),
+                 ("alerts", "webhook_state", "INTEGER NOT NULL DEFAULT 0"))
 
 
 @dataclass(frozen=True)
@@ -84,6 +93,7 @@ class Store:
     exist; the tables are made on first use)."""
 
     def __init__(self, where: str | Path):
+        self.where, self._claim = str(where), None
         if is_postgres_url(where):
             self.dialect, self.db = POSTGRES, connect_postgres(str(where), "--store")
         else:
@@ -98,6 +108,34 @@ class Store:
             for statement in SCHEMA.format(alert_id=self.dialect.alert_id).split(";"):
                 if statement.strip():
                     self.db.execute(statement)
+            for table, column, kind in ADDED_COLUMNS:
+                if column not in self._columns(table):
+                    self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+                    if column == "sent_local":  # a store from before: what it delivered went everywhere
+                        self.db.execute("UPDATE alerts SET sent_local = delivered")
+
+    def _columns(self, table: str) -> set[str]:
+        if self.dialect is POSTGRES:
+            rows = self._sql("SELECT column_name FROM information_schema.columns WHERE table_name = ?", (table,))
+            return {r[0] for r in rows}
+        return {r[1] for r in self.db.execute(f"PRAGMA table_info({table})")}
+
+    def claim(self) -> None:
+        """Hold this store for one monitor until it closes; a second one is refused. (An flock
+        on a file beside a SQLite store, a session advisory lock in PostgreSQL: both go when
+        the process does, however it ends.)"""
+        if self.dialect is POSTGRES:
+            taken = not self._sql("SELECT pg_try_advisory_lock(?)", (CLAIM_KEY,)).fetchone()[0]
+        else:
+            self._claim = open(self.where + ".lock", "a")  # noqa: SIM115 (held open: the lock is its own)
+            try:
+                fcntl.flock(self._claim.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                taken = False
+            except BlockingIOError:
+                taken = True
+        if taken:
+            raise UserError(f"--store {redacted(self.where)}: another monitor is using this store; stop it first, or "
+                            "give this one another --store")
 
     def _sql(self, query: str, params=()):
         return self.db.execute(self._in_dialect(query), params)
@@ -173,6 +211,15 @@ class Store:
             "WHERE topic = ? GROUP BY w ORDER BY w", (size, topic)).fetchall()
         return [(int(w) * size, WindowStats(int(c), int(n), float(m))) for w, c, n, m in rows]
 
+    def latest_windows(self, size: float) -> dict[str, tuple[float, WindowStats]]:
+        """Every topic's newest window that has items, as `latest_window` gives it, in one query."""
+        rows = self._sql(
+            f"SELECT i.topic, l.w, COUNT(*), SUM(i.negative), AVG(i.score) FROM items i JOIN "
+            f"(SELECT topic, {self.dialect.window_number} AS w FROM "
+            f"(SELECT topic, MAX(time) AS time FROM items GROUP BY topic) newest) l ON i.topic = l.topic "
+            "WHERE i.time >= l.w * ? AND i.time < (l.w + 1) * ? GROUP BY i.topic, l.w", (size, size, size)).fetchall()
+        return {topic: (int(w) * size, WindowStats(int(c), int(n), float(m))) for topic, w, c, n, m in rows}
+
     def topics(self) -> list[tuple[str, int]]:
         rows = self._sql("SELECT topic, COUNT(*) AS c FROM items GROUP BY topic ORDER BY c DESC, topic").fetchall()
         return [(topic, int(count)) for topic, count in rows]
@@ -198,14 +245,24 @@ class Store:
                    json.dumps(alert["facts"]), json.dumps(alert["evidence"], ensure_ascii=False)))
 
     def alerts(self, undelivered_only: bool = False) -> list[dict]:
-        query = "SELECT id, rule, topic, window_start, window_end, why, facts, evidence, delivered FROM alerts"
+        query = ("SELECT id, rule, topic, window_start, window_end, why, facts, evidence, delivered, sent_local, "
+                 "webhook_state FROM alerts")
         rows = self._sql(query + (" WHERE delivered = 0" if undelivered_only else "") + " ORDER BY id")
         return [{"id": i, "rule": r, "topic": t, "window_start": s, "window_end": e, "why": w, "facts": json.loads(f),
-                 "evidence": json.loads(ev), "delivered": bool(d)} for i, r, t, s, e, w, f, ev, d in rows]
+                 "evidence": json.loads(ev), "delivered": bool(d), "sent_local": bool(local), "webhook_state": hook}
+                for i, r, t, s, e, w, f, ev, d, local, hook in rows]
 
     def mark_delivered(self, alert_id: int) -> None:
         self._sql("UPDATE alerts SET delivered = 1 WHERE id = ?", (alert_id,))
 
+    def mark_sent_local(self, alert_id: int) -> None:
+        self._sql("UPDATE alerts SET sent_local = 1 WHERE id = ?", (alert_id,))
+
+    def mark_webhook(self, alert_id: int, state: int) -> None:
+        self._sql("UPDATE alerts SET webhook_state = ? WHERE id = ?", (state, alert_id))
+
     def close(self) -> None:
         self.db.close()
+        if self._claim is not None:
+            self._claim.close()
 

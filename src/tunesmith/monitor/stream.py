@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import math
 import sys
 import time
 from dataclasses import dataclass, field
@@ -54,9 +55,13 @@ class Position:
 def parse_time(value, where: str) -> float:
     text = str(value).strip()
     try:
-        return float(text)
+        seconds = float(text)
     except ValueError:
         pass
+    else:
+        if not math.isfinite(seconds):
+            raise BadLine(f"{where}: time {text!r} is not a number of seconds")
+        return seconds
     try:
         moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
@@ -102,7 +107,8 @@ def read_file(path: Path, at: Position, text_col: str | None = None, skipped: li
     whole = chunk.split(b"\n")[:-1][:limit]  # complete lines only: the rest is still being written
     if not whole:
         return [], at
-    first = at.line if at.offset else (1 if header_line else 0)  # lines consumed before this chunk
+    # lines consumed before this chunk (after a rotation the count goes on, so ids stay unique)
+    first = at.line if at.offset or at.line else (1 if header_line else 0)
     delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
     header = next(csv.reader([header_line.decode("utf-8-sig", errors="replace")], delimiter=delimiter)) if header_line else None
     items: list[Item] = []

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import AsyncIterator, Optional
 
 from fastapi import Request
+from fastapi.concurrency import run_in_threadpool
 
 from tunesmith.generation import GenerationSettings
 from tunesmith.serve.dependencies import ApiError, Served
@@ -23,6 +24,7 @@ DISCONNECT_POLL_S = 0.25  # how often a waiting request checks that its client i
 class Prompt:
     ids: list[int]
     warning: Optional[str] = None  # set when the prompt was cut to fit the context
+    client: str = ""  # who asked: the engine gives each client a fair share of its queue
 
 
 def context_length(model, tokenizer) -> int:
@@ -35,8 +37,14 @@ def context_length(model, tokenizer) -> int:
     return limit if isinstance(limit, int) and 0 < limit < 1_000_000 else 2048
 
 
-def prepare(state: Served, client: str, texts: list[str], options: GenerationSettings, field: str) -> list[Prompt]:
-    """Token ids of each prompt, within every limit, or an ApiError naming what is over which."""
+async def prepare(state: Served, client: str, texts: list[str], options: GenerationSettings,
+                  field: str) -> list[Prompt]:
+    """Token ids of each prompt, within every limit, or an ApiError naming what is over which.
+    Tokenising a long prompt takes a while: it runs off the event loop."""
+    return await run_in_threadpool(_prepare, state, client, texts, options, field)
+
+
+def _prepare(state: Served, client: str, texts: list[str], options: GenerationSettings, field: str) -> list[Prompt]:
     limits = state.settings
     if options.max_new_tokens > limits.max_new_tokens:
         raise ApiError(422, f"{field}: {options.max_new_tokens} new tokens asked, the limit is {limits.max_new_tokens}",
@@ -53,13 +61,14 @@ def prepare(state: Served, client: str, texts: list[str], options: GenerationSet
         if not ids:
             raise ApiError(422, f"inputs[{i}]: the prompt is empty", f"inputs[{i}]")
         if len(ids) <= room:
-            prompts.append(Prompt(ids))
+            prompts.append(Prompt(ids, client=client))
         elif limits.long_prompts == "error":
             raise ApiError(422, f"inputs[{i}]: the prompt has {len(ids)} tokens; with {options.max_new_tokens} new "
                                 f"tokens the model's context of {context} allows {room}", f"inputs[{i}]")
         else:  # keep the end: the question and the turn the answer follows are there
             prompts.append(Prompt(ids[-room:], f"prompt cut to its last {room} of {len(ids)} tokens to fit the "
-                                               f"model's context of {context} with {options.max_new_tokens} new tokens"))
+                                               f"model's context of {context} with {options.max_new_tokens} new tokens",
+                                  client))
     total = sum(len(p.ids) + options.max_new_tokens for p in prompts)
     if total > limits.max_request_tokens:
         raise ApiError(422, f"inputs: {total} prompt and answer tokens in one request, the limit is "
@@ -79,7 +88,8 @@ def sequences(state: Served, prompts: list[Prompt], options: GenerationSettings,
     deadline = time.monotonic() + state.settings.request_timeout_s
     # Each prompt its own seed (the request's, then the next ones): equal prompts in one
     # sampled request give different answers, and the request as a whole reproduces.
-    return [Sequence(p.ids, _with_seed(options, options.seed + i), deadline, emit) for i, p in enumerate(prompts)]
+    return [Sequence(p.ids, _with_seed(options, options.seed + i), deadline, emit, client=p.client)
+            for i, p in enumerate(prompts)]
 
 
 def submit(state: Served, batch: list[Sequence]) -> None:

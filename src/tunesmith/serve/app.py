@@ -16,13 +16,13 @@ documents them).
 
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tunesmith.serve.batcher import MicroBatcher
-from tunesmith.serve.dependencies import ApiError, Served
+from tunesmith.serve.dependencies import ApiError, Served, client_id
 from tunesmith.serve.middleware import BodyLimit, HostAllowList, MultipartImages, Observe
 from tunesmith.serve.openai_routes import router as openai_router
 from tunesmith.serve.routes import router
@@ -34,7 +34,14 @@ from tunesmith.serve.telemetry import JsonLog, Metrics
 def create_app(predictor, settings: ServeSettings, keys: KeyRing, run_info: dict) -> FastAPI:
     """An app serving `predictor` (anything with .predict(inputs) and .labels) of the run's task."""
     state = _served(predictor, settings, keys, run_info)
-    app = FastAPI(title="tunesmith", version="1", lifespan=_lifespan(state), docs_url=None, redoc_url=None)
+    # With keys, the schema is behind the key like every other route but the probes.
+    app = FastAPI(title="tunesmith", version="1", lifespan=_lifespan(state), docs_url=None, redoc_url=None,
+                  openapi_url=None if keys else "/openapi.json")
+    if keys:
+        @app.get("/openapi.json", include_in_schema=False, dependencies=[Depends(client_id)])
+        def keyed_schema() -> dict:
+            return app.openapi()
+
     app.state.served = state
     app.state.ready = False
     app.state.draining = False

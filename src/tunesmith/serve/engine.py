@@ -22,9 +22,9 @@ time with `model.generate`.
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
+from collections import OrderedDict, deque
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Callable, Optional
@@ -59,6 +59,7 @@ class Sequence:
     settings: GenerationSettings
     deadline: float = float("inf")  # time.monotonic() after which it fails with TimedOut
     emit: Optional[Callable[[str], None]] = None
+    client: str = ""  # who asked (an API key's id): its share of the queue
     future: Future = field(default_factory=Future)
     cancelled: threading.Event = field(default_factory=threading.Event)
     # filled in by the engine
@@ -69,6 +70,9 @@ class Sequence:
 
     def cancel(self) -> None:
         self.cancelled.set()
+
+
+FAIR_SHARE = 4  # a client may hold at most a quarter of the waiting places
 
 
 class Busy(Exception):
@@ -95,7 +99,12 @@ class GenerationEngine:
         self.eos_ids = _eos_ids(model, tokenizer)
         self.device = next(model.parameters()).device
         self.cache_arg = _cache_argument(model)
-        self._waiting: queue.Queue[Sequence] = queue.Queue()
+        # Waiting sequences, a queue per client, taken in turn: one client's many requests never
+        # stand in front of another's, and none may hold more than `per_client` places.
+        self._queues: OrderedDict[str, deque[Sequence]] = OrderedDict()
+        self._count = 0
+        self._ready = threading.Condition()
+        self.per_client = max(1, max_waiting // FAIR_SHARE)
         self._rows: list[Sequence] = []
         self._cache = None  # the batch's DynamicCache, one row per entry of _rows
         self._mask: Optional[torch.Tensor] = None  # [rows, columns]: 1 where a column holds a real token
@@ -105,7 +114,7 @@ class GenerationEngine:
     # ---- the event loop's side ---------------------------------------------------------------
     @property
     def waiting(self) -> int:
-        return self._waiting.qsize()
+        return self._count
 
     @property
     def active(self) -> int:
@@ -120,10 +129,34 @@ class GenerationEngine:
         self._thread.join(timeout=30)
 
     def submit(self, sequence: Sequence) -> Future:
-        if self._waiting.qsize() >= self.max_waiting:
-            raise Busy(f"{self._waiting.qsize()} generation requests are waiting")
-        self._waiting.put(sequence)
+        with self._ready:
+            if self._count >= self.max_waiting:
+                raise Busy(f"{self._count} generation requests are waiting")
+            mine = self._queues.setdefault(sequence.client, deque())
+            if len(mine) >= self.per_client:
+                if not mine:
+                    del self._queues[sequence.client]
+                raise Busy(f"{len(mine)} of this caller's generation requests are waiting, its share of the queue")
+            mine.append(sequence)
+            self._count += 1
+            self._ready.notify()
         return sequence.future
+
+    def _next(self, block: bool) -> Optional[Sequence]:
+        """The next waiting sequence, clients in turn; None when none waits (after up to 50 ms
+        with `block`)."""
+        with self._ready:
+            if block and not self._count:
+                self._ready.wait(timeout=0.05)
+            if not self._count:
+                return None
+            client, mine = next(iter(self._queues.items()))
+            sequence = mine.popleft()
+            self._count -= 1
+            del self._queues[client]
+            if mine:  # to the back of the line
+                self._queues[client] = mine
+            return sequence
 
     # ---- the engine thread -------------------------------------------------------------------
     def _loop(self) -> None:
@@ -142,9 +175,8 @@ class GenerationEngine:
 
     def _admit(self, block: bool) -> None:
         while len(self._rows) < self.max_batch:
-            try:
-                sequence = self._waiting.get(timeout=0.05) if block else self._waiting.get_nowait()
-            except queue.Empty:
+            sequence = self._next(block)
+            if sequence is None:
                 return
             block = False
             if sequence.cancelled.is_set():

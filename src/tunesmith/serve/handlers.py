@@ -6,6 +6,7 @@ import json
 import logging
 
 from fastapi import Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from tunesmith.serve import answers
@@ -65,7 +66,8 @@ async def predict(state: Served, request: Request, body: PredictRequest, client:
     raw, inputs = model_inputs(state, body)
     if state.settings.log_text and not state.task.serves_images:  # an image is no text to log
         texts = [t for v in raw for t in (v.values() if isinstance(v, dict) else [v])]
-        state.log.event("predict_text", client=client, texts=[mask_pii(t) for t in texts])
+        masked = await run_in_threadpool(lambda: [mask_pii(t) for t in texts])  # regexes off the event loop
+        state.log.event("predict_text", client=client, texts=masked)
     if state.task.generative:
         return await generate(state, request, client, inputs, body.parameters)
     misplaced = sorted(body.parameters.model_fields_set & set(GENERATION_PARAMETERS))
@@ -94,7 +96,7 @@ async def generate(state: Served, request: Request, client: str, conversations: 
     options = parameters.generation()
     if parameters.stream and len(conversations) != 1:
         raise ApiError(422, "parameters.stream: streams one input at a time", "parameters.stream")
-    prompts = answers.prepare(state, client, [render_prompt(tokenizer, c) for c in conversations], options,
+    prompts = await answers.prepare(state, client, [render_prompt(tokenizer, c) for c in conversations], options,
                               "parameters.max_new_tokens")
     if not parameters.stream:
         done = await answers.complete(state, request, answers.sequences(state, prompts, options))

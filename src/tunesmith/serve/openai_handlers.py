@@ -59,7 +59,7 @@ async def _answer(state: Served, request: Request, body: _Sampling, client: str,
                                  stop=body.stops(),
                                  seed=body.seed if body.seed is not None else secrets.randbelow(2**31))
     field = "max_completion_tokens" if kind == "chat.completion" and body.max_completion_tokens else "max_tokens"
-    prompts = answers.prepare(state, client, texts, options, field)
+    prompts = await answers.prepare(state, client, texts, options, field)
     warnings = [p.warning for p in prompts if p.warning]
     headers = {"X-Tunesmith-Warning": warnings[0]} if warnings else {}
     head = {"id": ("chatcmpl-" if kind == "chat.completion" else "cmpl-") + secrets.token_hex(12),

@@ -92,11 +92,19 @@ def app_from_env():
     return build_app(ServeSettings.model_validate_json(os.environ[SETTINGS_ENV]))
 
 
+def uvicorn_options(settings: ServeSettings) -> dict:
+    """uvicorn's settings. Its own proxy-header handling is off: by default it believes
+    X-Forwarded-For from 127.0.0.1, so any local client could pick the address its failed-key
+    limit counts against; --forwarded-allow-ips adds a proxy middleware that believes only
+    the addresses named (app.py)."""
+    return dict(host=settings.host, port=settings.port, log_level="warning", access_log=False,
+                timeout_graceful_shutdown=30, limit_concurrency=2048, proxy_headers=False)
+
+
 def serve(settings: ServeSettings) -> None:
     import uvicorn
 
-    common = dict(host=settings.host, port=settings.port, log_level="warning", access_log=False,
-                  timeout_graceful_shutdown=30, limit_concurrency=2048)
+    common = uvicorn_options(settings)
     if settings.workers > 1:
         check_settings(settings)  # fail fast here, not once per worker process after uvicorn starts
         os.environ[SETTINGS_ENV] = settings.model_dump_json()

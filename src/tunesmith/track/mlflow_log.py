@@ -28,7 +28,19 @@ STATUS = {"finished": "FINISHED", "failed": "FAILED", "interrupted": "KILLED"}
 
 
 def tracking_uri(cfg, runs_folder: Path) -> str:
-    return cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{runs_folder.resolve() / 'mlflow.db'}"
+    """The store: --tracking-uri, else MLFLOW_TRACKING_URI, else sqlite in the runs folder. A
+    run read back from its config.yaml has the URI without its password (`***`): the secret
+    comes from MLFLOW_TRACKING_URI, when that names the same store."""
+    from tunesmith.databases import redacted
+    from tunesmith.errors import UserError
+
+    given, env = cfg.tracking_uri, os.environ.get("MLFLOW_TRACKING_URI")
+    if given and "***" in given:
+        if env and redacted(env) == given:
+            return env
+        raise UserError(f"--tracking-uri {given}: the run keeps this URI without its secret; set MLFLOW_TRACKING_URI "
+                        "to the whole URI (with the password) to log to it")
+    return given or env or f"sqlite:///{runs_folder.resolve() / 'mlflow.db'}"
 
 
 def client_and_experiment(cfg, runs_folder: Path):

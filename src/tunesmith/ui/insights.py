@@ -22,6 +22,9 @@ class Predictors:
 
     def __init__(self, kept: int = KEPT):
         self.kept, self.loaded, self.lock = kept, OrderedDict(), threading.Lock()
+        # One model loads at a time: a page asking for many runs at once would otherwise hold
+        # all of them in memory together before the cache could drop any.
+        self.loading = threading.Lock()
         self.errors: dict[tuple, dict] = {}  # (run path, metrics.json mtime) -> the computed list
 
     def get(self, run: Run) -> Predictor:
@@ -30,7 +33,11 @@ class Predictors:
             if key in self.loaded:
                 self.loaded.move_to_end(key)
                 return self.loaded[key]
-        predictor = Predictor.from_run(open_finished(str(run.path)))
+        with self.loading:
+            with self.lock:
+                if key in self.loaded:  # loaded while this one waited
+                    return self.loaded[key]
+            predictor = Predictor.from_run(open_finished(str(run.path)))
         with self.lock:
             self.loaded[key] = predictor
             while len(self.loaded) > self.kept:

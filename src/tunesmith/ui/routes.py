@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -35,12 +37,13 @@ from pydantic import BaseModel, Field
 
 from tunesmith.errors import UserError
 from tunesmith.runs import Run, status
-from tunesmith.serve.keyed import identify
+from tunesmith.serve.keyed import check_key, identify
 from tunesmith.ui import catalog, insights
 from tunesmith.ui.jobs import Jobs
 
 STATIC = Path(__file__).parent / "static"
-COOKIE = "tunesmith_key"
+COOKIE = "tunesmith_session"
+SESSION_S = 12 * 3600.0  # a working day; then the key is asked for again
 POLL_S = 0.5  # how often a live curve looks for new history rows
 MAX_TEXT = 20_000
 
@@ -51,6 +54,27 @@ class DashboardState:
     keys: Any  # serve.security.KeyRing
     jobs: Jobs
     predictors: insights.Predictors
+    sessions: "Sessions" = None
+
+
+class Sessions:
+    """Sign-in sessions: the cookie holds a random token, never the key, and a token ends after
+    SESSION_S (or when the dashboard restarts)."""
+
+    def __init__(self, clock=time.monotonic):
+        self._tokens: dict[str, tuple[str, float]] = {}  # token -> (key id, expiry)
+        self.clock = clock
+
+    def start(self, identity: str) -> str:
+        now = self.clock()
+        self._tokens = {t: v for t, v in self._tokens.items() if v[1] > now}  # ended ones go
+        token = secrets.token_urlsafe(32)
+        self._tokens[token] = (identity, now + SESSION_S)
+        return token
+
+    def identify(self, token: str) -> str | None:
+        held = self._tokens.get(token)
+        return held[0] if held is not None and held[1] > self.clock() else None
 
 
 # ---- dependencies ---------------------------------------------------------------------------
@@ -59,11 +83,11 @@ def dashboard(request: Request) -> DashboardState:
 
 
 def caller(request: Request, state: Annotated[DashboardState, Depends(dashboard)]) -> str:
-    """The caller's key id: a bearer key, or the cookie a browser got at sign-in."""
+    """The caller's key id: a bearer key, or the session a browser got at sign-in."""
     if state.keys and COOKIE in request.cookies and "authorization" not in request.headers:
-        identity = state.keys.identify(request.cookies[COOKIE])
+        identity = state.sessions.identify(request.cookies[COOKIE])
         if identity is None:
-            raise HTTPException(401, "sign in again: the key is not valid")
+            raise HTTPException(401, "sign in again: the session has ended")
         return identity
     return identify(request, state.keys)
 
@@ -120,29 +144,30 @@ def show_run(state: State, run: TheRun, _: Caller):
     return catalog.details(state.root, run)
 
 
+# A run's report comes from its folder, which may be someone else's: served sandboxed (a unique
+# origin, no script), so nothing in it can act with the dashboard's session.
+REPORT_POLICY = "sandbox; default-src 'none'; img-src data:; style-src 'unsafe-inline'"
+
+
 @router.get("/api/run/report", include_in_schema=False)
-def run_report(run: TheRun, _: Caller):
-    if not run.report_file.is_file():
+def run_report(state: State, run: TheRun, _: Caller):
+    report = catalog.readable(state.root, run.report_file)
+    if report is None:
         raise HTTPException(404, "the run has no report yet (it is written when the run finishes)")
-    return FileResponse(run.report_file, media_type="text/html")
+    return FileResponse(report, media_type="text/html", headers={"Content-Security-Policy": REPORT_POLICY})
 
 
 @router.get("/api/run/events")
-async def run_events(request: Request, run: TheRun, _: Caller):
+async def run_events(request: Request, state: State, run: TheRun, _: Caller):
     """Every history row as an event, then new ones as the run writes them; `end` when it stops."""
-    return StreamingResponse(_history_events(request, run), media_type="text/event-stream",
+    return StreamingResponse(_history_events(request, state.root, run), media_type="text/event-stream",
                              headers={"Cache-Control": "no-store"})
 
 
-async def _history_events(request: Request, run: Run):
+async def _history_events(request: Request, root: Path, run: Run):
     offset, quiet_polls, partial = 0, 0, b""
     while not await request.is_disconnected():
-        try:
-            with open(run.history_file, "rb") as f:
-                f.seek(offset)
-                chunk = f.read()
-        except FileNotFoundError:
-            chunk = b""
+        chunk = catalog.read_from(root, run.history_file, offset)
         offset += len(chunk)
         *lines, partial = (partial + chunk).split(b"\n")  # a line still being written waits
         for line in lines:
@@ -232,11 +257,17 @@ class Login(BaseModel):
 
 
 @router.post("/api/login", dependencies=[Depends(same_origin)])
-def login(body: Login, state: State):
-    if state.keys and state.keys.identify(body.key) is None:
-        raise HTTPException(401, "that key is not valid")
+def login(body: Login, request: Request, state: State):
+    if not state.keys:
+        return JSONResponse({"ok": True})  # nothing to sign in to
+    try:
+        identity = check_key(request, state.keys, body.key)  # failures count against the address
+    except HTTPException as exc:
+        raise HTTPException(exc.status_code, "that key is not valid" if exc.status_code == 401 else exc.detail,
+                            headers=exc.headers) from None
     answer = JSONResponse({"ok": True})
-    answer.set_cookie(COOKIE, body.key, httponly=True, samesite="strict")
+    answer.set_cookie(COOKIE, state.sessions.start(identity), httponly=True, samesite="strict",
+                      secure=request.url.scheme == "https", max_age=int(SESSION_S))
     return answer
 
 
