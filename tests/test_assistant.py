@@ -206,3 +206,36 @@ def test_scope_ranks_ties_in_the_middle_of_their_run():
     assert rank([0.0], quantiles)[0] == 0.0 and rank([2.0], quantiles)[0] == 1.0
     assert rank([1.0], quantiles)[0] == pytest.approx((2 + 6) / 12)  # the middle of the four 1.0s
     assert rank([0.3], quantiles)[0] == pytest.approx(1 / 6)
+
+
+def test_no_input_to_the_assistant_causes_a_server_error(built):
+    """Fuzzed from its own OpenAPI schema (schemathesis), as `serve` is: no 5xx."""
+    schemathesis = pytest.importorskip("schemathesis")
+    from fastapi.testclient import TestClient
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from tunesmith.assistant.routes import create_app
+    from tunesmith.serve.security import KeyRing
+
+    key = "assistant-fuzz-key-0123456789"
+    app = create_app(_assistant(built / "bot"), KeyRing([key]))
+    operations = [r.ok() for r in schemathesis.openapi.from_dict(app.openapi()).get_all_operations()]
+    assert "/v1/ask" in {op.path for op in operations}
+    seen = set()
+
+    @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(data=st.data())
+    def fuzz(data, client):
+        case = data.draw(data.draw(st.sampled_from(operations)).as_strategy())
+        for headers in ({"Authorization": f"Bearer {key}"}, {}):
+            response = client.request(**case.as_transport_kwargs(base_url="http://localhost", headers=headers))
+            seen.add(response.status_code)
+            assert response.status_code < 500, (case.body, response.status_code, response.text[:200])
+
+    with TestClient(app, raise_server_exceptions=False, base_url="http://localhost") as client:
+        fuzz(client=client)
+        for body in ({"question": ""}, {"question": "x" * 10**5}, {"q": 1}, []):  # and the validators
+            answer = client.post("/v1/ask", json=body, headers={"Authorization": f"Bearer {key}"})
+            assert answer.status_code == 422, (body, answer.status_code)
+    assert {200, 401} <= seen, seen  # it reached the answers

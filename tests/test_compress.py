@@ -367,3 +367,30 @@ def test_compare_runs_measures_a_run_and_its_compressed_copy_side_by_side(teache
     capsys.readouterr()
     assert main(["compare", "--runs", str(teacher.path)]) == 2
     assert "at least two run folders" in capsys.readouterr().err
+
+
+def test_kill_9_in_the_middle_of_a_distillation_then_the_same_command_finishes_it(teacher, tmp_path):
+    """A compression killed mid-training (no code runs: no Ctrl-C handler) leaves its partial
+    folder; the same command resumes it and ends with one complete run folder and nothing else."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "out"
+    command = ["distill", str(teacher.path), "--student-layers", "2", "--epochs", "4", "--lr", "3e-3",
+               "--output", str(out), "--name", "killed"]
+    proc = subprocess.Popen([sys.executable, "-m", "tunesmith", *command], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    last = out / ".killed.partial" / "checkpoints" / "last" / "state.json"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and not last.is_file():
+        time.sleep(0.05)
+    assert proc.poll() is None, "the distillation ended before it could be killed; make it longer"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (out / "killed").exists()
+    assert main(command) == 0  # the same command continues from the last checkpoint and finishes
+    assert json.loads((out / "killed" / "metrics.json").read_text())["test"]
+    assert sorted(p.name for p in out.iterdir() if not p.name.endswith(".lock")) == ["killed"]

@@ -88,3 +88,31 @@ def test_a_new_folder_is_on_disk_before_the_previous_one_is_deleted(tmp_path, mo
     events.clear()
     io.write_text(tmp_path / "a.txt", "hello")
     assert ("fsync", str(tmp_path)) in events  # the rename into place
+
+
+def test_two_writers_of_one_folder_never_delete_each_others_work(tmp_path):
+    """atomic_dir once used one `.NAME.tmp` for everyone and cleared it first: two first-time
+    model conversions deleted each other's half-written folders. Each writer has its own now,
+    a dead writer's leftover is cleared, and for a cache the first to finish wins."""
+    import subprocess
+    import sys
+
+    from tunesmith.io import atomic_dir, exclusive
+    from tunesmith.errors import UserError
+
+    final = tmp_path / "cache" / "model"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    leftover = final.parent / f".model.{dead.stdout.strip()}.x.tmp"  # a writer killed mid-write
+    leftover.mkdir(parents=True)
+    with atomic_dir(final, keep_existing=True) as first:
+        (first / "weights").write_text("first")
+        assert not leftover.exists()
+        with atomic_dir(final, keep_existing=True) as second:
+            (second / "weights").write_text("second")
+            assert (first / "weights").read_text() == "first"  # untouched by the second writer
+    assert (final / "weights").read_text() == "second"  # it finished first
+    assert [p.name for p in final.parent.iterdir()] == ["model"]  # the other copy was dropped
+    with exclusive(tmp_path / ".x.lock", "runs/x"):
+        with pytest.raises(UserError, match="runs/x: another process is writing it now"):
+            with exclusive(tmp_path / ".x.lock", "runs/x"):
+                pass

@@ -364,6 +364,23 @@ def test_ensemble_vote_takes_the_majority_label():
     assert mean.argmax() == 1 and vote.argmax() == 0  # two members of three say x
 
 
+def test_an_ensemble_json_naming_a_member_outside_the_ensemble_is_refused(tmp_path, tiny_model):
+    """A run folder from someone else must not make tunesmith load models from other places."""
+    from conftest import train_tiny_run
+    from tunesmith.errors import UserError
+    from tunesmith.inference import Predictor
+    from tunesmith.runs import Run
+
+    member = train_tiny_run(tmp_path, tiny_model)
+    assert main(["ensemble", str(member), str(member), "--name", "both", "--output", str(tmp_path)]) == 0
+    spec_file = tmp_path / "both" / "ensemble.json"
+    spec = json.loads(spec_file.read_text())
+    for outside in (str(member), "../" + member.name, "members/../../" + member.name):
+        spec_file.write_text(json.dumps({**spec, "members": [outside]}))
+        with pytest.raises(UserError, match="not inside the ensemble's folder"):
+            Predictor.from_run(Run(tmp_path / "both"))
+
+
 def test_compare_trains_each_method_on_the_same_splits_and_tabulates_them(tmp_path, tiny_model, toy_csv, capsys):
     folder = tmp_path / "cmp"
     args = ["compare", toy_csv, "--methods", "full,bitfit,freeze", "--model", tiny_model, "--output-folder", str(folder),

@@ -536,3 +536,128 @@ def test_a_postgresql_store_that_cannot_be_reached_is_refused_without_its_passwo
         Store(url)
     assert "cannot connect" in str(refused.value) and "hunter2" not in str(refused.value)
     assert "postgres:***@" in str(refused.value)
+
+
+def test_kill_9_in_the_middle_of_a_batch_then_a_restart_loses_and_repeats_nothing(sentiment, tmp_path):
+    import os
+    import signal
+    import sqlite3
+    import subprocess
+    import sys
+
+    rows = [dict(r, id=f"{r['id']}-{copy}") for copy in range(6) for r in stream_rows(copy)]  # ~2,300 texts
+    source = write_jsonl(tmp_path / "s.jsonl", rows)
+    store = tmp_path / "m.db"
+    command = ["monitor", "--sentiment", sentiment, "--source", source, "--store", str(store), "--topics-from",
+               "ticker", "--batch", "16", "--retain", "forever"]
+    proc = subprocess.Popen([sys.executable, "-m", "tunesmith", *command], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+
+    def stored() -> int:
+        try:
+            with sqlite3.connect(store) as db:
+                return db.execute("SELECT COUNT(DISTINCT id) FROM items").fetchone()[0]
+        except sqlite3.Error:
+            return 0
+
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and stored() < 100:
+        time.sleep(0.02)
+    assert proc.poll() is None, "the monitor finished before it could be killed; give it more rows"
+    os.kill(proc.pid, signal.SIGKILL)  # mid-stream: between or inside a batch's transaction
+    proc.wait()
+    killed_at = stored()
+    assert 0 < killed_at < len(rows)
+    assert main(command) == 0  # the same command continues after the last committed line
+    with sqlite3.connect(store) as db:
+        assert db.execute("SELECT COUNT(DISTINCT id) FROM items").fetchone()[0] == len(rows)  # nothing lost
+        per_topic = dict(db.execute("SELECT topic, COUNT(*) FROM items GROUP BY topic").fetchall())
+        assert per_topic["all"] == len(rows)  # nothing counted twice
+        alerts = db.execute("SELECT rule, topic, window_start FROM alerts").fetchall()
+    assert len(alerts) == len(set(alerts))
+
+
+def test_soak_a_mixed_stream_while_the_webhook_is_down_then_up(sentiment, tmp_path, monkeypatch, receiver):
+    """The service fed valid, repeated, malformed, far-future, oversized and topic-spamming
+    requests while its webhook receiver is down, then up: every valid text is stored once and
+    every alert reaches the receiver once (docs/benchmarks.md, "Long-running services")."""
+    import tunesmith.monitor.deliver as deliver
+
+    monkeypatch.setattr(deliver, "BACKOFF_S", 0.05)
+    monkeypatch.setattr(deliver, "MAX_BACKOFF_S", 0.2)
+    monkeypatch.setenv("TUNESMITH_WEBHOOK_SECRET", "s3cret")
+    hour = 3600.0
+    shift = (time.time() // hour - 10) * hour - START  # the fixture's nine hours, ending about an hour ago
+    valid = [{**r, "time": r["time"] + shift} for r in stream_rows()]
+    faults = {"repeated": 0, "malformed": 0, "future": 0, "oversized": 0, "topic_spam": 0}
+    statuses: list[int] = []
+    Receiver.failures_left = 10**6  # down
+    with _live_service(sentiment, tmp_path / "soak.db", webhook=receiver, max_topics=20) as (client, auth):
+        def send(items) -> int:
+            code = client.post("/v1/ingest", json={"items": items}, headers=auth).status_code
+            statuses.append(code)
+            return code
+
+        for start in range(0, len(valid), 40):
+            batch = valid[start:start + 40]
+            assert send(batch + valid[max(0, start - 5):start]) == 200  # five repeats of the last batch
+            faults["repeated"] += min(5, start)
+            assert send([{"text": "x", "time": "not a time"}]) == 422
+            assert send([{**batch[0], "id": f"future-{start}", "time": "2999-01-01T00:00:00Z"}]) == 422
+            faults["malformed"] += 1
+            faults["future"] += 1
+            if start % 160 == 0:
+                assert send([{"text": "x"}] * 1001) == 422  # over the batch limit
+                faults["oversized"] += 1
+                spam = [{"id": f"spam-{start}-{k}", "time": time.time(), "ticker": f"RANDOM{start}-{k}", "text": "ok"}
+                        for k in range(30)]
+                assert send(spam) == 200
+                faults["topic_spam"] += 30
+            if start >= len(valid) // 2:
+                Receiver.failures_left = 0  # the receiver comes back halfway through
+        spam_texts = faults["topic_spam"]
+        store = client.app.state.monitor.pipeline.store
+        deliverer = client.app.state.monitor.pipeline.deliverer
+        deliverer.flush(10.0)
+        with client.app.state.monitor.pipeline.lock:
+            stored = store.db.execute("SELECT COUNT(DISTINCT id) FROM items").fetchone()[0]
+            alerts = store.alerts()
+    assert stored == len(valid) + spam_texts  # every valid text once; none of the refused ones
+    ids = [int(headers["X-Tunesmith-Alert-Id"]) for headers, _ in Receiver.received]
+    assert alerts and sorted(ids) == sorted(a["id"] for a in alerts)  # every alert delivered, once
+    assert all(a["delivered"] for a in alerts)
+    assert statuses.count(500) == 0
+    print(f"soak: {len(statuses)} requests, faults {faults}, {stored} texts stored, {len(alerts)} alerts delivered "
+          f"once each, items lost 0")
+
+
+def test_the_webhook_url_is_parsed_not_prefix_matched(monkeypatch):
+    from tunesmith.monitor.sinks import Sinks
+
+    monkeypatch.setenv("TUNESMITH_WEBHOOK_SECRET", "s3cret")
+    for bad in ("http://localhost@evil.example/", "http://127.0.0.1.evil.example/", "http://evil.example/",
+                "https://user:pw@hooks.example/", "ftp://hooks.example/"):
+        with pytest.raises(UserError, match="--webhook"):
+            Sinks(print, webhook=bad)
+    for good in ("https://hooks.example/alerts", "http://127.0.0.1:9000/hook", "http://localhost/hook"):
+        assert Sinks(print, webhook=good).webhook == good
+
+
+def test_a_followed_file_emptied_in_place_is_read_again_from_its_start(tmp_path):
+    """logrotate's copytruncate empties the file under the same name: the offset kept is past
+    its end, and the follower read nothing from then on."""
+    from tunesmith.commands.monitor import _Reader
+
+    store = Store(tmp_path / "m.db")
+    path = tmp_path / "live.jsonl"
+    rows = stream_rows()
+    write_jsonl(path, rows[:30])
+    lines = []
+    reader = _Reader(str(path), store, None, growing=True, log=lines.append)
+    items, positions, _ = reader.next(100)
+    store.set_position(*next(iter(positions.items())))
+    write_jsonl(path, rows[30:35])  # rotated: five new lines in a now shorter file
+    items, positions, _ = reader.next(100)
+    assert [i.text for i in items] == [r["text"] for r in rows[30:35]] and "rotated in place" in lines[0]
+    store.close()
+

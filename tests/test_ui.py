@@ -280,3 +280,45 @@ def test_cancel_keeps_a_resumable_run_and_resume_finishes_it(runs_folder, tiny_m
     jobs = {j["id"]: j for j in client.get("/api/jobs").json()}
     assert jobs[resumed["id"]]["state"] == "finished", jobs[resumed["id"]]["log"]
     assert status(run) == "finished"
+
+
+def test_no_input_to_the_dashboard_causes_a_server_error(runs_folder, monkeypatch):
+    """Fuzzed from its own OpenAPI schema (schemathesis), as `serve` is: no 5xx. Trainer
+    processes are stood in for: a fuzzed body that names a valid run must not start one."""
+    schemathesis = pytest.importorskip("schemathesis")
+    from fastapi.testclient import TestClient
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from tunesmith.serve.security import KeyRing
+    from tunesmith.ui import jobs as jobs_module
+    from tunesmith.ui.service import create_app
+
+    class Trainer:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def poll(self):
+            return 0
+
+    monkeypatch.setattr(jobs_module.subprocess, "Popen", Trainer)
+    key = "dashboard-fuzz-key-0123456789"
+    app = create_app(runs_folder, KeyRing([key]), host="0.0.0.0")
+    operations = [r.ok() for r in schemathesis.openapi.from_dict(app.openapi()).get_all_operations()]
+    assert {"/api/runs", "/api/run", "/api/jobs", "/api/login"} <= {op.path for op in operations}
+    seen = set()
+
+    @settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(data=st.data())
+    def fuzz(data, client):
+        case = data.draw(data.draw(st.sampled_from(operations)).as_strategy())
+        if isinstance(case.query, dict) and "id" in case.query and data.draw(st.booleans()):
+            case.query["id"] = "first"  # half the time, a run that exists
+        for headers in ({"Authorization": f"Bearer {key}"}, {}):
+            response = client.request(**case.as_transport_kwargs(base_url="http://127.0.0.1", headers=headers))
+            seen.add(response.status_code)
+            assert response.status_code < 500, (case.path, case.body, response.status_code, response.text[:200])
+
+    with TestClient(app, raise_server_exceptions=False, base_url="http://127.0.0.1") as client:
+        fuzz(client=client)
+    assert {200, 401, 422} <= seen, seen

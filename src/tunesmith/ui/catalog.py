@@ -44,8 +44,11 @@ def open_run(root: Path, run_id: str) -> Run:
     """The run with this id (its path under the runs folder); nothing outside the folder, and
     no folder reached through a symbolic link."""
     path = root / run_id
-    inside = path.resolve().is_relative_to(root.resolve()) and not any(
-        p.is_symlink() for p in (path, *path.parents) if p.is_relative_to(root) and p != root)
+    try:
+        inside = path.resolve().is_relative_to(root.resolve()) and not any(
+            p.is_symlink() for p in (path, *path.parents) if p.is_relative_to(root) and p != root)
+    except (OSError, ValueError):  # a NUL byte, a name too long for the file system
+        inside = False
     if not inside or readable(root, path / "config.yaml") is None:
         raise UserError(f"no run {run_id!r} under {root}")
     return Run(path.resolve())
@@ -58,7 +61,7 @@ def readable(root: Path, path: Path) -> Path | None:
     try:
         if path.is_symlink() or not path.is_file() or not path.resolve().is_relative_to(root.resolve()):
             return None
-    except OSError:
+    except (OSError, ValueError):
         return None
     return path
 
