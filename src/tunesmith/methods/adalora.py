@@ -9,9 +9,10 @@ final ranks fixed) and then calls PEFT's `update_and_allocate` after every optim
 
 from pathlib import Path
 
-from tunesmith.methods.peft_common import LoraSettings
+import torch
+
 from tunesmith.methods import MethodDefaults, register_method
-from tunesmith.methods.peft_common import HEADS, peft_task_type, present, require_transformer
+from tunesmith.methods.peft_common import HEADS, LoraSettings, peft_task_type, present, require_transformer
 
 
 class AdaLora(MethodDefaults):
@@ -44,6 +45,12 @@ class AdaLora(MethodDefaults):
             config.tinit = total_steps // 10
             config.tfinal = total_steps // 5
             config.deltaT = max(1, total_steps // 50)  # ~40 reallocations over the pruning phase
+        # An adapted layer the forward never reached (a pooler under a mean-pooled head) has no
+        # gradient, and PEFT's importance score (|weight x gradient|) fails on None: its
+        # importance is zero, so it is pruned first.
+        for name, parameter in model.named_parameters():
+            if "lora_" in name and parameter.requires_grad and parameter.grad is None:
+                parameter.grad = torch.zeros_like(parameter)
         model.base_model.update_and_allocate(step)
 
     def export(self, model, folder: Path):
