@@ -121,7 +121,13 @@ def resolve(cfg: TrainConfig, splits, start_model: str | None = None) -> Plan:
         notes["max_length"] = length_note
     metric = cfg.resolved_metric()
     reasons["metric"] = "given" if cfg.metric else "the task's default"
-    return Plan(settings_with(cfg, max_length=max_length, metric=metric), source, reasons, notes)
+    cfg = settings_with(cfg, max_length=max_length, metric=metric)
+    planned = TASKS[cfg.task].planned(cfg, splits, source)  # what only this task's data decides
+    for key, (value, why) in planned.items():
+        reasons[key] = why
+        if why != "given" and value != getattr(cfg, key):
+            notes[key] = f"{key}: {value}, {why} (--{key.replace('_', '-')} sets it)"
+    return Plan(settings_with(cfg, **{key: value for key, (value, _) in planned.items()}), source, reasons, notes)
 
 
 def choose_model(cfg: TrainConfig, splits, start_model: str | None = None) -> tuple[str, str]:

@@ -128,6 +128,11 @@ class TaskDefaults:
     def default_lr(self, method: str, model: str) -> float | None:
         return None  # the method's own default
 
+    def planned(self, cfg, splits, source: str) -> dict:
+        """Settings of this task that the data decides (plan.resolve asks once): {key: (value,
+        the reason)}; none by default."""
+        return {}
+
     def answer_metrics(self, model, processor, inputs: list) -> dict:
         raise NotImplementedError(f"{self.name} generates no answers (generative is False)")
 

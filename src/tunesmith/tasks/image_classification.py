@@ -13,15 +13,17 @@ in plain PyTorch (`EfficientNet.from_name("efficientnet-lite0", num_classes=N)` 
 
 from __future__ import annotations
 
+import io
 import json
+import math
+import statistics
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Literal, Optional
 
 import numpy as np
 import torch
-
-from typing import Literal, Optional
 
 from pydantic import BaseModel, Field
 
@@ -43,14 +45,66 @@ class ImageSettings(BaseModel):
     """image-classification: the pictures and their augmentation."""
 
     image_size: Optional[int] = Field(None, gt=7, description="image-classification: input side in pixels "
-                                      "(default: the backbone's, 224 for efficientnet-lite0).")
-    image_flip: bool = Field(True, description="image-classification: random horizontal flips in training "
-                             "(turn off for digits and text in images).")
+                                      "(default: from the training images: their median longest side rounded up "
+                                      "to a multiple of 32, at least 64 and at most the backbone's own, 224 for "
+                                      "efficientnet-lite0).")
+    image_flip: bool = Field(False, description="image-classification: random horizontal flips in training. Right "
+                             "for photos whose mirror image keeps its label; off by default because a mirrored "
+                             "digit, letter or sign is another one (`check` says whether the data's classes look "
+                             "mirror-safe).")
     bad_images: Literal["skip", "error"] = Field(
         "skip", description="image-classification: unreadable images are reported and skipped, or refused."
     )
 
 EFFICIENTNET = "efficientnet-lite0"
+MIN_IMAGE_SIZE = 64  # the backbone downsamples 32x: a smaller input leaves it one position to read
+SIZE_SAMPLE = 200  # training images whose size is read (their headers only) to choose the input size
+
+
+def flip_advice(splits: Splits, per_class: int = 50) -> str:
+    """Whether random horizontal flips look safe for these classes, from their mean images: a
+    class whose mirrored mean image is nearer another class's mean than its own (a mirrored 2
+    reads as a 5) would be taught wrong labels by flips. A first look, not a proof."""
+    from PIL import Image
+
+    means = {}
+    for label in splits.labels:
+        pixels = []
+        for path in [p for p, y in zip(splits.train.texts, splits.train.labels) if y == label][:per_class]:
+            try:
+                with Image.open(io.BytesIO(path) if isinstance(path, bytes) else path) as image:
+                    pixels.append(np.asarray(image.convert("L").resize((32, 32)), dtype=np.float32) / 255)
+            except Exception:
+                continue
+        if pixels:
+            means[label] = np.mean(pixels, axis=0)
+    confused = []
+    for label, mean in means.items():
+        mirrored = mean[:, ::-1]
+        nearest = min(means, key=lambda other: float(np.abs(mirrored - means[other]).mean()))
+        if nearest != label:
+            confused.append(f"{label} -> {nearest}")
+    if len(means) < 2:
+        return "horizontal flips: off (--image-flip turns them on, for images whose mirror keeps its label)"
+    if confused:
+        return (f"horizontal flips: off, and keep them off: mirrored, the mean image of {len(confused)} of "
+                f"{len(means)} classes is nearer another class's ({', '.join(confused[:3])})")
+    return ("horizontal flips: off; no class's mirrored mean image is nearer another class's, so --image-flip "
+            "is likely safe (right for photos whose mirror keeps its label)")
+
+
+def median_side(paths: list) -> int | None:
+    """The median longest side of (a sample of) the images at `paths`; None when none reads."""
+    from PIL import Image
+
+    sides = []
+    for path in paths[:SIZE_SAMPLE]:
+        try:
+            with Image.open(io.BytesIO(path) if isinstance(path, bytes) else path) as image:
+                sides.append(max(image.size))
+        except Exception:  # an unreadable image is reported by the data checks, not here
+            continue
+    return int(statistics.median(sides)) if sides else None
 # EfficientNet-Lite's own normalisation, (rgb - 127) / 128, on the [0, 1] scale.
 EFFICIENTNET_MEAN, EFFICIENTNET_STD = [127 / 255] * 3, [128 / 255] * 3
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
@@ -143,7 +197,22 @@ class ImageClassification(TaskDefaults):
     def check(self, splits: Splits, processor, max_length: int):
         report = check_splits(splits, None, max_length)
         report.warnings = splits.warnings + report.warnings
+        report.facts.setdefault("notes", []).append(flip_advice(splits))
         return report
+
+    def planned(self, cfg, splits, source: str) -> dict:
+        """The input size from the images themselves: 8x8 digits upsampled to the backbone's 224
+        were read worse than at 64 (docs/benchmarks.md, "Image classification")."""
+        if cfg.image_size is not None:
+            return {"image_size": (cfg.image_size, "given")}
+        native = median_side(splits.train.texts)
+        backbone = 224 if source == EFFICIENTNET else _hf_preprocessing(source)[0]
+        if native is None:
+            return {"image_size": (backbone, "the backbone's input size")}
+        size = min(backbone, max(MIN_IMAGE_SIZE, 32 * math.ceil(native / 32)))
+        why = (f"the training images are {native} px on their longest side (median): a larger input only "
+               "upsamples them" if size < backbone else "the backbone's input size")
+        return {"image_size": (size, why)}
 
     # ---- model ----------------------------------------------------------------------------
     def load_processor(self, source: str, cfg) -> ImagePreprocessor:
