@@ -186,7 +186,7 @@ def test_a_key_only_another_method_or_task_reads_is_refused():
     with pytest.raises(UserError, match="lora_r is read only with --method adalora or lora or qlora"):
         build_config({"method": "full", "lora_r": 16}, "flags")
     with pytest.raises(UserError, match="image_flip is read only with --task image-classification"):
-        build_config({"task": "text-classification", "image_flip": False}, "flags")
+        build_config({"task": "text-classification", "image_flip": True}, "flags")
     assert build_config({"method": "adalora", "lora_r": 16}, "flags").lora_r == 16
     # A finished run written before the refusal still loads; the key it never read is dropped.
     assert run_settings({"method": "full", "lora_r": 16, "config_version": 2}, "config.yaml").lora_r == 8
