@@ -11,13 +11,11 @@ from tunesmith.methods import MethodDefaults, register_method
 from tunesmith.methods.peft_common import HEADS, LoraSettings, peft_task_type, present, require_transformer
 
 
-# LoRA's learning rate by the run's length (where the task allows it: Task.lr_by_steps).
-# Measured on MiniLM and e5-small classification (docs/benchmarks.md, "LoRA's learning rate and
-# the run's length"): 2e-3 beat 5e-4 by 0.5-1.3 points on runs of 170-850 steps, and on 5,652
-# steps (all of SST-2) 5e-4 scored 0.891 dev accuracy, 8.4e-4 0.883 and 2e-3 0.868. So the rate
-# stays at SHORT_RUN_LR up to SHORT_RUN_STEPS, then halves each time the steps double, reaching
-# the 5e-4 default at 4,000 steps. (A gentler 1/sqrt(steps) fall, SGD's textbook rate for a fixed
-# number of steps, gave the 8.4e-4 that lost at 5,652.)
+# LoRA's learning rate by the run's length (where the task allows it: Task.lr_by_steps). Short
+# runs need a large step for B, which starts at zero, to move at all; long runs at that step
+# overshoot. So the rate stays at SHORT_RUN_LR up to SHORT_RUN_STEPS, then halves each time the
+# steps double, reaching the 5e-4 default at 4,000 steps (docs/benchmarks.md, "LoRA's learning
+# rate and the run's length", has the runs that chose these numbers).
 SHORT_RUN_LR, SHORT_RUN_STEPS = 2e-3, 1000
 
 

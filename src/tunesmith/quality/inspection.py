@@ -16,9 +16,9 @@ NEAR_THRESHOLD = 0.95  # cosine of mean-pooled MiniLM features; measured in docs
 SHOW = 3  # examples printed per finding
 # Below this out-of-fold agreement between the frozen-feature probe and the labels (Cohen's
 # kappa: agreement beyond what the class shares give by chance, so 2 and 77 classes compare),
-# the flags mix real label errors with rows that are merely hard. With 5-10% of labels flipped,
-# dropping the flagged rows won back most of the probe's lost accuracy on banking77 (kappa
-# 0.78-0.84) and nothing on SST-2 or tweets (0.5-0.6) (docs/benchmarks.md, "Data quality").
+# the flags mix real label errors with rows that are merely hard: dropping them won back lost
+# accuracy where the probe agreed well with the labels and nothing where it did not
+# (docs/benchmarks.md, "Data quality").
 RELIABLE_KAPPA = 0.7
 TOP_PAIRS = 10  # (given, suggested) label pairs kept in the facts; the CSV has every row
 SNIPPET = 60  # characters of a text shown in `check`'s output (never in a run's log)

@@ -29,15 +29,14 @@ from typing import Callable
 from tunesmith.errors import UserError
 
 OVERHEAD_S = 15.0  # loading, encoding, saving the model: measured ~10-20 s for MiniLM on 2 cores
-# The dearest rung is shortened rather than skipped when at least this much of a pass fits. Part
-# of a pass of full fine-tuning already buys most of its gain on large data: 20,000 SST-2
-# sentences once gave 0.866 dev accuracy, all 67,349 once 0.892, the probe 0.798 (benchmarks.md).
+# The dearest rung is shortened rather than skipped when at least this much of a pass fits: part
+# of a pass of full fine-tuning already buys most of its gain on large data (docs/benchmarks.md,
+# "`tunesmith auto` on SST-2").
 MIN_PASSES = 0.25
 SAFETY = 0.9  # a shortened rung plans to use 90% of the time left: estimates are estimates
 
-# The ensemble rung averages at most this many trained rungs, the best on validation first. On
-# all of SST-2 the two best runs averaged scored 0.8968 dev accuracy and three 0.9002, against
-# 0.8910 for the best alone (docs/benchmarks.md); each member adds its serving cost.
+# The ensemble rung averages at most this many trained rungs, the best on validation first: a
+# third member still helped on SST-2, and each one adds its serving cost.
 MAX_MEMBERS = 3
 
 OPERATORS = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt}

@@ -44,14 +44,10 @@ class TokenClassification(TaskDefaults):
     quantisable = True
     default_metric = "f1"
     # A tagger's head starts from nothing on every token and learns spans from few labelled
-    # words: at the sequence tasks' defaults (lora at 5e-4, full at 5e-5) it is badly undertrained
-    # after 3 passes. Measured (docs/benchmarks.md, "NER defaults"), test entity F1 after 3 passes:
-    #   CoNLL-2003, 2,000 sentences, MiniLM: full 5e-5 0.581, 1e-4 0.729, 2e-4 0.780, 4e-4 0.787;
-    #     lora 5e-4 0.554, 1e-3 0.732, 2e-3 0.771, 4e-3 0.766, 8e-3 diverged.
-    #   peoples-daily-ner, 4,000 sentences, e5-small (12 layers): full 2e-4 0.690; lora 5e-4
-    #     0.303, while lora at 1e-3 and 2e-3 collapsed to "no entity" (F1 0).
-    # So NER trains `full` at 2e-4 by default: the best or near it on both backbones. LoRA keeps
-    # its own 5e-4, the only rate measured that did not collapse on e5-small.
+    # words: at the sequence tasks' defaults it is badly undertrained after 3 passes. Full
+    # fine-tuning at 2e-4 was the best or near it on English and Chinese backbones; LoRA keeps its
+    # own 5e-4, the only rate that did not collapse to "no entity" on e5-small (docs/benchmarks.md,
+    # "NER defaults").
     train_defaults = {"method": "full"}
     NER_LR = {"full": 2e-4}
 
