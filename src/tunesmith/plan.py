@@ -18,10 +18,10 @@ from tunesmith.config import TrainConfig
 from tunesmith.methods import METHODS
 from tunesmith.tasks import TASKS
 
-# Three passes, raised on small data so that training takes at least MIN_DEFAULT_STEPS
-# optimizer steps: three passes over 320 rows are 30 steps, too few for a head and an adapter
-# to settle (docs/benchmarks.md, "Defaults"). Capped so tiny data does not train for ever.
-DEFAULT_EPOCHS, MIN_DEFAULT_STEPS, MAX_DEFAULT_EPOCHS = 3.0, 100, 10.0
+# The task's default passes (3 for most), raised on small data so that training takes at least
+# the task's `min_default_steps` optimizer steps (three passes over 320 rows are 30 steps, too
+# few for a head and an adapter to settle). Capped so tiny data does not train for ever.
+MAX_DEFAULT_EPOCHS = 10.0
 
 
 @dataclass(frozen=True)
@@ -57,11 +57,13 @@ def steps_per_epoch(cfg: TrainConfig, train_rows: int) -> int:
 
 
 def epochs(cfg: TrainConfig, train_rows: int) -> float:
-    """--epochs, else DEFAULT_EPOCHS raised to make MIN_DEFAULT_STEPS steps (at most MAX_DEFAULT_EPOCHS)."""
+    """--epochs, else the task's default passes raised to make its `min_default_steps` steps (at
+    most MAX_DEFAULT_EPOCHS)."""
     if cfg.epochs is not None:
         return cfg.epochs
-    passes = math.ceil(MIN_DEFAULT_STEPS / max(1, steps_per_epoch(cfg, train_rows)))
-    return float(min(MAX_DEFAULT_EPOCHS, max(DEFAULT_EPOCHS, passes)))
+    task = TASKS[cfg.task]
+    passes = math.ceil(task.min_default_steps / max(1, steps_per_epoch(cfg, train_rows)))
+    return float(min(MAX_DEFAULT_EPOCHS, max(task.default_epochs, passes)))
 
 
 def training_steps(cfg: TrainConfig, train_rows: int) -> int:
@@ -99,10 +101,10 @@ def resolve(cfg: TrainConfig, splits, start_model: str | None = None) -> Plan:
     cfg = settings_with(cfg, model=model, text_pair_col=cfg.text_pair_col or splits.pair_col)
 
     passes = epochs(cfg, rows)
-    raised = cfg.epochs is None and passes != DEFAULT_EPOCHS
+    raised = cfg.epochs is None and passes != TASKS[cfg.task].default_epochs
     reasons["epochs"] = "given" if cfg.epochs is not None else (
-        f"so that {rows:,} training rows make at least {MIN_DEFAULT_STEPS} optimizer steps" if raised
-        else "the default")
+        f"so that {rows:,} training rows make at least {TASKS[cfg.task].min_default_steps} optimizer steps" if raised
+        else "the task's default")
     if raised:
         notes["epochs"] = f"epochs: {passes:g}, {reasons['epochs']} (--epochs sets it)"
     cfg = settings_with(cfg, epochs=passes)

@@ -103,6 +103,11 @@ class TaskDefaults:
     sequences_per_example = 1  # sequences one example puts through the model (a DPO pair: 2)
     problem_type: str | None = None  # a sequence head's: single_label_classification, regression, ...
     lr_by_steps = False  # the method's one default rate, however long the run
+    # Passes when --epochs is not given (plan.epochs), raised until training makes at least
+    # `min_default_steps` optimizer steps: fewer are too few for a head and an adapter to settle
+    # (docs/benchmarks.md, "Defaults").
+    default_epochs = 3.0
+    min_default_steps = 100
     servable = True  # `serve` answers its requests
     answer: str | None = None  # a servable task's kind of answer: classification, entities, ... (serve/schemas.py)
     exportable = False  # `export --format onnx`: its model maps token ids to one row of logits
