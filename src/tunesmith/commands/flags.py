@@ -4,7 +4,8 @@ with the field's description as its `--help`, and the parsed flags back into the
 A field may say more in `json_schema_extra`: `positional` (an argument without a dash; optional
 when the field has a default), `flags` (its option strings, when they are not `--field-name`:
 `["-o", "--output"]`, or an older spelling kept beside the new one), `repeat` (the flag may be
-given several times), `metavar`.
+given several times), `metavar`, `negatable` (a switch off by default that also has its --no-
+spelling, which scripts written when it was on by default use).
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ def add_flags(parser: argparse.ArgumentParser, model: type[BaseModel], skip: tup
             continue
         flags = extra.get("flags") or FLAG_ALIASES.get(name) or ["--" + name.replace("_", "-")]
         common = {"dest": name, "default": None, "help": help_text}
-        if kind is bool and field.default is False:  # an opt-in switch: --no-auth, not --no-no-auth
+        if kind is bool and field.default is False and not extra.get("negatable"):  # an opt-in switch: --no-auth
             parser.add_argument(*flags, action="store_true", **common)
         elif kind is bool:
             parser.add_argument(*flags, action=argparse.BooleanOptionalAction, **common)

@@ -51,7 +51,7 @@ class ImageSettings(BaseModel):
     image_flip: bool = Field(False, description="image-classification: random horizontal flips in training. Right "
                              "for photos whose mirror image keeps its label; off by default because a mirrored "
                              "digit, letter or sign is another one (`check` says whether the data's classes look "
-                             "mirror-safe).")
+                             "mirror-safe).", json_schema_extra={"negatable": True})
     bad_images: Literal["skip", "error"] = Field(
         "skip", description="image-classification: unreadable images are reported and skipped, or refused."
     )
