@@ -34,7 +34,8 @@ def dashboard(tmp_path_factory, tiny_model):
     data = write_csv(root / "toy.csv", make_rows(30))
     assert main(train_args(data, tiny_model, root, "alpha", "--epochs", "3", "--eval-every", "4")) == 0
     assert main(train_args(data, tiny_model, root, "beta", "--epochs", "2", "--method", "full", "--eval-every", "4")) == 0
-    with served_in_thread(create_app(root, KeyRing([]))) as url:
+    # The tiny model's folder is allowed: a page may name only built-in models and allowed folders.
+    with served_in_thread(create_app(root, KeyRing([]), data_dirs=[Path(tiny_model).parent])) as url:
         yield {"url": url, "root": root, "model": tiny_model}
 
 
