@@ -112,7 +112,8 @@ def test_two_writers_of_one_folder_never_delete_each_others_work(tmp_path):
             assert (first / "weights").read_text() == "first"  # untouched by the second writer
     assert (final / "weights").read_text() == "second"  # it finished first
     assert [p.name for p in final.parent.iterdir()] == ["model"]  # the other copy was dropped
-    with exclusive(tmp_path / ".x.lock", "runs/x"):
-        with pytest.raises(UserError, match="runs/x: another process is writing it now"):
-            with exclusive(tmp_path / ".x.lock", "runs/x"):
+    refusal = "runs/x: another process is writing it now (process {holder})"
+    with exclusive(tmp_path / ".x.lock", refusal):
+        with pytest.raises(UserError, match=f"runs/x: another process is writing it now \\(process {os.getpid()}\\)"):
+            with exclusive(tmp_path / ".x.lock", refusal):
                 pass

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tunesmith.io import read_json
+from tunesmith.io import inside, read_json
 from tunesmith.runs import Run
 
 
@@ -24,9 +24,7 @@ def member_folder(run: Run, name: str):
     from tunesmith.errors import UserError
 
     folder = run.path / str(name)
-    inside = folder.resolve().is_relative_to(run.path.resolve()) and not any(
-        p.is_symlink() for p in (folder, *folder.parents) if p.is_relative_to(run.path) and p != run.path)
-    if not inside:
+    if not inside(run.path, folder):
         raise UserError(f"{run.path / 'ensemble.json'}: member {name!r} is not inside the ensemble's folder; "
                         "an ensemble keeps its members under members/ (make it again with `tunesmith ensemble`)")
     return folder

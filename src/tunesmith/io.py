@@ -86,21 +86,40 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def inside(base: Path, path: Path) -> bool:
+    """Whether `path` lies inside the folder `base`, reached through no symbolic link below it:
+    a folder from someone else (a runs folder, an ensemble) must not lead tunesmith out of it.
+    A path a file system cannot hold (a NUL byte, a name too long) is not inside anything."""
+    try:
+        below = [p for p in (path, *path.parents) if p.is_relative_to(base) and p != base]
+        return path.resolve().is_relative_to(base.resolve()) and not any(p.is_symlink() for p in below)
+    except (OSError, ValueError):
+        return False
+
+
 @contextmanager
-def exclusive(path: Path, what: str) -> Iterator[None]:
-    """Hold an flock on `path` (a lock file) for the block; a second holder is refused with one
-    line naming `what`. The OS releases it when the process dies, however it ends."""
+def exclusive(path: Path, refusal: str) -> Iterator[None]:
+    """Hold an flock on the lock file `path` for the block, with this process's id written in
+    it. A second holder is refused with UserError(refusal), `{holder}` in it naming the process
+    that holds the lock. The OS drops the lock when its holder exits, even on kill -9, so a
+    crash never leaves it stuck."""
     import fcntl
 
     from tunesmith.errors import UserError
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as held:
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
         try:
-            fcntl.flock(held.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise UserError(f"{what}: another process is writing it now; wait for it to finish") from None
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "another process"
+            raise UserError(refusal.format(holder=holder)) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
         yield
+    finally:
+        os.close(fd)
 
 
 def write_text(path: str | Path, text: str) -> None:

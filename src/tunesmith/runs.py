@@ -30,7 +30,7 @@ from typing import Iterator
 import yaml
 
 from tunesmith.errors import UserError
-from tunesmith.io import lines
+from tunesmith.io import exclusive, lines
 
 
 @dataclass(frozen=True)
@@ -88,15 +88,7 @@ class Run:
     def history(self) -> list[dict]:
         if not self.history_file.is_file():
             return []
-        rows = []
-        for line in lines(self.history_file.read_text(encoding="utf-8")):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                break  # a line cut short by a crash: everything before it is good
-        return rows
+        return history_rows(self.history_file.read_text(encoding="utf-8"))
 
 
 ENDING = "ending.json"
@@ -115,6 +107,22 @@ def record_ending(run: Run, exc: BaseException) -> None:
     message = (str(exc).splitlines() or [type(exc).__name__])[0][:300]
     write_json(run.path / ENDING, {"status": status_of(exc), "error": message,
                                    "time": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+
+
+def history_rows(text: str) -> list[dict]:
+    """The rows of a history.jsonl's text, up to a line cut short by a crash (or still being
+    written): everything before it is good. A line that is not a JSON object is no row."""
+    rows = []
+    for line in lines(text):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            break
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
 
 
 def status(run: Run) -> str:
@@ -149,22 +157,10 @@ def _locked(path: Path) -> bool:
 @contextmanager
 def training_lock(run: Run) -> Iterator[None]:
     """Held while a process trains in the run folder: a second `train --resume` of the same
-    run is refused instead of interleaving its checkpoints with the first one's. The OS
-    drops the lock when the holder exits, even on kill -9, so a crash never leaves it stuck."""
-    path = run.path / ".lock"
-    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "another process"
-            raise UserError(f"{run.path}: this run is already training (process {holder}); wait for it to "
-                            "finish or stop it before resuming") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
+    run is refused instead of interleaving its checkpoints with the first one's."""
+    with exclusive(run.path / ".lock", f"{run.path}: this run is already training (process {{holder}}); wait for "
+                                       "it to finish or stop it before resuming"):
         yield
-    finally:
-        os.close(fd)
 
 
 def open_finished(path: str) -> Run:

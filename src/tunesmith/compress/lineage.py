@@ -43,7 +43,7 @@ def target_folder(source: Run, kind: str, name: str | None, output: str | None) 
 def building(target: Path) -> Iterator[Run]:
     """A run folder under a temporary name (io.atomic_dir), in place as `target` only if the
     block succeeds."""
-    with exclusive(target.with_name(f".{target.name}.lock"), str(target)), atomic_dir(target) as tmp:
+    with _one_writer(target), atomic_dir(target) as tmp:
         yield Run(tmp)
 
 
@@ -54,8 +54,13 @@ def training(target: Path, identity: dict, log) -> Iterator[tuple[Run, bool]]:
     leaves the partial folder with its checkpoints; the next call with the same `identity`
     (source and settings) resumes it, a call with other settings starts over. Any other error
     removes it: a crash's cause is not something to resume into."""
-    with exclusive(target.with_name(f".{target.name}.lock"), str(target)):  # one writer: the partial is shared
+    with _one_writer(target):  # the partial folder is shared by whoever builds `target`
         yield from _training(target, identity, log)
+
+
+def _one_writer(target: Path):
+    return exclusive(target.with_name(f".{target.name}.lock"),
+                     f"{target}: another process is writing it now (process {{holder}}); wait for it to finish")
 
 
 def _training(target: Path, identity: dict, log):

@@ -20,15 +20,15 @@ and the window number of a time (SQLite's CAST truncates, PostgreSQL's rounds, s
 
 from __future__ import annotations
 
-import fcntl
 import json
 import sqlite3
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from tunesmith.databases import connect_postgres, is_postgres_url, redacted
 from tunesmith.errors import UserError
+from tunesmith.io import exclusive
 from tunesmith.monitor.stream import Position
 
 # Times and scores are DOUBLE PRECISION: PostgreSQL's REAL is 4 bytes (a Unix time would lose its
@@ -124,18 +124,14 @@ class Store:
         """Hold this store for one monitor until it closes; a second one is refused. (An flock
         on a file beside a SQLite store, a session advisory lock in PostgreSQL: both go when
         the process does, however it ends.)"""
+        refusal = (f"--store {redacted(self.where)}: another monitor is using this store; stop it first, or give "
+                   "this one another --store")
         if self.dialect is POSTGRES:
-            taken = not self._sql("SELECT pg_try_advisory_lock(?)", (CLAIM_KEY,)).fetchone()[0]
-        else:
-            self._claim = open(self.where + ".lock", "a")  # noqa: SIM115 (held open: the lock is its own)
-            try:
-                fcntl.flock(self._claim.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                taken = False
-            except BlockingIOError:
-                taken = True
-        if taken:
-            raise UserError(f"--store {redacted(self.where)}: another monitor is using this store; stop it first, or "
-                            "give this one another --store")
+            if not self._sql("SELECT pg_try_advisory_lock(?)", (CLAIM_KEY,)).fetchone()[0]:
+                raise UserError(refusal)
+            return
+        self._claim = ExitStack()
+        self._claim.enter_context(exclusive(Path(self.where + ".lock"), refusal.replace("{", "{{").replace("}", "}}")))
 
     def _sql(self, query: str, params=()):
         return self.db.execute(self._in_dialect(query), params)

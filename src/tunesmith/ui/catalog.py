@@ -14,7 +14,7 @@ import yaml
 
 from tunesmith import runs as run_files
 from tunesmith.errors import UserError
-from tunesmith.io import lines
+from tunesmith.io import inside
 from tunesmith.runs import Run
 
 DEPTH = 4  # runs/<study>/trials/<trial>/ is three levels: one to spare
@@ -44,12 +44,7 @@ def open_run(root: Path, run_id: str) -> Run:
     """The run with this id (its path under the runs folder); nothing outside the folder, and
     no folder reached through a symbolic link."""
     path = root / run_id
-    try:
-        inside = path.resolve().is_relative_to(root.resolve()) and not any(
-            p.is_symlink() for p in (path, *path.parents) if p.is_relative_to(root) and p != root)
-    except (OSError, ValueError):  # a NUL byte, a name too long for the file system
-        inside = False
-    if not inside or readable(root, path / "config.yaml") is None:
+    if not inside(root, path) or readable(root, path / "config.yaml") is None:
         raise UserError(f"no run {run_id!r} under {root}")
     return Run(path.resolve())
 
@@ -89,16 +84,7 @@ def read_from(root: Path, path: Path, offset: int) -> bytes:
 
 def history(root: Path, run: Run) -> list[dict]:
     """The run's history rows (as `Run.history` reads them), if the file is readable."""
-    text = read_text(root, run.history_file)
-    rows = []
-    for line in lines(text or ""):
-        try:
-            row = json.loads(line) if line.strip() else None
-        except json.JSONDecodeError:
-            break  # a line still being written
-        if isinstance(row, dict):
-            rows.append(row)
-    return rows
+    return run_files.history_rows(read_text(root, run.history_file) or "")
 
 
 def _read_json(root: Path, path: Path):
