@@ -95,12 +95,12 @@ def multilingual_choice(task, texts: list) -> str | None:
             f"letters are {script}, which the English default (minilm) cannot read; --model minilm keeps it")
 
 
-def max_length_for(cfg, source: str) -> tuple[int, str | None]:
-    """The longest tokenised text of a run of `cfg` on the model at `source`, and a note when
-    the task's default had to come down to what the model reads. A value the user gave above
-    the model's limit is refused (it would crash in the first batch)."""
+def max_length_for(cfg, limit: int | None) -> tuple[int, str | None]:
+    """The longest tokenised text of a run of `cfg` on a model that reads at most `limit`
+    tokens (`position_limit`; None: no limit), and a note when the task's default had to come
+    down to it. A value the user gave above the limit is refused (it would crash in the first
+    batch)."""
     wanted = cfg.resolved_max_length()
-    limit = position_limit(source)
     if limit is None or wanted <= limit:
         return wanted, None
     if cfg.max_length is not None:
@@ -109,10 +109,9 @@ def max_length_for(cfg, source: str) -> tuple[int, str | None]:
     return limit, f"max_length {limit}: the most {cfg.resolved_model()} reads"
 
 
-def hold_to_limit(processor, source: str) -> None:
-    """Tell the tokenizer how many tokens the model at `source` reads, so `check` never
+def hold_to_limit(processor, limit: int | None) -> None:
+    """Tell the tokenizer how many tokens its model reads (`position_limit`), so `check` never
     suggests a longer max_length."""
-    limit = position_limit(source)
     tokenizer = getattr(processor, "tokenizer", processor)
     if limit is not None and hasattr(tokenizer, "model_max_length"):
         tokenizer.model_max_length = limit

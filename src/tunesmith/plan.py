@@ -30,6 +30,7 @@ class Plan:
 
     settings: TrainConfig  # every default filled in; frozen
     source: str  # where the model's weights load from (a folder or Hub id)
+    position_limit: int | None  # the most tokens the model reads (None: no such limit)
     reasons: dict[str, str] = field(default_factory=dict)  # setting -> the line that says why
     notes: dict[str, str] = field(default_factory=dict)  # the reasons worth telling (a default the data moved)
 
@@ -110,13 +111,15 @@ def resolve(cfg: TrainConfig, splits, start_model: str | None = None) -> Plan:
     cfg = settings_with(cfg, epochs=passes)
 
     rate = learning_rate(cfg, rows)
-    reasons["lr"] = _lr_reason(cfg, rate, rows)
-    if cfg.lr is None and TASKS[cfg.task].lr_by_steps and rate != METHODS[cfg.method].default_lr:
+    by_steps = cfg.lr is None and TASKS[cfg.task].lr_by_steps and rate != METHODS[cfg.method].default_lr
+    reasons["lr"] = _lr_reason(cfg, rows, by_steps)
+    if by_steps:  # the data moved it off the method's default: say so
         notes["lr"] = f"lr: {rate:.2g}, {reasons['lr']} (--lr sets it)"
     cfg = settings_with(cfg, lr=rate)
 
     source = models.resolve(model)
-    max_length, length_note = models.max_length_for(cfg, source)
+    limit = models.position_limit(source)
+    max_length, length_note = models.max_length_for(cfg, limit)
     reasons["max_length"] = length_note or ("given" if cfg.max_length else "the task's default")
     reasons["batch_size"] = _batch_reason(cfg, given)
     if length_note:
@@ -129,7 +132,8 @@ def resolve(cfg: TrainConfig, splits, start_model: str | None = None) -> Plan:
         reasons[key] = why
         if why != "given" and value != getattr(cfg, key):
             notes[key] = f"{key}: {value}, {why} (--{key.replace('_', '-')} sets it)"
-    return Plan(settings_with(cfg, **{key: value for key, (value, _) in planned.items()}), source, reasons, notes)
+    return Plan(settings_with(cfg, **{key: value for key, (value, _) in planned.items()}), source, limit, reasons,
+                notes)
 
 
 def choose_model(cfg: TrainConfig, splits, start_model: str | None = None) -> tuple[str, str]:
@@ -154,10 +158,10 @@ def _batch_reason(cfg: TrainConfig, given: set) -> str:
     return "given" if "batch_size" in given else "the default"
 
 
-def _lr_reason(cfg: TrainConfig, rate: float, rows: int) -> str:
+def _lr_reason(cfg: TrainConfig, rows: int, by_steps: bool) -> str:
     if cfg.lr is not None:
         return "given"
-    if TASKS[cfg.task].lr_by_steps and rate != METHODS[cfg.method].default_lr:
+    if by_steps:
         return f"{cfg.method}'s rate for {training_steps(cfg, rows):,} optimizer steps"
     if TASKS[cfg.task].default_lr(cfg.method, cfg.model) is not None:
         return f"{cfg.task}'s rate for {cfg.method}"

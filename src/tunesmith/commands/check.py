@@ -67,7 +67,7 @@ def check(args: CheckArgs, out=print) -> CheckReport:
         early.extend(note for key, note in run_plan.notes.items() if key in ("model", "max_length"))
         early.append(run_plan.summary())  # what `train` would use on this data
         tokenizer = TASKS[cfg.task].load_processor(source, cfg)
-        models.hold_to_limit(tokenizer, source)
+        models.hold_to_limit(tokenizer, run_plan.position_limit)
     except UserError as exc:
         if cfg.max_length is not None:  # a --max-length the model cannot read: the user's to fix
             raise

@@ -172,12 +172,13 @@ def _prepare(start: Start) -> Training:
         log(note)
     run_plan = plan.resolve(cfg, splits, str(earlier.model_dir.resolve()) if earlier is not None else None)
     tokenizer = task.load_processor(run_plan.settings.model, run_plan.settings)  # or image preprocessing
-    models.hold_to_limit(tokenizer, run_plan.source)
+    models.hold_to_limit(tokenizer, run_plan.position_limit)
     findings = task.check(splits, tokenizer, run_plan.settings.max_length)
     lengths = findings.facts.get("token_lengths")
-    smaller = None if resuming else budget.fitting_micro_batch(run_plan.settings, task, run_plan.source, lengths,
-                                                               len(splits.train))
-    if smaller is not None:  # a resumed run keeps its batches: its checkpoints count steps of them
+    # A resumed run keeps its batches: its checkpoints count steps of them.
+    cost, smaller = ([], None) if resuming else budget.fit_to_memory(run_plan.settings, task, run_plan.source,
+                                                                     lengths, len(splits.train))
+    if smaller is not None:
         run_plan = run_plan.with_batch(*smaller)
     cfg = run_plan.settings
     for key, note in run_plan.notes.items():
@@ -185,7 +186,7 @@ def _prepare(start: Start) -> Training:
     for warning in findings.warnings:
         log(f"warning: {warning}")
     checked = None if resuming else _quality(cfg, task, splits, run_plan.source, tokenizer, start.score_test, log)
-    for line in [] if resuming else budget.plan(cfg, task, run_plan.source, lengths, len(splits.train)):
+    for line in cost:
         log(line)
     torch.manual_seed(cfg.seed)  # the head's initialisation is part of what the seed fixes
     if earlier is not None:  # its labels keep their class ids; new ones come after them

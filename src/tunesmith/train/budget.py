@@ -143,33 +143,40 @@ def plan(cfg, task, source: str, token_lengths: dict | None, rows: int, paramete
     return [] if costing is None else [costing[0].line() + f" (micro-batch {cfg.batch_size})"]
 
 
-def fitting_micro_batch(cfg, task, source: str, token_lengths: dict | None, rows: int) -> tuple[int, int, str] | None:
-    """For `train`: a micro-batch the estimate says will not fit in the memory available now is
-    halved (accumulation doubled: the same effective batch) until it fits. Returns the new
-    (batch_size, grad_accum, the line that says so), None when the run fits as it is; a run
-    where one row does not fit is refused."""
+def fit_to_memory(cfg, task, source: str, token_lengths: dict | None, rows: int) -> tuple[list[str], tuple | None]:
+    """For `train`: the cost lines (`plan`'s) and, when the estimate says the micro-batch will not
+    fit in the memory available now, a smaller one: (batch_size, grad_accum, the line that says
+    so), halved (accumulation doubled: the same effective batch) until it fits; None when the run
+    fits as it is. The cost line is for the micro-batch that will run. A run where one row does
+    not fit is refused."""
     from tunesmith.errors import UserError
 
     costing = _costing(cfg, task, source, token_lengths, rows)
-    available = available_memory()
-    if costing is None or available is None or costing[0].peak_bytes <= available:
-        return None
+    if costing is None:
+        return [], None
     found, shape, trainable, row_tokens, lm_loss = costing
+    available = available_memory()
+    if available is None or found.peak_bytes <= available:
+        return [found.line() + f" (micro-batch {cfg.batch_size})"], None
     fit = fitting_batch(shape, trainable, cfg.batch_size, cfg.grad_accum, row_tokens, lm_loss, available)
     if fit is None:
         raise UserError(f"--max-length {cfg.resolved_max_length()}: one row of this model needs more memory than "
                         f"the {available / GB:.1f} GB available; lower --max-length or use a smaller --model")
-    return (*fit, f"memory: {found.peak_bytes / GB:.1f} GB estimated but {available / GB:.1f} GB available; "
-                  f"micro-batch {cfg.batch_size} -> {fit[0]} with --grad-accum {cfg.grad_accum} -> {fit[1]} "
-                  "(the same effective batch)")
+    fitted = _costing(cfg, task, source, token_lengths, rows, shape=shape, batch_size=fit[0])[0]
+    why = (f"memory: {found.peak_bytes / GB:.1f} GB estimated but {available / GB:.1f} GB available; "
+           f"micro-batch {cfg.batch_size} -> {fit[0]} with --grad-accum {cfg.grad_accum} -> {fit[1]} "
+           "(the same effective batch)")
+    return [fitted.line() + f" (micro-batch {fit[0]})"], (*fit, why)
 
 
-def _costing(cfg, task, source: str, token_lengths: dict | None, rows: int, parameters: int | None = None):
-    """The estimate of a run, with the shape facts `fitting_micro_batch` reuses; None when the
-    model's shape or the token lengths are unknown."""
+def _costing(cfg, task, source: str, token_lengths: dict | None, rows: int, parameters: int | None = None,
+             shape: dict | None = None, batch_size: int | None = None):
+    """The estimate of a run (at `batch_size`, else the config's), with the shape facts
+    `fit_to_memory` reuses (`shape`: already read); None when the model's shape or the token
+    lengths are unknown."""
     from tunesmith.methods import METHODS
 
-    shape = shape_of(source, parameters)
+    shape = shape or shape_of(source, parameters)
     if shape is None or not token_lengths:
         return None
     sequences = task.sequences_per_example  # a preference pair is two
@@ -180,6 +187,6 @@ def _costing(cfg, task, source: str, token_lengths: dict | None, rows: int, para
     # What trains is known only once the method is applied: count it all (errs high for LoRA).
     trainable = shape["parameters"]
     typical = sequences * min(int(token_lengths.get("p50", token_lengths["p99"])), longest)
-    found = estimate(shape, trainable, cfg.batch_size, row_tokens, rows, lm_loss, measured_flops(), typical,
-                     METHODS[cfg.method].relative_cost)
+    found = estimate(shape, trainable, batch_size or cfg.batch_size, row_tokens, rows, lm_loss, measured_flops(),
+                     typical, METHODS[cfg.method].relative_cost)
     return found, shape, trainable, row_tokens, lm_loss
