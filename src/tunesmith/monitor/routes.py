@@ -98,7 +98,8 @@ def ingest_items(state: MonitorState, body: IngestRequest) -> dict:
             raise HTTPException(422, str(exc)) from None
         problem = state.pipeline.ahead_of_clock(moment)
         if problem is not None:  # counted as refused, and nothing of this request is stored
-            state.pipeline.totals.update(future=1)
+            with state.pipeline.lock:  # the totals are the pipeline's, counted under its lock
+                state.pipeline.totals.update(future=1)
             raise HTTPException(422, f"items[{index}]: {problem}")
         key = raw.id or "http:" + hashlib.sha1(f"{moment}\n{raw.text}".encode("utf-8")).hexdigest()[:16]
         items.append(Item(key, moment, raw.text, fields))

@@ -134,8 +134,6 @@ class GenerationEngine:
                 raise Busy(f"{self._count} generation requests are waiting")
             mine = self._queues.setdefault(sequence.client, deque())
             if len(mine) >= self.per_client:
-                if not mine:
-                    del self._queues[sequence.client]
                 raise Busy(f"{len(mine)} of this caller's generation requests are waiting, its share of the queue")
             mine.append(sequence)
             self._count += 1
