@@ -297,7 +297,8 @@ def test_two_monitors_cannot_share_a_store(sentiment, tmp_path):
 
 
 def test_topics_are_capped_and_counted_and_the_topic_table_is_two_queries(sentiment, tmp_path):
-    rows = [{"id": f"t{k}", "time": time.time() - k, "ticker": f"T{k}", "text": "fine"} for k in range(30)]
+    middle = (time.time() // 3600) * 3600 - 1800  # the middle of the last hour: one window holds every row
+    rows = [{"id": f"t{k}", "time": middle + k, "ticker": f"T{k}", "text": "fine"} for k in range(30)]
     with _live_service(sentiment, tmp_path / "m.db", max_topics=11) as (client, auth):  # "all" and ten tickers
         assert client.post("/v1/ingest", json={"items": rows}, headers=auth).json()["scored"] == 30
         table = {row["topic"]: row["texts"] for row in client.get("/v1/topics", headers=auth).json()}
