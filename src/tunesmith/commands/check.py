@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -46,6 +47,14 @@ class CheckArgs(BaseModel):
         True, description="likely label errors, near-duplicates across splits, outliers and other-script rows, from "
         "the model's frozen features (seconds per 10,000 rows; --no-quality: exact checks only)",
         json_schema_extra={"flags": ["--quality-checks", "--quality"]})
+    deep: bool = Field(False, description="judge the labels with fine-tuned models instead of the frozen-feature "
+                       "probe: 3 runs as `train` would make them, each scoring the third of the rows it did not see "
+                       "(minutes, not seconds: the time is estimated before they start; better where the probe is weak)")
+    method: Optional[str] = Field(None, description="--deep: the method its runs fine-tune with (default: the task's, "
+                                  "as train would choose)")
+    epochs: Optional[float] = Field(None, gt=0, description="--deep: passes over the data in each run (default: as "
+                                    "train would choose)")
+    lr: Optional[float] = Field(None, gt=0, description="--deep: the learning rate of its runs (default: the method's)")
     near_threshold: float = training_field("near_threshold")
     lists: Optional[str] = Field(None, description="folder for the full lists (suspect_labels.csv, "
                                  "near_duplicates.csv, outliers.csv) (default: runs/check-<data name>)",
@@ -56,7 +65,7 @@ def check(args: CheckArgs, out=print) -> CheckReport:
     """The task's checks; with `quality_checks`, also the data-quality section (quality/),
     whose full lists are written to `lists` (default runs/check-<data name>)."""
     reading = ("task", "data", "val_data", "test_data", "text_col", "label_col", "model", "max_length", "encoding",
-               "seed")
+               "seed", "method", "epochs", "lr")
     cfg = build_config({key: getattr(args, key) for key in reading if getattr(args, key) is not None}, "flags")
     splits = TASKS[cfg.task].load_data(cfg)
     early = []  # notes from before the report exists: printed with it (--json: inside it, so stdout stays JSON)
@@ -77,9 +86,13 @@ def check(args: CheckArgs, out=print) -> CheckReport:
     if source is not None:
         for line in budget.plan(cfg, TASKS[cfg.task], source, report.facts.get("token_lengths"), len(splits.train)):
             report.facts.setdefault("notes", []).append(line)
+    if args.deep and not (args.quality_checks and "label-errors" in TASKS[cfg.task].quality_checks):
+        raise UserError(f"--deep: {cfg.task} has no label check to deepen" if args.quality_checks else
+                        "--deep judges labels, one of the quality checks: drop --no-quality")
     if args.quality_checks and TASKS[cfg.task].quality_checks:
+        judge = _deep_judge(cfg, splits, source, report, print if not args.as_json else _to_stderr) if args.deep else None
         found = quality.inspect(TASKS[cfg.task], splits, source, tokenizer, cfg.resolved_max_length(),
-                                args.near_threshold, args.seed, show_text=not args.as_json)
+                                args.near_threshold, args.seed, show_text=not args.as_json, judge=judge)
         found.write(Path(args.lists) if args.lists else Path("runs") / f"check-{_name(args.data)}")
         report.facts["quality"] = found.facts
         report.warnings.extend(found.warnings)
@@ -92,6 +105,26 @@ def check(args: CheckArgs, out=print) -> CheckReport:
         out(f"checked {args.data}: {columns}")
         out(report.to_text())
     return report
+
+
+def _deep_judge(cfg, splits, source, report: CheckReport, say):
+    """`check --deep`'s judge for the label check (deep_labels.py), its cost said first."""
+    from tunesmith.commands import deep_labels
+
+    if source is None:
+        raise UserError(f"--deep: the model {cfg.model} could not be read, so nothing can be fine-tuned to judge the labels")
+    line = deep_labels.time_line(cfg, TASKS[cfg.task], source, report.facts.get("token_lengths"), len(splits.train))
+    say(line or f"check --deep: {deep_labels.FOLDS} fine-tuned runs on the training split; this takes a while")
+
+    def judge(class_ids):
+        probs, judged = deep_labels.out_of_fold_probs(cfg, splits, class_ids, log=say)
+        return probs, judged, f"a model fine-tuned ({cfg.method}) on the other {deep_labels.FOLDS - 1} folds"
+
+    return judge
+
+
+def _to_stderr(line: str) -> None:
+    print(line, file=sys.stderr)
 
 
 def _name(data: str) -> str:

@@ -30,6 +30,7 @@ from tunesmith.data.long_text import LongText
 from tunesmith.data.splits import Splits
 from tunesmith.errors import Interrupted, UserError
 from tunesmith.evaluate import report
+from tunesmith.quality.dynamics import Dynamics
 from tunesmith.inference import Predictor
 from tunesmith.io import atomic_dir, write_json, write_text, write_yaml
 from tunesmith.methods import METHODS, count_parameters, load_tuned
@@ -39,7 +40,7 @@ from tunesmith.tasks import TASKS
 from tunesmith.tasks.mean_pool import trained_pooling
 from tunesmith import track
 from tunesmith.train import budget, checkpoint, continual, distributed
-from tunesmith.train.loop import FitResult, Goal, Hooks, LoopState, fit
+from tunesmith.train.loop import FitResult, Goal, Hooks, LoopState, fit, schedule
 from tunesmith.train.objective import training_objective
 
 
@@ -288,17 +289,65 @@ def _fine_tune(state: Training) -> FitResult:
         return FitResult(LoopState(best_metric=evaluate(state.model)[metric], best_step=0), 0, "no")
     loss = training_objective(cfg, task, method, state.tokenizer, state.examples["train"].labels,
                               state.splits.labels, ewc)
-    hooks = Hooks(evaluate, loss, method.on_step, validate if state.started_as_probe else None, state.tracking)
-    result = fit(state.model, state.features["train"], cfg, state.run.path, hooks,
-                 Goal(metric, task.metrics_higher_is_better[metric]), resume=state.resuming, log=state.log)
+    dynamics = _dynamics(state)
+    hooks = Hooks(_saving(evaluate, dynamics, state), loss, method.on_step,
+                  validate if state.started_as_probe else None, state.tracking,
+                  watch=dynamics.watching if dynamics is not None else None)
+    recording = dynamics.attach(state.model) if dynamics is not None else None
+    try:
+        result = fit(state.model, state.features["train"], cfg, state.run.path, hooks,
+                     Goal(metric, task.metrics_higher_is_better[metric]), resume=state.resuming, log=state.log)
+    finally:
+        if recording is not None:
+            recording.remove()
     if not state.main:
         return result
+    if dynamics is not None:
+        dynamics.save(state.run.path / "quality")
+        _training_suspects(state, dynamics)
     if result.state.best_step == 0 and not cfg.average_last:
         state.log(f"note: no step beat the starting model (the untuned probe) on validation {metric}, so the run "
                   f"keeps it; for more from training try --lr {cfg.lr / 4:g} or --lr {cfg.lr * 4:g}, or more data")
     _keep_best(state.run, cfg, state.model, state.log)
     fit_head(state.model)
     return result
+
+
+def _dynamics(state: Training) -> Dynamics | None:
+    """A recorder of each training row's logits per epoch (quality/dynamics.py), for tasks
+    with one class per row; an interrupted run's recording continues where it stopped."""
+    if "label-errors" not in state.task.quality_checks:
+        return None
+    train = state.features["train"]
+    total_steps, _ = schedule(len(train), state.cfg)
+    dynamics = Dynamics.for_run(train, len(state.splits.labels), total_steps, state.cfg.steps_per_epoch(len(train)))
+    if dynamics is not None and state.resuming:
+        dynamics.load(state.run.path / "quality")
+    return dynamics
+
+
+def _saving(evaluate, dynamics: Dynamics | None, state: Training):
+    """`evaluate`, saving the recording first at every checkpoint, so a resumed run has it."""
+    if dynamics is None or not state.main:
+        return evaluate
+
+    def evaluate_and_save(model) -> dict:
+        dynamics.save(state.run.path / "quality")
+        return evaluate(model)
+
+    return evaluate_and_save
+
+
+def _training_suspects(state: Training, dynamics: Dynamics) -> None:
+    """quality/training_suspect_labels.csv: rows the model preferred another class for over
+    most of the run (negative AUM), with the count in the run's quality facts."""
+    found = quality.training_suspects(dynamics, state.examples["train"], state.splits.labels)
+    found.write(state.run.path / "quality")
+    facts_file = state.run.path / "quality" / "facts.json"
+    facts = json.loads(facts_file.read_text()) if facts_file.is_file() else {}
+    write_json(facts_file, {**facts, **found.facts, "files": {**facts.get("files", {}), **found.facts["files"]}})
+    for line in found.lines:
+        state.log(f"data quality: {line}")
 
 
 def _validation(state: Training):

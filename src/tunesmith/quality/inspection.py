@@ -25,10 +25,12 @@ SNIPPET = 60  # characters of a text shown in `check`'s output (never in a run's
 
 
 def inspect(task, splits, source: str | None, tokenizer, max_length: int, near_threshold: float = NEAR_THRESHOLD,
-            seed: int = 0, show_text: bool = False, log=lambda _: None) -> QualityReport:
+            seed: int = 0, show_text: bool = False, log=lambda _: None, judge=None) -> QualityReport:
     """Run the task's quality checks on `splits`. `source`/`tokenizer`: the backbone whose
     features the text checks read. `show_text`: put short snippets of texts in the printed
-    lines (for `check` in a terminal; a run's log keeps locations only)."""
+    lines (for `check` in a terminal; a run's log keeps locations only). `judge(class_ids) ->
+    (probabilities, judged mask, what judged)` replaces the frozen-feature probe as the source of
+    out-of-fold probabilities for the label check (`check --deep`: fine-tuned runs)."""
     report = QualityReport()
     checks = set(task.quality_checks)
     started = time.perf_counter()
@@ -49,7 +51,12 @@ def inspect(task, splits, source: str | None, tokenizer, max_length: int, near_t
         if "near-duplicates" in checks:
             _near_duplicate_checks(report, splits, x, near_threshold, show_text)
         if "label-errors" in checks and class_ids is not None:
-            _label_checks(report, splits, x["train"], class_ids, seed, show_text)
+            if judge is None:
+                probs, judged = label_checks.out_of_fold_probs(x["train"], class_ids, len(splits.labels), seed=seed)
+                who = "a probe"
+            else:
+                probs, judged, who = judge(class_ids)
+            _label_checks(report, splits, (probs, judged, who), class_ids, show_text)
         if "outliers" in checks and class_ids is not None:
             _outlier_checks(report, splits, x, class_ids, show_text)
     report.facts["seconds"] = round(time.perf_counter() - started, 2)
@@ -88,6 +95,27 @@ def _text_checks(report: QualityReport, splits, show_text: bool) -> None:
                 _row(name, part, r, reason=f"not {main} script") for r in rows)
     if other:
         report.warnings.append(f"{len(other)} texts are not in the data's main script ({main}): another language?")
+
+
+# ---- training dynamics --------------------------------------------------------------------
+
+def training_suspects(dynamics, examples, names: list[str]) -> QualityReport:
+    """The rows training dynamics flag (dynamics.py), as a report: a line, the count in the
+    facts, and the list as training_suspect_labels.csv."""
+    report = QualityReport()
+    suspects = dynamics.suspects()
+    report.suspects = suspects
+    report.facts["training_suspect_labels"] = {"count": len(suspects), "of": len(dynamics.targets),
+                                               "rule": "area under the margin < 0"}
+    if suspects:
+        report.lines.append(f"train: {len(suspects)} of {len(dynamics.targets)} labels were out-voted by the model "
+                            "for most of training (negative area under the margin): likely label errors, listed in "
+                            "training_suspect_labels.csv")
+    report.tables["training_suspect_labels.csv"] = [
+        {"where": _where(examples, s.row), "text": _plain(examples.texts[s.row]), "label": names[s.given],
+         "suggested": names[s.suggested], "confidence": round(s.confidence, 4),
+         "label_probability": round(s.given_probability, 4)} for s in suspects]
+    return report
 
 
 # ---- embeddings ---------------------------------------------------------------------------
@@ -141,10 +169,10 @@ def _overlap_checks(report: QualityReport, splits, name: str, found: list, show_
          "train_label": splits.train.labels[t]} for q, t, kind in found)
 
 
-def _label_checks(report: QualityReport, splits, x_train: np.ndarray, class_ids: np.ndarray, seed: int,
-                  show_text: bool) -> None:
+def _label_checks(report: QualityReport, splits, judgement: tuple, class_ids: np.ndarray, show_text: bool) -> None:
+    """Confident learning on `judgement`: (out-of-fold probabilities, judged mask, who judged)."""
     names = splits.labels
-    probs, judged = label_checks.out_of_fold_probs(x_train, class_ids, len(names), seed=seed)
+    probs, judged, who = judgement
     suspects = label_checks.confident_suspects(probs, class_ids, judged)
     report.suspects = suspects
     agree, kappa = label_checks.agreement(probs, class_ids, judged)
@@ -152,7 +180,8 @@ def _label_checks(report: QualityReport, splits, x_train: np.ndarray, class_ids:
     for s in suspects:
         key = (names[s.given], names[s.suggested])
         pairs[key] = pairs.get(key, 0) + 1
-    report.facts["suspect_labels"] = {"count": len(suspects), "of": len(class_ids), "probe_accuracy": round(agree, 4), "probe_kappa": round(kappa, 4),
+    report.facts["suspect_labels"] = {"count": len(suspects), "of": len(class_ids), "judge": who,
+                                      "probe_accuracy": round(agree, 4), "probe_kappa": round(kappa, 4),
                                       "top_pairs": [{"given": g, "suggested": p, "count": c}
                                                     for (g, p), c in sorted(pairs.items(), key=lambda kv: -kv[1])[:TOP_PAIRS]]}
     if not suspects:
@@ -160,13 +189,13 @@ def _label_checks(report: QualityReport, splits, x_train: np.ndarray, class_ids:
     top_pairs = ", ".join(f"{g!r} -> {p!r} {c}" for (g, p), c in sorted(pairs.items(), key=lambda kv: -kv[1])[:SHOW])
     shown = ", ".join(f"{_where(splits.train, s.row)} {names[s.given]!r} -> {names[s.suggested]!r} ({s.confidence:.2f})"
                       + (f" {_snippet(splits.train.texts[s.row])!r}" if show_text else "") for s in suspects[:SHOW])
-    report.lines.append(f"train: {len(suspects)} of {len(class_ids)} labels look wrong to a probe that did not see "
+    report.lines.append(f"train: {len(suspects)} of {len(class_ids)} labels look wrong to {who} that did not see "
                         f"them (given -> suggested: {top_pairs}); most confident: {shown}")
     if kappa < RELIABLE_KAPPA:
-        report.lines.append(f"train: the probe agrees with {agree:.0%} of the training labels out of fold (kappa "
+        report.lines.append(f"train: {who.replace('a ', 'the ', 1)} agrees with {agree:.0%} of the training labels out of fold (kappa "
                             f"{kappa:.2f}): too weak to tell label errors from hard rows; review the list before "
                             "dropping anything")
-        report.warnings.append(f"{len(suspects)} training labels look wrong to a weak probe (kappa {kappa:.2f}); the list "
+        report.warnings.append(f"{len(suspects)} training labels look wrong to a weak judge (kappa {kappa:.2f}); the list "
                                "is worth a review, but --drop-suspect-labels is not advised on this data")
     else:
         report.warnings.append(f"{len(suspects)} training labels look wrong ({100 * len(suspects) / len(class_ids):.1f}%); "

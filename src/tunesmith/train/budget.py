@@ -37,7 +37,7 @@ class Estimate:
     tokens_per_micro_batch: int
 
     def line(self) -> str:
-        time_part = f", about {_duration(self.epoch_seconds)} per epoch on this machine" if self.epoch_seconds else ""
+        time_part = f", about {duration(self.epoch_seconds)} per epoch on this machine" if self.epoch_seconds else ""
         return f"estimate: peak memory about {self.peak_bytes / GB:.1f} GB{time_part}"
 
 
@@ -129,7 +129,7 @@ def measured_flops() -> float:
     return best
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
     if seconds < 90:
         return f"{seconds:.0f} s"
     if seconds < 5400:
@@ -141,6 +141,12 @@ def plan(cfg, task, source: str, token_lengths: dict | None, rows: int, paramete
     """The lines `check` and `train` print about cost."""
     costing = _costing(cfg, task, source, token_lengths, rows, parameters)
     return [] if costing is None else [costing[0].line() + f" (micro-batch {cfg.batch_size})"]
+
+
+def epoch_seconds(cfg, task, source: str, token_lengths: dict | None, rows: int) -> float | None:
+    """The estimated seconds of one training epoch over `rows` rows; None when unknown."""
+    costing = _costing(cfg, task, source, token_lengths, rows)
+    return None if costing is None else costing[0].epoch_seconds
 
 
 def fit_to_memory(cfg, task, source: str, token_lengths: dict | None, rows: int) -> tuple[list[str], tuple | None]:

@@ -18,6 +18,7 @@ import math
 import shutil
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -84,13 +85,16 @@ class Hooks:
     so a run whose training never beats its starting point keeps that point (a callback of its
     own: a study's pruner must not see it, since every trial starts from the same point).
     `tracking` (the run's trackers, which the caller closes) sees every history row; without
-    it the loop opens and closes its own."""
+    it the loop opens and closes its own. `watch(rows, epoch)`, a context manager, is entered
+    around each micro-batch's forward and backward (training dynamics record which rows the
+    pass was for)."""
 
     evaluate: Callable[[object], dict]
     compute_loss: Callable | None = None
     on_step: Callable | None = None
     evaluate_start: Callable[[object], dict] | None = None
     tracking: track.Tracking | None = None
+    watch: Callable | None = None
 
 
 @dataclass(frozen=True)
@@ -121,7 +125,7 @@ class _Loop:
         self.accelerator = Accelerator(mixed_precision=self.precision, cpu=not torch.cuda.is_available())
         log(f"device {self.accelerator.device}, precision {'fp32' if self.precision == 'no' else self.precision}")
         self.train, self.cfg, self.hooks, self.goal, self.log = train, cfg, hooks, goal, log
-        self.total_steps, self.eval_every = _schedule(len(train), cfg)
+        self.total_steps, self.eval_every = schedule(len(train), cfg)
         optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, cfg.layer_decay, cfg.head_lr)
         self.scheduler = build_scheduler(optimizer, cfg.scheduler, self.total_steps, cfg.warmup_ratio)
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
@@ -242,7 +246,7 @@ class _Loop:
             self.bar.write(f"step 0: val {self.goal.metric} {value:.4f} (the starting model)")
 
 
-def _schedule(examples: int, cfg) -> tuple[int, int]:
+def schedule(examples: int, cfg) -> tuple[int, int]:
     """(optimizer steps in the run, steps between evaluations: an epoch unless eval_every)."""
     steps_per_epoch = cfg.steps_per_epoch(examples)
     total_steps = cfg.max_steps or max(1, math.ceil(steps_per_epoch * cfg.epochs))
@@ -290,12 +294,13 @@ def _accumulate(loop: _Loop, group: list[list[int]], group_size: int) -> tuple[f
         # its loss so that the averaged gradient is the micro-batch's).
         local, factor = local_share(indices, accelerator.process_index, accelerator.num_processes)
         batch = {k: v.to(accelerator.device) for k, v in loop.train.batch(local).items()}
-        if compute_loss is None:
-            loss = model(**batch).loss
-        else:
-            loss, batch_extras = compute_loss(model, batch)
-            for key, value in batch_extras.items():
-                extras[key] = extras.get(key, 0.0) + value * len(indices) / group_size
+        with loop.hooks.watch(local, state.epoch) if loop.hooks.watch is not None else nullcontext():
+            if compute_loss is None:
+                loss = model(**batch).loss
+            else:
+                loss, batch_extras = compute_loss(model, batch)
+                for key, value in batch_extras.items():
+                    extras[key] = extras.get(key, 0.0) + value * len(indices) / group_size
         if not torch.isfinite(loss):  # (the bar is closed on the way out)
             raise TrainingDiverged(
                 f"loss became {loss.item()} at step {state.step + 1}; the last good checkpoint is kept in "
