@@ -11,7 +11,7 @@ TORCH  ?= torch==2.13.0
 LOCK   := requirements/lock.txt
 PIN    := -c $(LOCK)
 
-.PHONY: demo test test-latest lock venv bench clean
+.PHONY: demo test test-latest lock venv bench clean docs
 
 $(VENV)/.torch: $(LOCK)
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,11 @@ $(CHROMIUM):
 
 test: $(VENV)/.dev $(CHROMIUM)
 	$(PY) -m pytest
+
+# The documentation site (MkDocs Material) from docs/ into site/; --strict fails on a broken
+# link or a page missing from the navigation. The tests build it the same way.
+docs: $(VENV)/.dev
+	$(VENV)/bin/mkdocs build --strict
 
 # The suite against the newest releases the index serves (no lock), in a venv of its own:
 # what the next `make lock` would bring in. `pip list` is printed so the versions are on record.

@@ -11,6 +11,7 @@ against the moved rows:
   probe      out-of-fold frozen-feature probe + confident learning (`check`'s default)
   aum        training dynamics of one default `train` run: area under the margin < 0
   dyn-cl     the same run's epoch-averaged probabilities + confident learning
+  probe&aum  rows both flag: the probe `train` runs before it starts, and the run's dynamics
   deep       3-fold out-of-fold probabilities of fine-tuned runs (`check --deep`) + confident learning
   *+cleanlab cleanlab's `find_label_issues` on the same probabilities as the row above it
 
@@ -111,7 +112,7 @@ def cl_flags(probs, noisy, judged=None) -> set[int]:
     return {s.row for s in label_checks.confident_suspects(probs, noisy, judged)}
 
 
-def detectors(name: str, share: float, rows: int, folder: Path, cache: dict, encoder_parts) -> None:
+def detectors(name: str, share: float, rows: int, folder: Path, cache: dict, encoder_parts, deep: bool) -> None:
     key = f"{name}/{share:g}"
     if key in cache:
         return
@@ -130,11 +131,20 @@ def detectors(name: str, share: float, rows: int, folder: Path, cache: dict, enc
     run, seconds = run_on(folder / key, splits, noisy_train, "noisy")
     found["train_seconds"], found["noisy_test_accuracy"] = seconds, json.loads(run.metrics_file.read_text())["test"]["accuracy"]
     dynamics = Dynamics.read(run.path / "quality")
+    keep = Path(cache["_keep"]) / key.replace("/", "-")  # what a variant of the rules needs, for later study
+    keep.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(f"{keep}.npz", clean=y, noisy=noisy, probe=probs, logits=dynamics.logits)
     found["aum"] = score({s.row for s in dynamics.suspects()}, truth)
     mean = dynamics.mean_probs()
     everyone = np.ones(len(noisy), dtype=bool)
     found["dyn-cl"] = score(cl_flags(mean, noisy), truth)
     found["dyn-cl+cleanlab"] = score(cleanlab_flags(mean, noisy, everyone), truth)
+    aum_flags, probe_flags = {s.row for s in dynamics.suspects()}, cl_flags(probs, noisy, judged)
+    found["probe&aum"] = score(aum_flags & probe_flags, truth)
+    found["flags"] = {"aum": sorted(aum_flags), "probe": sorted(probe_flags), "probe&aum": sorted(aum_flags & probe_flags)}
+    if not deep:
+        cache[key] = found
+        return
     cfg = run.settings()
     started = time.perf_counter()
     deep_splits = type(splits)(noisy_train, splits.val, splits.test, splits.labels, "text", "label")
@@ -143,15 +153,12 @@ def detectors(name: str, share: float, rows: int, folder: Path, cache: dict, enc
     found["deep_kappa"] = label_checks.agreement(deep_probs, noisy, deep_judged)[1]
     found["deep"] = score(cl_flags(deep_probs, noisy, deep_judged), truth)
     found["deep+cleanlab"] = score(cleanlab_flags(deep_probs, noisy, deep_judged), truth)
-    keep = Path(cache["_keep"]) / key.replace("/", "-")  # everything a variant of the rules needs, for later study
-    keep.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(f"{keep}.npz", clean=y, noisy=noisy, probe=probs, deep=deep_probs, logits=dynamics.logits)
-    found["flags"] = {"aum": sorted(s.row for s in dynamics.suspects()), "deep": sorted(cl_flags(deep_probs, noisy, deep_judged)),
-                      "probe": sorted(cl_flags(probs, noisy, judged))}
+    np.savez_compressed(f"{keep}-deep.npz", deep=deep_probs)
+    found["flags"]["deep"] = sorted(cl_flags(deep_probs, noisy, deep_judged))
     cache[key] = found
 
 
-def retrain(name: str, share: float, rows: int, folder: Path, cache: dict) -> None:
+def retrain(name: str, share: float, rows: int, folder: Path, cache: dict, drop: list[str]) -> None:
     key = f"{name}/{share:g}/retrain"
     if key in cache:
         return
@@ -161,7 +168,8 @@ def retrain(name: str, share: float, rows: int, folder: Path, cache: dict) -> No
     run, _ = run_on(folder / key, splits, splits.train, "clean")
     found["clean"] = json.loads(run.metrics_file.read_text())["test"]["accuracy"]
     flagged = cache[f"{name}/{share:g}"]["flags"]
-    for detector in ("aum", "deep", "probe"):
+    flagged.setdefault("probe&aum", sorted(set(flagged["probe"]) & set(flagged["aum"])))
+    for detector in drop:
         gone = set(flagged[detector])
         kept = [i for i in range(len(y)) if i not in gone]
         part = with_labels(splits.train.subset(kept), noisy[kept], splits.labels)
@@ -177,7 +185,10 @@ def tables(cache: dict) -> None:
         if key.endswith("/retrain") or key.startswith("_"):
             continue
         name, share = key.split("/")
-        for detector in ("probe", "probe+cleanlab", "aum", "dyn-cl", "dyn-cl+cleanlab", "deep", "deep+cleanlab"):
+        for detector in ("probe", "probe+cleanlab", "aum", "dyn-cl", "dyn-cl+cleanlab", "probe&aum", "deep",
+                         "deep+cleanlab"):
+            if detector not in found:
+                continue
             s = found[detector]
             print(f"| {name} ({found['rows']:,} rows, {found['classes']} classes) | {float(share):.0%} | {detector} | "
                   f"{s['flagged']} | {s['precision']:.3f} | {s['recall']:.3f} | {s['f1']:.3f} |")
@@ -185,17 +196,17 @@ def tables(cache: dict) -> None:
     print("|---|---|---|---|---|---|---|")
     for key, found in cache.items():
         if not key.endswith("/retrain") and not key.startswith("_"):
-            print(f"| {key.split('/')[0]} | {float(key.split('/')[1]):.0%} | {found['probe_kappa']:.3f} | "
-                  f"{found['deep_kappa']:.3f} | {found['probe_seconds']:.0f} | {found['train_seconds']:.0f} | "
-                  f"{found['deep_seconds']:.0f} |")
-    print("\n| data | moved | test acc: clean | noisy | noisy less aum flags | less deep flags | less probe flags |")
-    print("|---|---|---|---|---|---|---|")
+            deep = f"{found['deep_kappa']:.3f} | " if "deep_kappa" in found else "- | "
+            print(f"| {key.split('/')[0]} | {float(key.split('/')[1]):.0%} | {found['probe_kappa']:.3f} | {deep}"
+                  f"{found['probe_seconds']:.0f} | {found['train_seconds']:.0f} | {found.get('deep_seconds', 0):.0f} |")
+    print("\n| data | moved | test acc: clean | noisy | noisy, each detector's flags dropped |")
+    print("|---|---|---|---|---|")
     for key, found in cache.items():
         if key.endswith("/retrain"):
             name, share, _ = key.split("/")
             noisy = cache[f"{name}/{share}"]["noisy_test_accuracy"]
-            print(f"| {name} | {float(share):.0%} | {found['clean']:.4f} | {noisy:.4f} | {found['drop-aum']:.4f} | "
-                  f"{found['drop-deep']:.4f} | {found['drop-probe']:.4f} |")
+            dropped = ", ".join(f"{k[5:]} {v:.4f}" for k, v in found.items() if k.startswith("drop-"))
+            print(f"| {name} | {float(share):.0%} | {found['clean']:.4f} | {noisy:.4f} | {dropped} |")
 
 
 def main() -> None:
@@ -204,6 +215,8 @@ def main() -> None:
     parser.add_argument("--noise", default="0.1,0.05,0.2")
     parser.add_argument("--retrain", default="0.1", help="noise levels at which to retrain without the flags")
     parser.add_argument("--rows", type=int, default=2000)
+    parser.add_argument("--deep", default="0.1", help="noise levels at which to run check --deep's folds too")
+    parser.add_argument("--drop", default="probe&aum,aum,probe", help="detectors whose flags --retrain drops")
     parser.add_argument("--cache", default="bench-label-errors.json")
     args = parser.parse_args()
     cache_file = Path(args.cache)
@@ -214,12 +227,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="tunesmith-bench-") as scratch:
         for share in (float(s) for s in args.noise.split(",")):
             for name in args.datasets.split(","):
-                detectors(name, share, args.rows, Path(scratch), cache, encoder_parts)
+                deep = share in [float(s) for s in args.deep.split(",") if s]
+                detectors(name, share, args.rows, Path(scratch), cache, encoder_parts, deep)
                 cache_file.write_text(json.dumps(cache, indent=1))
                 tables({k: v for k, v in cache.items() if not k.endswith("/retrain")})
         for share in (float(s) for s in args.retrain.split(",") if s):
             for name in args.datasets.split(","):
-                retrain(name, share, args.rows, Path(scratch), cache)
+                retrain(name, share, args.rows, Path(scratch), cache, args.drop.split(","))
                 cache_file.write_text(json.dumps(cache, indent=1))
     tables(cache)
 

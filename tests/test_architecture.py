@@ -25,7 +25,7 @@ def test_the_registration_examples_in_the_docs_are_the_code():
 
 # The layers (docs/architecture.md): the core below the applications, imports one way. A
 # unit is a top-level module or package of tunesmith.
-CORE = {"errors", "io", "durations", "databases", "data", "evaluate", "quality", "models", "e5small", "gguf",
+CORE = {"errors", "io", "cards", "durations", "databases", "data", "evaluate", "quality", "models", "e5small", "gguf",
         "runtimes", "forward", "generation", "tasks", "methods", "config", "plan", "runs", "track", "train",
         "inference", "ensemble"}
 APPLICATIONS = {"serve", "ui", "monitor", "assistant", "search", "compress", "commands", "cli", "__main__"}

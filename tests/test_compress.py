@@ -394,3 +394,19 @@ def test_kill_9_in_the_middle_of_a_distillation_then_the_same_command_finishes_i
     assert main(command) == 0  # the same command continues from the last checkpoint and finishes
     assert json.loads((out / "killed" / "metrics.json").read_text())["test"]
     assert sorted(p.name for p in out.iterdir() if not p.name.endswith(".lock")) == ["killed"]
+
+
+def test_every_model_folder_has_a_model_card_the_hub_can_read(teacher, int8):
+    from huggingface_hub import ModelCard
+
+    for run in (teacher, int8):
+        card = ModelCard.load(run.model_dir / "README.md")
+        metrics = json.loads(run.metrics_file.read_text())
+        assert card.data.pipeline_tag == "text-classification" and card.data.library_name == "transformers"
+        assert "tunesmith" in card.data.tags and card.data.language == ["en"]
+        scored = {(r.metric_name, r.metric_value) for r in card.data.eval_results}
+        assert ("test accuracy", round(metrics["test"]["accuracy"], 4)) in scored
+        assert f"| accuracy | {metrics['test']['accuracy']:.4f} |" in card.text
+        assert "AutoModelForSequenceClassification" in card.text
+        train_texts = [json.loads(line)["text"] for line in (run.data_dir / "train.jsonl").read_text().splitlines()]
+        assert not any(text in card.content for text in train_texts)  # labels and counts only, never the data

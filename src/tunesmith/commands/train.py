@@ -21,7 +21,7 @@ from typing import Callable, Optional
 import torch
 from pydantic import BaseModel, Field
 
-from tunesmith import models, plan, quality
+from tunesmith import cards, models, plan, quality
 from tunesmith.commands.flags import positional
 from tunesmith.config import TrainConfig, config_to_yaml_dict, load_config
 from tunesmith.data.augment import augment_examples
@@ -66,10 +66,9 @@ def main(args: TrainArgs) -> None:
 
 
 def _is_data(path: str) -> bool:
-    """Whether a positional argument names data (a table or an image folder), not a YAML config."""
-    from tunesmith.data.sources import TABLE_SUFFIXES
-
-    return Path(path).suffix.lower() in TABLE_SUFFIXES or Path(path).is_dir()
+    """Whether a positional argument names data (a table, a CoNLL file, an image folder, a
+    built-in data set's name), not a config: configs are YAML files."""
+    return Path(path).suffix.lower() not in (".yaml", ".yml")
 
 
 def train(cfg: TrainConfig, log=print, on_evaluate=None, score_test: bool = True) -> Run:
@@ -414,6 +413,7 @@ def _finish(state: Training, result: FitResult) -> None:
     write_text(run.report_file, report.render(f"tunesmith run {run.path.name}", run.config(), metrics,
                                               history, state.splits.labels))
     write_json(run.metrics_file, metrics)
+    cards.write(run)  # model/README.md: reads metrics.json
     if state.tracking is not None:  # settings, test metrics, report and model to the trackers
         state.tracking.finish(run.config(), metrics)
     higher_better = task.metrics_higher_is_better[metric]

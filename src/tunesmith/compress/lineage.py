@@ -115,6 +115,7 @@ def refuse_int8_source(source: Run, verb: str) -> None:
 def finish(run: Run, source: Run, log=print) -> dict:
     """Measure the new run and its source together (compress/costs.py), then write the
     metrics (with the cost table) and the report; metrics.json last, as for every run."""
+    from tunesmith import cards
     from tunesmith.compress import costs
     from tunesmith.evaluate import report
     from tunesmith.io import write_text
@@ -136,5 +137,6 @@ def finish(run: Run, source: Run, log=print) -> dict:
     write_text(run.report_file, report.render(f"tunesmith {facts['kind']} {run.path.name}", run.config(), metrics,
                                               run.history(), run.labels()))
     write_json(run.metrics_file, metrics)  # last: its presence marks the run finished
+    cards.write(run)  # model/README.md, with the compressed model's own scores
     log(metrics["compression"]["table"])
     return metrics

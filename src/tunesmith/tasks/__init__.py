@@ -109,6 +109,7 @@ class TaskDefaults:
     default_epochs = 3.0
     min_default_steps = 100
     servable = True  # `serve` answers its requests
+    pipeline_tag = "text-classification"  # the Hugging Face pipeline its model card names
     answer: str | None = None  # a servable task's kind of answer: classification, entities, ... (serve/schemas.py)
     exportable = False  # `export --format onnx`: its model maps token ids to one row of logits
     quantisable = False  # `quantize`: int8 (ONNX Runtime where exportable, else PyTorch dynamic)

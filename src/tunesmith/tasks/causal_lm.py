@@ -224,6 +224,7 @@ def read_prompts(path: str, encoding: str, text_col: str | None) -> tuple[list[d
 
 class CausalLMTask(TaskDefaults):
     name = "causal-lm"
+    pipeline_tag = "text-generation"
     answer = "generation"
     settings = (ChatSettings, AnswerSettings)
     peft_task_type = "CAUSAL_LM"

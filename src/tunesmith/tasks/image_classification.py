@@ -112,6 +112,7 @@ IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
 class ImageClassification(TaskDefaults):
     name = "image-classification"
+    pipeline_tag = "image-classification"
     # A CNN fine-tuned in full from ImageNet weights, every layer moving, needs more passes than
     # a head on frozen features: three passes left digits and mnist-5k well short of five
     # (docs/benchmarks.md, "Image classification").

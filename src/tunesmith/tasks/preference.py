@@ -155,6 +155,7 @@ def collate_pairs(rows: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
 
 class PreferenceTask(TaskDefaults):
     name = "preference"
+    pipeline_tag = "text-generation"
     answer = "generation"
     settings = (AnswerSettings, DpoSettings)
     peft_task_type = "CAUSAL_LM"

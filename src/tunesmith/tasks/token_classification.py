@@ -34,6 +34,7 @@ from tunesmith.tasks import TaskDefaults, register_task
 
 class TokenClassification(TaskDefaults):
     name = "token-classification"
+    pipeline_tag = "token-classification"
     answer = "entities"
     peft_task_type = "TOKEN_CLS"
     default_model = "minilm"
