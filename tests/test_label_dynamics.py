@@ -94,6 +94,7 @@ def test_train_lists_the_labels_training_fought(tmp_path, tiny_sentence_model):
     facts = json.loads((tmp_path / "runs" / "r" / "metrics.json").read_text())["data_quality"]
     assert facts["training_suspect_labels"]["count"] == len(flagged)
     assert Dynamics.read(quality).logits.shape[1] == len(train_rows)
+    assert "training_suspect_labels.csv" in (tmp_path / "runs" / "r" / "report.html").read_text()
 
 
 def test_check_deep_judges_with_fine_tuned_folds(tmp_path, tiny_sentence_model, capsys):

@@ -260,6 +260,10 @@ def data_quality_section(facts: dict | None) -> str:
     if suspects:
         rows.append(("training labels that look wrong", f"{suspects['count']} of {suspects['of']}"
                      + (f" (dropped: {facts.get('dropped_suspect_labels', 0)})" if facts.get("dropped_suspect_labels") else "")))
+    fought = facts.get("training_suspect_labels")
+    if fought:
+        rows.append(("training labels the model preferred another class for, most of training (negative area "
+                     "under the margin: quality/training_suspect_labels.csv)", f"{fought['count']} of {fought['of']}"))
     near = facts.get("near_duplicates")
     if near:
         removed = facts.get("removed_near_duplicates") or {}
