@@ -81,7 +81,7 @@ def test_train_lists_the_labels_training_fought(tmp_path, tiny_sentence_model):
     data, test, rows = _swapped(tmp_path)
     assert main(["train", "--data", data, "--test-data", test, "--model", tiny_sentence_model, "--method", "full",
                  "--lr", "3e-3", "--epochs", "8", "--max-length", "16", "--output", str(tmp_path / "runs"),
-                 "--name", "r", "--no-quality-checks", "--no-baseline"]) == 0
+                 "--name", "r", "--no-baseline"]) == 0
     quality = tmp_path / "runs" / "r" / "quality"
     with open(quality / "training_suspect_labels.csv", encoding="utf-8") as f:
         flagged = list(csv.DictReader(f))
@@ -93,6 +93,9 @@ def test_train_lists_the_labels_training_fought(tmp_path, tiny_sentence_model):
     assert hits >= 0.6 * present and hits >= 0.6 * len(flagged)
     facts = json.loads((tmp_path / "runs" / "r" / "metrics.json").read_text())["data_quality"]
     assert facts["training_suspect_labels"]["count"] == len(flagged)
+    # The probe ran before training: rows both flag come first, and are counted.
+    agrees = [row["probe_agrees"] == "True" for row in flagged]
+    assert agrees == sorted(agrees, reverse=True) and facts["training_suspect_labels"]["probe_agrees"] == sum(agrees)
     assert Dynamics.read(quality).logits.shape[1] == len(train_rows)
     assert "training_suspect_labels.csv" in (tmp_path / "runs" / "r" / "report.html").read_text()
 

@@ -339,8 +339,13 @@ def _saving(evaluate, dynamics: Dynamics | None, state: Training):
 
 def _training_suspects(state: Training, dynamics: Dynamics) -> None:
     """quality/training_suspect_labels.csv: rows the model preferred another class for over
-    most of the run (negative AUM), with the count in the run's quality facts."""
-    found = quality.training_suspects(dynamics, state.examples["train"], state.splits.labels)
+    most of the run (negative AUM), those the probe flagged too first, with the counts in the
+    run's quality facts."""
+    checked = state.checked
+    probe_rows = None  # the probe's flags index the split as read; after --drop-suspect-labels they are gone
+    if checked is not None and "suspect_labels" in checked.facts and not state.cfg.drop_suspect_labels:
+        probe_rows = {s.row for s in checked.suspects}
+    found = quality.training_suspects(dynamics, state.splits.train, state.splits.labels, probe_rows)
     found.write(state.run.path / "quality")
     facts_file = state.run.path / "quality" / "facts.json"
     facts = json.loads(facts_file.read_text()) if facts_file.is_file() else {}

@@ -99,22 +99,32 @@ def _text_checks(report: QualityReport, splits, show_text: bool) -> None:
 
 # ---- training dynamics --------------------------------------------------------------------
 
-def training_suspects(dynamics, examples, names: list[str]) -> QualityReport:
-    """The rows training dynamics flag (dynamics.py), as a report: a line, the count in the
-    facts, and the list as training_suspect_labels.csv."""
+def training_suspects(dynamics, examples, names: list[str], probe_rows: set[int] | None = None) -> QualityReport:
+    """The rows training dynamics flag (dynamics.py) among `examples` (the training split as
+    read; augmented copies and replayed rows after it are not listed), as a report: a line, the
+    counts in the facts, and training_suspect_labels.csv. `probe_rows`: the rows the
+    frozen-feature probe flagged before training; rows both flag come first in the list, since
+    two judges that share no model agree on few correct labels (docs/benchmarks.md, "Label
+    errors the probe misses")."""
     report = QualityReport()
-    suspects = dynamics.suspects()
+    suspects = [s for s in dynamics.suspects() if s.row < len(examples)]
+    agreed = {s.row for s in suspects} & (probe_rows or set())
+    suspects.sort(key=lambda s: s.row not in agreed)  # stable: most negative margin first within each group
     report.suspects = suspects
-    report.facts["training_suspect_labels"] = {"count": len(suspects), "of": len(dynamics.targets),
-                                               "rule": "area under the margin < 0"}
+    report.facts["training_suspect_labels"] = {"count": len(suspects), "of": len(examples),
+                                               "rule": "area under the margin < 0",
+                                               **({"probe_agrees": len(agreed)} if probe_rows is not None else {})}
     if suspects:
-        report.lines.append(f"train: {len(suspects)} of {len(dynamics.targets)} labels were out-voted by the model "
-                            "for most of training (negative area under the margin): likely label errors, listed in "
+        both = f", {len(agreed)} of them flagged by the probe before training too (listed first)" \
+            if probe_rows is not None else ""
+        report.lines.append(f"train: {len(suspects)} of {len(examples)} labels were out-voted by the model for most "
+                            f"of training (negative area under the margin){both}: likely label errors, listed in "
                             "training_suspect_labels.csv")
     report.tables["training_suspect_labels.csv"] = [
         {"where": _where(examples, s.row), "text": _plain(examples.texts[s.row]), "label": names[s.given],
          "suggested": names[s.suggested], "confidence": round(s.confidence, 4),
-         "label_probability": round(s.given_probability, 4)} for s in suspects]
+         "label_probability": round(s.given_probability, 4),
+         **({"probe_agrees": s.row in agreed} if probe_rows is not None else {})} for s in suspects]
     return report
 
 
