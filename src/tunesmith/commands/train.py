@@ -352,6 +352,12 @@ def _training_suspects(state: Training, dynamics: Dynamics) -> None:
     write_json(facts_file, {**facts, **found.facts, "files": {**facts.get("files", {}), **found.facts["files"]}})
     for line in found.lines:
         state.log(f"data quality: {line}")
+    kappa = (checked.facts.get("suspect_labels") or {}).get("probe_kappa") if checked is not None else None
+    if found.suspects and kappa is not None:
+        better = "suspect_labels.csv (the probe's)" if kappa >= quality.DYNAMICS_BETTER_BELOW_KAPPA else \
+            "training_suspect_labels.csv (the run's)"
+        state.log(f"data quality: with the probe's kappa at {kappa:.2f}, {better} is the better list to review on this "
+                  "data (docs/benchmarks.md, \"Label errors the probe misses\")")
 
 
 def _validation(state: Training):

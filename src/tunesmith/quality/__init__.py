@@ -13,7 +13,8 @@ Which checks apply is the task's declaration (`quality_checks`):
 which `write` puts in CSV files the user can review (and that load back with pandas).
 """
 
-from tunesmith.quality.inspection import NEAR_THRESHOLD, RELIABLE_KAPPA, inspect, leave_out, training_suspects
+from tunesmith.quality.inspection import (DYNAMICS_BETTER_BELOW_KAPPA, NEAR_THRESHOLD, RELIABLE_KAPPA, inspect,
+                                         leave_out, training_suspects)
 from tunesmith.quality.report import QualityReport
 
-__all__ = ["NEAR_THRESHOLD", "RELIABLE_KAPPA", "QualityReport", "inspect", "leave_out", "training_suspects"]
+__all__ = ["DYNAMICS_BETTER_BELOW_KAPPA", "NEAR_THRESHOLD", "RELIABLE_KAPPA", "QualityReport", "inspect", "leave_out", "training_suspects"]

@@ -20,6 +20,11 @@ SHOW = 3  # examples printed per finding
 # accuracy where the probe agreed well with the labels and nothing where it did not
 # (docs/benchmarks.md, "Data quality").
 RELIABLE_KAPPA = 0.7
+# Below this kappa a run's training dynamics judged labels better than the probe did (sentence
+# sentiment, kappa 0.23-0.47: more precise at the same recall), above it worse (banking77, 0.61-0.80:
+# a fine-tuned model fits a few rows per class, mislabelled or not). Drawn from the nine
+# planted-noise runs in docs/benchmarks.md ("Label errors the probe misses").
+DYNAMICS_BETTER_BELOW_KAPPA = 0.55
 TOP_PAIRS = 10  # (given, suggested) label pairs kept in the facts; the CSV has every row
 SNIPPET = 60  # characters of a text shown in `check`'s output (never in a run's log)
 
@@ -204,7 +209,9 @@ def _label_checks(report: QualityReport, splits, judgement: tuple, class_ids: np
     if kappa < RELIABLE_KAPPA:
         report.lines.append(f"train: {who.replace('a ', 'the ', 1)} agrees with {agree:.0%} of the training labels out of fold (kappa "
                             f"{kappa:.2f}): too weak to tell label errors from hard rows; review the list before "
-                            "dropping anything")
+                            "dropping anything"
+                            + ("; a training run's quality/training_suspect_labels.csv judges better on data like "
+                               "this" if kappa < DYNAMICS_BETTER_BELOW_KAPPA and who == "a probe" else ""))
         report.warnings.append(f"{len(suspects)} training labels look wrong to a weak judge (kappa {kappa:.2f}); the list "
                                "is worth a review, but --drop-suspect-labels is not advised on this data")
     else:
