@@ -28,7 +28,8 @@ from tqdm.auto import tqdm
 
 from tunesmith.data.batching import Features, train_batches
 from tunesmith.errors import TrainingDiverged, UserError
-from tunesmith.io import lines, write_text
+from tunesmith.io import write_text
+from tunesmith.runs import history_rows
 from tunesmith import track
 from tunesmith.train import checkpoint
 from tunesmith.train.distributed import local_share
@@ -340,14 +341,5 @@ def _truncate_history(path: Path, step: int) -> None:
     """On resume, drop history logged after the checkpoint: those steps run again."""
     if not path.exists():
         return
-    keep = []
-    for line in lines(path.read_text(encoding="utf-8")):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            break
-        if row["step"] <= step:
-            keep.append(line)
-    write_text(path, "".join(line + "\n" for line in keep))
+    kept = [row for row in history_rows(path.read_text(encoding="utf-8")) if row["step"] <= step]
+    write_text(path, "".join(json.dumps(row) + "\n" for row in kept))
