@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import sys
 import tempfile
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +20,7 @@ import numpy as np
 from tunesmith.config import build_config
 from tunesmith.data.labeled import write_split
 from tunesmith.inference import Predictor
+from tunesmith.quality.labels import fold_rows
 from tunesmith.train import budget
 
 FOLDS = 3  # each row's judge trains on two thirds of the data: less, and the judges are weaker
@@ -30,22 +30,13 @@ def out_of_fold_probs(cfg, splits, class_ids: np.ndarray, log=print) -> tuple[np
     """(probabilities rows x classes, judged mask) for the training split, each row scored by
     a run fine-tuned on the folds that do not hold it. Unjudged rows (a class with one row)
     get NaN."""
-    from sklearn.model_selection import StratifiedKFold
-
     from tunesmith.commands.train import train
 
-    counts = np.bincount(class_ids, minlength=len(splits.labels))
-    judged = counts[class_ids] >= 2
-    rows = np.flatnonzero(judged)
     probs = np.full((len(class_ids), len(splits.labels)), np.nan)
-    k = int(max(2, min(FOLDS, counts[counts >= 2].min())))
-    with warnings.catch_warnings():  # a class rarer than k: sklearn warns, the split is still valid
-        warnings.simplefilter("ignore", UserWarning)
-        folds = list(StratifiedKFold(k, shuffle=True, random_state=cfg.seed).split(rows, class_ids[rows]))
+    judged, folds = fold_rows(class_ids, len(splits.labels), FOLDS, cfg.seed)
     with tempfile.TemporaryDirectory(prefix="tunesmith-deep-") as scratch:
-        for number, (fit_part, held_part) in enumerate(folds, 1):
-            fit_rows, held_rows = rows[fit_part], rows[held_part]
-            log(f"check --deep: fold {number} of {k}: fine-tuning on {len(fit_rows):,} rows, scoring {len(held_rows):,}")
+        for number, (fit_rows, held_rows) in enumerate(folds, 1):
+            log(f"check --deep: fold {number} of {len(folds)}: fine-tuning on {len(fit_rows):,} rows, scoring {len(held_rows):,}")
             with contextlib.redirect_stdout(sys.stderr):  # the runs' progress lines: stdout may be --json's
                 run = train(_fold_config(cfg, splits, fit_rows, held_rows, Path(scratch), number), log=lambda _: None)
             probs[held_rows] = _scored(run, splits, held_rows)

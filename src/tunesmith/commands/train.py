@@ -301,8 +301,7 @@ def _fine_tune(state: Training) -> FitResult:
             recording.remove()
     if not state.main:
         return result
-    if dynamics is not None:
-        dynamics.save(state.run.path / "quality")
+    if dynamics is not None:  # (saved complete already: the last step is always evaluated)
         _training_suspects(state, dynamics)
     if result.state.best_step == 0 and not cfg.average_last:
         state.log(f"note: no step beat the starting model (the untuned probe) on validation {metric}, so the run "

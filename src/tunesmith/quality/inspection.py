@@ -126,10 +126,8 @@ def training_suspects(dynamics, examples, names: list[str], probe_rows: set[int]
                             f"of training (negative area under the margin){both}: likely label errors, listed in "
                             "training_suspect_labels.csv")
     report.tables["training_suspect_labels.csv"] = [
-        {"where": _where(examples, s.row), "text": _plain(examples.texts[s.row]), "label": names[s.given],
-         "suggested": names[s.suggested], "confidence": round(s.confidence, 4),
-         "label_probability": round(s.given_probability, 4),
-         **({"probe_agrees": s.row in agreed} if probe_rows is not None else {})} for s in suspects]
+        {**_suspect_row(examples, s, names), **({"probe_agrees": s.row in agreed} if probe_rows is not None else {})}
+        for s in suspects]
     return report
 
 
@@ -217,10 +215,7 @@ def _label_checks(report: QualityReport, splits, judgement: tuple, class_ids: np
     else:
         report.warnings.append(f"{len(suspects)} training labels look wrong ({100 * len(suspects) / len(class_ids):.1f}%); "
                                "review them, or --drop-suspect-labels leaves them out")
-    report.tables["suspect_labels.csv"] = [
-        {"where": _where(splits.train, s.row), "text": _plain(splits.train.texts[s.row]), "label": names[s.given],
-         "suggested": names[s.suggested], "confidence": round(s.confidence, 4),
-         "label_probability": round(s.given_probability, 4)} for s in suspects]
+    report.tables["suspect_labels.csv"] = [_suspect_row(splits.train, s, names) for s in suspects]
 
 
 def _outlier_checks(report: QualityReport, splits, x: dict, class_ids: np.ndarray, show_text: bool) -> None:
@@ -298,6 +293,13 @@ def _snippet(value) -> str:
 def _examples(part, rows: list[int], show_text: bool) -> str:
     shown = ", ".join(_where(part, i) + (f" {_snippet(part.texts[i])!r}" if show_text else "") for i in rows[:SHOW])
     return shown + (", ..." if len(rows) > SHOW else "")
+
+
+def _suspect_row(part, suspect, names: list[str]) -> dict:
+    """A likely label error as the suspect lists write it."""
+    return {"where": _where(part, suspect.row), "text": _plain(part.texts[suspect.row]), "label": names[suspect.given],
+            "suggested": names[suspect.suggested], "confidence": round(suspect.confidence, 4),
+            "label_probability": round(suspect.given_probability, 4)}
 
 
 def _row(split: str, part, i: int, reason: str) -> dict:

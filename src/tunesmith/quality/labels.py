@@ -31,25 +31,34 @@ class Suspect:
     given_probability: float  # ... and of the given one
 
 
-def out_of_fold_probs(x: np.ndarray, y: np.ndarray, n_classes: int, folds: int = FOLDS,
-                      seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(probabilities n x n_classes, judged mask). A row is judged when its class has at least
-    two rows (a fold must hold it out while another keeps it); unjudged rows get NaN."""
+def fold_rows(y: np.ndarray, n_classes: int, k: int = FOLDS, seed: int = 0) -> tuple[np.ndarray, list]:
+    """(judged mask, [(fitting rows, held-out rows), ...]): stratified k-fold over the rows
+    that can be judged, those whose class has at least two rows (a fold must hold a row out
+    while another keeps its class). Nothing is judged when fewer than two classes can be."""
     from sklearn.model_selection import StratifiedKFold
 
     y = np.asarray(y)
     counts = np.bincount(y, minlength=n_classes)
     judged = counts[y] >= 2
-    probs = np.full((len(y), n_classes), np.nan)
     rows = np.flatnonzero(judged)
     if len(np.unique(y[rows])) < 2:
-        return probs, np.zeros(len(y), dtype=bool)
-    k = int(max(2, min(folds, counts[counts >= 2].min())))
+        return np.zeros(len(y), dtype=bool), []
+    k = int(max(2, min(k, counts[counts >= 2].min())))
     with warnings.catch_warnings():  # a class rarer than k: sklearn warns, the split is still valid
         warnings.simplefilter("ignore", UserWarning)
-        for fit_part, held_out in StratifiedKFold(k, shuffle=True, random_state=seed).split(rows, y[rows]):
-            fit_rows, held_rows = rows[fit_part], rows[held_out]
-            probs[held_rows] = _probe_probs(x[fit_rows], y[fit_rows], x[held_rows], n_classes)
+        split = StratifiedKFold(k, shuffle=True, random_state=seed).split(rows, y[rows])
+        return judged, [(rows[fit_part], rows[held_out]) for fit_part, held_out in split]
+
+
+def out_of_fold_probs(x: np.ndarray, y: np.ndarray, n_classes: int, folds: int = FOLDS,
+                      seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(probabilities n x n_classes, judged mask): each judged row scored by a probe fitted on
+    the folds that do not hold it (`fold_rows`); unjudged rows get NaN."""
+    y = np.asarray(y)
+    probs = np.full((len(y), n_classes), np.nan)
+    judged, parts = fold_rows(y, n_classes, folds, seed)
+    for fit_rows, held_rows in parts:
+        probs[held_rows] = _probe_probs(x[fit_rows], y[fit_rows], x[held_rows], n_classes)
     return probs, judged
 
 
