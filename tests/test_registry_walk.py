@@ -20,6 +20,7 @@ from conftest import CUES, make_qa_rows, make_rows, write_csv
 from test_causal_lm import preference_rows, write_jsonl
 from test_image_classification import make_folder, tiny_vit  # noqa: F401  (a fixture)
 from test_pair_regression_multilabel import SCORE, _sentence, _write
+from test_relation_extraction import duie_rows, tiny_re_model  # noqa: F401  (a fixture)
 from test_token_classification import make_sentences, tiny_ner_model, write_conll  # noqa: F401  (a fixture)
 from tunesmith.cli import main
 from tunesmith.methods import METHODS
@@ -46,6 +47,8 @@ REFUSED = {
     **{(task, method): "one label or score per text" for task in ("token-classification", "causal-lm", "preference",
                                                                   "image-classification")
        for method in ("prefix", "prompt", "ptuning")},
+    # The relation head reads the entity markers' states in input_ids; prompt methods feed embeddings.
+    **{("relation-extraction", method): "entity markers" for method in ("prefix", "prompt", "ptuning")},
 }
 
 
@@ -66,6 +69,10 @@ def _data(task: str, folder) -> tuple[str, list]:
         rows = [{"text": " ".join(w for c in present for w in rng.sample(CUES[c], 1)), "labels": "|".join(present)}
                 for present in (rng.sample(list(CUES), rng.choice([1, 2])) for _ in range(40))]
         return _write(folder / "m.csv", rows, ["text", "labels"]), ["good sad", "okay"]
+    if task == "relation-extraction":
+        return (write_jsonl(folder / "rel.jsonl", duie_rows(40)),
+                [{"text": "ada wrote notes .", "head": "ada", "tail": "notes"},
+                 {"text": "bob was born in rome .", "head": {"start": 0, "end": 3, "type": "person"}, "tail": "rome"}])
     if task == "token-classification":
         return write_conll(folder / "ner.txt", make_sentences(40)), ["john smith visited paris .", "globex said"]
     if task == "image-classification":
@@ -90,7 +97,8 @@ def models(request, tiny_model, tiny_causal_lm):
     """The tiny model each task trains: a BERT, a Llama, a ViT (so adapters apply)."""
     return {"causal-lm": tiny_causal_lm, "preference": tiny_causal_lm,
             "image-classification": request.getfixturevalue("tiny_vit"),
-            "token-classification": request.getfixturevalue("tiny_ner_model")}
+            "token-classification": request.getfixturevalue("tiny_ner_model"),
+            "relation-extraction": request.getfixturevalue("tiny_re_model")}
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))

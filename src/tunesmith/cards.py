@@ -94,7 +94,8 @@ def _summary(run, cfg, task, metrics: dict, counts: dict, language: str | None) 
         if isinstance(value, (int, float)) and key != "count":
             base = baseline.get(key)
             lines.append(f"| {key} | {value:.4f} | {f'{base:.4f}' if isinstance(base, (int, float)) else '-'} |")
-    lines += ["", f"The baseline is {task.baseline_name}.", "", "## Use", "", *_how_to_load(run, task), "",
+    lines += ["", f"The baseline is {task.baseline_name}.", "", "## Use", "", *_how_to_load(run, task),
+              *(["", *task.card_usage()] if task.card_usage() else []), "",
               "## Limits", "", _length_limit(cfg, task)]
     if language:
         lines.append(f"- language: `{language}`, read from the script most training texts are written in")
@@ -116,6 +117,8 @@ def _how_to_load(run, task) -> list[str]:
             "token-classification": "AutoModelForTokenClassification",
             "text-generation": "AutoModelForCausalLM",
             "image-classification": "AutoModelForImageClassification"}[task.pipeline_tag]
+    if _model_config(run).get("tunesmith_pooling"):  # tunesmith's own head on a plain body (tasks/mean_pool.py)
+        auto = "AutoModel"
     return ["```python", f"from transformers import AutoTokenizer, {auto}", "",
             'tokenizer = AutoTokenizer.from_pretrained("path/to/model")',
             f'model = {auto}.from_pretrained("path/to/model")', "```"]

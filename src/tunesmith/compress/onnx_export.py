@@ -112,8 +112,8 @@ class _LogitsOnly(torch.nn.Module):
 def _sample_batch(predictor, cfg) -> dict:
     texts = SAMPLE_TEXTS
     pairs = bool(cfg.text_pair_col)
-    # As the server reads a request: a text, a pair, or (NER) the words of a text.
-    inputs = [predictor.task.serve_input({"text": t, "text_pair": t[::-1]} if pairs else t, pairs) for t in texts]
+    # As the server reads a request: a text, a pair, a relation, or (NER) the words of a text.
+    inputs = [predictor.task.serve_input(predictor.task.sample_input(t, pairs), pairs) for t in texts]
     features = predictor.task.encode(predictor.tokenizer, inputs, None, predictor.labels, predictor.max_length,
                                      use_cache=False)
     batch = features.batch(list(range(len(texts))))

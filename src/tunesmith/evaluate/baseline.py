@@ -24,14 +24,23 @@ def masked_mean(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Ten
     return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
 
 
-def embed(encoder, token_ids: list[list[int]], pad_id: int, batch_size: int = 64) -> np.ndarray:
+def mean_pool(hidden: torch.Tensor, batch: dict) -> torch.Tensor:
+    return masked_mean(hidden, batch["attention_mask"])
+
+
+def embed(encoder, token_ids: list[list[int]], pad_id: int, batch_size: int = 64, pool=mean_pool) -> np.ndarray:
+    """One feature row per text: `pool(last hidden states, batch)`, the masked mean unless a
+    head reads other positions (relation extraction's entity markers)."""
     encoder.eval()
-    out = np.zeros((len(token_ids), encoder.config.hidden_size), dtype=np.float32)
+    out = None
     with torch.inference_mode():
         for indices in inference_batches([len(t) for t in token_ids], batch_size):
             batch = collate([token_ids[i] for i in indices], pad_id)
-            out[indices] = masked_mean(encoder(**batch).last_hidden_state, batch["attention_mask"]).numpy()
-    return out
+            features = pool(encoder(**batch).last_hidden_state, batch).numpy()
+            if out is None:
+                out = np.zeros((len(token_ids), features.shape[1]), dtype=np.float32)
+            out[indices] = features
+    return out if out is not None else np.zeros((0, encoder.config.hidden_size), dtype=np.float32)
 
 
 _LAST: dict = {}  # the last features and fits: the baseline's are reused by a head that starts from them
@@ -58,30 +67,30 @@ def fit_scaler(raw: np.ndarray):
     return scaler
 
 
-def probe_features(encoder, train_ids, pad_id, seed: int = 0):
+def probe_features(encoder, train_ids, pad_id, seed: int = 0, pool=mean_pool):
     """(scaler, standardised mean-pooled features, row indices, key) of at most
     MAX_FIT_EXAMPLES training texts (a seeded sample when there are more); `key` names these
     weights and rows, for memoising what is fitted on them."""
     with torch.no_grad():
         weights = sum(float(p.double().sum()) for p in encoder.parameters())
-    key = (weights, pad_id, seed, tuple(map(tuple, train_ids)))
+    key = (weights, pad_id, seed, repr(pool), tuple(map(tuple, train_ids)))
 
     def compute():
         rows = np.arange(len(train_ids))
         if len(train_ids) > MAX_FIT_EXAMPLES:
             rows = np.sort(np.random.default_rng(seed).choice(len(train_ids), MAX_FIT_EXAMPLES, replace=False))
-        raw = embed(encoder, [train_ids[i] for i in rows], pad_id)
+        raw = embed(encoder, [train_ids[i] for i in rows], pad_id, pool=pool)
         scaler = fit_scaler(raw)
         return scaler, scaler.transform(raw), rows, key
 
     return _memo("features", key, compute)
 
 
-def fit_probe(encoder, train_ids, train_y, pad_id, seed: int = 0):
-    """A logistic regression on the standardised mean-pooled features: (scaler, probe)."""
+def fit_probe(encoder, train_ids, train_y, pad_id, seed: int = 0, pool=mean_pool):
+    """A logistic regression on the standardised pooled features: (scaler, probe)."""
     from sklearn.linear_model import LogisticRegression
 
-    scaler, x, rows, key = probe_features(encoder, train_ids, pad_id, seed)
+    scaler, x, rows, key = probe_features(encoder, train_ids, pad_id, seed, pool)
     y = [train_y[i] for i in rows]
 
     def compute():
@@ -128,9 +137,10 @@ def fit_multilabel_probe(encoder, train_ids, train_y: np.ndarray, pad_id, seed: 
     return (scaler, *_memo("label probes", (key, y.shape, y.tobytes()), compute))
 
 
-def linear_probe(encoder, train_ids, train_y, test_ids, test_y, labels, pad_id, metrics_fn, seed: int = 0) -> dict:
-    scaler, probe = fit_probe(encoder, train_ids, train_y, pad_id, seed)
-    x_test = scaler.transform(embed(encoder, test_ids, pad_id))
+def linear_probe(encoder, train_ids, train_y, test_ids, test_y, labels, pad_id, metrics_fn, seed: int = 0,
+                 pool=mean_pool) -> dict:
+    scaler, probe = fit_probe(encoder, train_ids, train_y, pad_id, seed, pool)
+    x_test = scaler.transform(embed(encoder, test_ids, pad_id, pool=pool))
     # Classes the probe never saw (possible only on tiny data) get probability zero.
     probs = np.zeros((len(test_ids), len(labels)))
     probs[:, probe.classes_] = probe.predict_proba(x_test)

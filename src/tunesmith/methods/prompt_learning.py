@@ -46,6 +46,9 @@ class PromptLearning(MethodDefaults):
         if task.peft_task_type != "SEQ_CLS":
             raise UserError(f"--method {self.name}: works on one label or score per text (text-classification, "
                             f"text-pair, regression, multi-label), not {cfg.task}; use lora")
+        if task.head_needs_input_ids:
+            raise UserError(f"--method {self.name}: {cfg.task}'s head reads the entity markers' token states, which "
+                            "learned prompt tokens in front of the input would displace; use lora")
 
     def peft_config(self, cfg):
         from peft import PrefixTuningConfig, PromptEncoderConfig, PromptTuningConfig, TaskType

@@ -110,8 +110,7 @@ def _lifespan(state: Served):
         if state.engine is not None:
             state.engine.start()
         # The first call pays one-off costs; do it before ready.
-        await state.batcher.submit([state.task.serve_input(_warm_up_input(state.pairs, state.task.serves_images),
-                                                           state.pairs)])
+        await state.batcher.submit([state.task.serve_input(_warm_up_input(state.task, state.pairs), state.pairs)])
         app.state.ready = True
         state.log.event("ready", run=state.run_info.get("run"), auth=bool(state.keys), workers=state.settings.workers)
         yield
@@ -160,8 +159,8 @@ def _error(request: Request, status: int, message: str, field=None, headers=None
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-def _warm_up_input(pairs: bool, images: bool):
-    if images:
+def _warm_up_input(task, pairs: bool):
+    if task.serves_images:
         import base64
         import io
 
@@ -170,4 +169,4 @@ def _warm_up_input(pairs: bool, images: bool):
         buffer = io.BytesIO()
         Image.new("RGB", (8, 8)).save(buffer, format="PNG")
         return base64.b64encode(buffer.getvalue()).decode()
-    return {"text": "warm-up", "text_pair": "warm-up"} if pairs else "warm-up"
+    return task.sample_input("warm-up", pairs)

@@ -8,12 +8,13 @@ import logging
 from fastapi import Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel
 
 from tunesmith.serve import answers
 from tunesmith.serve.batcher import Busy
 from tunesmith.serve.dependencies import ApiError, Served
 from tunesmith.serve.engine import TimedOut
-from tunesmith.serve.schemas import GENERATION_PARAMETERS, PredictParameters, PredictRequest, TextPair
+from tunesmith.serve.schemas import GENERATION_PARAMETERS, PredictParameters, PredictRequest
 from tunesmith.serve.security import mask_pii
 
 
@@ -27,9 +28,9 @@ def model_inputs(state: Served, body: PredictRequest) -> tuple[list, list]:
         raise ApiError(422, f"inputs: {len(values)} texts, the limit is {settings.max_inputs} per request", "inputs")
     raw, inputs = [], []
     for i, value in enumerate(values):
-        value = value.model_dump() if isinstance(value, TextPair) else value
+        value = value.model_dump(exclude_none=True) if isinstance(value, BaseModel) else value
         max_chars = None if task.serves_images else settings.max_text_chars  # images: the body limit applies
-        for text in (value.values() if isinstance(value, dict) else [value]):
+        for text in texts_of(value):
             check_text(text, f"inputs[{i}]", max_chars)
         try:
             limits = {"max_pixels": settings.max_image_pixels} if task.serves_images else {}
@@ -38,6 +39,15 @@ def model_inputs(state: Served, body: PredictRequest) -> tuple[list, list]:
             raise ApiError(422, f"inputs[{i}]: {exc}", f"inputs[{i}]") from None
         raw.append(value)
     return raw, inputs
+
+
+def texts_of(value) -> list[str]:
+    """Every string an input holds: a text, a pair's two, a relation's text and entity names."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [text for inner in value.values() for text in texts_of(inner)]
+    return []
 
 
 def check_text(text: str, field: str, max_chars: int | None) -> None:
@@ -65,7 +75,7 @@ def unreadable(text: str) -> str | None:
 async def predict(state: Served, request: Request, body: PredictRequest, client: str):
     raw, inputs = model_inputs(state, body)
     if state.settings.log_text and not state.task.serves_images:  # an image is no text to log
-        texts = [t for v in raw for t in (v.values() if isinstance(v, dict) else [v])]
+        texts = [t for v in raw for t in texts_of(v)]
         masked = await run_in_threadpool(lambda: [mask_pii(t) for t in texts])  # regexes off the event loop
         state.log.event("predict_text", client=client, texts=masked)
     if state.task.generative:

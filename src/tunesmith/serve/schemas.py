@@ -43,10 +43,28 @@ class TextPair(BaseModel):
     text_pair: str
 
 
+class EntitySpan(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    start: int = Field(ge=0, description="First character of the entity in `text`.")
+    end: int = Field(gt=0, description="One past its last character.")
+    type: Optional[str] = Field(None, max_length=64, description="Its type (person, book, ...), as in training.")
+
+
+class RelationInput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    text: str
+    head: Union[str, EntitySpan] = Field(description="The head entity: its text (first occurrence) or its span.")
+    tail: Union[str, EntitySpan] = Field(description="The tail entity: its text (first occurrence) or its span.")
+
+
+Input = Union[str, TextPair, RelationInput]
+
+
 class PredictRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    inputs: Union[str, TextPair, list[Union[str, TextPair]]] = Field(
-        description="One input or a list: texts, or {text, text_pair} objects for pair runs (see GET /v1/model 'input').")
+    inputs: Union[Input, list[Input]] = Field(
+        description="One input or a list: texts, {text, text_pair} objects for pair runs, {text, head, tail} for "
+                    "relation-extraction runs (see GET /v1/model 'input').")
     parameters: PredictParameters = Field(default_factory=PredictParameters)
 
 

@@ -24,11 +24,12 @@ def run_info(run: Run, backend: str = "auto") -> dict:
     """What /v1/model answers: the run's task, labels, model, backend (resolved from `backend`:
     a quantised run's own under auto), compression steps and test metrics."""
     from tunesmith.inference import resolve_backend
+    from tunesmith.tasks import TASKS
 
     cfg = run.settings()
     info = {"run": run.path.name, "created": int(run.path.stat().st_mtime), "task": cfg.task, "labels": run.labels(),
             "base_model": cfg.resolved_model(), "method": cfg.method, "max_length": cfg.resolved_max_length(),
-            "input": "text_pair" if cfg.text_pair_col else "text",
+            "input": "text_pair" if cfg.text_pair_col else TASKS[cfg.task].input_kind,
             "backend": resolve_backend(run, backend),
             "compression": [step["kind"] for step in (run.compression() or {}).get("lineage", [])]}
     if run.metrics_file.is_file():

@@ -116,7 +116,9 @@ class TaskDefaults:
     ensemble: tuple[str, ...] = ()  # how `ensemble` may combine its runs: "mean" of outputs, "vote"
     generative = False  # answers are generated text: `answer_metrics`, `generate`, generation parameters
     serves_images = False  # served inputs are images (base64 or multipart), not texts
+    input_kind = "text"  # what one served input is, as GET /v1/model says ("relation": a text and two entities)
     mean_pooling = False  # its head can read the body's mean-pooled states (tasks/mean_pool.py)
+    head_needs_input_ids = False  # its head reads states at given tokens (no prompt methods: they feed embeddings)
     class_probabilities = False  # predict gives one probability row over the labels per input (one label each)
     # Data-quality checks `check` and `train` run for it (quality/__init__.py): "label-errors",
     # "near-duplicates", "outliers", "text", "images".
@@ -138,6 +140,14 @@ class TaskDefaults:
         """Settings of this task that the data decides (plan.resolve asks once): {key: (value,
         the reason)}; none by default."""
         return {}
+
+    def sample_input(self, text: str, pairs: bool):
+        """A served input made from `text` (the server's warm-up, the ONNX export's check)."""
+        return {"text": text, "text_pair": text[::-1]} if pairs else text
+
+    def card_usage(self) -> list[str]:
+        """Lines the model card adds under "Use": what the model's inputs must look like."""
+        return []
 
     def answer_metrics(self, model, processor, inputs: list) -> dict:
         raise NotImplementedError(f"{self.name} generates no answers (generative is False)")
@@ -183,5 +193,6 @@ def register_task(task: "Task") -> "Task":
 
 
 from tunesmith.tasks import (  # noqa: E402,F401,I001  (each registers itself)
-    causal_lm, image_classification, multi_label, preference, regression, text_classification, token_classification,
+    causal_lm, image_classification, multi_label, preference, regression, relation_extraction, text_classification,
+    token_classification,
 )

@@ -85,9 +85,15 @@ class MeanPoolClassifier(torch.nn.Module):
     def gradient_checkpointing_enable(self, **kwargs) -> None:
         self.body.gradient_checkpointing_enable(**kwargs)
 
+    pooling = "mean"  # what config.json's MARK says this head reads
+
+    def saved_settings(self) -> dict:
+        """What config.json keeps beside the labels so that `from_folder` rebuilds this head."""
+        return {MARK: self.pooling}
+
     def save_pretrained(self, folder: str, **_) -> None:
         self.body.config.update({key: getattr(self.config, key) for key in ("id2label", "label2id", "problem_type")})
-        self.body.config.update({MARK: "mean"})
+        self.body.config.update(self.saved_settings())
         self.body.save_pretrained(folder)
         save_file({name: tensor.detach().contiguous() for name, tensor in self.head_state().items()},
                   str(Path(folder) / HEAD_FILE))
