@@ -296,3 +296,23 @@ def _write(path, rows) -> str:
 def _write_json(path, rows) -> str:
     path.write_text(json.dumps(rows), encoding="utf-8")
     return str(path)
+
+
+def test_check_warns_when_some_pairs_are_typed_and_others_are_not(tmp_path):
+    from tunesmith.config import TrainConfig
+
+    rows = flat_rows(60)
+    for row in rows[:20]:
+        row["head_type"], row["tail_type"] = "person", "thing"
+    splits = RE.load_data(TrainConfig(task="relation-extraction", data=_write(tmp_path / "d.jsonl", rows)))
+    report = RE.check(splits, None, 32)
+    assert 0 < report.facts["typed_pairs"] < len(splits.train)
+    assert any("have no entity types" in w and "d.jsonl line" in w for w in report.warnings), report.warnings
+
+
+def test_compare_scores_relation_runs_by_their_micro_f1(tiny_re_model, tmp_path, capsys):
+    data = _write(tmp_path / "d.jsonl", duie_rows(80))
+    assert main(["compare", data, "--task", "relation-extraction", "--methods", "lora,full", "--model", tiny_re_model,
+                 "--max-steps", "3", "--max-length", "32", "--output-folder", str(tmp_path / "cmp")]) == 0
+    table = (tmp_path / "cmp" / "compare.md").read_text(encoding="utf-8")
+    assert "test micro_f1" in table and "| lora |" in table and "| full |" in table

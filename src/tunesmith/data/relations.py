@@ -63,6 +63,15 @@ class Sentence:
     text: str
     pairs: list[Pair] = field(default_factory=list)
 
+    def add(self, pairs: list[Pair]) -> None:
+        """Add pairs not already here: a pair given twice (a repeated row) counts once, with
+        the relation it was first given."""
+        seen = {(p.head, p.tail) for p in self.pairs}
+        for pair in pairs:
+            if (pair.head, pair.tail) not in seen:
+                seen.add((pair.head, pair.tail))
+                self.pairs.append(pair)
+
 
 def negative(label: str) -> bool:
     return label.strip().lower() in NEGATIVE_LABELS
@@ -83,6 +92,11 @@ def mark(text: str, head: Entity, tail: Entity) -> str:
         last = position
     pieces.append(_escaped(text[last:]))
     return " ".join("".join(pieces).split())
+
+
+def typed(marked: str) -> bool:
+    """Whether a marked text gives its head's type (`@ * type *`)."""
+    return marked.startswith("@ * ") or " @ * " in marked
 
 
 def _escaped(text: str) -> str:
@@ -160,7 +174,7 @@ def _from_rows(path: Path, numbered_rows, need_labels: bool, row_word: str = "li
             text, pairs = _duie(row, where, need_labels)
         else:
             text, pairs = _flat(row, where, need_labels)
-        by_text.setdefault(text, Sentence(text)).pairs.extend(pairs)
+        by_text.setdefault(text, Sentence(text)).add(pairs)
     return list(by_text.values())
 
 

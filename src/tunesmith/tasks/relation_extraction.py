@@ -155,6 +155,18 @@ class RelationExtraction(SequenceTask):
         notes.append(f"{len(sampled[0])} training pairs, {negatives} of them without a relation")
         return Splits(*sampled, labels, "text", "relation", notes)
 
+    def check(self, splits: Splits, tokenizer, max_length: int):
+        """Text classification's checks on the marked texts, and whether entity types are given
+        for all pairs or none: the model reads typed and untyped markers differently."""
+        report = super().check(splits, tokenizer, max_length)
+        typed = [relations.typed(text) for text in splits.train.texts]
+        report.facts["typed_pairs"] = sum(typed)
+        if 0 < sum(typed) < len(typed):
+            untyped = [where for where, has in zip(splits.train.where, typed) if not has]
+            report.warnings.append(f"{len(untyped)} of {len(typed)} training pairs have no entity types "
+                                   f"({', '.join(untyped[:3])}); give types for every pair or for none")
+        return report
+
     def read_labeled(self, source, cfg, labels, text_col=None, label_col=None, encoding="utf-8") -> Examples:
         parts = relations.read_source(source, encoding)
         examples = pair_examples(parts.get("test", parts.get("all")), source)
@@ -225,7 +237,7 @@ def _carve_sentences(train, val, test, cfg, notes: list[str]):
     merged first), stratified by each sentence's first relation."""
     merged: dict[str, relations.Sentence] = {}
     for sentence in train:
-        merged.setdefault(sentence.text, relations.Sentence(sentence.text)).pairs.extend(sentence.pairs)
+        merged.setdefault(sentence.text, relations.Sentence(sentence.text)).add(sentence.pairs)
     if len(merged) < len(train):
         notes.append(f"merged {len(train) - len(merged)} repeated sentences before splitting")
     sentences = list(merged.values())
