@@ -21,6 +21,7 @@ from test_causal_lm import preference_rows, write_jsonl
 from test_image_classification import make_folder, tiny_vit  # noqa: F401  (a fixture)
 from test_pair_regression_multilabel import SCORE, _sentence, _write
 from test_relation_extraction import duie_rows, tiny_re_model  # noqa: F401  (a fixture)
+from test_sentence_embedding import pair_rows
 from test_token_classification import make_sentences, tiny_ner_model, write_conll  # noqa: F401  (a fixture)
 from tunesmith.cli import main
 from tunesmith.methods import METHODS
@@ -49,6 +50,9 @@ REFUSED = {
        for method in ("prefix", "prompt", "ptuning")},
     # The relation head reads the entity markers' states in input_ids; prompt methods feed embeddings.
     **{("relation-extraction", method): "entity markers" for method in ("prefix", "prompt", "ptuning")},
+    # The ranking loss tunes the body itself: full or LoRA.
+    **{("sentence-embedding", method): "trains with full or lora"
+       for method in ("adalora", "adapter", "bitfit", "freeze", "ia3", "prefix", "prompt", "ptuning")},
 }
 
 
@@ -69,6 +73,8 @@ def _data(task: str, folder) -> tuple[str, list]:
         rows = [{"text": " ".join(w for c in present for w in rng.sample(CUES[c], 1)), "labels": "|".join(present)}
                 for present in (rng.sample(list(CUES), rng.choice([1, 2])) for _ in range(40))]
         return _write(folder / "m.csv", rows, ["text", "labels"]), ["good sad", "okay"]
+    if task == "sentence-embedding":
+        return write_jsonl(folder / "pairs.jsonl", pair_rows(60)), ["good film", "bad plot"]
     if task == "relation-extraction":
         return (write_jsonl(folder / "rel.jsonl", duie_rows(40)),
                 [{"text": "ada wrote notes .", "head": "ada", "tail": "notes"},

@@ -270,6 +270,8 @@ class TrainConfig(
         method = METHODS[self.method]
         if method.tasks is not None and self.task not in method.tasks:
             raise ValueError(f"method {self.method} is for {' and '.join(method.tasks)}, not {self.task}")
+        if TASKS[self.task].methods is not None and self.method not in TASKS[self.task].methods:
+            raise ValueError(f"{self.task} trains with {' or '.join(TASKS[self.task].methods)}, not {self.method}")
         if method.training_loss is not None and (self.label_smoothing or self.class_weights != "none"
                                                  or self.focal_gamma or self.adversarial != "none"):
             raise ValueError(f"method {self.method} trains with its own loss; label_smoothing, class_weights, "

@@ -20,6 +20,7 @@ from tunesmith.commands.flags import positional, training_field
 from tunesmith.errors import UserError
 from tunesmith.inference import Predictor
 from tunesmith.runs import open_finished
+from tunesmith.tasks import TASKS
 
 class PredictArgs(BaseModel):
     """`tunesmith predict RUN INPUT -o OUTPUT`."""
@@ -27,7 +28,7 @@ class PredictArgs(BaseModel):
     run: str = Field(description="run folder", json_schema_extra=positional())
     input: str = Field(description="CSV/TSV/JSONL/Parquet/TXT file of texts (pairs: two text columns; NER: also "
                        "CoNLL)", json_schema_extra=positional())
-    output: str = Field(description="output file (.csv, .tsv or .jsonl)", json_schema_extra={"flags": ["-o", "--output"]})
+    output: str = Field(description="output file (.csv, .tsv or .jsonl; .npy for sentence-embedding vectors)", json_schema_extra={"flags": ["-o", "--output"]})
     text_col: Optional[str] = training_field("text_col")
     encoding: str = training_field("encoding")
     batch_size: int = Field(32, gt=0, description="texts per inference batch")
@@ -44,9 +45,10 @@ def predict(args: PredictArgs, out=print) -> Path:
     run_path, output, rank = args.run, args.output, args.rank
     run = open_finished(run_path)
     output_path = Path(output)
-    if output_path.suffix.lower() not in (".csv", ".tsv", ".jsonl", ".json"):
-        raise UserError(f"-o {output}: give an output file ending in .csv, .tsv or .jsonl")
     cfg = run.settings()
+    suffixes = TASKS[cfg.task].output_suffixes
+    if output_path.suffix.lower() not in suffixes:
+        raise UserError(f"-o {output}: give an output file ending in {', '.join(suffixes[:-1])} or {suffixes[-1]}")
     if rank and not cfg.text_pair_col:
         raise UserError(f"--rank: {run_path} is not a pair run; train with --task text-pair-classification or "
                         "regression on two text columns (query or profile, candidate)")

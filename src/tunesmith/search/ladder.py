@@ -130,8 +130,12 @@ def plan(task: str, methods: dict, data: Data, ensemble: bool = False) -> list[R
     """The rungs of LADDER that apply to this task and data (a registered method for the
     task), then the ensemble rung where the task's outputs can be averaged (`ensemble`), and
     the tune rung last. A rung's cost is its method's `relative_cost`."""
+    from tunesmith.tasks import TASKS
+
+    allowed = TASKS[task].methods if task in TASKS else None
     rungs = [Rung(name, name, methods[name].relative_cost) for name, applies in LADDER
-             if name in methods and (methods[name].tasks is None or task in methods[name].tasks) and applies(data)]
+             if name in methods and (methods[name].tasks is None or task in methods[name].tasks)
+             and (allowed is None or name in allowed) and applies(data)]
     return rungs + ([Rung("ensemble", "", 0.0, ensemble=True)] if ensemble else []) + [Rung("tune", "", tune=True)]
 
 

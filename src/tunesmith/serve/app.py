@@ -24,6 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from tunesmith.serve.batcher import MicroBatcher
 from tunesmith.serve.dependencies import ApiError, Served, client_id
 from tunesmith.serve.middleware import BodyLimit, HostAllowList, MultipartImages, Observe
+from tunesmith.serve.openai_routes import embeddings_router
 from tunesmith.serve.openai_routes import router as openai_router
 from tunesmith.serve.routes import router
 from tunesmith.serve.security import KeyRing, RateLimiter
@@ -50,6 +51,9 @@ def create_app(predictor, settings: ServeSettings, keys: KeyRing, run_info: dict
     if state.task.generative:
         app.include_router(openai_router)
         routers.append(openai_router)
+    if state.task.answer == "embedding":
+        app.include_router(embeddings_router)
+        routers.append(embeddings_router)
     _handle_errors(app)
     # Middleware, outside in: proxy headers (from trusted proxies only) -> Observe (draining,
     # metrics, access log) -> Host allow-list -> BodyLimit -> routes.
@@ -143,7 +147,7 @@ def _handle_errors(app: FastAPI) -> None:
 
 
 
-OPENAI_PATHS = {route.path for route in openai_router.routes}
+OPENAI_PATHS = {route.path for r in (openai_router, embeddings_router) for route in r.routes}
 OPENAI_ERROR_TYPES = {401: "authentication_error", 403: "permission_error", 404: "not_found_error",
                       429: "rate_limit_error", 503: "server_error", 504: "timeout"}
 

@@ -17,7 +17,8 @@ from tunesmith.serve import answers
 from tunesmith.serve.dependencies import ApiError, Served
 from tunesmith.serve.engine import Completion, TimedOut
 from tunesmith.serve.handlers import check_text
-from tunesmith.serve.openai_schemas import ChatRequest, CompletionRequest, _Sampling
+from tunesmith.serve.batcher import Busy
+from tunesmith.serve.openai_schemas import ChatRequest, CompletionRequest, EmbeddingRequest, _Sampling
 
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
@@ -51,6 +52,38 @@ async def chat(state: Served, request: Request, body: ChatRequest, client: str):
     prompt = render_prompt(state.predictor.tokenizer.tokenizer, conversation)
     new_tokens = body.max_completion_tokens or body.max_tokens or state.settings.max_new_tokens
     return await _answer(state, request, body, client, [prompt], new_tokens, "chat.completion")
+
+
+async def embeddings(state: Served, body: EmbeddingRequest) -> dict:
+    """OpenAI's embeddings answer: one vector per input text, as floats or base64 float32."""
+    import base64
+
+    import numpy as np
+
+    _check_model(state, body)
+    texts = [body.input] if isinstance(body.input, str) else body.input
+    if not texts:
+        raise ApiError(422, "input: give at least one text", "input")
+    if len(texts) > state.settings.max_inputs:
+        raise ApiError(422, f"input: {len(texts)} texts, the limit is {state.settings.max_inputs} per request", "input")
+    for i, text in enumerate(texts):
+        check_text(text, f"input[{i}]" if len(texts) > 1 else "input", state.settings.max_text_chars)
+    try:
+        rows = await state.batcher.submit([state.task.serve_input(text, False) for text in texts])
+    except Busy as exc:
+        raise ApiError(503, f"server is busy ({exc}); retry shortly", headers={"Retry-After": "1"}) from None
+    size = len(rows[0])
+    if body.dimensions is not None and body.dimensions != size:
+        raise ApiError(422, f"dimensions: this model gives {size}-dimensional vectors; leave dimensions out",
+                       "dimensions")
+    vectors = [np.asarray(row, dtype="<f4") for row in rows]
+    encoded = ([base64.b64encode(v.tobytes()).decode() for v in vectors] if body.encoding_format == "base64"
+               else [v.tolist() for v in vectors])
+    tokens = sum(len(ids) for ids in state.predictor.tokenizer(texts, truncation=True,
+                                                                 max_length=state.predictor.max_length)["input_ids"])
+    return {"object": "list", "model": state.run_info.get("run", "model"),
+            "data": [{"object": "embedding", "index": i, "embedding": e} for i, e in enumerate(encoded)],
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
 
 
 async def _answer(state: Served, request: Request, body: _Sampling, client: str, texts: list[str],
@@ -122,7 +155,7 @@ def _usage(done: list[Completion]) -> dict:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
-def _check_model(state: Served, body: _Sampling) -> None:
+def _check_model(state: Served, body: _Sampling | EmbeddingRequest) -> None:
     served = state.run_info.get("run", "model")
     if body.model != served:
         raise ApiError(404, f"model: '{body.model[:100]}' is not served here; this server serves '{served}' "

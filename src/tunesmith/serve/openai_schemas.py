@@ -116,3 +116,31 @@ class ModelCard(BaseModel):
 class ModelList(BaseModel):
     object: Literal["list"]
     data: list[ModelCard]
+
+
+class EmbeddingRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: str = Field(max_length=256, description="The served run's name (GET /v1/models).")
+    input: Union[str, list[str]] = Field(description="A text or a list of texts.")
+    encoding_format: Literal["float", "base64"] = Field("float", description="base64: little-endian float32 "
+                                                        "bytes, as OpenAI's client asks by default.")
+    dimensions: Optional[int] = Field(None, ge=1, description="Only the model's own size is served.")
+    user: Optional[str] = Field(None, max_length=256)
+
+
+class Embedding(BaseModel):
+    object: Literal["embedding"]
+    index: int
+    embedding: Union[list[float], str]
+
+
+class EmbeddingUsage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingResponse(BaseModel):
+    object: Literal["list"]
+    data: list[Embedding]
+    model: str
+    usage: EmbeddingUsage

@@ -99,11 +99,15 @@ class GenerationOutput(BaseModel):
     generated: str
 
 
+class EmbeddingOutput(BaseModel):
+    embedding: list[float]
+
+
 # One answer of each kind a task declares (`Task.answer`): the shape /openapi.json documents
 # and the tests hold every served answer to. A task with a new kind of answer adds it here.
 ANSWERS: dict[str, type[BaseModel]] = {
     "classification": ClassificationOutput, "regression": RegressionOutput, "multi-label": MultiLabelOutput,
-    "entities": EntitiesOutput, "generation": GenerationOutput,
+    "entities": EntitiesOutput, "generation": GenerationOutput, "embedding": EmbeddingOutput,
 }
 
 

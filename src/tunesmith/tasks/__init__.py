@@ -97,6 +97,8 @@ class TaskDefaults:
     keeping lists of task names."""
 
     train_defaults: dict = {}  # TrainConfig settings that differ for this task, used when not given
+    methods: tuple[str, ...] | None = None  # the methods that can tune it (None: whichever declare it)
+    output_suffixes: tuple[str, ...] = (".csv", ".tsv", ".jsonl", ".json")  # files `predict -o` writes
     baseline_name = "a linear probe on frozen features"
     default_max_length = 128
     long_text_modes: tuple[str, ...] = ("truncate",)
@@ -193,6 +195,6 @@ def register_task(task: "Task") -> "Task":
 
 
 from tunesmith.tasks import (  # noqa: E402,F401,I001  (each registers itself)
-    causal_lm, image_classification, multi_label, preference, regression, relation_extraction, text_classification,
-    token_classification,
+    causal_lm, image_classification, multi_label, preference, regression, relation_extraction, sentence_embedding,
+    text_classification, token_classification,
 )

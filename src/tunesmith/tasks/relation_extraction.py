@@ -31,6 +31,7 @@ from tunesmith.tasks.text_classification import ClassifierHead
 
 class RelationHead(ClassifierHead):
     default_metric = "micro_f1"
+    baseline_name = "a linear probe on the untuned entity markers' states"
     metrics_higher_is_better = {**HIGHER_IS_BETTER, "micro_f1": True, "precision": True, "recall": True}
     # Pairs of one sentence are near-duplicates of each other by construction: that check
     # would flag every sentence with more than one pair.

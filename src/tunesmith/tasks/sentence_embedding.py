@@ -1,0 +1,393 @@
+"""Sentence embeddings for retrieval: a query and the passage that answers it end up close.
+
+An example is a query with a positive passage, and optionally a hard negative (the
+sentence-transformers column names: `anchor`/`positive`/`negative`, and the usual variants).
+Training is the multiple-negatives ranking loss (Henderson et al. 2017; sentence-transformers'
+MultipleNegativesRankingLoss): in a batch, each query must pick its own positive among every
+positive and negative of the batch, and each positive its own query (both directions), by
+cosine similarity times a scale of 20. No labels, no head: the model is the body, pooled as the
+backbone was trained (mean for sentence-transformers models, else [CLS]) and normalised.
+
+Evaluation is retrieval over the held-out split: its queries against every distinct passage
+of the split (the corpus), recall@1/@10, MRR@10 and NDCG@10, the untuned model's beside them.
+The model folder is a sentence-transformers model (`modules.json`, pooling, normalisation):
+`SentenceTransformer(folder)` loads it and gives the same vectors.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tunesmith.data.batching import Features, inference_batches
+from tunesmith.data.checks import CheckReport
+from tunesmith.data.labeled import TEXT_COLUMNS, Examples, pick_column
+from tunesmith.data.sources import Table, read_source
+from tunesmith.data.split import sample, stratified_indices
+from tunesmith.data.splits import Splits
+from tunesmith.errors import UserError
+from tunesmith.tasks import TaskDefaults, register_task
+
+QUERY_COLUMNS = ("anchor", "query", "question", "sentence1", "text_a", "q")
+POSITIVE_COLUMNS = ("positive", "pos", "answer", "passage", "document", "sentence2", "text_b", "doc")
+NEGATIVE_COLUMNS = ("negative", "neg", "hard_negative", "negative_passage")
+SCALE = 20.0  # cosine similarities times 20 before the softmax: sentence-transformers' default
+K = 10  # recall@10, MRR@10, NDCG@10: the retrieval cut-off the MTEB and BEIR tables use
+
+
+@dataclass
+class Retrieval:
+    """A split's queries and corpus as vectors, and which corpus entries answer each query."""
+
+    queries: np.ndarray
+    corpus: np.ndarray
+    relevant: list[set[int]]
+
+
+@dataclass
+class PairFeatures(Features):
+    corpus: list[list[int]] = field(default_factory=list)  # token ids of each distinct passage
+    relevant: list[set[int]] = field(default_factory=list)  # per example: its query's passages
+
+
+class SentenceEmbedder(torch.nn.Module):
+    """The body, its last hidden states pooled (mean over real tokens, or [CLS]) and normalised."""
+
+    base_model_prefix = "body"
+
+    def __init__(self, body, pooling: str):
+        super().__init__()
+        self.body, self.pooling, self.config = body, pooling, body.config
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, **_) -> torch.Tensor:
+        from tunesmith.evaluate.baseline import masked_mean
+
+        extra = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
+        hidden = self.body(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
+        pooled = masked_mean(hidden, attention_mask) if self.pooling == "mean" else hidden[:, 0]
+        return torch.nn.functional.normalize(pooled, dim=-1)
+
+    def get_input_embeddings(self):
+        return self.body.get_input_embeddings()
+
+    def gradient_checkpointing_enable(self, **kwargs) -> None:
+        self.body.gradient_checkpointing_enable(**kwargs)
+
+    def save_pretrained(self, folder: str, **_) -> None:
+        """A sentence-transformers folder: the body as a transformers model, then pooling and
+        normalisation modules, as `SentenceTransformer(folder)` reads them."""
+        from tunesmith.io import write_text
+
+        self.body.save_pretrained(folder)
+        root = Path(folder)
+        modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+                   {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+                   {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}]
+        write_text(root / "modules.json", json.dumps(modules, indent=2) + "\n")
+        (root / "1_Pooling").mkdir(exist_ok=True)
+        (root / "2_Normalize").mkdir(exist_ok=True)
+        pooling = {"word_embedding_dimension": self.config.hidden_size,
+                   "pooling_mode_cls_token": self.pooling == "cls", "pooling_mode_mean_tokens": self.pooling == "mean",
+                   "pooling_mode_max_tokens": False, "pooling_mode_mean_sqrt_len_tokens": False}
+        write_text(root / "1_Pooling" / "config.json", json.dumps(pooling, indent=2) + "\n")
+
+    @classmethod
+    def build(cls, source: str) -> "SentenceEmbedder":
+        from transformers import AutoModel
+
+        from tunesmith.tasks.mean_pool import trained_pooling
+
+        return cls(AutoModel.from_pretrained(source), trained_pooling(source))
+
+    @classmethod
+    def from_folder(cls, folder: str) -> "SentenceEmbedder":
+        from transformers import AutoModel
+
+        from tunesmith.tasks.mean_pool import trained_pooling
+
+        body = AutoModel.from_pretrained(folder, use_safetensors=True)  # a run folder is never unpickled
+        return cls(body, trained_pooling(folder)).eval()
+
+
+class SentenceEmbedding(TaskDefaults):
+    name = "sentence-embedding"
+    pipeline_tag = "sentence-similarity"
+    answer = "embedding"
+    peft_task_type = "FEATURE_EXTRACTION"
+    default_model = "minilm"
+    metrics_higher_is_better = {"ndcg_at_10": True, "mrr_at_10": True, "recall_at_1": True, "recall_at_10": True}
+    default_metric = "ndcg_at_10"
+    has_baseline = True
+    baseline_name = "the untuned model's embeddings"
+    # In-batch negatives need examples beside each other: the loss is the model's own (no
+    # labels), and only methods that tune the body's weights or adapters in it apply.
+    methods = ("full", "lora")
+    output_suffixes = (".csv", ".tsv", ".jsonl", ".json", ".npy")  # .npy: the vectors alone, in input order
+    sequences_per_example = 3  # a query, its positive, a hard negative when given
+    train_defaults = {"method": "full"}
+
+    # ---- data -------------------------------------------------------------------------------
+    def load_data(self, cfg) -> Splits:
+        if not cfg.data:
+            raise UserError("no training data: pass --data FILE with query and positive columns (anchor, positive)")
+        tables = read_source(cfg.data, cfg.encoding)
+        train = tables.get("train", tables.get("all"))
+        val = _read_pairs(read_source(cfg.val_data, cfg.encoding)["all"]) if cfg.val_data else None
+        test = _read_pairs(read_source(cfg.test_data, cfg.encoding)["all"]) if cfg.test_data else None
+        val = val or (_read_pairs(tables["val"]) if "val" in tables else None)
+        test = test or (_read_pairs(tables["test"]) if "test" in tables else None)
+        train, notes = _read_pairs(train), []
+        if val is None or test is None:
+            train, val, test = _carve_by_query(train, val, test, cfg, notes)
+        limits = (cfg.max_train_samples, cfg.max_eval_samples, cfg.max_eval_samples)
+        train, val, test = (sample(split, limit, cfg.seed, lambda labels: ["all"] * len(labels))
+                            for split, limit in zip((train, val, test), limits))
+        for name, split in (("train", train), ("validation", val), ("test", test)):
+            if len(split) < 2:
+                raise UserError(f"{cfg.data}: the {name} split has {len(split)} pair(s); retrieval needs at least 2 "
+                                "(add pairs, or give --val-data / --test-data)")
+        return Splits(train, val, test, [], "anchor", "positive", notes)
+
+    def read_labeled(self, source, cfg, labels, text_col=None, label_col=None, encoding="utf-8") -> Examples:
+        tables = read_source(source, encoding)
+        return _read_pairs(tables.get("all") or tables.get("test"))
+
+    def check(self, splits: Splits, tokenizer, max_length: int) -> CheckReport:
+        report = CheckReport()
+        parts = {"train": splits.train, "val": splits.val, "test": splits.test}
+        report.facts["rows"] = {name: len(ex) for name, ex in parts.items()}
+        report.facts["notes"] = list(splits.notes)
+        seen = {pair["anchor"] for pair in splits.train.texts}
+        for name in ("val", "test"):
+            shared = [i for i, pair in enumerate(parts[name].texts) if pair["anchor"] in seen]
+            report.facts[f"train_{name}_overlap"] = len(shared)
+            if shared:
+                report.warnings.append(f"{len(shared)} {name} queries also appear in train (leakage: the {name} "
+                                       f"score will be too high) ({', '.join(parts[name].where[i] for i in shared[:3])})")
+        same = [i for i, pair in enumerate(splits.train.texts) if pair["anchor"] == pair["positive"]]
+        if same:
+            report.warnings.append(f"{len(same)} training rows have the same query and positive "
+                                   f"({', '.join(splits.train.where[i] for i in same[:3])}); they teach nothing")
+        if tokenizer is not None:
+            texts = [t for ex in parts.values() for pair in ex.texts for t in pair.values()]
+            lengths = np.array([len(ids) for ids in tokenizer(texts, truncation=False)["input_ids"]])
+            long = int((lengths > max_length).sum())
+            report.facts["token_lengths"] = {"count": int(len(lengths)), "p50": int(np.percentile(lengths, 50)),
+                                             "p90": int(np.percentile(lengths, 90)), "p99": int(np.percentile(lengths, 99)),
+                                             "max": int(lengths.max()),
+                                             "max_length": max_length, "truncated": long}
+            if long:
+                report.warnings.append(f"{long} texts are longer than max_length {max_length} tokens and will be cut")
+        return report
+
+    # ---- model ------------------------------------------------------------------------------
+    def build_model(self, source: str, labels: list[str], pooling: str = "cls"):
+        return SentenceEmbedder.build(source)
+
+    def load_model(self, folder: str):
+        return SentenceEmbedder.from_folder(folder)
+
+    def load_processor(self, source: str, cfg=None):
+        from tunesmith import models
+
+        return models.load_tokenizer(source)
+
+    # ---- features, loss, prediction, metrics -------------------------------------------------
+    def encode(self, tokenizer, inputs, targets, labels, max_length, use_cache=True, augment=False,
+               long_text=None) -> Features:
+        from tunesmith.data.tokens import tokenize
+
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        if inputs and isinstance(inputs[0], str):  # texts to embed (predict, serve)
+            ids = tokenize(tokenizer, list(inputs), max_length, use_cache=use_cache)
+            return Features([{"input_ids": i} for i in ids], pad_id)
+        texts = sorted({t for pair in inputs for key, t in pair.items() if key != "anchor"})
+        corpus_id = {text: i for i, text in enumerate(texts)}
+        queries = tokenize(tokenizer, [pair["anchor"] for pair in inputs], max_length, use_cache=use_cache)
+        corpus = tokenize(tokenizer, texts, max_length, use_cache=use_cache)
+        answers: dict[str, set[int]] = {}
+        for pair in inputs:
+            answers.setdefault(pair["anchor"], set()).add(corpus_id[pair["positive"]])
+        rows = []
+        for pair, query in zip(inputs, queries):
+            row = {"anchor": query, "positive": corpus[corpus_id[pair["positive"]]]}
+            if "negative" in pair:
+                row["negative"] = corpus[corpus_id[pair["negative"]]]
+            row["length"] = max(len(ids) for key, ids in row.items())
+            rows.append(row)
+        return PairFeatures(rows, pad_id, collate=lambda batch: _collate(batch, pad_id), corpus=corpus,
+                            relevant=[answers[pair["anchor"]] for pair in inputs])
+
+    def training_loss(self, model, batch, processor=None):
+        """Multiple-negatives ranking loss, both directions: each query against every passage
+        of the batch, and each positive against every query."""
+        count = int(batch["examples"][0])
+        vectors = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        queries, passages = vectors[:count], vectors[count:]
+        scores = SCALE * queries @ passages.T  # (count, count or 2 x count): own positive on the diagonal
+        target = torch.arange(count, device=scores.device)
+        forward = torch.nn.functional.cross_entropy(scores, target)
+        backward = torch.nn.functional.cross_entropy(scores[:, :count].T, target)
+        return (forward + backward) / 2, {}
+
+    def predict(self, model, features: Features, batch_size: int = 64):
+        if not isinstance(features, PairFeatures):
+            return _embed(model, [row["input_ids"] for row in features.rows], features.pad_id, batch_size)
+        return Retrieval(_embed(model, [row["anchor"] for row in features.rows], features.pad_id, batch_size),
+                         _embed(model, features.corpus, features.pad_id, batch_size), features.relevant)
+
+    def metrics(self, targets, outputs: Retrieval, labels) -> dict:
+        return retrieval_metrics(outputs.queries @ outputs.corpus.T, outputs.relevant)
+
+    def summary(self, metrics: dict) -> str:
+        return (f"NDCG@10 {metrics['ndcg_at_10']:.4f}, MRR@10 {metrics['mrr_at_10']:.4f}, recall@1 "
+                f"{metrics['recall_at_1']:.4f}, recall@10 {metrics['recall_at_10']:.4f} "
+                f"({metrics['count']} queries, {metrics['corpus']} passages)")
+
+    def tune_on_validation(self, model, features, targets, labels) -> dict:
+        return {}
+
+    def baseline(self, model, train, test, train_targets, test_targets, labels, seed) -> dict:
+        return self.metrics(test_targets, self.predict(model, test), labels)
+
+    # ---- `predict` on a file, serving ---------------------------------------------------------
+    def read_inputs(self, path: str, encoding: str, text_col: str | None, text_pair_col: str | None = None):
+        table = read_source(path, encoding).get("all")
+        if table is None:
+            raise UserError(f"{path}: give a CSV, TSV, JSONL or text file of texts to embed")
+        column = pick_column(table, text_col, TEXT_COLUMNS + QUERY_COLUMNS + POSITIVE_COLUMNS, "text", "--text-col")
+        return table.frame.to_dict("records"), table.frame[column].tolist()
+
+    def write_predictions(self, path: Path, rows, outputs, labels) -> None:
+        """Vectors as .npy (one row per input, in order), or beside each row as `embedding`."""
+        from tunesmith.forward import write_rows
+        from tunesmith.io import atomic_path
+
+        if path.suffix.lower() == ".npy":
+            with atomic_path(path) as tmp, open(tmp, "wb") as f:
+                np.save(f, np.asarray(outputs, dtype=np.float32))
+            return
+        write_rows(path, [{**row, "embedding": [round(float(v), 6) for v in vector]} for row, vector in zip(rows, outputs)])
+
+    def serve_input(self, value, pairs: bool):
+        if not isinstance(value, str):
+            raise ValueError("give a text (a string) to embed")
+        return value
+
+    def output_rows(self, outputs) -> list:
+        return list(outputs)
+
+    def serve_output(self, value, row, labels: list[str], top_k: int | None) -> dict:
+        return {"embedding": [float(v) for v in row]}
+
+    def card_usage(self) -> list[str]:
+        return ["```python", "from sentence_transformers import SentenceTransformer", "",
+                'model = SentenceTransformer("path/to/model")',
+                'vectors = model.encode(["a query", "a passage"], normalize_embeddings=True)', "```"]
+
+
+def retrieval_metrics(scores: np.ndarray, relevant: list[set[int]]) -> dict:
+    """recall@1, recall@10, MRR@10 and NDCG@10 (binary relevance) of each query's ranking of
+    the corpus, averaged over queries; `scores` is queries x corpus."""
+    order = np.argsort(-scores, axis=1)[:, :K]
+    recall_1, recall_k, mrr, ndcg = [], [], [], []
+    for ranked, answers in zip(order, relevant):
+        hits = [int(doc) in answers for doc in ranked]
+        recall_1.append(float(hits[0]))
+        recall_k.append(sum(hits) / len(answers))
+        mrr.append(next((1.0 / (rank + 1) for rank, hit in enumerate(hits) if hit), 0.0))
+        dcg = sum(1.0 / np.log2(rank + 2) for rank, hit in enumerate(hits) if hit)
+        ideal = sum(1.0 / np.log2(rank + 2) for rank in range(min(len(answers), K)))
+        ndcg.append(dcg / ideal)
+    return {"ndcg_at_10": float(np.mean(ndcg)), "mrr_at_10": float(np.mean(mrr)),
+            "recall_at_1": float(np.mean(recall_1)), "recall_at_10": float(np.mean(recall_k)),
+            "count": len(relevant), "corpus": int(scores.shape[1])}
+
+
+def _embed(model, token_ids: list[list[int]], pad_id: int, batch_size: int) -> np.ndarray:
+    from tunesmith.data.batching import collate
+    from tunesmith.forward import evaluating
+
+    out = None
+    with evaluating(model), torch.inference_mode():
+        for indices in inference_batches([len(ids) for ids in token_ids], batch_size):
+            batch = collate([token_ids[i] for i in indices], pad_id)
+            device = next(model.parameters()).device
+            vectors = model(input_ids=batch["input_ids"].to(device),
+                            attention_mask=batch["attention_mask"].to(device)).float().cpu().numpy()
+            if out is None:
+                out = np.zeros((len(token_ids), vectors.shape[1]), dtype=np.float32)
+            out[indices] = vectors
+    return out if out is not None else np.zeros((0, 0), dtype=np.float32)
+
+
+def _collate(rows: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
+    """Queries, then positives, then negatives (when every row has one), in one padded batch."""
+    from tunesmith.data.batching import collate
+
+    sequences = [r["anchor"] for r in rows] + [r["positive"] for r in rows]
+    if all("negative" in r for r in rows):
+        sequences += [r["negative"] for r in rows]
+    batch = collate(sequences, pad_id)
+    return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"],
+            "examples": torch.tensor([len(rows)])}
+
+
+def _read_pairs(table: Table) -> Examples:
+    """(query, positive[, negative]) rows of a table, each cell checked."""
+    if table is None:
+        raise UserError("no training split found")
+    columns = {str(c).lower(): c for c in table.frame.columns}
+    if "score" in columns or "label" in columns:
+        raise UserError(f"{table.source}: has a score or label column: scored pairs are not read yet; give "
+                        "query/positive pairs (anchor, positive[, negative])")
+    query = next((columns[name] for name in QUERY_COLUMNS if name in columns), None)
+    positive = next((columns[name] for name in POSITIVE_COLUMNS if name in columns), None)
+    if query is None or positive is None:
+        raise UserError(f"{table.source}: cannot tell the query and the positive columns; columns are: "
+                        f"{', '.join(map(str, table.frame.columns))}; name them anchor and positive (or query and "
+                        "passage, question and answer)")
+    negative = next((columns[name] for name in NEGATIVE_COLUMNS if name in columns), None)
+    pairs, where = [], []
+    for index, record in enumerate(table.frame.to_dict("records")):
+        pair = {"anchor": str(record[query]).strip(), "positive": str(record[positive]).strip()}
+        if negative is not None:
+            pair["negative"] = str(record[negative]).strip()
+        empty = next((key for key, text in pair.items() if not text), None)
+        if empty:
+            raise UserError(f"{table.where(index)}: the {empty} text is empty; fill it in or remove the row")
+        pairs.append(pair)
+        where.append(table.where(index))
+    return Examples(pairs, [""] * len(pairs), table.source, where)
+
+
+def _carve_by_query(train: Examples, val, test, cfg, notes: list[str]):
+    """Validation and test carved from training by query: every pair of one query lands in one
+    split, so a test query was never trained on (exact repeats of a pair are dropped first)."""
+    seen, keep = set(), []
+    for i, pair in enumerate(train.texts):
+        key = tuple(sorted(pair.items()))
+        if key not in seen:
+            seen.add(key)
+            keep.append(i)
+    if len(keep) < len(train):
+        notes.append(f"removed {len(train) - len(keep)} repeated pairs before splitting")
+    train = train.subset(keep)
+    queries = sorted({pair["anchor"] for pair in train.texts})
+    missing = [name for name, split in (("val", val), ("test", test)) if split is None]
+    fractions = [cfg.val_fraction if name == "val" else cfg.test_fraction for name in missing]
+    groups = stratified_indices(["all"] * len(queries), fractions, cfg.seed)
+    group_of = {queries[i]: k for k, members in enumerate(groups) for i in members}
+    rows = [[i for i, pair in enumerate(train.texts) if group_of[pair["anchor"]] == k] for k in range(len(groups))]
+    carved = {name: train.subset(rows[k]) for k, name in enumerate(missing)}
+    val, test = carved.get("val", val), carved.get("test", test)
+    train = train.subset(rows[-1])
+    notes.append(f"split {cfg.data} by query: train {len(train)}/val {len(val)}/test {len(test)} pairs (seed {cfg.seed})")
+    return train, val, test
+
+
+register_task(SentenceEmbedding())

@@ -1,0 +1,194 @@
+"""Sentence embeddings: the pair formats, splits by query, the ranking loss and retrieval
+metrics, and the lifecycle (train, load with sentence-transformers, predict vectors, serve
+/v1/predict and OpenAI's /v1/embeddings)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import CUES, FILLER, served_in_thread
+from tunesmith.cli import main
+from tunesmith.errors import UserError
+from tunesmith.tasks import TASKS
+from tunesmith.tasks.sentence_embedding import retrieval_metrics
+
+EMBED = TASKS["sentence-embedding"]
+KEY = "e" * 24
+AUTH = {"Authorization": f"Bearer {KEY}"}
+WORDS = [w for cues in CUES.values() for w in cues]
+
+
+def pair_rows(n: int, seed: int = 0) -> list[dict]:
+    """A query holds a cue word; its positive holds that word's fixed partner (another cue), so
+    the untuned model has no reason to rank it first and a trained one learns to."""
+    rng = random.Random(seed)
+    partner = dict(zip(WORDS, random.Random(1).sample(WORDS, len(WORDS))))
+    rows = []
+    for _ in range(n):
+        word = rng.choice(WORDS)
+        rows.append({"anchor": f"{word} {' '.join(rng.sample(FILLER, 2))}",
+                     "positive": f"{partner[word]} {' '.join(rng.sample(FILLER, 3))}"})
+    return rows
+
+
+def write_jsonl(path, rows) -> str:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return str(path)
+
+
+# ---- data, loss, metrics ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("columns", [("anchor", "positive", "negative"), ("query", "pos", "neg"),
+                                     ("question", "answer", None)])
+def test_the_usual_column_names_are_read(tmp_path, columns):
+    from tunesmith.config import TrainConfig
+
+    query, positive, negative = columns
+    rows = [{query: r["anchor"], positive: r["positive"], **({negative: "okay plain"} if negative else {})}
+            for r in pair_rows(60)]
+    splits = EMBED.load_data(TrainConfig(task="sentence-embedding", data=write_jsonl(tmp_path / "p.jsonl", rows)))
+    first = splits.train.texts[0]
+    assert set(first) == ({"anchor", "positive", "negative"} if negative else {"anchor", "positive"})
+    queries = {name: {p["anchor"] for p in split.texts} for name, split in
+               (("train", splits.train), ("val", splits.val), ("test", splits.test))}
+    assert not queries["train"] & queries["test"] and not queries["train"] & queries["val"]  # split by query
+
+
+@pytest.mark.parametrize("rows, message", [
+    ([{"anchor": "good", "positive": ""}], "p.jsonl line 1: the positive text is empty"),
+    ([{"sentence1": "good", "sentence2": "great", "score": "0.9"}], "scored pairs are not read yet"),
+    ([{"text": "good", "other": "great"}], "name them anchor and positive"),
+])
+def test_bad_pair_files_are_one_error_naming_the_problem(tmp_path, rows, message):
+    from tunesmith.config import TrainConfig
+
+    with pytest.raises(UserError, match=message):
+        EMBED.load_data(TrainConfig(task="sentence-embedding", data=write_jsonl(tmp_path / "p.jsonl", rows * 4)))
+
+
+def test_retrieval_metrics_follow_their_definitions():
+    scores = np.array([[0.9, 0.5, 0.1], [0.2, 0.8, 0.9], [0.1, 0.2, 0.3]])
+    relevant = [{0}, {1}, {0, 1}]
+    found = retrieval_metrics(scores, relevant)
+    assert found["recall_at_1"] == pytest.approx(1 / 3)  # only the first query ranks its passage first
+    assert found["mrr_at_10"] == pytest.approx((1 + 1 / 2 + 1 / 2) / 3)
+    third = (1 / np.log2(3) + 1 / np.log2(4)) / (1 + 1 / np.log2(3))  # hits at ranks 2 and 3 of 2 relevant
+    assert found["ndcg_at_10"] == pytest.approx((1 + 1 / np.log2(3) + third) / 3)
+    assert found["recall_at_10"] == pytest.approx(1.0)
+
+
+def test_the_ranking_loss_is_low_when_each_query_is_nearest_its_own_positive():
+    class Identity(torch.nn.Module):
+        def forward(self, input_ids, attention_mask):
+            return torch.nn.functional.normalize(input_ids.float(), dim=-1)
+
+    eye = torch.eye(4)
+    batch = {"input_ids": torch.cat([eye, eye]), "attention_mask": torch.ones(8, 4), "examples": torch.tensor([4])}
+    matched, _ = EMBED.training_loss(Identity(), batch)
+    shuffled = {**batch, "input_ids": torch.cat([eye, eye[[1, 2, 3, 0]]])}
+    crossed, _ = EMBED.training_loss(Identity(), shuffled)
+    assert matched < 0.01 < 5 < crossed
+
+
+def test_methods_other_than_full_and_lora_are_refused_in_one_line(tmp_path, tiny_model, capsys):
+    data = write_jsonl(tmp_path / "p.jsonl", pair_rows(40))
+    assert main(["train", data, "--task", "sentence-embedding", "--method", "freeze", "--model", tiny_model]) == 2
+    assert "sentence-embedding trains with full or lora, not freeze" in capsys.readouterr().err
+
+
+# ---- the lifecycle ----------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def trained(tiny_model, tmp_path_factory):
+    from tunesmith.runs import Run
+
+    folder = tmp_path_factory.mktemp("embed")
+    data = write_jsonl(folder / "pairs.jsonl", pair_rows(300))
+    assert main(["train", data, "--task", "sentence-embedding", "--model", tiny_model, "--lr", "3e-3", "--epochs", "10",
+                 "--batch-size", "16", "--max-length", "16", "--output", str(folder / "runs"), "--name", "e",
+                 "--seed", "0"]) == 0
+    return Run(folder / "runs" / "e")
+
+
+def test_training_beats_the_untuned_model_and_sentence_transformers_loads_the_folder(trained):
+    from sentence_transformers import SentenceTransformer
+
+    from tunesmith.inference import Predictor
+
+    metrics = json.loads(trained.metrics_file.read_text())
+    assert metrics["test"]["ndcg_at_10"] > metrics["baseline"]["ndcg_at_10"] + 0.2, metrics
+    texts = ["good the movie", "bad film plot", "okay"]
+    theirs = SentenceTransformer(str(trained.model_dir), device="cpu").encode(texts)
+    ours = Predictor.from_run(trained).predict(texts)
+    assert np.allclose(theirs, ours, atol=1e-5)
+    assert np.allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
+    assert "SentenceTransformer(" in (trained.model_dir / "README.md").read_text(encoding="utf-8")
+
+
+def test_predict_writes_vectors_as_npy_or_beside_each_row(trained, tmp_path):
+    texts = tmp_path / "texts.csv"
+    texts.write_text("id,text\n1,good movie\n2,bad plot\n", encoding="utf-8")
+    assert main(["predict", str(trained.path), str(texts), "-o", str(tmp_path / "v.npy")]) == 0
+    vectors = np.load(tmp_path / "v.npy")
+    assert vectors.shape == (2, 32) and vectors.dtype == np.float32
+    assert main(["predict", str(trained.path), str(texts), "-o", str(tmp_path / "v.jsonl")]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "v.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in rows] == ["1", "2"] and np.allclose(rows[0]["embedding"], vectors[0], atol=1e-5)
+
+
+def test_eval_scores_retrieval_on_a_new_file(trained, tmp_path, capsys):
+    data = write_jsonl(tmp_path / "more.jsonl", pair_rows(30, seed=9))
+    assert main(["eval", str(trained.path), data]) == 0
+    assert "NDCG@10" in capsys.readouterr().out
+
+
+def test_the_openai_client_gets_the_same_vectors_as_predict(trained):
+    openai = pytest.importorskip("openai")
+    from tunesmith.inference import Predictor
+    from tunesmith.serve.app import create_app
+    from tunesmith.serve.security import KeyRing
+    from tunesmith.serve.server import run_info
+    from tunesmith.serve.settings import ServeSettings
+
+    predictor = Predictor.from_run(trained)
+    expected = predictor.predict(["good movie", "bad plot"])
+    app = create_app(predictor, ServeSettings(run=str(trained.path)), KeyRing([KEY]), run_info(trained))
+    with served_in_thread(app) as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key=KEY, max_retries=0)
+        answer = client.embeddings.create(model=trained.path.name, input=["good movie", "bad plot"])  # base64
+        assert np.allclose([d.embedding for d in answer.data], expected, atol=1e-6)
+        assert answer.usage.prompt_tokens > 0
+        with pytest.raises(openai.NotFoundError):
+            client.embeddings.create(model="text-embedding-3-small", input="good")
+        with pytest.raises(openai.UnprocessableEntityError):
+            client.embeddings.create(model=trained.path.name, input="good", dimensions=8)
+
+
+def test_predict_and_the_float_format_answer_in_their_documented_shapes(trained):
+    from fastapi.testclient import TestClient
+
+    from tunesmith.inference import Predictor
+    from tunesmith.serve.app import create_app
+    from tunesmith.serve.schemas import EmbeddingOutput
+    from tunesmith.serve.security import KeyRing
+    from tunesmith.serve.server import run_info
+    from tunesmith.serve.settings import ServeSettings
+
+    app = create_app(Predictor.from_run(trained), ServeSettings(run=str(trained.path)), KeyRing([KEY]), run_info(trained))
+    with TestClient(app) as client:
+        one = client.post("/v1/predict", headers=AUTH, json={"inputs": ["good movie"]})
+        vector = EmbeddingOutput.model_validate(one.json()[0]).embedding
+        floats = client.post("/v1/embeddings", headers=AUTH, json={"model": trained.path.name, "input": "good movie",
+                                                                   "encoding_format": "float"}).json()
+        assert np.allclose(floats["data"][0]["embedding"], vector, atol=1e-6)
+        packed = client.post("/v1/embeddings", headers=AUTH, json={"model": trained.path.name, "input": "good movie",
+                                                                   "encoding_format": "base64"}).json()
+        assert np.allclose(np.frombuffer(base64.b64decode(packed["data"][0]["embedding"]), "<f4"), vector, atol=1e-6)
+        empty = client.post("/v1/embeddings", headers=AUTH, json={"model": trained.path.name, "input": []})
+        assert empty.status_code == 422 and empty.json()["error"]["param"] == "input"
