@@ -89,11 +89,19 @@ def test_the_ranking_loss_is_low_when_each_query_is_nearest_its_own_positive():
             return torch.nn.functional.normalize(input_ids.float(), dim=-1)
 
     eye = torch.eye(4)
-    batch = {"input_ids": torch.cat([eye, eye]), "attention_mask": torch.ones(8, 4), "examples": torch.tensor([4])}
+    keys = torch.arange(4)
+    batch = {"input_ids": torch.cat([eye, eye]), "attention_mask": torch.ones(8, 4), "examples": torch.tensor([4]),
+             "query_key": keys, "passage_key": keys}
     matched, _ = EMBED.training_loss(Identity(), batch)
     shuffled = {**batch, "input_ids": torch.cat([eye, eye[[1, 2, 3, 0]]])}
     crossed, _ = EMBED.training_loss(Identity(), shuffled)
     assert matched < 0.01 < 5 < crossed
+    # Two queries sharing one answer: that answer is no negative for either of them.
+    twice = torch.stack([eye[0], eye[1], eye[0], eye[2]])
+    shared = {"input_ids": torch.cat([eye, twice]), "attention_mask": torch.ones(8, 4), "examples": torch.tensor([4]),
+              "query_key": keys, "passage_key": torch.tensor([0, 1, 0, 2])}
+    unmasked = {**shared, "passage_key": keys}
+    assert EMBED.training_loss(Identity(), shared)[0] < EMBED.training_loss(Identity(), unmasked)[0]
 
 
 def test_methods_other_than_full_and_lora_are_refused_in_one_line(tmp_path, tiny_model, capsys):

@@ -212,26 +212,35 @@ class SentenceEmbedding(TaskDefaults):
         answers: dict[str, set[int]] = {}
         for pair in inputs:
             answers.setdefault(pair["anchor"], set()).add(corpus_id[pair["positive"]])
+        query_id = {text: i for i, text in enumerate(dict.fromkeys(pair["anchor"] for pair in inputs))}
         rows = []
         for pair, query in zip(inputs, queries):
-            row = {"anchor": query, "positive": corpus[corpus_id[pair["positive"]]]}
+            # The keys let the loss tell a repeated text in a batch from a true negative.
+            row = {"anchor": query, "positive": corpus[corpus_id[pair["positive"]]],
+                   "query_key": query_id[pair["anchor"]], "passage_key": corpus_id[pair["positive"]]}
             if "negative" in pair:
                 row["negative"] = corpus[corpus_id[pair["negative"]]]
-            row["length"] = max(len(ids) for key, ids in row.items())
+            row["length"] = max(len(row[key]) for key in ("anchor", "positive", "negative") if key in row)
             rows.append(row)
         return PairFeatures(rows, pad_id, collate=lambda batch: _collate(batch, pad_id), corpus=corpus,
                             relevant=[answers[pair["anchor"]] for pair in inputs])
 
     def training_loss(self, model, batch, processor=None):
         """Multiple-negatives ranking loss, both directions: each query against every passage
-        of the batch, and each positive against every query."""
+        of the batch, and each positive against every query. A passage (or query) that occurs
+        twice in a batch is no negative of itself: those repeats are left out of the softmax."""
         count = int(batch["examples"][0])
         vectors = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
         queries, passages = vectors[:count], vectors[count:]
         scores = SCALE * queries @ passages.T  # (count, count or 2 x count): own positive on the diagonal
+        own = torch.eye(count, dtype=torch.bool, device=scores.device)
+        repeated_passage = (batch["passage_key"][:, None] == batch["passage_key"][None, :]) & ~own
+        repeated_query = (batch["query_key"][:, None] == batch["query_key"][None, :]) & ~own
+        positives = scores[:, :count]
         target = torch.arange(count, device=scores.device)
-        forward = torch.nn.functional.cross_entropy(scores, target)
-        backward = torch.nn.functional.cross_entropy(scores[:, :count].T, target)
+        forward = torch.nn.functional.cross_entropy(
+            torch.cat([positives.masked_fill(repeated_passage, -1e4), scores[:, count:]], dim=1), target)
+        backward = torch.nn.functional.cross_entropy(positives.T.masked_fill(repeated_query, -1e4), target)
         return (forward + backward) / 2, {}
 
     def predict(self, model, features: Features, batch_size: int = 64):
@@ -334,7 +343,8 @@ def _collate(rows: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
         sequences += [r["negative"] for r in rows]
     batch = collate(sequences, pad_id)
     return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"],
-            "examples": torch.tensor([len(rows)])}
+            "examples": torch.tensor([len(rows)]), "query_key": torch.tensor([r["query_key"] for r in rows]),
+            "passage_key": torch.tensor([r["passage_key"] for r in rows])}
 
 
 def _read_pairs(table: Table) -> Examples:
