@@ -134,12 +134,12 @@ class SentenceEmbedding(TaskDefaults):
         if not cfg.data:
             raise UserError("no training data: pass --data FILE with query and positive columns (anchor, positive)")
         tables = read_source(cfg.data, cfg.encoding)
-        train = tables.get("train", tables.get("all"))
-        val = _read_pairs(read_source(cfg.val_data, cfg.encoding)["all"]) if cfg.val_data else None
-        test = _read_pairs(read_source(cfg.test_data, cfg.encoding)["all"]) if cfg.test_data else None
-        val = val or (_read_pairs(tables["val"]) if "val" in tables else None)
-        test = test or (_read_pairs(tables["test"]) if "test" in tables else None)
-        train, notes = _read_pairs(train), []
+        for key, given in (("val", cfg.val_data), ("test", cfg.test_data)):
+            if given:  # a file given for a split replaces the source's own
+                tables[key] = read_source(given, cfg.encoding)["all"]
+        train = _read_pairs(tables.get("train", tables.get("all")))
+        val, test = (_read_pairs(tables[key]) if key in tables else None for key in ("val", "test"))
+        notes: list[str] = []
         if val is None or test is None:
             train, val, test = _carve_by_query(train, val, test, cfg, notes)
         limits = (cfg.max_train_samples, cfg.max_eval_samples, cfg.max_eval_samples)
