@@ -25,14 +25,12 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory) -> str:
-    """A folder with a randomly initialised 2-layer BERT and a word-level tokenizer."""
+def save_tiny_bert(folder, words: list[str]) -> list[str]:
+    """A randomly initialised 2-layer BERT (hidden 32, seed 0) with a word-level tokenizer over
+    `words`, saved in `folder`; returns the vocabulary."""
     import torch
     from transformers import BertConfig, BertModel, BertTokenizer
 
-    folder = tmp_path_factory.mktemp("tiny-bert")
-    words = sorted({w for cues in CUES.values() for w in cues} | set(FILLER) | {"unknownword"})
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words
     tokenizer = BertTokenizer(vocab={word: i for i, word in enumerate(vocab)})
     torch.manual_seed(0)
@@ -43,6 +41,14 @@ def tiny_model(tmp_path_factory) -> str:
                         hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     BertModel(config).save_pretrained(str(folder))
     tokenizer.save_pretrained(str(folder))
+    return vocab
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> str:
+    """A folder with a randomly initialised 2-layer BERT and a word-level tokenizer."""
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    save_tiny_bert(folder, sorted({w for cues in CUES.values() for w in cues} | set(FILLER) | {"unknownword"}))
     return str(folder)
 
 

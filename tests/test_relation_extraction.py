@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import save_tiny_bert
 from tunesmith.cli import main
 from tunesmith.data import relations
 from tunesmith.data.relations import Entity, mark
@@ -72,18 +73,8 @@ def write_jsonl(path, rows) -> str:
 @pytest.fixture(scope="session")
 def tiny_re_model(tmp_path_factory) -> str:
     """A 2-layer BERT whose vocabulary holds the toy words and the entity markers."""
-    from transformers import BertConfig, BertModel, BertTokenizer
-
     folder = tmp_path_factory.mktemp("tiny-re-bert")
-    words = sorted(set(PEOPLE + WORKS + PLACES + FILLER + MARKERS + ["wrote", "born", "published", "met"]))
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words
-    tokenizer = BertTokenizer(vocab={w: i for i, w in enumerate(vocab)})
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=64, hidden_dropout_prob=0.0,
-                        attention_probs_dropout_prob=0.0)
-    BertModel(config).save_pretrained(str(folder))
-    tokenizer.save_pretrained(str(folder))
+    save_tiny_bert(folder, sorted(set(PEOPLE + WORKS + PLACES + FILLER + MARKERS + ["wrote", "born", "published", "met"])))
     return str(folder)
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import interrupt_during_second_evaluation
+from conftest import interrupt_during_second_evaluation, save_tiny_bert
 from tunesmith.cli import main
 from tunesmith.data.batching import IGNORE
 from tunesmith.data.tagged import detect_scheme, normalise, read_tagged_file, spans, split_words
@@ -52,19 +52,10 @@ def write_conll(path, sentences, docstart: bool = True) -> str:
 @pytest.fixture(scope="session")
 def tiny_ner_model(tmp_path_factory) -> str:
     """A 2-layer BERT whose WordPiece vocabulary splits some words (johnson, springville)."""
-    from transformers import BertConfig, BertModel, BertTokenizer
-
     folder = tmp_path_factory.mktemp("tiny-ner-bert")
     words = sorted({w for group in PEOPLE + PLACES + COMPANIES for w in group} | set(FILLER)
                    - {"johnson", "springville"}) + ["spring", "##son", "##ville"]
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words
-    tokenizer = BertTokenizer(vocab={w: i for i, w in enumerate(vocab)})
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=64, hidden_dropout_prob=0.0,
-                        attention_probs_dropout_prob=0.0)
-    BertModel(config).save_pretrained(str(folder))
-    tokenizer.save_pretrained(str(folder))
+    vocab = save_tiny_bert(folder, words)
     (folder / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")  # for the pure-Python tokenizer
     return str(folder)
 

@@ -266,7 +266,8 @@ def _duie(row: dict, where: str, need_labels: bool) -> tuple[str, list[Pair]]:
             raise UserError(f"{at}: needs 'subject', 'predicate' and 'object'")
         for role in ("subject", "object"):
             name = _name(triple[role], f"{at} field '{role}'")
-            entities.setdefault(name, entity(text, name, triple.get(f"{role}_type"), f"{at} field '{role}'"))
+            if name not in entities:  # an entity named by several triples is found once
+                entities[name] = entity(text, name, triple.get(f"{role}_type"), f"{at} field '{role}'")
         key = (_name(triple["subject"], at), _name(triple["object"], at))
         predicate = _relation(triple, at, need_labels)
         relations.setdefault(key, predicate)  # a second relation for one pair: the first is kept
