@@ -20,6 +20,7 @@ from conftest import CUES, make_qa_rows, make_rows, write_csv
 from test_causal_lm import preference_rows, write_jsonl
 from test_image_classification import make_folder, tiny_vit  # noqa: F401  (a fixture)
 from test_pair_regression_multilabel import SCORE, _sentence, _write
+from test_question_answering import qa_rows, tiny_qa_model  # noqa: F401  (a fixture)
 from test_relation_extraction import duie_rows, tiny_re_model  # noqa: F401  (a fixture)
 from test_sentence_embedding import pair_rows
 from test_token_classification import make_sentences, tiny_ner_model, write_conll  # noqa: F401  (a fixture)
@@ -46,7 +47,7 @@ REFUSED = {
     **{(task, method): SEQUENCE_ONLY for task in TASKS if task != "text-classification"
        for method in ("few-shot", "zero-shot")},
     **{(task, method): "one label or score per text" for task in ("token-classification", "causal-lm", "preference",
-                                                                  "image-classification")
+                                                                  "image-classification", "question-answering")
        for method in ("prefix", "prompt", "ptuning")},
     # The relation head reads the entity markers' states in input_ids; prompt methods feed embeddings.
     **{("relation-extraction", method): "entity markers" for method in ("prefix", "prompt", "ptuning")},
@@ -79,6 +80,11 @@ def _data(task: str, folder) -> tuple[str, list]:
         return (write_jsonl(folder / "rel.jsonl", duie_rows(40)),
                 [{"text": "ada wrote notes .", "head": "ada", "tail": "notes"},
                  {"text": "bob was born in rome .", "head": {"start": 0, "end": 3, "type": "person"}, "tail": "rome"}])
+    if task == "question-answering":
+        context = "the colour of sky is blue ."
+        return (write_jsonl(folder / "qa.jsonl", qa_rows(40, unanswerable=0.2)),
+                [{"question": "what is the colour of sky", "context": context},
+                 {"question": ["which thing is blue", "what is the colour of sky"], "context": context}])
     if task == "token-classification":
         return write_conll(folder / "ner.txt", make_sentences(40)), ["john smith visited paris .", "globex said"]
     if task == "image-classification":
@@ -104,7 +110,8 @@ def models(request, tiny_model, tiny_causal_lm):
     return {"causal-lm": tiny_causal_lm, "preference": tiny_causal_lm,
             "image-classification": request.getfixturevalue("tiny_vit"),
             "token-classification": request.getfixturevalue("tiny_ner_model"),
-            "relation-extraction": request.getfixturevalue("tiny_re_model")}
+            "relation-extraction": request.getfixturevalue("tiny_re_model"),
+            "question-answering": request.getfixturevalue("tiny_qa_model")}
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))
@@ -186,7 +193,9 @@ def _declarations_are_true(task: str, run, tmp_path, capsys) -> None:
             if hasattr(source, "thresholds"):  # multi-label: probabilities and the thresholds tuned on validation
                 assert np.array_equal(int8.thresholds, source.thresholds)
                 source, int8 = source.probs, int8.probs
-            if isinstance(source, list):  # NER: one array of tag probabilities per sentence
+            if isinstance(source[0], dict):  # extractive QA: each answer's probability
+                source, int8 = [a["score"] for a in source], [a["score"] for a in int8]
+            elif isinstance(source, list):  # NER: one array of tag probabilities per sentence
                 source, int8 = np.concatenate(source), np.concatenate(int8)
             assert np.abs(np.asarray(int8) - np.asarray(source)).max() < 0.05, task
         else:

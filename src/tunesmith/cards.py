@@ -117,7 +117,8 @@ def _how_to_load(run, task) -> list[str]:
             "token-classification": "AutoModelForTokenClassification",
             "text-generation": "AutoModelForCausalLM",
             "image-classification": "AutoModelForImageClassification",
-            "sentence-similarity": "AutoModel"}[task.pipeline_tag]
+            "sentence-similarity": "AutoModel",
+            "question-answering": "AutoModelForQuestionAnswering"}[task.pipeline_tag]
     if _model_config(run).get("tunesmith_pooling"):  # tunesmith's own head on a plain body (tasks/mean_pool.py)
         auto = "AutoModel"
     return ["```python", f"from transformers import AutoTokenizer, {auto}", "",

@@ -62,6 +62,11 @@ def require_runtime():
         raise UserError("ONNX needs its extra: pip install 'tunesmith[onnx]'") from None
 
 
+def spans_model(config) -> bool:
+    """Whether a transformers config is an extractive question-answering model's."""
+    return any(name.endswith("ForQuestionAnswering") for name in getattr(config, "architectures", None) or [])
+
+
 class OnnxModel:
     """An exported graph under ONNX Runtime, called like the transformers model it came from
     (`model(**batch).logits`), so the shared inference loop runs it unchanged."""
@@ -95,7 +100,10 @@ class OnnxModel:
         return self.session.run(["logits"], {name: batch[name].numpy() for name in self.input_names})[0]
 
     def __call__(self, **batch):
-        return SimpleNamespace(logits=torch.from_numpy(self.run(batch)))
+        logits = torch.from_numpy(self.run(batch))
+        if spans_model(self.config):  # the graph's one output is the start and end logits, stacked
+            return SimpleNamespace(logits=logits, start_logits=logits[..., 0], end_logits=logits[..., 1])
+        return SimpleNamespace(logits=logits)
 
     # The inference loop switches modes around its passes; a graph has only one.
     def eval(self):

@@ -50,7 +50,9 @@ def other_script_rows(texts: list[str]) -> tuple[str | None, list[int]]:
 
 
 def _joined(text) -> str:
-    return " ".join(text) if isinstance(text, (tuple, list)) else str(text)
+    if isinstance(text, dict):  # a question and its context, a query and its passage: the values are the text
+        return " ".join(map(_joined, text.values()))
+    return " ".join(map(str, text)) if isinstance(text, (tuple, list)) else str(text)
 
 
 def letter_scripts(texts: list, limit: int = 2000) -> Counter:

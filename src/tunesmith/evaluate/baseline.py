@@ -161,3 +161,75 @@ def probe_as_linear_layer(probe, num_labels: int) -> tuple[np.ndarray, np.ndarra
     weight[probe.classes_] = coef
     bias[probe.classes_] = intercept
     return weight, bias
+
+
+SPAN_PROBE_WINDOWS = 1000  # training windows the span probe reads (their token states are held in memory)
+
+
+def fit_span_probe(encoder, rows: list[dict], pad_id: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Extractive QA's probe: one linear map from each token's frozen last hidden state to a
+    start and an end logit, fitted like the QA head (a softmax over a window's positions for
+    each), on at most SPAN_PROBE_WINDOWS windows. Returns (weight 2 x hidden, bias 2), the
+    shape of transformers' `qa_outputs` layer, so the head can start as it."""
+    with torch.no_grad():
+        weights = sum(float(p.double().sum()) for p in encoder.parameters())
+    key = (weights, pad_id, seed, tuple((tuple(r["input_ids"]), r["start_positions"], r["end_positions"]) for r in rows))
+
+    def compute():
+        chosen = np.arange(len(rows))
+        if len(rows) > SPAN_PROBE_WINDOWS:
+            chosen = np.sort(np.random.default_rng(seed).choice(len(rows), SPAN_PROBE_WINDOWS, replace=False))
+        states = token_states(encoder, [rows[i] for i in chosen], pad_id)
+        targets = torch.tensor([[rows[i]["start_positions"], rows[i]["end_positions"]] for i in chosen])
+        return _fit_positions(states, targets, seed)
+
+    return _memo("span probe", key, compute)
+
+
+def token_states(encoder, rows: list[dict], pad_id: int, batch_size: int = 32) -> list[torch.Tensor]:
+    """Each row's last hidden states (tokens x hidden, float16 to halve the memory), untuned."""
+    from tunesmith.data.batching import collate_rows
+
+    out: list = [None] * len(rows)
+    device = next(encoder.parameters()).device
+    keep = ("input_ids", "token_type_ids")
+    was_training = encoder.training
+    encoder.eval()
+    try:
+        with torch.inference_mode():
+            for indices in inference_batches([len(r["input_ids"]) for r in rows], batch_size):
+                batch = collate_rows([{k: rows[i][k] for k in keep if k in rows[i]} for i in indices], pad_id)
+                hidden = encoder(**{k: v.to(device) for k, v in batch.items()}).last_hidden_state
+                for row, i in enumerate(indices):
+                    out[i] = hidden[row, : len(rows[i]["input_ids"])].to(torch.float16).cpu()
+    finally:
+        encoder.train(was_training)
+    return out
+
+
+def _fit_positions(states: list[torch.Tensor], targets: torch.Tensor, seed: int, epochs: int = 60):
+    """Adam on the two softmax losses over positions, in length-sorted batches of 64."""
+    torch.manual_seed(seed)
+    layer = torch.nn.Linear(states[0].shape[1], 2)
+    optimiser = torch.optim.Adam(layer.parameters(), lr=1e-2, weight_decay=1e-4)
+    order = sorted(range(len(states)), key=lambda i: len(states[i]))
+    batches = [order[i : i + 64] for i in range(0, len(order), 64)]
+    padded = []
+    for batch in batches:
+        width = max(len(states[i]) for i in batch)
+        x = torch.zeros(len(batch), width, states[0].shape[1], dtype=torch.float16)
+        mask = torch.zeros(len(batch), width, dtype=torch.bool)
+        for row, i in enumerate(batch):
+            x[row, : len(states[i])] = states[i]
+            mask[row, : len(states[i])] = True
+        padded.append((x, mask, targets[batch]))
+    with torch.enable_grad():
+        for _ in range(epochs):
+            for x, mask, target in padded:
+                logits = layer(x.float()).masked_fill(~mask[..., None], -1e4)
+                loss = (torch.nn.functional.cross_entropy(logits[..., 0], target[:, 0])
+                        + torch.nn.functional.cross_entropy(logits[..., 1], target[:, 1])) / 2
+                optimiser.zero_grad()
+                loss.backward()
+                optimiser.step()
+    return layer.weight.detach().numpy().copy(), layer.bias.detach().numpy().copy()

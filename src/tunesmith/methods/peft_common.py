@@ -5,7 +5,7 @@ from typing import Optional
 
 from pydantic import BaseModel, Field
 
-HEADS = ["classifier", "score"]  # the head names PEFT's task types train in full
+HEADS = ["classifier", "score", "qa_outputs"]  # the head names PEFT's task types train in full
 
 
 class LoraSettings(BaseModel):

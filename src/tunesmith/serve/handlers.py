@@ -42,11 +42,14 @@ def model_inputs(state: Served, body: PredictRequest) -> tuple[list, list]:
 
 
 def texts_of(value) -> list[str]:
-    """Every string an input holds: a text, a pair's two, a relation's text and entity names."""
+    """Every string an input holds: a text, a pair's two, a relation's text and entity names,
+    a context and its questions."""
     if isinstance(value, str):
         return [value]
     if isinstance(value, dict):
         return [text for inner in value.values() for text in texts_of(inner)]
+    if isinstance(value, list):
+        return [text for inner in value for text in texts_of(inner)]
     return []
 
 

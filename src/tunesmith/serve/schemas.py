@@ -4,7 +4,7 @@
 import secrets
 from typing import Annotated, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, RootModel
 
 STOP_CHARS = 64  # longest stop string: transformers' matcher builds a vocabulary x length table per string
 StopString = Annotated[str, Field(min_length=1, max_length=STOP_CHARS)]
@@ -57,14 +57,22 @@ class RelationInput(BaseModel):
     tail: Union[str, EntitySpan] = Field(description="The tail entity: its text (first occurrence) or its span.")
 
 
-Input = Union[str, TextPair, RelationInput]
+class QuestionInput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    question: Union[str, list[str]] = Field(description="A question, or a list of questions about the same context "
+                                                        "(answered in order).")
+    context: str = Field(description="The passage the answers are taken from.")
+
+
+Input = Union[str, TextPair, RelationInput, QuestionInput]
 
 
 class PredictRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     inputs: Union[Input, list[Input]] = Field(
         description="One input or a list: texts, {text, text_pair} objects for pair runs, {text, head, tail} for "
-                    "relation-extraction runs (see GET /v1/model 'input').")
+                    "relation-extraction runs, {question, context} for question-answering runs (see GET /v1/model "
+                    "'input').")
     parameters: PredictParameters = Field(default_factory=PredictParameters)
 
 
@@ -103,11 +111,27 @@ class EmbeddingOutput(BaseModel):
     embedding: list[float]
 
 
+class Answer(BaseModel):
+    answer: str = Field(description="The span of the context that answers; empty when the model finds no answer.")
+    start: Optional[int] = Field(description="Its first character in the context (None: no answer).")
+    end: Optional[int] = Field(description="One past its last character (None: no answer).")
+    score: float = Field(description="Probability of the best span (its start times its end, in its window).")
+
+
+class Answers(BaseModel):
+    answers: list[Answer] = Field(description="One answer per question asked, in order.")
+
+
+class QuestionAnswerOutput(RootModel[Union[Answer, Answers]]):
+    """One answer for one question; `answers` for a list of questions about one context."""
+
+
 # One answer of each kind a task declares (`Task.answer`): the shape /openapi.json documents
 # and the tests hold every served answer to. A task with a new kind of answer adds it here.
 ANSWERS: dict[str, type[BaseModel]] = {
     "classification": ClassificationOutput, "regression": RegressionOutput, "multi-label": MultiLabelOutput,
     "entities": EntitiesOutput, "generation": GenerationOutput, "embedding": EmbeddingOutput,
+    "answer": QuestionAnswerOutput,
 }
 
 

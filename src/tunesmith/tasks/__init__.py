@@ -168,8 +168,9 @@ def supporting(capability: str) -> list[str]:
 def infer_task(data: str | None) -> str:
     """The task a data source can only be for, when `--task` is not given: an image folder or
     a built-in image set -> image-classification; CoNLL or JSONL tokens or a built-in tagged set
-    -> token-classification; anything else -> text-classification."""
-    from tunesmith.data import builtin
+    -> token-classification; SQuAD JSON, rows with a context and a question, or the built-in
+    duie-qa -> question-answering; anything else -> text-classification."""
+    from tunesmith.data import builtin, questions
     from tunesmith.data.images import IMAGE_SUFFIXES, builtin_names
     from tunesmith.tasks.token_classification import looks_tagged
 
@@ -179,13 +180,19 @@ def infer_task(data: str | None) -> str:
         return "image-classification"
     if data in builtin.TAGGED:
         return "token-classification"
+    if data == questions.BUILTIN:
+        return "question-answering"
     path = Path(data)
     if path.is_dir():
         if any(f.suffix.lower() in IMAGE_SUFFIXES for d in path.iterdir() if d.is_dir() for f in d.iterdir()):
             return "image-classification"
         if any(looks_tagged(f) for f in path.iterdir() if f.is_file() and f.stem.lower() == "train"):
             return "token-classification"
+        if any(questions.looks_like_questions(f) for f in path.iterdir() if f.is_file() and f.stem.lower() == "train"):
+            return "question-answering"
         return "text-classification"
+    if questions.looks_like_questions(path):
+        return "question-answering"
     return "token-classification" if looks_tagged(path) else "text-classification"
 
 
@@ -195,6 +202,6 @@ def register_task(task: "Task") -> "Task":
 
 
 from tunesmith.tasks import (  # noqa: E402,F401,I001  (each registers itself)
-    causal_lm, image_classification, multi_label, preference, regression, relation_extraction, sentence_embedding,
-    text_classification, token_classification,
+    causal_lm, image_classification, multi_label, preference, question_answering, regression, relation_extraction,
+    sentence_embedding, text_classification, token_classification,
 )
