@@ -62,7 +62,7 @@ def test_the_usual_column_names_are_read(tmp_path, columns):
 
 @pytest.mark.parametrize("rows, message", [
     ([{"anchor": "good", "positive": ""}], "p.jsonl line 1: the positive text is empty"),
-    ([{"sentence1": "good", "sentence2": "great", "score": "0.9"}], "scored pairs are not read yet"),
+    ([{"sentence1": "good", "sentence2": "great", "score": "very"}], "p.jsonl line 1: column 'score' holds 'very'"),
     ([{"text": "good", "other": "great"}], "name them anchor and positive"),
 ])
 def test_bad_pair_files_are_one_error_naming_the_problem(tmp_path, rows, message):
@@ -217,3 +217,65 @@ def test_a_mean_pooled_backbone_stays_mean_pooled_in_the_saved_model(tiny_senten
     texts = ["good movie", "bad plot okay"]
     assert np.allclose(SentenceTransformer(str(run.model_dir), device="cpu").encode(texts),
                        Predictor.from_run(run).predict(texts), atol=1e-5)
+
+
+# ---- scored pairs -------------------------------------------------------------------------------
+
+def scored_rows(n: int, seed: int = 0) -> list[dict]:
+    """Two texts, each with a cue word, and a score on STS-B's 0-5 scale: 5 when the second
+    word is the first's fixed partner (pair_rows), 2 when it is of the same sentiment, else 0."""
+    rng = random.Random(seed)
+    partner = dict(zip(WORDS, random.Random(1).sample(WORDS, len(WORDS))))
+    group = {w: name for name, words in CUES.items() for w in words}
+    rows = []
+    for _ in range(n):
+        first = rng.choice(WORDS)
+        second = partner[first] if rng.random() < 0.4 else rng.choice(WORDS)
+        score = 5.0 if second == partner[first] else 2.0 if group[second] == group[partner[first]] else 0.0
+        rows.append({"sentence1": f"{first} {' '.join(rng.sample(FILLER, 2))}",
+                     "sentence2": f"{second} {' '.join(rng.sample(FILLER, 3))}", "score": score})
+    return rows
+
+
+def test_scored_pairs_are_read_and_a_bad_score_names_its_row(tmp_path):
+    from tunesmith.config import TrainConfig
+    from tunesmith.tasks.sentence_embedding import scored
+
+    splits = EMBED.load_data(TrainConfig(task="sentence-embedding", data=write_jsonl(tmp_path / "s.jsonl",
+                                                                                  scored_rows(60))))
+    assert scored(splits.train) and {type(s) for s in splits.train.labels} == {float}
+    bad = scored_rows(10)
+    bad[3]["score"] = "high"
+    with pytest.raises(UserError, match="line 4: column 'score' holds 'high', not a number"):
+        EMBED.load_data(TrainConfig(task="sentence-embedding", data=write_jsonl(tmp_path / "b.jsonl", bad)))
+    both = [{**row, "negative": "x"} for row in scored_rows(10)]
+    with pytest.raises(UserError, match="both a score column"):
+        EMBED.load_data(TrainConfig(task="sentence-embedding", data=write_jsonl(tmp_path / "n.jsonl", both)))
+
+
+def test_cosent_is_low_when_the_cosines_keep_the_order_of_the_scores():
+    from tunesmith.tasks.sentence_embedding import cosent_loss
+
+    scores = torch.tensor([5.0, 2.0, 0.0])
+    kept, reversed_ = cosent_loss(torch.tensor([0.9, 0.5, 0.1]), scores), cosent_loss(torch.tensor([0.1, 0.5, 0.9]), scores)
+    assert kept < 0.01 < 10 < reversed_
+    assert cosent_loss(torch.tensor([0.2, 0.2]), torch.tensor([1.0, 1.0])) == 0  # equal scores: nothing to order
+
+
+def test_scored_pairs_train_to_a_higher_spearman_than_the_untuned_model(tiny_model, tmp_path, capsys):
+    from tunesmith.runs import Run
+
+    data = write_jsonl(tmp_path / "sts.jsonl", scored_rows(600))
+    assert main(["train", data, "--task", "sentence-embedding", "--model", tiny_model, "--lr", "3e-3", "--epochs", "10",
+                 "--batch-size", "16", "--max-length", "16", "--output", str(tmp_path / "runs"), "--name", "s",
+                 "--seed", "0"]) == 0
+    run = Run(tmp_path / "runs" / "s")
+    assert run.settings().metric == "spearman"  # chosen because the pairs are scored
+    metrics = json.loads(run.metrics_file.read_text())
+    assert metrics["test"]["spearman"] > metrics["baseline"]["spearman"] + 0.3, (metrics["test"], metrics["baseline"])
+    capsys.readouterr()
+    assert main(["eval", str(run.path), write_jsonl(tmp_path / "more.jsonl", scored_rows(40, seed=4))]) == 0
+    assert "Spearman" in capsys.readouterr().out
+    assert main(["train", data, "--task", "sentence-embedding", "--model", tiny_model, "--metric", "ndcg_at_10",
+                 "--output", str(tmp_path / "runs"), "--name", "wrong"]) == 2
+    assert "--metric ndcg_at_10: these data are scored pairs" in capsys.readouterr().err

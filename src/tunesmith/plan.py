@@ -124,10 +124,13 @@ def resolve(cfg: TrainConfig, splits, start_model: str | None = None) -> Plan:
     reasons["batch_size"] = _batch_reason(cfg, given)
     if length_note:
         notes["max_length"] = length_note
-    metric = cfg.resolved_metric()
-    reasons["metric"] = "given" if cfg.metric else "the task's default"
-    cfg = settings_with(cfg, max_length=max_length, metric=metric)
+    cfg = settings_with(cfg, max_length=max_length)
     planned = TASKS[cfg.task].planned(cfg, splits, source)  # what only this task's data decides
+    metric, reasons["metric"] = planned.pop("metric", (cfg.resolved_metric(),
+                                                       "given" if cfg.metric else "the task's default"))
+    if reasons["metric"] not in ("given", "the task's default"):
+        notes["metric"] = f"metric: {metric}, {reasons['metric']} (--metric sets it)"
+    cfg = settings_with(cfg, metric=metric)
     for key, (value, why) in planned.items():
         reasons[key] = why
         if why != "given" and value != getattr(cfg, key):

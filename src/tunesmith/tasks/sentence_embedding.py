@@ -1,15 +1,20 @@
 """Sentence embeddings for retrieval: a query and the passage that answers it end up close.
 
 An example is a query with a positive passage, and optionally a hard negative (the
-sentence-transformers column names: `anchor`/`positive`/`negative`, and the usual variants).
-Training is the multiple-negatives ranking loss (Henderson et al. 2017; sentence-transformers'
+sentence-transformers column names: `anchor`/`positive`/`negative`, and the usual variants),
+or two texts and a similarity score (`sentence1`/`sentence2`/`score`).
+Pairs train with the multiple-negatives ranking loss (Henderson et al. 2017; sentence-transformers'
 MultipleNegativesRankingLoss): in a batch, each query must pick its own positive among every
 positive and negative of the batch, and each positive its own query (both directions), by
-cosine similarity times a scale of 20. No labels, no head: the model is the body, pooled as the
+cosine similarity times a scale of 20. Scored pairs train with CoSENT (Su 2022;
+sentence-transformers' CoSENTLoss), a cosine loss on the order of the scores: every two pairs
+of a batch whose scores differ are a ranking the cosines must keep, so scores on any scale
+(0-5 for STS-B, 0-1, -1 to 1) need no rescaling. No head: the model is the body, pooled as the
 backbone was trained (mean for sentence-transformers models, else [CLS]) and normalised.
 
-Evaluation is retrieval over the held-out split: its queries against every distinct passage
-of the split (the corpus), recall@1/@10, MRR@10 and NDCG@10, the untuned model's beside them.
+Evaluation on pairs is retrieval over the held-out split: its queries against every distinct
+passage of the split (the corpus), recall@1/@10, MRR@10 and NDCG@10; on scored pairs, the
+Spearman (and Pearson) correlation of the cosines with the scores; the untuned model's beside them.
 The model folder is a sentence-transformers model (`modules.json`, pooling, normalisation):
 `SentenceTransformer(folder)` loads it and gives the same vectors.
 """
@@ -35,7 +40,10 @@ from tunesmith.tasks import TaskDefaults, register_task
 QUERY_COLUMNS = ("anchor", "query", "question", "sentence1", "text_a", "q")
 POSITIVE_COLUMNS = ("positive", "pos", "answer", "passage", "document", "sentence2", "text_b", "doc")
 NEGATIVE_COLUMNS = ("negative", "neg", "hard_negative", "negative_passage")
+SCORE_COLUMNS = ("score", "similarity", "label", "relatedness")
 SCALE = 20.0  # cosine similarities times 20 before the softmax: sentence-transformers' default
+RETRIEVAL = ("ndcg_at_10", "mrr_at_10", "recall_at_1", "recall_at_10")  # the metrics of query-positive pairs
+SIMILARITY = ("spearman", "pearson")  # the metrics of scored pairs
 K = 10  # recall@10, MRR@10, NDCG@10: the retrieval cut-off the MTEB and BEIR tables use
 
 
@@ -46,6 +54,18 @@ class Retrieval:
     queries: np.ndarray
     corpus: np.ndarray
     relevant: list[set[int]]
+    cosines: np.ndarray  # each pair's query against its own positive (what scored pairs are scored on)
+
+
+@dataclass
+class Similarities:
+    """A split's scored pairs: the cosine of each pair's two vectors."""
+
+    cosines: np.ndarray
+
+
+class ScoredFeatures(Features):
+    """Rows of two texts' token ids (`anchor`, `positive`) and, for training, the pair's `score`."""
 
 
 @dataclass
@@ -117,7 +137,7 @@ class SentenceEmbedding(TaskDefaults):
     answer = "embedding"
     peft_task_type = "FEATURE_EXTRACTION"
     default_model = "minilm"
-    metrics_higher_is_better = {"ndcg_at_10": True, "mrr_at_10": True, "recall_at_1": True, "recall_at_10": True}
+    metrics_higher_is_better = {name: True for name in RETRIEVAL + SIMILARITY}
     default_metric = "ndcg_at_10"
     has_baseline = True
     baseline_name = "the untuned model's embeddings"
@@ -139,6 +159,11 @@ class SentenceEmbedding(TaskDefaults):
                 tables[key] = read_source(given, cfg.encoding)["all"]
         train = _read_pairs(tables.get("train", tables.get("all")))
         val, test = (_read_pairs(tables[key]) if key in tables else None for key in ("val", "test"))
+        for name, split in (("validation", val), ("test", test)):
+            if split is not None and scored(split) != scored(train):
+                raise UserError(f"{split.source}: the {name} split {'has' if scored(split) else 'has no'} score "
+                                f"column but the training data {'has' if scored(train) else 'has none'}; give all "
+                                "splits the same columns")
         notes: list[str] = []
         if val is None or test is None:
             train, val, test = _carve_by_query(train, val, test, cfg, notes)
@@ -147,9 +172,22 @@ class SentenceEmbedding(TaskDefaults):
                             for split, limit in zip((train, val, test), limits))
         for name, split in (("train", train), ("validation", val), ("test", test)):
             if len(split) < 2:
-                raise UserError(f"{cfg.data}: the {name} split has {len(split)} pair(s); retrieval needs at least 2 "
+                raise UserError(f"{cfg.data}: the {name} split has {len(split)} pair(s); scoring needs at least 2 "
                                 "(add pairs, or give --val-data / --test-data)")
+        if scored(train) and len(set(train.labels)) < 2:
+            raise UserError(f"{cfg.data}: every training pair has the same score; the scores must differ to teach "
+                            "which pairs are more alike")
         return Splits(train, val, test, [], "anchor", "positive", notes)
+
+    def planned(self, cfg, splits, source: str) -> dict:
+        """Scored pairs are scored by Spearman's correlation, pairs by retrieval (NDCG@10)."""
+        kind = SIMILARITY if scored(splits.train) else RETRIEVAL
+        if cfg.metric and cfg.metric not in kind:
+            raise UserError(f"--metric {cfg.metric}: these data are {'scored pairs' if kind is SIMILARITY else 'pairs'}, "
+                            f"scored by {', '.join(kind)}")
+        if cfg.metric is None and kind is SIMILARITY:
+            return {"metric": ("spearman", "the data are scored pairs")}
+        return {}
 
     def read_labeled(self, source, cfg, labels, text_col=None, label_col=None, encoding="utf-8") -> Examples:
         tables = read_source(source, encoding)
@@ -205,6 +243,8 @@ class SentenceEmbedding(TaskDefaults):
         if inputs and isinstance(inputs[0], str):  # texts to embed (predict, serve)
             ids = tokenize(tokenizer, list(inputs), max_length, use_cache=use_cache)
             return Features([{"input_ids": i} for i in ids], pad_id)
+        if targets is not None and targets and not isinstance(targets[0], str):  # scored pairs
+            return _scored_features(tokenizer, inputs, targets, max_length, pad_id, use_cache)
         texts = sorted({t for pair in inputs for key, t in pair.items() if key != "anchor"})
         corpus_id = {text: i for i, text in enumerate(texts)}
         queries = tokenize(tokenizer, [pair["anchor"] for pair in inputs], max_length, use_cache=use_cache)
@@ -228,9 +268,12 @@ class SentenceEmbedding(TaskDefaults):
     def training_loss(self, model, batch, processor=None):
         """Multiple-negatives ranking loss, both directions: each query against every passage
         of the batch, and each positive against every query. A passage (or query) that occurs
-        twice in a batch is no negative of itself: those repeats are left out of the softmax."""
+        twice in a batch is no negative of itself: those repeats are left out of the softmax.
+        Scored pairs: CoSENT (`cosent_loss`)."""
         count = int(batch["examples"][0])
         vectors = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        if "score" in batch:
+            return cosent_loss((vectors[:count] * vectors[count:]).sum(-1), batch["score"]), {}
         queries, passages = vectors[:count], vectors[count:]
         scores = SCALE * queries @ passages.T  # (count, count or 2 x count): own positive on the diagonal
         own = torch.eye(count, dtype=torch.bool, device=scores.device)
@@ -244,15 +287,25 @@ class SentenceEmbedding(TaskDefaults):
         return (forward + backward) / 2, {}
 
     def predict(self, model, features: Features, batch_size: int = 64):
+        if isinstance(features, ScoredFeatures):
+            first, second = (_embed(model, [row[key] for row in features.rows], features.pad_id, batch_size)
+                             for key in ("anchor", "positive"))
+            return Similarities((first * second).sum(axis=1))
         if not isinstance(features, PairFeatures):
             return _embed(model, [row["input_ids"] for row in features.rows], features.pad_id, batch_size)
-        return Retrieval(_embed(model, [row["anchor"] for row in features.rows], features.pad_id, batch_size),
-                         _embed(model, features.corpus, features.pad_id, batch_size), features.relevant)
+        queries = _embed(model, [row["anchor"] for row in features.rows], features.pad_id, batch_size)
+        corpus = _embed(model, features.corpus, features.pad_id, batch_size)
+        own = corpus[[row["passage_key"] for row in features.rows]]
+        return Retrieval(queries, corpus, features.relevant, (queries * own).sum(axis=1))
 
-    def metrics(self, targets, outputs: Retrieval, labels) -> dict:
+    def metrics(self, targets, outputs, labels) -> dict:
+        if targets and not isinstance(targets[0], str):  # scored pairs (read back without their scores, or with)
+            return similarity_metrics(outputs.cosines, np.asarray(targets, dtype=float))
         return retrieval_metrics(outputs.queries @ outputs.corpus.T, outputs.relevant)
 
     def summary(self, metrics: dict) -> str:
+        if "spearman" in metrics:
+            return f"Spearman {metrics['spearman']:.4f}, Pearson {metrics['pearson']:.4f} ({metrics['count']} pairs)"
         return (f"NDCG@10 {metrics['ndcg_at_10']:.4f}, MRR@10 {metrics['mrr_at_10']:.4f}, recall@1 "
                 f"{metrics['recall_at_1']:.4f}, recall@10 {metrics['recall_at_10']:.4f} "
                 f"({metrics['count']} queries, {metrics['corpus']} passages)")
@@ -297,6 +350,25 @@ class SentenceEmbedding(TaskDefaults):
         return ["```python", "from sentence_transformers import SentenceTransformer", "",
                 'model = SentenceTransformer("path/to/model")',
                 'vectors = model.encode(["a query", "a passage"], normalize_embeddings=True)', "```"]
+
+
+def cosent_loss(cosines: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+    """CoSENT: log(1 + sum over pairs (i, j) with score_i > score_j of exp(SCALE * (cos_j - cos_i))),
+    computed as a log-sum-exp with a zero term for the 1."""
+    differences = SCALE * (cosines[None, :] - cosines[:, None])  # [i, j]: cos_j - cos_i
+    ordered = scores[:, None] > scores[None, :]  # pair i should be closer than pair j
+    terms = differences.masked_fill(~ordered, -1e4).flatten()
+    return torch.logsumexp(torch.cat([terms.new_zeros(1), terms]), dim=0)
+
+
+def similarity_metrics(cosines: np.ndarray, scores: np.ndarray) -> dict:
+    """Spearman's and Pearson's correlation of the cosines with the gold scores."""
+    from scipy.stats import pearsonr, spearmanr
+
+    if len(cosines) < 2 or np.ptp(scores) == 0 or np.ptp(cosines) == 0:
+        return {"spearman": 0.0, "pearson": 0.0, "count": len(cosines)}
+    return {"spearman": float(spearmanr(cosines, scores).statistic), "pearson": float(pearsonr(cosines, scores).statistic),
+            "count": len(cosines)}
 
 
 def retrieval_metrics(scores: np.ndarray, relevant: list[set[int]]) -> dict:
@@ -347,14 +419,16 @@ def _collate(rows: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
             "passage_key": torch.tensor([r["passage_key"] for r in rows])}
 
 
+def scored(examples: Examples) -> bool:
+    """Whether examples are scored pairs (a number each) rather than query-positive pairs."""
+    return bool(examples.labels) and not isinstance(examples.labels[0], str)
+
+
 def _read_pairs(table: Table) -> Examples:
-    """(query, positive[, negative]) rows of a table, each cell checked."""
+    """(query, positive[, negative]) rows of a table, or (text, text, score) rows, each cell checked."""
     if table is None:
         raise UserError("no training split found")
     columns = {str(c).lower(): c for c in table.frame.columns}
-    if "score" in columns or "label" in columns:
-        raise UserError(f"{table.source}: has a score or label column: scored pairs are not read yet; give "
-                        "query/positive pairs (anchor, positive[, negative])")
     query = next((columns[name] for name in QUERY_COLUMNS if name in columns), None)
     positive = next((columns[name] for name in POSITIVE_COLUMNS if name in columns), None)
     if query is None or positive is None:
@@ -362,7 +436,11 @@ def _read_pairs(table: Table) -> Examples:
                         f"{', '.join(map(str, table.frame.columns))}; name them anchor and positive (or query and "
                         "passage, question and answer)")
     negative = next((columns[name] for name in NEGATIVE_COLUMNS if name in columns), None)
-    pairs, where = [], []
+    score = next((columns[name] for name in SCORE_COLUMNS if name in columns), None)
+    if score is not None and negative is not None:
+        raise UserError(f"{table.source}: has both a score column ({score}) and a negative column ({negative}); give "
+                        "scored pairs (sentence1, sentence2, score) or triplets (anchor, positive, negative)")
+    pairs, where, scores = [], [], []
     for index, record in enumerate(table.frame.to_dict("records")):
         pair = {"anchor": str(record[query]).strip(), "positive": str(record[positive]).strip()}
         if negative is not None:
@@ -370,9 +448,40 @@ def _read_pairs(table: Table) -> Examples:
         empty = next((key for key, text in pair.items() if not text), None)
         if empty:
             raise UserError(f"{table.where(index)}: the {empty} text is empty; fill it in or remove the row")
+        if score is not None:
+            scores.append(_score(record[score], table.where(index), score))
         pairs.append(pair)
         where.append(table.where(index))
-    return Examples(pairs, [""] * len(pairs), table.source, where)
+    return Examples(pairs, scores if score is not None else [""] * len(pairs), table.source, where)
+
+
+def _score(value, where: str, column) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if not np.isfinite(number):
+        raise UserError(f"{where}: column '{column}' holds {value!r}, not a number; give each pair's similarity score")
+    return number
+
+
+def _scored_features(tokenizer, inputs, targets, max_length: int, pad_id: int, use_cache: bool) -> ScoredFeatures:
+    from tunesmith.data.tokens import tokenize
+
+    first, second = (tokenize(tokenizer, [pair[key] for pair in inputs], max_length, use_cache=use_cache)
+                     for key in ("anchor", "positive"))
+    rows = [{"anchor": a, "positive": b, "score": float(s), "length": max(len(a), len(b))}
+            for a, b, s in zip(first, second, targets)]
+    return ScoredFeatures(rows, pad_id, collate=lambda batch: _collate_scored(batch, pad_id))
+
+
+def _collate_scored(rows: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
+    """First texts, then second texts, in one padded batch, with each pair's score."""
+    from tunesmith.data.batching import collate
+
+    batch = collate([r["anchor"] for r in rows] + [r["positive"] for r in rows], pad_id)
+    return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"],
+            "examples": torch.tensor([len(rows)]), "score": torch.tensor([r["score"] for r in rows])}
 
 
 def _carve_by_query(train: Examples, val, test, cfg, notes: list[str]):
