@@ -51,8 +51,8 @@ REFUSED = {
        for method in ("prefix", "prompt", "ptuning")},
     # The relation head reads the entity markers' states in input_ids; prompt methods feed embeddings.
     **{("relation-extraction", method): "entity markers" for method in ("prefix", "prompt", "ptuning")},
-    # The ranking loss tunes the body itself: full or LoRA.
-    **{("sentence-embedding", method): "trains with full or lora"
+    # The ranking losses tune the body itself: full or LoRA.
+    **{(task, method): "trains with full or lora" for task in ("sentence-embedding", "reranker")
        for method in ("adalora", "adapter", "bitfit", "freeze", "ia3", "prefix", "prompt", "ptuning")},
 }
 
@@ -76,6 +76,9 @@ def _data(task: str, folder) -> tuple[str, list]:
         return _write(folder / "m.csv", rows, ["text", "labels"]), ["good sad", "okay"]
     if task == "sentence-embedding":
         return write_jsonl(folder / "pairs.jsonl", pair_rows(60)), ["good film", "bad plot"]
+    if task == "reranker":
+        return (write_jsonl(folder / "pairs.jsonl", pair_rows(60)),
+                [{"text": "good film", "text_pair": "great plot"}, {"text": "bad", "text_pair": "sad movie"}])
     if task == "relation-extraction":
         return (write_jsonl(folder / "rel.jsonl", duie_rows(40)),
                 [{"text": "ada wrote notes .", "head": "ada", "tail": "notes"},
@@ -193,7 +196,9 @@ def _declarations_are_true(task: str, run, tmp_path, capsys) -> None:
             if hasattr(source, "thresholds"):  # multi-label: probabilities and the thresholds tuned on validation
                 assert np.array_equal(int8.thresholds, source.thresholds)
                 source, int8 = source.probs, int8.probs
-            if isinstance(source[0], dict):  # extractive QA: each answer's probability
+            if hasattr(source, "scores"):  # a reranker: each query's candidate scores
+                source, int8 = np.concatenate(source.scores), np.concatenate(int8.scores)
+            elif isinstance(source[0], dict):  # extractive QA: each answer's probability
                 source, int8 = [a["score"] for a in source], [a["score"] for a in int8]
             elif isinstance(source, list):  # NER: one array of tag probabilities per sentence
                 source, int8 = np.concatenate(source), np.concatenate(int8)

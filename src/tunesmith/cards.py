@@ -118,7 +118,8 @@ def _how_to_load(run, task) -> list[str]:
             "text-generation": "AutoModelForCausalLM",
             "image-classification": "AutoModelForImageClassification",
             "sentence-similarity": "AutoModel",
-            "question-answering": "AutoModelForQuestionAnswering"}[task.pipeline_tag]
+            "question-answering": "AutoModelForQuestionAnswering",
+            "text-ranking": "AutoModelForSequenceClassification"}[task.pipeline_tag]
     if _model_config(run).get("tunesmith_pooling"):  # tunesmith's own head on a plain body (tasks/mean_pool.py)
         auto = "AutoModel"
     return ["```python", f"from transformers import AutoTokenizer, {auto}", "",

@@ -26,7 +26,7 @@ from tunesmith.serve.dependencies import ApiError, Served, client_id
 from tunesmith.serve.middleware import BodyLimit, HostAllowList, MultipartImages, Observe
 from tunesmith.serve.openai_routes import embeddings_router
 from tunesmith.serve.openai_routes import router as openai_router
-from tunesmith.serve.routes import router
+from tunesmith.serve.routes import rerank_router, router
 from tunesmith.serve.security import KeyRing, RateLimiter
 from tunesmith.serve.settings import ServeSettings
 from tunesmith.serve.telemetry import JsonLog, Metrics
@@ -54,6 +54,9 @@ def create_app(predictor, settings: ServeSettings, keys: KeyRing, run_info: dict
     if state.task.answer == "embedding":
         app.include_router(embeddings_router)
         routers.append(embeddings_router)
+    if state.task.rerank:
+        app.include_router(rerank_router)
+        routers.append(rerank_router)
     _handle_errors(app)
     # Middleware, outside in: proxy headers (from trusted proxies only) -> Observe (draining,
     # metrics, access log) -> Host allow-list -> BodyLimit -> routes.

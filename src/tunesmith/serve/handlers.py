@@ -14,7 +14,7 @@ from tunesmith.serve import answers
 from tunesmith.serve.batcher import Busy
 from tunesmith.serve.dependencies import ApiError, Served
 from tunesmith.serve.engine import TimedOut
-from tunesmith.serve.schemas import GENERATION_PARAMETERS, PredictParameters, PredictRequest
+from tunesmith.serve.schemas import GENERATION_PARAMETERS, PredictParameters, PredictRequest, RerankRequest
 from tunesmith.serve.security import mask_pii
 
 
@@ -97,6 +97,27 @@ async def predict(state: Served, request: Request, body: PredictRequest, client:
     # response_model would cost more than the serialisation (the model documents it).
     top_k = body.parameters.top_k
     return JSONResponse([state.task.serve_output(v, row, state.predictor.labels, top_k) for v, row in zip(raw, rows)])
+
+
+async def rerank(state: Served, body: RerankRequest) -> dict:
+    """The documents ordered by the reranker's score for the query, best first."""
+    settings = state.settings
+    if len(body.documents) > settings.max_inputs:
+        raise ApiError(422, f"documents: {len(body.documents)}, the limit is {settings.max_inputs} per request",
+                       "documents")
+    check_text(body.query, "query", settings.max_text_chars)
+    for i, document in enumerate(body.documents):
+        check_text(document, f"documents[{i}]", settings.max_text_chars)
+    inputs = [state.task.serve_input({"text": body.query, "text_pair": d}, True) for d in body.documents]
+    try:
+        scores = await state.batcher.submit(inputs)
+    except Busy as exc:
+        raise ApiError(503, f"server is busy ({exc}); retry shortly", headers={"Retry-After": "1"}) from None
+    order = sorted(range(len(scores)), key=lambda i: -float(scores[i]))[: body.top_n]
+    return {"model": state.run_info.get("run", "model"),
+            "results": [{"index": i, "relevance_score": float(scores[i]),
+                         **({"document": {"text": body.documents[i]}} if body.return_documents else {})}
+                        for i in order]}
 
 
 async def generate(state: Served, request: Request, client: str, conversations: list,

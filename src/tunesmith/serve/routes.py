@@ -8,10 +8,11 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 
 from tunesmith.serve import handlers
 from tunesmith.serve.dependencies import Caller, State
-from tunesmith.serve.schemas import PredictRequest, response_schema
+from tunesmith.serve.schemas import PredictRequest, RerankRequest, RerankResponse, response_schema
 from tunesmith.tasks import TASKS
 
 router = APIRouter()
+rerank_router = APIRouter()  # runs of tasks that declare `rerank`
 
 # One answer of any servable task, as each task declares it (documented in /openapi.json).
 Output = Union[tuple(dict.fromkeys(response_schema(task) for task in TASKS.values() if task.servable))]
@@ -20,6 +21,11 @@ Output = Union[tuple(dict.fromkeys(response_schema(task) for task in TASKS.value
 @router.post("/v1/predict", response_model=list[Output])
 async def predict(request: Request, body: PredictRequest, client: Caller, state: State) -> JSONResponse:
     return await handlers.predict(state, request, body, client)
+
+
+@rerank_router.post("/v1/rerank", response_model=RerankResponse)
+async def rerank(body: RerankRequest, client: Caller, state: State) -> dict:
+    return await handlers.rerank(state, body)
 
 
 @router.get("/v1/model")

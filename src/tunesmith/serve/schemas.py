@@ -67,6 +67,28 @@ class QuestionInput(BaseModel):
 Input = Union[str, TextPair, RelationInput, QuestionInput]
 
 
+class RerankRequest(BaseModel):
+    """The rerank request of Cohere's and Jina's APIs (what their clients and RAG frameworks send)."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: Optional[str] = Field(None, max_length=256, description="Ignored: the server serves one run.")
+    query: str
+    documents: list[str] = Field(min_length=1, description="The passages to order by how well they answer the query.")
+    top_n: Optional[int] = Field(None, ge=1, description="Return only the best n (default: all).")
+    return_documents: bool = Field(False, description="Put each document's text in its result.")
+
+
+class RerankResult(BaseModel):
+    index: int = Field(description="The document's position in the request.")
+    relevance_score: float = Field(description="The reranker's score (higher: more relevant).")
+    document: Optional[dict] = None
+
+
+class RerankResponse(BaseModel):
+    model: str
+    results: list[RerankResult] = Field(description="Best first.")
+
+
 class PredictRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     inputs: Union[Input, list[Input]] = Field(

@@ -118,6 +118,7 @@ class TaskDefaults:
     ensemble: tuple[str, ...] = ()  # how `ensemble` may combine its runs: "mean" of outputs, "vote"
     generative = False  # answers are generated text: `answer_metrics`, `generate`, generation parameters
     serves_images = False  # served inputs are images (base64 or multipart), not texts
+    rerank = False  # serves /v1/rerank: a query against a list of documents, scored pair by pair
     input_kind = "text"  # what one served input is, as GET /v1/model says ("relation": a text and two entities)
     mean_pooling = False  # its head can read the body's mean-pooled states (tasks/mean_pool.py)
     head_needs_input_ids = False  # its head reads states at given tokens (no prompt methods: they feed embeddings)
@@ -203,5 +204,5 @@ def register_task(task: "Task") -> "Task":
 
 from tunesmith.tasks import (  # noqa: E402,F401,I001  (each registers itself)
     causal_lm, image_classification, multi_label, preference, question_answering, regression, relation_extraction,
-    sentence_embedding, text_classification, token_classification,
+    reranker, sentence_embedding, text_classification, token_classification,
 )
