@@ -196,7 +196,9 @@ def _declarations_are_true(task: str, run, tmp_path, capsys) -> None:
             if hasattr(source, "thresholds"):  # multi-label: probabilities and the thresholds tuned on validation
                 assert np.array_equal(int8.thresholds, source.thresholds)
                 source, int8 = source.probs, int8.probs
-            if hasattr(source, "scores"):  # a reranker: each query's candidate scores
+            if hasattr(source, "queries"):  # sentence embeddings: the vectors (cosines 0.05 apart at most)
+                source, int8 = source.queries, int8.queries
+            elif hasattr(source, "scores"):  # a reranker: each query's candidate scores
                 source, int8 = np.concatenate(source.scores), np.concatenate(int8.scores)
             elif isinstance(source[0], dict):  # extractive QA: each answer's probability
                 source, int8 = [a["score"] for a in source], [a["score"] for a in int8]

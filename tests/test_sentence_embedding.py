@@ -279,3 +279,14 @@ def test_scored_pairs_train_to_a_higher_spearman_than_the_untuned_model(tiny_mod
     assert main(["train", data, "--task", "sentence-embedding", "--model", tiny_model, "--metric", "ndcg_at_10",
                  "--output", str(tmp_path / "runs"), "--name", "wrong"]) == 2
     assert "--metric ndcg_at_10: these data are scored pairs" in capsys.readouterr().err
+
+
+def test_the_onnx_export_gives_the_same_vectors(trained):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from tunesmith.inference import Predictor
+
+    assert main(["export", str(trained.path)]) == 0
+    texts = ["good film", "a very bad plot", "okay"]
+    torch_vectors, onnx_vectors = (Predictor.from_run(trained, backend).predict(texts) for backend in ("torch", "onnx"))
+    assert np.allclose(onnx_vectors, torch_vectors, atol=1e-4)

@@ -99,7 +99,8 @@ def _quiet_exporter():
 
 class _LogitsOnly(torch.nn.Module):
     """The model with positional inputs in a fixed order and the logits as the one output (a
-    question-answering model's start and end logits stacked on a last axis of 2)."""
+    question-answering model's start and end logits stacked on a last axis of 2, a sentence
+    embedder's vectors)."""
 
     def __init__(self, model):
         super().__init__()
@@ -108,6 +109,8 @@ class _LogitsOnly(torch.nn.Module):
     def forward(self, input_ids, attention_mask, token_type_ids=None):
         extra = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, **extra)
+        if isinstance(out, torch.Tensor):  # a sentence embedder: the vectors themselves
+            return out
         if "start_logits" in out:
             return torch.stack([out.start_logits, out.end_logits], dim=-1)
         return out.logits

@@ -142,6 +142,8 @@ class SentenceEmbedding(TaskDefaults):
     has_baseline = True
     baseline_name = "the untuned model's embeddings"
     mean_pooling = True  # pooled as the backbone was trained: the mean for sentence-transformers models
+    exportable = True  # token ids in, one normalised vector out
+    quantisable = True
     # In-batch negatives need examples beside each other: the loss is the model's own (no
     # labels), and only methods that tune the body's weights or adapters in it apply.
     methods = ("full", "lora")
@@ -394,12 +396,12 @@ def _embed(model, token_ids: list[list[int]], pad_id: int, batch_size: int) -> n
     from tunesmith.forward import evaluating
 
     out = None
-    with evaluating(model), torch.inference_mode():
+    with evaluating(model) as device:
         for indices in inference_batches([len(ids) for ids in token_ids], batch_size):
             batch = collate([token_ids[i] for i in indices], pad_id)
-            device = next(model.parameters()).device
-            vectors = model(input_ids=batch["input_ids"].to(device),
-                            attention_mask=batch["attention_mask"].to(device)).float().cpu().numpy()
+            vectors = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device))
+            # An ONNX graph (runtimes.OnnxModel) answers like a classifier, its one output as `logits`.
+            vectors = (vectors if isinstance(vectors, torch.Tensor) else vectors.logits).float().cpu().numpy()
             if out is None:
                 out = np.zeros((len(token_ids), vectors.shape[1]), dtype=np.float32)
             out[indices] = vectors
