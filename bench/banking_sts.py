@@ -36,6 +36,13 @@ def intent_words(intents: list[str]) -> dict[str, set[str]]:
     return {c: set(c.split("_")) - {"a", "or", "of", "to", "not", "is"} for c in intents}
 
 
+def write_csv(name: str, rows: list[dict]) -> None:
+    with open(name, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
 def triplets() -> None:
     by_intent = messages()
     intents = sorted(by_intent)
@@ -49,10 +56,7 @@ def triplets() -> None:
             continue
         anchor, positive = rng.sample(by_intent[intent], 2)
         out.append({"anchor": anchor, "positive": positive, "negative": rng.choice(by_intent[rng.choice(related)])})
-    with open("banking_triplets.csv", "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=["anchor", "positive", "negative"])
-        writer.writeheader()
-        writer.writerows(out)
+    write_csv("banking_triplets.csv", out)
 
 
 def main() -> None:
@@ -74,10 +78,7 @@ def main() -> None:
             other, score = rng.choice([d for d in intents if d != intent and not words[d] & words[intent]]), 0
         second = rng.choice([t for t in by_intent[other] if t != first])
         out.append({"sentence1": first, "sentence2": second, "score": score})
-    with open("banking_sts.csv", "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=["sentence1", "sentence2", "score"])
-        writer.writeheader()
-        writer.writerows(out)
+    write_csv("banking_sts.csv", out)
 
 
 if __name__ == "__main__":

@@ -150,6 +150,19 @@ def _check_leakage(report: CheckReport, parts: dict, folded_texts: dict) -> None
                 f"{len(variants)} {name} texts appear in train in another form ({FOLDED}; leakage) ({_where(ex, variants)})")
 
 
+def check_shared_keys(report: CheckReport, parts: dict, key: str, phrase: str) -> None:
+    """Leakage for examples that are dicts: validation and test rows whose `key` (a query, a
+    context) training also has, each split's count in the facts and a warning `phrase` names."""
+    seen = {row[key] for row in parts["train"].texts}
+    for name in ("val", "test"):
+        ex = parts[name]
+        shared = [i for i, row in enumerate(ex.texts) if row[key] in seen]
+        report.facts[f"train_{name}_overlap"] = len(shared)
+        if shared:
+            report.warnings.append(f"{len(shared)} {name} {phrase} (leakage: the {name} score will be too high) "
+                                   f"({_where(ex, shared)})")
+
+
 def _check_tokens(report: CheckReport, all_texts: list, tokenizer, max_length: int) -> None:
     """Token lengths against max_length, and the share of tokens the tokenizer cannot read."""
     if all_texts and isinstance(all_texts[0], tuple):  # pairs: both texts, as the model sees them

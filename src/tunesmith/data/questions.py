@@ -25,13 +25,14 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tunesmith.data.sources import decode_file, json_lines, read_table
+from tunesmith.data.sources import decode_file, json_array, json_lines, read_table
 from tunesmith.errors import UserError
 
 SPLIT_STEMS = {"train": ("train",), "val": ("val", "dev", "valid", "validation"), "test": ("test",)}
 SUFFIXES = (".json", ".jsonl", ".csv", ".tsv")
 CONTEXT_KEYS, QUESTION_KEYS = ("context", "passage", "paragraph"), ("question", "query")
 BUILTIN = "duie-qa"
+ROW_EXAMPLE = '{"context": ..., "question": ..., "answers": {"text": [...], "answer_start": [...]}}'  # for errors
 
 
 @dataclass(frozen=True)
@@ -101,13 +102,13 @@ def read_file(path: Path | str, encoding: str = "utf-8", need_answers: bool = Tr
     else:
         text = decode_file(path, encoding)
         stripped = text.lstrip()
-        if stripped.startswith("{") and '"data"' in stripped[:200] and _whole_json(stripped):
-            rows = _squad_rows(path, json.loads(stripped))
+        document = _squad_document(stripped)
+        if document is not None:
+            rows = _squad_rows(path, document)
         elif stripped.startswith("["):
-            rows = ((f"{path} item {n}", row) for n, row in _json_array(path, stripped))
+            rows = ((f"{path} item {n}", row) for n, row in json_array(path, stripped, ROW_EXAMPLE))
         else:
-            rows = ((f"{path} line {n}", row) for n, row in
-                    json_lines(path, text, '{"context": ..., "question": ..., "answers": {"text": [...], "answer_start": [...]}}'))
+            rows = ((f"{path} line {n}", row) for n, row in json_lines(path, text, ROW_EXAMPLE))
     questions = [_question(row, where, need_answers, warnings) for where, row in rows]
     if not questions:
         raise UserError(f"{path}: no questions found; each row needs a context and a question"
@@ -115,22 +116,15 @@ def read_file(path: Path | str, encoding: str = "utf-8", need_answers: bool = Tr
     return questions
 
 
-def _whole_json(text: str) -> bool:
+def _squad_document(text: str) -> dict | None:
+    """The parsed file when it is one JSON object holding `data` (SQuAD's layout), else None."""
+    if not text.startswith("{") or '"data"' not in text[:200]:
+        return None
     try:
-        return isinstance(json.loads(text), dict)
+        document = json.loads(text)
     except json.JSONDecodeError:
-        return False
-
-
-def _json_array(path: Path, text: str):
-    try:
-        rows = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path} line {exc.lineno}: not valid JSON ({exc.msg})") from None
-    for number, row in enumerate(rows, start=1):
-        if not isinstance(row, dict):
-            raise UserError(f"{path} item {number}: expected a JSON object with a context and a question")
-        yield number, row
+        return None
+    return document if isinstance(document, dict) else None
 
 
 def _squad_rows(path: Path, document: dict):

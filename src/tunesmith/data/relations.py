@@ -30,7 +30,7 @@ import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tunesmith.data.sources import decode_file, json_lines, read_table
+from tunesmith.data.sources import decode_file, json_array, json_lines, read_table
 from tunesmith.errors import UserError
 from tunesmith.io import lines
 
@@ -41,6 +41,7 @@ HEAD_KEYS, TAIL_KEYS = ("head", "subject", "h", "e1", "entity1"), ("tail", "obje
 RELATION_KEYS = ("relation", "label", "predicate", "relation_type")
 SPLIT_STEMS = {"train": ("train",), "val": ("val", "dev", "valid", "validation"), "test": ("test",)}
 SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".txt")
+ROW_EXAMPLE = '{"text": ..., "head": ..., "tail": ..., "relation": ...}'  # what a JSON row holds, for errors
 
 
 @dataclass(frozen=True)
@@ -143,25 +144,13 @@ def read_file(path: Path | str, encoding: str = "utf-8", need_labels: bool = Tru
         if suffix == ".txt":
             sentences = _from_semeval(path, text, need_labels)
         elif suffix == ".json" and text.lstrip().startswith("["):
-            sentences = _from_rows(path, _json_array(path, text), need_labels)
+            sentences = _from_rows(path, json_array(path, text, ROW_EXAMPLE), need_labels)
         else:
-            sentences = _from_rows(path, json_lines(path, text, '{"text": ..., "head": ..., "tail": ..., "relation": ...}'),
-                                   need_labels)
+            sentences = _from_rows(path, json_lines(path, text, ROW_EXAMPLE), need_labels)
     if not any(s.pairs for s in sentences):
         raise UserError(f"{path}: no entity pairs found; each row needs a text, a head and a tail entity"
                         + (" and a relation" if need_labels else ""))
     return sentences
-
-
-def _json_array(path: Path, text: str):
-    try:
-        rows = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path} line {exc.lineno}: not valid JSON ({exc.msg})") from None
-    for number, row in enumerate(rows, start=1):
-        if not isinstance(row, dict):
-            raise UserError(f"{path} item {number}: expected a JSON object")
-        yield number, row
 
 
 def _from_rows(path: Path, numbered_rows, need_labels: bool, row_word: str = "line") -> list[Sentence]:

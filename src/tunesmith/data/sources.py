@@ -105,6 +105,19 @@ def _read_jsonl(path: Path, text: str) -> Table:
     return _rows_to_table(path, rows, "line")
 
 
+def json_array(path: Path, text: str, example: str):
+    """(item number, object) for each item of a JSON array text; an item that is not a JSON
+    object is one error naming it, with `example` showing what an item should hold."""
+    try:
+        rows = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path} line {exc.lineno}: not valid JSON ({exc.msg})") from None
+    for number, row in enumerate(rows, start=1):
+        if not isinstance(row, dict):
+            raise UserError(f"{path} item {number}: expected a JSON object like {example}")
+        yield number, row
+
+
 def json_lines(path: Path, text: str, example: str):
     """(line number, object) for each non-blank line of a JSONL text; a line that is not a
     JSON object is one error naming it, with `example` showing what a line should hold."""

@@ -12,6 +12,7 @@ from collections import defaultdict
 import numpy as np
 
 from tunesmith.data.labeled import Examples
+from tunesmith.errors import UserError
 
 
 def dedupe(examples: Examples, key=None) -> tuple[Examples, int]:
@@ -58,3 +59,17 @@ def sample(examples: Examples, limit: int | None, seed: int, strata=lambda label
         return examples
     chosen, _rest = stratified_indices(strata(examples.labels), [limit / len(examples)], seed)
     return examples.subset(chosen)
+
+
+def sample_splits(splits: list[Examples], cfg, unit: str, notes: list[str], strata=lambda labels: labels) -> list[Examples]:
+    """Train, validation and test sampled to --max-train-samples / --max-eval-samples (a note
+    says so when that cut any), each refused when empty; `unit` names what a row is."""
+    limits = (cfg.max_train_samples, cfg.max_eval_samples, cfg.max_eval_samples)
+    sampled = [sample(split, limit, cfg.seed, strata) for split, limit in zip(splits, limits)]
+    if [len(s) for s in sampled] != [len(s) for s in splits]:
+        notes.append(f"sampled train {len(sampled[0])}/val {len(sampled[1])}/test {len(sampled[2])} {unit} "
+                     "(max_train_samples, max_eval_samples)")
+    for name, split in zip(("train", "validation", "test"), sampled):
+        if len(split) == 0:
+            raise UserError(f"{cfg.data}: the {name} split has no {unit}; add data or give --val-data / --test-data")
+    return sampled

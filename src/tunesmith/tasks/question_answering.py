@@ -29,9 +29,9 @@ import torch
 
 from tunesmith.data import questions as qa_data
 from tunesmith.data.batching import Features, collate_rows, inference_batches
-from tunesmith.data.checks import CheckReport
+from tunesmith.data.checks import CheckReport, check_shared_keys
 from tunesmith.data.labeled import Examples
-from tunesmith.data.split import sample, stratified_indices
+from tunesmith.data.split import sample_splits, stratified_indices
 from tunesmith.data.splits import Splits
 from tunesmith.errors import UserError
 from tunesmith.evaluate.answers import answer_metrics, score
@@ -89,16 +89,8 @@ class QuestionAnswering(TaskDefaults):
         notes: list[str] = []
         if val is None or test is None:
             train, val, test = _carve_by_context(train, val, test, cfg, notes)
-        limits = (cfg.max_train_samples, cfg.max_eval_samples, cfg.max_eval_samples)
-        splits = [sample(_examples(group, cfg.data), limit, cfg.seed, _strata)
-                  for group, limit in zip((train, val, test), limits)]
-        if [len(s) for s in splits] != [len(g) for g in (train, val, test)]:
-            notes.append(f"sampled train {len(splits[0])}/val {len(splits[1])}/test {len(splits[2])} questions "
-                         "(max_train_samples, max_eval_samples)")
-        for name, split in zip(("train", "validation", "test"), splits):
-            if len(split) == 0:
-                raise UserError(f"{cfg.data}: the {name} split has no questions; add data or give --val-data / "
-                                "--test-data")
+        splits = sample_splits([_examples(group, cfg.data) for group in (train, val, test)], cfg, "questions", notes,
+                               _strata)
         if not any(splits[0].labels):
             raise UserError(f"{cfg.data}: no training question has an answer; give answers with their offsets")
         unanswerable = sum(not answers for answers in splits[0].labels)
@@ -116,14 +108,7 @@ class QuestionAnswering(TaskDefaults):
         report.facts["notes"] = list(splits.notes)
         report.facts["unanswerable"] = {name: sum(not a for a in ex.labels) for name, ex in parts.items()}
         report.warnings += splits.warnings
-        seen = {pair["context"] for pair in splits.train.texts}
-        for name in ("val", "test"):
-            shared = [i for i, pair in enumerate(parts[name].texts) if pair["context"] in seen]
-            report.facts[f"train_{name}_overlap"] = len(shared)
-            if shared:
-                report.warnings.append(f"{len(shared)} {name} questions are about contexts that train also has "
-                                       f"(leakage: the {name} score will be too high) "
-                                       f"({', '.join(parts[name].where[i] for i in shared[:3])})")
+        check_shared_keys(report, parts, "context", "questions are about contexts that train also has")
         if tokenizer is not None:
             _check_lengths(report, parts, tokenizer, max_length)
         return report

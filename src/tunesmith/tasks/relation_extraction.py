@@ -17,7 +17,7 @@ import numpy as np
 
 from tunesmith.data import relations
 from tunesmith.data.labeled import Examples
-from tunesmith.data.split import sample, stratified_indices
+from tunesmith.data.split import sample_splits, stratified_indices
 from tunesmith.data.splits import Splits
 from tunesmith.data.targets import ClassTarget
 from tunesmith.errors import UserError
@@ -143,15 +143,7 @@ class RelationExtraction(SequenceTask):
             if unseen:
                 raise UserError(f"{split.source}: {name} relations never seen in training: "
                                 f"{', '.join(map(repr, unseen[:5]))}; add training pairs for them or remove those rows")
-        limits = (cfg.max_train_samples, cfg.max_eval_samples, cfg.max_eval_samples)
-        sampled = [sample(split, limit, cfg.seed) for split, limit in zip(examples, limits)]
-        if [len(s) for s in sampled] != [len(s) for s in examples]:
-            notes.append(f"sampled train {len(sampled[0])}/val {len(sampled[1])}/test {len(sampled[2])} entity pairs "
-                         "(max_train_samples, max_eval_samples)")
-        for name, split in zip(("train", "validation", "test"), sampled):
-            if len(split) == 0:
-                raise UserError(f"{cfg.data}: the {name} split has no entity pairs; add data or give --val-data / "
-                                "--test-data")
+        sampled = sample_splits(examples, cfg, "entity pairs", notes)
         negatives = sum(relations.negative(label) for label in sampled[0].labels)
         notes.append(f"{len(sampled[0])} training pairs, {negatives} of them without a relation")
         return Splits(*sampled, labels, "text", "relation", notes)

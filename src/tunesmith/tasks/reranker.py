@@ -43,11 +43,13 @@ class Lists:
 @dataclass
 class ListFeatures(Features):
     """One row per query: its (query, candidate) pairs' token ids in `pairs`, `types`; `relevant`
-    holds, per query, the positions of its positives; `texts` the query and candidates' own ids
-    (the baseline embeds them apart)."""
+    holds, per query, the positions of its positives. For the baseline, which embeds texts
+    apart: `distinct`, the token ids of each distinct text, and `lists`, each query and its
+    candidates as positions in `distinct`."""
 
     relevant: list[set[int]] = field(default_factory=list)
-    texts: list[tuple[list[int], list[list[int]]]] = field(default_factory=list)
+    distinct: list[list[int]] = field(default_factory=list)
+    lists: list[tuple[int, list[int]]] = field(default_factory=list)
 
 
 class Reranker(TaskDefaults):
@@ -70,20 +72,21 @@ class Reranker(TaskDefaults):
     ensemble = ()
     mean_pooling = False  # transformers' own one-output head, which CrossEncoder loads
     sequences_per_example = CANDIDATES
+    pairs_task = SentenceEmbedding()  # reads, splits and checks the query-positive pairs
 
     # ---- data ---------------------------------------------------------------------------
     def load_data(self, cfg):
-        splits = SentenceEmbedding().load_data(cfg)
+        splits = self.pairs_task.load_data(cfg)
         if scored(splits.train):
             raise UserError(f"{cfg.data}: has a score column; a reranker trains on query and positive pairs "
                             "(anchor, positive[, negative]); scored pairs train --task sentence-embedding")
         return splits
 
     def read_labeled(self, source, cfg, labels, text_col=None, label_col=None, encoding="utf-8"):
-        return SentenceEmbedding().read_labeled(source, cfg, labels, text_col, label_col, encoding)
+        return self.pairs_task.read_labeled(source, cfg, labels, text_col, label_col, encoding)
 
     def check(self, splits, tokenizer, max_length: int) -> CheckReport:
-        return SentenceEmbedding().check(splits, tokenizer, max_length)
+        return self.pairs_task.check(splits, tokenizer, max_length)
 
     # ---- model --------------------------------------------------------------------------
     def build_model(self, source: str, labels: list[str], pooling: str = "cls"):
@@ -113,14 +116,17 @@ class Reranker(TaskDefaults):
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         if not inputs or not isinstance(inputs[0], dict):
             ids, types = tokenize_pairs(tokenizer, [tuple(x) for x in inputs], max_length, use_cache=use_cache)
-            return Features([{"input_ids": i, **({"token_type_ids": t} if types else {})}
-                             for i, t in zip(ids, types or ids)], pad_id)
+            rows = [{"input_ids": i} for i in ids]
+            for row, t in zip(rows, types or []):
+                row["token_type_ids"] = t
+            return Features(rows, pad_id)
         queries, candidates, relevant = candidate_lists(inputs)
         flat = [(q, c) for q, cs in zip(queries, candidates) for c in cs]
         ids, types = tokenize_pairs(tokenizer, flat, max_length, use_cache=use_cache)
-        alone = dict(zip(sorted({t for pair in flat for t in pair}),
-                         tokenize(tokenizer, sorted({t for pair in flat for t in pair}), max_length, use_cache=use_cache)))
-        features = ListFeatures([], pad_id, collate=lambda rows: _collate(rows, pad_id))
+        distinct = sorted({t for pair in flat for t in pair})
+        position = {text: i for i, text in enumerate(distinct)}
+        features = ListFeatures([], pad_id, collate=lambda rows: _collate(rows, pad_id),
+                                distinct=tokenize(tokenizer, distinct, max_length, use_cache=use_cache))
         at = 0
         for query, cs, answers in zip(queries, candidates, relevant):
             span = range(at, at + len(cs))
@@ -130,7 +136,7 @@ class Reranker(TaskDefaults):
                                   "positive": [k in answers for k in range(len(cs))],
                                   "length": max(len(ids[i]) for i in span)})
             features.relevant.append(answers)
-            features.texts.append((alone[query], [alone[c] for c in cs]))
+            features.lists.append((position[query], [position[c] for c in cs]))
         return features
 
     def training_loss(self, model, batch, processor=None):
@@ -165,12 +171,9 @@ class Reranker(TaskDefaults):
     def baseline(self, model, train, test, train_targets, test_targets, labels, seed) -> dict:
         from tunesmith.evaluate.baseline import embed
 
-        body = getattr(model, model.base_model_prefix)
-        scores = []
-        for query, candidates in test.texts:
-            vectors = embed(body, [query] + candidates, test.pad_id)
-            vectors /= np.linalg.norm(vectors, axis=1, keepdims=True) + 1e-12
-            scores.append(vectors[1:] @ vectors[0])
+        vectors = embed(getattr(model, model.base_model_prefix), test.distinct, test.pad_id)  # each text once
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True) + 1e-12
+        scores = [vectors[candidates] @ vectors[query] for query, candidates in test.lists]
         return self.metrics(test_targets, Lists(scores, test.relevant), labels)
 
     # ---- `predict` on a file, serving -----------------------------------------------------

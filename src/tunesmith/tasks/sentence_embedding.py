@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from tunesmith.data.batching import Features, inference_batches
-from tunesmith.data.checks import CheckReport
+from tunesmith.data.checks import CheckReport, check_shared_keys
 from tunesmith.data.labeled import TEXT_COLUMNS, Examples, pick_column
 from tunesmith.data.sources import Table, read_source
 from tunesmith.data.split import sample, stratified_indices
@@ -200,13 +200,7 @@ class SentenceEmbedding(TaskDefaults):
         parts = {"train": splits.train, "val": splits.val, "test": splits.test}
         report.facts["rows"] = {name: len(ex) for name, ex in parts.items()}
         report.facts["notes"] = list(splits.notes)
-        seen = {pair["anchor"] for pair in splits.train.texts}
-        for name in ("val", "test"):
-            shared = [i for i, pair in enumerate(parts[name].texts) if pair["anchor"] in seen]
-            report.facts[f"train_{name}_overlap"] = len(shared)
-            if shared:
-                report.warnings.append(f"{len(shared)} {name} queries also appear in train (leakage: the {name} "
-                                       f"score will be too high) ({', '.join(parts[name].where[i] for i in shared[:3])})")
+        check_shared_keys(report, parts, "anchor", "queries also appear in train")
         same = [i for i, pair in enumerate(splits.train.texts) if pair["anchor"] == pair["positive"]]
         if same:
             report.warnings.append(f"{len(same)} training rows have the same query and positive "
