@@ -38,7 +38,11 @@ DUIE   := $(SDISTS)/casrel_datautils-1.1.5.tar.gz
 $(DUIE): $(VENV)/.torch
 	$(PIP) download -q --no-deps --no-binary :all: casrel-datautils==1.1.5 -d $(SDISTS)
 
-data: $(DUIE)
+LLAMAFACTORY := $(SDISTS)/llamafactory-0.9.5.tar.gz
+$(LLAMAFACTORY): $(VENV)/.torch
+	$(PIP) download -q --no-deps --no-binary :all: llamafactory==0.9.5 -d $(SDISTS)
+
+data: $(DUIE) $(LLAMAFACTORY)
 
 demo: $(VENV)/.demo
 	$(VENV)/bin/tunesmith quickstart

@@ -9,6 +9,7 @@ import random
 
 import numpy as np
 import pytest
+import yaml
 
 from conftest import CUES, FILLER, make_qa_rows, train_tiny_run
 from tunesmith.assistant import calibration
@@ -55,10 +56,17 @@ def test_build_calibrates_both_thresholds_on_held_out_data(built):
     for name in ("intent", "retrieval"):
         curve = report["curves"][name]
         assert curve and all(a["coverage"] >= b["coverage"] for a, b in zip(curve, curve[1:]))  # higher bar, fewer answers
-    assert set(report["retrieval"]) == {"before", "after"} and {"recall@1", "recall@5", "mrr"} <= set(report["retrieval"]["after"])
+    assert set(report["retrieval"]) == {"before", "after"} and {"ndcg_at_10", "mrr_at_10"} <= set(report["retrieval"]["after"])
     # Fine-tuning on the pairs teaches the random tiny encoder which answer goes with which word.
-    assert report["retrieval"]["after"]["mrr"] > report["retrieval"]["before"]["mrr"]
-    assert (built / "bot" / "encoder" / "model.safetensors").is_file() and (built / "bot" / "vectors.npy").is_file()
+    assert report["retrieval"]["after"]["mrr_at_10"] > report["retrieval"]["before"]["mrr_at_10"]
+    # The retriever is a sentence-embedding run inside the folder; its test questions were not
+    # trained on, and they (with the validation questions) calibrated the threshold.
+    retriever = built / "bot" / "retriever"
+    assert yaml.safe_load((retriever / "config.yaml").read_text())["task"] == "sentence-embedding"
+    trained = {json.loads(line)["text"]["anchor"] for line in (retriever / "data" / "train.jsonl").read_text().splitlines()}
+    tested = {json.loads(line)["text"]["anchor"] for line in (retriever / "data" / "test.jsonl").read_text().splitlines()}
+    assert tested and not tested & trained
+    assert (retriever / "model" / "model.safetensors").is_file() and (built / "bot" / "vectors.npy").is_file()
 
 
 def test_routes_template_retrieval_generation_and_handoff(built, tiny_causal_lm, tmp_path):
@@ -197,6 +205,21 @@ def test_build_refuses_a_keep_share_outside_zero_to_one(tmp_path, capsys):
     kb = knowledge_base(tmp_path / "faq.csv", per_word=1)
     assert main(["assistant", "build", "--kb", kb, "--out", str(tmp_path / "bot"), "--keep-in-scope", "0"]) == 2
     assert "--keep-in-scope 0.0" in capsys.readouterr().err and not (tmp_path / "bot").exists()
+
+
+def test_build_reuses_a_finished_retriever_run_and_refuses_other_tasks(built, capsys):
+    """`--retriever RUN` retrieves with that sentence-embedding run (no training, no copy); an
+    intent run in its place is refused in one line, leaving nothing behind."""
+    kb, retriever = str(built / "faq.csv"), str(built / "bot" / "retriever")
+    assert main(["assistant", "build", "--kb", kb, "--out", str(built / "reused"), "--retriever", retriever]) == 0
+    settings = json.loads((built / "reused" / "assistant.json").read_text())
+    assert settings["retriever_run"] == retriever and not (built / "reused" / "retriever").exists()
+    same = np.load(built / "reused" / "vectors.npy"), np.load(built / "bot" / "vectors.npy")
+    assert np.allclose(*same, atol=1e-5)  # the same model embeds the same answers
+    capsys.readouterr()
+    assert main(["assistant", "build", "--kb", kb, "--out", str(built / "wrong"), "--retriever",
+                 str(built / "runs" / "r")]) == 2
+    assert "must be a sentence-embedding run" in capsys.readouterr().err and not (built / "wrong").exists()
 
 
 def test_scope_ranks_ties_in_the_middle_of_their_run():

@@ -219,6 +219,48 @@ def test_a_mean_pooled_backbone_stays_mean_pooled_in_the_saved_model(tiny_senten
                        Predictor.from_run(run).predict(texts), atol=1e-5)
 
 
+def test_model_prompts_come_from_the_folder_or_the_e5_family(tmp_path):
+    from tunesmith.tasks.sentence_embedding import E5_PROMPTS, model_prompts
+
+    assert model_prompts("/nowhere/x", "intfloat/multilingual-e5-small") == E5_PROMPTS
+    assert model_prompts("/nowhere/x", "e5-small") == E5_PROMPTS and model_prompts("/nowhere/x", "minilm") == {}
+    assert model_prompts("/nowhere/x", "sentence-transformers/all-MiniLM-L6-v2") == {}
+    (tmp_path / "config_sentence_transformers.json").write_text(json.dumps({"prompts": {"query": "q> ", "document": "d> "}}))
+    assert model_prompts(str(tmp_path), "e5-small") == {"query": "q> ", "passage": "d> "}  # the folder's own win
+
+
+def test_prompts_are_trained_with_saved_and_read_by_sentence_transformers(tiny_sentence_model, tmp_path):
+    """A model trained with prompts (E5's "query: " / "passage: "; here two words the tiny
+    vocabulary knows) reads them before queries and passages in training and prediction; the
+    folder keeps them where sentence-transformers reads them, so its encode (the query prompt by
+    default, prompt_name="passage" for passages) gives tunesmith's vectors."""
+    import shutil
+
+    from sentence_transformers import SentenceTransformer
+
+    from tunesmith.inference import Predictor
+    from tunesmith.runs import Run
+
+    prompted = tmp_path / "prompted"
+    shutil.copytree(tiny_sentence_model, prompted)
+    prompts = {"query": f"{FILLER[0]} ", "passage": f"{FILLER[1]} "}
+    (prompted / "config_sentence_transformers.json").write_text(json.dumps({"prompts": prompts}))
+    data = write_jsonl(tmp_path / "p.jsonl", pair_rows(40))
+    assert main(["train", data, "--task", "sentence-embedding", "--model", str(prompted), "--max-steps", "2",
+                 "--max-length", "16", "--output", str(tmp_path / "runs"), "--name", "m", "--no-baseline"]) == 0
+    run = Run(tmp_path / "runs" / "m")
+    saved = json.loads((run.model_dir / "config_sentence_transformers.json").read_text())
+    assert saved["prompts"] == prompts and saved["default_prompt_name"] == "query"
+    predictor = Predictor.from_run(run)
+    texts = ["good movie", "bad plot okay"]
+    queries, passages = predictor.predict(texts), predictor.predict([{"passage": t} for t in texts])
+    plain = EMBED.predict(predictor.model, EMBED.encode(predictor.tokenizer.tokenizer, texts, None, [], 16))
+    assert not np.allclose(queries, passages, atol=1e-4) and not np.allclose(queries, plain, atol=1e-4)
+    theirs = SentenceTransformer(str(run.model_dir), device="cpu")
+    assert np.allclose(theirs.encode(texts), queries, atol=1e-5)
+    assert np.allclose(theirs.encode(texts, prompt_name="passage"), passages, atol=1e-5)
+
+
 # ---- scored pairs -------------------------------------------------------------------------------
 
 def scored_rows(n: int, seed: int = 0) -> list[dict]:

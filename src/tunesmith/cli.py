@@ -79,7 +79,7 @@ VERBS = (
     Verb("assistant", "customer-service assistant: intent templates, retrieval, generation, hand-off", "", "",
          actions=(
              Verb("build", "fine-tune the retriever on a knowledge base, calibrate, write a folder",
-                  "tunesmith.assistant.build:BuildArgs", "tunesmith.assistant.build:build"),
+                  "tunesmith.assistant.build:BuildArgs", "tunesmith.commands.assistant:build"),
              Verb("ask", "answer one question from the command line", f"{C}.assistant:AskArgs", f"{C}.assistant:ask"),
              Verb("serve", "answer questions over HTTP: POST /v1/ask", f"{C}.assistant:AssistantServeArgs",
                   f"{C}.assistant:serve"))),

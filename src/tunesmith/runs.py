@@ -79,6 +79,10 @@ class Run:
 
         return Examples([restore(r["text"]) for r in rows], [restore(r["label"]) for r in rows], str(path), where)
 
+    def metrics(self) -> dict:
+        """metrics.json: the finished run's test, validation and baseline scores."""
+        return json.loads(self.metrics_file.read_text(encoding="utf-8"))
+
     def compression(self) -> dict | None:
         """What made this run from another (compress/lineage.py), or None for a trained run."""
         if not self.compression_file.is_file():

@@ -1,8 +1,9 @@
 """The knowledge base: question/answer pairs, with an optional intent per pair.
 
 CSV, TSV or JSONL with a `question` and an `answer` column (also `q`/`a`, `prompt`/`response`,
-`instruction`/`output`), and optionally `intent` (the answer is then that intent's template)
-and `id`.
+`instruction`/`output`: the column names the sentence-embedding task reads, since the retriever
+trains on this file as it is), and optionally `intent` (the answer is then that intent's
+template) and `id`.
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ from dataclasses import asdict, dataclass
 
 from tunesmith.errors import UserError
 
-QUESTION = ("question", "q", "query", "prompt", "instruction")
-ANSWER = ("answer", "a", "response", "output", "reply")
+from tunesmith.tasks.sentence_embedding import POSITIVE_COLUMNS as ANSWER
+from tunesmith.tasks.sentence_embedding import QUERY_COLUMNS as QUESTION
 
 
 @dataclass

@@ -6,7 +6,6 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from tunesmith.assistant.encoder import BiEncoder
 from tunesmith.assistant.index import VectorIndex
 from tunesmith.assistant.kb import from_rows, templates
 from tunesmith.assistant.scope import Scope
@@ -29,14 +28,16 @@ class Answer:
 class Assistant:
     def __init__(self, folder: str | Path):
         from tunesmith.inference import Predictor
-        from tunesmith.runs import open_finished
+        from tunesmith.assistant.build import RETRIEVER, embed_with
+        from tunesmith.runs import Run, open_finished
 
         self.folder = Path(folder)
         self.config = json.loads((self.folder / "assistant.json").read_text(encoding="utf-8"))
         rows = [json.loads(line) for line in (self.folder / "kb.jsonl").read_text(encoding="utf-8").splitlines()]
         self.kb = from_rows(rows)
         self.templates = templates(self.kb)
-        self.encoder = BiEncoder(str(self.folder / "encoder"), self.config["max_length"])
+        retriever = self.config["retriever_run"]
+        self.embed = embed_with(Predictor.from_run(open_finished(retriever) if retriever else Run(self.folder / RETRIEVER)))
         self.index = VectorIndex.load(self.folder)
         self.scope = Scope.load(self.folder)
         self.intents = Predictor.from_run(open_finished(self.config["intents_run"])) if self.config["intents_run"] else None
@@ -45,7 +46,7 @@ class Assistant:
 
     def answer(self, question: str) -> Answer:
         intent, confidence, in_scope = None, 0.0, None
-        vector = self.encoder.embed([question])  # one embedding serves the scope check and retrieval
+        vector = self.embed([question])  # one embedding serves the scope check and retrieval
         if self.intents is not None:
             probs = self.intents.predict([question])[0]
             intent, confidence = self.intents.labels[int(probs.argmax())], float(probs.max())

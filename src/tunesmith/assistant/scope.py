@@ -4,7 +4,7 @@ A classifier that never saw an out-of-scope question is often confident on one, 
 probability alone catches few of them: on banking77 with 10 of 77 intents held out, keeping 95%
 of in-scope questions, max-softmax flagged 28% of the held-out intents' questions
 (docs/benchmarks.md). A second signal helps: how close the question is to the nearest question
-the intent run was trained on (cosine similarity of the assistant's encoder vectors, a
+the intent run was trained on (cosine similarity of the assistant's retriever vectors, a
 nearest-neighbour score as in Sun et al. 2022, "Out-of-distribution detection with deep nearest
 neighbors"). Each signal is ranked among the in-scope validation questions (0: below all of
 them, 1: above all), and the scope score is the product of the two ranks: low when either is,
@@ -84,7 +84,7 @@ class Scope:
 def fit(embed, train_texts: list[str], val_texts: list[str], val_confidence, keep: float = KEEP_IN_SCOPE,
         seed: int = 0) -> tuple[Scope, list[dict]]:
     """A Scope from the intent run's splits, and its curve (threshold -> in-scope questions kept).
-    `embed` maps texts to unit vectors (the assistant's encoder)."""
+    `embed` maps texts to unit vectors (the assistant's retriever)."""
     if len(train_texts) > MAX_QUESTIONS:
         train_texts = random.Random(seed).sample(list(train_texts), MAX_QUESTIONS)
     index = VectorIndex(embed(list(train_texts)))

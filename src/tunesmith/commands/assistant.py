@@ -27,6 +27,14 @@ class AssistantServeArgs(BaseModel):
     port: int = Field(8091, ge=1, le=65535, description="port")
 
 
+def build(args, log=print):
+    """`tunesmith assistant build`: the folder, its retriever trained by `tunesmith train` unless given."""
+    from tunesmith.assistant.build import build as build_folder
+    from tunesmith.commands.train import train
+
+    return build_folder(args, train, log)
+
+
 def ask(args: AskArgs, out=print) -> dict:
     from tunesmith.assistant.router import Assistant
 

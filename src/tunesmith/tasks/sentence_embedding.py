@@ -17,6 +17,13 @@ passage of the split (the corpus), recall@1/@10, MRR@10 and NDCG@10; on scored p
 Spearman (and Pearson) correlation of the cosines with the scores; the untuned model's beside them.
 The model folder is a sentence-transformers model (`modules.json`, pooling, normalisation):
 `SentenceTransformer(folder)` loads it and gives the same vectors.
+
+Models trained with instructions in front of their texts keep them: E5 models read "query: "
+before a query and "passage: " before a passage (Wang et al. 2022), and lose accuracy without
+them. The prompts come from the base model's `config_sentence_transformers.json` when it has
+some, else from the name for the E5 family; training, evaluation, `predict` and `serve` put them
+in front (a text to embed is a query; the assistant embeds its answers as passages), and the
+model folder keeps them where sentence-transformers reads them.
 """
 
 from __future__ import annotations
@@ -37,14 +44,57 @@ from tunesmith.data.splits import Splits
 from tunesmith.errors import UserError
 from tunesmith.tasks import TaskDefaults, register_task
 
-QUERY_COLUMNS = ("anchor", "query", "question", "sentence1", "text_a", "q")
-POSITIVE_COLUMNS = ("positive", "pos", "answer", "passage", "document", "sentence2", "text_b", "doc")
+# The knowledge-base names (prompt/response, instruction/output) too: the assistant trains its
+# retriever on a knowledge base file as it is.
+QUERY_COLUMNS = ("anchor", "query", "question", "sentence1", "text_a", "q", "prompt", "instruction")
+POSITIVE_COLUMNS = ("positive", "pos", "answer", "passage", "document", "sentence2", "text_b", "doc", "a", "response",
+                    "output", "reply")
 NEGATIVE_COLUMNS = ("negative", "neg", "hard_negative", "negative_passage")
 SCORE_COLUMNS = ("score", "similarity", "label", "relatedness")
 SCALE = 20.0  # cosine similarities times 20 before the softmax: sentence-transformers' default
 RETRIEVAL = ("ndcg_at_10", "mrr_at_10", "recall_at_1", "recall_at_10")  # the metrics of query-positive pairs
 SIMILARITY = ("spearman", "pearson")  # the metrics of scored pairs
 K = 10  # recall@10, MRR@10, NDCG@10: the retrieval cut-off the MTEB and BEIR tables use
+E5_PROMPTS = {"query": "query: ", "passage": "passage: "}  # as intfloat's model cards prescribe
+PROMPTS_FILE = "config_sentence_transformers.json"
+
+
+class PromptedTokenizer:
+    """The tokenizer, and the prompts the model reads in front of queries and passages; saving
+    it writes both (the prompts where sentence-transformers looks for them)."""
+
+    def __init__(self, tokenizer, prompts: dict[str, str]):
+        self.tokenizer, self.embedding_prompts = tokenizer, prompts
+
+    def __getattr__(self, name):
+        return getattr(self.tokenizer, name)
+
+    def __call__(self, *args, **kwargs):
+        return self.tokenizer(*args, **kwargs)
+
+    def save_pretrained(self, folder: str, **kwargs) -> None:
+        from tunesmith.io import write_text
+
+        self.tokenizer.save_pretrained(folder, **kwargs)
+        settings = {"prompts": self.embedding_prompts, "default_prompt_name": "query", "similarity_fn_name": "cosine"}
+        write_text(Path(folder) / PROMPTS_FILE, json.dumps(settings, indent=2) + "\n")
+
+
+def model_prompts(source: str, name: str | None) -> dict[str, str]:
+    """The prompts a model was trained with: its folder's sentence-transformers settings, else
+    E5's for a model of that family (by name), else none."""
+    saved = Path(source) / PROMPTS_FILE
+    if saved.is_file():
+        prompts = json.loads(saved.read_text(encoding="utf-8")).get("prompts") or {}
+        prompts = {"query": prompts.get("query", ""), "passage": prompts.get("passage", prompts.get("document", ""))}
+        return prompts if any(prompts.values()) else {}
+    words = str(name or source).lower().replace("_", "-").rstrip("/").split("/")[-1].split("-")
+    return dict(E5_PROMPTS) if "e5" in words else {}
+
+
+def _prompted(tokenizer, kind: str, texts: list[str]) -> list[str]:
+    prompt = getattr(tokenizer, "embedding_prompts", {}).get(kind, "")
+    return [prompt + text for text in texts] if prompt else list(texts)
 
 
 @dataclass
@@ -205,6 +255,8 @@ class SentenceEmbedding(TaskDefaults):
         if same:
             report.warnings.append(f"{len(same)} training rows have the same query and positive "
                                    f"({', '.join(splits.train.where[i] for i in same[:3])}); they teach nothing")
+        if getattr(tokenizer, "embedding_prompts", None):
+            report.facts["prompts"] = dict(tokenizer.embedding_prompts)
         if tokenizer is not None:
             texts = [t for ex in parts.values() for pair in ex.texts for t in pair.values()]
             lengths = np.array([len(ids) for ids in tokenizer(texts, truncation=False)["input_ids"]])
@@ -228,7 +280,9 @@ class SentenceEmbedding(TaskDefaults):
     def load_processor(self, source: str, cfg=None):
         from tunesmith import models
 
-        return models.load_tokenizer(source)
+        tokenizer = models.load_tokenizer(source)
+        prompts = model_prompts(source, cfg.model if cfg is not None else None)
+        return PromptedTokenizer(tokenizer, prompts) if prompts else tokenizer
 
     # ---- features, loss, prediction, metrics -------------------------------------------------
     def encode(self, tokenizer, inputs, targets, labels, max_length, use_cache=True, augment=False,
@@ -236,15 +290,18 @@ class SentenceEmbedding(TaskDefaults):
         from tunesmith.data.tokens import tokenize
 
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        if inputs and isinstance(inputs[0], str):  # texts to embed (predict, serve)
-            ids = tokenize(tokenizer, list(inputs), max_length, use_cache=use_cache)
+        if inputs and (isinstance(inputs[0], str) or "passage" in inputs[0]):  # texts to embed (predict, serve)
+            texts = [_prompted(tokenizer, "passage", [text["passage"]])[0] if isinstance(text, dict)
+                     else _prompted(tokenizer, "query", [text])[0] for text in inputs]
+            ids = tokenize(tokenizer, texts, max_length, use_cache=use_cache)
             return Features([{"input_ids": i} for i in ids], pad_id)
         if targets is not None and targets and not isinstance(targets[0], str):  # scored pairs
             return _scored_features(tokenizer, inputs, targets, max_length, pad_id, use_cache)
         texts = sorted({t for pair in inputs for key, t in pair.items() if key != "anchor"})
         corpus_id = {text: i for i, text in enumerate(texts)}
-        queries = tokenize(tokenizer, [pair["anchor"] for pair in inputs], max_length, use_cache=use_cache)
-        corpus = tokenize(tokenizer, texts, max_length, use_cache=use_cache)
+        queries = tokenize(tokenizer, _prompted(tokenizer, "query", [pair["anchor"] for pair in inputs]), max_length,
+                           use_cache=use_cache)
+        corpus = tokenize(tokenizer, _prompted(tokenizer, "passage", texts), max_length, use_cache=use_cache)
         answers: dict[str, set[int]] = {}
         for pair in inputs:
             answers.setdefault(pair["anchor"], set()).add(corpus_id[pair["positive"]])
@@ -345,7 +402,10 @@ class SentenceEmbedding(TaskDefaults):
     def card_usage(self) -> list[str]:
         return ["```python", "from sentence_transformers import SentenceTransformer", "",
                 'model = SentenceTransformer("path/to/model")',
-                'vectors = model.encode(["a query", "a passage"], normalize_embeddings=True)', "```"]
+                'vectors = model.encode(["a query", "another query"], normalize_embeddings=True)',
+                "# A model trained with prompts (E5's query: / passage:) puts the query prompt in front by default;",
+                "# embed the texts to search as passages:",
+                'passages = model.encode(["a passage"], prompt_name="passage", normalize_embeddings=True)', "```"]
 
 
 def cosent_loss(cosines: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
@@ -464,8 +524,9 @@ def _score(value, where: str, column) -> float:
 def _scored_features(tokenizer, inputs, targets, max_length: int, pad_id: int, use_cache: bool) -> ScoredFeatures:
     from tunesmith.data.tokens import tokenize
 
-    first, second = (tokenize(tokenizer, [pair[key] for pair in inputs], max_length, use_cache=use_cache)
-                     for key in ("anchor", "positive"))
+    # Scored pairs are symmetric: both texts read as queries, as E5's card says for similarity.
+    first, second = (tokenize(tokenizer, _prompted(tokenizer, "query", [pair[key] for pair in inputs]), max_length,
+                              use_cache=use_cache) for key in ("anchor", "positive"))
     rows = [{"anchor": a, "positive": b, "score": float(s), "length": max(len(a), len(b))}
             for a, b, s in zip(first, second, targets)]
     return ScoredFeatures(rows, pad_id, collate=lambda batch: _collate_scored(batch, pad_id))
