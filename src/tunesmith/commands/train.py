@@ -249,6 +249,9 @@ def _encode(state: Training) -> None:
     state.features = {name: state.task.encode(state.tokenizer, part.texts, part.labels, splits.labels,
                                               cfg.max_length, augment=name == "train", long_text=LongText.of(cfg))
                       for name, part in examples.items()}
+    if not state.features["train"].rows:  # a language model's rows lose their answers when the prompt fills them
+        raise UserError(f"--max-length {cfg.max_length}: no training example keeps anything to learn at this length "
+                        "(the prompts fill it); raise --max-length (`tunesmith check` shows the token lengths)")
     if state.task.score_reference is not None:  # DPO: the reference's log-probabilities, before any tuning
         state.log("scoring every pair with the reference (the starting model) ...")
         state.task.score_reference(state.model, state.features)

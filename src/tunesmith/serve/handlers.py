@@ -130,7 +130,9 @@ async def generate(state: Served, request: Request, client: str, conversations: 
     options = parameters.generation()
     if parameters.stream and len(conversations) != 1:
         raise ApiError(422, "parameters.stream: streams one input at a time", "parameters.stream")
-    prompts = await answers.prepare(state, client, [render_prompt(tokenizer, c) for c in conversations], options,
+    processor = state.predictor.tokenizer  # a text-to-text run frames each input in its prompt template
+    framed = [processor.prompt_messages(c) if hasattr(processor, "prompt_messages") else c for c in conversations]
+    prompts = await answers.prepare(state, client, [render_prompt(tokenizer, c) for c in framed], options,
                               "parameters.max_new_tokens")
     if not parameters.stream:
         done = await answers.complete(state, request, answers.sequences(state, prompts, options))

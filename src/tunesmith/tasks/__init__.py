@@ -204,5 +204,5 @@ def register_task(task: "Task") -> "Task":
 
 from tunesmith.tasks import (  # noqa: E402,F401,I001  (each registers itself)
     causal_lm, image_classification, multi_label, preference, question_answering, regression, relation_extraction,
-    reranker, sentence_embedding, text_classification, token_classification,
+    reranker, sentence_embedding, text_classification, text_to_text, token_classification,
 )

@@ -66,6 +66,11 @@ class ChatProcessor:
     def save_pretrained(self, folder: str) -> None:
         self.tokenizer.save_pretrained(folder)
 
+    def prompt_messages(self, conversation):
+        """What the model reads for a conversation: itself here; text-to-text runs frame the
+        user's text in their prompt template."""
+        return conversation
+
 
 def conversation_key(conversation) -> str:
     return json.dumps(conversation, sort_keys=True, ensure_ascii=False)

@@ -1,0 +1,262 @@
+"""summarization and translation: a source text in, a target text out.
+
+One text-to-text family underneath both; they differ in their default instruction and their
+metrics. The model here is a decoder-only language model (the causal-lm run underneath, the
+offline default SmolLM2): each pair becomes a user turn (the source inside the run's prompt
+template, written in config.yaml and shown by `check`) and an assistant turn (the target), and
+the loss covers the target only. Validation selects on the held-out loss; the test report
+generates an answer for up to `eval_answers` test sources, base model and tuned model alike,
+and scores them: BLEU and chrF for translation, ROUGE-1/2/L for summarization
+(evaluate/text_metrics.py), with the length ratio and sample outputs.
+
+Splits are cut by source: every target of one source (Tatoeba gives a sentence several
+translations) lands in one split, and all of them are its references.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from pydantic import BaseModel, Field
+
+from tunesmith.data import conversations as conv
+from tunesmith.data.checks import CheckReport
+from tunesmith.data.labeled import Examples, pick_column
+from tunesmith.data.sources import read_source
+from tunesmith.data.splits import Splits
+from tunesmith.data.text_pairs import SOURCE_COLUMNS, language_name, read_pairs, references, split_by_source
+from tunesmith.errors import UserError
+from tunesmith.evaluate.text_metrics import summary_scores, translation_scores
+from tunesmith.generation import GenerationSettings, generate
+from tunesmith.tasks import register_task
+from tunesmith.tasks.causal_lm import (SAMPLES, AnswerSettings, CausalLMTask, ChatProcessor, ChatSettings,
+                                       as_conversation, sample, token_length_facts)
+
+PLACEHOLDERS = ("source", "source_lang", "target_lang")
+
+
+class TextToTextSettings(BaseModel):
+    """summarization and translation: the languages, and the instruction around each source."""
+
+    source_lang: Optional[str] = Field(None, description="translation: the source language's code (zh, en, ...); a "
+                                       "column of that name is the source.")
+    target_lang: Optional[str] = Field(None, description="translation: the target language's code; a column of that "
+                                       "name is the target.")
+    prompt_template: Optional[str] = Field(None, description="summarization, translation: the instruction the model "
+                                           "reads, {source} where the source goes ({source_lang}, {target_lang}: the "
+                                           "languages' names). Default: the task's.")
+
+
+@dataclass
+class TextToTextProcessor(ChatProcessor):
+    """The chat processor, and the template that turns a source into the user's turn."""
+
+    template: str = "{source}"
+    source_lang: str = ""
+    target_lang: str = ""
+
+    def prompt_messages(self, conversation):
+        """The conversation with its first (user) turn put in the template: what the model reads."""
+        if isinstance(conversation, str) or not conversation or conversation[0]["role"] != "user":
+            return conversation
+        text = self.template.format(source=conversation[0]["content"], source_lang=language_name(self.source_lang),
+                                    target_lang=language_name(self.target_lang))
+        return [{"role": "user", "content": text}, *conversation[1:]]
+
+
+class TextToTextTask(CausalLMTask):
+    settings = (TextToTextSettings, ChatSettings, AnswerSettings)
+    # 100 generated test answers: corpus BLEU and chrF are unsteady on 20 sentences.
+    train_defaults = {**CausalLMTask.train_defaults, "eval_answers": 100}
+    default_template = "{source}"
+    baseline_name = "the model before tuning"
+
+    def template(self, cfg) -> str:
+        template = cfg.prompt_template or self.default_template
+        try:
+            template.format(**{name: "" for name in PLACEHOLDERS})
+        except (KeyError, IndexError, ValueError) as exc:
+            raise UserError(f"--prompt-template: {exc!r} is no placeholder; use {{source}} (and {{source_lang}}, "
+                            "{target_lang})") from None
+        if "{source}" not in template:
+            raise UserError("--prompt-template: has no {source}; put {source} where the text goes")
+        return template
+
+    def planned(self, cfg, splits, source: str) -> dict:
+        """The template goes into config.yaml resolved, so the run says what its model read."""
+        if cfg.prompt_template is None:
+            return {"prompt_template": (self.template(cfg), f"the {self.name} default")}
+        return {}
+
+    # ---- data -------------------------------------------------------------------------------
+    def load_data(self, cfg) -> Splits:
+        if not cfg.data:
+            raise UserError(f"--data: give a CSV/TSV/JSONL/Parquet file of source and target texts for {self.name}")
+        self.template(cfg)  # a bad template fails before any data is read
+        read = lambda name: read_pairs(name, cfg.encoding, cfg.source_lang, cfg.target_lang)  # noqa: E731
+        tables = read(cfg.data)
+        given = {"train": tables.get("all") or tables.get("train"), "val": tables.get("val"), "test": tables.get("test")}
+        for key, flag in (("val", cfg.val_data), ("test", cfg.test_data)):
+            if flag:
+                given[key] = read(flag)["all"]
+        notes: list[str] = []
+        if given["val"] is None or given["test"] is None:
+            val, test, train = split_by_source(given["train"], [cfg.val_fraction, cfg.test_fraction], cfg.seed)
+            given = {"train": train, "val": given["val"] or val, "test": given["test"] or test}
+            notes.append(f"split {cfg.data} by source: train {len(train)}/val {len(given['val'])}/test "
+                         f"{len(given['test'])} pairs (seed {cfg.seed})")
+        limits = {"train": cfg.max_train_samples, "val": cfg.max_eval_samples, "test": cfg.max_eval_samples}
+        parts = {key: _as_conversations(sample(examples, limits[key], cfg.seed)) for key, examples in given.items()}
+        return Splits(parts["train"], parts["val"], parts["test"], [], "source", "target", notes=notes)
+
+    def check(self, splits: Splits, processor, max_length: int) -> CheckReport:
+        report = CheckReport()
+        parts = {"train": splits.train, "val": splits.val, "test": splits.test}
+        report.facts["rows"] = {name: len(ex) for name, ex in parts.items()}
+        report.facts["notes"] = list(splits.notes)
+        pairs = {name: [_pair(c) for c in ex.texts] for name, ex in parts.items()}
+        _shared_sources(report, pairs)
+        if processor is None:
+            return report
+        tokenizer = processor.tokenizer
+        sources = [s for rows in pairs.values() for s, _ in rows]
+        targets = [t for rows in pairs.values() for _, t in rows]
+        source_ids = tokenizer(sources, add_special_tokens=False)["input_ids"]
+        target_ids = tokenizer(targets, add_special_tokens=False)["input_ids"]
+        for side, ids in (("source", source_ids), ("target", target_ids)):
+            lengths = [len(i) for i in ids]
+            report.facts[f"{side}_tokens"] = token_length_facts(lengths, max_length, sum(n > max_length for n in lengths), 0)
+        self.length_warnings(report, source_ids, target_ids, max_length)
+        first = processor.prompt_messages(as_conversation(splits.train.texts[0]))
+        report.facts["preview"] = conv.render_text(tokenizer, first)[0]
+        return report
+
+    def length_warnings(self, report: CheckReport, source_ids, target_ids, max_length: int) -> None:
+        long = sum(len(s) + len(t) > max_length for s, t in zip(source_ids, target_ids))
+        if long:
+            report.warnings.append(f"{long} pairs are longer than max_length {max_length} tokens with their template; "
+                                   "the source's end is cut (raise --max-length)")
+
+    # ---- model --------------------------------------------------------------------------------
+    def load_processor(self, source: str, cfg) -> TextToTextProcessor:
+        from tunesmith import models
+
+        return TextToTextProcessor(models.load_tokenizer(source), cfg.train_on_prompt, cfg.packing, cfg.eval_answers,
+                                   cfg.max_new_tokens, self.template(cfg), cfg.source_lang or "", cfg.target_lang or "")
+
+    def encode(self, processor, inputs, targets, labels, max_length, use_cache=True, augment=False, long_text=None):
+        """The causal-lm rows of each conversation as the template frames it; the features keep
+        the conversations as given, which the answer metrics read."""
+        framed = [processor.prompt_messages(as_conversation(c)) for c in inputs]
+        features = super().encode(processor, framed, targets, labels, max_length, use_cache, augment, long_text)
+        for meta in features.meta or []:
+            if "conversation" in meta:
+                meta["conversation"] = as_conversation(inputs[meta["example"]])
+        return features
+
+    # ---- metrics ------------------------------------------------------------------------------
+    def scores(self, hypotheses: list[str], refs: list[list[str]]) -> dict:
+        raise NotImplementedError
+
+    def answer_metrics(self, model, processor, inputs: list) -> dict:
+        """Generated targets for up to `eval_answers` distinct test sources, scored against all
+        of each source's references; a few samples for the report."""
+        rows = [_pair(as_conversation(c)) for c in inputs]
+        grouped = references([s for s, _ in rows], [t for _, t in rows])
+        sources = list(grouped)[: processor.eval_answers]
+        if not sources:
+            return {}
+        tokenizer = processor.tokenizer
+        prompts = [conv.render_prompt(tokenizer, processor.prompt_messages([{"role": "user", "content": s}]))
+                   for s in sources]
+        answers = [a.strip() for a in generate(model, tokenizer, prompts,
+                                                GenerationSettings(max_new_tokens=processor.max_new_tokens))]
+        samples = [{"prompt": s, "reference": grouped[s][0], "answer": a} for s, a in list(zip(sources, answers))[:SAMPLES]]
+        return {**self.scores(answers, [grouped[s] for s in sources]), "samples": samples}
+
+    def baseline(self, model, train, test, train_targets, test_targets, labels, seed) -> dict:
+        metrics = self.metrics(test_targets, self.predict(model, test), labels)
+        conversations = [m["conversation"] for m in test.meta if "conversation" in m]
+        return {**metrics, **self.answer_metrics(model, test.processor, conversations),
+                "description": "the pretrained model as it is, before tuning"}
+
+    # ---- `predict` on a file: targets for sources ---------------------------------------------
+    def read_inputs(self, path: str, encoding: str, text_col: str | None, text_pair_col: str | None = None):
+        table = read_source(path, encoding).get("all")
+        if table is None:
+            raise UserError(f"{path}: give a CSV, TSV, JSONL, Parquet or text file of source texts")
+        column = pick_column(table, text_col, SOURCE_COLUMNS, "source", "--text-col")
+        rows = table.frame.to_dict("records")
+        return rows, [[{"role": "user", "content": str(row[column])}] for row in rows]
+
+
+class Summarization(TextToTextTask):
+    name = "summarization"
+    pipeline_tag = "summarization"
+    default_template = "Summarize the following text.\n\n{source}"
+
+    def scores(self, hypotheses, refs) -> dict:
+        return summary_scores(hypotheses, refs)
+
+    def summary(self, metrics: dict) -> str:
+        line = f"loss {metrics['loss']:.4f}"
+        if "rouge_l" in metrics:
+            line += (f", ROUGE-1 {metrics['rouge_1']:.4f}, ROUGE-2 {metrics['rouge_2']:.4f}, ROUGE-L "
+                     f"{metrics['rouge_l']:.4f}, length ratio {metrics['length_ratio']:.2f} ({metrics['answered']} sources)")
+        return line
+
+    def length_warnings(self, report, source_ids, target_ids, max_length) -> None:
+        super().length_warnings(report, source_ids, target_ids, max_length)
+        longer = sum(len(t) > len(s) for s, t in zip(source_ids, target_ids))
+        if longer:
+            report.warnings.append(f"{longer} pairs have a summary longer than its source; check the columns are not "
+                                   "swapped")
+
+
+class Translation(TextToTextTask):
+    name = "translation"
+    pipeline_tag = "translation"
+    default_template = "Translate the following {source_lang} text into {target_lang}.\n\n{source}"
+
+    def template(self, cfg) -> str:
+        template = super().template(cfg)
+        if ("{source_lang}" in template and not cfg.source_lang) or ("{target_lang}" in template and not cfg.target_lang):
+            raise UserError("translation: give --source-lang and --target-lang (language codes such as zh and en; "
+                            "columns of those names are read as the source and the target)")
+        return template
+
+    def scores(self, hypotheses, refs) -> dict:
+        return translation_scores(hypotheses, refs)
+
+    def summary(self, metrics: dict) -> str:
+        line = f"loss {metrics['loss']:.4f}"
+        if "chrf" in metrics:
+            line += (f", chrF {metrics['chrf']:.2f}, BLEU {metrics['bleu']:.2f} ({metrics['bleu_tokenize']} tokens), "
+                     f"length ratio {metrics['length_ratio']:.2f} ({metrics['answered']} sources)")
+        return line
+
+
+def _as_conversations(examples: Examples) -> Examples:
+    """(source, target) rows as conversations: the source the user's turn, the target the answer."""
+    texts = [[{"role": "user", "content": s}, {"role": "assistant", "content": t}]
+             for s, t in zip(examples.texts, examples.labels)]
+    return Examples(texts, [""] * len(texts), examples.source, examples.where)
+
+
+def _pair(conversation) -> tuple[str, str]:
+    return conversation[0]["content"], conversation[-1]["content"] if conversation[-1]["role"] == "assistant" else ""
+
+
+def _shared_sources(report: CheckReport, pairs: dict[str, list[tuple[str, str]]]) -> None:
+    """Sources in two splits: a test source trained on (with any target) inflates the score."""
+    train = {s for s, _ in pairs["train"]}
+    for name in ("val", "test"):
+        shared = sum(s in train for s, _ in pairs[name])
+        if shared:
+            report.warnings.append(f"{shared} {name} sources also appear in train; the {name} score will be too "
+                                   "high (give splits with no source in common)")
+
+
+register_task(Summarization())
+register_task(Translation())
