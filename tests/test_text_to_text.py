@@ -162,6 +162,34 @@ def test_predict_and_serve_put_each_source_in_the_template(translated, tmp_path)
     assert served.status_code == 200 and served.json()[0]["generated"] == generated[0]  # greedy: the same answer
 
 
+def test_beam_search_settings_reach_generate(translated):
+    """--num-beams, --length-penalty and --no-repeat-ngram-size are how evaluation and predict
+    generate: the answers are transformers' own beam search on the same prompt."""
+    import dataclasses
+
+    import torch
+
+    from tunesmith.data.conversations import render_prompt
+    from tunesmith.generation import generate
+    from tunesmith.inference import Predictor
+
+    run, _ = translated
+    predictor = Predictor.from_run(run)
+    processor = dataclasses.replace(predictor.tokenizer, num_beams=3, length_penalty=0.5, no_repeat_ngram_size=2)
+    settings = processor.generation()
+    assert (settings.num_beams, settings.length_penalty, settings.no_repeat_ngram_size) == (3, 0.5, 2)
+    tokenizer = processor.tokenizer
+    prompt = render_prompt(tokenizer, processor.prompt_messages([{"role": "user", "content": "what is the colour of sky"}]))
+    ours = generate(predictor.model, tokenizer, [prompt], settings)[0]
+    ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        theirs = predictor.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=settings.max_new_tokens,
+                                          num_beams=3, length_penalty=0.5, no_repeat_ngram_size=2, early_stopping=True,
+                                          do_sample=False, pad_token_id=tokenizer.pad_token_id,
+                                          eos_token_id=tokenizer.eos_token_id)
+    assert ours == tokenizer.decode(theirs[0, ids.shape[1]:], skip_special_tokens=True)
+
+
 def test_check_reports_both_sides_and_warns_of_summaries_longer_than_their_source(tiny_causal_lm, tmp_path, capsys):
     rows = [[f"the colour of sky is blue {i}", "blue"] for i in range(20)] + [["short", "a much longer summary text"]]
     data = write_csv(tmp_path / "s.csv", ["text", "summary"], rows)

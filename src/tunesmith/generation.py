@@ -23,6 +23,9 @@ class GenerationSettings:
     top_p: float = 1.0
     stop: list[str] = field(default_factory=list)  # generation ends at the first of these (not included)
     seed: int = 0
+    num_beams: int = 1  # > 1: beam search (greedy otherwise); not with sampling or streaming
+    length_penalty: float = 1.0  # beam search: > 1 favours longer outputs, < 1 shorter
+    no_repeat_ngram_size: int = 0  # > 0: no n-gram of this size twice in one output
 
 
 def generate(model, tokenizer, prompts: list[str], settings: GenerationSettings, stream=None) -> list[str]:
@@ -37,6 +40,10 @@ def generate(model, tokenizer, prompts: list[str], settings: GenerationSettings,
         options.update(temperature=settings.temperature, top_p=settings.top_p)
     else:  # greedy: clear any sampling defaults the model's generation_config carries
         options.update(temperature=None, top_p=None, top_k=None)
+    if settings.num_beams > 1:
+        options.update(num_beams=settings.num_beams, length_penalty=settings.length_penalty, early_stopping=True)
+    if settings.no_repeat_ngram_size > 0:
+        options.update(no_repeat_ngram_size=settings.no_repeat_ngram_size)
     if settings.stop:
         options.update(stop_strings=list(settings.stop), tokenizer=tokenizer)
     answers = []

@@ -130,8 +130,7 @@ async def generate(state: Served, request: Request, client: str, conversations: 
     options = parameters.generation()
     if parameters.stream and len(conversations) != 1:
         raise ApiError(422, "parameters.stream: streams one input at a time", "parameters.stream")
-    processor = state.predictor.tokenizer  # a text-to-text run frames each input in its prompt template
-    framed = [processor.prompt_messages(c) if hasattr(processor, "prompt_messages") else c for c in conversations]
+    framed = [state.predictor.tokenizer.prompt_messages(c) for c in conversations]  # text-to-text: in its template
     prompts = await answers.prepare(state, client, [render_prompt(tokenizer, c) for c in framed], options,
                               "parameters.max_new_tokens")
     if not parameters.stream:

@@ -66,6 +66,10 @@ class ChatProcessor:
     def save_pretrained(self, folder: str) -> None:
         self.tokenizer.save_pretrained(folder)
 
+    def generation(self) -> GenerationSettings:
+        """How evaluation and `predict` generate answers (greedy, up to max_new_tokens)."""
+        return GenerationSettings(max_new_tokens=self.max_new_tokens)
+
     def prompt_messages(self, conversation):
         """What the model reads for a conversation: itself here; text-to-text runs frame the
         user's text in their prompt template."""
@@ -203,7 +207,7 @@ def answer_metrics(model, processor: ChatProcessor, inputs: list) -> dict:
         return {}
     tokenizer = processor.tokenizer
     prompts = [conv.render_prompt(tokenizer, messages) for messages, _ in pairs]
-    answers = generate(model, tokenizer, prompts, GenerationSettings(max_new_tokens=processor.max_new_tokens))
+    answers = generate(model, tokenizer, prompts, processor.generation())
     scores = answer_scores(answers, [reference for _, reference in pairs])
     samples = [{"prompt": messages[-1]["content"], "reference": reference, "answer": answer}
                for (messages, reference), answer in list(zip(pairs, answers))[:SAMPLES]]
@@ -360,8 +364,7 @@ class CausalLMTask(TaskDefaults):
         if prompts:
             tokenizer = features.processor.tokenizer
             texts = [tokenizer.decode(features.rows[i]["input_ids"]) for i in prompts]
-            settings = GenerationSettings(max_new_tokens=features.processor.max_new_tokens)
-            for i, answer in zip(prompts, generate(model, tokenizer, texts, settings)):
+            for i, answer in zip(prompts, generate(model, tokenizer, texts, features.processor.generation())):
                 answers[features.meta[i]["example"]] = answer
         return {"nll": nll, "tokens": tokens, "answers": answers}
 

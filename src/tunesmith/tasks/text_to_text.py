@@ -46,6 +46,12 @@ class TextToTextSettings(BaseModel):
     prompt_template: Optional[str] = Field(None, description="summarization, translation: the instruction the model "
                                            "reads, {source} where the source goes ({source_lang}, {target_lang}: the "
                                            "languages' names). Default: the task's.")
+    num_beams: int = Field(1, ge=1, le=16, description="summarization, translation: beams of beam search in evaluation "
+                           "and predict (1: greedy).")
+    length_penalty: float = Field(1.0, description="summarization, translation: with beams, > 1 favours longer "
+                                  "outputs, < 1 shorter.")
+    no_repeat_ngram_size: int = Field(0, ge=0, description="summarization, translation: no n-gram of this size "
+                                      "twice in one output (0: off; 3 is usual for summaries).")
 
 
 @dataclass
@@ -55,6 +61,13 @@ class TextToTextProcessor(ChatProcessor):
     template: str = "{source}"
     source_lang: str = ""
     target_lang: str = ""
+    num_beams: int = 1
+    length_penalty: float = 1.0
+    no_repeat_ngram_size: int = 0
+
+    def generation(self) -> GenerationSettings:
+        return GenerationSettings(max_new_tokens=self.max_new_tokens, num_beams=self.num_beams,
+                                  length_penalty=self.length_penalty, no_repeat_ngram_size=self.no_repeat_ngram_size)
 
     def prompt_messages(self, conversation):
         """The conversation with its first (user) turn put in the template: what the model reads."""
@@ -143,7 +156,8 @@ class TextToTextTask(CausalLMTask):
         from tunesmith import models
 
         return TextToTextProcessor(models.load_tokenizer(source), cfg.train_on_prompt, cfg.packing, cfg.eval_answers,
-                                   cfg.max_new_tokens, self.template(cfg), cfg.source_lang or "", cfg.target_lang or "")
+                                   cfg.max_new_tokens, self.template(cfg), cfg.source_lang or "", cfg.target_lang or "",
+                                   cfg.num_beams, cfg.length_penalty, cfg.no_repeat_ngram_size)
 
     def encode(self, processor, inputs, targets, labels, max_length, use_cache=True, augment=False, long_text=None):
         """The causal-lm rows of each conversation as the template frames it; the features keep
@@ -170,8 +184,7 @@ class TextToTextTask(CausalLMTask):
         tokenizer = processor.tokenizer
         prompts = [conv.render_prompt(tokenizer, processor.prompt_messages([{"role": "user", "content": s}]))
                    for s in sources]
-        answers = [a.strip() for a in generate(model, tokenizer, prompts,
-                                                GenerationSettings(max_new_tokens=processor.max_new_tokens))]
+        answers = [a.strip() for a in generate(model, tokenizer, prompts, processor.generation())]
         samples = [{"prompt": s, "reference": grouped[s][0], "answer": a} for s, a in list(zip(sources, answers))[:SAMPLES]]
         return {**self.scores(answers, [grouped[s] for s in sources]), "samples": samples}
 
