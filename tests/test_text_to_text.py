@@ -162,6 +162,15 @@ def test_predict_and_serve_put_each_source_in_the_template(translated, tmp_path)
     assert served.status_code == 200 and served.json()[0]["generated"] == generated[0]  # greedy: the same answer
 
 
+def test_eval_scores_a_new_file_of_pairs(translated, tmp_path, capsys):
+    run, _ = translated
+    rows = [[r["instruction"], r["output"]] for r in make_qa_rows(10, seed=5)]
+    data = write_csv(tmp_path / "more.csv", ["en", "fr"], rows)
+    assert main(["eval", str(run.path), data]) == 0
+    metrics = json.loads((run.path / "eval" / "more" / "metrics.json").read_text())["test"]
+    assert {"chrf", "bleu", "loss"} <= set(metrics) and metrics["answered"] == min(8, len({r[0] for r in rows}))
+
+
 def test_beam_search_settings_reach_generate(translated):
     """--num-beams, --length-penalty and --no-repeat-ngram-size are how evaluation and predict
     generate: the answers are transformers' own beam search on the same prompt."""

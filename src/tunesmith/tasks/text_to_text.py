@@ -123,6 +123,11 @@ class TextToTextTask(CausalLMTask):
         parts = {key: _as_conversations(sample(examples, limits[key], cfg.seed)) for key, examples in given.items()}
         return Splits(parts["train"], parts["val"], parts["test"], [], "source", "target", notes=notes)
 
+    def read_labeled(self, source, cfg, labels, text_col=None, label_col=None, encoding="utf-8") -> Examples:
+        """`eval RUN DATA`: pairs in the run's columns (its languages, or the usual names)."""
+        tables = read_pairs(source, encoding, cfg.source_lang, cfg.target_lang)
+        return _as_conversations(tables.get("all") or tables.get("test"))
+
     def check(self, splits: Splits, processor, max_length: int) -> CheckReport:
         report = CheckReport()
         parts = {"train": splits.train, "val": splits.val, "test": splits.test}
