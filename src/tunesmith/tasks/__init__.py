@@ -120,6 +120,7 @@ class TaskDefaults:
     serves_images = False  # served inputs are images (base64 or multipart), not texts
     rerank = False  # serves /v1/rerank: a query against a list of documents, scored pair by pair
     input_kind = "text"  # what one served input is, as GET /v1/model says ("relation": a text and two entities)
+    builtin_data: tuple[str, ...] = ()  # built-in data sets only this task reads: `--task` is inferred from them
     mean_pooling = False  # its head can read the body's mean-pooled states (tasks/mean_pool.py)
     head_needs_input_ids = False  # its head reads states at given tokens (no prompt methods: they feed embeddings)
     class_probabilities = False  # predict gives one probability row over the labels per input (one label each)
@@ -170,7 +171,8 @@ def infer_task(data: str | None) -> str:
     """The task a data source can only be for, when `--task` is not given: an image folder or
     a built-in image set -> image-classification; CoNLL or JSONL tokens or a built-in tagged set
     -> token-classification; SQuAD JSON, rows with a context and a question, or the built-in
-    duie-qa -> question-answering; anything else -> text-classification."""
+    duie-qa -> question-answering; a built-in set a task declares (`builtin_data`) -> that task;
+    anything else -> text-classification."""
     from tunesmith.data import builtin, questions
     from tunesmith.data.images import IMAGE_SUFFIXES, builtin_names
     from tunesmith.tasks.token_classification import looks_tagged
@@ -183,6 +185,9 @@ def infer_task(data: str | None) -> str:
         return "token-classification"
     if data == questions.BUILTIN:
         return "question-answering"
+    owner = next((name for name, task in TASKS.items() if data in task.builtin_data), None)
+    if owner is not None:
+        return owner
     path = Path(data)
     if path.is_dir():
         if any(f.suffix.lower() in IMAGE_SUFFIXES for d in path.iterdir() if d.is_dir() for f in d.iterdir()):

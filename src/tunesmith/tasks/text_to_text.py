@@ -212,6 +212,7 @@ class TextToTextTask(CausalLMTask):
 class Summarization(TextToTextTask):
     name = "summarization"
     pipeline_tag = "summarization"
+    builtin_data = ("aclsum",)
     default_template = "Summarize the following text.\n\n{source}"
 
     def scores(self, hypotheses, refs) -> dict:
@@ -235,6 +236,7 @@ class Summarization(TextToTextTask):
 class Translation(TextToTextTask):
     name = "translation"
     pipeline_tag = "translation"
+    builtin_data = ("tatoeba-zh-en",)
     default_template = "Translate the following {source_lang} text into {target_lang}.\n\n{source}"
 
     def template(self, cfg) -> str:
