@@ -224,3 +224,19 @@ def test_a_template_without_its_source_is_refused_up_front(tiny_causal_lm, tmp_p
     assert not (tmp_path / "runs").exists()
     code = main(["train", data, "--task", "translation", "--model", tiny_causal_lm, "--output", str(tmp_path / "runs")])
     assert code == 2 and "give --source-lang and --target-lang" in capsys.readouterr().err
+
+
+def test_an_encoder_decoder_model_is_refused_in_one_line(tiny_causal_lm, tmp_path, capsys):
+    """Encoder-decoder models (T5, BART, Marian) are not tuned yet: one line says so, before any work."""
+    import shutil
+
+    from transformers import T5Config
+
+    t5 = tmp_path / "tiny-t5"
+    shutil.copytree(tiny_causal_lm, t5)  # its tokenizer, with a T5's config
+    T5Config(vocab_size=400, d_model=16, d_kv=4, d_ff=32, num_layers=1, num_heads=2).save_pretrained(t5)
+    data = write_csv(tmp_path / "s.csv", ["text", "summary"], [[f"text {i}", "t"] for i in range(20)])
+    code = main(["train", data, "--task", "summarization", "--model", str(t5), "--output", str(tmp_path / "runs")])
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
+    assert code == 2 and len(lines) == 1 and "an encoder-decoder model (t5)" in lines[0]
+    assert not (tmp_path / "runs").exists()

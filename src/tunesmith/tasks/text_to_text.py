@@ -98,6 +98,7 @@ class TextToTextTask(CausalLMTask):
 
     def planned(self, cfg, splits, source: str) -> dict:
         """The template goes into config.yaml resolved, so the run says what its model read."""
+        _refuse_encoder_decoder(source, cfg.model)
         if cfg.prompt_template is None:
             return {"prompt_template": (self.template(cfg), f"the {self.name} default")}
         return {}
@@ -255,6 +256,18 @@ class Translation(TextToTextTask):
             line += (f", chrF {metrics['chrf']:.2f}, BLEU {metrics['bleu']:.2f} ({metrics['bleu_tokenize']} tokens), "
                      f"length ratio {metrics['length_ratio']:.2f} ({metrics['answered']} sources)")
         return line
+
+
+def _refuse_encoder_decoder(source: str, name: str | None) -> None:
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(source)
+    except (OSError, ValueError):
+        return  # not readable as a transformers folder: the model loader says why, in its own words
+    if getattr(config, "is_encoder_decoder", False):
+        raise UserError(f"--model {name or source}: an encoder-decoder model ({config.model_type}); summarization and "
+                        "translation tune decoder-only language models so far (e.g. smollm2)")
 
 
 def _as_conversations(examples: Examples) -> Examples:
