@@ -108,13 +108,7 @@ class TextToTextTask(CausalLMTask):
         if not cfg.data:
             raise UserError(f"--data: give a CSV/TSV/JSONL/Parquet file of source and target texts for {self.name}")
         self.template(cfg)  # a bad template fails before any data is read
-        read = lambda name: read_pairs(name, cfg.encoding, cfg.source_lang, cfg.target_lang)  # noqa: E731
-        tables = read(cfg.data)
-        given = {"train": tables.get("all") or tables.get("train"), "val": tables.get("val"), "test": tables.get("test")}
-        for key, flag in (("val", cfg.val_data), ("test", cfg.test_data)):
-            if flag:
-                given[key] = read(flag)["all"]
-        notes: list[str] = []
+        given, notes = _given_splits(cfg), []
         if given["val"] is None or given["test"] is None:
             val, test, train = split_by_source(given["train"], [cfg.val_fraction, cfg.test_fraction], cfg.seed)
             given = {"train": train, "val": given["val"] or val, "test": given["test"] or test}
@@ -256,6 +250,19 @@ class Translation(TextToTextTask):
             line += (f", chrF {metrics['chrf']:.2f}, BLEU {metrics['bleu']:.2f} ({metrics['bleu_tokenize']} tokens), "
                      f"length ratio {metrics['length_ratio']:.2f} ({metrics['answered']} sources)")
         return line
+
+
+def _given_splits(cfg) -> dict[str, Examples | None]:
+    """The pairs of --data's own splits, with --val-data / --test-data in place of its own."""
+    def read(name: str) -> dict[str, Examples]:
+        return read_pairs(name, cfg.encoding, cfg.source_lang, cfg.target_lang)
+
+    tables = read(cfg.data)
+    given = {"train": tables.get("all") or tables.get("train"), "val": tables.get("val"), "test": tables.get("test")}
+    for key, flag in (("val", cfg.val_data), ("test", cfg.test_data)):
+        if flag:
+            given[key] = read(flag)["all"]
+    return given
 
 
 def _refuse_encoder_decoder(source: str, name: str | None) -> None:
