@@ -476,7 +476,7 @@ def _score_test(state: Training) -> dict:
     predict_seconds = time.perf_counter() - started
     test_metrics = task.metrics(splits.test.labels, test_outputs, splits.labels)
     if task.generative:  # generative tasks: answers to held-out prompts vs references
-        state.log("answering test prompts for exact match and ROUGE-L ...")
+        state.log("answering test prompts to score the generated answers against the references ...")
         test_metrics.update(task.answer_metrics(predictor.model, predictor.tokenizer, splits.test.texts))
     scored = {"test": test_metrics, "predict_samples_per_second": len(splits.test) / max(predict_seconds, 1e-9)}
     if earlier is not None:  # forgetting: the old test split, as the old run scored it and now
