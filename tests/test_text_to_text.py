@@ -239,3 +239,15 @@ def test_an_encoder_decoder_model_is_refused_in_one_line(tiny_causal_lm, tmp_pat
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
     assert code == 2 and len(lines) == 1 and "an encoder-decoder model (t5)" in lines[0]
     assert not (tmp_path / "runs").exists()
+
+
+def test_check_warns_of_test_sources_that_train_has(tiny_causal_lm, tmp_path, capsys):
+    """Given splits can share sources (with the same or another target): check names the leak."""
+    train = write_csv(tmp_path / "train.csv", ["text", "summary"], [[f"the text number {i}", "t"] for i in range(20)])
+    val = write_csv(tmp_path / "val.csv", ["text", "summary"], [["a new text", "t"], ["another text", "u"]])
+    test = write_csv(tmp_path / "test.csv", ["text", "summary"], [["the text number 3", "other"], ["fresh", "t"]])
+    assert main(["check", train, "--task", "summarization", "--val-data", val, "--test-data", test,
+                 "--model", tiny_causal_lm, "--json", "--no-quality"]) in (0, 1)
+    report = json.loads(capsys.readouterr().out)
+    assert report["facts"]["train_test_overlap"] == 1 and report["facts"]["train_val_overlap"] == 0
+    assert any("1 test sources also appear in train" in w and "test.csv row 1" in w for w in report["warnings"])

@@ -150,13 +150,15 @@ def _check_leakage(report: CheckReport, parts: dict, folded_texts: dict) -> None
                 f"{len(variants)} {name} texts appear in train in another form ({FOLDED}; leakage) ({_where(ex, variants)})")
 
 
-def check_shared_keys(report: CheckReport, parts: dict, key: str, phrase: str) -> None:
-    """Leakage for examples that are dicts: validation and test rows whose `key` (a query, a
-    context) training also has, each split's count in the facts and a warning `phrase` names."""
-    seen = {row[key] for row in parts["train"].texts}
+def check_shared_keys(report: CheckReport, parts: dict, key, phrase: str) -> None:
+    """Leakage for structured examples: validation and test rows whose key (a query, a context,
+    a source) training also has, each split's count in the facts and a warning `phrase` names.
+    `key` names a field of dict rows, or is a function of a row."""
+    key_of = key if callable(key) else lambda row: row[key]
+    seen = {key_of(row) for row in parts["train"].texts}
     for name in ("val", "test"):
         ex = parts[name]
-        shared = [i for i, row in enumerate(ex.texts) if row[key] in seen]
+        shared = [i for i, row in enumerate(ex.texts) if key_of(row) in seen]
         report.facts[f"train_{name}_overlap"] = len(shared)
         if shared:
             report.warnings.append(f"{len(shared)} {name} {phrase} (leakage: the {name} score will be too high) "

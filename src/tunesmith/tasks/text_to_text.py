@@ -21,7 +21,7 @@ from typing import Optional
 from pydantic import BaseModel, Field
 
 from tunesmith.data import conversations as conv
-from tunesmith.data.checks import CheckReport
+from tunesmith.data.checks import CheckReport, check_shared_keys
 from tunesmith.data.labeled import Examples, pick_column
 from tunesmith.data.sources import read_source
 from tunesmith.data.splits import Splits
@@ -129,7 +129,7 @@ class TextToTextTask(CausalLMTask):
         report.facts["rows"] = {name: len(ex) for name, ex in parts.items()}
         report.facts["notes"] = list(splits.notes)
         pairs = {name: [_pair(c) for c in ex.texts] for name, ex in parts.items()}
-        _shared_sources(report, pairs)
+        check_shared_keys(report, parts, lambda conversation: conversation[0]["content"], "sources also appear in train")
         if processor is None:
             return report
         tokenizer = processor.tokenizer
@@ -173,6 +173,17 @@ class TextToTextTask(CausalLMTask):
     def scores(self, hypotheses: list[str], refs: list[list[str]]) -> dict:
         raise NotImplementedError
 
+    def score_line(self, metrics: dict) -> str:
+        raise NotImplementedError
+
+    def summary(self, metrics: dict) -> str:
+        """The held-out loss, and the generated answers' scores when there are some."""
+        line = f"loss {metrics['loss']:.4f}"
+        if "length_ratio" in metrics:
+            line += (f", {self.score_line(metrics)}, length ratio {metrics['length_ratio']:.2f} "
+                     f"({metrics['answered']} sources)")
+        return line
+
     def answer_metrics(self, model, processor, inputs: list) -> dict:
         """Generated targets for up to `eval_answers` distinct test sources, scored against all
         of each source's references; a few samples for the report."""
@@ -213,12 +224,8 @@ class Summarization(TextToTextTask):
     def scores(self, hypotheses, refs) -> dict:
         return summary_scores(hypotheses, refs)
 
-    def summary(self, metrics: dict) -> str:
-        line = f"loss {metrics['loss']:.4f}"
-        if "rouge_l" in metrics:
-            line += (f", ROUGE-1 {metrics['rouge_1']:.4f}, ROUGE-2 {metrics['rouge_2']:.4f}, ROUGE-L "
-                     f"{metrics['rouge_l']:.4f}, length ratio {metrics['length_ratio']:.2f} ({metrics['answered']} sources)")
-        return line
+    def score_line(self, metrics: dict) -> str:
+        return (f"ROUGE-1 {metrics['rouge_1']:.4f}, ROUGE-2 {metrics['rouge_2']:.4f}, ROUGE-L {metrics['rouge_l']:.4f}")
 
     def length_warnings(self, report, source_ids, target_ids, max_length) -> None:
         super().length_warnings(report, source_ids, target_ids, max_length)
@@ -244,12 +251,8 @@ class Translation(TextToTextTask):
     def scores(self, hypotheses, refs) -> dict:
         return translation_scores(hypotheses, refs)
 
-    def summary(self, metrics: dict) -> str:
-        line = f"loss {metrics['loss']:.4f}"
-        if "chrf" in metrics:
-            line += (f", chrF {metrics['chrf']:.2f}, BLEU {metrics['bleu']:.2f} ({metrics['bleu_tokenize']} tokens), "
-                     f"length ratio {metrics['length_ratio']:.2f} ({metrics['answered']} sources)")
-        return line
+    def score_line(self, metrics: dict) -> str:
+        return f"chrF {metrics['chrf']:.2f}, BLEU {metrics['bleu']:.2f} ({metrics['bleu_tokenize']} tokens)"
 
 
 def _given_splits(cfg) -> dict[str, Examples | None]:
@@ -286,16 +289,6 @@ def _as_conversations(examples: Examples) -> Examples:
 
 def _pair(conversation) -> tuple[str, str]:
     return conversation[0]["content"], conversation[-1]["content"] if conversation[-1]["role"] == "assistant" else ""
-
-
-def _shared_sources(report: CheckReport, pairs: dict[str, list[tuple[str, str]]]) -> None:
-    """Sources in two splits: a test source trained on (with any target) inflates the score."""
-    train = {s for s, _ in pairs["train"]}
-    for name in ("val", "test"):
-        shared = sum(s in train for s, _ in pairs[name])
-        if shared:
-            report.warnings.append(f"{shared} {name} sources also appear in train; the {name} score will be too "
-                                   "high (give splits with no source in common)")
 
 
 register_task(Summarization())
