@@ -66,10 +66,11 @@ def build(args: BuildArgs, train, log=print) -> Path:
     from tunesmith.runs import open_finished
 
     entries = read_kb(args.kb)
-    intents = _intents(args.intents, open_finished, Predictor)
+    intents = _intents(args.intents, Predictor)
     if args.generator and not Predictor.from_run(open_finished(args.generator)).task.generative:
         raise UserError(f"--generator {args.generator}: not a causal-lm or preference run; it cannot write answers")
-    retriever = _given_retriever(args.retriever, open_finished)
+    retriever = _run_of_task(args.retriever, "--retriever", "sentence-embedding", "the retriever") \
+        if args.retriever else None
     target_dir = Path(args.out)
     with atomic_dir(target_dir) as tmp:  # the retriever trains inside it: all of the folder, or none
         if retriever is None:
@@ -77,14 +78,15 @@ def build(args: BuildArgs, train, log=print) -> Path:
             log(f"retriever: a sentence-embedding run of {cfg.model} on the knowledge base's pairs")
             retriever = train(cfg, log=log)
         embedder = Predictor.from_run(retriever)
+        embed = embed_with(embedder)
         settings = {"kb": str(args.kb), "intents_run": args.intents, "generator_run": args.generator,
                     "retriever_run": args.retriever, "max_new_tokens": args.max_new_tokens, "target_accuracy": args.target}
         answers = [e.answer for e in entries]
         index = VectorIndex(embed_with(embedder, "passage")(answers))
         curves: dict = {"retrieval": [], "intent": [], "scope": []}
         settings["retrieval_threshold"], curves["retrieval"] = _retrieval_threshold(
-            entries, index, embed_with(embedder), retriever, args.target, log)
-        detector = _intent_calibration(intents, embed_with(embedder), args, settings, curves, log)
+            entries, index, embed, retriever, args.target, log)
+        detector = _intent_calibration(intents, embed, args, settings, curves, log)
         tested = retriever.metrics()
         scores = {"before": tested.get("baseline"), "after": tested.get("test")}
         _write(tmp, settings, entries, index, detector, {"curves": curves, "retrieval": scores})
@@ -120,13 +122,13 @@ def _retrieval_threshold(entries, index, embed, retriever, target: float, log) -
     return calibration.choose(curve, target), curve
 
 
-def _given_retriever(path: Optional[str], open_finished):
-    if path is None:
-        return None
+def _run_of_task(path: str, flag: str, task: str, role: str):
+    """The finished run at `path`, refused in one line unless it is a `task` run."""
+    from tunesmith.runs import open_finished
+
     run = open_finished(path)
-    if run.settings().task != "sentence-embedding":
-        raise UserError(f"--retriever {path}: a {run.settings().task} run; the retriever must be a "
-                        "sentence-embedding run")
+    if run.settings().task != task:
+        raise UserError(f"{flag} {path}: a {run.settings().task} run; {role} must be a {task} run")
     return run
 
 
@@ -185,14 +187,11 @@ class IntentSplits:
     train_texts: list[str]
 
 
-def _intents(intents_run, open_finished, Predictor) -> IntentSplits | None:
+def _intents(intents_run, Predictor) -> IntentSplits | None:
     """The intent run on its own validation split (and its training questions), or None."""
     if intents_run is None:
         return None
-    run = open_finished(intents_run)
-    if run.settings().task != "text-classification":
-        raise UserError(f"--intents {intents_run}: a {run.settings().task} run; the intent classifier must be a "
-                        "text-classification run")
+    run = _run_of_task(intents_run, "--intents", "text-classification", "the intent classifier")
     predictor = Predictor.from_run(run)
     val = run.split("val")
     probs = np.asarray(predictor.predict(val.texts))
