@@ -87,11 +87,12 @@ def workdir(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("page", [p for p in RUN_PAGES if (ROOT / p).is_file()])
-def test_the_shell_blocks_run_as_written(page, workdir, tiny_causal_lm):
+def test_the_shell_blocks_run_as_written(page, workdir, tiny_causal_lm, tiny_t5):
     for kind, note, commands in _blocks(page):
         if kind == "not run":
             continue
-        extra = shlex.split(note.replace("TINY_CAUSAL_LM", tiny_causal_lm)) if kind == "test with" else []
+        note = note.replace("TINY_CAUSAL_LM", tiny_causal_lm).replace("TINY_T5", tiny_t5)
+        extra = shlex.split(note) if kind == "test with" else []
         for command in commands:
             argv = _tunesmith_argv(command)
             if argv is None:

@@ -123,7 +123,9 @@ def _how_to_load(run, task) -> list[str]:
             "image-classification": "AutoModelForImageClassification",
             "sentence-similarity": "AutoModel",
             "question-answering": "AutoModelForQuestionAnswering",
-            "text-ranking": "AutoModelForSequenceClassification"}[task.pipeline_tag]
+            "text-ranking": "AutoModelForSequenceClassification",
+            "summarization": "AutoModelForSeq2SeqLM",  # an encoder-decoder's (decoder-only ones are above)
+            "translation": "AutoModelForSeq2SeqLM"}[task.pipeline_tag]
     if _model_config(run).get("tunesmith_pooling"):  # tunesmith's own head on a plain body (tasks/mean_pool.py)
         auto = "AutoModel"
     return ["```python", f"from transformers import AutoTokenizer, {auto}", "",

@@ -150,7 +150,8 @@ class OptimSettings(BaseModel):
 class RegularisationSettings(BaseModel):
     """Losses and data edits that fight overfitting (single-label options say so)."""
 
-    label_smoothing: float = Field(0.0, ge=0, lt=1, description="Single-label classifiers: label smoothing epsilon.")
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="Single-label classifiers, summarization, "
+                                   "translation: label smoothing epsilon (0.1 is usual for translation).")
     class_weights: Literal["none", "balanced"] = Field(
         "none", description="Single-label classifiers: 'balanced' weighs classes by n / (k * count) in the loss.")
     focal_gamma: float = Field(0.0, ge=0, description="Single-label classifiers: focal loss gamma (0: off; 2 is usual).")
@@ -280,8 +281,12 @@ class TrainConfig(
             if getattr(self, key) != type(self).model_fields[key].default:
                 raise ValueError(f"{key} is read only with {readers}; this run is {self.task} with {self.method}: "
                                  f"leave {key} out")
-        if (self.label_smoothing or self.class_weights != "none" or self.focal_gamma) and not single_label(TASKS[self.task]):
-            raise ValueError(f"label_smoothing, class_weights and focal_gamma are for single-label classifiers, not {self.task}")
+        task = TASKS[self.task]
+        if self.label_smoothing and not (single_label(task) or task.smooths_labels):
+            raise ValueError(f"label_smoothing is for single-label classifiers, summarization and translation, "
+                             f"not {self.task}")
+        if (self.class_weights != "none" or self.focal_gamma) and not single_label(task):
+            raise ValueError(f"class_weights and focal_gamma are for single-label classifiers, not {self.task}")
 
         if self.ewc_lambda and not self.from_run:
             raise ValueError("ewc_lambda needs --from RUN (the run whose weights it protects)")

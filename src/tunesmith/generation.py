@@ -33,19 +33,7 @@ def generate(model, tokenizer, prompts: list[str], settings: GenerationSettings,
     (a callable taking text pieces) and one prompt, the answer is passed on as it is decoded."""
     torch.manual_seed(settings.seed)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    sampling = settings.temperature > 0
-    options = dict(max_new_tokens=settings.max_new_tokens, do_sample=sampling, pad_token_id=pad_id, use_cache=True,
-                   eos_token_id=tokenizer.eos_token_id)
-    if sampling:
-        options.update(temperature=settings.temperature, top_p=settings.top_p)
-    else:  # greedy: clear any sampling defaults the model's generation_config carries
-        options.update(temperature=None, top_p=None, top_k=None)
-    if settings.num_beams > 1:
-        options.update(num_beams=settings.num_beams, length_penalty=settings.length_penalty, early_stopping=True)
-    if settings.no_repeat_ngram_size > 0:
-        options.update(no_repeat_ngram_size=settings.no_repeat_ngram_size)
-    if settings.stop:
-        options.update(stop_strings=list(settings.stop), tokenizer=tokenizer)
+    options = {**generate_options(settings, tokenizer), "pad_token_id": pad_id}
     answers = []
     with evaluating(model) as device:
         for start in range(0, len(prompts), GENERATE_BATCH):
@@ -59,7 +47,7 @@ def generate(model, tokenizer, prompts: list[str], settings: GenerationSettings,
                 mask[i, width - len(ids):] = 1
             streamer = None
             if stream is not None and len(prompts) == 1:
-                streamer = _CallbackStreamer(tokenizer, stream, settings.stop)
+                streamer = CallbackStreamer(tokenizer, stream, settings.stop)
             out = model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device),
                                  streamer=streamer, **options)
             for row in out[:, width:]:
@@ -67,12 +55,30 @@ def generate(model, tokenizer, prompts: list[str], settings: GenerationSettings,
     return answers
 
 
+def generate_options(settings: GenerationSettings, tokenizer) -> dict:
+    """`model.generate` keyword arguments for `settings` (decoder-only and encoder-decoder alike)."""
+    sampling = settings.temperature > 0
+    options = dict(max_new_tokens=settings.max_new_tokens, do_sample=sampling, use_cache=True,
+                   eos_token_id=tokenizer.eos_token_id)
+    if sampling:
+        options.update(temperature=settings.temperature, top_p=settings.top_p)
+    else:  # greedy: clear any sampling defaults the model's generation_config carries
+        options.update(temperature=None, top_p=None, top_k=None)
+    if settings.num_beams > 1:
+        options.update(num_beams=settings.num_beams, length_penalty=settings.length_penalty, early_stopping=True)
+    if settings.no_repeat_ngram_size > 0:
+        options.update(no_repeat_ngram_size=settings.no_repeat_ngram_size)
+    if settings.stop:
+        options.update(stop_strings=list(settings.stop), tokenizer=tokenizer)
+    return options
+
+
 def cut_at_stop(text: str, stop: list[str]) -> str:
     positions = [text.find(s) for s in stop if s and s in text]
     return text[: min(positions)] if positions else text
 
 
-class _CallbackStreamer:
+class CallbackStreamer:
     """Hands decoded text to `emit` as tokens arrive (skipping the prompt and stop strings)."""
 
     def __init__(self, tokenizer, emit, stop: list[str]):

@@ -38,6 +38,8 @@ class Predictor:
         backend = resolve_backend(run, backend)
         cfg = run.settings()
         task = TASKS[cfg.task]
+        if backend == "onnx" and not task.exportable:  # e.g. an encoder-decoder's graphs: for other runtimes
+            raise UserError(f"--backend onnx: {cfg.task} runs answer with PyTorch here; use --backend torch")
         if backend == "onnx":
             from tunesmith.runtimes import OnnxModel
 

@@ -14,9 +14,8 @@ from typing import Optional
 from pydantic import BaseModel, Field
 
 from tunesmith.commands.flags import positional, training_field
-from tunesmith.data.conversations import render_prompt
 from tunesmith.errors import UserError
-from tunesmith.generation import GenerationSettings, generate
+from tunesmith.generation import GenerationSettings
 from tunesmith.forward import write_rows
 from tunesmith.inference import Predictor
 from tunesmith.runs import open_finished
@@ -70,7 +69,7 @@ def generate_answers(args: GenerateArgs, out=print, stream=None) -> list[str]:
     predictor = Predictor.from_run(run)
     if not predictor.task.generative:
         raise UserError(f"{run_path}: a {task} run does not generate text; use `tunesmith predict` "
-                        "(generate needs a causal-lm or preference run)")
+                        "(generate needs a causal-lm, preference, summarization or translation run)")
     if prompt is not None:
         rows, conversations = [{"prompt": prompt}], [[{"role": "user", "content": prompt}]]
     else:
@@ -78,10 +77,10 @@ def generate_answers(args: GenerateArgs, out=print, stream=None) -> list[str]:
     if system:
         conversations = [[{"role": "system", "content": system}] + [m for m in c if m["role"] != "system"]
                          for c in conversations]
-    tokenizer = predictor.tokenizer.tokenizer
-    prompts = [render_prompt(tokenizer, c) for c in conversations]
+    processor = predictor.tokenizer  # the chat format, or a text-to-text run's template (and model family)
+    prompts = [processor.prompt_text(c) for c in conversations]
     streaming = prompt is not None and output is None and stream is not None
-    answers = generate(predictor.model, tokenizer, prompts, settings, stream=stream if streaming else None)
+    answers = processor.generate(predictor.model, prompts, settings, stream=stream if streaming else None)
     if output:
         write_rows(Path(output), [{**row, "generated": a} for row, a in zip(rows, answers)])
         out(f"wrote {len(answers)} answers to {output}")

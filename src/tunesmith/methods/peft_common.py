@@ -37,7 +37,10 @@ def peft_task_type(model, task) -> str | None:
     transformers body (tasks/mean_pool.py), whose head then trains in full by name (HEADS)."""
     from transformers import PreTrainedModel
 
-    return task.peft_task_type if isinstance(model, PreTrainedModel) else None
+    if not isinstance(model, PreTrainedModel):
+        return None
+    # The text-to-text tasks tune decoder-only and encoder-decoder models: the model says which.
+    return "SEQ_2_SEQ_LM" if getattr(model.config, "is_encoder_decoder", False) else task.peft_task_type
 
 
 def present(model, names: list[str]) -> list[str] | None:

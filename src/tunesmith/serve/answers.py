@@ -49,15 +49,16 @@ def _prepare(state: Served, client: str, texts: list[str], options: GenerationSe
     if options.max_new_tokens > limits.max_new_tokens:
         raise ApiError(422, f"{field}: {options.max_new_tokens} new tokens asked, the limit is {limits.max_new_tokens}",
                        field)
-    tokenizer = state.predictor.tokenizer.tokenizer
-    context = context_length(state.predictor.model, tokenizer)
-    room = context - options.max_new_tokens  # the prompt's share of the context
+    processor = state.predictor.tokenizer
+    context = context_length(state.predictor.model, processor.tokenizer)
+    # The prompt's share of the context; an encoder reads the whole context, its decoder has its own.
+    room = context if processor.encoder_decoder else context - options.max_new_tokens
     if room < 1:
         raise ApiError(422, f"{field}: {options.max_new_tokens} new tokens leave no room for the prompt in the "
                             f"model's context of {context} tokens", field)
     prompts = []
     for i, text in enumerate(texts):
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids = processor.prompt_ids(text)
         if not ids:
             raise ApiError(422, f"inputs[{i}]: the prompt is empty", f"inputs[{i}]")
         if len(ids) <= room:
@@ -65,6 +66,9 @@ def _prepare(state: Served, client: str, texts: list[str], options: GenerationSe
         elif limits.long_prompts == "error":
             raise ApiError(422, f"inputs[{i}]: the prompt has {len(ids)} tokens; with {options.max_new_tokens} new "
                                 f"tokens the model's context of {context} allows {room}", f"inputs[{i}]")
+        elif processor.encoder_decoder:  # a source: keep its start (and its closing special token), as training did
+            prompts.append(Prompt(ids[: room - 1] + ids[-1:], f"source cut to its first {room} of {len(ids)} tokens to "
+                                                              f"fit the model's context of {context}", client))
         else:  # keep the end: the question and the turn the answer follows are there
             prompts.append(Prompt(ids[-room:], f"prompt cut to its last {room} of {len(ids)} tokens to fit the "
                                                f"model's context of {context} with {options.max_new_tokens} new tokens",

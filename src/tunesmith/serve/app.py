@@ -48,7 +48,7 @@ def create_app(predictor, settings: ServeSettings, keys: KeyRing, run_info: dict
     app.state.draining = False
     app.include_router(router)
     routers = [router]
-    if state.task.generative:
+    if state.task.generative and not state.predictor.tokenizer.encoder_decoder:  # chat routes: decoder-only models
         app.include_router(openai_router)
         routers.append(openai_router)
     if state.task.answer == "embedding":
@@ -98,13 +98,17 @@ def _served(predictor, settings: ServeSettings, keys: KeyRing, run_info: dict) -
 
 
 def _engine(predictor, settings: ServeSettings, metrics: Metrics):
+    from tunesmith.serve.batch_engine import BatchEngine
     from tunesmith.serve.engine import GenerationEngine, supports
 
     model = predictor.model
-    # A model whose cache this engine cannot merge still gets deadlines and cancellation,
-    # one answer at a time.
-    batch = settings.generation_batch if supports(model) else 1
-    engine = GenerationEngine(model, predictor.tokenizer.tokenizer, max_batch=batch, max_waiting=settings.max_queue)
+    if predictor.tokenizer.encoder_decoder:  # summarization, translation with T5, BART, Marian, NLLB
+        engine = BatchEngine(model, predictor.tokenizer, settings.generation_batch, settings.max_queue)
+    else:
+        # A model whose cache this engine cannot merge still gets deadlines and cancellation,
+        # one answer at a time.
+        batch = settings.generation_batch if supports(model) else 1
+        engine = GenerationEngine(model, predictor.tokenizer.tokenizer, max_batch=batch, max_waiting=settings.max_queue)
     metrics.generation_waiting = lambda: engine.waiting
     metrics.generation_active = lambda: engine.active
     return engine

@@ -166,10 +166,10 @@ class GenerationEngine:
                         self._step()
                 except Exception as exc:  # a failure of the batch: fail its rows, keep serving
                     for row in self._rows:
-                        _settle(row, exc)
+                        settle(row, exc)
                     self._rows, self._cache, self._mask = [], None, None
         for row in self._rows:
-            _settle(row, Cancelled("the server is shutting down"))
+            settle(row, Cancelled("the server is shutting down"))
 
     def _admit(self, block: bool) -> None:
         while len(self._rows) < self.max_batch:
@@ -178,12 +178,12 @@ class GenerationEngine:
                 return
             block = False
             if sequence.cancelled.is_set():
-                _settle(sequence, Cancelled("the client went away"))
+                settle(sequence, Cancelled("the client went away"))
                 continue
             try:
                 self._prefill(sequence)
             except Exception as exc:  # this prompt's own failure
-                _settle(sequence, exc)
+                settle(sequence, exc)
 
     def _prefill(self, sequence: Sequence) -> None:
         from transformers import DynamicCache
@@ -275,16 +275,16 @@ class GenerationEngine:
         # Answered after leaving: whoever awaits the answer then sees the batch without it.
         for row, reason in finished:
             if isinstance(reason, Exception):
-                _settle(row, reason)
+                settle(row, reason)
             elif reason == "cancelled":
-                _settle(row, Cancelled("the client went away"))
+                settle(row, Cancelled("the client went away"))
             elif reason == "timeout":
-                _settle(row, TimedOut(f"generation ran past the request timeout after "
+                settle(row, TimedOut(f"generation ran past the request timeout after "
                                       f"{len(row.generated)} tokens"))
             else:  # row.text is already the whole answer: the last step decoded it
                 if row.emit is not None and len(row.text) > len(row.sent):
                     row.emit(row.text[len(row.sent):])
-                _settle(row, Completion(row.text, len(row.prompt_ids), len(row.generated), reason))
+                settle(row, Completion(row.text, len(row.prompt_ids), len(row.generated), reason))
 
     def _drop(self, gone: set[int]) -> None:
         """Remove the rows whose id() is in `gone` from the batch and its cache."""
@@ -347,7 +347,7 @@ def _eos_ids(model, tokenizer) -> set[int]:
     return ids
 
 
-def _settle(sequence: Sequence, outcome) -> None:
+def settle(sequence: Sequence, outcome) -> None:
     if sequence.future.done():
         return
     if isinstance(outcome, BaseException):

@@ -124,15 +124,13 @@ async def generate(state: Served, request: Request, client: str, conversations: 
                    parameters: PredictParameters):
     """Answers from the continuous-batching engine, as JSON or, with `stream`, as server-sent
     events: `data: {"text": piece}` while decoding, then `event: done` with the whole answer."""
-    from tunesmith.data.conversations import render_prompt
-
-    tokenizer = state.predictor.tokenizer.tokenizer
-    options = parameters.generation()
+    processor = state.predictor.tokenizer
+    options = parameters.generation(processor.generation())
     if parameters.stream and len(conversations) != 1:
         raise ApiError(422, "parameters.stream: streams one input at a time", "parameters.stream")
-    framed = [state.predictor.tokenizer.prompt_messages(c) for c in conversations]  # text-to-text: in its template
-    prompts = await answers.prepare(state, client, [render_prompt(tokenizer, c) for c in framed], options,
-                              "parameters.max_new_tokens")
+    # In the model's chat format, or (text-to-text) in the run's template.
+    prompts = await answers.prepare(state, client, [processor.prompt_text(c) for c in conversations], options,
+                                    "parameters.max_new_tokens")
     if not parameters.stream:
         done = await answers.complete(state, request, answers.sequences(state, prompts, options))
         return JSONResponse([{"generated": c.text} | ({"warning": p.warning} if p.warning else {})

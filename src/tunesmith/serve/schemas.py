@@ -13,9 +13,9 @@ StopString = Annotated[str, Field(min_length=1, max_length=STOP_CHARS)]
 class PredictParameters(BaseModel):
     model_config = ConfigDict(extra="forbid")
     top_k: Optional[int] = Field(None, ge=1, description="Return only the k most likely labels in `scores`.")
-    # Causal LM runs (causal-lm, preference) only:
-    max_new_tokens: Optional[int] = Field(None, ge=1, description="Longest answer in tokens (default 128; at most the "
-                                          "server's --max-new-tokens).")
+    # Generating runs (causal-lm, preference, summarization, translation) only:
+    max_new_tokens: Optional[int] = Field(None, ge=1, description="Longest answer in tokens (default: the "
+                                          "run's, 128 unless set; at most the server's --max-new-tokens).")
     temperature: Optional[float] = Field(None, ge=0, le=5, description="0: greedy (default); > 0: sampling.")
     top_p: Optional[float] = Field(None, gt=0, le=1, description="Nucleus sampling mass, with temperature > 0.")
     stop: Optional[list[StopString]] = Field(
@@ -25,13 +25,18 @@ class PredictParameters(BaseModel):
                                 "the same answer (default: a fresh one per request).")
     stream: bool = Field(False, description="Send the answer as server-sent events while it is generated (one input).")
 
-    def generation(self):
+    def generation(self, run_settings=None):
+        """The request's settings over the run's (its beams and n-gram rule, which
+        encoder-decoder runs decode with; the decoder-only engine decodes greedily or samples)."""
+        from dataclasses import replace
+
         from tunesmith.generation import GenerationSettings
 
-        return GenerationSettings(max_new_tokens=self.max_new_tokens or 128, temperature=self.temperature or 0.0,
-                                  top_p=self.top_p or 1.0, stop=list(self.stop or []),
-                                  # a fixed seed would make every sampled answer repeat across requests
-                                  seed=self.seed if self.seed is not None else secrets.randbelow(2**31))
+        base = run_settings or GenerationSettings()
+        return replace(base, max_new_tokens=self.max_new_tokens or base.max_new_tokens,
+                       temperature=self.temperature or 0.0, top_p=self.top_p or 1.0, stop=list(self.stop or []),
+                       # a fixed seed would make every sampled answer repeat across requests
+                       seed=self.seed if self.seed is not None else secrets.randbelow(2**31))
 
 
 GENERATION_PARAMETERS = ("max_new_tokens", "temperature", "top_p", "stop", "stream", "seed")

@@ -133,6 +133,7 @@ class TaskDefaults:
     # split with the untuned model before training (DPO's reference log-probabilities);
     # `start_head(model, train_features, train_targets, labels, seed) -> str | None` sets a fresh
     # head's starting weights before training (a mean-pooled head: the linear probe's).
+    smooths_labels = False  # its training_loss reads --label-smoothing (single-label heads read it anyway)
     training_loss = None
     score_reference = None
     start_head = None

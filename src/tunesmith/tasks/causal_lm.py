@@ -62,6 +62,7 @@ class ChatProcessor:
     packing: bool = False
     eval_answers: int = 20
     max_new_tokens: int = 128
+    encoder_decoder = False  # a decoder-only model's; text-to-text's other family (tasks/seq2seq.py) says True
 
     def save_pretrained(self, folder: str) -> None:
         self.tokenizer.save_pretrained(folder)
@@ -74,6 +75,17 @@ class ChatProcessor:
         """What the model reads for a conversation: itself here; text-to-text runs frame the
         user's text in their prompt template."""
         return conversation
+
+    def prompt_text(self, conversation) -> str:
+        """The prompt a conversation becomes, in the model's chat format, ready to answer."""
+        return conv.render_prompt(self.tokenizer, self.prompt_messages(conversation))
+
+    def prompt_ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]  # the chat format has its own
+
+    def generate(self, model, texts: list[str], settings: GenerationSettings, stream=None) -> list[str]:
+        """Answers to prompts (`prompt_text`'s)."""
+        return generate(model, self.tokenizer, texts, settings, stream)
 
 
 def conversation_key(conversation) -> str:

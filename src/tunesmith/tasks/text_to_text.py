@@ -1,10 +1,17 @@
 """summarization and translation: a source text in, a target text out.
 
 One text-to-text family underneath both; they differ in their default instruction and their
-metrics. The model here is a decoder-only language model (the causal-lm run underneath, the
-offline default SmolLM2): each pair becomes a user turn (the source inside the run's prompt
-template, written in config.yaml and shown by `check`) and an assistant turn (the target), and
-the loss covers the target only. Validation selects on the held-out loss; the test report
+metrics. Two model families sit behind them, told apart by the model's config:
+
+- decoder-only (the causal-lm run underneath, the offline default SmolLM2): each pair becomes
+  a user turn (the source inside the run's prompt template, written in config.yaml and shown
+  by `check`) and an assistant turn (the target), and the loss covers the target only;
+- encoder-decoder (T5, BART, Marian, NLLB, ...: tasks/seq2seq.py): the encoder reads the
+  source, the decoder learns the target teacher-forced.
+
+The processor each family loads (TextToTextProcessor, Seq2SeqProcessor) answers the same
+questions (prompt_text, prompt_ids, generate), so evaluation, `predict`, `generate` and the
+server need not know which family a run is. Validation selects on the held-out loss; the test report
 generates an answer for up to `eval_answers` test sources, base model and tuned model alike,
 and scores them: BLEU and chrF for translation, ROUGE-1/2/L for summarization
 (evaluate/text_metrics.py), with the length ratio and sample outputs.
@@ -28,10 +35,13 @@ from tunesmith.data.splits import Splits
 from tunesmith.data.text_pairs import SOURCE_COLUMNS, language_name, read_pairs, references, split_by_source
 from tunesmith.errors import UserError
 from tunesmith.evaluate.text_metrics import summary_scores, translation_scores
-from tunesmith.generation import GenerationSettings, generate
-from tunesmith.tasks import register_task
+from tunesmith.generation import GenerationSettings
+from tunesmith.tasks import register_task, seq2seq
 from tunesmith.tasks.causal_lm import (SAMPLES, AnswerSettings, CausalLMTask, ChatProcessor, ChatSettings,
-                                       as_conversation, sample, token_length_facts)
+                                       as_conversation, load_causal_lm, load_saved_causal_lm, sample,
+                                       token_length_facts)
+from tunesmith.tasks.seq2seq import Seq2SeqProcessor
+from tunesmith.tasks.token_logprobs import mean_answer_loss
 
 PLACEHOLDERS = ("source", "source_lang", "target_lang")
 
@@ -64,18 +74,22 @@ class TextToTextProcessor(ChatProcessor):
     num_beams: int = 1
     length_penalty: float = 1.0
     no_repeat_ngram_size: int = 0
+    label_smoothing: float = 0.0
 
     def generation(self) -> GenerationSettings:
         return GenerationSettings(max_new_tokens=self.max_new_tokens, num_beams=self.num_beams,
                                   length_penalty=self.length_penalty, no_repeat_ngram_size=self.no_repeat_ngram_size)
 
     def prompt_messages(self, conversation):
-        """The conversation with its first (user) turn put in the template: what the model reads."""
-        if isinstance(conversation, str) or not conversation or conversation[0]["role"] != "user":
+        """The conversation with its first user turn put in the template: what the model reads."""
+        if isinstance(conversation, str):
             return conversation
-        text = self.template.format(source=conversation[0]["content"], source_lang=language_name(self.source_lang),
+        first = next((i for i, m in enumerate(conversation) if m["role"] == "user"), None)
+        if first is None:
+            return conversation
+        text = self.template.format(source=conversation[first]["content"], source_lang=language_name(self.source_lang),
                                     target_lang=language_name(self.target_lang))
-        return [{"role": "user", "content": text}, *conversation[1:]]
+        return [*conversation[:first], {"role": "user", "content": text}, *conversation[first + 1:]]
 
 
 class TextToTextTask(CausalLMTask):
@@ -84,9 +98,11 @@ class TextToTextTask(CausalLMTask):
     train_defaults = {**CausalLMTask.train_defaults, "eval_answers": 100}
     default_template = "{source}"
     baseline_name = "the model before tuning"
+    smooths_labels = True  # its training loss reads --label-smoothing (both families)
 
-    def template(self, cfg) -> str:
-        template = cfg.prompt_template or self.default_template
+    def template(self, cfg, encoder_decoder: bool = False) -> str:
+        """The run's template: given, else the task's (an encoder-decoder's: the source as it is)."""
+        template = cfg.prompt_template or ("{source}" if encoder_decoder else self.default_template)
         try:
             template.format(**{name: "" for name in PLACEHOLDERS})
         except (KeyError, IndexError, ValueError) as exc:
@@ -98,16 +114,18 @@ class TextToTextTask(CausalLMTask):
 
     def planned(self, cfg, splits, source: str) -> dict:
         """The template goes into config.yaml resolved, so the run says what its model read."""
-        _refuse_encoder_decoder(source, cfg.model)
-        if cfg.prompt_template is None:
-            return {"prompt_template": (self.template(cfg), f"the {self.name} default")}
-        return {}
+        if cfg.prompt_template is not None:
+            return {}
+        if seq2seq.is_encoder_decoder(source):
+            return {"prompt_template": (self.template(cfg, True), "an encoder-decoder reads the source as it is")}
+        return {"prompt_template": (self.template(cfg), f"the {self.name} default")}
 
     # ---- data -------------------------------------------------------------------------------
     def load_data(self, cfg) -> Splits:
         if not cfg.data:
             raise UserError(f"--data: give a CSV/TSV/JSONL/Parquet file of source and target texts for {self.name}")
-        self.template(cfg)  # a bad template fails before any data is read
+        if cfg.prompt_template:
+            self.template(cfg)  # a bad template fails before any data is read
         given, notes = _given_splits(cfg), []
         if given["val"] is None or given["test"] is None:
             val, test, train = split_by_source(given["train"], [cfg.val_fraction, cfg.test_fraction], cfg.seed)
@@ -140,34 +158,69 @@ class TextToTextTask(CausalLMTask):
         for side, ids in (("source", source_ids), ("target", target_ids)):
             lengths = [len(i) for i in ids]
             report.facts[f"{side}_tokens"] = token_length_facts(lengths, max_length, sum(n > max_length for n in lengths), 0)
-        self.length_warnings(report, source_ids, target_ids, max_length)
-        first = processor.prompt_messages(as_conversation(splits.train.texts[0]))
-        report.facts["preview"] = conv.render_text(tokenizer, first)[0]
+        self.length_warnings(report, source_ids, target_ids, max_length, processor.encoder_decoder)
+        first = as_conversation(splits.train.texts[0])
+        if processor.encoder_decoder:  # what the encoder reads, and what the decoder learns
+            report.facts["preview"] = f"{processor.prompt_text(first)}\n=> {first[-1]['content']}"
+        else:
+            report.facts["preview"] = conv.render_text(tokenizer, processor.prompt_messages(first))[0]
         return report
 
-    def length_warnings(self, report: CheckReport, source_ids, target_ids, max_length: int) -> None:
+    def length_warnings(self, report: CheckReport, source_ids, target_ids, max_length: int,
+                        encoder_decoder: bool) -> None:
+        if encoder_decoder:  # each side has max_length tokens of its own
+            for side, ids in (("sources", source_ids), ("targets", target_ids)):
+                long = sum(len(i) > max_length for i in ids)
+                if long:
+                    report.warnings.append(f"{long} {side} are longer than max_length {max_length} tokens; their end "
+                                           "is cut (raise --max-length)")
+            return
         long = sum(len(s) + len(t) > max_length for s, t in zip(source_ids, target_ids))
         if long:
             report.warnings.append(f"{long} pairs are longer than max_length {max_length} tokens with their template; "
                                    "the source's end is cut (raise --max-length)")
 
     # ---- model --------------------------------------------------------------------------------
-    def load_processor(self, source: str, cfg) -> TextToTextProcessor:
+    def load_processor(self, source: str, cfg) -> TextToTextProcessor | Seq2SeqProcessor:
+        """The processor of the model's family: decoder-only or encoder-decoder."""
         from tunesmith import models
 
-        return TextToTextProcessor(models.load_tokenizer(source), cfg.train_on_prompt, cfg.packing, cfg.eval_answers,
-                                   cfg.max_new_tokens, self.template(cfg), cfg.source_lang or "", cfg.target_lang or "",
-                                   cfg.num_beams, cfg.length_penalty, cfg.no_repeat_ngram_size)
+        tokenizer, languages = models.load_tokenizer(source), (cfg.source_lang or "", cfg.target_lang or "")
+        generation = (cfg.num_beams, cfg.length_penalty, cfg.no_repeat_ngram_size, cfg.label_smoothing)
+        if seq2seq.is_encoder_decoder(source):
+            return Seq2SeqProcessor(tokenizer, cfg.eval_answers, cfg.max_new_tokens, self.template(cfg, True),
+                                    *languages, *generation)
+        return TextToTextProcessor(tokenizer, cfg.train_on_prompt, cfg.packing, cfg.eval_answers, cfg.max_new_tokens,
+                                   self.template(cfg), *languages, *generation)
+
+    def build_model(self, source: str, labels: list[str], pooling: str = "cls"):
+        return seq2seq.load_seq2seq(source) if seq2seq.is_encoder_decoder(source) else load_causal_lm(source)
+
+    def load_model(self, folder: str):
+        return seq2seq.load_saved_seq2seq(folder) if seq2seq.is_encoder_decoder(folder) else load_saved_causal_lm(folder)
 
     def encode(self, processor, inputs, targets, labels, max_length, use_cache=True, augment=False, long_text=None):
-        """The causal-lm rows of each conversation as the template frames it; the features keep
-        the conversations as given, which the answer metrics read."""
+        """The causal-lm rows of each conversation as the template frames it (an
+        encoder-decoder's: source and target rows); the features keep the conversations as
+        given, which the answer metrics read."""
+        if processor.encoder_decoder:
+            return seq2seq.encode(processor, [as_conversation(c) for c in inputs], max_length)
         framed = [processor.prompt_messages(as_conversation(c)) for c in inputs]
         features = super().encode(processor, framed, targets, labels, max_length, use_cache, augment, long_text)
         for meta in features.meta or []:
             if "conversation" in meta:
                 meta["conversation"] = as_conversation(inputs[meta["example"]])
         return features
+
+    def predict(self, model, features, batch_size: int = 8) -> dict:
+        if features.processor.encoder_decoder:
+            return seq2seq.predict(model, features, batch_size)
+        return super().predict(model, features, batch_size)
+
+    def training_loss(self, model, batch: dict, processor) -> tuple:
+        if processor.encoder_decoder:
+            return seq2seq.training_loss(model, batch, processor), {}
+        return mean_answer_loss(model, batch, processor.label_smoothing), {}
 
     # ---- metrics ------------------------------------------------------------------------------
     def scores(self, hypotheses: list[str], refs: list[list[str]]) -> dict:
@@ -192,10 +245,8 @@ class TextToTextTask(CausalLMTask):
         sources = list(grouped)[: processor.eval_answers]
         if not sources:
             return {}
-        tokenizer = processor.tokenizer
-        prompts = [conv.render_prompt(tokenizer, processor.prompt_messages([{"role": "user", "content": s}]))
-                   for s in sources]
-        answers = [a.strip() for a in generate(model, tokenizer, prompts, processor.generation())]
+        prompts = [processor.prompt_text([{"role": "user", "content": s}]) for s in sources]
+        answers = [a.strip() for a in processor.generate(model, prompts, processor.generation())]
         samples = [{"prompt": s, "reference": grouped[s][0], "answer": a} for s, a in list(zip(sources, answers))[:SAMPLES]]
         return {**self.scores(answers, [grouped[s] for s in sources]), "samples": samples}
 
@@ -227,8 +278,8 @@ class Summarization(TextToTextTask):
     def score_line(self, metrics: dict) -> str:
         return (f"ROUGE-1 {metrics['rouge_1']:.4f}, ROUGE-2 {metrics['rouge_2']:.4f}, ROUGE-L {metrics['rouge_l']:.4f}")
 
-    def length_warnings(self, report, source_ids, target_ids, max_length) -> None:
-        super().length_warnings(report, source_ids, target_ids, max_length)
+    def length_warnings(self, report, source_ids, target_ids, max_length, encoder_decoder) -> None:
+        super().length_warnings(report, source_ids, target_ids, max_length, encoder_decoder)
         longer = sum(len(t) > len(s) for s, t in zip(source_ids, target_ids))
         if longer:
             report.warnings.append(f"{longer} pairs have a summary longer than its source; check the columns are not "
@@ -241,8 +292,8 @@ class Translation(TextToTextTask):
     builtin_data = ("tatoeba-zh-en",)
     default_template = "Translate the following {source_lang} text into {target_lang}.\n\n{source}"
 
-    def template(self, cfg) -> str:
-        template = super().template(cfg)
+    def template(self, cfg, encoder_decoder: bool = False) -> str:
+        template = super().template(cfg, encoder_decoder)
         if ("{source_lang}" in template and not cfg.source_lang) or ("{target_lang}" in template and not cfg.target_lang):
             raise UserError("translation: give --source-lang and --target-lang (language codes such as zh and en; "
                             "columns of those names are read as the source and the target)")
@@ -266,18 +317,6 @@ def _given_splits(cfg) -> dict[str, Examples | None]:
         if flag:
             given[key] = read(flag)["all"]
     return given
-
-
-def _refuse_encoder_decoder(source: str, name: str | None) -> None:
-    from transformers import AutoConfig
-
-    try:
-        config = AutoConfig.from_pretrained(source)
-    except (OSError, ValueError):
-        return  # not readable as a transformers folder: the model loader says why, in its own words
-    if getattr(config, "is_encoder_decoder", False):
-        raise UserError(f"--model {name or source}: an encoder-decoder model ({config.model_type}); summarization and "
-                        "translation tune decoder-only language models so far (e.g. smollm2)")
 
 
 def _as_conversations(examples: Examples) -> Examples:

@@ -26,11 +26,12 @@ from tunesmith.data.batching import IGNORE
 CHUNK = 1024  # positions per head chunk: 1024 x 49k vocabulary x 4 bytes = 200 MB of logits
 
 
-def answer_logprobs(model, input_ids, labels, attention_mask=None, chunk: int = CHUNK,
+def answer_logprobs(model, input_ids, labels, attention_mask=None, chunk: int = CHUNK, smoothing: float = 0.0,
                     **inputs) -> tuple[torch.Tensor, torch.Tensor]:
     """Per row: the summed log-probability of its labelled tokens (label at t is predicted
     from position t-1, as transformers shifts them), and how many there are. `inputs`: any
-    other model inputs of the batch (position_ids of packed rows)."""
+    other model inputs of the batch (position_ids of packed rows). `smoothing`: label
+    smoothing's epsilon (then each token's term is the smoothed cross-entropy's, negated)."""
     inputs = {"input_ids": input_ids, "attention_mask": attention_mask, **inputs}
     targets = labels[:, 1:]
     mask = targets != IGNORE
@@ -38,7 +39,8 @@ def answer_logprobs(model, input_ids, labels, attention_mask=None, chunk: int = 
     parts = _body_and_head(model)
     if parts is None:  # the plain path: full logits, as the model computes them
         logits = model(**inputs).logits[:, :-1]
-        token_logps = -F.cross_entropy(logits.float().transpose(1, 2), targets.clamp(min=0), reduction="none")
+        token_logps = -F.cross_entropy(logits.float().transpose(1, 2), targets.clamp(min=0), reduction="none",
+                                       label_smoothing=smoothing)
         return (token_logps * mask).sum(1), counts
     body, head = parts
     hidden = body(**inputs).last_hidden_state[:, :-1]
@@ -46,7 +48,7 @@ def answer_logprobs(model, input_ids, labels, attention_mask=None, chunk: int = 
     rows = mask.nonzero()[:, 0]
     pieces = []
     for start in range(0, len(picked), chunk):
-        args = (picked[start : start + chunk], picked_targets[start : start + chunk], head.weight, head.bias)
+        args = (picked[start : start + chunk], picked_targets[start : start + chunk], head.weight, head.bias, smoothing)
         if torch.is_grad_enabled():  # recompute the chunk's logits in backward instead of keeping them
             pieces.append(checkpoint(_chunk_logps, *args, use_reentrant=False))
         else:
@@ -56,16 +58,16 @@ def answer_logprobs(model, input_ids, labels, attention_mask=None, chunk: int = 
     return sums, counts
 
 
-def mean_answer_loss(model, batch: dict) -> torch.Tensor:
+def mean_answer_loss(model, batch: dict, smoothing: float = 0.0) -> torch.Tensor:
     """The causal-LM training loss (mean negative log-likelihood over labelled tokens), the
     same number `model(**batch).loss` gives, at a fraction of the memory."""
-    sums, counts = answer_logprobs(model, **batch)
+    sums, counts = answer_logprobs(model, **batch, smoothing=smoothing)
     return -sums.sum() / counts.sum().clamp(min=1)
 
 
-def _chunk_logps(hidden, targets, weight, bias):
+def _chunk_logps(hidden, targets, weight, bias, smoothing: float = 0.0):
     logits = F.linear(hidden, weight, bias).float()
-    return -F.cross_entropy(logits, targets, reduction="none")
+    return -F.cross_entropy(logits, targets, reduction="none", label_smoothing=smoothing)
 
 
 def _body_and_head(model):
