@@ -180,10 +180,11 @@ def test_qlora_without_a_gpu_is_refused_before_anything_is_written(tmp_path, tin
 # ---- DPO ---------------------------------------------------------------------------------------------------
 
 def test_dpo_loss_matches_a_hand_computed_example():
-    from tunesmith.tasks.preference import dpo_loss
+    from tunesmith.tasks.preference_losses import PairScores, pair_losses
 
-    loss, chosen_reward, rejected_reward = dpo_loss(torch.tensor([-10.0]), torch.tensor([-12.0]), torch.tensor([-11.0]),
-                                                    torch.tensor([-11.0]), beta=0.1)
+    scores = PairScores(torch.tensor([-10.0]), torch.tensor([-12.0]), torch.tensor([3.0]), torch.tensor([3.0]),
+                        torch.tensor([-11.0]), torch.tensor([-11.0]))
+    loss, chosen_reward, rejected_reward = pair_losses("sigmoid", scores, beta=0.1)
     # rewards 0.1 * (−10 + 11) = 0.1 and 0.1 * (−12 + 11) = −0.1; loss = −log σ(0.2) = log(1 + e^−0.2)
     assert chosen_reward.item() == pytest.approx(0.1) and rejected_reward.item() == pytest.approx(-0.1)
     assert loss.item() == pytest.approx(math.log1p(math.exp(-0.2)), abs=1e-6)
@@ -200,7 +201,8 @@ def test_sequence_logps_sum_only_answer_tokens(tiny_causal_lm):
     with torch.no_grad():
         logp = model(ids).logits.log_softmax(-1)
         expected = logp[0, 2, 13] + logp[0, 3, 17]
-        assert sequence_logps(model, ids, labels, torch.ones_like(ids)).item() == pytest.approx(expected.item(), abs=1e-5)
+        sums, counts = sequence_logps(model, ids, labels, torch.ones_like(ids))
+        assert sums.item() == pytest.approx(expected.item(), abs=1e-5) and counts.item() == 2
 
 
 def preference_rows(n: int, seed: int = 0) -> list[dict]:

@@ -253,8 +253,8 @@ def _encode(state: Training) -> None:
         raise UserError(f"--max-length {cfg.max_length}: no training example keeps anything to learn at this length "
                         "(the prompts fill it); raise --max-length (`tunesmith check` shows the token lengths)")
     if state.task.score_reference is not None:  # DPO: the reference's log-probabilities, before any tuning
-        state.log("scoring every pair with the reference (the starting model) ...")
-        state.task.score_reference(state.model, state.features)
+        if state.task.score_reference(state.model, state.features):
+            state.log("scored every pair with the reference (the starting model)")
 
 
 def _baseline(state: Training) -> None:

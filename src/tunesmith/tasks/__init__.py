@@ -129,7 +129,7 @@ class TaskDefaults:
     quality_checks: tuple[str, ...] = ()
     settings: tuple = ()  # its settings sections, defined beside it (ImageSettings, ...): keys only its runs read
     # Hooks, None where the task has none: `training_loss(model, batch, processor) -> (loss,
-    # extras)` replaces the model's own loss; `score_reference(model, features)` scores every
+    # extras)` replaces the model's own loss; `score_reference(model, features) -> bool` scores every
     # split with the untuned model before training (DPO's reference log-probabilities);
     # `start_head(model, train_features, train_targets, labels, seed) -> str | None` sets a fresh
     # head's starting weights before training (a mean-pooled head: the linear probe's).

@@ -1,10 +1,12 @@
-"""preference: Direct Preference Optimisation (DPO, Rafailov et al. 2023) of a causal LM.
+"""preference: preference tuning of a causal LM (DPO, Rafailov et al. 2023, and its family).
 
-An example is a prompt with a chosen and a rejected answer. The loss is the sigmoid DPO loss
+An example is a prompt with a chosen and a rejected answer. The default loss is the sigmoid DPO loss
 
     -log sigmoid(beta * ((log p(chosen) - log p_ref(chosen)) - (log p(rejected) - log p_ref(rejected))))
 
-where log p sums the answer tokens' log-probabilities (prompt tokens are masked as in SFT).
+where log p sums the answer tokens' log-probabilities (prompt tokens are masked as in SFT);
+`--loss` picks another of the family (tasks/preference_losses.py: ipo, hinge, robust, and the
+reference-free simpo and orpo).
 
 The reference is the starting model. Its log-probabilities never change, so they are computed
 once, with the pristine model, before the method is applied (`score_reference`), and stored
@@ -17,9 +19,9 @@ run the reference is loaded again from the run's base model.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -37,14 +39,21 @@ from tunesmith.forward import evaluating
 from tunesmith.tasks import TaskDefaults, register_task
 from tunesmith.tasks.causal_lm import (AnswerSettings, CausalLMTask, ChatProcessor, answer_metrics, assemble_splits, load_causal_lm,
                                        load_saved_causal_lm, read_prompts, token_length_facts)
+from tunesmith.tasks.preference_losses import REFERENCE_FREE, PairScores, pair_losses
 from tunesmith.tasks.token_logprobs import answer_logprobs
 
 
 class DpoSettings(BaseModel):
-    """preference: Direct Preference Optimisation."""
+    """preference: the loss and its strength."""
 
-    dpo_beta: float = Field(0.1, gt=0, description="preference: DPO's beta (how far the policy may move from "
-                            "the reference; smaller = further).")
+    loss: Literal["sigmoid", "ipo", "hinge", "robust", "simpo", "orpo"] = Field(
+        "sigmoid", description="preference: sigmoid (DPO), ipo, hinge, robust (noisy labels), simpo or orpo (no "
+        "reference model; orpo adds the SFT loss on the chosen answer).")
+    dpo_beta: float = Field(0.1, gt=0, description="preference: the loss's beta (DPO: how far the policy may move "
+                            "from the reference, smaller = further; SimPO's paper uses 2, ORPO's 0.1).")
+    preference_noise: float = Field(0.0, ge=0, lt=0.5, description="preference, loss robust: the share of pairs "
+                                    "whose labels are thought flipped.")
+    simpo_gamma: float = Field(0.5, ge=0, description="preference, loss simpo: the target reward margin.")
 
 SCORE_BATCH = 4  # pairs per scoring batch (8 sequences)
 
@@ -53,7 +62,17 @@ SCORE_BATCH = 4  # pairs per scoring batch (8 sequences)
 class PreferenceProcessor(ChatProcessor):
     beta: float = 0.1
     reference_source: str | None = None  # the starting model, for scoring saved runs
+    loss: str = "sigmoid"
+    noise: float = 0.0
+    gamma: float = 0.5
     _reference: object = None
+
+    @property
+    def uses_reference(self) -> bool:
+        return self.loss not in REFERENCE_FREE
+
+    def losses(self, scores: PairScores):
+        return pair_losses(self.loss, scores, self.beta, self.noise, self.gamma)
 
     def reference_model(self):
         """The starting model (loaded once), for reference log-probabilities of a saved run."""
@@ -122,17 +141,11 @@ def drop_unusable(examples: Examples, name: str) -> tuple[Examples, list[str]]:
     return examples.subset([i for i in range(len(examples)) if i not in drop]), warnings
 
 
-def sequence_logps(model, input_ids, labels, attention_mask) -> torch.Tensor:
-    """Summed log-probability of the labelled (answer) tokens of each row (computed in chunks,
-    never as full-vocabulary log-softmax over every position: tasks/token_logprobs.py)."""
-    return answer_logprobs(model, input_ids, labels, attention_mask)[0]
-
-
-def dpo_loss(chosen, rejected, ref_chosen, ref_rejected, beta: float):
-    """Sigmoid DPO loss per pair, and the implicit rewards beta * (log p - log p_ref)."""
-    chosen_reward = beta * (chosen - ref_chosen)
-    rejected_reward = beta * (rejected - ref_rejected)
-    return -torch.nn.functional.logsigmoid(chosen_reward - rejected_reward), chosen_reward, rejected_reward
+def sequence_logps(model, input_ids, labels, attention_mask) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed log-probability of the labelled (answer) tokens of each row, and their count
+    (computed in chunks, never as full-vocabulary log-softmax over every position:
+    tasks/token_logprobs.py)."""
+    return answer_logprobs(model, input_ids, labels, attention_mask)
 
 
 def collate_pairs(rows: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
@@ -177,6 +190,10 @@ class PreferenceTask(TaskDefaults):
     def load_data(self, cfg) -> Splits:
         if not cfg.data:
             raise UserError("--data: give a CSV/JSONL/Parquet file with prompt, chosen and rejected columns")
+        if cfg.preference_noise and cfg.loss != "robust":
+            raise UserError(f"--preference-noise is read by --loss robust only (this run's loss: {cfg.loss})")
+        if cfg.simpo_gamma != DpoSettings.model_fields["simpo_gamma"].default and cfg.loss != "simpo":
+            raise UserError(f"--simpo-gamma is read by --loss simpo only (this run's loss: {cfg.loss})")
         train, val, test, notes, warnings = assemble_splits(cfg, lambda source: read_pairs(source, cfg.encoding),
                                                             drop_unusable)
         return Splits(train, val, test, [], "preference pair", "", notes=notes, warnings=warnings)
@@ -214,7 +231,8 @@ class PreferenceTask(TaskDefaults):
 
         return PreferenceProcessor(models.load_tokenizer(source), max_new_tokens=cfg.max_new_tokens,
                                    eval_answers=cfg.eval_answers, beta=cfg.dpo_beta,
-                                   reference_source=cfg.model or source)
+                                   reference_source=cfg.model or source, loss=cfg.loss, noise=cfg.preference_noise,
+                                   gamma=cfg.simpo_gamma)
 
     def build_model(self, source: str, labels: list[str], pooling: str = "cls"):
         return load_causal_lm(source)
@@ -243,77 +261,98 @@ class PreferenceTask(TaskDefaults):
             processor.tokenizer.eos_token_id
         return Features(rows, pad_id, collate=lambda batch: collate_pairs(batch, pad_id), processor=processor)
 
-    def score_reference(self, model, features: dict[str, Features]) -> None:
-        """Reference log-probabilities of every pair, from the starting model, stored in the rows."""
+    def score_reference(self, model, features: dict[str, Features]) -> bool:
+        """Reference log-probabilities of every pair, from the starting model, stored in the
+        rows; False (nothing scored) for the reference-free losses, which never read them."""
         for split in features.values():
-            chosen, rejected = self._logps(model, split)
-            for row, c, r in zip(split.rows, chosen, rejected):
+            if not split.processor.uses_reference:
+                return False
+            scores = self._logps(model, split)
+            for row, c, r in zip(split.rows, scores.chosen, scores.rejected):
                 row["ref_chosen"], row["ref_rejected"] = float(c), float(r)
+        return True
 
-    def _logps(self, model, features: Features) -> tuple[np.ndarray, np.ndarray]:
-        chosen, rejected = np.zeros(len(features)), np.zeros(len(features))
+    def _logps(self, model, features: Features) -> PairScores:
+        """The summed answer log-probabilities (and token counts) of every pair under `model`."""
+        sums, counts = np.zeros((2, len(features))), np.zeros((2, len(features)))
         with evaluating(model) as device:
             for indices in inference_batches(features.lengths, SCORE_BATCH):
                 batch = features.batch(indices)
-                logps = sequence_logps(model, batch["input_ids"].to(device), batch["labels"].to(device),
-                                       batch["attention_mask"].to(device)).cpu().numpy()
-                chosen[indices], rejected[indices] = logps[: len(indices)], logps[len(indices):]
-        return chosen, rejected
+                logps, tokens = sequence_logps(model, batch["input_ids"].to(device), batch["labels"].to(device),
+                                               batch["attention_mask"].to(device))
+                sums[:, indices] = logps.cpu().numpy().reshape(2, len(indices))
+                counts[:, indices] = tokens.cpu().numpy().reshape(2, len(indices))
+        t = torch.as_tensor
+        return PairScores(t(sums[0]), t(sums[1]), t(counts[0]), t(counts[1]))
 
     def training_loss(self, model, batch: dict, processor) -> tuple[torch.Tensor, dict]:
-        """The DPO loss of a batch, and the implicit rewards for the history curves."""
-        beta = processor.beta
-        n = batch["ref_chosen"].shape[0]
-        logps = sequence_logps(model, batch["input_ids"], batch["labels"], batch["attention_mask"])
-        losses, chosen_reward, rejected_reward = dpo_loss(logps[:n], logps[n:], batch["ref_chosen"],
-                                                          batch["ref_rejected"], beta)
-        chosen_reward, rejected_reward = chosen_reward.detach(), rejected_reward.detach()
-        return losses.mean(), {"chosen_reward": float(chosen_reward.mean()), "rejected_reward": float(rejected_reward.mean()),
-                               "reward_accuracy": float((chosen_reward > rejected_reward).float().mean()),
-                               "chosen_logp": float(logps[:n].detach().mean()),
-                               "rejected_logp": float(logps[n:].detach().mean())}
+        """The batch's preference loss (ORPO's with the SFT term), and the implicit rewards for
+        the history curves."""
+        n = len(batch["input_ids"]) // 2
+        logps, tokens = sequence_logps(model, batch["input_ids"], batch["labels"], batch["attention_mask"])
+        scores = PairScores(logps[:n], logps[n:], tokens[:n], tokens[n:], batch.get("ref_chosen"),
+                            batch.get("ref_rejected"))
+        losses, chosen_reward, rejected_reward = processor.losses(scores)
+        loss = losses.mean()
+        extras = {}
+        if processor.loss == "orpo":  # the chosen answer's SFT loss, per token, beside the odds-ratio term
+            nll = -logps[:n].sum() / tokens[:n].sum().clamp(min=1)
+            loss, extras["nll"] = loss + nll, float(nll.detach())
+        return loss, {**extras, "chosen_reward": float(chosen_reward.mean()),
+                      "rejected_reward": float(rejected_reward.mean()),
+                      "reward_accuracy": float((chosen_reward > rejected_reward).float().mean()),
+                      "chosen_logp": float(logps[:n].detach().mean()),
+                      "rejected_logp": float(logps[n:].detach().mean())}
 
     def predict(self, model, features: Features, batch_size: int = SCORE_BATCH) -> dict:
         if features.meta and features.meta[0].get("prompt"):  # prompts: generated answers
             return GENERATION.predict(model, features)
-        chosen, rejected = self._logps(model, features)
-        if features.rows and "ref_chosen" in features.rows[0]:
-            ref_chosen = np.array([r["ref_chosen"] for r in features.rows])
-            ref_rejected = np.array([r["ref_rejected"] for r in features.rows])
-        else:  # a saved run: score the pairs with the starting model again
-            ref_chosen, ref_rejected = self._logps(features.processor.reference_model(), features)
-        return {"chosen": chosen, "rejected": rejected, "ref_chosen": ref_chosen, "ref_rejected": ref_rejected,
-                "beta": features.processor.beta}
+        processor = features.processor
+        scores = self._logps(model, features)
+        if processor.uses_reference and features.rows and "ref_chosen" in features.rows[0]:
+            scores.ref_chosen = torch.tensor([r["ref_chosen"] for r in features.rows], dtype=torch.float64)
+            scores.ref_rejected = torch.tensor([r["ref_rejected"] for r in features.rows], dtype=torch.float64)
+        elif processor.uses_reference:  # a saved run: score the pairs with the starting model again
+            reference = self._logps(processor.reference_model(), features)
+            scores.ref_chosen, scores.ref_rejected = reference.chosen, reference.rejected
+        return {"scores": scores, "processor": processor}
 
     def metrics(self, targets, outputs, labels) -> dict:
-        t = {k: torch.as_tensor(outputs[k]) for k in ("chosen", "rejected", "ref_chosen", "ref_rejected")}
-        losses, chosen_reward, rejected_reward = dpo_loss(t["chosen"], t["rejected"], t["ref_chosen"],
-                                                          t["ref_rejected"], outputs["beta"])
+        scores, processor = outputs["scores"], outputs["processor"]
+        losses, chosen_reward, rejected_reward = processor.losses(scores)
+        loss = float(losses.mean())
+        if processor.loss == "orpo":
+            loss += float(-scores.chosen.sum() / scores.chosen_tokens.sum().clamp(min=1))
         return {
-            "loss": float(losses.mean()),
+            "loss": loss,
             "reward_accuracy": float((chosen_reward > rejected_reward).float().mean()),
             "reward_margin": float((chosen_reward - rejected_reward).mean()),
             # Model-only view, comparable between the base and the tuned model: how often the
             # chosen answer is the more likely one.
-            "logp_accuracy": float((t["chosen"] > t["rejected"]).float().mean()),
-            "chosen_logp": float(t["chosen"].mean()),
-            "rejected_logp": float(t["rejected"].mean()),
-            "count": len(t["chosen"]),
+            "logp_accuracy": float((scores.chosen > scores.rejected).float().mean()),
+            "chosen_logp": float(scores.chosen.mean()),
+            "rejected_logp": float(scores.rejected.mean()),
+            "count": len(scores.chosen),
         }
 
     def summary(self, metrics: dict) -> str:
         return (f"reward accuracy {metrics['reward_accuracy']:.3f}, margin {metrics['reward_margin']:.3f}, "
-                f"DPO loss {metrics['loss']:.4f}; chosen more likely than rejected in {metrics['logp_accuracy']:.1%}")
+                f"loss {metrics['loss']:.4f}; chosen more likely than rejected in {metrics['logp_accuracy']:.1%}")
 
     def tune_on_validation(self, model, features, targets, labels) -> dict:
         return {}
 
     def baseline(self, model, train, test, train_targets, test_targets, labels, seed) -> dict:
-        chosen, rejected = self._logps(model, test)
-        return {"logp_accuracy": float((chosen > rejected).mean()), "chosen_logp": float(chosen.mean()),
-                "rejected_logp": float(rejected.mean()), "loss": math.log(2.0), "reward_margin": 0.0,
-                "description": "the starting model (the DPO reference: its loss is log 2 and its margin 0 by "
-                               "definition; compare logp_accuracy)"}
+        """The starting model's scores. With a reference loss it is its own reference (margin 0
+        and sigmoid loss log 2 by definition: compare logp_accuracy); the reference-free losses
+        score it as they score the tuned model."""
+        processor = test.processor
+        scores = self._logps(model, test)
+        if processor.uses_reference:  # the starting model is the reference
+            scores.ref_chosen, scores.ref_rejected = scores.chosen, scores.rejected
+        return {**self.metrics(None, {"scores": scores, "processor": processor}, labels),
+                "description": "the starting model" + (" (the reference: its margin is 0 by definition; compare "
+                                                       "logp_accuracy)" if processor.uses_reference else "")}
 
     # ---- generation, predict, serve ---------------------------------------------------------------
     def answer_metrics(self, model, processor, inputs: list) -> dict:
