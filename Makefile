@@ -57,7 +57,7 @@ $(CHROMIUM):
 	  { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1; }; } || \
 	  echo "note: could not install chromium with apt-get; the browser tests will skip"
 
-test: $(VENV)/.dev $(DUIE) $(CHROMIUM)
+test: $(VENV)/.dev $(DUIE) $(LLAMAFACTORY) $(CHROMIUM)
 	$(PY) -m pytest
 
 # The documentation site (MkDocs Material) from docs/ into site/; --strict fails on a broken

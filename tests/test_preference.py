@@ -122,3 +122,89 @@ def test_robust_needs_its_noise_below_a_half(tmp_path, tiny_causal_lm, capsys):
     code = main(["train", str(data), "--task", "preference", "--loss", "robust", "--preference-noise", "0.5",
                  "--model", tiny_causal_lm, "--output", str(tmp_path / "runs")])
     assert code == 2 and "preference_noise" in capsys.readouterr().err
+
+
+# ---- KTO ------------------------------------------------------------------------------------------
+
+def _trl_kto_loss(labels, per_token, completion, reference, kl_logps, ref_kl, beta, weights) -> float:
+    from trl import KTOTrainer
+
+    outputs = SimpleNamespace(log_probs=per_token, entropy=torch.zeros_like(per_token),
+                              mean_logits=torch.zeros_like(per_token))
+    trainer = SimpleNamespace(
+        model=SimpleNamespace(training=True), accelerator=_accelerator(), aux_loss_enabled=False,
+        precompute_ref_logps=True, calculate_KL=True, loss_type="kto", beta=beta, desirable_weight=weights[0],
+        undesirable_weight=weights[1], _metrics=defaultdict(lambda: defaultdict(list)), _total_train_tokens=0,
+        _tp_size=1, _compute_kl_logps=lambda model, batch: kl_logps)
+    inputs = {"input_ids": torch.zeros_like(completion), "attention_mask": torch.ones_like(completion),
+              "completion_mask": completion, "label": labels, "ref_logps": reference, "ref_KL_logps": ref_kl}
+    return float(KTOTrainer._compute_loss(trainer, lambda **_: outputs, inputs, False))
+
+
+@pytest.mark.parametrize("weights", [(1.0, 1.0), (1.5, 0.7)])
+def test_kto_is_trls(weights):
+    from tunesmith.tasks import kto
+
+    per_token, completion, reference, scores = _batch()
+    labels = torch.tensor([True, False, True, True, False, False, True, False])
+    generator = torch.Generator().manual_seed(1)
+    kl_logps, ref_kl = -torch.rand(8, generator=generator) * 5, -torch.rand(8, generator=generator) * 5
+    answer = per_token.sum(1)
+    ours = kto.losses(answer, reference, kl_logps, ref_kl, labels, 0.1, *weights)[0].mean()
+    theirs = _trl_kto_loss(labels, per_token, completion, reference, kl_logps, ref_kl, 0.1, weights)
+    assert float(ours) == pytest.approx(theirs, rel=1e-5)
+
+
+def test_feedback_rows_are_read_in_trls_and_llamafactorys_layouts(tmp_path):
+    from tunesmith.tasks.preference import read_pairs
+
+    trl_rows = tmp_path / "feedback.jsonl"
+    trl_rows.write_text(json.dumps({"prompt": "colour of sky?", "completion": "blue", "label": True}) + "\n" +
+                        json.dumps({"prompt": "colour of sky?", "completion": "red", "label": "false"}) + "\n")
+    rows = read_pairs(str(trl_rows), "utf-8")["all"].texts
+    assert [(r["completion"], r["label"]) for r in rows] == [("blue", True), ("red", False)]
+    assert rows[0]["prompt"] == [{"role": "user", "content": "colour of sky?"}]
+    demo = read_pairs("kto-en-demo", "utf-8")["all"]
+    assert len(demo) == 300 and {r["label"] for r in demo.texts} == {True, False}
+    pairs = read_pairs("dpo-en-demo", "utf-8")["all"]  # ShareGPT conversations + chosen/rejected messages
+    assert len(pairs) == 300 and pairs.texts[0]["prompt"][-1]["role"] == "user" and pairs.texts[0]["chosen"]
+
+
+def _feedback_rows(n: int) -> list[dict]:
+    """Answers that name the colour marked good, answers that dodge the question marked bad."""
+    good = [{"prompt": r["prompt"], "completion": r["chosen"], "label": True} for r in _rows(n)]
+    bad = [{"prompt": r["prompt"], "completion": "please tell me a short answer", "label": False}
+           for r in _rows(n, seed=1)]
+    return [row for pair in zip(good, bad) for row in pair]
+
+
+def test_kto_trains_on_thumbs_up_and_down_and_reloads(tmp_path, tiny_causal_lm, capsys):
+    data = tmp_path / "feedback.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in _feedback_rows(40)))
+    assert main(["train", str(data), "--task", "preference", "--loss", "kto", "--model", tiny_causal_lm, "--method",
+                 "full", "--epochs", "3", "--lr", "1e-2", "--eval-answers", "0", "--max-length", "64",
+                 "--output", str(tmp_path / "runs"), "--name", "k"]) == 0
+    run = tmp_path / "runs" / "k"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["baseline"]["reward_margin"] == 0.0 and metrics["test"]["reward_margin"] > 0
+    assert metrics["test"]["loss"] < metrics["baseline"]["loss"]
+    history = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
+    assert "kl" in history[0] and "reward_accuracy" in history[0]
+    assert main(["eval", str(run)]) == 0  # reloads, the reference scored again from the base model
+    again = json.loads((run / "metrics.json").read_text())["test"]
+    assert again["reward_margin"] == pytest.approx(metrics["test"]["reward_margin"], abs=1e-4)
+    code = main(["train", str(data), "--task", "preference", "--model", tiny_causal_lm, "--output",
+                 str(tmp_path / "runs")])
+    assert code == 2 and "train them with --loss kto" in capsys.readouterr().err
+
+
+def test_check_suggests_weights_for_unbalanced_feedback(tmp_path, tiny_causal_lm, capsys):
+    rows = _feedback_rows(30)
+    rows = [r for r in rows if r["label"]] + [r for r in rows if not r["label"]][:6]  # 30 good, 6 bad
+    data = tmp_path / "feedback.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    main(["check", str(data), "--task", "preference", "--loss", "kto", "--model", tiny_causal_lm, "--json"])
+    report = json.loads(capsys.readouterr().out)
+    good, bad = report["facts"]["answers"]["desirable"], report["facts"]["answers"]["undesirable"]
+    assert good > 3 * bad  # the training split keeps the imbalance
+    assert any(f"--desirable-weight {bad / good:.2f} --undesirable-weight 1" in w for w in report["warnings"])

@@ -39,6 +39,9 @@ class CheckArgs(BaseModel):
     source_lang: Optional[str] = training_field("source_lang")
     target_lang: Optional[str] = training_field("target_lang")
     prompt_template: Optional[str] = training_field("prompt_template")
+    loss: Optional[str] = training_field("loss")  # preference: the layout (pairs, or kto's answers) and its checks
+    desirable_weight: Optional[float] = training_field("desirable_weight")
+    undesirable_weight: Optional[float] = training_field("undesirable_weight")
     model: Optional[str] = Field(None, description="tokenizer for the length check (default: the task's, minilm "
                                  "for text)")
     max_length: Optional[int] = Field(None, gt=1, description="truncation length to check against (default: the "
@@ -68,7 +71,8 @@ def check(args: CheckArgs, out=print) -> CheckReport:
     """The task's checks; with `quality_checks`, also the data-quality section (quality/),
     whose full lists are written to `lists` (default runs/check-<data name>)."""
     reading = ("task", "data", "val_data", "test_data", "text_col", "label_col", "source_lang", "target_lang",
-               "prompt_template", "model", "max_length", "encoding", "seed", "method", "epochs", "lr")
+               "prompt_template", "loss", "desirable_weight", "undesirable_weight", "model", "max_length", "encoding",
+               "seed", "method", "epochs", "lr")
     cfg = build_config({key: getattr(args, key) for key in reading if getattr(args, key) is not None}, "flags")
     splits = TASKS[cfg.task].load_data(cfg)
     early = []  # notes from before the report exists: printed with it (--json: inside it, so stdout stays JSON)
