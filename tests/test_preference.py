@@ -208,3 +208,87 @@ def test_check_suggests_weights_for_unbalanced_feedback(tmp_path, tiny_causal_lm
     good, bad = report["facts"]["answers"]["desirable"], report["facts"]["answers"]["undesirable"]
     assert good > 3 * bad  # the training split keeps the imbalance
     assert any(f"--desirable-weight {bad / good:.2f} --undesirable-weight 1" in w for w in report["warnings"])
+
+
+# ---- reward models --------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def reward_run(tiny_causal_lm, tmp_path_factory):
+    """A reward model on a tiny Llama (a causal LM body: its classifier reads the last token)
+    that learns to rank the right colour above the wrong one."""
+    base = tmp_path_factory.mktemp("rm")
+    data = base / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in _rows(60)))
+    assert main(["train", str(data), "--task", "reward-model", "--model", tiny_causal_lm, "--epochs", "6", "--lr", "3e-3",
+                 "--max-length", "32", "--output", str(base / "runs"), "--name", "rm"]) == 0
+    from tunesmith.runs import Run
+
+    return Run(base / "runs" / "rm")
+
+
+def test_a_reward_model_ranks_held_out_pairs_better_than_untuned(reward_run):
+    metrics = json.loads(reward_run.metrics_file.read_text())
+    assert metrics["test"]["pair_accuracy"] > metrics["baseline"]["pair_accuracy"]
+    assert metrics["test"]["pair_accuracy"] >= 0.8 and metrics["test"]["margin"] > 0
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(reward_run.model_dir)
+    assert model.config.num_labels == 1
+
+
+def test_the_reward_loss_is_trls(reward_run):
+    """TRL's RewardTrainer.compute_loss on the same model and batch (margins included)."""
+    from trl import RewardTrainer
+
+    from tunesmith.inference import Predictor
+
+    predictor = Predictor.from_run(reward_run)
+    pairs = [dict(r, margin=m) for r, m in zip(_rows(4, seed=3), (0.0, 0.5, 1.0, 0.2))]
+    batch = predictor.task.encode(predictor.tokenizer, pairs, None, [], 32).batch(list(range(len(pairs))))
+    model = predictor.model.eval()
+    trainer = SimpleNamespace(model=model, args=SimpleNamespace(center_rewards_coefficient=None),
+                              accelerator=_accelerator(), _metrics=defaultdict(lambda: defaultdict(list)),
+                              _total_train_tokens=0, _tp_size=1)
+
+    def forward(margin=None, use_cache=None, **inputs):  # TRL hands the margin to the model call too
+        return model(**inputs)
+
+    with torch.no_grad():
+        ours, _ = predictor.task.training_loss(model, batch)
+        theirs = RewardTrainer.compute_loss(trainer, forward, dict(batch))
+    assert float(ours) == pytest.approx(float(theirs), rel=1e-5)
+
+
+def test_a_reward_model_scores_files_and_serves_v1_score(reward_run, tmp_path):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from tunesmith.inference import Predictor
+    from tunesmith.serve.app import create_app
+    from tunesmith.serve.security import KeyRing
+    from tunesmith.serve.server import run_info
+    from tunesmith.serve.settings import ServeSettings
+
+    rows = tmp_path / "answers.csv"
+    rows.write_text("prompt,answer\nwhat is the colour of sky,it is blue\nwhat is the colour of sky,it is green\n")
+    out = tmp_path / "scored.csv"
+    assert main(["predict", str(reward_run.path), str(rows), "-o", str(out)]) == 0
+    scored = [line.split(",")[-1] for line in out.read_text().splitlines()[1:]]
+    assert len(scored) == 2
+    key = "k" * 24
+    app = create_app(Predictor.from_run(reward_run), ServeSettings(run=str(reward_run.path)), KeyRing([key]),
+                     run_info(reward_run))
+    with TestClient(app) as client:
+        answer = client.post("/v1/score", json={"prompt": "what is the colour of sky",
+                                                "answers": ["it is green", "it is blue"]},
+                             headers={"Authorization": f"Bearer {key}"})
+    assert answer.status_code == 200
+    body = answer.json()
+    assert body["scores"][1] == pytest.approx(float(scored[0]), abs=1e-4) and body["best"] == 1
+
+
+def test_a_reward_model_refuses_answers_marked_good_or_bad(tmp_path, tiny_model, capsys):
+    data = tmp_path / "feedback.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in _feedback_rows(10)))
+    code = main(["train", str(data), "--task", "reward-model", "--model", tiny_model, "--output", str(tmp_path / "r")])
+    assert code == 2 and "a reward model trains on prompt, chosen and rejected" in capsys.readouterr().err

@@ -53,7 +53,7 @@ REFUSED = {
     # The relation head reads the entity markers' states in input_ids; prompt methods feed embeddings.
     **{("relation-extraction", method): "entity markers" for method in ("prefix", "prompt", "ptuning")},
     # The ranking losses tune the body itself: full or LoRA.
-    **{(task, method): "trains with full or lora" for task in ("sentence-embedding", "reranker")
+    **{(task, method): "trains with full or lora" for task in ("sentence-embedding", "reranker", "reward-model")
        for method in ("adalora", "adapter", "bitfit", "freeze", "ia3", "prefix", "prompt", "ptuning")},
 }
 
@@ -97,6 +97,10 @@ def _data(task: str, folder) -> tuple[str, list]:
         return write_jsonl(folder / "qa.jsonl", make_qa_rows(24)), ["what is the colour of sky"]
     if task == "preference":
         return write_jsonl(folder / "pref.jsonl", preference_rows(24)), ["what is the colour of snow"]
+    if task == "reward-model":
+        return (write_jsonl(folder / "pref.jsonl", preference_rows(24)),
+                [{"text": "what is the colour of sky", "text_pair": "it is blue"},
+                 {"text": "what is the colour of snow", "text_pair": "please tell me a short answer"}])
     if task in ("summarization", "translation"):  # columns named by language (--source-lang en --target-lang fr)
         rows = [{"en": row["instruction"], "fr": row["output"]} for row in make_qa_rows(24)]
         return _write(folder / "t.csv", rows, ["en", "fr"]), ["what is the colour of sky"]
@@ -206,6 +210,9 @@ def _declarations_are_true(task: str, run, tmp_path, capsys) -> None:
                 source, int8 = source.queries, int8.queries
             elif hasattr(source, "scores"):  # a reranker: each query's candidate scores
                 source, int8 = np.concatenate(source.scores), np.concatenate(int8.scores)
+            elif hasattr(source, "chosen"):  # a reward model: each pair's two scores
+                source, int8 = np.concatenate([source.chosen, source.rejected]), np.concatenate([int8.chosen,
+                                                                                                 int8.rejected])
             elif isinstance(source[0], dict):  # extractive QA: each answer's probability
                 source, int8 = [a["score"] for a in source], [a["score"] for a in int8]
             elif isinstance(source, list):  # NER: one array of tag probabilities per sentence

@@ -26,7 +26,7 @@ from tunesmith.serve.dependencies import ApiError, Served, client_id
 from tunesmith.serve.middleware import BodyLimit, HostAllowList, MultipartImages, Observe
 from tunesmith.serve.openai_routes import embeddings_router
 from tunesmith.serve.openai_routes import router as openai_router
-from tunesmith.serve.routes import rerank_router, router
+from tunesmith.serve.routes import rerank_router, router, score_router
 from tunesmith.serve.security import KeyRing, RateLimiter
 from tunesmith.serve.settings import ServeSettings
 from tunesmith.serve.telemetry import JsonLog, Metrics
@@ -57,6 +57,9 @@ def create_app(predictor, settings: ServeSettings, keys: KeyRing, run_info: dict
     if state.task.rerank:
         app.include_router(rerank_router)
         routers.append(rerank_router)
+    if state.task.scores_answers:
+        app.include_router(score_router)
+        routers.append(score_router)
     _handle_errors(app)
     # Middleware, outside in: proxy headers (from trusted proxies only) -> Observe (draining,
     # metrics, access log) -> Host allow-list -> BodyLimit -> routes.

@@ -120,6 +120,23 @@ async def rerank(state: Served, body: RerankRequest) -> dict:
                         for i in order]}
 
 
+async def score(state: Served, body) -> dict:
+    """Each answer's reward for the prompt, in the request's order, and the best one's position."""
+    settings = state.settings
+    if len(body.answers) > settings.max_inputs:
+        raise ApiError(422, f"answers: {len(body.answers)}, the limit is {settings.max_inputs} per request", "answers")
+    check_text(body.prompt, "prompt", settings.max_text_chars)
+    for i, answer in enumerate(body.answers):
+        check_text(answer, f"answers[{i}]", settings.max_text_chars)
+    inputs = [state.task.serve_input({"text": body.prompt, "text_pair": a}, True) for a in body.answers]
+    try:
+        scores = [float(s) for s in await state.batcher.submit(inputs)]
+    except Busy as exc:
+        raise ApiError(503, f"server is busy ({exc}); retry shortly", headers={"Retry-After": "1"}) from None
+    return {"model": state.run_info.get("run", "model"), "scores": scores, "best": max(range(len(scores)),
+                                                                                        key=scores.__getitem__)}
+
+
 async def generate(state: Served, request: Request, client: str, conversations: list,
                    parameters: PredictParameters):
     """Answers from the continuous-batching engine, as JSON or, with `stream`, as server-sent

@@ -8,11 +8,13 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 
 from tunesmith.serve import handlers
 from tunesmith.serve.dependencies import Caller, State
-from tunesmith.serve.schemas import PredictRequest, RerankRequest, RerankResponse, response_schema
+from tunesmith.serve.schemas import (PredictRequest, RerankRequest, RerankResponse, ScoreRequest, ScoreResponse,
+                                     response_schema)
 from tunesmith.tasks import TASKS
 
 router = APIRouter()
 rerank_router = APIRouter()  # runs of tasks that declare `rerank`
+score_router = APIRouter()  # runs of tasks that declare `scores_answers` (reward models)
 
 # One answer of any servable task, as each task declares it (documented in /openapi.json).
 Output = Union[tuple(dict.fromkeys(response_schema(task) for task in TASKS.values() if task.servable))]
@@ -26,6 +28,11 @@ async def predict(request: Request, body: PredictRequest, client: Caller, state:
 @rerank_router.post("/v1/rerank", response_model=RerankResponse)
 async def rerank(body: RerankRequest, client: Caller, state: State) -> dict:
     return await handlers.rerank(state, body)
+
+
+@score_router.post("/v1/score", response_model=ScoreResponse)
+async def score(body: ScoreRequest, client: Caller, state: State) -> dict:
+    return await handlers.score(state, body)
 
 
 @router.get("/v1/model")

@@ -94,6 +94,20 @@ class RerankResponse(BaseModel):
     results: list[RerankResult] = Field(description="Best first.")
 
 
+class ScoreRequest(BaseModel):
+    """Answers to one prompt, each scored by a reward model."""
+
+    model_config = ConfigDict(extra="forbid")
+    prompt: str
+    answers: list[str] = Field(min_length=1, description="The answers to score, in any order.")
+
+
+class ScoreResponse(BaseModel):
+    model: str
+    scores: list[float] = Field(description="Each answer's reward, in the order of the request (higher: better).")
+    best: int = Field(description="The position of the highest-scored answer.")
+
+
 class PredictRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     inputs: Union[Input, list[Input]] = Field(

@@ -119,6 +119,7 @@ class TaskDefaults:
     generative = False  # answers are generated text: `answer_metrics`, `generate`, generation parameters
     serves_images = False  # served inputs are images (base64 or multipart), not texts
     rerank = False  # serves /v1/rerank: a query against a list of documents, scored pair by pair
+    scores_answers = False  # serves /v1/score: a prompt's answers, each scored (a reward model)
     input_kind = "text"  # what one served input is, as GET /v1/model says ("relation": a text and two entities)
     builtin_data: tuple[str, ...] = ()  # built-in data sets only this task reads: `--task` is inferred from them
     mean_pooling = False  # its head can read the body's mean-pooled states (tasks/mean_pool.py)
@@ -210,5 +211,5 @@ def register_task(task: "Task") -> "Task":
 
 from tunesmith.tasks import (  # noqa: E402,F401,I001  (each registers itself)
     causal_lm, image_classification, multi_label, preference, question_answering, regression, relation_extraction,
-    reranker, sentence_embedding, text_classification, text_to_text, token_classification,
+    reranker, reward_model, sentence_embedding, text_classification, text_to_text, token_classification,
 )

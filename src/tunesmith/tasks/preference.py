@@ -115,7 +115,13 @@ def row_to_pair(row: dict, where: str) -> dict:
         raise UserError(f"{where}: no 'prompt' column; give prompt, chosen, rejected")
     if isinstance(prompt, str):
         prompt = [{"role": "user", "content": prompt}]
-    return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+    pair = {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+    if "margin" in keys:  # how much better chosen is (a reward model's margin loss reads it)
+        try:
+            pair["margin"] = float(row[keys["margin"]])
+        except (TypeError, ValueError):
+            raise UserError(f"{where}: column 'margin' is {row[keys['margin']]!r}; give a number") from None
+    return pair
 
 
 LABELS = {"true": True, "1": True, "yes": True, "good": True, "up": True,
