@@ -27,6 +27,7 @@ from tunesmith.data.checks import CheckReport
 from tunesmith.errors import UserError
 from tunesmith.tasks import TaskDefaults, register_task
 from tunesmith.tasks.causal_lm import assemble_splits, token_length_facts
+from tunesmith.tasks.reranker import Reranker
 
 
 @dataclass
@@ -66,7 +67,7 @@ class RewardModel(TaskDefaults):
     default_metric = "pair_accuracy"
     has_baseline = True
     baseline_name = "the untuned model (its new head scores near chance)"
-    methods = ("full", "lora")  # a loss of its own over pairs: methods that tune the body and the head
+    methods = Reranker.methods  # a loss of its own over pairs: full or LoRA, as for the reranker
     train_defaults = {"method": "full", "batch_size": 8}
     sequences_per_example = 2
     default_max_length = 256
