@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tunesmith.data.batching import collate
 from tunesmith.compress.onnx_export import SAMPLE_TEXTS, TOLERANCE, _quiet_exporter
 from tunesmith.errors import UserError
 
@@ -86,7 +87,7 @@ def export_seq2seq(run) -> tuple[list[Path], float]:
     predictor = Predictor.from_run(run)
     model, processor = predictor.model.eval(), predictor.tokenizer
     ids = [processor.prompt_ids(processor.prompt_text(t))[: predictor.max_length] for t in SAMPLE_TEXTS]
-    batch = _pad(ids, processor.tokenizer.pad_token_id)
+    batch = collate(ids, processor.tokenizer.pad_token_id)
     paths = [run.model_dir / name for name in FILES]
     with atomic_path(paths[0]) as encoder, atomic_path(paths[1]) as first, atomic_path(paths[2]) as later:
         try:
@@ -102,15 +103,6 @@ def export_seq2seq(run) -> tuple[list[Path], float]:
             raise UserError(f"export --format onnx: decoding through ONNX Runtime differs from PyTorch (largest logit "
                             f"difference {difference:.2e}, limit {TOLERANCE}); the export was not kept")
     return paths, difference
-
-
-def _pad(id_lists: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
-    width = max(len(ids) for ids in id_lists)
-    input_ids = torch.full((len(id_lists), width), pad_id, dtype=torch.long)
-    mask = torch.zeros_like(input_ids)
-    for i, ids in enumerate(id_lists):
-        input_ids[i, : len(ids)], mask[i, : len(ids)] = torch.tensor(ids), 1
-    return {"input_ids": input_ids, "attention_mask": mask}
 
 
 def _start(model, rows: int) -> torch.Tensor:

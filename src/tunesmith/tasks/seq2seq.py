@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from tunesmith.data.batching import IGNORE, Features, inference_batches
+from tunesmith.data.batching import IGNORE, Features, collate, inference_batches
 from tunesmith.errors import UserError
 from tunesmith.forward import evaluating
 from tunesmith.generation import GENERATE_BATCH, CallbackStreamer, GenerationSettings, cut_at_stop, generate_options
@@ -153,7 +153,7 @@ class Seq2SeqProcessor:
         with evaluating(model) as device:
             for start in range(0, len(id_lists), GENERATE_BATCH):
                 chunk = id_lists[start : start + GENERATE_BATCH]
-                batch = _pad_right(chunk, pad_id, "input_ids")
+                batch = collate(chunk, pad_id)
                 streamer = CallbackStreamer(self.tokenizer, stream, settings.stop) if stream and len(id_lists) == 1 else None
                 out = model.generate(input_ids=batch["input_ids"].to(device),
                                      attention_mask=batch["attention_mask"].to(device), streamer=streamer, **options)
@@ -177,25 +177,15 @@ def encode(processor: Seq2SeqProcessor, conversations: list, max_length: int) ->
         meta.append({"example": index, "prompt": False, "conversation": conversation})
     pad_id = processor.tokenizer.pad_token_id
     return Features(rows, pad_id, token_labels=True, meta=meta, processor=processor,
-                    collate=lambda batch: collate(batch, pad_id))
+                    collate=lambda batch: collate_pairs(batch, pad_id))
 
 
-def collate(rows: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
+def collate_pairs(rows: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     """Sources padded with the pad token, targets with IGNORE: each side to its own longest."""
-    batch = _pad_right([r["input_ids"] for r in rows], pad_id, "input_ids")
+    batch = collate([r["input_ids"] for r in rows], pad_id)
     if "labels" in rows[0]:
-        batch["labels"] = _pad_right([r["labels"] for r in rows], IGNORE, "labels")["labels"]
+        batch["labels"] = collate([r["labels"] for r in rows], IGNORE)["input_ids"]
     return batch
-
-
-def _pad_right(id_lists: list[list[int]], pad: int, key: str) -> dict[str, torch.Tensor]:
-    width = max(len(ids) for ids in id_lists)
-    ids = torch.full((len(id_lists), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(id_lists), width), dtype=torch.long)
-    for i, row in enumerate(id_lists):
-        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-        mask[i, : len(row)] = 1
-    return {key: ids, "attention_mask": mask}
 
 
 def token_losses(model, batch: dict, label_smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -226,7 +216,7 @@ def predict(model, features: Features, batch_size: int) -> dict:
     prompts = [i for i, m in enumerate(features.meta) if m["prompt"]]
     with evaluating(model) as device:
         for batch_idx in inference_batches([features.rows[i]["length"] for i in scored], batch_size):
-            batch = {k: v.to(device) for k, v in collate([features.rows[scored[j]] for j in batch_idx],
+            batch = {k: v.to(device) for k, v in collate_pairs([features.rows[scored[j]] for j in batch_idx],
                                                            features.pad_id).items()}
             losses, mask = token_losses(model, batch)
             for row, j in enumerate(batch_idx):
