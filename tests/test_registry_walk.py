@@ -37,16 +37,16 @@ KEY = "w" * 24
 # Pairs refused up front, and a word of the reason each must give.
 SEQUENCE_ONLY = "text-classification"
 REFUSED = {
-    **{(task, "qlora"): "CUDA" if task in ("causal-lm", "preference") else "for causal-lm and preference"
+    **{(task, "qlora"): "CUDA" if task in ("causal-lm", "preference", "rl") else "for causal-lm, preference and rl"
        for task in TASKS},
     # A Llama has no biases to train and no new head (its head is pretrained).
-    **{(task, method): why for task in ("causal-lm", "preference", "summarization", "translation")
+    **{(task, method): why for task in ("causal-lm", "preference", "rl", "summarization", "translation")
        for method, why in (("bitfit", "no bias terms"), ("freeze", "no new head"))},
     # The tiny ViT: PEFT knows no IA3 targets for it, and adapters know BERT and Llama blocks.
     ("image-classification", "ia3"): "no IA3 target layers", ("image-classification", "adapter"): "no attention",
     **{(task, method): SEQUENCE_ONLY for task in TASKS if task != "text-classification"
        for method in ("few-shot", "zero-shot")},
-    **{(task, method): "one label or score per text" for task in ("token-classification", "causal-lm", "preference",
+    **{(task, method): "one label or score per text" for task in ("token-classification", "causal-lm", "preference", "rl",
                                                                   "image-classification", "question-answering",
                                                                   "summarization", "translation")
        for method in ("prefix", "prompt", "ptuning")},
@@ -97,6 +97,10 @@ def _data(task: str, folder) -> tuple[str, list]:
         return write_jsonl(folder / "qa.jsonl", make_qa_rows(24)), ["what is the colour of sky"]
     if task == "preference":
         return write_jsonl(folder / "pref.jsonl", preference_rows(24)), ["what is the colour of snow"]
+    if task == "rl":  # prompts with a number for an answer, as the default reward reads
+        rows = [{"prompt": f"what is the colour of {w} {n}", "answer": str(n)}
+                for n, w in enumerate(["sky", "grass", "snow", "sun", "coal", "blood"] * 2)]
+        return write_jsonl(folder / "problems.jsonl", rows), ["what is the colour of sky"]
     if task == "reward-model":
         return (write_jsonl(folder / "pref.jsonl", preference_rows(24)),
                 [{"text": "what is the colour of sky", "text_pair": "it is blue"},
@@ -118,7 +122,7 @@ def _png(colour) -> str:
 @pytest.fixture
 def models(request, tiny_model, tiny_causal_lm):
     """The tiny model each task trains: a BERT, a Llama, a ViT (so adapters apply)."""
-    return {"causal-lm": tiny_causal_lm, "preference": tiny_causal_lm, "summarization": tiny_causal_lm,
+    return {"causal-lm": tiny_causal_lm, "preference": tiny_causal_lm, "rl": tiny_causal_lm, "summarization": tiny_causal_lm,
             "translation": tiny_causal_lm,
             "image-classification": request.getfixturevalue("tiny_vit"),
             "token-classification": request.getfixturevalue("tiny_ner_model"),

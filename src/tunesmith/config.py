@@ -270,7 +270,8 @@ class TrainConfig(
     def _metric_of_task(self) -> "TrainConfig":
         method = METHODS[self.method]
         if method.tasks is not None and self.task not in method.tasks:
-            raise ValueError(f"method {self.method} is for {' and '.join(method.tasks)}, not {self.task}")
+            named = ", ".join(method.tasks[:-1]) + " and " + method.tasks[-1] if len(method.tasks) > 1 else method.tasks[0]
+            raise ValueError(f"method {self.method} is for {named}, not {self.task}")
         if TASKS[self.task].methods is not None and self.method not in TASKS[self.task].methods:
             raise ValueError(f"{self.task} trains with {' or '.join(TASKS[self.task].methods)}, not {self.method}")
         if method.training_loss is not None and (self.label_smoothing or self.class_weights != "none"

@@ -31,11 +31,14 @@ class GenerationSettings:
 def generate(model, tokenizer, prompts: list[str], settings: GenerationSettings, stream=None) -> list[str]:
     """Answers to rendered prompts (text already in the model's chat format). With `stream`
     (a callable taking text pieces) and one prompt, the answer is passed on as it is decoded."""
-    torch.manual_seed(settings.seed)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     options = {**generate_options(settings, tokenizer), "pad_token_id": pad_id}
     answers = []
-    with evaluating(model) as device:
+    # The seed applies to this call only: validation in the middle of training must not reset
+    # the generator that training samples from (dropout, GRPO's completions).
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices), evaluating(model) as device:
+        torch.manual_seed(settings.seed)
         for start in range(0, len(prompts), GENERATE_BATCH):
             chunk = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts[start : start + GENERATE_BATCH]]
             width = max(len(ids) for ids in chunk)

@@ -42,6 +42,8 @@ class CheckArgs(BaseModel):
     loss: Optional[str] = training_field("loss")  # preference: the layout (pairs, or kto's answers) and its checks
     desirable_weight: Optional[float] = training_field("desirable_weight")
     undesirable_weight: Optional[float] = training_field("undesirable_weight")
+    reward: Optional[str] = training_field("reward")  # rl: which answers it needs, and the user's file imports
+    reward_pattern: Optional[str] = training_field("reward_pattern")
     model: Optional[str] = Field(None, description="tokenizer for the length check (default: the task's, minilm "
                                  "for text)")
     max_length: Optional[int] = Field(None, gt=1, description="truncation length to check against (default: the "
@@ -71,7 +73,7 @@ def check(args: CheckArgs, out=print) -> CheckReport:
     """The task's checks; with `quality_checks`, also the data-quality section (quality/),
     whose full lists are written to `lists` (default runs/check-<data name>)."""
     reading = ("task", "data", "val_data", "test_data", "text_col", "label_col", "source_lang", "target_lang",
-               "prompt_template", "loss", "desirable_weight", "undesirable_weight", "model", "max_length", "encoding",
+               "prompt_template", "loss", "desirable_weight", "undesirable_weight", "reward", "reward_pattern", "model", "max_length", "encoding",
                "seed", "method", "epochs", "lr")
     cfg = build_config({key: getattr(args, key) for key in reading if getattr(args, key) is not None}, "flags")
     splits = TASKS[cfg.task].load_data(cfg)

@@ -120,7 +120,7 @@ def confusion_plot(matrix: list[list[int]], labels: list[str]) -> str:
 # Metrics shown in the headline table, where the task reports them.
 HEADLINE = ("accuracy", "macro_f1", "weighted_f1", "precision", "recall", "f1", "micro_f1", "subset_accuracy",
             "mse", "mae", "pearson", "spearman", "loss", "perplexity", "exact_match", "rouge_l",
-            "reward_accuracy", "reward_margin", "logp_accuracy")
+            "reward_accuracy", "reward_margin", "logp_accuracy", "reward", "answer_tokens")
 BASELINE_NOTE = "the pretrained encoder frozen, with only a linear head fitted on its features"
 
 
@@ -161,6 +161,35 @@ def preference_plot(history: list[dict]) -> str | None:
         ax2.set_ylabel("summed answer log-probability")
         ax2.legend()
     return png(fig)
+
+
+def rl_plot(history: list[dict]) -> str | None:
+    """GRPO: the sampled completions' mean reward, the KL to the starting model, and their length."""
+    points = [(h["step"], h["reward"], h["kl"], h["completion_tokens"]) for h in history if "completion_tokens" in h]
+    if not points:
+        return None
+    steps, reward, kl, tokens = zip(*points)
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
+    for ax, values, name in zip(axes, (reward, kl, tokens), ("mean reward", "KL to the starting model",
+                                                             "completion tokens")):
+        ax.plot(steps, values)
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel(name)
+    return png(fig)
+
+
+def completions_table(history: list[dict], shown: int = 6) -> str:
+    """GRPO: one sampled completion per step, at evenly spaced steps, with its reward."""
+    samples = [h for h in history if isinstance(h.get("sample"), dict)]
+    if not samples:
+        return ""
+    picked = [samples[round(i * (len(samples) - 1) / max(1, shown - 1))] for i in range(min(shown, len(samples)))]
+    e = html.escape
+    rows = "".join(f"<tr><td>{h['step']}</td><td>{e(str(h['sample'].get('completion', '')))}</td>"
+                   f"<td>{e(str(h['sample'].get('answer', '')))}</td><td>{h['sample'].get('reward', 0):.3f}</td></tr>"
+                   for h in dict((h["step"], h) for h in picked).values())
+    return ("<h2>Sampled completions (training)</h2><table><tr><th>step</th><th>completion</th><th>reference</th>"
+            f"<th>reward</th></tr>{rows}</table>")
 
 
 def continual_table(facts: dict | None) -> str:
@@ -227,6 +256,7 @@ def render(title: str, config: dict, metrics: dict, history: list[dict], labels:
         ("Loss", loss_plot(history)),
         (f"Validation {config.get('metric', '')}", validation_plot(history, config.get("metric", "macro_f1"))),
         ("Preference rewards (training)", preference_plot(history)),
+        ("Rewards (training)", rl_plot(history)),
         ("Confusion matrix (test)", confusion_plot(test["confusion_matrix"], labels) if "confusion_matrix" in test else None),
     ]
     figures = "".join(f"<h2>{e(t)}</h2><img src='{src}' alt='{e(t)}'>" for t, src in images if src)
@@ -246,6 +276,7 @@ img{{max-width:100%}}</style></head><body>
 <h2>Run</h2><table>{facts_html}</table>
 {samples_table(test, baseline)}
 {figures}
+{completions_table(history)}
 {per_class}
 </body></html>
 """

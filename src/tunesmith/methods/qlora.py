@@ -16,7 +16,7 @@ from tunesmith.methods.lora import Lora
 class QLora(MethodDefaults):
     name = "qlora"
     settings = (LoraSettings,)
-    tasks = ("causal-lm", "preference")
+    tasks = ("causal-lm", "preference", "rl")
     default_lr = 2e-4  # the QLoRA paper's rate for small models
 
     def check(self, cfg, task) -> None:

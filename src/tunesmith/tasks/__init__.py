@@ -210,6 +210,6 @@ def register_task(task: "Task") -> "Task":
 
 
 from tunesmith.tasks import (  # noqa: E402,F401,I001  (each registers itself)
-    causal_lm, image_classification, multi_label, preference, question_answering, regression, relation_extraction,
+    causal_lm, grpo, image_classification, multi_label, preference, question_answering, regression, relation_extraction,
     reranker, reward_model, sentence_embedding, text_classification, text_to_text, token_classification,
 )

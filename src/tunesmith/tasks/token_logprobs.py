@@ -32,20 +32,26 @@ def answer_logprobs(model, input_ids, labels, attention_mask=None, chunk: int = 
     from position t-1, as transformers shifts them), and how many there are. `inputs`: any
     other model inputs of the batch (position_ids of packed rows). `smoothing`: label
     smoothing's epsilon (then each token's term is the smoothed cross-entropy's, negated)."""
+    per_token, mask = token_logprobs(model, input_ids, labels, attention_mask, chunk, smoothing, **inputs)
+    return per_token.sum(1), mask.sum(1)
+
+
+def token_logprobs(model, input_ids, labels, attention_mask=None, chunk: int = CHUNK, smoothing: float = 0.0,
+                   **inputs) -> tuple[torch.Tensor, torch.Tensor]:
+    """The log-probability of each labelled token, (rows, length - 1) with 0 elsewhere, and
+    the mask of labelled positions (GRPO weighs tokens one by one)."""
     inputs = {"input_ids": input_ids, "attention_mask": attention_mask, **inputs}
     targets = labels[:, 1:]
     mask = targets != IGNORE
-    counts = mask.sum(1)
     parts = _body_and_head(model)
     if parts is None:  # the plain path: full logits, as the model computes them
         logits = model(**inputs).logits[:, :-1]
         token_logps = -F.cross_entropy(logits.float().transpose(1, 2), targets.clamp(min=0), reduction="none",
                                        label_smoothing=smoothing)
-        return (token_logps * mask).sum(1), counts
+        return token_logps * mask, mask
     body, head = parts
     hidden = body(**inputs).last_hidden_state[:, :-1]
     picked, picked_targets = hidden[mask], targets[mask]
-    rows = mask.nonzero()[:, 0]
     pieces = []
     for start in range(0, len(picked), chunk):
         args = (picked[start : start + chunk], picked_targets[start : start + chunk], head.weight, head.bias, smoothing)
@@ -53,9 +59,9 @@ def answer_logprobs(model, input_ids, labels, attention_mask=None, chunk: int = 
             pieces.append(checkpoint(_chunk_logps, *args, use_reentrant=False))
         else:
             pieces.append(_chunk_logps(*args))
-    token_logps = torch.cat(pieces) if pieces else hidden.new_zeros(0)
-    sums = torch.zeros(len(input_ids), dtype=torch.float32, device=hidden.device).index_add(0, rows, token_logps)
-    return sums, counts
+    picked_logps = torch.cat(pieces) if pieces else hidden.new_zeros(0)
+    per_token = torch.zeros(mask.shape, dtype=torch.float32, device=hidden.device).masked_scatter(mask, picked_logps)
+    return per_token, mask
 
 
 def mean_answer_loss(model, batch: dict, smoothing: float = 0.0) -> torch.Tensor:

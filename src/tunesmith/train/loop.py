@@ -79,7 +79,8 @@ def choose_precision(requested: str) -> str:
 class Hooks:
     """What the loop calls besides the model. `evaluate(model) -> metrics` validates.
     `compute_loss(model, batch) -> (loss, extras)` replaces the model's own loss (DPO); its
-    extras (floats) are averaged over the step and logged in the history. `on_step(model,
+    extras are logged in the history: floats averaged over the step, anything else (a sample
+    completion) from its first micro-batch. `on_step(model,
     step, total_steps)` runs after each optimizer step, before the gradients are cleared
     (AdaLoRA's rank reallocation reads them). `evaluate_start(model) -> metrics`, when given,
     validates the model before the first step too, as a checkpoint like any other (step 0),
@@ -301,7 +302,10 @@ def _accumulate(loop: _Loop, group: list[list[int]], group_size: int) -> tuple[f
             else:
                 loss, batch_extras = compute_loss(model, batch)
                 for key, value in batch_extras.items():
-                    extras[key] = extras.get(key, 0.0) + value * len(indices) / group_size
+                    if isinstance(value, float):
+                        extras[key] = extras.get(key, 0.0) + value * len(indices) / group_size
+                    else:  # a sample (GRPO's completion): the step's first
+                        extras.setdefault(key, value)
         if not torch.isfinite(loss):  # (the bar is closed on the way out)
             raise TrainingDiverged(
                 f"loss became {loss.item()} at step {state.step + 1}; the last good checkpoint is kept in "
