@@ -139,3 +139,22 @@ def test_start_a_training_run_from_the_page_and_watch_it_finish(dashboard, page)
     page.wait_for_selector("#loss-chart path.curve")
     assert page.inner_text("#status") == "finished"
     assert page.locator("#versus tbody tr").count() >= 1  # its test results are in
+
+
+def test_a_run_that_logs_rewards_shows_them_beside_its_loss(dashboard, page):
+    """GRPO and preference runs log more than a loss per step (reward, KL, answer length): the
+    run page draws those too; a classifier's page keeps the figure hidden."""
+    import json
+
+    page.goto(dashboard["url"] + "/run?id=alpha")
+    page.wait_for_selector("#loss-chart path.curve")
+    assert page.locator("#signals-figure").is_hidden()
+    rl = dashboard["root"] / "rewards"
+    shutil.copytree(dashboard["root"] / "alpha", rl)
+    rows = [{"step": s, "epoch": 0, "loss": 0.1, "lr": 1e-4, "reward": s / 4, "kl": s / 100,
+             "sample": {"completion": "Answer: 3", "reward": 1.0}} for s in range(1, 5)]
+    (rl / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    page.goto(dashboard["url"] + "/run?id=rewards")
+    page.wait_for_selector("#signals-chart path.curve")
+    assert page.locator("#signals-chart path.curve").count() == 2  # reward and kl; the sample is no curve
+    shot(page, "run-signals")

@@ -79,18 +79,25 @@ function lineChart(container, series, label) {
   container.append(svg, legend);
 }
 
+// What a training step logs besides its loss: preference rewards and margins, GRPO's reward,
+// KL and answer length (each task's training_loss extras).
+const NOT_SIGNALS = new Set(["step", "epoch", "loss", "lr", "samples_per_second"]);
+
 function curves(history) {
   const loss = { name: "train loss", points: [] };
-  const val = {};
+  const val = {}, signals = {};
   for (const row of history) {
     if (typeof row.loss === "number") loss.points.push([row.step, row.loss]);
     for (const [key, value] of Object.entries(row)) {
-      if (key.startsWith("val_") && key !== "val_loss" && typeof value === "number") {
+      if (typeof value !== "number") continue;
+      if (key.startsWith("val_") && key !== "val_loss") {
         (val[key] = val[key] || { name: key.slice(4), points: [] }).points.push([row.step, value]);
+      } else if (!key.startsWith("val_") && !NOT_SIGNALS.has(key) && typeof row.loss === "number") {
+        (signals[key] = signals[key] || { name: key, points: [] }).points.push([row.step, value]);
       }
     }
   }
-  return { loss: [loss], val: Object.values(val) };
+  return { loss: [loss], val: Object.values(val), signals: Object.values(signals) };
 }
 
 // ---- runs page ------------------------------------------------------------------------------
@@ -211,6 +218,9 @@ async function runPage() {
     const c = curves(history);
     lineChart(document.getElementById("loss-chart"), c.loss, "Training loss by step");
     lineChart(document.getElementById("val-chart"), c.val, "Validation metrics by step");
+    const signals = document.getElementById("signals-figure");
+    signals.hidden = !c.signals.length;  // only tasks whose steps log more than a loss
+    if (c.signals.length) lineChart(document.getElementById("signals-chart"), c.signals, "Training signals by step");
   };
   function follow() {
     history.length = 0;
