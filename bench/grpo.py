@@ -5,7 +5,7 @@ before and after, the time it took, and peak memory.
     python bench/grpo.py --max-train-samples 160 --out grpo.json  # a shorter run
 
 The run is `tunesmith train arithmetic --task rl` with the task's defaults (LoRA, reward
-`number`, groups of 4, 8 prompts a step, one pass, 64 new tokens) and the flags given here, so
+`number`, groups of 4, 4 prompts a step, one pass, 64 new tokens) and the flags given here, so
 the command printed at the end reproduces it. Accuracy is the share of the 100 generated test
 problems whose final number is right, greedy, base model vs tuned, computed in the same run.
 """

@@ -182,16 +182,16 @@ class RlTask(CausalLMTask):
     settings = (AnswerSettings, RlSettings)
     metrics_higher_is_better = {"reward": True, "accuracy": True}
     default_metric = "reward"
-    # Micro-batches of 2 prompts (8 sampled completions), 4 per step: 8 prompts, 32 completions
-    # a step, a budget a CPU user waits for (docs/benchmarks.md); one pass over the prompts.
-    train_defaults = {"batch_size": 2, "grad_accum": 4, "epochs": 1.0, "max_new_tokens": 64, "eval_answers": 100}
+    # Micro-batches of 2 prompts (8 sampled completions), 2 per step: 4 prompts and 16 completions
+    # a step, so that a CPU's budget buys many small steps; one pass over the prompts.
+    train_defaults = {"batch_size": 2, "grad_accum": 2, "epochs": 1.0, "max_new_tokens": 64, "eval_answers": 100}
     sequences_per_example = 4  # the default group: what a memory estimate counts per prompt
     default_max_length = 512
     baseline_name = "the model before tuning"
 
     def default_lr(self, method: str, model: str) -> float | None:
-        # Sampled completions move the policy further per step than SFT's fixed answers: LoRA's
-        # SFT rate (5e-4) made the KL run away in a few dozen steps; full tuning uses TRL's 1e-6.
+        # Below SFT's rates: the policy learns from its own samples, so a step too far feeds on
+        # itself. Full tuning takes TRL's GRPO default (1e-6); LoRA a fifth of its SFT rate.
         return {"lora": 1e-4, "full": 1e-6}.get(method)
 
     # ---- data -----------------------------------------------------------------------------
