@@ -12,6 +12,7 @@ import torch
 
 from conftest import COLOURS, make_qa_rows
 from tunesmith.cli import main
+from tunesmith.errors import UserError
 from tunesmith.tasks.preference_losses import PairScores, pair_losses
 
 trl = pytest.importorskip("trl", reason="TRL is in the dev extra: the losses are checked against its code")
@@ -292,3 +293,17 @@ def test_a_reward_model_refuses_answers_marked_good_or_bad(tmp_path, tiny_model,
     data.write_text("".join(json.dumps(r) + "\n" for r in _feedback_rows(10)))
     code = main(["train", str(data), "--task", "reward-model", "--model", tiny_model, "--output", str(tmp_path / "r")])
     assert code == 2 and "a reward model trains on prompt, chosen and rejected" in capsys.readouterr().err
+
+
+def test_a_reward_model_run_is_a_reward_for_grpo(reward_run, tmp_path):
+    """`--reward RUN`: the run's own scores of (prompt, completion), as `predict` gives them."""
+    from tunesmith.inference import Predictor
+    from tunesmith.tasks import rewards
+
+    prompts = [[{"role": "user", "content": "what is the colour of sky"}]] * 2
+    completions = ["it is blue", "it is green"]
+    reward = rewards.build(str(reward_run.path), None, None, 8)[0]
+    expected = Predictor.from_run(reward_run).predict([("what is the colour of sky", c) for c in completions])
+    assert reward.score(prompts, completions, ["", ""]) == pytest.approx([float(x) for x in expected], abs=1e-5)
+    with pytest.raises(UserError, match="not a finished tunesmith run"):
+        rewards.build(str(tmp_path), None, None, 8)

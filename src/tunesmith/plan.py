@@ -103,7 +103,8 @@ def resolve(cfg: TrainConfig, splits, start_model: str | None = None) -> Plan:
 
     passes = epochs(cfg, rows)
     raised = cfg.epochs is None and passes != TASKS[cfg.task].default_epochs
-    reasons["epochs"] = "given" if cfg.epochs is not None else (
+    task_epochs = TASKS[cfg.task].train_defaults.get("epochs")
+    reasons["epochs"] = ("the task's default" if cfg.epochs == task_epochs else "given") if cfg.epochs is not None else (
         f"so that {rows:,} training rows make at least {TASKS[cfg.task].min_default_steps} optimizer steps" if raised
         else "the task's default")
     if raised:

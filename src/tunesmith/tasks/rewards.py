@@ -140,20 +140,30 @@ def checked(function: Callable, name: str) -> Callable:
 
 
 def reward_model(path: str) -> Callable:
-    """A reward-model run (`--task reward-model`): its score of each (prompt, completion) pair."""
-    from tunesmith.inference import Predictor
-    from tunesmith.runs import open_finished
+    """A reward-model run (`--task reward-model`): its score of each (prompt, completion) pair.
+    Read from the run folder with the reward-model task's own loader (safetensors only): its
+    methods (full, LoRA merged on save) leave a plain one-output classifier there."""
+    import yaml
+
+    from tunesmith import models
+    from tunesmith.tasks import TASKS
     from tunesmith.tasks.reward_model import prompt_text
 
-    run = open_finished(path)
-    if run.settings().task != "reward-model":
-        raise UserError(f"--reward {path}: a {run.settings().task} run; give a reward-model run folder "
+    run, folder = Path(path), Path(path) / "model"
+    settings = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8")) if (run / "config.yaml").is_file() else None
+    if not isinstance(settings, dict) or not (folder / "config.json").is_file():
+        raise UserError(f"--reward {path}: not a finished tunesmith run (no config.yaml or model/)")
+    if settings.get("task") != "reward-model":
+        raise UserError(f"--reward {path}: a {settings.get('task')} run; give a reward-model run folder "
                         "(tunesmith train PAIRS --task reward-model)")
-    predictor = Predictor.from_run(run, "torch")
+    task = TASKS["reward-model"]
+    model, tokenizer = task.load_model(str(folder)).eval(), models.load_tokenizer(str(folder))
+    max_length = int(settings.get("max_length") or task.default_max_length)
 
     def score(prompts, completions, answers) -> list[float]:
         pairs = [(prompt_text(p), c) for p, c in zip(prompts, completions)]
-        return [float(s) for s in predictor.predict(pairs)]
+        features = task.encode(tokenizer, pairs, None, [], max_length, use_cache=False)
+        return [float(s) for s in task.predict(model, features)]
     return score
 
 
