@@ -307,3 +307,16 @@ def test_a_reward_model_run_is_a_reward_for_grpo(reward_run, tmp_path):
     assert reward.score(prompts, completions, ["", ""]) == pytest.approx([float(x) for x in expected], abs=1e-5)
     with pytest.raises(UserError, match="not a finished tunesmith run"):
         rewards.build(str(tmp_path), None, None, 8)
+
+
+def test_a_pair_whose_answers_are_cut_away_does_not_stop_training(tmp_path, tiny_causal_lm):
+    """A prompt longer than max_length leaves a pair no answer tokens: its loss is a constant
+    (no gradient), and training goes on with the other pairs."""
+    rows = _rows(12)
+    rows[0] = dict(rows[0], prompt="what is the colour of sky " * 40)  # fills --max-length 48 by itself
+    data = tmp_path / "pref.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["train", str(data), "--task", "preference", "--model", tiny_causal_lm, "--method", "full",
+                 "--batch-size", "1", "--grad-accum", "2", "--epochs", "1", "--eval-answers", "0", "--max-length", "48",
+                 "--val-fraction", "0.1", "--test-fraction", "0.1", "--seed", "1",
+                 "--output", str(tmp_path / "runs"), "--name", "cut"]) == 0

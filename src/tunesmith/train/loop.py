@@ -313,7 +313,8 @@ def _accumulate(loop: _Loop, group: list[list[int]], group_size: int) -> tuple[f
             )
         # Weight each micro-batch by its share of the step's examples: the
         # gradient is then exactly the mean over the step, however it is cut.
-        accelerator.backward(loss * (len(indices) / group_size) * factor)
+        if loss.requires_grad:  # a micro-batch with nothing to learn (answers cut at max_length) adds no gradient
+            accelerator.backward(loss * (len(indices) / group_size) * factor)
         step_loss += loss.item() * len(indices) / group_size * factor / accelerator.num_processes
     if accelerator.num_processes > 1:  # the step's loss over all processes' shares
         step_loss = accelerator.reduce(torch.tensor(step_loss, device=accelerator.device), "sum").item()
