@@ -202,6 +202,16 @@ def unknown_share(tokenizer, token_ids: list[list[int]]) -> float | None:
     return sum(t == unk for t in counted) / len(counted) if counted else None
 
 
+def splits_report(splits) -> CheckReport:
+    """A task's check report started with what every split-reading task reports: rows per
+    split, and the notes and warnings from reading the data."""
+    report = CheckReport()
+    report.facts["rows"] = {name: len(getattr(splits, name)) for name in ("train", "val", "test")}
+    report.facts["notes"] = list(splits.notes)
+    report.warnings += splits.warnings
+    return report
+
+
 def longer_max_length(p99: int, tokenizer) -> str:
     """The advice for texts longer than max_length: their 99th percentile, but never more
     than the model reads (its position embeddings end there: more would crash)."""

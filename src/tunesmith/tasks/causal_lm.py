@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field
 
 from tunesmith.data import conversations as conv
 from tunesmith.data.batching import IGNORE, Features, collate_rows, inference_batches
-from tunesmith.data.checks import CheckReport, _where, longer_max_length
+from tunesmith.data.checks import CheckReport, _where, longer_max_length, splits_report
 from tunesmith.data.labeled import Examples
 from tunesmith.data.sources import read_source
 from tunesmith.data.split import dedupe
@@ -287,11 +287,7 @@ class CausalLMTask(TaskDefaults):
         return examples
 
     def check(self, splits: Splits, processor, max_length: int) -> CheckReport:
-        report = CheckReport()
-        parts = {"train": splits.train, "val": splits.val, "test": splits.test}
-        report.facts["rows"] = {name: len(ex) for name, ex in parts.items()}
-        report.facts["notes"] = list(splits.notes)
-        report.warnings += splits.warnings
+        report = splits_report(splits)
         if processor is None:
             return report
         tokenizer = processor.tokenizer

@@ -32,7 +32,7 @@ from pydantic import BaseModel, Field
 from tunesmith.data import arithmetic
 from tunesmith.data import conversations as conv
 from tunesmith.data.batching import IGNORE, Features
-from tunesmith.data.checks import CheckReport
+from tunesmith.data.checks import CheckReport, splits_report
 from tunesmith.data.labeled import Examples
 from tunesmith.data.sources import read_source
 from tunesmith.data.splits import Splits
@@ -227,16 +227,12 @@ class RlTask(CausalLMTask):
         return examples
 
     def check(self, splits: Splits, processor, max_length: int) -> CheckReport:
-        report = CheckReport()
-        parts = {"train": splits.train, "val": splits.val, "test": splits.test}
-        report.facts["rows"] = {name: len(ex) for name, ex in parts.items()}
-        report.facts["notes"] = list(splits.notes)
-        report.warnings += splits.warnings
+        report = splits_report(splits)
         if processor is None:
             return report
         processor.rewards()  # the user's file imports, the reward model loads: before any training
         lengths = [len(processor.prompt_ids(processor.prompt_text(p["prompt"])))
-                   for ex in parts.values() for p in ex.texts]
+                   for ex in (splits.train, splits.val, splits.test) for p in ex.texts]
         room = max_length - processor.max_new_tokens
         cut = sum(n > room for n in lengths)
         report.facts["token_lengths"] = token_length_facts(lengths, max_length, cut, sum(max(0, n - room) for n in lengths))

@@ -30,7 +30,7 @@ from pydantic import BaseModel, Field
 
 from tunesmith.data import conversations as conv
 from tunesmith.data.batching import IGNORE, Features, inference_batches
-from tunesmith.data.checks import CheckReport, longer_max_length
+from tunesmith.data.checks import CheckReport, longer_max_length, splits_report
 from tunesmith.data.labeled import Examples
 from tunesmith.data.sources import read_source
 from tunesmith.data.splits import Splits
@@ -330,10 +330,7 @@ class PreferenceTask(TaskDefaults):
         return examples
 
     def check(self, splits: Splits, processor, max_length: int) -> CheckReport:
-        report = CheckReport()
-        report.facts["rows"] = {n: len(getattr(splits, n)) for n in ("train", "val", "test")}
-        report.facts["notes"] = list(splits.notes)
-        report.warnings += splits.warnings
+        report = splits_report(splits)
         if processor is None:
             return report
         lengths = []

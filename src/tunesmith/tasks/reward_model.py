@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from tunesmith.data.batching import Features, collate_rows
-from tunesmith.data.checks import CheckReport
+from tunesmith.data.checks import CheckReport, splits_report
 from tunesmith.errors import UserError
 from tunesmith.tasks import TaskDefaults, register_task
 from tunesmith.tasks.causal_lm import assemble_splits, token_length_facts
@@ -97,10 +97,7 @@ class RewardModel(TaskDefaults):
         return drop_unusable(examples, "data")[0]
 
     def check(self, splits, tokenizer, max_length: int) -> CheckReport:
-        report = CheckReport()
-        report.facts["rows"] = {n: len(getattr(splits, n)) for n in ("train", "val", "test")}
-        report.facts["notes"] = list(splits.notes)
-        report.warnings += splits.warnings
+        report = splits_report(splits)
         if tokenizer is None:
             return report
         pairs = [(prompt_text(p["prompt"]), p[side]) for part in (splits.train, splits.val, splits.test)
