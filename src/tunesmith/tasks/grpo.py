@@ -280,9 +280,7 @@ class RlTask(CausalLMTask):
                                processor.kl_beta)
         extras = {"reward": float(reward.mean()), "reward_std": float(reward.view(-1, group).std(1).mean()),
                   "kl": kl, "completion_tokens": float(mask.sum(1).float().mean())}
-        for index, item in enumerate(processor.rewards()):
-            extras[f"reward_{item.name if item.name in rewards.BUILTIN else index}"] = \
-                float(sum(scored[item.name]) / len(completions))
+        extras.update(rewards.means(processor.rewards(), scored))
         extras["sample"] = {"completion": completions[0], "reward": scored["reward"][0],
                             "answer": answers[0]}
         return loss, extras
@@ -300,9 +298,7 @@ class RlTask(CausalLMTask):
         processor = outputs["processor"]
         scored = rewards.score_all(processor.rewards(), outputs["prompts"], answers, references)
         metrics = {"reward": sum(scored["reward"]) / max(1, len(answers)), "count": len(answers)}
-        for index, item in enumerate(processor.rewards()):
-            key = item.name if item.name in rewards.BUILTIN else str(index)
-            metrics[f"reward_{key}"] = sum(scored[item.name]) / max(1, len(answers))
+        metrics.update(rewards.means(processor.rewards(), scored))
         if references and all(rewards.final_number(r) is not None for r in references):
             metrics["accuracy"] = sum(rewards.number(None, answers, references)) / len(answers)
         metrics["answer_tokens"] = sum(len(processor.prompt_ids(a)) for a in answers) / max(1, len(answers))

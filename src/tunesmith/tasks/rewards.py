@@ -202,3 +202,10 @@ def score_all(rewards: list[Reward], prompts: list, completions: list[str], answ
     values = {r.name: r.score(prompts, completions, answers) for r in rewards}
     values["reward"] = [sum(r.weight * values[r.name][i] for r in rewards) for i in range(len(completions))]
     return values
+
+
+def means(rewards: list[Reward], scored: dict[str, list[float]]) -> dict[str, float]:
+    """Each reward's mean, keyed reward_<name> for the built-ins and reward_<position> for a
+    run folder or a user's function (whose names are paths)."""
+    count = max(1, len(scored["reward"]))
+    return {f"reward_{r.name if r.name in BUILTIN else i}": sum(scored[r.name]) / count for i, r in enumerate(rewards)}
